@@ -1,0 +1,49 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Kernels are compiled for a Haswell-class baseline (AVX2 + FMA + F16C) on x86-64 so that
+// Swift SIMD types lower to 256-bit vectors; the binary runs on any AVX2 machine.
+#if arch(x86_64)
+let kernelCPUFlags = ["-target-cpu", "haswell"]
+#else
+let kernelCPUFlags: [String] = []
+#endif
+
+let kernelSettings: [SwiftSetting] = [
+    .unsafeFlags(kernelCPUFlags),
+    .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "Swiftlet",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "swiftlet", targets: ["swiftlet"]),
+        .library(name: "Engine", targets: ["Engine"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // file → weights
+        .target(name: "GGUF"),
+        // quant formats, SIMD math, thread pool
+        .target(name: "Kernels", dependencies: ["GGUF"], swiftSettings: kernelSettings),
+        // text ↔ tokens, chat templates
+        .target(name: "Tokenization", dependencies: ["GGUF"]),
+        // forward passes: tokens → logits
+        .target(name: "Models", dependencies: ["GGUF", "Kernels"], swiftSettings: kernelSettings),
+        // KV cache, sampler, generation loop
+        .target(name: "Engine", dependencies: ["GGUF", "Kernels", "Models", "Tokenization"]),
+        .executableTarget(name: "swiftlet", dependencies: [
+            "Engine", "GGUF", "Kernels", "Models", "Tokenization",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .testTarget(name: "GGUFTests", dependencies: ["GGUF"]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "GGUF", "Kernels"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Tokenization", "GGUF"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

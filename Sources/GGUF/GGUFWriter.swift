@@ -1,0 +1,102 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Writes GGUF v3 files (readable by llama.cpp and the Python `gguf` package).
+public struct GGUFWriter {
+    public struct PendingTensor {
+        public var name: String
+        public var type: TensorType
+        public var shape: [Int]
+        public var data: [UInt8]
+    }
+
+    public private(set) var metadata: [(String, MetadataValue)] = []
+    public private(set) var tensors: [PendingTensor] = []
+    public var alignment = 32
+
+    public init() {}
+
+    public mutating func set(_ key: String, _ value: MetadataValue) {
+        if key == "general.alignment", let a = value.int { alignment = a }
+        if let i = metadata.firstIndex(where: { $0.0 == key }) {
+            metadata[i].1 = value
+        } else {
+            metadata.append((key, value))
+        }
+    }
+
+    /// Adds a tensor whose bytes are already encoded in `type`'s block layout.
+    public mutating func addTensor(name: String, type: TensorType, shape: [Int], data: [UInt8]) {
+        precondition(type.byteCount(elements: shape.reduce(1, *)) == data.count, "tensor \(name): byte count does not match shape")
+        tensors.append(PendingTensor(name: name, type: type, shape: shape, data: data))
+    }
+
+    public mutating func addTensor(name: String, shape: [Int], floats: [Float]) {
+        var bytes = [UInt8](repeating: 0, count: floats.count * 4)
+        bytes.withUnsafeMutableBytes { dst in floats.withUnsafeBytes { dst.copyMemory(from: $0) } }
+        addTensor(name: name, type: .f32, shape: shape, data: bytes)
+    }
+
+    public func serialized() -> [UInt8] {
+        var out: [UInt8] = []
+        func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
+        func putString(_ s: String) { put(UInt64(s.utf8.count)); out.append(contentsOf: s.utf8) }
+        func putValue(_ v: MetadataValue) {
+            switch v {
+            case .uint8(let x): put(x)
+            case .int8(let x): put(x)
+            case .uint16(let x): put(x)
+            case .int16(let x): put(x)
+            case .uint32(let x): put(x)
+            case .int32(let x): put(x)
+            case .uint64(let x): put(x)
+            case .int64(let x): put(x)
+            case .float32(let x): put(x.bitPattern)
+            case .float64(let x): put(x.bitPattern)
+            case .bool(let x): put(UInt8(x ? 1 : 0))
+            case .string(let s): putString(s)
+            case .array(let t, let values):
+                put(t.rawValue)
+                put(UInt64(values.count))
+                values.forEach(putValue)
+            }
+        }
+        func pad() { while out.count % alignment != 0 { out.append(0) } }
+
+        put(GGUFFile.magic)
+        put(UInt32(3))
+        put(UInt64(tensors.count))
+        put(UInt64(metadata.count))
+        for (key, value) in metadata {
+            putString(key)
+            put(value.type.rawValue)
+            putValue(value)
+        }
+        var offset = 0
+        for t in tensors {
+            putString(t.name)
+            put(UInt32(t.shape.count))
+            t.shape.forEach { put(UInt64($0)) }
+            put(t.type.rawValue)
+            put(UInt64(offset))
+            offset += (t.data.count + alignment - 1) / alignment * alignment
+        }
+        pad()
+        for t in tensors {
+            out.append(contentsOf: t.data)
+            pad()
+        }
+        return out
+    }
+
+    public func write(to path: String) throws {
+        let bytes = serialized()
+        guard let file = fopen(path, "wb") else { throw GGUFError(file: path, problem: .cannotOpen(reason: String(cString: strerror(errno)))) }
+        defer { fclose(file) }
+        let written = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
+        guard written == bytes.count else { throw GGUFError(file: path, problem: .cannotOpen(reason: "short write")) }
+    }
+}

@@ -1,0 +1,64 @@
+import GGUF
+
+/// Hyper-parameters of a transformer, read from `ARCH.*` GGUF metadata.
+public struct ModelConfig: Sendable {
+    public var architecture: String
+    public var embeddingLength: Int
+    public var blockCount: Int
+    public var feedForwardLength: Int
+    public var headCount: Int
+    public var headCountKV: Int
+    public var keyLength: Int
+    public var valueLength: Int
+    public var contextLength: Int
+    public var normEpsilon: Float
+    public var ropeFreqBase: Float
+    public var ropeDimensionCount: Int
+    public var vocabularySize: Int
+    public var slidingWindow: Int?
+    public var expertCount: Int
+    public var expertUsedCount: Int
+
+    public init(file: GGUFFile) throws(ModelError) {
+        guard let arch = file.architecture else { throw ModelError.missingMetadata("general.architecture") }
+        architecture = arch
+        func required(_ key: String) throws(ModelError) -> Int {
+            guard let v = file.arch(key)?.int else { throw ModelError.missingMetadata("\(arch).\(key)") }
+            return v
+        }
+        embeddingLength = try required("embedding_length")
+        blockCount = try required("block_count")
+        feedForwardLength = file.arch("feed_forward_length")?.int ?? 0
+        headCount = file.arch("attention.head_count")?.int ?? 0
+        headCountKV = file.arch("attention.head_count_kv")?.int ?? headCount
+        let defaultHead = headCount > 0 ? embeddingLength / headCount : 0
+        keyLength = file.arch("attention.key_length")?.int ?? defaultHead
+        valueLength = file.arch("attention.value_length")?.int ?? defaultHead
+        contextLength = file.arch("context_length")?.int ?? 2048
+        normEpsilon = file.arch("attention.layer_norm_rms_epsilon")?.float ?? 1e-5
+        ropeFreqBase = file.arch("rope.freq_base")?.float ?? 10000
+        ropeDimensionCount = file.arch("rope.dimension_count")?.int ?? keyLength
+        vocabularySize = file.arch("vocab_size")?.int ?? file["tokenizer.ggml.tokens"]?.array?.count ?? 0
+        slidingWindow = file.arch("attention.sliding_window")?.int
+        expertCount = file.arch("expert_count")?.int ?? 0
+        expertUsedCount = file.arch("expert_used_count")?.int ?? 0
+    }
+}
+
+public enum ModelError: Error, CustomStringConvertible, Equatable {
+    case missingMetadata(String)
+    case missingTensor(String)
+    case badTensorShape(name: String, expected: [Int], found: [Int])
+    case unsupportedArchitecture(String)
+    case contextTooLong(requested: Int, maximum: Int)
+
+    public var description: String {
+        switch self {
+        case .missingMetadata(let k): "model metadata '\(k)' is missing"
+        case .missingTensor(let n): "model tensor '\(n)' is missing"
+        case .badTensorShape(let n, let e, let f): "tensor '\(n)' has shape \(f), expected \(e)"
+        case .unsupportedArchitecture(let a): "unsupported architecture '\(a)' (supported: \(ModelRegistry.supported.joined(separator: ", ")))"
+        case .contextTooLong(let r, let m): "context length \(r) is longer than the model allows (\(m))"
+        }
+    }
+}
