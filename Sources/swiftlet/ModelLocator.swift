@@ -1,3 +1,4 @@
+import ArgumentParser
 import Foundation
 
 /// Turns a command-line MODEL argument (a path or a cache name) into a file path.
