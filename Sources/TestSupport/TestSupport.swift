@@ -1,0 +1,48 @@
+import Foundation
+
+/// Locations of the real models and of llama.cpp's reference outputs, shared by the test targets.
+public enum TestSupport {
+    /// `$SWIFTLET_HOME` or `~/.cache/swiftlet`: where `swiftlet pull` and `.ci/run` put models.
+    public static var home: URL {
+        if let h = ProcessInfo.processInfo.environment["SWIFTLET_HOME"], !h.isEmpty {
+            return URL(fileURLWithPath: h)
+        }
+        return FileManager.default.homeDirectoryForCurrentUser.appendingPathComponent(".cache/swiftlet")
+    }
+
+    public static let smolLM2FileName = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    public static let gemma3FileName = "gemma-3-270m-q4_k_m.gguf"
+
+    public static var smolLM2Path: String { home.appendingPathComponent("models/\(smolLM2FileName)").path }
+    public static var gemma3Path: String { home.appendingPathComponent("models/\(gemma3FileName)").path }
+
+    /// The folder `shared/reference`, found by walking up from this source file
+    /// (the repository sits beside `shared/`, in CI and in worktrees alike).
+    public static func referenceDirectory(from file: String = #filePath) -> URL? {
+        var dir = URL(fileURLWithPath: file).deletingLastPathComponent()
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent("shared/reference")
+            if FileManager.default.fileExists(atPath: candidate.path) { return candidate }
+            dir = dir.deletingLastPathComponent()
+        }
+        return nil
+    }
+
+    /// Parsed `shared/reference/NAME.json` (e.g. `smollm2-135m-instruct-q4_1`).
+    public static func reference(_ name: String) throws -> [String: Any] {
+        guard let dir = referenceDirectory() else {
+            throw CocoaError(.fileNoSuchFile, userInfo: [NSLocalizedDescriptionKey: "shared/reference not found above the repository"])
+        }
+        let data = try Data(contentsOf: dir.appendingPathComponent("\(name).json"))
+        return try JSONSerialization.jsonObject(with: data) as! [String: Any]
+    }
+
+    /// The repository root (the folder holding Package.swift).
+    public static func repositoryRoot(from file: String = #filePath) -> URL {
+        var dir = URL(fileURLWithPath: file).deletingLastPathComponent()
+        while dir.path != "/" && !FileManager.default.fileExists(atPath: dir.appendingPathComponent("Package.swift").path) {
+            dir = dir.deletingLastPathComponent()
+        }
+        return dir
+    }
+}
