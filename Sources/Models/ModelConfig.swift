@@ -18,6 +18,8 @@ public struct ModelConfig: Sendable {
     public var slidingWindow: Int?
     public var expertCount: Int
     public var expertUsedCount: Int
+    /// Linear RoPE scaling: positions are divided by this factor.
+    public var ropeLinearScale: Float
 
     public init(file: GGUFFile) throws(ModelError) {
         guard let arch = file.architecture else { throw ModelError.missingMetadata("general.architecture") }
@@ -42,6 +44,8 @@ public struct ModelConfig: Sendable {
         slidingWindow = file.arch("attention.sliding_window")?.int
         expertCount = file.arch("expert_count")?.int ?? 0
         expertUsedCount = file.arch("expert_used_count")?.int ?? 0
+        let scalingType = file.arch("rope.scaling.type")?.string
+        ropeLinearScale = scalingType == "linear" ? (file.arch("rope.scaling.factor")?.float ?? 1) : 1
     }
 }
 

@@ -1,10 +1,14 @@
 import GGUF
+import Kernels
 
 /// Maps `general.architecture` to the code that builds that model from a GGUF file.
 public enum ModelRegistry {
     public typealias Builder = @Sendable (GGUFFile, ModelConfig) throws -> any LanguageModel
 
-    static let builders: [String: Builder] = [:]
+    static let builders: [String: Builder] = [
+        "llama": { try Llama(file: $0, config: $1) },
+        "gemma3": { try Gemma3(file: $0, config: $1) },
+    ]
 
     public static var supported: [String] { builders.keys.sorted() }
 
@@ -20,4 +24,20 @@ public enum ModelRegistry {
 /// A model turns a batch of token sequences into next-token logits.
 public protocol LanguageModel: AnyObject, Sendable {
     var config: ModelConfig { get }
+    /// Runs the new tokens of every sequence through the network, writing their keys and
+    /// values into the sequences' caches at positions `cache.count...`. Returns one logits row
+    /// per requested position (see `BatchSequence.allLogits`), in batch order.
+    func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]]
+}
+
+extension LanguageModel {
+    /// The forward pass: checks the caches have room, computes, then advances them.
+    public func forward(_ batch: [BatchSequence], pool: ThreadPool) throws -> [[Float]] {
+        for seq in batch { try seq.cache.reserve(seq.tokens.count) }
+        let logits = computeLogits(batch, pool: pool)
+        for seq in batch { seq.cache.advance(by: seq.tokens.count) }
+        return logits
+    }
+
+    public func makeCache(capacity: Int) -> KVCache { KVCache(config: config, capacity: capacity) }
 }

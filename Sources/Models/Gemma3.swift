@@ -1,0 +1,64 @@
+import GGUF
+import Kernels
+
+/// Gemma 3: scaled embeddings, q/k RMSNorm, norms after attention and feed-forward as well
+/// as before, a GELU-gated feed-forward, and sliding-window layers (with their own RoPE base)
+/// interleaved with global ones.
+public final class Gemma3: LanguageModel {
+    struct Layer: Sendable {
+        let attentionNorm: RMSNorm
+        let attention: Attention
+        let postAttentionNorm: RMSNorm
+        let feedForwardNorm: RMSNorm
+        let feedForward: GatedFeedForward
+        let postFeedForwardNorm: RMSNorm
+    }
+
+    /// Every `slidingWindowPattern`-th layer attends globally; the others see a window.
+    static let slidingWindowPattern = 6
+    /// RoPE base of the sliding-window layers (the metadata's freq_base is the global layers').
+    static let localRoPEBase: Float = 10_000
+
+    public let config: ModelConfig
+    let embedding: Embedding
+    let layers: [Layer]
+    let head: OutputHead
+
+    public init(file: GGUFFile, config: ModelConfig) throws {
+        self.config = config
+        let d = config.embeddingLength, eps = config.normEpsilon, headDim = config.keyLength
+        embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d)
+        layers = try (0..<config.blockCount).map { i in
+            let p = "blk.\(i)."
+            let isLocal = (i + 1) % Gemma3.slidingWindowPattern != 0
+            let rope = RoPE(style: .halves, dimensions: config.ropeDimensionCount,
+                            base: isLocal ? Gemma3.localRoPEBase : config.ropeFreqBase,
+                            positionScale: isLocal ? 1 : config.ropeLinearScale)
+            var attention = try Attention(file: file, layer: i, config: config, rope: rope)
+            attention.queryNorm = try RMSNorm(file: file, name: p + "attn_q_norm.weight", count: headDim, epsilon: eps)
+            attention.keyNorm = try RMSNorm(file: file, name: p + "attn_k_norm.weight", count: headDim, epsilon: eps)
+            attention.window = isLocal ? config.slidingWindow : nil
+            return Layer(
+                attentionNorm: try RMSNorm(file: file, name: p + "attn_norm.weight", count: d, epsilon: eps),
+                attention: attention,
+                postAttentionNorm: try RMSNorm(file: file, name: p + "post_attention_norm.weight", count: d, epsilon: eps),
+                feedForwardNorm: try RMSNorm(file: file, name: p + "ffn_norm.weight", count: d, epsilon: eps),
+                feedForward: try GatedFeedForward(file: file, prefix: p, dimension: d,
+                                                  hidden: config.feedForwardLength, activation: .gelu),
+                postFeedForwardNorm: try RMSNorm(file: file, name: p + "post_ffw_norm.weight", count: d, epsilon: eps))
+        }
+        head = try OutputHead(file: file, config: config)
+    }
+
+    public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
+        let x = embedding(batch.flatMap(\.tokens))
+        x.scale(by: Float(config.embeddingLength).squareRoot())
+        for (i, layer) in layers.enumerated() {
+            let attended = layer.attention(layer.attentionNorm(x), layer: i, batch: batch, pool: pool)
+            x += layer.postAttentionNorm(attended)
+            let fed = layer.feedForward(layer.feedForwardNorm(x), pool)
+            x += layer.postFeedForwardNorm(fed)
+        }
+        return head(x, batch: batch, pool: pool)
+    }
+}

@@ -1,0 +1,68 @@
+/// Where attention keeps the keys and values of the tokens a sequence has seen.
+/// Access is per position so that a paged store (blocks + block table) can sit behind it.
+public protocol KVStore: AnyObject {
+    /// Tokens already cached; the next token goes at this position.
+    var count: Int { get }
+    /// Most tokens this store can hold.
+    var capacity: Int { get }
+    /// Key vector (`kvDimension` floats) of `layer` at `position`.
+    func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
+    func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
+    /// Makes room for `tokens` more positions; throws when the context is full.
+    func reserve(_ tokens: Int) throws
+    /// Marks `tokens` more positions as filled (after a forward pass wrote them).
+    func advance(by tokens: Int)
+}
+
+public struct ContextFullError: Error, CustomStringConvertible {
+    public let needed: Int
+    public let capacity: Int
+    public var description: String { "context is full: \(needed) tokens needed, the context holds \(capacity)" }
+}
+
+/// A contiguous per-sequence cache sized once for the requested context length.
+public final class KVCache: KVStore, @unchecked Sendable {
+    public let layers: Int
+    public let kvDimension: Int
+    public let capacity: Int
+    public private(set) var count = 0
+    private let keys: UnsafeMutablePointer<Float>
+    private let values: UnsafeMutablePointer<Float>
+
+    public init(layers: Int, kvDimension: Int, capacity: Int) {
+        self.layers = layers
+        self.kvDimension = kvDimension
+        self.capacity = capacity
+        let total = layers * kvDimension * capacity
+        keys = .allocate(capacity: total)
+        values = .allocate(capacity: total)
+    }
+
+    public convenience init(config: ModelConfig, capacity: Int) {
+        self.init(layers: config.blockCount, kvDimension: config.headCountKV * max(config.keyLength, config.valueLength), capacity: capacity)
+    }
+
+    deinit {
+        keys.deallocate()
+        values.deallocate()
+    }
+
+    public func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float> {
+        keys + (layer * capacity + position) * kvDimension
+    }
+
+    public func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float> {
+        values + (layer * capacity + position) * kvDimension
+    }
+
+    public func reserve(_ tokens: Int) throws {
+        guard count + tokens <= capacity else { throw ContextFullError(needed: count + tokens, capacity: capacity) }
+    }
+
+    public func advance(by tokens: Int) { count += tokens }
+
+    /// Forgets everything from `position` on (e.g. to reuse a shared prefix).
+    public func truncate(to position: Int) { count = min(count, max(0, position)) }
+
+    public var bytes: Int { 2 * layers * kvDimension * capacity * MemoryLayout<Float>.size }
+}

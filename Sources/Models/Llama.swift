@@ -1,0 +1,45 @@
+import GGUF
+import Kernels
+
+/// Llama 2/3, Mistral, SmolLM: pre-norm decoder with RMSNorm, RoPE, grouped-query attention
+/// and a SwiGLU feed-forward.
+public final class Llama: LanguageModel {
+    struct Layer: Sendable {
+        let attentionNorm: RMSNorm
+        let attention: Attention
+        let feedForwardNorm: RMSNorm
+        let feedForward: GatedFeedForward
+    }
+
+    public let config: ModelConfig
+    let embedding: Embedding
+    let layers: [Layer]
+    let head: OutputHead
+
+    public init(file: GGUFFile, config: ModelConfig, biases: Bool = false, ropeStyle: RoPEStyle = .interleaved) throws {
+        self.config = config
+        let d = config.embeddingLength, eps = config.normEpsilon
+        let rope = RoPE(style: ropeStyle, dimensions: config.ropeDimensionCount, base: config.ropeFreqBase,
+                        positionScale: config.ropeLinearScale)
+        embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d)
+        layers = try (0..<config.blockCount).map { i in
+            let p = "blk.\(i)."
+            return Layer(
+                attentionNorm: try RMSNorm(file: file, name: p + "attn_norm.weight", count: d, epsilon: eps),
+                attention: try Attention(file: file, layer: i, config: config, rope: rope, biases: biases),
+                feedForwardNorm: try RMSNorm(file: file, name: p + "ffn_norm.weight", count: d, epsilon: eps),
+                feedForward: try GatedFeedForward(file: file, prefix: p, dimension: d,
+                                                  hidden: config.feedForwardLength, activation: .silu))
+        }
+        head = try OutputHead(file: file, config: config)
+    }
+
+    public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
+        let x = embedding(batch.flatMap(\.tokens))
+        for (i, layer) in layers.enumerated() {
+            x += layer.attention(layer.attentionNorm(x), layer: i, batch: batch, pool: pool)
+            x += layer.feedForward(layer.feedForwardNorm(x), pool)
+        }
+        return head(x, batch: batch, pool: pool)
+    }
+}
