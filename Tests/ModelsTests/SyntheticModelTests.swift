@@ -1,0 +1,136 @@
+import Foundation
+import GGUF
+import Kernels
+import Models
+import Testing
+import TestSupport
+
+/// Runs scripts/synthetic_models.py once per test process and hands out its output folder.
+enum SyntheticModels {
+    static let directory: Result<URL, Error> = {
+        let out = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-synthetic-\(getpid())")
+        let script = TestSupport.repositoryRoot().appendingPathComponent("scripts/synthetic_models.py").path
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", script, out.path]
+        p.standardOutput = FileHandle.nullDevice
+        do {
+            try p.run()
+            p.waitUntilExit()
+        } catch {
+            return .failure(error)
+        }
+        guard p.terminationStatus == 0 else {
+            return .failure(CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey: "synthetic_models.py failed (needs numpy and gguf: pip install numpy gguf)"]))
+        }
+        return .success(out)
+    }()
+
+    struct Reference {
+        let prompt: [Int32]
+        let logits: [[Float]]
+        let greedy: [Int32]
+    }
+
+    static func load(_ stem: String) throws -> (GGUFFile, Reference) {
+        let dir = try directory.get()
+        let file = try GGUFFile(path: dir.appendingPathComponent("\(stem).gguf").path)
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("\(stem).json"))) as! [String: Any]
+        let ref = Reference(prompt: (json["prompt"] as! [Int]).map(Int32.init),
+                            logits: (json["logits"] as! [[Double]]).map { $0.map(Float.init) },
+                            greedy: (json["greedy"] as! [Int]).map(Int32.init))
+        return (file, ref)
+    }
+}
+
+func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Float {
+    zip(a, b).map { abs($0 - $1) }.max() ?? .infinity
+}
+
+func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
+
+@Suite struct SyntheticModelTests {
+    /// Float weights: the only differences are float32 rounding. Quantized weights: the
+    /// reference uses the dequantized values, Swift additionally rounds activations to 8 bits
+    /// inside the integer dot products, hence the looser bound.
+    static let cases: [(String, Float)] = [
+        ("llama-f32", 2e-3), ("llama-q8_0", 5e-2),
+        ("gemma3-f32", 2e-3), ("gemma3-q8_0", 5e-2),
+    ]
+
+    @Test(arguments: cases)
+    func logitsMatchNumpyReference(stem: String, tolerance: Float) throws {
+        let (file, ref) = try SyntheticModels.load(stem)
+        let model = try ModelRegistry.load(file)
+        let pool = ThreadPool(threads: 2)
+
+        // The whole prompt as one batch, logits at every position.
+        let cache = model.makeCache(capacity: 64)
+        let batched = try model.forward([BatchSequence(tokens: ref.prompt, cache: cache, allLogits: true)], pool: pool)
+        #expect(batched.count == ref.prompt.count)
+        for (i, row) in batched.enumerated() {
+            let diff = maxAbsDifference(row, ref.logits[i])
+            #expect(diff < tolerance, "\(stem) position \(i): max |Δlogit| = \(diff)")
+        }
+
+        // Token by token through the KV cache gives the same logits.
+        let incremental = model.makeCache(capacity: 64)
+        for (i, token) in ref.prompt.enumerated() {
+            let row = try model.forward([BatchSequence(tokens: [token], cache: incremental)], pool: pool)[0]
+            let diff = maxAbsDifference(row, ref.logits[i])
+            #expect(diff < tolerance, "\(stem) incremental position \(i): max |Δlogit| = \(diff)")
+        }
+    }
+
+    @Test(arguments: cases.map(\.0))
+    func greedyTokensMatchNumpyReference(stem: String) throws {
+        let (file, ref) = try SyntheticModels.load(stem)
+        let model = try ModelRegistry.load(file)
+        let pool = ThreadPool(threads: 2)
+        let cache = model.makeCache(capacity: 64)
+        var logits = try model.forward([BatchSequence(tokens: ref.prompt, cache: cache)], pool: pool)[0]
+        var generated: [Int32] = []
+        for _ in 0..<ref.greedy.count {
+            let next = argmax(logits)
+            generated.append(next)
+            logits = try model.forward([BatchSequence(tokens: [next], cache: cache)], pool: pool)[0]
+        }
+        #expect(generated == ref.greedy)
+    }
+
+    @Test func batchOfSequencesEqualsEachAlone() throws {
+        let (file, ref) = try SyntheticModels.load("llama-f32")
+        let model = try ModelRegistry.load(file)
+        let pool = ThreadPool(threads: 2)
+        let a = Array(ref.prompt[..<5]), b = Array(ref.prompt[3...])
+        let alone = try [a, b].map { try model.forward([BatchSequence(tokens: $0, cache: model.makeCache(capacity: 32))], pool: pool)[0] }
+        let together = try model.forward([BatchSequence(tokens: a, cache: model.makeCache(capacity: 32)),
+                                          BatchSequence(tokens: b, cache: model.makeCache(capacity: 32))], pool: pool)
+        #expect(maxAbsDifference(alone[0], together[0]) < 1e-4)
+        #expect(maxAbsDifference(alone[1], together[1]) < 1e-4)
+    }
+
+    @Test func contextOverflowIsAnErrorNotACrash() throws {
+        let (file, ref) = try SyntheticModels.load("llama-f32")
+        let model = try ModelRegistry.load(file)
+        let cache = model.makeCache(capacity: 4)
+        #expect(throws: ContextFullError.self) {
+            try model.forward([BatchSequence(tokens: ref.prompt, cache: cache)], pool: ThreadPool(threads: 1))
+        }
+        #expect(cache.count == 0)
+    }
+
+    @Test func unknownArchitectureIsAClearError() throws {
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("rwkv9"))
+        w.set("rwkv9.embedding_length", .uint32(8))
+        w.set("rwkv9.block_count", .uint32(1))
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("unknown-arch-\(getpid()).gguf").path
+        try w.write(to: path)
+        #expect {
+            try ModelRegistry.load(try GGUFFile(path: path))
+        } throws: { error in
+            "\(error)".contains("unsupported architecture 'rwkv9'")
+        }
+    }
+}
