@@ -4,7 +4,7 @@ import Kernels
 /// Gemma 3: scaled embeddings, q/k RMSNorm, norms after attention and feed-forward as well
 /// as before, a GELU-gated feed-forward, and sliding-window layers (with their own RoPE base)
 /// interleaved with global ones.
-public final class Gemma3: LanguageModel {
+public final class Gemma3: AttentionModel {
     struct Layer: Sendable {
         let attentionNorm: RMSNorm
         let attention: Attention

@@ -1,17 +1,25 @@
-/// Where attention keeps the keys and values of the tokens a sequence has seen.
-/// Access is per position so that a paged store (blocks + block table) can sit behind it.
-public protocol KVStore: AnyObject {
-    /// Tokens already cached; the next token goes at this position.
+/// What a model remembers of one sequence between forward passes: a KV cache for
+/// attention models, a recurrent state for state-space models.
+public protocol SequenceState: AnyObject {
+    /// Tokens seen so far; the next token goes at this position.
     var count: Int { get }
-    /// Most tokens this store can hold.
+    /// Most tokens this state can hold.
     var capacity: Int { get }
-    /// Key vector (`kvDimension` floats) of `layer` at `position`.
-    func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
-    func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
     /// Makes room for `tokens` more positions; throws when the context is full.
     func reserve(_ tokens: Int) throws
     /// Marks `tokens` more positions as filled (after a forward pass wrote them).
     func advance(by tokens: Int)
+    /// Forgets everything from `position` on. A state that cannot roll back (recurrent)
+    /// resets to empty instead; callers read `count` afterwards.
+    func truncate(to position: Int)
+}
+
+/// Where attention keeps the keys and values of the tokens a sequence has seen.
+/// Access is per position so that a paged store (blocks + block table) can sit behind it.
+public protocol KVStore: SequenceState {
+    /// Key vector (`kvDimension` floats) of `layer` at `position`.
+    func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
+    func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
 }
 
 public struct ContextFullError: Error, CustomStringConvertible {
@@ -61,7 +69,6 @@ public final class KVCache: KVStore, @unchecked Sendable {
 
     public func advance(by tokens: Int) { count += tokens }
 
-    /// Forgets everything from `position` on (e.g. to reuse a shared prefix).
     public func truncate(to position: Int) { count = min(count, max(0, position)) }
 
     public var bytes: Int { 2 * layers * kvDimension * capacity * MemoryLayout<Float>.size }

@@ -173,11 +173,11 @@ public struct RoPE: Sendable {
 /// One sequence's share of a batch: its new tokens and the cache they extend.
 public struct BatchSequence {
     public var tokens: [Int32]
-    public var cache: any KVStore
+    public var cache: any SequenceState
     /// Return logits for every token (perplexity) or only the last (generation).
     public var allLogits: Bool
 
-    public init(tokens: [Int32], cache: any KVStore, allLogits: Bool = false) {
+    public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false) {
         self.tokens = tokens
         self.cache = cache
         self.allLogits = allLogits
@@ -227,14 +227,15 @@ public struct Attention: Sendable {
         if let keyNorm { k = keyNorm(k) }
 
         // Rotate and store this batch's keys and values in each sequence's cache.
+        let caches = batch.map { $0.cache as! any KVStore }
         var row = 0
-        for seq in batch {
+        for (s, seq) in batch.enumerated() {
             for i in 0..<seq.tokens.count {
                 let position = seq.cache.count + i
                 rope.apply(q[row], heads: heads, headDimension: headDimension, position: position)
                 rope.apply(k[row], heads: kvHeads, headDimension: headDimension, position: position)
-                seq.cache.key(layer: layer, position: position).update(from: k[row], count: k.columns)
-                seq.cache.value(layer: layer, position: position).update(from: v[row], count: v.columns)
+                caches[s].key(layer: layer, position: position).update(from: k[row], count: k.columns)
+                caches[s].value(layer: layer, position: position).update(from: v[row], count: v.columns)
                 row += 1
             }
         }
@@ -242,7 +243,6 @@ public struct Attention: Sendable {
         let valueDimension = v.columns / kvHeads
         let out = Matrix(rows: x.rows, columns: heads * valueDimension)
         let group = heads / kvHeads
-        let caches = batch.map(\.cache)
         var rowInfo: [(sequence: Int, position: Int)] = []
         for (s, seq) in batch.enumerated() {
             for i in 0..<seq.tokens.count { rowInfo.append((s, seq.cache.count + i)) }

@@ -2,13 +2,14 @@ import GGUF
 import Kernels
 
 /// Llama 2/3, Mistral, SmolLM: pre-norm decoder with RMSNorm, RoPE, grouped-query attention
-/// and a SwiGLU feed-forward.
-public final class Llama: LanguageModel {
+/// and a SwiGLU feed-forward — or, when the file declares experts (Mixtral), a sparse mixture
+/// of SwiGLU experts. Qwen2 is the same network with q/k/v biases and GPT-NeoX RoPE.
+public final class Llama: AttentionModel {
     struct Layer: Sendable {
         let attentionNorm: RMSNorm
         let attention: Attention
         let feedForwardNorm: RMSNorm
-        let feedForward: GatedFeedForward
+        let feedForward: any FeedForward
     }
 
     public let config: ModelConfig
@@ -28,8 +29,11 @@ public final class Llama: LanguageModel {
                 attentionNorm: try RMSNorm(file: file, name: p + "attn_norm.weight", count: d, epsilon: eps),
                 attention: try Attention(file: file, layer: i, config: config, rope: rope, biases: biases),
                 feedForwardNorm: try RMSNorm(file: file, name: p + "ffn_norm.weight", count: d, epsilon: eps),
-                feedForward: try GatedFeedForward(file: file, prefix: p, dimension: d,
-                                                  hidden: config.feedForwardLength, activation: .silu))
+                feedForward: config.expertCount > 0
+                    ? try MixtureOfExperts(file: file, prefix: p, dimension: d, hidden: config.feedForwardLength,
+                                           experts: config.expertCount, used: config.expertUsedCount)
+                    : try GatedFeedForward(file: file, prefix: p, dimension: d,
+                                           hidden: config.feedForwardLength, activation: .silu))
         }
         head = try OutputHead(file: file, config: config)
     }

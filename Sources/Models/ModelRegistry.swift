@@ -7,7 +7,9 @@ public enum ModelRegistry {
 
     static let builders: [String: Builder] = [
         "llama": { try Llama(file: $0, config: $1) },
+        "qwen2": { try Llama(file: $0, config: $1, biases: true, ropeStyle: .halves) },
         "gemma3": { try Gemma3(file: $0, config: $1) },
+        "mamba": { try Mamba(file: $0, config: $1) },
     ]
 
     public static var supported: [String] { builders.keys.sorted() }
@@ -28,6 +30,15 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// values into the sequences' caches at positions `cache.count...`. Returns one logits row
     /// per requested position (see `BatchSequence.allLogits`), in batch order.
     func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]]
+    /// Fresh per-sequence state (KV cache or recurrent state) for up to `capacity` tokens.
+    func makeCache(capacity: Int) -> any SequenceState
+}
+
+/// Attention models keep a KV cache.
+public protocol AttentionModel: LanguageModel {}
+
+extension AttentionModel {
+    public func makeCache(capacity: Int) -> any SequenceState { KVCache(config: config, capacity: capacity) }
 }
 
 extension LanguageModel {
@@ -39,5 +50,4 @@ extension LanguageModel {
         return logits
     }
 
-    public func makeCache(capacity: Int) -> KVCache { KVCache(config: config, capacity: capacity) }
 }

@@ -56,6 +56,9 @@ func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
     static let cases: [(String, Float)] = [
         ("llama-f32", 2e-3), ("llama-q8_0", 5e-2),
         ("gemma3-f32", 2e-3), ("gemma3-q8_0", 5e-2),
+        ("qwen2-f32", 2e-3), ("qwen2-q8_0", 5e-2),
+        ("mixtral-f32", 2e-3), ("mixtral-q8_0", 5e-2),
+        ("mamba-f32", 2e-3), ("mamba-q8_0", 5e-2),
     ]
 
     @Test(arguments: cases)
