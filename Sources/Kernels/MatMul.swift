@@ -1,20 +1,236 @@
+import GGUF
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
+
 /// y[t][r] = dot(W[r], x[t]) for every token t and output row r.
 /// `input` holds `tokens` rows of `weight.columns` floats; `output` holds `tokens` rows of `weight.rows`.
+///
+/// Quantized weights: the activations are first quantized to 8 bits per block (Q8_0-style
+/// for Q4_0/Q5_0/Q8_0, with block sums for Q4_1/Q5_1, Q8_K-style for the K-quants; see
+/// `QuantizedActivations` for the error this implies, ≤ max|x|_block/254 per element),
+/// then each weight block is multiplied with integer SIMD dot products.
+/// F32/F16/BF16 weights use float FMA on the unquantized activations.
+///
+/// Rows are split across the pool. Several tokens (up to 4) share each weight-block load,
+/// and rows are processed in tiles small enough to stay in L1/L2 while every token visits
+/// them, so for prompt prefill each weight byte is read from memory once.
+/// Results do not depend on the thread count or on how tokens are grouped: every (t, r)
+/// is accumulated in the same order by the same operations.
 public func matmul(_ weight: WeightMatrix, input: UnsafePointer<Float>, tokens: Int,
                    output: UnsafeMutablePointer<Float>, pool: ThreadPool) {
-    let columns = weight.columns, rows = weight.rows
-    nonisolated(unsafe) let x = input, y = output
-    pool.parallelChunks(rows, granularity: 16) { range in
-        let scratch = UnsafeMutablePointer<Float>.allocate(capacity: columns)
-        defer { scratch.deallocate() }
-        for r in range {
-            dequantizeRow(weight.type, weight.row(r), into: scratch, count: columns)
-            for t in 0..<tokens {
-                var sum: Float = 0
-                let xt = x + t * columns
-                for i in 0..<columns { sum += scratch[i] * xt[i] }
-                y[t * rows + r] = sum
+    guard tokens > 0, weight.rows > 0 else { return }
+    switch weight.type {
+    case .q4_0: quantMatmul(KQ4_0.self, weight, input, tokens, output, pool)
+    case .q4_1: quantMatmul(KQ4_1.self, weight, input, tokens, output, pool)
+    case .q5_0: quantMatmul(KQ5_0.self, weight, input, tokens, output, pool)
+    case .q5_1: quantMatmul(KQ5_1.self, weight, input, tokens, output, pool)
+    case .q8_0: quantMatmul(KQ8_0.self, weight, input, tokens, output, pool)
+    case .q2_K: quantMatmul(KQ2_K.self, weight, input, tokens, output, pool)
+    case .q3_K: quantMatmul(KQ3_K.self, weight, input, tokens, output, pool)
+    case .q4_K: quantMatmul(KQ4_K.self, weight, input, tokens, output, pool)
+    case .q5_K: quantMatmul(KQ5_K.self, weight, input, tokens, output, pool)
+    case .q6_K: quantMatmul(KQ6_K.self, weight, input, tokens, output, pool)
+    case .f32, .f16, .bf16: floatMatmul(weight, input, tokens, output, pool)
+    default: fatalError("matmul: \(KernelError.unsupportedType(weight.type))")
+    }
+}
+
+/// Tokens sharing one pass over a weight row.
+let tokenTile = 4
+
+/// Rows per cache tile: about 32 KB of weights, so a tile stays in L1/L2 while all token
+/// groups pass over it.
+@inline(__always)
+func rowTileSize(_ rowBytes: Int) -> Int { max(1, min(64, (32 << 10) / max(rowBytes, 1))) }
+
+/// Splits `rows` into work items for the pool: a few per thread so a preempted thread
+/// does not hold everyone up, but each big enough to amortize the hand-off.
+@inline(__always)
+func forEachRowRange(_ rows: Int, rowBytes: Int, tokens: Int, pool: ThreadPool,
+                     _ body: @escaping @Sendable (Range<Int>) -> Void) {
+    let threads = pool.threadCount
+    let work = rows * rowBytes * max(1, tokens / 4)
+    if threads == 1 || work < 64 << 10 {
+        body(0..<rows)
+        return
+    }
+    let granularity = 8
+    let units = (rows + granularity - 1) / granularity
+    let items = min(units, threads * (work > 4 << 20 ? 8 : 2))
+    pool.parallelFor(items) { i in
+        let lo = units * i / items * granularity
+        let hi = min(rows, units * (i + 1) / items * granularity)
+        if lo < hi { body(lo..<hi) }
+    }
+}
+
+func quantMatmul<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ input: UnsafePointer<Float>, _ tokens: Int,
+                                 _ output: UnsafeMutablePointer<Float>, _ pool: ThreadPool) {
+    precondition(w.columns % K.blockElements == 0 && w.rowBytes == w.columns / K.blockElements * K.blockBytes)
+    let act = QuantizedActivations(columns: w.columns, tokens: tokens, blockSize: K.blockElements)
+    defer { act.deallocate() }
+    nonisolated(unsafe) let x = input
+    if tokens >= 8 && pool.threadCount > 1 {
+        let n = min(tokens, pool.threadCount)
+        pool.parallelFor(n) { i in act.quantize(x, tokens: tokens * i / n ..< tokens * (i + 1) / n) }
+    } else {
+        act.quantize(x, tokens: 0..<tokens)
+    }
+    nonisolated(unsafe) let y = output
+    let rows = w.rows, nb = w.columns / K.blockElements, rowBytes = w.rowBytes
+    let tile = rowTileSize(rowBytes)
+    forEachRowRange(rows, rowBytes: rowBytes, tokens: tokens, pool: pool) { range in
+        var r0 = range.lowerBound
+        while r0 < range.upperBound {
+            let r1 = min(r0 + tile, range.upperBound)
+            var t0 = 0
+            while t0 < tokens {
+                let nt = min(tokenTile, tokens - t0)
+                for r in r0..<r1 {
+                    let row = w.row(r)
+                    switch nt {
+                    case 4: quantRowDot(K.self, row, nb, act, t0, 4, y + t0 * rows + r, rows)
+                    case 3: quantRowDot(K.self, row, nb, act, t0, 3, y + t0 * rows + r, rows)
+                    case 2: quantRowDot(K.self, row, nb, act, t0, 2, y + t0 * rows + r, rows)
+                    default: quantRowDot(K.self, row, nb, act, t0, 1, y + t0 * rows + r, rows)
+                    }
+                }
+                t0 += nt
             }
+            r0 = r1
         }
+    }
+}
+
+/// Dot products of one weight row with `nt` (1...4, a constant after inlining) consecutive tokens.
+@inline(__always)
+func quantRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int, _ act: QuantizedActivations,
+                                 _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    let be = K.blockElements
+    let cols = act.columns
+    let q0 = UnsafeRawPointer(act.q + t0 * cols)
+    let d0 = act.d + t0 * nb, s0 = act.s + t0 * nb
+    let g0 = act.bsums + t0 * nb * 16
+    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+    var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
+    for b in 0..<nb {
+        let p = row + b * K.blockBytes
+        let h = K.header(p)
+        var i0 = SIMD8<Int32>(), i1 = SIMD8<Int32>(), i2 = SIMD8<Int32>(), i3 = SIMD8<Int32>()
+        for c in 0..<K.chunks {
+            let (wv, sc) = K.chunk(p, h, c)
+            let off = b * be + c * 32
+            i0 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off, as: SIMD32<Int8>.self), sc)
+            if nt > 1 { i1 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + cols, as: SIMD32<Int8>.self), sc) }
+            if nt > 2 { i2 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 2 * cols, as: SIMD32<Int8>.self), sc) }
+            if nt > 3 { i3 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 3 * cols, as: SIMD32<Int8>.self), sc) }
+        }
+        let ws = K.blockScale(h)
+        a0 = a0.addingProduct(SIMD8(repeating: ws * d0[b]), SIMD8<Float>(i0))
+        c0 += K.correction(h, dx: d0[b], sx: s0[b], bsums: g0 + 16 * b)
+        if nt > 1 {
+            a1 = a1.addingProduct(SIMD8(repeating: ws * d0[nb + b]), SIMD8<Float>(i1))
+            c1 += K.correction(h, dx: d0[nb + b], sx: s0[nb + b], bsums: g0 + 16 * (nb + b))
+        }
+        if nt > 2 {
+            a2 = a2.addingProduct(SIMD8(repeating: ws * d0[2 * nb + b]), SIMD8<Float>(i2))
+            c2 += K.correction(h, dx: d0[2 * nb + b], sx: s0[2 * nb + b], bsums: g0 + 16 * (2 * nb + b))
+        }
+        if nt > 3 {
+            a3 = a3.addingProduct(SIMD8(repeating: ws * d0[3 * nb + b]), SIMD8<Float>(i3))
+            c3 += K.correction(h, dx: d0[3 * nb + b], sx: s0[3 * nb + b], bsums: g0 + 16 * (3 * nb + b))
+        }
+    }
+    out[0] = hsum(a0) + c0
+    if nt > 1 { out[outStride] = hsum(a1) + c1 }
+    if nt > 2 { out[2 * outStride] = hsum(a2) + c2 }
+    if nt > 3 { out[3 * outStride] = hsum(a3) + c3 }
+}
+
+// MARK: float weights
+
+@inline(__always)
+func loadWeights8(_ type: TensorType, _ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> {
+    switch type {
+    case .f16:
+#if arch(x86_64)
+        return _mm256_cvtph_ps(p.loadUnaligned(fromByteOffset: 2 * i, as: __m128i.self))
+#else
+        return SIMD8<Float>(p.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<Float16>.self))
+#endif
+    case .bf16:
+        let h = SIMD8<UInt32>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<UInt16>.self))
+        return unsafeBitCast(h &<< 16, to: SIMD8<Float>.self)
+    default:
+        return p.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+    }
+}
+
+@inline(__always)
+func loadWeight1(_ type: TensorType, _ p: UnsafeRawPointer, _ i: Int) -> Float {
+    switch type {
+    case .f16: return loadF16(p, 2 * i)
+    case .bf16: return Float(bitPattern: UInt32(p.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) << 16)
+    default: return p.loadUnaligned(fromByteOffset: 4 * i, as: Float.self)
+    }
+}
+
+func floatMatmul(_ w: WeightMatrix, _ input: UnsafePointer<Float>, _ tokens: Int,
+                 _ output: UnsafeMutablePointer<Float>, _ pool: ThreadPool) {
+    nonisolated(unsafe) let x = input, y = output
+    let rows = w.rows, cols = w.columns
+    let tile = rowTileSize(w.rowBytes)
+    forEachRowRange(rows, rowBytes: w.rowBytes, tokens: tokens, pool: pool) { range in
+        var r0 = range.lowerBound
+        while r0 < range.upperBound {
+            let r1 = min(r0 + tile, range.upperBound)
+            var t0 = 0
+            while t0 < tokens {
+                let nt = min(tokenTile, tokens - t0)
+                for r in r0..<r1 {
+                    let out = y + t0 * rows + r
+                    switch (w.type, nt) {
+                    case (.f16, 4): floatRowDot(.f16, w.row(r), cols, x + t0 * cols, 4, out, rows)
+                    case (.f16, 3): floatRowDot(.f16, w.row(r), cols, x + t0 * cols, 3, out, rows)
+                    case (.f16, 2): floatRowDot(.f16, w.row(r), cols, x + t0 * cols, 2, out, rows)
+                    case (.f16, _): floatRowDot(.f16, w.row(r), cols, x + t0 * cols, 1, out, rows)
+                    case (.bf16, 4): floatRowDot(.bf16, w.row(r), cols, x + t0 * cols, 4, out, rows)
+                    case (.bf16, 3): floatRowDot(.bf16, w.row(r), cols, x + t0 * cols, 3, out, rows)
+                    case (.bf16, 2): floatRowDot(.bf16, w.row(r), cols, x + t0 * cols, 2, out, rows)
+                    case (.bf16, _): floatRowDot(.bf16, w.row(r), cols, x + t0 * cols, 1, out, rows)
+                    case (_, 4): floatRowDot(.f32, w.row(r), cols, x + t0 * cols, 4, out, rows)
+                    case (_, 3): floatRowDot(.f32, w.row(r), cols, x + t0 * cols, 3, out, rows)
+                    case (_, 2): floatRowDot(.f32, w.row(r), cols, x + t0 * cols, 2, out, rows)
+                    default: floatRowDot(.f32, w.row(r), cols, x + t0 * cols, 1, out, rows)
+                    }
+                }
+                t0 += nt
+            }
+            r0 = r1
+        }
+    }
+}
+
+@inline(__always)
+func floatRowDot(_ type: TensorType, _ row: UnsafeRawPointer, _ cols: Int, _ x: UnsafePointer<Float>,
+                 _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    let xr = UnsafeRawPointer(x)
+    let xs = 4 * cols
+    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+    let n8 = cols & ~7
+    var i = 0
+    while i < n8 {
+        let wv = loadWeights8(type, row, i)
+        a0 = a0.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self))
+        if nt > 1 { a1 = a1.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i + xs, as: SIMD8<Float>.self)) }
+        if nt > 2 { a2 = a2.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i + 2 * xs, as: SIMD8<Float>.self)) }
+        if nt > 3 { a3 = a3.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i + 3 * xs, as: SIMD8<Float>.self)) }
+        i += 8
+    }
+    for t in 0..<nt {
+        var s = hsum(t == 0 ? a0 : t == 1 ? a1 : t == 2 ? a2 : a3)
+        for j in n8..<cols { s += loadWeight1(type, row, j) * x[t * cols + j] }
+        out[t * outStride] = s
     }
 }

@@ -1,0 +1,86 @@
+/// Activations (the `tokens` input rows of a matmul) quantized once per call to 8 bits,
+/// so that every weight block can be multiplied with integer SIMD dot products.
+///
+/// Per block of `blockSize` floats x (32 for the small formats, 256 for K-quants):
+///   d = max|x| / 127,  q[i] = round(x[i] / d) ∈ [-127, 127]   (x[i] ≈ d·q[i])
+///   s = d · Σ q[i]                 (32-blocks: lets offset/min formats skip a pass)
+///   bsums[g] = Σ q[i] over 16-element groups   (256-blocks: for the K-quant mins)
+/// d and s are kept as Float (not f16 as in GGUF's own Q8 formats), so the only error is
+/// the rounding of q.
+///
+/// Error this implies: |x[i] - d·q[i]| ≤ d/2 = max|x|_block / 254 (plus ~1 ulp from the
+/// float arithmetic), so for one weight row w the matmul result differs from the exact
+/// float dot product by at most  Σ_blocks (max|x|_block / 254) · Σ_{i∈block} |w[i]|,
+/// i.e. a relative error of ~0.4 % of Σ|w||x| in the worst case and typically far less
+/// (the rounding errors have random signs: ~ 1/254/√3 · ‖w‖·max|x| per block).
+/// This is the same approximation llama.cpp's CPU path makes with its Q8_0/Q8_1/Q8_K
+/// activations; tests check it against exactly this bound.
+struct QuantizedActivations: @unchecked Sendable {
+    let columns: Int
+    let tokens: Int
+    let blockSize: Int
+    let blocksPerRow: Int
+    let q: UnsafeMutablePointer<Int8>      // tokens × columns
+    let d: UnsafeMutablePointer<Float>     // tokens × blocksPerRow
+    let s: UnsafeMutablePointer<Float>     // tokens × blocksPerRow (32-blocks)
+    let bsums: UnsafeMutablePointer<Int16> // tokens × blocksPerRow × 16 (256-blocks)
+    private let base: UnsafeMutableRawPointer
+
+    init(columns: Int, tokens: Int, blockSize: Int) {
+        precondition(columns % blockSize == 0)
+        self.columns = columns
+        self.tokens = tokens
+        self.blockSize = blockSize
+        blocksPerRow = columns / blockSize
+        let nq = (tokens * columns + 63) & ~63
+        let nd = tokens * blocksPerRow
+        let nbs = blockSize == 256 ? nd * 16 : 0
+        base = .allocate(byteCount: nq + 8 * nd + 2 * nbs + 64, alignment: 64)
+        q = base.bindMemory(to: Int8.self, capacity: nq)
+        d = (base + nq).bindMemory(to: Float.self, capacity: nd)
+        s = (base + nq + 4 * nd).bindMemory(to: Float.self, capacity: nd)
+        bsums = (base + nq + 8 * nd).bindMemory(to: Int16.self, capacity: max(nbs, 1))
+    }
+
+    func deallocate() { base.deallocate() }
+
+    /// Quantizes rows t ∈ range of `x` (each `columns` floats).
+    func quantize(_ x: UnsafePointer<Float>, tokens range: Range<Int>) {
+        for t in range {
+            let xt = x + t * columns
+            for b in 0..<blocksPerRow {
+                quantizeBlock(xt + b * blockSize, token: t, block: b)
+            }
+        }
+    }
+
+    @inline(__always)
+    private func quantizeBlock(_ x: UnsafePointer<Float>, token t: Int, block b: Int) {
+        let n8 = blockSize / 8
+        let raw = UnsafeRawPointer(x)
+        var amax = SIMD8<Float>()
+        for k in 0..<n8 {
+            let v = raw.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self)
+            amax = pointwiseMax(amax, pointwiseMax(v, -v))
+        }
+        let m = amax.max()
+        let scale = m / 127
+        let inv: Float = m > 0 ? 127 / m : 0
+        let qb = q + t * columns + b * blockSize
+        let bi = t * blocksPerRow + b
+        var total = SIMD8<Int32>()
+        for k in 0..<n8 {
+            let v = raw.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self) * inv
+            var iv = SIMD8<Int32>(v.rounded(.toNearestOrEven))
+            iv = pointwiseMin(pointwiseMax(iv, SIMD8(repeating: -127)), SIMD8(repeating: 127))
+            UnsafeMutableRawPointer(qb + 8 * k).storeBytes(of: SIMD8<Int8>(truncatingIfNeeded: iv), as: SIMD8<Int8>.self)
+            total &+= iv
+            if blockSize == 256 && k & 1 == 1 {
+                bsums[bi * 16 + k / 2] = Int16(truncatingIfNeeded: total.wrappedSum())
+                total = SIMD8<Int32>()
+            }
+        }
+        d[bi] = scale
+        if blockSize != 256 { s[bi] = scale * Float(total.wrappedSum()) }
+    }
+}

@@ -1,0 +1,103 @@
+// Integer dot-product primitives on 32-byte vectors. On x86-64 they map to AVX2
+// (vpmaddubsw / vpmaddwd / vpsignb / vpshufb); elsewhere they are plain Swift SIMD.
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
+
+/// Sum over pairs: lane k = a[2k]*b[2k] + a[2k+1]*b[2k+1] (a unsigned, b signed), then
+/// lane j of the result = p[2j]*s[2j] + p[2j+1]*s[2j+1] in Int32.
+/// Callers keep |a|·|b| small enough that the 16-bit pair sums never saturate
+/// (a ≤ 63 with |b| ≤ 127, or a ≤ 128 with |b| ≤ 127).
+@inline(__always)
+func dotU8I8(_ a: SIMD32<UInt8>, _ b: SIMD32<Int8>, _ s: SIMD16<Int16>) -> SIMD8<Int32> {
+#if arch(x86_64)
+    let p = _mm256_maddubs_epi16(unsafeBitCast(a, to: __m256i.self), unsafeBitCast(b, to: __m256i.self))
+    return unsafeBitCast(_mm256_madd_epi16(p, unsafeBitCast(s, to: __m256i.self)), to: SIMD8<Int32>.self)
+#else
+    var r = SIMD8<Int32>()
+    for j in 0..<8 {
+        var acc: Int32 = 0
+        for k in 0..<2 {
+            let i = 4 * j + 2 * k
+            let pair = Int32(a[i]) * Int32(b[i]) + Int32(a[i + 1]) * Int32(b[i + 1])
+            acc += pair * Int32(s[2 * j + k])
+        }
+        r[j] = acc
+    }
+    return r
+#endif
+}
+
+/// Signed × signed version: lane j = Σ over 4 consecutive bytes of a·b (|a| ≤ 127 or -128 with |b| ≤ 127).
+@inline(__always)
+func dotI8I8(_ a: SIMD32<Int8>, _ b: SIMD32<Int8>) -> SIMD8<Int32> {
+#if arch(x86_64)
+    let av = unsafeBitCast(a, to: __m256i.self), bv = unsafeBitCast(b, to: __m256i.self)
+    let p = _mm256_maddubs_epi16(_mm256_sign_epi8(av, av), _mm256_sign_epi8(bv, av))
+    return unsafeBitCast(_mm256_madd_epi16(p, _mm256_set1_epi16(1)), to: SIMD8<Int32>.self)
+#else
+    var r = SIMD8<Int32>()
+    for j in 0..<8 {
+        var acc: Int32 = 0
+        for k in 0..<4 { acc += Int32(a[4 * j + k]) * Int32(b[4 * j + k]) }
+        r[j] = acc
+    }
+    return r
+#endif
+}
+
+/// Lane i is `value` when bit i of `bits` is set, else 0.
+@inline(__always)
+func expandBits(_ bits: UInt32, _ value: UInt8) -> SIMD32<UInt8> {
+#if arch(x86_64)
+    let shuffle = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                   2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3)
+    let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(Int32(bitPattern: bits)), shuffle)
+    let mask = _mm256_set1_epi64x(Int64(bitPattern: 0x8040_2010_0804_0201))
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, mask), mask)
+    return unsafeBitCast(_mm256_and_si256(set, _mm256_set1_epi8(CChar(bitPattern: value))), to: SIMD32<UInt8>.self)
+#else
+    var r = SIMD32<UInt8>()
+    for i in 0..<32 where (bits >> UInt32(i)) & 1 != 0 { r[i] = value }
+    return r
+#endif
+}
+
+@inline(__always)
+func load16(_ p: UnsafeRawPointer) -> SIMD16<UInt8> { p.loadUnaligned(as: SIMD16<UInt8>.self) }
+
+@inline(__always)
+func load32(_ p: UnsafeRawPointer) -> SIMD32<UInt8> { p.loadUnaligned(as: SIMD32<UInt8>.self) }
+
+/// Sixteen bytes → 32 lanes: low nibbles first, then high nibbles.
+@inline(__always)
+func nibbles(_ v: SIMD16<UInt8>) -> SIMD32<UInt8> {
+    SIMD32(lowHalf: v & 0x0F, highHalf: v &>> 4)
+}
+
+/// [a ×8, b ×8] for the 16-bit multiplier of `dotU8I8` (two 16-element scale groups).
+@inline(__always)
+func scalePair(_ a: Int16, _ b: Int16) -> SIMD16<Int16> {
+    SIMD16(lowHalf: SIMD8(repeating: a), highHalf: SIMD8(repeating: b))
+}
+
+/// Σ a[i]·b[i] over 16 Int16 lanes, in Int32.
+@inline(__always)
+func dotI16(_ a: SIMD16<Int16>, _ b: SIMD16<Int16>) -> Int32 {
+#if arch(x86_64)
+    let p = unsafeBitCast(_mm256_madd_epi16(unsafeBitCast(a, to: __m256i.self), unsafeBitCast(b, to: __m256i.self)), to: SIMD8<Int32>.self)
+    return p.wrappedSum()
+#else
+    var acc: Int32 = 0
+    for i in 0..<16 { acc &+= Int32(a[i]) * Int32(b[i]) }
+    return acc
+#endif
+}
+
+/// Horizontal sum in a fixed order (so results never depend on the caller).
+@inline(__always)
+func hsum(_ v: SIMD8<Float>) -> Float {
+    let a = v.lowHalf + v.highHalf
+    let b = a.lowHalf + a.highHalf
+    return b[0] + b[1]
+}
