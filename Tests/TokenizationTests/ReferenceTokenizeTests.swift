@@ -13,7 +13,7 @@ struct ReferenceTokenizeTests {
         for c in cases {
             let got = tokenizer.encode(c.text, addSpecial: c.addBOSDefault, parseSpecial: c.parseSpecial)
             if got != c.tokens {
-                let at = zip(got, c.tokens).firstIndex { $0 != $1 } ?? min(got.count, c.tokens.count)
+                let at = Array(zip(got, c.tokens)).firstIndex { $0 != $1 } ?? min(got.count, c.tokens.count)
                 failures.append("""
                     \(reference): \(c)
                       expected \(c.tokens)
