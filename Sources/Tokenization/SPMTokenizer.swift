@@ -1,0 +1,212 @@
+import GGUF
+
+/// SentencePiece (`tokenizer.ggml.model == "llama"`), as llama.cpp runs it: spaces become `▁`,
+/// the text starts as one symbol per character, and the adjacent pair whose concatenation is the
+/// highest-scoring vocabulary token is merged until none is left. Characters that end up in no
+/// token are emitted as `<0xXX>` byte tokens.
+public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
+    let vocab: Vocabulary
+    /// Token for each byte value (`<0xXX>`, else the one-byte text, else unknown), or -1.
+    private let byteTokens: [Int32]
+
+    init(file: GGUFFile) throws(TokenizerError) {
+        let defaults = Vocabulary.Settings(bos: 1, eos: 2, unk: 0, addBOS: true, addEOS: false, addSpacePrefix: true)
+        let vocab = try Vocabulary(file: file, kind: .spm, defaults: defaults)
+        self.vocab = vocab
+        var byteTokens = [Int32](repeating: -1, count: 256)
+        let hex = Array("0123456789ABCDEF".utf8)
+        for b in 0..<256 {
+            let name: [UInt8] = [0x3C, 0x30, 0x78, hex[b >> 4], hex[b & 15], 0x3E]  // <0xXX>
+            if let id = vocab.textTable.lookup(name) {
+                byteTokens[b] = id
+            } else if let id = vocab.textTable.lookup([UInt8(b)]) {
+                byteTokens[b] = id
+            } else if let unk = vocab.unk {
+                byteTokens[b] = unk
+            }
+        }
+        self.byteTokens = byteTokens
+    }
+
+    /// The byte a `<0xXX>` token stands for.
+    static func byteValue(_ text: ArraySlice<UInt8>) -> UInt8? {
+        guard text.count == 6 else { return nil }
+        let t = Array(text)
+        guard t[0] == 0x3C, t[1] == 0x30, t[2] == 0x78, t[5] == 0x3E else { return nil }
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case 0x30...0x39: c - 0x30
+            case 0x41...0x46: c - 0x41 + 10
+            case 0x61...0x66: c - 0x61 + 10
+            default: nil
+            }
+        }
+        guard let hi = nibble(t[3]), let lo = nibble(t[4]) else { return nil }
+        return hi << 4 | lo
+    }
+
+    // MARK: Tokenizer
+
+    public var vocabularySize: Int { vocab.count }
+    public var bosToken: TokenID? { vocab.bos }
+    public var eosToken: TokenID? { vocab.eos }
+    public var endOfGenerationTokens: Set<TokenID> { vocab.endOfGeneration }
+    public var addsBOS: Bool { vocab.addBOS }
+    public var addsEOS: Bool { vocab.addEOS }
+    /// Whether a space is put before text that starts the input or follows a special token.
+    public var addsSpacePrefix: Bool { vocab.addSpacePrefix }
+
+    public func attributes(_ token: TokenID) -> TokenAttributes {
+        vocab.isValid(token) ? vocab.attributes[Int(token)] : []
+    }
+
+    public func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [TokenID] {
+        var scratch = SPMScratch()
+        return vocab.encode(text, addSpecial: addSpecial, parseSpecial: parseSpecial) { bytes, range, afterSpecial, out in
+            // Escape whitespace: ' ' → U+2581 '▁', with the optional leading space.
+            var text: [UInt8] = []
+            text.reserveCapacity(range.count + range.count / 2 + 3)
+            if vocab.addSpacePrefix && afterSpecial { text += [0xE2, 0x96, 0x81] }
+            for i in range {
+                let b = bytes[i]
+                if b == 0x20 { text += [0xE2, 0x96, 0x81] } else { text.append(b) }
+            }
+            text.withUnsafeBufferPointer { tokenize($0, into: &out, scratch: &scratch) }
+        }
+    }
+
+    private func tokenize(_ text: UnsafeBufferPointer<UInt8>, into out: inout [TokenID], scratch: inout SPMScratch) {
+        let n = text.count
+        guard n > 0, let base = text.baseAddress else { return }
+        scratch.symbols.removeAll(keepingCapacity: true)
+        scratch.heap.removeAll(keepingCapacity: true)
+        var offset = 0
+        var index: Int32 = 0
+        while offset < n {
+            let len = min(UTF8Scanner.sequenceLength(text[offset]), n - offset)
+            scratch.symbols.append(Symbol(start: Int32(offset), length: Int32(len), prev: index - 1,
+                                          next: offset + len == n ? -1 : index + 1, id: 0))
+            offset += len
+            index += 1
+        }
+        func addPair(_ left: Int32, _ right: Int32, _ s: inout SPMScratch) {
+            guard left >= 0, right >= 0 else { return }
+            let l = s.symbols[Int(left)], r = s.symbols[Int(right)]
+            let size = Int(l.length + r.length)
+            guard let id = vocab.textTable.lookup(base + Int(l.start), size), Int(id) < vocab.count else { return }
+            s.heap.push(ScoredPair(score: vocab.scores[Int(id)], left: left, right: right, size: Int32(size)))
+        }
+        for i in 1..<scratch.symbols.count { addPair(Int32(i - 1), Int32(i), &scratch) }
+        while let p = scratch.heap.pop() {
+            let l = scratch.symbols[Int(p.left)], r = scratch.symbols[Int(p.right)]
+            // Skip pairs made stale by an earlier merge.
+            guard l.length > 0, r.length > 0, l.length + r.length == p.size else { continue }
+            scratch.symbols[Int(p.left)].length = p.size
+            scratch.symbols[Int(p.left)].next = r.next
+            scratch.symbols[Int(p.right)].length = 0
+            if r.next >= 0 { scratch.symbols[Int(r.next)].prev = p.left }
+            addPair(l.prev, p.left, &scratch)
+            addPair(p.left, r.next, &scratch)
+        }
+        var i: Int32 = 0
+        while i >= 0 {
+            let s = scratch.symbols[Int(i)]
+            if let id = vocab.textTable.lookup(base + Int(s.start), Int(s.length)) {
+                out.append(id)
+            } else {
+                for k in Int(s.start)..<Int(s.start + s.length) {
+                    let id = byteTokens[Int(text[k])]
+                    if id >= 0 { out.append(id) }
+                }
+            }
+            i = s.next
+        }
+    }
+
+    public func pieceBytes(_ token: TokenID) -> [UInt8] { pieceBytes(token, special: false) }
+
+    public func pieceBytes(_ token: TokenID, special: Bool) -> [UInt8] {
+        guard vocab.isValid(token) else { return [] }
+        let attr = vocab.attributes[Int(token)]
+        let text = vocab.textBytes(of: token)
+        if !attr.isDisjoint(with: [.control, .unknown]) { return special ? Array(text) : [] }
+        if attr.contains(.userDefined) { return Array(text) }
+        if attr.contains(.normal) {
+            // '▁' (E2 96 81) → ' '
+            var out: [UInt8] = []
+            out.reserveCapacity(text.count)
+            var i = text.startIndex
+            while i < text.endIndex {
+                if text[i] == 0xE2 && i + 2 < text.endIndex && text[i + 1] == 0x96 && text[i + 2] == 0x81 {
+                    out.append(0x20)
+                    i += 3
+                } else {
+                    out.append(text[i])
+                    i += 1
+                }
+            }
+            return out
+        }
+        if attr.contains(.byte) { return SPMTokenizer.byteValue(text).map { [$0] } ?? [] }
+        return []
+    }
+
+    public func tokenText(_ token: TokenID) -> String {
+        vocab.isValid(token) ? vocab.text(of: token) : ""
+    }
+}
+
+struct ScoredPair {
+    var score: Float
+    var left: Int32
+    var right: Int32
+    var size: Int32
+}
+
+struct SPMScratch {
+    var symbols: [Symbol] = []
+    var heap = ScoredPairHeap()
+}
+
+/// Max-heap on score; among equal scores the leftmost pair first.
+struct ScoredPairHeap {
+    private var items: [ScoredPair] = []
+
+    mutating func removeAll(keepingCapacity: Bool) { items.removeAll(keepingCapacity: keepingCapacity) }
+
+    @inline(__always)
+    private static func before(_ a: ScoredPair, _ b: ScoredPair) -> Bool {
+        a.score != b.score ? a.score > b.score : a.left < b.left
+    }
+
+    mutating func push(_ p: ScoredPair) {
+        items.append(p)
+        var i = items.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            guard ScoredPairHeap.before(items[i], items[parent]) else { break }
+            items.swapAt(i, parent)
+            i = parent
+        }
+    }
+
+    mutating func pop() -> ScoredPair? {
+        guard let top = items.first else { return nil }
+        let last = items.removeLast()
+        if !items.isEmpty {
+            items[0] = last
+            var i = 0
+            let n = items.count
+            while true {
+                let l = 2 * i + 1, r = l + 1
+                var m = i
+                if l < n && ScoredPairHeap.before(items[l], items[m]) { m = l }
+                if r < n && ScoredPairHeap.before(items[r], items[m]) { m = r }
+                if m == i { break }
+                items.swapAt(i, m)
+                i = m
+            }
+        }
+        return top
+    }
+}

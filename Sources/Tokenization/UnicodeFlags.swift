@@ -1,0 +1,68 @@
+/// Per-code-point classification used by the pre-tokenizers: the general-category group
+/// (what a regex's `\p{L}`, `\p{N}`, ... would test) plus Unicode's White_Space property.
+struct CodepointFlags: OptionSet, Sendable {
+    let rawValue: UInt16
+
+    static let undefined = CodepointFlags(rawValue: 1 << 0)     // Cn (unassigned)
+    static let number = CodepointFlags(rawValue: 1 << 1)        // \p{N}
+    static let letter = CodepointFlags(rawValue: 1 << 2)        // \p{L}
+    static let separator = CodepointFlags(rawValue: 1 << 3)     // \p{Z}
+    static let mark = CodepointFlags(rawValue: 1 << 4)          // \p{M}
+    static let punctuation = CodepointFlags(rawValue: 1 << 5)   // \p{P}
+    static let symbol = CodepointFlags(rawValue: 1 << 6)        // \p{S}
+    static let control = CodepointFlags(rawValue: 1 << 7)       // \p{C} except Cn
+    static let whitespace = CodepointFlags(rawValue: 1 << 8)    // \s (White_Space)
+
+    @inline(__always) var isLetter: Bool { contains(.letter) }
+    @inline(__always) var isNumber: Bool { contains(.number) }
+    @inline(__always) var isWhitespace: Bool { contains(.whitespace) }
+    @inline(__always) var isPunctuation: Bool { contains(.punctuation) }
+    /// False only for the "outside the segment" sentinel (every real code point has a category).
+    @inline(__always) var isSome: Bool { rawValue != 0 }
+
+    /// Flags of one code point. The Basic Multilingual Plane comes from a table built once;
+    /// the rest is computed from the standard library's Unicode data.
+    @inline(__always)
+    static func of(_ cp: UInt32) -> CodepointFlags {
+        if cp < 0x10000 { return CodepointFlags(rawValue: bmpTable[Int(cp)]) }
+        return compute(cp)
+    }
+
+    static func compute(_ cp: UInt32) -> CodepointFlags {
+        guard let scalar = Unicode.Scalar(cp) else {
+            // Surrogate code points cannot occur in a Swift string; classify like Cs.
+            return cp <= 0x10FFFF ? .control : .undefined
+        }
+        let props = scalar.properties
+        var flags: CodepointFlags
+        switch props.generalCategory {
+        case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter:
+            flags = .letter
+        case .decimalNumber, .letterNumber, .otherNumber:
+            flags = .number
+        case .spaceSeparator, .lineSeparator, .paragraphSeparator:
+            flags = .separator
+        case .nonspacingMark, .spacingMark, .enclosingMark:
+            flags = .mark
+        case .connectorPunctuation, .dashPunctuation, .openPunctuation, .closePunctuation,
+             .initialPunctuation, .finalPunctuation, .otherPunctuation:
+            flags = .punctuation
+        case .mathSymbol, .currencySymbol, .modifierSymbol, .otherSymbol:
+            flags = .symbol
+        case .control, .format, .surrogate, .privateUse:
+            flags = .control
+        case .unassigned:
+            flags = .undefined
+        @unknown default:
+            flags = .undefined
+        }
+        if props.isWhitespace { flags.insert(.whitespace) }
+        return flags
+    }
+
+    static let bmpTable: [UInt16] = {
+        var table = [UInt16](repeating: 0, count: 0x10000)
+        for cp in 0..<0x10000 { table[cp] = compute(UInt32(cp)).rawValue }
+        return table
+    }()
+}
