@@ -5,6 +5,6 @@ struct Swiftlet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftlet",
         abstract: "Run GGUF language models on your CPU.",
-        subcommands: [Pull.self, List.self, Info.self]
+        subcommands: [Run.self, Generate.self, Pull.self, List.self, Info.self, Perplexity.self]
     )
 }

@@ -1,0 +1,72 @@
+import Foundation
+import GGUF
+import Kernels
+import Models
+import Tokenization
+
+/// Everything needed to run one GGUF model: the mapped file, the network, the vocabulary
+/// and the chat template.
+public final class LoadedModel: Sendable {
+    public let path: String
+    public let file: GGUFFile
+    public let model: any LanguageModel
+    public let tokenizer: any Tokenizer
+    public let chatTemplate: ChatTemplate?
+
+    public init(path: String) throws {
+        self.path = path
+        file = try GGUFFile(path: path)
+        model = try ModelRegistry.load(file)
+        tokenizer = try loadTokenizer(from: file)
+        if let source = file["tokenizer.chat_template"]?.string {
+            chatTemplate = try ChatTemplate(source: source)
+        } else {
+            chatTemplate = ChatTemplate.fallback(forArchitecture: model.config.architecture)
+        }
+    }
+
+    public var config: ModelConfig { model.config }
+    public var name: String { URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent }
+
+    /// Checks a requested context length against what the model was trained for.
+    public func validateContext(_ length: Int) throws {
+        guard length > 0, length <= config.contextLength else {
+            throw ModelError.contextTooLong(requested: length, maximum: config.contextLength)
+        }
+    }
+
+    /// Renders a conversation with the model's chat template (or its family's built-in one).
+    public func renderChat(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) throws -> String {
+        guard let chatTemplate else { throw EngineError.noChatTemplate(architecture: config.architecture) }
+        let bos = tokenizer.bosToken.map { tokenizer.tokenText($0) } ?? ""
+        let eos = tokenizer.eosToken.map { tokenizer.tokenText($0) } ?? ""
+        return try chatTemplate.render(messages: messages, addGenerationPrompt: addGenerationPrompt,
+                                       bosToken: bos, eosToken: eos)
+    }
+}
+
+public enum EngineError: Error, CustomStringConvertible, Equatable {
+    case noChatTemplate(architecture: String)
+    case promptTooLong(tokens: Int, context: Int)
+    case emptyPrompt
+
+    public var description: String {
+        switch self {
+        case .noChatTemplate(let a): "the model has no chat template and there is no built-in one for '\(a)'"
+        case .promptTooLong(let n, let ctx): "the prompt is \(n) tokens long, but the context holds \(ctx) (use a larger --ctx or a shorter prompt)"
+        case .emptyPrompt: "the prompt is empty"
+        }
+    }
+}
+
+extension LoadedModel {
+    /// Tokens for a rendered chat prompt: special tokens parsed, BOS added once even when the
+    /// template already wrote it.
+    public func promptTokens(for rendered: String) -> [TokenID] {
+        var tokens = tokenizer.encode(rendered, addSpecial: true, parseSpecial: true)
+        if let bos = tokenizer.bosToken, tokens.count >= 2, tokens[0] == bos, tokens[1] == bos {
+            tokens.removeFirst()
+        }
+        return tokens
+    }
+}

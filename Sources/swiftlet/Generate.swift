@@ -1,0 +1,89 @@
+import ArgumentParser
+import Engine
+import Foundation
+import Kernels
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Complete a raw prompt (no chat template).")
+
+    @Argument(help: "Path to a .gguf file or a model name from the cache.")
+    var model: String
+    @Argument(help: "The prompt; special-token text such as <|im_start|> is parsed.")
+    var prompt: String
+    @Option(name: [.customShort("n"), .customLong("n-predict")], help: "Tokens to generate at most.")
+    var maxTokens = 128
+    @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var runtime: RuntimeOptions
+    @Flag(help: "Print one JSON object with the text, tokens, finish reason and timings.")
+    var json = false
+
+    func run() throws {
+        let loaded = try LoadedModel(path: ModelLocator.resolve(model))
+        let session = try GenerationSession(model: loaded, contextLength: runtime.contextLength, pool: runtime.makePool())
+        let tokens = loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
+        guard tokens.count < runtime.contextLength else {
+            throw EngineError.promptTooLong(tokens: tokens.count, context: runtime.contextLength)
+        }
+        let result = try session.generate(prompt: tokens, maxTokens: maxTokens, sampling: sampling.parameters,
+                                          stop: sampling.stop) { piece in
+            if !json { print(piece, terminator: ""); fflush(nil) }
+            return true
+        }
+        if json {
+            let object: [String: Any] = [
+                "text": result.text,
+                "tokens": result.tokens.map(Int.init),
+                "prompt_tokens": tokens.count,
+                "finish_reason": result.finishReason.rawValue,
+                "timings": [
+                    "prompt_tokens_per_second": result.timings.promptTokensPerSecond,
+                    "generation_tokens_per_second": result.timings.generationTokensPerSecond,
+                    "time_to_first_token_ms": result.timings.timeToFirstToken * 1000,
+                    "prompt_ms": result.timings.promptSeconds * 1000,
+                    "generation_ms": result.timings.generationSeconds * 1000,
+                ],
+            ]
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print()
+            printError(result.timings.summary)
+        }
+    }
+}
+
+struct Perplexity: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Perplexity of a text file, measured as llama.cpp's llama-perplexity does.")
+
+    @Argument(help: "Path to a .gguf file or a model name from the cache.")
+    var model: String
+    @Argument(help: "Text file to score.")
+    var file: String
+    @Option(name: .customLong("ctx"), help: "Tokens per chunk; the second half of each is scored.")
+    var contextLength = 512
+    @Option(help: "Score at most this many chunks.")
+    var chunks: Int?
+    @Option(name: [.customShort("t"), .customLong("threads")], help: "Threads (default: all cores).")
+    var threads: Int?
+    @Flag(help: "Print one JSON object with ppl and stderr.")
+    var json = false
+
+    func run() throws {
+        let loaded = try LoadedModel(path: ModelLocator.resolve(model))
+        guard let data = FileManager.default.contents(atPath: file) else {
+            throw ValidationError("cannot read '\(file)'")
+        }
+        let text = String(decoding: data, as: UTF8.self)
+        let result = try Engine.perplexity(model: loaded, text: text, context: contextLength, maxChunks: chunks,
+                                           pool: ThreadPool(threads: threads)) { done, total, ppl in
+            if !json { printError(String(format: "[%d/%d] %.4f", done, total, ppl)) }
+        }
+        if json {
+            let data = try JSONEncoder().encode(result)
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print(String(format: "Final estimate: PPL = %.4f +/- %.5f (%d chunks of %d tokens, %.1f s)",
+                         result.ppl, result.stderr, result.chunks, result.context, result.seconds))
+        }
+    }
+}

@@ -1,0 +1,51 @@
+import ArgumentParser
+import Engine
+import Kernels
+
+/// Sampler flags shared by `generate` and `run` (llama.cpp's names and defaults).
+struct SamplingOptions: ParsableArguments {
+    @Option(name: .customLong("temp"), help: "Temperature; 0 is greedy.")
+    var temperature: Float = 0.8
+    @Option(name: .customLong("top-k"), help: "Keep the K most likely tokens (0 = off).")
+    var topK: Int = 40
+    @Option(name: .customLong("top-p"), help: "Nucleus sampling threshold (1 = off).")
+    var topP: Float = 0.95
+    @Option(name: .customLong("min-p"), help: "Drop tokens below P × the top probability (0 = off).")
+    var minP: Float = 0.05
+    @Option(name: .customLong("repeat-penalty"), help: "Penalty for repeating recent tokens (1 = off).")
+    var repeatPenalty: Float = 1.0
+    @Option(name: .customLong("repeat-last-n"), help: "How many recent tokens the repeat penalty looks at.")
+    var repeatLastN: Int = 64
+    @Option(name: .customLong("frequency-penalty"))
+    var frequencyPenalty: Float = 0
+    @Option(name: .customLong("presence-penalty"))
+    var presencePenalty: Float = 0
+    @Option(help: "Random seed (same seed and settings give the same output).")
+    var seed: UInt64?
+    @Option(name: .customLong("stop"), help: "Stop when this text is generated (repeatable).")
+    var stop: [String] = []
+
+    var parameters: SamplingParameters {
+        var p = SamplingParameters()
+        p.temperature = temperature
+        p.topK = topK
+        p.topP = topP
+        p.minP = minP
+        p.repeatPenalty = repeatPenalty
+        p.repeatLastN = repeatLastN
+        p.frequencyPenalty = frequencyPenalty
+        p.presencePenalty = presencePenalty
+        p.seed = seed
+        return p
+    }
+}
+
+/// Context and threads, shared by the commands that run a model.
+struct RuntimeOptions: ParsableArguments {
+    @Option(name: .customLong("ctx"), help: "Context length in tokens (KV cache size).")
+    var contextLength: Int = 2048
+    @Option(name: [.customShort("t"), .customLong("threads")], help: "Threads (default: all cores).")
+    var threads: Int?
+
+    func makePool() -> ThreadPool { ThreadPool(threads: threads) }
+}
