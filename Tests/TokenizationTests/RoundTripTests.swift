@@ -56,3 +56,23 @@ struct RoundTripTests {
         #expect(smol.decode(tokens, special: true) == "<|im_start|>user\nHi<|im_end|>")
     }
 }
+
+/// SentencePiece input is cut into words (before "▁" where no token can join across) and
+/// each word is merged and cached separately; that must equal llama.cpp's one pass per fragment.
+@Suite("SentencePiece word splitting")
+struct SPMWordSplittingTests {
+    @Test func sameTokensAsOnePass() throws {
+        let spm = try #require(try TestModels.gemma3() as? SPMTokenizer)
+        var g = SplitMix64(seed: 11)
+        var texts = (0..<800).map { _ in RandomText.make(&g, maxPieces: 40) }
+        texts += ["a>  </b> <p>x</p>", "<b> </b>>  </", "x > </y", "   spaces   everywhere   ", "\u{2581}already\u{2581}escaped",
+                  PerformanceTests.englishText(bytes: 20_000, seed: 5)]
+        for text in texts {
+            for parseSpecial in [false, true] {
+                let split = spm.encode(text, addSpecial: true, parseSpecial: parseSpecial, splitWords: true)
+                let whole = spm.encode(text, addSpecial: true, parseSpecial: parseSpecial, splitWords: false)
+                #expect(split == whole, "\(String(reflecting: text))")
+            }
+        }
+    }
+}
