@@ -138,3 +138,21 @@ struct SpecialTokenTests {
         #expect(t.decode(t.encode("héllo wörld\n", addSpecial: false, parseSpecial: false)) == "héllo wörld\n")
     }
 }
+
+@Suite("Special-token splitting at scale")
+struct SpecialSplittingScaleTests {
+    /// Gemma has user-defined tokens for runs of up to 31 spaces, tabs and newlines: long
+    /// whitespace runs must still be split quickly and exactly.
+    @Test func longWhitespaceRuns() throws {
+        let gemma = try TestModels.gemma3()
+        let text = String(repeating: " ", count: 60_000) + "x" + String(repeating: "\t\n", count: 20_000)
+        let start = DispatchTime.now().uptimeNanoseconds
+        let tokens = gemma.encode(text, addSpecial: false, parseSpecial: true)
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        #expect(gemma.decode(tokens) == text)
+        // 60000 = 1935 × 31 + 15: the 31-space token first, then one 15-space token.
+        #expect(tokens.prefix(1935).allSatisfy { $0 == tokens[0] } && gemma.tokenText(tokens[0]) == String(repeating: " ", count: 31))
+        #expect(gemma.tokenText(tokens[1935]) == String(repeating: " ", count: 15))
+        #expect(seconds < 10)
+    }
+}
