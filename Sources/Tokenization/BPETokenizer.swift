@@ -101,8 +101,12 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     /// Raw byte string → symbol id. Ids below the vocabulary size are tokens; ids above are
     /// merge intermediates that are not tokens themselves.
     private let rawTable: ByteStringTable
-    /// Token for each single byte, or -1.
-    private let byteTokens: [Int32]
+    /// Token for each single byte, or -1 (some vocabularies lack a few bytes; llama.cpp then
+    /// drops such bytes, so text containing them cannot round-trip).
+    let byteTokens: [Int32]
+    /// What llama.cpp emits for a byte of a piece that is not a token: its single-byte lookups
+    /// of the byte-level character's UTF-8 bytes (only printable ASCII ever succeeds).
+    private let fallbackTokens: [[TokenID]]
     /// (left id, right id) → (rank << 32 | merged id).
     private let merges: [UInt64: UInt64]
     private let cache = WordCache()
@@ -177,6 +181,11 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             if let id = table.lookup([UInt8(b)]), Int(id) < n { byteTokens[b] = id }
         }
         self.byteTokens = byteTokens
+        self.fallbackTokens = (0..<256).map { b in
+            var utf8: [UInt8] = []
+            utf8.append(contentsOf: String(Character(Unicode.Scalar(ByteLevel.byteToCodepoint[b])!)).utf8)
+            return utf8.compactMap { vocab.textTable.lookup([$0]) }
+        }
     }
 
     // MARK: Tokenizer
@@ -237,7 +246,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         if n == 1 {
             // A single byte cannot merge.
             let id = byteTokens[Int(word[0])]
-            if id >= 0 { out.append(id) }
+            if id >= 0 { out.append(id) } else { out.append(contentsOf: fallbackTokens[Int(word[0])]) }
             return
         }
         if ignoreMerges, let id = rawTable.lookup(word.baseAddress!, n), Int(id) < vocab.count {
@@ -299,8 +308,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
                 out.append(s.id)
             } else {
                 for k in Int(s.start)..<Int(s.start + s.length) {
-                    let id = byteTokens[Int(word[k])]
-                    if id >= 0 { out.append(id) }
+                    out.append(contentsOf: fallbackTokens[Int(word[k])])
                 }
             }
             i = s.next

@@ -8,6 +8,11 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
     let vocab: Vocabulary
     /// Token for each byte value (`<0xXX>`, else the one-byte text, else unknown), or -1.
     private let byteTokens: [Int32]
+    /// Characters that some token has directly before a `▁` (other than `▁` itself). Merges
+    /// never cross a boundary "X▁" for any other X, so the text is cut into words there and
+    /// each word is merged (and cached) on its own, with the same result as one big pass.
+    private let spaceJoiners: Set<UInt32>
+    private let cache = WordCache()
 
     init(file: GGUFFile) throws(TokenizerError) {
         let defaults = Vocabulary.Settings(bos: 1, eos: 2, unk: 0, addBOS: true, addEOS: false, addSpacePrefix: true)
@@ -26,6 +31,29 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
             }
         }
         self.byteTokens = byteTokens
+
+        var joiners = Set<UInt32>()
+        vocab.textBytes.withUnsafeBufferPointer { all in
+            for i in 0..<vocab.count {
+                let r = vocab.textRange(TokenID(i))
+                guard r.count > 3 else { continue }
+                var k = r.lowerBound + 1
+                var found = false
+                while k + 2 < r.upperBound {
+                    if all[k] == 0xE2 && all[k + 1] == 0x96 && all[k + 2] == 0x81 { found = true; break }
+                    k += 1
+                }
+                guard found else { continue }
+                var previous: UInt32 = 0x2581
+                var first = true
+                UTF8Scanner.forEachScalar(UnsafeBufferPointer(rebasing: all[r])) { cp in
+                    if cp == 0x2581 && !first && previous != 0x2581 { joiners.insert(previous) }
+                    previous = cp
+                    first = false
+                }
+            }
+        }
+        self.spaceJoiners = joiners
     }
 
     /// The byte a `<0xXX>` token stands for.
@@ -61,7 +89,13 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
     }
 
     public func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [TokenID] {
+        encode(text, addSpecial: addSpecial, parseSpecial: parseSpecial, splitWords: true)
+    }
+
+    /// `splitWords: false` merges each fragment in one pass, exactly as llama.cpp does (for tests).
+    func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool, splitWords: Bool) -> [TokenID] {
         var scratch = SPMScratch()
+        var local: [String: [TokenID]] = [:]
         return vocab.encode(text, addSpecial: addSpecial, parseSpecial: parseSpecial) { bytes, range, afterSpecial, out in
             // Escape whitespace: ' ' → U+2581 '▁', with the optional leading space.
             var text: [UInt8] = []
@@ -71,8 +105,60 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
                 let b = bytes[i]
                 if b == 0x20 { text += [0xE2, 0x96, 0x81] } else { text.append(b) }
             }
-            text.withUnsafeBufferPointer { tokenize($0, into: &out, scratch: &scratch) }
+            text.withUnsafeBufferPointer { text in
+                guard splitWords else { return tokenize(text, into: &out, scratch: &scratch) }
+                forEachWord(text) { word in
+                    tokenizeCached(word, into: &out, scratch: &scratch, local: &local)
+                }
+            }
         }
+    }
+
+    /// Cuts escaped text before each `▁` that follows a character no token joins to a `▁`.
+    private func forEachWord(_ text: UnsafeBufferPointer<UInt8>, _ body: (UnsafeBufferPointer<UInt8>) -> Void) {
+        let n = text.count
+        var start = 0
+        var i = 0
+        var previous: UInt32 = 0x2581
+        while i < n {
+            let b0 = text[i]
+            let len = min(UTF8Scanner.sequenceLength(b0), n - i)
+            var cp = UInt32(b0)
+            if len > 1 {
+                cp = len == 2 ? cp & 0x1F : len == 3 ? cp & 0x0F : cp & 0x07
+                for k in 1..<len { cp = cp << 6 | (UInt32(text[i + k]) & 0x3F) }
+            }
+            if cp == 0x2581 && i > start && previous != 0x2581 && !spaceJoiners.contains(previous) {
+                body(UnsafeBufferPointer(rebasing: text[start..<i]))
+                start = i
+            }
+            previous = cp
+            i += len
+        }
+        if n > start { body(UnsafeBufferPointer(rebasing: text[start..<n])) }
+    }
+
+    private func tokenizeCached(_ word: UnsafeBufferPointer<UInt8>, into out: inout [TokenID],
+                                scratch: inout SPMScratch, local: inout [String: [TokenID]]) {
+        if word.count > 64 {  // long runs are rarely repeated: do not cache them
+            tokenize(word, into: &out, scratch: &scratch)
+            return
+        }
+        let key = String(decoding: word, as: UTF8.self)
+        if let hit = local[key] {
+            out.append(contentsOf: hit)
+            return
+        }
+        if let hit = cache.get(key) {
+            local[key] = hit
+            out.append(contentsOf: hit)
+            return
+        }
+        let start = out.count
+        tokenize(word, into: &out, scratch: &scratch)
+        let result = Array(out[start...])
+        local[key] = result
+        cache.put(key, result)
     }
 
     private func tokenize(_ text: UnsafeBufferPointer<UInt8>, into out: inout [TokenID], scratch: inout SPMScratch) {

@@ -28,6 +28,9 @@ struct CodepointFlags: OptionSet, Sendable {
         return compute(cp)
     }
 
+    /// The Unicode version of llama.cpp's character tables, which token ids must agree with.
+    static let unicodeVersion = (15, 1)
+
     static func compute(_ cp: UInt32) -> CodepointFlags {
         guard let scalar = Unicode.Scalar(cp) else {
             // Surrogate code points cannot occur in a Swift string; classify like Cs.
@@ -35,7 +38,10 @@ struct CodepointFlags: OptionSet, Sendable {
         }
         let props = scalar.properties
         var flags: CodepointFlags
-        switch props.generalCategory {
+        // llama.cpp's tables are Unicode 15.1; characters assigned later are unassigned there.
+        let assignedSince = props.age.map { ($0.major, $0.minor) } ?? (Int.max, 0)
+        let category = assignedSince <= unicodeVersion ? props.generalCategory : .unassigned
+        switch category {
         case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter:
             flags = .letter
         case .decimalNumber, .letterNumber, .otherNumber:
