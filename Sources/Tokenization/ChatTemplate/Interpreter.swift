@@ -178,6 +178,9 @@ final class Interpreter {
         let n = items.count
         for (index, item) in items.enumerated() {
             try countIteration(loop.pos)
+            // Each iteration starts with a fresh scope: a `set` in one iteration is not
+            // visible in the next (nor after the loop), as in Jinja.
+            scopes[scopes.count - 1] = [:]
             try bind(item)
             var info = ValueDict()
             info["index"] = .int(index + 1)
