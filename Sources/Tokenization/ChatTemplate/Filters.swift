@@ -190,7 +190,8 @@ extension Interpreter {
             let precision = try args.int(0, "precision") ?? 0
             let method = try args.string(1, "method") ?? "common"
             let scale = Foundation.pow(10.0, Double(precision))
-            let rule: FloatingPointRoundingRule = method == "ceil" ? .up : method == "floor" ? .down : .toNearestOrAwayFromZero
+            // 'common' is Python's round(): halves go to the even neighbour.
+            let rule: FloatingPointRoundingRule = method == "ceil" ? .up : method == "floor" ? .down : .toNearestOrEven
             return .double((x * scale).rounded(rule) / scale)
         case "sum":
             var items = try iterate(value)
