@@ -112,6 +112,12 @@ TWO_TOOL_CALLS = [
     msg("tool", "25C", tool_call_id="call67890"),
 ]
 
+THINKING = [
+    msg("user", "What is 2+2?"),
+    msg("assistant", "<think>\nEasy: add them.\n</think>\n\n2+2 is 4."),
+    msg("user", "And 3+3?"),
+]
+
 STANDARD = [
     ("system_user", SYSTEM_USER, True),
     ("user_only", USER_ONLY, True),
@@ -151,6 +157,12 @@ PLAN = [
     ("qwen2_5", CHATML, [c + (None, None) for c in STANDARD] + [
         ("tools", TOOL_CONVERSATION, True, TOOLS, None),
         ("tools_default_system", TOOL_CONVERSATION_NO_SYSTEM, True, TOOLS, None),
+        ("two_tool_calls", TWO_TOOL_CALLS, True, TOOLS, None),
+    ]),
+    ("qwen3", CHATML, [c + (None, None) for c in STANDARD] + [
+        ("thinking_history", THINKING, True, None, None),
+        ("thinking_disabled", MULTI_TURN, True, None, {"enable_thinking": False}),
+        ("tools", TOOL_CONVERSATION, True, TOOLS, None),
         ("two_tool_calls", TWO_TOOL_CALLS, True, TOOLS, None),
     ]),
     ("gemma2", GEMMA, [c + (None, None) for c in NO_SYSTEM]),
@@ -228,6 +240,7 @@ FEATURES = [
     ("tojson", "{{ {'a': [1, 'x', none, true, 1.5], 'u': 'é\"\\n'} | tojson }}", {}),
     ("tojson_indent", "{{ {'b': [1, {'c': 'x'}], 'a': {}, 'e': []} | tojson(indent=2) }}", {}),
     ("tojson_scalars", "{{ 'x' | tojson }}{{ 3 | tojson }}{{ none | tojson }}{{ [] | tojson }}", {}),
+    ("tojson_options", "{{ d | tojson(ensure_ascii=True) }}|{{ d | tojson(separators=(',', ':')) }}|{{ d | tojson(sort_keys=true) }}|{{ d | tojson(indent=1, separators=(',', ': ')) }}", {"d": {"z": "é😀", "a": [1, 2]}}),
     ("list_items", "{{ 'abc' | list }}{{ d | list }}{{ d | items | list | length }}{% for k, v in d | items %}{{ k }}{{ v }}{% endfor %}", {"d": {"x": 1, "y": 2}}),
     ("dictsort", "{% for k, v in d | dictsort %}{{ k }}{{ v }}{% endfor %}|{% for k, v in d | dictsort(reverse=true) %}{{ k }}{% endfor %}|{% for p in d | dictsort(by='value') %}{{ p[0] }}{% endfor %}", {"d": {"b": 1, "a": 3, "C": 2}}),
     ("map_attribute", "{{ msgs | map(attribute='role') | join(',') }}|{{ ['a', 'B'] | map('upper') | list }}", {"msgs": CONVERSATION}),

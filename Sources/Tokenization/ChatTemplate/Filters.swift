@@ -53,12 +53,23 @@ extension Interpreter {
             default: throw ValueError("object of type '\(value.typeName)' has no len()")
             }
         case "tojson":
+            // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
             var indent: Int? = nil
-            if let v = args.get(0, "indent"), !v.isNone {
+            if let v = args.get(1, "indent"), !v.isNone {
                 guard let n = v.intValue else { throw ValueError("tojson indent must be an integer") }
                 indent = n
             }
-            return .string(try value.json().jsonString(indent: indent))
+            var format = JSONFormat(indent: indent)
+            format.ensureASCII = args.bool(0, "ensure_ascii") ?? false
+            format.sortKeys = args.bool(3, "sort_keys") ?? false
+            if let v = args.get(2, "separators"), !v.isNone {
+                guard case .array(let seps) = v, seps.count == 2, case .string(let item) = seps[0], case .string(let key) = seps[1] else {
+                    throw ValueError("tojson separators must be a pair of strings")
+                }
+                format.itemSeparator = item
+                format.keySeparator = key
+            }
+            return .string(try value.json().jsonString(format))
         case "string": return .string(value.str)
         case "upper": return .string(pyUpper(value.str))
         case "lower": return .string(pyLower(value.str))
