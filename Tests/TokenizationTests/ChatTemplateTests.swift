@@ -264,3 +264,47 @@ private func failure(_ source: String, _ context: [String: JSONValue] = [:]) -> 
         }
     }
 }
+
+@Suite struct ChatTemplateRobustnessTests {
+    /// Every prefix of every real template, and a few mangled variants, must either render or
+    /// throw `ChatTemplateError`: never trap or hang.
+    @Test func truncatedAndMangledTemplatesNeverCrash() throws {
+        let files = ["llama3_1.jinja", "qwen2_5.jinja", "qwen3.jinja", "mistral_v0_3.jinja", "gemma3.jinja", "smollm2.jinja"]
+        let messages: [ChatMessage] = [.system("s"), .user("u"), .assistant("a"), .user("v")]
+        var outcomes = 0
+        for file in files {
+            let source = Array(try TemplateFixtures.text(file))
+            var variants: [String] = []
+            for cut in stride(from: 0, to: source.count, by: max(1, source.count / 60)) {
+                variants.append(String(source[..<cut]))
+                var mangled = source
+                mangled.remove(at: cut)
+                variants.append(String(mangled))
+                mangled = source
+                mangled.insert(["{", "}", "%", "(", "'", "-", "|", "["][cut % 8], at: cut)
+                variants.append(String(mangled))
+            }
+            for v in variants {
+                do {
+                    let t = try ChatTemplate(source: v)
+                    _ = try t.render(messages: messages, addGenerationPrompt: true, bosToken: "<s>", eosToken: "</s>")
+                } catch is ChatTemplateError {
+                }
+                outcomes += 1
+            }
+        }
+        #expect(outcomes > 1000)
+    }
+
+    @Test func extremeNumbersAreErrorsOrValues() throws {
+        let big = "9223372036854775807"
+        #expect(try render("{{ -(-\(big) - 1) }}").hasPrefix("9.22"))  // Int.min negated: a float, not a trap
+        #expect(try render("{{ 1e300 | int }}") == "0")
+        #expect(try render("{{ range(0, \(big), \(big)) | list }}") == "[0]")
+        #expect(try render("{{ [1, 2, 3][::\(big)] }}") == "[1]")
+        #expect(throws: ChatTemplateError.self) { try render("{{ \(big) + 1 }}") }
+        #expect(throws: ChatTemplateError.self) { try render("{{ 'ab' * \(big) }}") }
+        #expect(throws: ChatTemplateError.self) { try render("{{ 1 // 0 }}") }
+        #expect(throws: ChatTemplateError.self) { try render("{{ 123456789012345678901234567890 }}") }
+    }
+}
