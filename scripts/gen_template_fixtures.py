@@ -162,6 +162,7 @@ PLAN = [
     ("qwen3", CHATML, [c + (None, None) for c in STANDARD] + [
         ("thinking_history", THINKING, True, None, None),
         ("thinking_disabled", MULTI_TURN, True, None, {"enable_thinking": False}),
+        ("reasoning_content", [msg("user", "Hi"), msg("assistant", "Hello!", reasoning_content="Greet back.")], False, None, None),
         ("tools", TOOL_CONVERSATION, True, TOOLS, None),
         ("two_tool_calls", TWO_TOOL_CALLS, True, TOOLS, None),
     ]),

@@ -21,8 +21,6 @@ final class Interpreter {
     private var callDepth = 0
     private var outputScalars = 0
 
-    static let globalNames = ["range", "namespace", "raise_exception", "strftime_now", "dict", "lipsum_disabled"]
-
     init(context: [String: Value], now: Date, limits: RenderLimits = RenderLimits()) {
         var globals: [String: Value] = [:]
         for name in ["range", "namespace", "raise_exception", "strftime_now", "dict"] { globals[name] = .builtin(name) }
