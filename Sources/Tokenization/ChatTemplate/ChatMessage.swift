@@ -10,10 +10,14 @@ public struct ChatMessage: Sendable, Codable, Equatable {
     public var name: String?
     public var toolCalls: [ChatToolCall]?
     public var toolCallID: String?
+    /// The reasoning of a thinking model's earlier reply (`reasoning_content`, used by Qwen3
+    /// and DeepSeek-R1 style templates).
+    public var reasoningContent: String?
 
     public init(role: String, content: String?, name: String? = nil, toolCalls: [ChatToolCall]? = nil,
-                toolCallID: String? = nil, contentParts: [JSONValue]? = nil)
+                toolCallID: String? = nil, contentParts: [JSONValue]? = nil, reasoningContent: String? = nil)
     {
+        self.reasoningContent = reasoningContent
         self.role = role
         self.content = content
         self.name = name
@@ -36,6 +40,7 @@ public struct ChatMessage: Sendable, Codable, Equatable {
         case contentParts = "content_parts"
         case toolCalls = "tool_calls"
         case toolCallID = "tool_call_id"
+        case reasoningContent = "reasoning_content"
     }
 
     /// The message as the template sees it. Optional keys are present only when set, so
@@ -47,6 +52,7 @@ public struct ChatMessage: Sendable, Codable, Equatable {
         if let toolCalls { o["tool_calls"] = .array(toolCalls.map(\.templateValue)) }
         if let toolCallID { o["tool_call_id"] = .string(toolCallID) }
         if let name { o["name"] = .string(name) }
+        if let reasoningContent { o["reasoning_content"] = .string(reasoningContent) }
         return .object(o)
     }
 
@@ -64,6 +70,7 @@ public struct ChatMessage: Sendable, Codable, Equatable {
         }
         name = o["name"]?.stringValue
         toolCallID = o["tool_call_id"]?.stringValue
+        reasoningContent = o["reasoning_content"]?.stringValue
         if case .array(let calls)? = o["tool_calls"] { toolCalls = try calls.map(ChatToolCall.init(json:)) }
     }
 }

@@ -49,9 +49,13 @@ public struct ChatTemplate: Sendable {
 
     /// Renders with an arbitrary set of variables.
     public func render(context: [String: JSONValue], now: Date = Date()) throws -> String {
+        try render(context: context, now: now, limits: RenderLimits())
+    }
+
+    func render(context: [String: JSONValue], now: Date, limits: RenderLimits) throws -> String {
         var values: [String: Value] = [:]
         for (k, v) in context { values[k] = Value(v) }
-        return try Interpreter(context: values, now: now).render(nodes)
+        return try Interpreter(context: values, now: now, limits: limits).render(nodes)
     }
 }
 

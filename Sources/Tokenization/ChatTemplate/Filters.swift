@@ -53,12 +53,23 @@ extension Interpreter {
             default: throw ValueError("object of type '\(value.typeName)' has no len()")
             }
         case "tojson":
+            // transformers' tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)
             var indent: Int? = nil
-            if let v = args.get(0, "indent"), !v.isNone {
+            if let v = args.get(1, "indent"), !v.isNone {
                 guard let n = v.intValue else { throw ValueError("tojson indent must be an integer") }
                 indent = n
             }
-            return .string(try value.json().jsonString(indent: indent))
+            var format = JSONFormat(indent: indent)
+            format.ensureASCII = args.bool(0, "ensure_ascii") ?? false
+            format.sortKeys = args.bool(3, "sort_keys") ?? false
+            if let v = args.get(2, "separators"), !v.isNone {
+                guard case .array(let seps) = v, seps.count == 2, case .string(let item) = seps[0], case .string(let key) = seps[1] else {
+                    throw ValueError("tojson separators must be a pair of strings")
+                }
+                format.itemSeparator = item
+                format.keySeparator = key
+            }
+            return .string(try value.json().jsonString(format))
         case "string": return .string(value.str)
         case "upper": return .string(pyUpper(value.str))
         case "lower": return .string(pyLower(value.str))
@@ -161,11 +172,11 @@ extension Interpreter {
             switch value {
             case .int: return value
             case .bool(let b): return .int(b ? 1 : 0)
-            case .double(let d): return d.isFinite ? .int(Int(d)) : fallback
+            case .double(let d): return Int(exactly: d.rounded(.towardZero)).map { .int($0) } ?? fallback
             case .string(let s):
                 let t = pyStrip(s, chars: nil, leading: true, trailing: true).replacingOccurrences(of: "_", with: "")
                 if let n = Int(t) { return .int(n) }
-                if let d = Double(t), d.isFinite { return .int(Int(d)) }
+                if let d = Double(t), let n = Int(exactly: d.rounded(.towardZero)) { return .int(n) }
                 return fallback
             default: return fallback
             }
@@ -180,7 +191,7 @@ extension Interpreter {
             }
         case "abs":
             switch value {
-            case .int(let n): return .int(abs(n))
+            case .int(let n): return n == .min ? .double(-Double(n)) : .int(abs(n))
             case .double(let d): return .double(abs(d))
             case .bool(let b): return .int(b ? 1 : 0)
             default: throw ValueError("bad operand type for abs(): '\(value.typeName)'")
@@ -190,7 +201,8 @@ extension Interpreter {
             let precision = try args.int(0, "precision") ?? 0
             let method = try args.string(1, "method") ?? "common"
             let scale = Foundation.pow(10.0, Double(precision))
-            let rule: FloatingPointRoundingRule = method == "ceil" ? .up : method == "floor" ? .down : .toNearestOrAwayFromZero
+            // 'common' is Python's round(): halves go to the even neighbour.
+            let rule: FloatingPointRoundingRule = method == "ceil" ? .up : method == "floor" ? .down : .toNearestOrEven
             return .double((x * scale).rounded(rule) / scale)
         case "sum":
             var items = try iterate(value)
@@ -207,7 +219,7 @@ extension Interpreter {
             return s.first ?? .undefined(name)
         case "indent":
             let width: String
-            if case .string(let w)? = args.get(0, "width") { width = w } else { width = String(repeating: " ", count: try args.int(0, "width") ?? 4) }
+            if case .string(let w)? = args.get(0, "width") { width = w } else { width = String(repeating: " ", count: min(max(try args.int(0, "width") ?? 4, 0), 1024)) }
             let first = args.bool(1, "first") ?? false
             let blank = args.bool(2, "blank") ?? false
             let lines = value.str.split(separator: "\n", omittingEmptySubsequences: false)
@@ -241,7 +253,7 @@ extension Interpreter {
             let items = try iterate(value)
             return .array(stride(from: 0, to: items.count, by: size).map { .array(Array(items[$0..<min($0 + size, items.count)])) })
         case "center":
-            let width = try args.int(0, "width") ?? 80
+            let width = min(try args.int(0, "width") ?? 80, 4096)
             let s = value.str
             let pad = max(0, width - s.count)
             return .string(String(repeating: " ", count: pad / 2) + s + String(repeating: " ", count: pad - pad / 2))

@@ -21,8 +21,6 @@ final class Interpreter {
     private var callDepth = 0
     private var outputScalars = 0
 
-    static let globalNames = ["range", "namespace", "raise_exception", "strftime_now", "dict", "lipsum_disabled"]
-
     init(context: [String: Value], now: Date, limits: RenderLimits = RenderLimits()) {
         var globals: [String: Value] = [:]
         for name in ["range", "namespace", "raise_exception", "strftime_now", "dict"] { globals[name] = .builtin(name) }
@@ -178,6 +176,9 @@ final class Interpreter {
         let n = items.count
         for (index, item) in items.enumerated() {
             try countIteration(loop.pos)
+            // Each iteration starts with a fresh scope: a `set` in one iteration is not
+            // visible in the next (nor after the loop), as in Jinja.
+            scopes[scopes.count - 1] = [:]
             try bind(item)
             var info = ValueDict()
             info["index"] = .int(index + 1)
@@ -311,7 +312,7 @@ final class Interpreter {
             case "not": return .bool(!v.truthy)
             case "-":
                 switch v {
-                case .int(let n): return .int(-n)
+                case .int(let n): return n == .min ? .double(-Double(n)) : .int(-n)
                 case .double(let d): return .double(-d)
                 case .bool(let b): return .int(b ? -1 : 0)
                 default: throw fail("bad operand type for unary -: '\(v.typeName)'", pos)
@@ -359,10 +360,10 @@ final class Interpreter {
         case "*":
             switch (a, b) {
             case (.string(let s), .int(let n)), (.int(let n), .string(let s)):
-                guard n <= 0 || s.unicodeScalars.count * n <= limits.maxOutputScalars else { throw ValueError("string repetition too large") }
+                guard n <= 0 || n <= limits.maxOutputScalars / max(s.unicodeScalars.count, 1) else { throw ValueError("string repetition too large") }
                 return .string(n > 0 ? String(repeating: s, count: n) : "")
             case (.array(let xs), .int(let n)), (.int(let n), .array(let xs)):
-                guard n <= 0 || xs.count * n <= limits.maxRange else { throw ValueError("list repetition too large") }
+                guard n <= 0 || n <= limits.maxRange / max(xs.count, 1) else { throw ValueError("list repetition too large") }
                 return .array(n > 0 ? Array([[Value]](repeating: xs, count: n).joined()) : [])
             default: return try arithmetic(op, a, b)
             }
@@ -584,8 +585,9 @@ final class Interpreter {
             default: throw fail("range() takes 1 to 3 arguments", pos)
             }
             guard step != 0 else { throw fail("range() arg 3 must not be zero", pos) }
-            let count = step > 0 ? max(0, (stop - start + step - 1) / step) : max(0, (start - stop - step - 1) / -step)
-            guard count <= limits.maxRange else { throw fail("range() too large (limit \(limits.maxRange))", pos) }
+            let span = step > 0 ? (Double(stop) - Double(start)) / Double(step) : (Double(start) - Double(stop)) / -Double(step)
+            guard span <= Double(limits.maxRange) else { throw fail("range() too large (limit \(limits.maxRange))", pos) }
+            let count = max(0, Int(span.rounded(.up)))
             return .array((0..<count).map { .int(start + $0 * step) })
         case "namespace":
             let ns = Namespace()

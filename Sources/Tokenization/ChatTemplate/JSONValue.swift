@@ -223,45 +223,72 @@ extension JSONValue {
     /// what transformers' `tojson` filter does: `", "` / `": "` separators without indent, `","`
     /// and newlines with it.
     public func jsonString(indent: Int? = nil) -> String {
+        jsonString(JSONFormat(indent: indent))
+    }
+
+    func jsonString(_ format: JSONFormat) -> String {
         var out = ""
-        JSONValue.write(self, indent: indent, level: 0, into: &out)
+        JSONValue.write(self, format, level: 0, into: &out)
         return out
     }
 
-    static func write(_ v: JSONValue, indent: Int?, level: Int, into out: inout String) {
+    static func write(_ v: JSONValue, _ f: JSONFormat, level: Int, into out: inout String) {
+        func newline(_ level: Int) {
+            if let indent = f.indent { out += "\n" + String(repeating: " ", count: indent * level) }
+        }
         switch v {
         case .null: out += "null"
         case .bool(let b): out += b ? "true" : "false"
         case .int(let n): out += String(n)
         case .double(let d): out += pythonFloatRepr(d, json: true)
-        case .string(let s): writeJSONString(s, into: &out)
+        case .string(let s): writeJSONString(s, ensureASCII: f.ensureASCII, into: &out)
         case .array(let items):
             if items.isEmpty { out += "[]"; return }
             out += "["
             for (n, item) in items.enumerated() {
-                if n > 0 { out += indent == nil ? ", " : "," }
-                if let indent { out += "\n" + String(repeating: " ", count: indent * (level + 1)) }
-                write(item, indent: indent, level: level + 1, into: &out)
+                if n > 0 { out += f.itemSeparator }
+                newline(level + 1)
+                write(item, f, level: level + 1, into: &out)
             }
-            if let indent { out += "\n" + String(repeating: " ", count: indent * level) }
+            newline(level)
             out += "]"
         case .object(let obj):
             if obj.count == 0 { out += "{}"; return }
             out += "{"
-            for (n, (k, item)) in obj.enumerated() {
-                if n > 0 { out += indent == nil ? ", " : "," }
-                if let indent { out += "\n" + String(repeating: " ", count: indent * (level + 1)) }
-                writeJSONString(k, into: &out)
-                out += ": "
-                write(item, indent: indent, level: level + 1, into: &out)
+            var pairs = Array(obj)
+            if f.sortKeys { pairs.sort { $0.key.unicodeScalars.lexicographicallyPrecedes($1.key.unicodeScalars) } }
+            for (n, (k, item)) in pairs.enumerated() {
+                if n > 0 { out += f.itemSeparator }
+                newline(level + 1)
+                writeJSONString(k, ensureASCII: f.ensureASCII, into: &out)
+                out += f.keySeparator
+                write(item, f, level: level + 1, into: &out)
             }
-            if let indent { out += "\n" + String(repeating: " ", count: indent * level) }
+            newline(level)
             out += "}"
         }
     }
 }
 
-func writeJSONString(_ s: String, into out: inout String) {
+/// Options of Python's `json.dumps` that transformers' `tojson` exposes.
+struct JSONFormat {
+    var indent: Int?
+    var itemSeparator: String
+    var keySeparator = ": "
+    var sortKeys = false
+    var ensureASCII = false
+
+    init(indent: Int? = nil) {
+        self.indent = indent
+        itemSeparator = indent == nil ? ", " : ","
+    }
+}
+
+func writeJSONString(_ s: String, ensureASCII: Bool = false, into out: inout String) {
+    func hex4(_ v: UInt32) {
+        let h = String(v, radix: 16)
+        out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
+    }
     out += "\""
     for u in s.unicodeScalars {
         switch u {
@@ -273,9 +300,14 @@ func writeJSONString(_ s: String, into out: inout String) {
         case "\u{08}": out += "\\b"
         case "\u{0C}": out += "\\f"
         default:
-            if u.value < 0x20 {
-                let h = String(u.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
+            if u.value < 0x20 || (ensureASCII && u.value > 0x7E) {
+                if u.value > 0xFFFF {
+                    let v = u.value - 0x10000
+                    hex4(0xD800 + (v >> 10))
+                    hex4(0xDC00 + (v & 0x3FF))
+                } else {
+                    hex4(u.value)
+                }
             } else {
                 out.unicodeScalars.append(u)
             }

@@ -418,14 +418,17 @@ struct Parser {
         return left
     }
 
-    private mutating func parseUnary() throws -> Expr {
+    /// `-x | f` filters the negated value (Jinja applies filters after the whole unary).
+    private mutating func parseUnary(withFilter: Bool = true) throws -> Expr {
         if case .op(let o) = current.kind, o == "-" || o == "+" {
             let pos = advance().pos
             try enter()
             defer { depth -= 1 }
-            return try parseFilterAndTest(.unary(o, try parseUnary(), pos))
+            let e = Expr.unary(o, try parseUnary(withFilter: false), pos)
+            return withFilter ? try parseFilterAndTest(e) : e
         }
-        return try parseFilterAndTest(try parsePostfix(try parsePrimary()))
+        let e = try parsePostfix(try parsePrimary())
+        return withFilter ? try parseFilterAndTest(e) : e
     }
 
     private mutating func parseFilterAndTest(_ base: Expr) throws -> Expr {

@@ -348,14 +348,24 @@ func sliceIndices(count: Int, start: Int?, stop: Int?, step: Int) -> [Int] {
         if lo < 0 { lo = max(lo + count, 0) } else { lo = min(lo, count) }
         if hi < 0 { hi = max(hi + count, 0) } else { hi = min(hi, count) }
         var i = lo
-        while i < hi { result.append(i); i += step }
+        while i < hi {
+            result.append(i)
+            let (next, overflow) = i.addingReportingOverflow(step)
+            if overflow { break }
+            i = next
+        }
     } else {
         var lo = start ?? (count - 1)
         var hi = stop ?? -1
         if let s = start { lo = s < 0 ? max(s + count, -1) : min(s, count - 1) }
         if let s = stop { hi = s < 0 ? max(s + count, -1) : min(s, count - 1) }
         var i = lo
-        while i > hi { result.append(i); i += step }
+        while i > hi {
+            result.append(i)
+            let (next, overflow) = i.addingReportingOverflow(step)
+            if overflow { break }
+            i = next
+        }
     }
     return result
 }
@@ -377,7 +387,8 @@ func percentFormat(_ format: String, _ args: [Value]) throws -> String {
         case "r": out += a.repr
         case "d", "i":
             guard let n = a.number else { throw ValueError("%\(spec) format: a number is required, not \(a.typeName)") }
-            out += String(Int(n))
+            guard let k = Int(exactly: n.rounded(.towardZero)) else { throw ValueError("%\(spec) format: number out of range") }
+            out += String(k)
         case "f":
             guard let n = a.number else { throw ValueError("%f format: a number is required, not \(a.typeName)") }
             out += String(format: "%f", n)
