@@ -371,6 +371,7 @@ let treeSchema = #"""
         let cases: [(JSONGrammar, String)] = [
             (.jsonObject, #"{"a": [1, {"b": "c\u00e9"}], "d": -2.5e+3, "e": tru"#),
             (.anyJSON, "12"),
+            (schemaGrammar, #"{"name":"hello world!","email":"hello world","#),
             (schemaGrammar, #"{"name":"Bo","age":42,"tags":["a","c"],"kind":"person","address":{"city":"X"}}"#),
         ]
         for (grammar, doc) in cases {

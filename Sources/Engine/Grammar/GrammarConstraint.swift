@@ -145,9 +145,17 @@ public final class GrammarConstraint {
     private func allowedTokenMask(vocabulary v: TokenVocabulary) -> TokenMask {
         if isFinished { return TokenMask(vocabularySize: v.size) }
         if let cached = cache[recognizer.state] { return cached }
-        var mask = TokenMask(vocabularySize: v.size)
+        var mask: TokenMask
         var walker = recognizer
-        Self.walk(v, node: 0, recognizer: &walker, mask: &mask)
+        if let budget = recognizer.plainStringBudget {
+            // Plain string content is accepted as a whole (within the length budget); walk
+            // only the other tokens.
+            mask = v.plainStringTokens(maxCharacters: budget)
+            Self.walk(v.nonPlainTrie, node: 0, recognizer: &walker, mask: &mask)
+        } else {
+            mask = TokenMask(vocabularySize: v.size)
+            Self.walk(v.trie, node: 0, recognizer: &walker, mask: &mask)
+        }
         if recognizer.canFinish {
             for t in v.endOfGeneration { mask.insert(t) }
         }
@@ -156,7 +164,7 @@ public final class GrammarConstraint {
         return mask
     }
 
-    private static func walk(_ v: TokenVocabulary, node: Int, recognizer: inout JSONRecognizer, mask: inout TokenMask) {
+    private static func walk(_ v: TokenTrie, node: Int, recognizer: inout JSONRecognizer, mask: inout TokenMask) {
         let start = Int(v.edgeStart[node])
         let end = start + Int(v.edgeCount[node])
         for e in start..<end {

@@ -74,6 +74,26 @@ struct JSONRecognizer: Sendable {
         return top.kind == Self.kRoot && top.phase == Self.rootDone
     }
 
+    /// Inside a string, between characters, where any plain string content (see
+    /// `TokenVocabulary.plainStringTokens`) of at most the returned number of characters is
+    /// accepted: an unbounded string value (`Int.max`), a string with `maxLength` (the
+    /// characters left), or an object key that no longer tracks property names. Nil elsewhere.
+    var plainStringBudget: Int? {
+        let top = state.frames[state.frames.count - 1]
+        guard top.phase == Self.sNormal else { return nil }
+        switch top.kind {
+        case Self.kString:
+            guard case .string(_, let hi) = nodes[Int(top.node)] else { return nil }
+            guard let hi else { return Int.max }
+            return max(0, hi - Int(top.count))
+        case Self.kKey:
+            guard top.mask == 0, case .object(let spec) = nodes[Int(top.node)], spec.additional != nil else { return nil }
+            return Int.max
+        default:
+            return nil
+        }
+    }
+
     // MARK: Snapshots (for walking the token trie)
 
     /// Enough to undo any single `step`: a step touches at most the top three frames
