@@ -448,12 +448,42 @@ let treeSchema = #"""
         var history: [TokenID] = []
         for _ in 0..<3000 where !c.isFinished {
             var logits = (0..<tokenizer.vocabularySize).map { _ in Float(rng.nextUnitDouble() * 3) }
-            c.apply(to: &logits)
-            let token = sampler.sample(logits: logits, history: history)
+            let token = logits.withUnsafeMutableBufferPointer { sampler.sample(logits: $0, history: history, constraint: c) }
             #expect(c.accept(token: token))
             history.append(token)
         }
         #expect(c.isFinished)
         #expect(validate(try JSONValue(parsing: c.text), against: schema, root: schema), "\(c.text)")
+    }
+
+    @Test func trieHoldsEveryTokenOnce() {
+        let vocab = TokenVocabulary(tokenizer: tokenizer)
+        var found: [TokenID: [UInt8]] = [:]
+        func visit(_ trie: TokenTrie, _ node: Int, _ prefix: [UInt8]) {
+            for i in Int(trie.terminalStart[node])..<Int(trie.terminalStart[node + 1]) {
+                #expect(found[trie.terminalTokens[i]] == nil)
+                found[trie.terminalTokens[i]] = prefix
+            }
+            let start = Int(trie.edgeStart[node])
+            for e in start..<(start + Int(trie.edgeCount[node])) {
+                if e > start { #expect(trie.edgeByte[e - 1] < trie.edgeByte[e]) }
+                visit(trie, Int(trie.edgeChild[e]), prefix + [trie.edgeByte[e]])
+            }
+        }
+        visit(vocab.trie, 0, [])
+        #expect(found.count == tokenizer.vocabularySize - 2)  // not EOS, not the empty control token
+        for (t, bytes) in found { #expect(bytes == tokenizer.pieceBytes(t)) }
+        #expect(vocab.endOfGeneration == [0])
+    }
+
+    @Test func plainStringContent() {
+        #expect(TokenVocabulary.isPlainStringContent(Array("hello world {}[]:,'".utf8)))
+        #expect(TokenVocabulary.isPlainStringContent(Array("é日本😀\u{7F}".utf8)))
+        #expect(!TokenVocabulary.isPlainStringContent(Array("a\"".utf8)))
+        #expect(!TokenVocabulary.isPlainStringContent(Array("a\\n".utf8)))
+        #expect(!TokenVocabulary.isPlainStringContent(Array("a\n".utf8)))  // raw newline
+        for bytes: [UInt8] in [[0xC3], [0xA9], [0xE0, 0x80, 0x80], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xFF]] {
+            #expect(!TokenVocabulary.isPlainStringContent(bytes))
+        }
     }
 }

@@ -237,4 +237,24 @@ public final class GrammarConstraint {
         guard !piece.isEmpty else { return false }
         return accept(bytes: piece)
     }
+
+    /// `accept(token:)`, building the vocabulary from `tokenizer` first if needed.
+    @discardableResult
+    public func accept(token: TokenID, tokenizer: some Tokenizer) -> Bool {
+        useTokenizer(tokenizer)
+        return accept(token: token)
+    }
+}
+
+extension Sampler {
+    /// Masks `logits` with `constraint` (disallowed tokens → -inf), then samples as usual.
+    /// The constraint is not advanced: call `constraint.accept(token:)` with the result.
+    /// Masking before the chain (rather than checking the sampled token afterwards) means
+    /// top-k, top-p and min-p only ever see allowed tokens.
+    public mutating func sample(
+        logits: UnsafeMutableBufferPointer<Float>, history: [TokenID], constraint: GrammarConstraint?
+    ) -> TokenID {
+        constraint?.apply(to: logits)
+        return sample(logits: logits, history: history)
+    }
 }
