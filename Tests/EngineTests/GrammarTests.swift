@@ -86,6 +86,7 @@ func validate(_ v: JSONValue, against s: JSONValue, root: JSONValue) -> Bool {
         }
         if !ok { return false }
     }
+    if let minimum = s["minimum"]?.doubleValue, let d = v.doubleValue, d < minimum { return false }
     switch v {
     case .string(let str):
         let n = str.unicodeScalars.count
@@ -149,7 +150,7 @@ let personSchema = #"""
   "type": "object",
   "properties": {
     "name": {"type": "string", "minLength": 1, "maxLength": 12},
-    "age": {"type": "integer"},
+    "age": {"type": "integer", "minimum": 0},
     "email": {"type": ["string", "null"]},
     "tags": {"type": "array", "items": {"enum": ["a", "b", "c"]}, "minItems": 1, "maxItems": 3},
     "kind": {"const": "person"},
@@ -275,7 +276,7 @@ let treeSchema = #"""
         let g = try JSONGrammar(schemaText: personSchema)
         let good = [
             #"{"name":"Bob","age":42,"tags":["a","c"],"kind":"person"}"#,
-            #"{ "kind": "person", "tags": ["b"], "age": -7, "name": "日本€", "email": null }"#,
+            #"{ "kind": "person", "tags": ["b"], "age": 7, "name": "日本€", "email": null }"#,
             #"{"name":"Al","age":0,"tags":["a","b","c"],"kind":"person","email":"x@y","address":{"city":"Oslo","zip":"0150"},"score":-1.5e3,"ok":false}"#,
         ]
         let schema = try JSONValue(parsing: personSchema)
@@ -291,6 +292,7 @@ let treeSchema = #"""
             #"{"name":"Bob","age":42,"tags":["a"]}"#,  // missing kind
             #"{"name":"Bob","age":"42","tags":["a"],"kind":"person"}"#,  // age type
             #"{"name":"Bob","age":4.5,"tags":["a"],"kind":"person"}"#,  // integer
+            #"{"name":"Bob","age":-4,"tags":["a"],"kind":"person"}"#,  // minimum 0
             #"{"name":"Bob","age":1,"tags":[],"kind":"person"}"#,  // minItems
             #"{"name":"Bob","age":1,"tags":["a","b","c","a"],"kind":"person"}"#,  // maxItems
             #"{"name":"Bob","age":1,"tags":["d"],"kind":"person"}"#,  // enum
@@ -328,6 +330,15 @@ let treeSchema = #"""
         #expect(!isValid(open, #"{"a":"x"}"#))
         let free = try JSONGrammar(schemaText: #"{"type":"object"}"#)
         #expect(isValid(free, #"{"anything":[1,{"x":null}]}"#))
+    }
+
+    @Test func nonNegativeNumbers() throws {
+        let g = try JSONGrammar(schemaText: #"{"type":"integer","minimum":0}"#)
+        #expect(isValid(g, "5") && isValid(g, "0") && !isValid(g, "-5"))
+        let n = try JSONGrammar(schemaText: #"{"type":"number","minimum":2.5}"#)
+        #expect(isValid(n, "3.5") && !isValid(n, "-3.5"))
+        let any = try JSONGrammar(schemaText: #"{"type":"number","minimum":-1}"#)
+        #expect(isValid(any, "-0.5"))
     }
 
     @Test func enumsOfMixedValues() throws {

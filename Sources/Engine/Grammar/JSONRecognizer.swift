@@ -335,7 +335,7 @@ struct JSONRecognizer: Sendable {
             default: return Self.isDigit(b)
             }
         case .string: return b == UInt8(ascii: "\"")
-        case .number: return b == UInt8(ascii: "-") || Self.isDigit(b)
+        case .number(_, let nonNegative): return (b == UInt8(ascii: "-") && !nonNegative) || Self.isDigit(b)
         case .object: return b == UInt8(ascii: "{")
         case .array: return b == UInt8(ascii: "[")
         case .literals(let options): return options.contains { $0.first == b }
@@ -516,12 +516,13 @@ struct JSONRecognizer: Sendable {
     /// always leaving room to reach an endable phase).
     private func stepNumber(_ f: inout Frame, _ b: UInt8) -> Bool {
         var integer = false
-        if case .number(let isInteger) = nodes[Int(f.node)] { integer = isInteger }
+        var nonNegative = false
+        if case .number(let i, let n) = nodes[Int(f.node)] { integer = i; nonNegative = n }
         let digit = Self.isDigit(b)
         let next: UInt8
         switch f.phase {
         case Self.nStart:
-            if b == UInt8(ascii: "-") { next = Self.nMinus } else if b == UInt8(ascii: "0") { next = Self.nZero } else if digit { next = Self.nInt } else { return false }
+            if b == UInt8(ascii: "-") && !nonNegative { next = Self.nMinus } else if b == UInt8(ascii: "0") { next = Self.nZero } else if digit { next = Self.nInt } else { return false }
         case Self.nMinus:
             if b == UInt8(ascii: "0") { next = Self.nZero } else if digit { next = Self.nInt } else { return false }
         case Self.nZero, Self.nInt, Self.nFrac:
