@@ -145,9 +145,17 @@ public final class GrammarConstraint {
     private func allowedTokenMask(vocabulary v: TokenVocabulary) -> TokenMask {
         if isFinished { return TokenMask(vocabularySize: v.size) }
         if let cached = cache[recognizer.state] { return cached }
-        var mask = TokenMask(vocabularySize: v.size)
+        var mask: TokenMask
         var walker = recognizer
-        Self.walk(v, node: 0, recognizer: &walker, mask: &mask)
+        if let budget = recognizer.plainStringBudget {
+            // Plain string content is accepted as a whole (within the length budget); walk
+            // only the other tokens.
+            mask = v.plainStringTokens(maxCharacters: budget)
+            Self.walk(v.nonPlainTrie, node: 0, recognizer: &walker, mask: &mask)
+        } else {
+            mask = TokenMask(vocabularySize: v.size)
+            Self.walk(v.trie, node: 0, recognizer: &walker, mask: &mask)
+        }
         if recognizer.canFinish {
             for t in v.endOfGeneration { mask.insert(t) }
         }
@@ -156,7 +164,7 @@ public final class GrammarConstraint {
         return mask
     }
 
-    private static func walk(_ v: TokenVocabulary, node: Int, recognizer: inout JSONRecognizer, mask: inout TokenMask) {
+    private static func walk(_ v: TokenTrie, node: Int, recognizer: inout JSONRecognizer, mask: inout TokenMask) {
         let start = Int(v.edgeStart[node])
         let end = start + Int(v.edgeCount[node])
         for e in start..<end {
@@ -228,5 +236,25 @@ public final class GrammarConstraint {
         let piece = vocabulary.piece(token)
         guard !piece.isEmpty else { return false }
         return accept(bytes: piece)
+    }
+
+    /// `accept(token:)`, building the vocabulary from `tokenizer` first if needed.
+    @discardableResult
+    public func accept(token: TokenID, tokenizer: some Tokenizer) -> Bool {
+        useTokenizer(tokenizer)
+        return accept(token: token)
+    }
+}
+
+extension Sampler {
+    /// Masks `logits` with `constraint` (disallowed tokens → -inf), then samples as usual.
+    /// The constraint is not advanced: call `constraint.accept(token:)` with the result.
+    /// Masking before the chain (rather than checking the sampled token afterwards) means
+    /// top-k, top-p and min-p only ever see allowed tokens.
+    public mutating func sample(
+        logits: UnsafeMutableBufferPointer<Float>, history: [TokenID], constraint: GrammarConstraint?
+    ) -> TokenID {
+        constraint?.apply(to: logits)
+        return sample(logits: logits, history: history)
     }
 }

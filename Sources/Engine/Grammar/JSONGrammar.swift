@@ -35,8 +35,10 @@ public enum JSONGrammarError: Error, Sendable, Equatable, CustomStringConvertibl
 ///   that can start with it wins), so they should start differently (e.g. an object vs. null).
 /// - `allOf` with a single schema; `$ref` to `#`, `#/$defs/NAME` or `#/definitions/NAME`
 ///   (recursion allowed).
-/// - Ignored: `title`, `description`, `default`, `examples`, `format`, `pattern`, `minimum`,
-///   `maximum` and other numeric/string assertions not listed above.
+/// - `minimum` / `exclusiveMinimum` ≥ 0 forbid a minus sign; other numeric bounds are not
+///   enforced.
+/// - Ignored (not enforced): `title`, `description`, `default`, `examples`, `format`,
+///   `pattern`, `maximum`, `multipleOf` and other assertions not listed above.
 ///
 /// Output shape limits (to keep generations finite): at most `maxWhitespaceRun` consecutive
 /// whitespace bytes between tokens, no whitespace after the top-level value, numbers at most
@@ -47,7 +49,8 @@ public struct JSONGrammar: Sendable {
     enum Node: Sendable {
         case any
         case string(minLength: Int, maxLength: Int?)
-        case number(integer: Bool)
+        /// `nonNegative`: `minimum`/`exclusiveMinimum` ≥ 0, so no minus sign.
+        case number(integer: Bool, nonNegative: Bool)
         case object(ObjectSpec)
         case array(items: Int32, minItems: Int, maxItems: Int?)
         /// Exact byte strings (enum/const/true/false/null).
@@ -96,7 +99,7 @@ public struct JSONGrammar: Sendable {
             .object(ObjectSpec(additional: anyNode)),
             .array(items: anyNode, minItems: 0, maxItems: nil),
             .string(minLength: 0, maxLength: nil),
-            .number(integer: false),
+            .number(integer: false, nonNegative: false),
             .literals([Array("true".utf8), Array("false".utf8), Array("null".utf8)]),
         ]
     }
@@ -261,10 +264,12 @@ private struct SchemaCompiler {
             if let maxLength, maxLength < minLength { throw unsupported("maxLength < minLength") }
             if minLength == 0 && maxLength == nil { return JSONGrammar.anyStringNode }
             return add(.string(minLength: minLength, maxLength: maxLength))
-        case "number":
-            return JSONGrammar.anyNumberNode
-        case "integer":
-            return add(.number(integer: true))
+        case "number", "integer":
+            // Of the numeric bounds only the sign is enforced: a minimum ≥ 0 rules out "-".
+            let lower = [schema["minimum"], schema["exclusiveMinimum"]].compactMap { $0?.doubleValue }
+            let nonNegative = lower.contains { $0 >= 0 }
+            if type == "number" && !nonNegative { return JSONGrammar.anyNumberNode }
+            return add(.number(integer: type == "integer", nonNegative: nonNegative))
         case "boolean":
             return add(.literals([Array("true".utf8), Array("false".utf8)]))
         case "null":

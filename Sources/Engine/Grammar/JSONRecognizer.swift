@@ -74,6 +74,26 @@ struct JSONRecognizer: Sendable {
         return top.kind == Self.kRoot && top.phase == Self.rootDone
     }
 
+    /// Inside a string, between characters, where any plain string content (see
+    /// `TokenVocabulary.plainStringTokens`) of at most the returned number of characters is
+    /// accepted: an unbounded string value (`Int.max`), a string with `maxLength` (the
+    /// characters left), or an object key that no longer tracks property names. Nil elsewhere.
+    var plainStringBudget: Int? {
+        let top = state.frames[state.frames.count - 1]
+        guard top.phase == Self.sNormal else { return nil }
+        switch top.kind {
+        case Self.kString:
+            guard case .string(_, let hi) = nodes[Int(top.node)] else { return nil }
+            guard let hi else { return Int.max }
+            return max(0, hi - Int(top.count))
+        case Self.kKey:
+            guard top.mask == 0, case .object(let spec) = nodes[Int(top.node)], spec.additional != nil else { return nil }
+            return Int.max
+        default:
+            return nil
+        }
+    }
+
     // MARK: Snapshots (for walking the token trie)
 
     /// Enough to undo any single `step`: a step touches at most the top three frames
@@ -315,7 +335,7 @@ struct JSONRecognizer: Sendable {
             default: return Self.isDigit(b)
             }
         case .string: return b == UInt8(ascii: "\"")
-        case .number: return b == UInt8(ascii: "-") || Self.isDigit(b)
+        case .number(_, let nonNegative): return (b == UInt8(ascii: "-") && !nonNegative) || Self.isDigit(b)
         case .object: return b == UInt8(ascii: "{")
         case .array: return b == UInt8(ascii: "[")
         case .literals(let options): return options.contains { $0.first == b }
@@ -496,12 +516,13 @@ struct JSONRecognizer: Sendable {
     /// always leaving room to reach an endable phase).
     private func stepNumber(_ f: inout Frame, _ b: UInt8) -> Bool {
         var integer = false
-        if case .number(let isInteger) = nodes[Int(f.node)] { integer = isInteger }
+        var nonNegative = false
+        if case .number(let i, let n) = nodes[Int(f.node)] { integer = i; nonNegative = n }
         let digit = Self.isDigit(b)
         let next: UInt8
         switch f.phase {
         case Self.nStart:
-            if b == UInt8(ascii: "-") { next = Self.nMinus } else if b == UInt8(ascii: "0") { next = Self.nZero } else if digit { next = Self.nInt } else { return false }
+            if b == UInt8(ascii: "-") && !nonNegative { next = Self.nMinus } else if b == UInt8(ascii: "0") { next = Self.nZero } else if digit { next = Self.nInt } else { return false }
         case Self.nMinus:
             if b == UInt8(ascii: "0") { next = Self.nZero } else if digit { next = Self.nInt } else { return false }
         case Self.nZero, Self.nInt, Self.nFrac:

@@ -15,16 +15,19 @@ public final class TokenVocabulary: Sendable {
     /// Concatenated token bytes; token t is `bytes[offsets[t]..<offsets[t+1]]`.
     let bytes: [UInt8]
     let offsets: [Int32]
-
-    // Trie, nodes in depth-first order, node 0 the root. Node n's edges are
-    // edgeByte/edgeChild[edgeStart[n] ..< edgeStart[n] + edgeCount[n]]; the tokens whose bytes
-    // end at node n are terminalTokens[terminalStart[n] ..< terminalStart[n + 1]].
-    let edgeStart: [Int32]
-    let edgeCount: [Int32]
-    let terminalStart: [Int32]
-    let edgeByte: [UInt8]
-    let edgeChild: [Int32]
-    let terminalTokens: [TokenID]
+    /// Every token that can appear in the trie (non-empty, not end-of-generation).
+    let trie: TokenTrie
+    /// Tokens made only of plain string content: printable ASCII other than `"` and `\`,
+    /// and complete, well-formed UTF-8 characters. Inside a JSON string (not after a
+    /// backslash or within a character) each of them is accepted and leaves the string
+    /// lexer where it was, whatever the rest of the automaton holds.
+    let plainStringTokens: TokenMask
+    /// The plain tokens ordered by character count: those with k characters are
+    /// plainByLength[plainLengthStart[k] ..< plainLengthStart[k + 1]].
+    let plainByLength: [TokenID]
+    let plainLengthStart: [Int32]
+    /// The other tokens: the only ones a string state has to walk.
+    let nonPlainTrie: TokenTrie
 
     public convenience init(tokenizer: some Tokenizer) {
         var pieces: [[UInt8]] = []
@@ -50,20 +53,79 @@ public final class TokenVocabulary: Sendable {
         bytes = flat
         offsets = offs
 
-        var builder = TrieBuilder(bytes: flat, offsets: offs)
-        builder.order = (0..<pieces.count).compactMap { t in
+        var all: [TokenID] = []
+        var nonPlain: [TokenID] = []
+        var plain = TokenMask(vocabularySize: pieces.count)
+        for (t, piece) in pieces.enumerated() {
             let id = TokenID(t)
-            return pieces[t].isEmpty || endOfGeneration.contains(id) ? nil : id
+            if piece.isEmpty || endOfGeneration.contains(id) { continue }
+            all.append(id)
+            if Self.isPlainStringContent(piece) { plain.insert(id) } else { nonPlain.append(id) }
         }
-        builder.scratch = builder.order
-        _ = builder.build(lo: 0, hi: builder.order.count, depth: 0)
-        builder.terminalStart.append(Int32(builder.terminals.count))
-        edgeStart = builder.edgeStart
-        edgeCount = builder.edgeCount
-        terminalStart = builder.terminalStart
-        edgeByte = builder.edgeByte
-        edgeChild = builder.edgeChild
-        terminalTokens = builder.terminals
+        // Bucket the plain tokens by character count (bytes that are not continuation bytes).
+        var lengths: [Int] = []
+        var maxLength = 0
+        for t in all where plain.contains(t) {
+            let n = pieces[Int(t)].reduce(0) { $0 + ($1 & 0xC0 == 0x80 ? 0 : 1) }
+            lengths.append(n)
+            maxLength = max(maxLength, n)
+        }
+        var starts = [Int32](repeating: 0, count: maxLength + 2)
+        for n in lengths { starts[n + 1] += 1 }
+        for k in 1..<starts.count { starts[k] += starts[k - 1] }
+        var next = starts.map { Int($0) }
+        var byLength = [TokenID](repeating: 0, count: lengths.count)
+        var j = 0
+        for t in all where plain.contains(t) {
+            byLength[next[lengths[j]]] = t
+            next[lengths[j]] += 1
+            j += 1
+        }
+        plainByLength = byLength
+        plainLengthStart = starts
+        trie = TokenTrie(tokens: all, bytes: flat, offsets: offs)
+        nonPlainTrie = TokenTrie(tokens: nonPlain, bytes: flat, offsets: offs)
+        plainStringTokens = plain
+    }
+
+    /// The plain string tokens of at most `characters` characters.
+    func plainStringTokens(maxCharacters characters: Int) -> TokenMask {
+        let longest = plainLengthStart.count - 2
+        if characters >= longest { return plainStringTokens }
+        var mask = TokenMask(vocabularySize: size)
+        for i in 0..<Int(plainLengthStart[characters + 1]) { mask.insert(plainByLength[i]) }
+        return mask
+    }
+
+    /// Printable ASCII except `"` and `\`, or complete UTF-8 characters as `JSONRecognizer`
+    /// accepts them (no overlongs, surrogates or code points past U+10FFFF).
+    static func isPlainStringContent(_ piece: [UInt8]) -> Bool {
+        var i = 0
+        while i < piece.count {
+            let b = piece[i]
+            var need = 0
+            var lo: UInt8 = 0x80, hi: UInt8 = 0xBF
+            switch b {
+            case 0x22, 0x5C: return false
+            case 0x20..<0x80: i += 1; continue
+            case 0xC2...0xDF: need = 1
+            case 0xE0: need = 2; lo = 0xA0
+            case 0xED: need = 2; hi = 0x9F
+            case 0xE1...0xEF: need = 2
+            case 0xF0: need = 3; lo = 0x90
+            case 0xF1...0xF3: need = 3
+            case 0xF4: need = 3; hi = 0x8F
+            default: return false
+            }
+            guard i + need < piece.count else { return false }
+            for k in 1...need {
+                let c = piece[i + k]
+                let (l, h): (UInt8, UInt8) = k == 1 ? (lo, hi) : (0x80, 0xBF)
+                guard c >= l && c <= h else { return false }
+            }
+            i += need + 1
+        }
+        return true
     }
 
     /// Token t's bytes.
@@ -72,7 +134,33 @@ public final class TokenVocabulary: Sendable {
     }
 
     /// Number of trie nodes (for diagnostics).
-    public var trieNodeCount: Int { edgeStart.count }
+    public var trieNodeCount: Int { trie.edgeStart.count }
+}
+
+/// A trie over token byte strings, nodes in depth-first order, node 0 the root. Node n's edges
+/// are edgeByte/edgeChild[edgeStart[n] ..< edgeStart[n] + edgeCount[n]]; the tokens whose bytes
+/// end at node n are terminalTokens[terminalStart[n] ..< terminalStart[n + 1]].
+struct TokenTrie: Sendable {
+    let edgeStart: [Int32]
+    let edgeCount: [Int32]
+    let terminalStart: [Int32]
+    let edgeByte: [UInt8]
+    let edgeChild: [Int32]
+    let terminalTokens: [TokenID]
+
+    init(tokens: [TokenID], bytes: [UInt8], offsets: [Int32]) {
+        var builder = TrieBuilder(bytes: bytes, offsets: offsets)
+        builder.order = tokens
+        builder.scratch = tokens
+        _ = builder.build(lo: 0, hi: tokens.count, depth: 0)
+        builder.terminalStart.append(Int32(builder.terminals.count))
+        edgeStart = builder.edgeStart
+        edgeCount = builder.edgeCount
+        terminalStart = builder.terminalStart
+        edgeByte = builder.edgeByte
+        edgeChild = builder.edgeChild
+        terminalTokens = builder.terminals
+    }
 }
 
 private struct TrieBuilder {
