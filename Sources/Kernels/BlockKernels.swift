@@ -31,7 +31,7 @@ extension QuantKernel {
     static var chunks: Int { blockElements / 32 }
 }
 
-private let ones16 = SIMD16<Int16>(repeating: 1)
+@inline(__always) private var ones16: SIMD16<Int16> { splat16(1) }
 
 // MARK: 32-element formats (activations: d and s = d·Σq per block)
 
@@ -40,7 +40,7 @@ struct KQ4_0: QuantKernel {
     static var blockElements: Int { 32 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { loadF16(p, 0) }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ d: Float, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
-        (nibbles(load16(p + 2)), ones16)
+        (nibbles(p + 2), ones16)
     }
     @inline(__always) static func blockScale(_ d: Float) -> Float { d }
     @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { -8 * d * sx }
@@ -51,7 +51,7 @@ struct KQ4_1: QuantKernel {
     static var blockElements: Int { 32 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> (Float, Float) { (loadF16(p, 0), loadF16(p, 2)) }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: (Float, Float), _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
-        (nibbles(load16(p + 4)), ones16)
+        (nibbles(p + 4), ones16)
     }
     @inline(__always) static func blockScale(_ h: (Float, Float)) -> Float { h.0 }
     @inline(__always) static func correction(_ h: (Float, Float), dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { h.1 * sx }
@@ -63,7 +63,7 @@ struct KQ5_0: QuantKernel {
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { loadF16(p, 0) }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ d: Float, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
-        return (nibbles(load16(p + 6)) | expandBits(qh, 0x10), ones16)
+        return (or(nibbles(p + 6), expandBits(qh, 0x10)), ones16)
     }
     @inline(__always) static func blockScale(_ d: Float) -> Float { d }
     @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { -16 * d * sx }
@@ -75,7 +75,7 @@ struct KQ5_1: QuantKernel {
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> (Float, Float) { (loadF16(p, 0), loadF16(p, 2)) }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: (Float, Float), _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         let qh = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
-        return (nibbles(load16(p + 8)) | expandBits(qh, 0x10), ones16)
+        return (or(nibbles(p + 8), expandBits(qh, 0x10)), ones16)
     }
     @inline(__always) static func blockScale(_ h: (Float, Float)) -> Float { h.0 }
     @inline(__always) static func correction(_ h: (Float, Float), dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { h.1 * sx }
@@ -126,9 +126,8 @@ struct KQ4_K: QuantKernel {
         return KHeader(d: loadF16(p, 0), dmin: loadF16(p, 2), scales: sc, mins: mn)
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
-        let v = load32(p + 16 + (c >> 1) * 32)
-        let n = (c & 1) == 0 ? v & 0x0F : v &>> 4
-        return (n, SIMD16(repeating: h.scales[c]))
+        let n = shiftMask(load32(p + 16 + (c >> 1) * 32), 4 * (c & 1), 0x0F)
+        return (n, splat16(h.scales[c]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
@@ -144,10 +143,9 @@ struct KQ5_K: QuantKernel {
         return KHeader(d: loadF16(p, 0), dmin: loadF16(p, 2), scales: sc, mins: mn)
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
-        let v = load32(p + 48 + (c >> 1) * 32)
-        let lo = (c & 1) == 0 ? v & 0x0F : v &>> 4
-        let hb = ((load32(p + 16) &>> UInt8(c)) & 1) &<< 4
-        return (lo | hb, SIMD16(repeating: h.scales[c]))
+        let lo = shiftMask(load32(p + 48 + (c >> 1) * 32), 4 * (c & 1), 0x0F)
+        let hb = shiftMaskUp(load32(p + 16), c, 1, 4)
+        return (or(lo, hb), splat16(h.scales[c]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
@@ -159,17 +157,16 @@ struct KQ6_K: QuantKernel {
     static var blockBytes: Int { 210 }
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
-        let sc = SIMD16<Int16>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: 192, as: SIMD16<Int8>.self))
+        let sc = widenI8(p + 192)
         return KHeader(d: loadF16(p, 208), dmin: 0, scales: sc, mins: sc)
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // chunk c: half hf = c/4, s = c%4; low 4 bits from ql[hf*64 + (s&1)*32 + i] nibble s/2,
         // high 2 bits from qh[hf*32 + i] bits 2s..2s+1; value n - 32 (the -32 is in `correction`)
         let hf = c >> 2, s = c & 3
-        let v = load32(p + hf * 64 + (s & 1) * 32)
-        let lo = (s >> 1) == 0 ? v & 0x0F : v &>> 4
-        let hi = ((load32(p + 128 + hf * 32) &>> UInt8(2 * s)) & 3) &<< 4
-        return (lo | hi, scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
+        let lo = shiftMask(load32(p + hf * 64 + (s & 1) * 32), 4 * (s >> 1), 0x0F)
+        let hi = shiftMaskUp(load32(p + 128 + hf * 32), 2 * s, 3, 4)
+        return (or(lo, hi), scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
@@ -183,11 +180,11 @@ struct KQ2_K: QuantKernel {
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
         let b = load16(p)
         return KHeader(d: loadF16(p, 80), dmin: loadF16(p, 82),
-                       scales: SIMD16<Int16>(truncatingIfNeeded: b & 0x0F), mins: SIMD16<Int16>(truncatingIfNeeded: b &>> 4))
+                       scales: widenU8(shiftMask16(b, 0, 0x0F)), mins: widenU8(shiftMask16(b, 4, 0x0F)))
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // chunk c: half hf = c/4, bits 2s.. (s = c%4) of qs[hf*32 + i]
-        let n = (load32(p + 16 + (c >> 2) * 32) &>> UInt8(2 * (c & 3))) & 3
+        let n = shiftMask(load32(p + 16 + (c >> 2) * 32), 2 * (c & 3), 3)
         return (n, scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
@@ -210,9 +207,9 @@ struct KQ3_K: QuantKernel {
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // n = low 2 bits | hmask bit << 2 ∈ 0..7; weight value n - 4 (the -4 is in `correction`)
-        let lo = (load32(p + 32 + (c >> 2) * 32) &>> UInt8(2 * (c & 3))) & 3
-        let hb = ((load32(p) &>> UInt8(c)) & 1) &<< 2
-        return (lo | hb, scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
+        let lo = shiftMask(load32(p + 32 + (c >> 2) * 32), 2 * (c & 3), 3)
+        let hb = shiftMaskUp(load32(p), c, 1, 2)
+        return (or(lo, hb), scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {

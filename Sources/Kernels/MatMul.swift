@@ -103,6 +103,30 @@ func quantMatmul<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ input: Unsafe
     }
 }
 
+/// Float accumulators of one token: one for even and one for odd blocks (for the 32-element
+/// formats, so consecutive FMAs/adds do not wait on each other), summed at the end.
+struct TokenAccumulator {
+    var even = SIMD8<Float>(), odd = SIMD8<Float>()
+    var evenCorrection: Float = 0, oddCorrection: Float = 0
+
+    @inline(__always)
+    mutating func add<K: QuantKernel>(_ k: K.Type, _ h: K.Header, _ isum: SIMD8<Int32>, odd isOdd: Bool,
+                                      dx: Float, sx: Float, bsums: UnsafePointer<Int16>) {
+        let scale = SIMD8(repeating: K.blockScale(h) * dx)
+        let c = K.correction(h, dx: dx, sx: sx, bsums: bsums)
+        if isOdd {
+            odd = odd.addingProduct(scale, SIMD8<Float>(isum))
+            oddCorrection += c
+        } else {
+            even = even.addingProduct(scale, SIMD8<Float>(isum))
+            evenCorrection += c
+        }
+    }
+
+    @inline(__always)
+    var total: Float { hsum(even + odd) + (evenCorrection + oddCorrection) }
+}
+
 /// Dot products of one weight row with `nt` (1...4, a constant after inlining) consecutive tokens.
 @inline(__always)
 func quantRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int, _ act: QuantizedActivations,
@@ -112,8 +136,9 @@ func quantRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int
     let q0 = UnsafeRawPointer(act.q + t0 * cols)
     let d0 = act.d + t0 * nb, s0 = act.s + t0 * nb
     let g0 = act.bsums + t0 * nb * 16
-    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-    var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
+    var a0 = TokenAccumulator(), a1 = TokenAccumulator(), a2 = TokenAccumulator(), a3 = TokenAccumulator()
+    // K-quants have one FMA per 256 elements: no need to split their chains
+    let split = K.blockElements == 32
     for b in 0..<nb {
         let p = row + b * K.blockBytes
         let h = K.header(p)
@@ -126,26 +151,16 @@ func quantRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int
             if nt > 2 { i2 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 2 * cols, as: SIMD32<Int8>.self), sc) }
             if nt > 3 { i3 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 3 * cols, as: SIMD32<Int8>.self), sc) }
         }
-        let ws = K.blockScale(h)
-        a0 = a0.addingProduct(SIMD8(repeating: ws * d0[b]), SIMD8<Float>(i0))
-        c0 += K.correction(h, dx: d0[b], sx: s0[b], bsums: g0 + 16 * b)
-        if nt > 1 {
-            a1 = a1.addingProduct(SIMD8(repeating: ws * d0[nb + b]), SIMD8<Float>(i1))
-            c1 += K.correction(h, dx: d0[nb + b], sx: s0[nb + b], bsums: g0 + 16 * (nb + b))
-        }
-        if nt > 2 {
-            a2 = a2.addingProduct(SIMD8(repeating: ws * d0[2 * nb + b]), SIMD8<Float>(i2))
-            c2 += K.correction(h, dx: d0[2 * nb + b], sx: s0[2 * nb + b], bsums: g0 + 16 * (2 * nb + b))
-        }
-        if nt > 3 {
-            a3 = a3.addingProduct(SIMD8(repeating: ws * d0[3 * nb + b]), SIMD8<Float>(i3))
-            c3 += K.correction(h, dx: d0[3 * nb + b], sx: s0[3 * nb + b], bsums: g0 + 16 * (3 * nb + b))
-        }
+        let odd = split && (b & 1) == 1
+        a0.add(K.self, h, i0, odd: odd, dx: d0[b], sx: s0[b], bsums: g0 + 16 * b)
+        if nt > 1 { a1.add(K.self, h, i1, odd: odd, dx: d0[nb + b], sx: s0[nb + b], bsums: g0 + 16 * (nb + b)) }
+        if nt > 2 { a2.add(K.self, h, i2, odd: odd, dx: d0[2 * nb + b], sx: s0[2 * nb + b], bsums: g0 + 16 * (2 * nb + b)) }
+        if nt > 3 { a3.add(K.self, h, i3, odd: odd, dx: d0[3 * nb + b], sx: s0[3 * nb + b], bsums: g0 + 16 * (3 * nb + b)) }
     }
-    out[0] = hsum(a0) + c0
-    if nt > 1 { out[outStride] = hsum(a1) + c1 }
-    if nt > 2 { out[2 * outStride] = hsum(a2) + c2 }
-    if nt > 3 { out[3 * outStride] = hsum(a3) + c3 }
+    out[0] = a0.total
+    if nt > 1 { out[outStride] = a1.total }
+    if nt > 2 { out[2 * outStride] = a2.total }
+    if nt > 3 { out[3 * outStride] = a3.total }
 }
 
 // MARK: float weights

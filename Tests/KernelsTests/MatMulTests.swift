@@ -1,7 +1,7 @@
 import Foundation
 import GGUF
 import Testing
-@testable import Kernels
+import Kernels
 
 /// Deterministic generator (splitmix64) so failures reproduce.
 struct SplitMix: RandomNumberGenerator {
