@@ -1,3 +1,7 @@
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
+
 /// One weight format's integer dot product with 8-bit activations (see QuantizedActivations).
 ///
 /// A weight block is visited as `chunks` runs of 32 elements. For each run the kernel yields
@@ -106,16 +110,58 @@ struct KHeader {
     var mins: SIMD16<Int16>
 }
 
+/// Q4_K/Q5_K: the eight 6-bit scales (Int16 lanes 0..<8) and the eight mins, each repeated
+/// twice (one per 16-element activation group), from the 12 packed bytes.
+/// Done with whole-word bit operations: writing SIMD lanes one by one stalls on store forwarding.
 @inline(__always)
 private func kScalesMins(_ p: UnsafeRawPointer) -> (SIMD16<Int16>, SIMD16<Int16>) {
-    var sc = SIMD16<Int16>(), mn = SIMD16<Int16>()
+    let w0 = p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)
+    let w1 = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
+    let w2 = p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+    let scLo = w0 & 0x3F3F_3F3F, scHi = (w2 & 0x0F0F_0F0F) | ((w0 >> 2) & 0x3030_3030)
+    let mnLo = w1 & 0x3F3F_3F3F, mnHi = ((w2 >> 4) & 0x0F0F_0F0F) | ((w1 >> 2) & 0x3030_3030)
+    let sc = UInt64(scLo) | UInt64(scHi) << 32
+    let mn = UInt64(mnLo) | UInt64(mnHi) << 32
+#if arch(x86_64)
+    let scales = _mm256_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
+    let m = _mm_cvtsi64_si128(Int64(bitPattern: mn))
+    let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m))
+    return (unsafeBitCast(scales, to: SIMD16<Int16>.self), unsafeBitCast(mins, to: SIMD16<Int16>.self))
+#else
+    var scales = SIMD16<Int16>(), mins = SIMD16<Int16>()
     for j in 0..<8 {
-        let (s, m) = kScaleMin(p, j)
-        sc[j] = Int16(s)
-        mn[2 * j] = Int16(m)
-        mn[2 * j + 1] = Int16(m)
+        scales[j] = Int16(truncatingIfNeeded: sc >> UInt64(8 * j)) & 0xFF
+        let mj = Int16(truncatingIfNeeded: mn >> UInt64(8 * j)) & 0xFF
+        mins[2 * j] = mj
+        mins[2 * j + 1] = mj
     }
-    return (sc, mn)
+    return (scales, mins)
+#endif
+}
+
+/// Q3_K: the sixteen 6-bit scales minus 32, from the 12 packed bytes at p.
+@inline(__always)
+private func q3Scales(_ p: UnsafeRawPointer) -> SIMD16<Int16> {
+    let lo8 = p.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
+    let h = p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+    // low 4 bits: k < 8 from the low nibbles of bytes 0..<8, k ≥ 8 from their high nibbles
+    let loA = lo8 & 0x0F0F_0F0F_0F0F_0F0F, loB = (lo8 >> 4) & 0x0F0F_0F0F_0F0F_0F0F
+    // high 2 bits: byte 8 + k%4, bits 2·(k/4)
+    let hiA = UInt64(h & 0x0303_0303) | UInt64((h >> 2) & 0x0303_0303) << 32
+    let hiB = UInt64((h >> 4) & 0x0303_0303) | UInt64((h >> 6) & 0x0303_0303) << 32
+    let a = loA | hiA << 4, b = loB | hiB << 4
+#if arch(x86_64)
+    let bytes = _mm_set_epi64x(Int64(bitPattern: b), Int64(bitPattern: a))
+    let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(bytes), _mm256_set1_epi16(32))
+    return unsafeBitCast(v, to: SIMD16<Int16>.self)
+#else
+    var r = SIMD16<Int16>()
+    for k in 0..<8 {
+        r[k] = Int16(truncatingIfNeeded: a >> UInt64(8 * k)) & 0xFF - 32
+        r[k + 8] = Int16(truncatingIfNeeded: b >> UInt64(8 * k)) & 0xFF - 32
+    }
+    return r
+#endif
 }
 
 struct KQ4_K: QuantKernel {
@@ -197,12 +243,7 @@ struct KQ3_K: QuantKernel {
     static var blockBytes: Int { 110 }
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
-        var sc = SIMD16<Int16>()
-        for k in 0..<16 {
-            let lo = k < 8 ? byte(p, 96 + k) & 0x0F : byte(p, 96 + k - 8) >> 4
-            let hi = (byte(p, 104 + k % 4) >> UInt8(2 * (k / 4))) & 3
-            sc[k] = Int16(lo | hi << 4) - 32
-        }
+        let sc = q3Scales(p + 96)
         return KHeader(d: loadF16(p, 108), dmin: 0, scales: sc, mins: sc)
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
