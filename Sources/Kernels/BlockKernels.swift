@@ -22,6 +22,40 @@ protocol QuantKernel: SendableMetatype {
     static func dot(_ w: Chunk, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32>
     static func blockScale(_ h: Header) -> Float
     static func correction(_ h: Header, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float
+    /// 32-element formats: [d0, c0, d1, c1] for the blocks at p0 and p1, where block i
+    /// contributes (d_i·d_x)·isum + c_i·s_x (c = -8d for Q4_0, the min m for Q4_1, …).
+    static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float>
+}
+
+extension QuantKernel {
+    static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
+        fatalError("pairScales is only for 32-element formats")
+    }
+}
+
+/// [d0, d0, d1, d1] · mul for formats whose offset is a multiple of d.
+@inline(__always)
+func dPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Float>) -> SIMD4<Float> {
+    let d0 = UInt64(p0.loadUnaligned(as: UInt16.self)), d1 = UInt64(p1.loadUnaligned(as: UInt16.self))
+#if arch(x86_64)
+    let h = _mm_cvtsi64_si128(Int64(bitPattern: d0 | d0 << 16 | d1 << 32 | d1 << 48))
+    return unsafeBitCast(_mm_cvtph_ps(h), to: SIMD4<Float>.self) * mul
+#else
+    let a = Float(Float16(bitPattern: UInt16(d0))), b = Float(Float16(bitPattern: UInt16(d1)))
+    return SIMD4(a, a, b, b) * mul
+#endif
+}
+
+/// [d0, m0, d1, m1] for formats with an f16 (d, m) pair at the block start.
+@inline(__always)
+func dmPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
+    let a = UInt64(p0.loadUnaligned(as: UInt32.self)), b = UInt64(p1.loadUnaligned(as: UInt32.self))
+#if arch(x86_64)
+    return unsafeBitCast(_mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: a | b << 32))), to: SIMD4<Float>.self)
+#else
+    func f(_ v: UInt64) -> Float { Float(Float16(bitPattern: UInt16(truncatingIfNeeded: v))) }
+    return SIMD4(f(a), f(a >> 16), f(b), f(b >> 16))
+#endif
 }
 
 extension QuantKernel where Chunk == SIMD32<UInt8> {
@@ -48,6 +82,7 @@ struct KQ4_0: QuantKernel {
     }
     @inline(__always) static func blockScale(_ d: Float) -> Float { d }
     @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { -8 * d * sx }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPairScales(p0, p1, SIMD4(1, -8, 1, -8)) }
 }
 
 struct KQ4_1: QuantKernel {
@@ -59,6 +94,7 @@ struct KQ4_1: QuantKernel {
     }
     @inline(__always) static func blockScale(_ h: (Float, Float)) -> Float { h.0 }
     @inline(__always) static func correction(_ h: (Float, Float), dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { h.1 * sx }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dmPairScales(p0, p1) }
 }
 
 struct KQ5_0: QuantKernel {
@@ -71,6 +107,7 @@ struct KQ5_0: QuantKernel {
     }
     @inline(__always) static func blockScale(_ d: Float) -> Float { d }
     @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { -16 * d * sx }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPairScales(p0, p1, SIMD4(1, -16, 1, -16)) }
 }
 
 struct KQ5_1: QuantKernel {
@@ -83,6 +120,7 @@ struct KQ5_1: QuantKernel {
     }
     @inline(__always) static func blockScale(_ h: (Float, Float)) -> Float { h.0 }
     @inline(__always) static func correction(_ h: (Float, Float), dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { h.1 * sx }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dmPairScales(p0, p1) }
 }
 
 struct KQ8_0: QuantKernel {
@@ -97,6 +135,7 @@ struct KQ8_0: QuantKernel {
     }
     @inline(__always) static func blockScale(_ d: Float) -> Float { d }
     @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPairScales(p0, p1, SIMD4(1, 0, 1, 0)) }
 }
 
 // MARK: K-quants, 256-element super-blocks (activations: d and 16 group sums per block)

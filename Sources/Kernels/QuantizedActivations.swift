@@ -26,7 +26,9 @@ struct QuantizedActivations: @unchecked Sendable {
     let blocksPerRow: Int
     let q: UnsafeMutablePointer<Int8>      // tokens × columns
     let d: UnsafeMutablePointer<Float>     // tokens × blocksPerRow
-    let s: UnsafeMutablePointer<Float>     // tokens × blocksPerRow (32-blocks)
+    /// 32-blocks: (d, s) pairs interleaved, tokens × blocksPerRow × 2, so the kernels load
+    /// the scales of two consecutive blocks with one 16-byte load.
+    let ds: UnsafeMutablePointer<Float>
     let bsums: UnsafeMutablePointer<Int16> // tokens × blocksPerRow × 16 (256-blocks)
     private let base: UnsafeMutableRawPointer
 
@@ -39,11 +41,11 @@ struct QuantizedActivations: @unchecked Sendable {
         let nq = (tokens * columns + 63) & ~63
         let nd = tokens * blocksPerRow
         let nbs = blockSize == 256 ? nd * 16 : 0
-        base = .allocate(byteCount: nq + 8 * nd + 2 * nbs + 64, alignment: 64)
+        base = .allocate(byteCount: nq + 12 * nd + 2 * nbs + 64, alignment: 64)
         q = base.bindMemory(to: Int8.self, capacity: nq)
         d = (base + nq).bindMemory(to: Float.self, capacity: nd)
-        s = (base + nq + 4 * nd).bindMemory(to: Float.self, capacity: nd)
-        bsums = (base + nq + 8 * nd).bindMemory(to: Int16.self, capacity: max(nbs, 1))
+        ds = (base + nq + 4 * nd).bindMemory(to: Float.self, capacity: 2 * nd)
+        bsums = (base + nq + 12 * nd).bindMemory(to: Int16.self, capacity: max(nbs, 1))
     }
 
     func deallocate() { base.deallocate() }
@@ -95,7 +97,10 @@ struct QuantizedActivations: @unchecked Sendable {
             }
         }
         d[bi] = scale
-        if blockSize != 256 { s[bi] = scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum()) }
+        if blockSize != 256 {
+            ds[2 * bi] = scale
+            ds[2 * bi + 1] = scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum())
+        }
 #else
         let n8 = blockSize / 8
         var amax = SIMD8<Float>()
@@ -119,7 +124,10 @@ struct QuantizedActivations: @unchecked Sendable {
             }
         }
         d[bi] = scale
-        if blockSize != 256 { s[bi] = scale * Float(total.wrappedSum()) }
+        if blockSize != 256 {
+            ds[2 * bi] = scale
+            ds[2 * bi + 1] = scale * Float(total.wrappedSum())
+        }
 #endif
     }
 }
