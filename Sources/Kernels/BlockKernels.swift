@@ -1,3 +1,7 @@
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
+
 /// One weight format's integer dot product with 8-bit activations (see QuantizedActivations).
 ///
 /// A weight block is visited as `chunks` runs of 32 elements. For each run the kernel yields
@@ -18,6 +22,40 @@ protocol QuantKernel: SendableMetatype {
     static func dot(_ w: Chunk, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32>
     static func blockScale(_ h: Header) -> Float
     static func correction(_ h: Header, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float
+    /// 32-element formats: [d0, c0, d1, c1] for the blocks at p0 and p1, where block i
+    /// contributes (d_i·d_x)·isum + c_i·s_x (c = -8d for Q4_0, the min m for Q4_1, …).
+    static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float>
+}
+
+extension QuantKernel {
+    static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
+        fatalError("pairScales is only for 32-element formats")
+    }
+}
+
+/// [d0, d0, d1, d1] · mul for formats whose offset is a multiple of d.
+@inline(__always)
+func dPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Float>) -> SIMD4<Float> {
+    let d0 = UInt64(p0.loadUnaligned(as: UInt16.self)), d1 = UInt64(p1.loadUnaligned(as: UInt16.self))
+#if arch(x86_64)
+    let h = _mm_cvtsi64_si128(Int64(bitPattern: d0 | d0 << 16 | d1 << 32 | d1 << 48))
+    return unsafeBitCast(_mm_cvtph_ps(h), to: SIMD4<Float>.self) * mul
+#else
+    let a = Float(Float16(bitPattern: UInt16(d0))), b = Float(Float16(bitPattern: UInt16(d1)))
+    return SIMD4(a, a, b, b) * mul
+#endif
+}
+
+/// [d0, m0, d1, m1] for formats with an f16 (d, m) pair at the block start.
+@inline(__always)
+func dmPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
+    let a = UInt64(p0.loadUnaligned(as: UInt32.self)), b = UInt64(p1.loadUnaligned(as: UInt32.self))
+#if arch(x86_64)
+    return unsafeBitCast(_mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: a | b << 32))), to: SIMD4<Float>.self)
+#else
+    func f(_ v: UInt64) -> Float { Float(Float16(bitPattern: UInt16(truncatingIfNeeded: v))) }
+    return SIMD4(f(a), f(a >> 16), f(b), f(b >> 16))
+#endif
 }
 
 extension QuantKernel where Chunk == SIMD32<UInt8> {
@@ -31,7 +69,7 @@ extension QuantKernel {
     static var chunks: Int { blockElements / 32 }
 }
 
-private let ones16 = SIMD16<Int16>(repeating: 1)
+@inline(__always) private var ones16: SIMD16<Int16> { splat16(1) }
 
 // MARK: 32-element formats (activations: d and s = d·Σq per block)
 
@@ -40,10 +78,11 @@ struct KQ4_0: QuantKernel {
     static var blockElements: Int { 32 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { loadF16(p, 0) }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ d: Float, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
-        (nibbles(load16(p + 2)), ones16)
+        (nibbles(p + 2), ones16)
     }
     @inline(__always) static func blockScale(_ d: Float) -> Float { d }
     @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { -8 * d * sx }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPairScales(p0, p1, SIMD4(1, -8, 1, -8)) }
 }
 
 struct KQ4_1: QuantKernel {
@@ -51,10 +90,11 @@ struct KQ4_1: QuantKernel {
     static var blockElements: Int { 32 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> (Float, Float) { (loadF16(p, 0), loadF16(p, 2)) }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: (Float, Float), _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
-        (nibbles(load16(p + 4)), ones16)
+        (nibbles(p + 4), ones16)
     }
     @inline(__always) static func blockScale(_ h: (Float, Float)) -> Float { h.0 }
     @inline(__always) static func correction(_ h: (Float, Float), dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { h.1 * sx }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dmPairScales(p0, p1) }
 }
 
 struct KQ5_0: QuantKernel {
@@ -63,10 +103,11 @@ struct KQ5_0: QuantKernel {
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { loadF16(p, 0) }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ d: Float, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
-        return (nibbles(load16(p + 6)) | expandBits(qh, 0x10), ones16)
+        return (or(nibbles(p + 6), expandBits(qh, 0x10)), ones16)
     }
     @inline(__always) static func blockScale(_ d: Float) -> Float { d }
     @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { -16 * d * sx }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPairScales(p0, p1, SIMD4(1, -16, 1, -16)) }
 }
 
 struct KQ5_1: QuantKernel {
@@ -75,10 +116,11 @@ struct KQ5_1: QuantKernel {
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> (Float, Float) { (loadF16(p, 0), loadF16(p, 2)) }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: (Float, Float), _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         let qh = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
-        return (nibbles(load16(p + 8)) | expandBits(qh, 0x10), ones16)
+        return (or(nibbles(p + 8), expandBits(qh, 0x10)), ones16)
     }
     @inline(__always) static func blockScale(_ h: (Float, Float)) -> Float { h.0 }
     @inline(__always) static func correction(_ h: (Float, Float), dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { h.1 * sx }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dmPairScales(p0, p1) }
 }
 
 struct KQ8_0: QuantKernel {
@@ -93,6 +135,7 @@ struct KQ8_0: QuantKernel {
     }
     @inline(__always) static func blockScale(_ d: Float) -> Float { d }
     @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPairScales(p0, p1, SIMD4(1, 0, 1, 0)) }
 }
 
 // MARK: K-quants, 256-element super-blocks (activations: d and 16 group sums per block)
@@ -106,16 +149,58 @@ struct KHeader {
     var mins: SIMD16<Int16>
 }
 
+/// Q4_K/Q5_K: the eight 6-bit scales (Int16 lanes 0..<8) and the eight mins, each repeated
+/// twice (one per 16-element activation group), from the 12 packed bytes.
+/// Done with whole-word bit operations: writing SIMD lanes one by one stalls on store forwarding.
 @inline(__always)
 private func kScalesMins(_ p: UnsafeRawPointer) -> (SIMD16<Int16>, SIMD16<Int16>) {
-    var sc = SIMD16<Int16>(), mn = SIMD16<Int16>()
+    let w0 = p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)
+    let w1 = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
+    let w2 = p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+    let scLo = w0 & 0x3F3F_3F3F, scHi = (w2 & 0x0F0F_0F0F) | ((w0 >> 2) & 0x3030_3030)
+    let mnLo = w1 & 0x3F3F_3F3F, mnHi = ((w2 >> 4) & 0x0F0F_0F0F) | ((w1 >> 2) & 0x3030_3030)
+    let sc = UInt64(scLo) | UInt64(scHi) << 32
+    let mn = UInt64(mnLo) | UInt64(mnHi) << 32
+#if arch(x86_64)
+    let scales = _mm256_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
+    let m = _mm_cvtsi64_si128(Int64(bitPattern: mn))
+    let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m))
+    return (unsafeBitCast(scales, to: SIMD16<Int16>.self), unsafeBitCast(mins, to: SIMD16<Int16>.self))
+#else
+    var scales = SIMD16<Int16>(), mins = SIMD16<Int16>()
     for j in 0..<8 {
-        let (s, m) = kScaleMin(p, j)
-        sc[j] = Int16(s)
-        mn[2 * j] = Int16(m)
-        mn[2 * j + 1] = Int16(m)
+        scales[j] = Int16(truncatingIfNeeded: sc >> UInt64(8 * j)) & 0xFF
+        let mj = Int16(truncatingIfNeeded: mn >> UInt64(8 * j)) & 0xFF
+        mins[2 * j] = mj
+        mins[2 * j + 1] = mj
     }
-    return (sc, mn)
+    return (scales, mins)
+#endif
+}
+
+/// Q3_K: the sixteen 6-bit scales minus 32, from the 12 packed bytes at p.
+@inline(__always)
+private func q3Scales(_ p: UnsafeRawPointer) -> SIMD16<Int16> {
+    let lo8 = p.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
+    let h = p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+    // low 4 bits: k < 8 from the low nibbles of bytes 0..<8, k ≥ 8 from their high nibbles
+    let loA = lo8 & 0x0F0F_0F0F_0F0F_0F0F, loB = (lo8 >> 4) & 0x0F0F_0F0F_0F0F_0F0F
+    // high 2 bits: byte 8 + k%4, bits 2·(k/4)
+    let hiA = UInt64(h & 0x0303_0303) | UInt64((h >> 2) & 0x0303_0303) << 32
+    let hiB = UInt64((h >> 4) & 0x0303_0303) | UInt64((h >> 6) & 0x0303_0303) << 32
+    let a = loA | hiA << 4, b = loB | hiB << 4
+#if arch(x86_64)
+    let bytes = _mm_set_epi64x(Int64(bitPattern: b), Int64(bitPattern: a))
+    let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(bytes), _mm256_set1_epi16(32))
+    return unsafeBitCast(v, to: SIMD16<Int16>.self)
+#else
+    var r = SIMD16<Int16>()
+    for k in 0..<8 {
+        r[k] = Int16(truncatingIfNeeded: a >> UInt64(8 * k)) & 0xFF - 32
+        r[k + 8] = Int16(truncatingIfNeeded: b >> UInt64(8 * k)) & 0xFF - 32
+    }
+    return r
+#endif
 }
 
 struct KQ4_K: QuantKernel {
@@ -126,9 +211,8 @@ struct KQ4_K: QuantKernel {
         return KHeader(d: loadF16(p, 0), dmin: loadF16(p, 2), scales: sc, mins: mn)
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
-        let v = load32(p + 16 + (c >> 1) * 32)
-        let n = (c & 1) == 0 ? v & 0x0F : v &>> 4
-        return (n, SIMD16(repeating: h.scales[c]))
+        let n = shiftMask(load32(p + 16 + (c >> 1) * 32), 4 * (c & 1), 0x0F)
+        return (n, splat16(h.scales[c]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
@@ -144,10 +228,9 @@ struct KQ5_K: QuantKernel {
         return KHeader(d: loadF16(p, 0), dmin: loadF16(p, 2), scales: sc, mins: mn)
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
-        let v = load32(p + 48 + (c >> 1) * 32)
-        let lo = (c & 1) == 0 ? v & 0x0F : v &>> 4
-        let hb = ((load32(p + 16) &>> UInt8(c)) & 1) &<< 4
-        return (lo | hb, SIMD16(repeating: h.scales[c]))
+        let lo = shiftMask(load32(p + 48 + (c >> 1) * 32), 4 * (c & 1), 0x0F)
+        let hb = shiftMaskUp(load32(p + 16), c, 1, 4)
+        return (or(lo, hb), splat16(h.scales[c]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
@@ -159,17 +242,16 @@ struct KQ6_K: QuantKernel {
     static var blockBytes: Int { 210 }
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
-        let sc = SIMD16<Int16>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: 192, as: SIMD16<Int8>.self))
+        let sc = widenI8(p + 192)
         return KHeader(d: loadF16(p, 208), dmin: 0, scales: sc, mins: sc)
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // chunk c: half hf = c/4, s = c%4; low 4 bits from ql[hf*64 + (s&1)*32 + i] nibble s/2,
         // high 2 bits from qh[hf*32 + i] bits 2s..2s+1; value n - 32 (the -32 is in `correction`)
         let hf = c >> 2, s = c & 3
-        let v = load32(p + hf * 64 + (s & 1) * 32)
-        let lo = (s >> 1) == 0 ? v & 0x0F : v &>> 4
-        let hi = ((load32(p + 128 + hf * 32) &>> UInt8(2 * s)) & 3) &<< 4
-        return (lo | hi, scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
+        let lo = shiftMask(load32(p + hf * 64 + (s & 1) * 32), 4 * (s >> 1), 0x0F)
+        let hi = shiftMaskUp(load32(p + 128 + hf * 32), 2 * s, 3, 4)
+        return (or(lo, hi), scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
@@ -183,11 +265,11 @@ struct KQ2_K: QuantKernel {
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
         let b = load16(p)
         return KHeader(d: loadF16(p, 80), dmin: loadF16(p, 82),
-                       scales: SIMD16<Int16>(truncatingIfNeeded: b & 0x0F), mins: SIMD16<Int16>(truncatingIfNeeded: b &>> 4))
+                       scales: widenU8(shiftMask16(b, 0, 0x0F)), mins: widenU8(shiftMask16(b, 4, 0x0F)))
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // chunk c: half hf = c/4, bits 2s.. (s = c%4) of qs[hf*32 + i]
-        let n = (load32(p + 16 + (c >> 2) * 32) &>> UInt8(2 * (c & 3))) & 3
+        let n = shiftMask(load32(p + 16 + (c >> 2) * 32), 2 * (c & 3), 3)
         return (n, scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
@@ -200,19 +282,14 @@ struct KQ3_K: QuantKernel {
     static var blockBytes: Int { 110 }
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
-        var sc = SIMD16<Int16>()
-        for k in 0..<16 {
-            let lo = k < 8 ? byte(p, 96 + k) & 0x0F : byte(p, 96 + k - 8) >> 4
-            let hi = (byte(p, 104 + k % 4) >> UInt8(2 * (k / 4))) & 3
-            sc[k] = Int16(lo | hi << 4) - 32
-        }
+        let sc = q3Scales(p + 96)
         return KHeader(d: loadF16(p, 108), dmin: 0, scales: sc, mins: sc)
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // n = low 2 bits | hmask bit << 2 ∈ 0..7; weight value n - 4 (the -4 is in `correction`)
-        let lo = (load32(p + 32 + (c >> 2) * 32) &>> UInt8(2 * (c & 3))) & 3
-        let hb = ((load32(p) &>> UInt8(c)) & 1) &<< 2
-        return (lo | hb, scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
+        let lo = shiftMask(load32(p + 32 + (c >> 2) * 32), 2 * (c & 3), 3)
+        let hb = shiftMaskUp(load32(p), c, 1, 2)
+        return (or(lo, hb), scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {

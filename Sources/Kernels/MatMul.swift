@@ -51,7 +51,7 @@ func forEachRowRange(_ rows: Int, rowBytes: Int, tokens: Int, pool: ThreadPool,
                      _ body: @escaping @Sendable (Range<Int>) -> Void) {
     let threads = pool.threadCount
     let work = rows * rowBytes * max(1, tokens / 4)
-    if threads == 1 || work < 64 << 10 {
+    if threads == 1 || work < 16 << 10 || rows < 16 {
         body(0..<rows)
         return
     }
@@ -107,10 +107,84 @@ func quantMatmul<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ input: Unsafe
 @inline(__always)
 func quantRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int, _ act: QuantizedActivations,
                                  _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    if K.blockElements == 32 {
+        smallRowDot(K.self, row, nb, act, t0, nt, out, outStride)
+    } else {
+        superRowDot(K.self, row, nb, act, t0, nt, out, outStride)
+    }
+}
+
+/// 32-element formats, two blocks per step: the f16 scales of both blocks are converted
+/// and multiplied by the activation scales in one 4-lane operation, and even and odd
+/// blocks accumulate separately so consecutive FMAs do not wait on each other.
+/// Per token: even/odd: Σ (d·d_x)·isum in 8 lanes; corr lanes 1/3: Σ c·s_x.
+@inline(__always)
+func smallRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int, _ act: QuantizedActivations,
+                                 _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    let cols = act.columns
+    let bb = K.blockBytes
+    let q0 = UnsafeRawPointer(act.q + t0 * cols)
+    let ds0 = UnsafeRawPointer(act.ds + 2 * t0 * nb)
+    let dsStride = 8 * nb  // bytes per token
+    var e0 = SIMD8<Float>(), e1 = SIMD8<Float>(), e2 = SIMD8<Float>(), e3 = SIMD8<Float>()
+    var o0 = SIMD8<Float>(), o1 = SIMD8<Float>(), o2 = SIMD8<Float>(), o3 = SIMD8<Float>()
+    var c0 = SIMD4<Float>(), c1 = SIMD4<Float>(), c2 = SIMD4<Float>(), c3 = SIMD4<Float>()
+
+    @inline(__always)
+    func step(_ wA: K.Chunk, _ wB: K.Chunk, _ sc: SIMD4<Float>, _ j: Int, _ xOff: Int, _ dsOff: Int,
+              _ e: inout SIMD8<Float>, _ o: inout SIMD8<Float>, _ c: inout SIMD4<Float>) {
+        let one = splat16(1)
+        let xa = q0.loadUnaligned(fromByteOffset: j * cols + xOff, as: SIMD32<Int8>.self)
+        let xb = q0.loadUnaligned(fromByteOffset: j * cols + xOff + 32, as: SIMD32<Int8>.self)
+        let f = sc * ds0.loadUnaligned(fromByteOffset: j * dsStride + dsOff, as: SIMD4<Float>.self)
+        e = e.addingProduct(SIMD8(repeating: f[0]), SIMD8<Float>(K.dot(wA, xa, one)))
+        o = o.addingProduct(SIMD8(repeating: f[2]), SIMD8<Float>(K.dot(wB, xb, one)))
+        c += f
+    }
+
+    var b = 0
+    while b + 1 < nb {
+        let p0 = row + b * bb, p1 = p0 + bb
+        let sc = K.pairScales(p0, p1)
+        let wA = K.chunk(p0, K.header(p0), 0).0, wB = K.chunk(p1, K.header(p1), 0).0
+        step(wA, wB, sc, 0, b * 32, 8 * b, &e0, &o0, &c0)
+        if nt > 1 { step(wA, wB, sc, 1, b * 32, 8 * b, &e1, &o1, &c1) }
+        if nt > 2 { step(wA, wB, sc, 2, b * 32, 8 * b, &e2, &o2, &c2) }
+        if nt > 3 { step(wA, wB, sc, 3, b * 32, 8 * b, &e3, &o3, &c3) }
+        b += 2
+    }
+    if b < nb {
+        // last (even) block of an odd count: the odd lanes get exact zeros
+        let p0 = row + b * bb
+        let sc = K.pairScales(p0, p0) * SIMD4(1, 1, 0, 0)
+        let w = K.chunk(p0, K.header(p0), 0).0
+        @inline(__always)
+        func tail(_ j: Int, _ e: inout SIMD8<Float>, _ c: inout SIMD4<Float>) {
+            let x = q0.loadUnaligned(fromByteOffset: j * cols + b * 32, as: SIMD32<Int8>.self)
+            let dsx = ds0.loadUnaligned(fromByteOffset: j * dsStride + 8 * b, as: SIMD2<Float>.self)
+            let f = sc * SIMD4(dsx[0], dsx[1], 0, 0)
+            e = e.addingProduct(SIMD8(repeating: f[0]), SIMD8<Float>(K.dot(w, x, splat16(1))))
+            c += f
+        }
+        tail(0, &e0, &c0)
+        if nt > 1 { tail(1, &e1, &c1) }
+        if nt > 2 { tail(2, &e2, &c2) }
+        if nt > 3 { tail(3, &e3, &c3) }
+    }
+    out[0] = hsum(e0 + o0) + (c0[1] + c0[3])
+    if nt > 1 { out[outStride] = hsum(e1 + o1) + (c1[1] + c1[3]) }
+    if nt > 2 { out[2 * outStride] = hsum(e2 + o2) + (c2[1] + c2[3]) }
+    if nt > 3 { out[3 * outStride] = hsum(e3 + o3) + (c3[1] + c3[3]) }
+}
+
+/// 256-element K-quants: integer sums over the 8 chunks, one FMA per block and token.
+@inline(__always)
+func superRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int, _ act: QuantizedActivations,
+                                 _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
     let be = K.blockElements
     let cols = act.columns
     let q0 = UnsafeRawPointer(act.q + t0 * cols)
-    let d0 = act.d + t0 * nb, s0 = act.s + t0 * nb
+    let d0 = act.d + t0 * nb
     let g0 = act.bsums + t0 * nb * 16
     var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
     var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
@@ -128,18 +202,18 @@ func quantRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int
         }
         let ws = K.blockScale(h)
         a0 = a0.addingProduct(SIMD8(repeating: ws * d0[b]), SIMD8<Float>(i0))
-        c0 += K.correction(h, dx: d0[b], sx: s0[b], bsums: g0 + 16 * b)
+        c0 += K.correction(h, dx: d0[b], sx: 0, bsums: g0 + 16 * b)
         if nt > 1 {
             a1 = a1.addingProduct(SIMD8(repeating: ws * d0[nb + b]), SIMD8<Float>(i1))
-            c1 += K.correction(h, dx: d0[nb + b], sx: s0[nb + b], bsums: g0 + 16 * (nb + b))
+            c1 += K.correction(h, dx: d0[nb + b], sx: 0, bsums: g0 + 16 * (nb + b))
         }
         if nt > 2 {
             a2 = a2.addingProduct(SIMD8(repeating: ws * d0[2 * nb + b]), SIMD8<Float>(i2))
-            c2 += K.correction(h, dx: d0[2 * nb + b], sx: s0[2 * nb + b], bsums: g0 + 16 * (2 * nb + b))
+            c2 += K.correction(h, dx: d0[2 * nb + b], sx: 0, bsums: g0 + 16 * (2 * nb + b))
         }
         if nt > 3 {
             a3 = a3.addingProduct(SIMD8(repeating: ws * d0[3 * nb + b]), SIMD8<Float>(i3))
-            c3 += K.correction(h, dx: d0[3 * nb + b], sx: s0[3 * nb + b], bsums: g0 + 16 * (3 * nb + b))
+            c3 += K.correction(h, dx: d0[3 * nb + b], sx: 0, bsums: g0 + 16 * (3 * nb + b))
         }
     }
     out[0] = hsum(a0) + c0

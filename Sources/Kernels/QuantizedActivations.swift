@@ -1,3 +1,7 @@
+#if arch(x86_64)
+import _Builtin_intrinsics.intel
+#endif
+
 /// Activations (the `tokens` input rows of a matmul) quantized once per call to 8 bits,
 /// so that every weight block can be multiplied with integer SIMD dot products.
 ///
@@ -22,7 +26,9 @@ struct QuantizedActivations: @unchecked Sendable {
     let blocksPerRow: Int
     let q: UnsafeMutablePointer<Int8>      // tokens × columns
     let d: UnsafeMutablePointer<Float>     // tokens × blocksPerRow
-    let s: UnsafeMutablePointer<Float>     // tokens × blocksPerRow (32-blocks)
+    /// 32-blocks: (d, s) pairs interleaved, tokens × blocksPerRow × 2, so the kernels load
+    /// the scales of two consecutive blocks with one 16-byte load.
+    let ds: UnsafeMutablePointer<Float>
     let bsums: UnsafeMutablePointer<Int16> // tokens × blocksPerRow × 16 (256-blocks)
     private let base: UnsafeMutableRawPointer
 
@@ -35,11 +41,11 @@ struct QuantizedActivations: @unchecked Sendable {
         let nq = (tokens * columns + 63) & ~63
         let nd = tokens * blocksPerRow
         let nbs = blockSize == 256 ? nd * 16 : 0
-        base = .allocate(byteCount: nq + 8 * nd + 2 * nbs + 64, alignment: 64)
+        base = .allocate(byteCount: nq + 12 * nd + 2 * nbs + 64, alignment: 64)
         q = base.bindMemory(to: Int8.self, capacity: nq)
         d = (base + nq).bindMemory(to: Float.self, capacity: nd)
-        s = (base + nq + 4 * nd).bindMemory(to: Float.self, capacity: nd)
-        bsums = (base + nq + 8 * nd).bindMemory(to: Int16.self, capacity: max(nbs, 1))
+        ds = (base + nq + 4 * nd).bindMemory(to: Float.self, capacity: 2 * nd)
+        bsums = (base + nq + 12 * nd).bindMemory(to: Int16.self, capacity: max(nbs, 1))
     }
 
     func deallocate() { base.deallocate() }
@@ -56,8 +62,47 @@ struct QuantizedActivations: @unchecked Sendable {
 
     @inline(__always)
     private func quantizeBlock(_ x: UnsafePointer<Float>, token t: Int, block b: Int) {
-        let n8 = blockSize / 8
         let raw = UnsafeRawPointer(x)
+        let qb = q + t * columns + b * blockSize
+        let bi = t * blocksPerRow + b
+#if arch(x86_64)
+        let n8 = blockSize / 8
+        let signBit = _mm256_set1_ps(-0.0)
+        var amax = _mm256_setzero_ps()
+        for k in 0..<n8 {
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(signBit, raw.loadUnaligned(fromByteOffset: 32 * k, as: __m256.self)))
+        }
+        let halves = unsafeBitCast(amax, to: (SIMD4<Float>, SIMD4<Float>).self)
+        let m4 = pointwiseMax(halves.0, halves.1)
+        let m = max(max(m4[0], m4[1]), max(m4[2], m4[3]))
+        let scale = m / 127
+        let inv = _mm256_set1_ps(m > 0 ? 127 / m : 0)
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)
+        var total = _mm256_setzero_si256()
+        for k in stride(from: 0, to: n8, by: 4) {
+            // round to nearest even (default MXCSR); |x·inv| ≤ 127
+            func conv(_ j: Int) -> __m256i {
+                _mm256_cvtps_epi32(_mm256_mul_ps(raw.loadUnaligned(fromByteOffset: 32 * (k + j), as: __m256.self), inv))
+            }
+            let i0 = conv(0), i1 = conv(1), i2 = conv(2), i3 = conv(3)
+            let packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3))
+            UnsafeMutableRawPointer(qb + 8 * k).storeBytes(of: _mm256_permutevar8x32_epi32(packed, order), as: __m256i.self)
+            if blockSize == 256 {
+                let g0 = unsafeBitCast(_mm256_add_epi32(i0, i1), to: SIMD8<Int32>.self).wrappedSum()
+                let g1 = unsafeBitCast(_mm256_add_epi32(i2, i3), to: SIMD8<Int32>.self).wrappedSum()
+                bsums[bi * 16 + k / 2] = Int16(truncatingIfNeeded: g0)
+                bsums[bi * 16 + k / 2 + 1] = Int16(truncatingIfNeeded: g1)
+            } else {
+                total = _mm256_add_epi32(total, _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)))
+            }
+        }
+        d[bi] = scale
+        if blockSize != 256 {
+            ds[2 * bi] = scale
+            ds[2 * bi + 1] = scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum())
+        }
+#else
+        let n8 = blockSize / 8
         var amax = SIMD8<Float>()
         for k in 0..<n8 {
             let v = raw.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self)
@@ -66,8 +111,6 @@ struct QuantizedActivations: @unchecked Sendable {
         let m = amax.max()
         let scale = m / 127
         let inv: Float = m > 0 ? 127 / m : 0
-        let qb = q + t * columns + b * blockSize
-        let bi = t * blocksPerRow + b
         var total = SIMD8<Int32>()
         for k in 0..<n8 {
             let v = raw.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self) * inv
@@ -81,6 +124,10 @@ struct QuantizedActivations: @unchecked Sendable {
             }
         }
         d[bi] = scale
-        if blockSize != 256 { s[bi] = scale * Float(total.wrappedSum()) }
+        if blockSize != 256 {
+            ds[2 * bi] = scale
+            ds[2 * bi + 1] = scale * Float(total.wrappedSum())
+        }
+#endif
     }
 }

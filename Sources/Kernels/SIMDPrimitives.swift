@@ -69,16 +69,71 @@ func load16(_ p: UnsafeRawPointer) -> SIMD16<UInt8> { p.loadUnaligned(as: SIMD16
 @inline(__always)
 func load32(_ p: UnsafeRawPointer) -> SIMD32<UInt8> { p.loadUnaligned(as: SIMD32<UInt8>.self) }
 
+// The helpers below exist because generic Swift SIMD lane shuffles and shifts by a scalar
+// (`SIMD32(lowHalf:highHalf:)`, `v &>> 4` on bytes) compile to per-lane scalar loops.
+
 /// Sixteen bytes → 32 lanes: low nibbles first, then high nibbles.
 @inline(__always)
-func nibbles(_ v: SIMD16<UInt8>) -> SIMD32<UInt8> {
-    SIMD32(lowHalf: v & 0x0F, highHalf: v &>> 4)
+func nibbles(_ p: UnsafeRawPointer) -> SIMD32<UInt8> {
+#if arch(x86_64)
+    let x = p.loadUnaligned(as: __m128i.self)
+    let both = _mm256_set_m128i(_mm_srli_epi16(x, 4), x)
+    return unsafeBitCast(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), to: SIMD32<UInt8>.self)
+#else
+    let v = load16(p)
+    return SIMD32(lowHalf: v & 0x0F, highHalf: v &>> 4)
+#endif
+}
+
+/// (v >> shift) & mask per byte.
+@inline(__always)
+func shiftMask(_ v: SIMD32<UInt8>, _ shift: Int, _ mask: UInt8) -> SIMD32<UInt8> {
+#if arch(x86_64)
+    let s = _mm256_srl_epi16(unsafeBitCast(v, to: __m256i.self), _mm_cvtsi32_si128(Int32(shift)))
+    return unsafeBitCast(_mm256_and_si256(s, _mm256_set1_epi8(CChar(bitPattern: mask))), to: SIMD32<UInt8>.self)
+#else
+    return (v &>> UInt8(shift)) & mask
+#endif
+}
+
+/// (v >> shift) & mask, then << up (up < 8, result bits stay inside the byte).
+@inline(__always)
+func shiftMaskUp(_ v: SIMD32<UInt8>, _ shift: Int, _ mask: UInt8, _ up: Int) -> SIMD32<UInt8> {
+#if arch(x86_64)
+    let m = shiftMask(v, shift, mask)
+    return unsafeBitCast(_mm256_sll_epi16(unsafeBitCast(m, to: __m256i.self), _mm_cvtsi32_si128(Int32(up))), to: SIMD32<UInt8>.self)
+#else
+    return ((v &>> UInt8(shift)) & mask) &<< UInt8(up)
+#endif
+}
+
+@inline(__always)
+func or(_ a: SIMD32<UInt8>, _ b: SIMD32<UInt8>) -> SIMD32<UInt8> {
+#if arch(x86_64)
+    unsafeBitCast(_mm256_or_si256(unsafeBitCast(a, to: __m256i.self), unsafeBitCast(b, to: __m256i.self)), to: SIMD32<UInt8>.self)
+#else
+    a | b
+#endif
 }
 
 /// [a ×8, b ×8] for the 16-bit multiplier of `dotU8I8` (two 16-element scale groups).
 @inline(__always)
 func scalePair(_ a: Int16, _ b: Int16) -> SIMD16<Int16> {
+#if arch(x86_64)
+    let v = _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
+    return unsafeBitCast(v, to: SIMD16<Int16>.self)
+#else
     SIMD16(lowHalf: SIMD8(repeating: a), highHalf: SIMD8(repeating: b))
+#endif
+}
+
+@inline(__always)
+func splat16(_ a: Int16) -> SIMD16<Int16> {
+#if arch(x86_64)
+    unsafeBitCast(_mm256_set1_epi16(a), to: SIMD16<Int16>.self)
+#else
+    SIMD16(repeating: a)
+#endif
 }
 
 /// Σ a[i]·b[i] over 16 Int16 lanes, in Int32.
@@ -97,7 +152,44 @@ func dotI16(_ a: SIMD16<Int16>, _ b: SIMD16<Int16>) -> Int32 {
 /// Horizontal sum in a fixed order (so results never depend on the caller).
 @inline(__always)
 func hsum(_ v: SIMD8<Float>) -> Float {
+#if arch(x86_64)
+    let h = _mm256_hadd_ps(v, v)
+    let q = _mm256_hadd_ps(h, h)  // lane 0: (v0+v1)+(v2+v3), lane 4: (v4+v5)+(v6+v7)
+    return q[0] + q[4]
+#else
     let a = v.lowHalf + v.highHalf
     let b = a.lowHalf + a.highHalf
     return b[0] + b[1]
+#endif
+}
+
+/// 16 signed bytes at p → Int16 lanes.
+@inline(__always)
+func widenI8(_ p: UnsafeRawPointer) -> SIMD16<Int16> {
+#if arch(x86_64)
+    unsafeBitCast(_mm256_cvtepi8_epi16(p.loadUnaligned(as: __m128i.self)), to: SIMD16<Int16>.self)
+#else
+    SIMD16<Int16>(truncatingIfNeeded: p.loadUnaligned(as: SIMD16<Int8>.self))
+#endif
+}
+
+/// 16 unsigned bytes → Int16 lanes.
+@inline(__always)
+func widenU8(_ v: SIMD16<UInt8>) -> SIMD16<Int16> {
+#if arch(x86_64)
+    unsafeBitCast(_mm256_cvtepu8_epi16(unsafeBitCast(v, to: __m128i.self)), to: SIMD16<Int16>.self)
+#else
+    SIMD16<Int16>(truncatingIfNeeded: v)
+#endif
+}
+
+/// (v >> shift) & mask on 16 bytes.
+@inline(__always)
+func shiftMask16(_ v: SIMD16<UInt8>, _ shift: Int32, _ mask: UInt8) -> SIMD16<UInt8> {
+#if arch(x86_64)
+    let s = _mm_srli_epi16(unsafeBitCast(v, to: __m128i.self), shift)
+    return unsafeBitCast(_mm_and_si128(s, _mm_set1_epi8(CChar(bitPattern: mask))), to: SIMD16<UInt8>.self)
+#else
+    return (v &>> UInt8(shift)) & mask
+#endif
 }

@@ -1,7 +1,7 @@
 import Foundation
 import GGUF
 import Testing
-@testable import Kernels
+import Kernels
 
 /// Raw blocks and the floats the reference decoder (`gguf.quants.dequantize`) produced,
 /// written by scripts/gen_kernel_fixtures.py.

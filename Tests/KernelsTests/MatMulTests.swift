@@ -1,7 +1,7 @@
 import Foundation
 import GGUF
 import Testing
-@testable import Kernels
+import Kernels
 
 /// Deterministic generator (splitmix64) so failures reproduce.
 struct SplitMix: RandomNumberGenerator {
@@ -121,7 +121,20 @@ let serialPool = ThreadPool(threads: 1)
     /// (1e-4 · max|w| · Σ|x|, far above the ~1e-6 relative error of float accumulation).
     @Test(arguments: supportedWeightTypes, [1, 7, 64])
     func matchesDequantizedDot(_ type: TensorType, tokens: Int) {
-        let c = MatMulCase(type, rows: tokens == 64 ? 37 : 131)
+        checkAgainstDequantized(MatMulCase(type, rows: tokens == 64 ? 37 : 131), tokens: tokens)
+    }
+
+    /// An odd number of 32-element blocks per row (the kernels pair blocks up).
+    @Test(arguments: [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .f32, .f16, .bf16], [1, 5])
+    func oddBlockCount(_ type: TensorType, tokens: Int) {
+        let c = MatMulCase(type, rows: 45, columns: 800 + (type.isQuantized ? 0 : 4))
+        checkAgainstDequantized(c, tokens: tokens)
+        let x = randomInput(tokens: tokens, columns: c.columns, seed: 17)
+        #expect(differences(c.run(x, tokens: tokens, pool: matmulPool), c.run(x, tokens: tokens, pool: serialPool)) == 0)
+    }
+
+    func checkAgainstDequantized(_ c: MatMulCase, tokens: Int) {
+        let type = c.type
         let x = randomInput(tokens: tokens, columns: c.columns, seed: 99 + UInt64(tokens))
         let y = c.run(x, tokens: tokens, pool: matmulPool)
         let w = c.dequantized()

@@ -1,7 +1,7 @@
 import Foundation
 import Synchronization
 import Testing
-@testable import Kernels
+import Kernels
 
 @Suite struct ThreadPoolTests {
     @Test(arguments: [1, 2, 3, 8])
