@@ -59,7 +59,7 @@ struct FakeTokenizer: Tokenizer {
 
 // MARK: - A small JSON-schema validator for checking outputs (independent of the recognizer)
 
-func validate(_ v: JSONValue, against s: JSONValue, root: JSONValue) -> Bool {
+func validate(_ v: SchemaJSONValue, against s: SchemaJSONValue, root: SchemaJSONValue) -> Bool {
     if case .bool(let b) = s { return b }
     if let ref = s["$ref"]?.stringValue {
         if ref == "#" { return validate(v, against: root, root: root) }
@@ -97,7 +97,7 @@ func validate(_ v: JSONValue, against s: JSONValue, root: JSONValue) -> Bool {
         if let hi = s["maxItems"]?.intValue, items.count > hi { return false }
         if let itemSchema = s["items"], !items.allSatisfy({ validate($0, against: itemSchema, root: root) }) { return false }
     case .object(let members):
-        var props: [(key: String, value: JSONValue)] = []
+        var props: [(key: String, value: SchemaJSONValue)] = []
         if case .object(let p)? = s["properties"] { props = p }
         let keys = members.map(\.key)
         if Set(keys).count != keys.count { return false }
@@ -184,11 +184,11 @@ let treeSchema = #"""
 
 @Suite struct JSONValueTests {
     @Test func parsesAndSerializes() throws {
-        let v = try JSONValue(parsing: #" {"b": [1, 2.50, -3e2, true, null], "a": "x\n\u00e9\ud83d\ude00"} "#)
+        let v = try SchemaJSONValue(parsing: #" {"b": [1, 2.50, -3e2, true, null], "a": "x\n\u00e9\ud83d\ude00"} "#)
         #expect(v.compactText == "{\"b\":[1,2.50,-3e2,true,null],\"a\":\"x\\né😀\"}")
         #expect(v["a"]?.stringValue == "x\né😀")
         for bad in ["", "{", "[1,]", "01", "\"\\x\"", "{\"a\" 1}", "nul", "1 2"] {
-            #expect(throws: JSONValue.ParseError.self) { try JSONValue(parsing: bad) }
+            #expect(throws: SchemaJSONValue.ParseError.self) { try SchemaJSONValue(parsing: bad) }
         }
     }
 }
@@ -279,10 +279,10 @@ let treeSchema = #"""
             #"{ "kind": "person", "tags": ["b"], "age": 7, "name": "日本€", "email": null }"#,
             #"{"name":"Al","age":0,"tags":["a","b","c"],"kind":"person","email":"x@y","address":{"city":"Oslo","zip":"0150"},"score":-1.5e3,"ok":false}"#,
         ]
-        let schema = try JSONValue(parsing: personSchema)
+        let schema = try SchemaJSONValue(parsing: personSchema)
         for doc in good {
             #expect(isValid(g, doc), "\(doc)")
-            #expect(validate(try JSONValue(parsing: doc), against: schema, root: schema))
+            #expect(validate(try SchemaJSONValue(parsing: doc), against: schema, root: schema))
         }
     }
 
@@ -352,10 +352,10 @@ let treeSchema = #"""
     }
 
     @Test func responseFormat() throws {
-        #expect(try JSONGrammar.forResponseFormat(JSONValue(parsing: #"{"type":"text"}"#)) == nil)
-        let object = try #require(try JSONGrammar.forResponseFormat(JSONValue(parsing: #"{"type":"json_object"}"#)))
+        #expect(try JSONGrammar.forResponseFormat(SchemaJSONValue(parsing: #"{"type":"text"}"#)) == nil)
+        let object = try #require(try JSONGrammar.forResponseFormat(SchemaJSONValue(parsing: #"{"type":"json_object"}"#)))
         #expect(isValid(object, "{}") && !isValid(object, "[]"))
-        let schema = try #require(try JSONGrammar.forResponseFormat(JSONValue(parsing: """
+        let schema = try #require(try JSONGrammar.forResponseFormat(SchemaJSONValue(parsing: """
             {"type":"json_schema","json_schema":{"name":"x","strict":true,
              "schema":{"type":"object","properties":{"ok":{"type":"boolean"}},"required":["ok"],"additionalProperties":false}}}
             """)))
@@ -431,20 +431,20 @@ let treeSchema = #"""
             let text = try #require(randomGreedyDecode(c, tokenizer: tokenizer, seed: UInt64(seed)), "seed \(seed) did not finish")
             let parsed = try JSONSerialization.jsonObject(with: Data(text.utf8))
             #expect(parsed is [String: Any], "\(text)")
-            _ = try JSONValue(parsing: text)
+            _ = try SchemaJSONValue(parsing: text)
         }
     }
 
     @Test(arguments: [personSchema, treeSchema])
     func greedyRandomDecodingMatchesTheSchema(schemaText: String) throws {
-        let schema = try JSONValue(parsing: schemaText)
+        let schema = try SchemaJSONValue(parsing: schemaText)
         let g = try JSONGrammar(schema: schema)
         let vocab = TokenVocabulary(tokenizer: tokenizer)
         for seed in 0..<25 {
             let c = GrammarConstraint(grammar: g, vocabulary: vocab)
             let text = try #require(randomGreedyDecode(c, tokenizer: tokenizer, seed: UInt64(seed)), "seed \(seed) did not finish")
             #expect((try? JSONSerialization.jsonObject(with: Data(text.utf8), options: [.fragmentsAllowed])) != nil, "\(text)")
-            let value = try JSONValue(parsing: text)
+            let value = try SchemaJSONValue(parsing: text)
             #expect(validate(value, against: schema, root: schema), "\(text)")
         }
     }
@@ -452,7 +452,7 @@ let treeSchema = #"""
     @Test func sampledDecodingWithTheDefaultChain() throws {
         // The full sampler (top-k/top-p/min-p/temperature) on masked logits never picks a
         // disallowed token.
-        let schema = try JSONValue(parsing: personSchema)
+        let schema = try SchemaJSONValue(parsing: personSchema)
         let c = GrammarConstraint(grammar: try JSONGrammar(schema: schema), vocabulary: TokenVocabulary(tokenizer: tokenizer))
         var sampler = Sampler(parameters: SamplingParameters(seed: 3))
         var rng = Xoshiro256StarStar(seed: 4)
@@ -464,7 +464,7 @@ let treeSchema = #"""
             history.append(token)
         }
         #expect(c.isFinished)
-        #expect(validate(try JSONValue(parsing: c.text), against: schema, root: schema), "\(c.text)")
+        #expect(validate(try SchemaJSONValue(parsing: c.text), against: schema, root: schema), "\(c.text)")
     }
 
     @Test func trieHoldsEveryTokenOnce() {

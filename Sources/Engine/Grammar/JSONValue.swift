@@ -1,16 +1,16 @@
 /// A parsed JSON document that keeps object key order and the literal text of numbers
 /// (used for JSON schemas, where `enum`/`const` values must be matched byte for byte).
-public indirect enum JSONValue: Sendable, Equatable {
+public indirect enum SchemaJSONValue: Sendable, Equatable {
     case null
     case bool(Bool)
     /// The number exactly as written in the source text.
     case number(String)
     case string(String)
-    case array([JSONValue])
+    case array([SchemaJSONValue])
     /// Members in source order.
-    case object([(key: String, value: JSONValue)])
+    case object([(key: String, value: SchemaJSONValue)])
 
-    public static func == (a: JSONValue, b: JSONValue) -> Bool {
+    public static func == (a: SchemaJSONValue, b: SchemaJSONValue) -> Bool {
         switch (a, b) {
         case (.null, .null): return true
         case let (.bool(x), .bool(y)): return x == y
@@ -24,7 +24,7 @@ public indirect enum JSONValue: Sendable, Equatable {
     }
 
     /// The value of `key` in an object (the last one if repeated), nil otherwise.
-    public subscript(key: String) -> JSONValue? {
+    public subscript(key: String) -> SchemaJSONValue? {
         guard case .object(let members) = self else { return nil }
         return members.last { $0.key == key }?.value
     }
@@ -34,7 +34,7 @@ public indirect enum JSONValue: Sendable, Equatable {
         return nil
     }
 
-    public var arrayValue: [JSONValue]? {
+    public var arrayValue: [SchemaJSONValue]? {
         if case .array(let a) = self { return a }
         return nil
     }
@@ -65,7 +65,7 @@ public indirect enum JSONValue: Sendable, Equatable {
         return out
     }
 
-    static func write(_ v: JSONValue, to out: inout String) {
+    static func write(_ v: SchemaJSONValue, to out: inout String) {
         switch v {
         case .null: out += "null"
         case .bool(let b): out += b ? "true" : "false"
@@ -156,7 +156,7 @@ public indirect enum JSONValue: Sendable, Equatable {
             }
         }
 
-        mutating func parseValue(depth: Int) throws -> JSONValue {
+        mutating func parseValue(depth: Int) throws -> SchemaJSONValue {
             guard depth < 512 else { throw error("nesting too deep") }
             guard i < bytes.count else { throw error("unexpected end") }
             switch bytes[i] {
@@ -166,7 +166,7 @@ public indirect enum JSONValue: Sendable, Equatable {
             case UInt8(ascii: "\""): return .string(try parseString())
             case UInt8(ascii: "["):
                 i += 1
-                var items: [JSONValue] = []
+                var items: [SchemaJSONValue] = []
                 skipWhitespace()
                 if i < bytes.count, bytes[i] == UInt8(ascii: "]") { i += 1; return .array(items) }
                 while true {
@@ -180,7 +180,7 @@ public indirect enum JSONValue: Sendable, Equatable {
                 }
             case UInt8(ascii: "{"):
                 i += 1
-                var members: [(key: String, value: JSONValue)] = []
+                var members: [(key: String, value: SchemaJSONValue)] = []
                 skipWhitespace()
                 if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1; return .object(members) }
                 while true {
