@@ -9,7 +9,11 @@ let kernelCPUFlags = ["-target-cpu", "haswell"]
 let kernelCPUFlags: [String] = []
 #endif
 
-let kernelSettings: [SwiftSetting] = [
+// `swift build -c release --build-tests` then `swift test -c release --skip-build` (scripts/test)
+// needs @testable-capable modules in release too; `swift test` alone would add this itself.
+let testableSettings: [SwiftSetting] = [.unsafeFlags(["-enable-testing"])]
+
+let kernelSettings: [SwiftSetting] = testableSettings + [
     .unsafeFlags(kernelCPUFlags),
     .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]
@@ -26,21 +30,21 @@ let package = Package(
     ],
     targets: [
         // file → weights
-        .target(name: "GGUF"),
+        .target(name: "GGUF", swiftSettings: testableSettings),
         // quant formats, SIMD math, thread pool
         .target(name: "Kernels", dependencies: ["GGUF"], swiftSettings: kernelSettings),
         // text ↔ tokens, chat templates
-        .target(name: "Tokenization", dependencies: ["GGUF"]),
+        .target(name: "Tokenization", dependencies: ["GGUF"], swiftSettings: testableSettings),
         // forward passes: tokens → logits
         .target(name: "Models", dependencies: ["GGUF", "Kernels"], swiftSettings: kernelSettings),
         // KV cache, sampler, generation loop
-        .target(name: "Engine", dependencies: ["GGUF", "Kernels", "Models", "Tokenization"]),
+        .target(name: "Engine", dependencies: ["GGUF", "Kernels", "Models", "Tokenization"], swiftSettings: testableSettings),
         .executableTarget(name: "swiftlet", dependencies: [
             "Engine", "GGUF", "Kernels", "Models", "Tokenization",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         // model and reference-data locations for the tests
-        .target(name: "TestSupport"),
+        .target(name: "TestSupport", swiftSettings: testableSettings),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF", "TestSupport"], resources: [.copy("Fixtures")]),
