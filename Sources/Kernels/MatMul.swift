@@ -308,3 +308,4 @@ func floatRowDot(_ type: TensorType, _ row: UnsafeRawPointer, _ cols: Int, _ x: 
         out[t * outStride] = s
     }
 }
+

@@ -96,10 +96,14 @@ struct QuantizedActivations: @unchecked Sendable {
                 total = _mm256_add_epi32(total, _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)))
             }
         }
-        d[bi] = scale
         if blockSize != 256 {
-            ds[2 * bi] = scale
-            ds[2 * bi + 1] = scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum())
+            // As GGUF's Q8_0/Q8_1 blocks (and llama.cpp), the scale and the block sum are
+            // stored in half precision; Q8_K keeps a float scale.
+            d[bi] = Float(Float16(scale))
+            ds[2 * bi] = d[bi]
+            ds[2 * bi + 1] = Float(Float16(scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum())))
+        } else {
+            d[bi] = scale
         }
 #else
         let n8 = blockSize / 8
@@ -123,10 +127,12 @@ struct QuantizedActivations: @unchecked Sendable {
                 total = SIMD8<Int32>()
             }
         }
-        d[bi] = scale
         if blockSize != 256 {
-            ds[2 * bi] = scale
-            ds[2 * bi + 1] = scale * Float(total.wrappedSum())
+            d[bi] = Float(Float16(scale))
+            ds[2 * bi] = d[bi]
+            ds[2 * bi + 1] = Float(Float16(scale * Float(total.wrappedSum())))
+        } else {
+            d[bi] = scale
         }
 #endif
     }
