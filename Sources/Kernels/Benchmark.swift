@@ -24,6 +24,9 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
     let copyN = memcpyBandwidth(pool: multi, seconds: minSeconds)
     out += String(format: "memcpy baseline (256 MiB, read+write bytes): %.1f GB/s / %.1f GB/s\n\n", copy1, copyN)
 
+    out += String(format: "thread pool: %.2f µs per empty parallelFor(%d) (%d threads)\n\n",
+                  poolOverheadMicroseconds(multi), multi.threadCount, multi.threadCount)
+
     out += "| type |" + shapes.map { " \($0.columns)×\($0.rows) |" }.joined() + "\n"
     out += "|---|" + shapes.map { _ in "---|" }.joined() + "\n"
     for type in types {
@@ -36,6 +39,25 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
             m.free()
         }
         out += line + "\n"
+    }
+
+    // whole-model sweeps: every matmul of one token (or of a 64-token prompt chunk)
+    out += "\nall matmuls of one forward pass, with the models' layer counts, shapes and types "
+    out += "(random weights; excludes attention, norms, etc.); 1 / \(multi.threadCount) threads\n\n"
+    out += "| model | weights MB | decode ms/token | decode tokens/s | prefill (64) tokens/s |\n|---|---|---|---|---|\n"
+    for model in benchModels {
+        let mats = model.layers.flatMap { _ in model.perLayer.map { BenchMatrix(type: $0.type, rows: $0.rows, columns: $0.columns) } }
+            + [BenchMatrix(type: model.head.type, rows: model.head.rows, columns: model.head.columns)]
+        let mb = Double(mats.reduce(0) { $0 + $1.bytes }) / 1e6
+        let d1 = sweepSeconds(mats, tokens: 1, pool: single, seconds: minSeconds)
+        let dN = sweepSeconds(mats, tokens: 1, pool: multi, seconds: minSeconds)
+        // prefill: the head only runs for the last token
+        let body = Array(mats.dropLast())
+        let p1 = sweepSeconds(body, tokens: 64, pool: single, seconds: minSeconds)
+        let pN = sweepSeconds(body, tokens: 64, pool: multi, seconds: minSeconds)
+        out += String(format: "| %@ | %.0f | %.2f / %.2f | %.0f / %.0f | %.0f / %.0f |\n", model.name, mb,
+                      d1 * 1e3, dN * 1e3, 1 / d1, 1 / dN, 64 / p1, 64 / pN)
+        mats.forEach { $0.free() }
     }
 
     // prompt processing: many tokens per call, compute-bound
@@ -52,6 +74,58 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
         m.free()
     }
     return out
+}
+
+struct BenchShape {
+    let type: TensorType
+    let rows: Int
+    let columns: Int
+    init(_ type: TensorType, _ columns: Int, _ rows: Int) { self.type = type; self.rows = rows; self.columns = columns }
+}
+
+struct BenchModel {
+    let name: String
+    let layers: Range<Int>
+    let perLayer: [BenchShape]
+    let head: BenchShape
+}
+
+/// Matmul shapes and types of the real model files (GGUF tensor shapes are columns × rows).
+let benchModels: [BenchModel] = [
+    BenchModel(name: "SmolLM2-135M Q4_1", layers: 0..<30, perLayer: [
+        BenchShape(.q4_1, 576, 576), BenchShape(.q4_1, 576, 192), BenchShape(.q4_1, 576, 192), BenchShape(.q4_1, 576, 576),
+        BenchShape(.q4_1, 576, 1536), BenchShape(.q4_1, 576, 1536), BenchShape(.q4_1, 1536, 576),
+    ], head: BenchShape(.q8_0, 576, 49152)),
+    BenchModel(name: "Gemma-3-270M Q4_K_M", layers: 0..<18, perLayer: [
+        BenchShape(.q5_0, 640, 1024), BenchShape(.q5_0, 640, 256), BenchShape(.q8_0, 640, 256), BenchShape(.q4_K, 1024, 640),
+        BenchShape(.q5_0, 640, 2048), BenchShape(.q5_0, 640, 2048), BenchShape(.q6_K, 2048, 640),
+    ], head: BenchShape(.q8_0, 640, 262_144)),
+]
+
+/// Best time of running every matrix once, in order, with `tokens` inputs.
+func sweepSeconds(_ mats: [BenchMatrix], tokens: Int, pool: ThreadPool, seconds: Double) -> Double {
+    let maxColumns = mats.map(\.columns).max() ?? 0, maxRows = mats.map(\.rows).max() ?? 0
+    let x = UnsafeMutablePointer<Float>.allocate(capacity: tokens * maxColumns)
+    let y = UnsafeMutablePointer<Float>.allocate(capacity: tokens * maxRows)
+    defer { x.deallocate(); y.deallocate() }
+    for i in 0..<tokens * maxColumns { x[i] = Float(i % 13) * 0.1 - 0.6 }
+    func once() {
+        for m in mats {
+            matmul(WeightMatrix(type: m.type, data: m.data, rows: m.rows, columns: m.columns),
+                   input: x, tokens: tokens, output: y, pool: pool)
+        }
+    }
+    once()
+    var best = Double.infinity, total = 0.0, runs = 0
+    while total < seconds || runs < 3 {
+        let t0 = monotonicNanos()
+        once()
+        let dt = Double(monotonicNanos() - t0) * 1e-9
+        best = min(best, dt)
+        total += dt
+        runs += 1
+    }
+    return best
 }
 
 /// Random but valid weights of one type (finite f16 scales), plus an input.
@@ -150,4 +224,14 @@ func memcpyBandwidth(pool: ThreadPool, seconds: Double) -> Double {
         runs += 1
     }
     return 2 * Double(n) / best / 1e9
+}
+
+/// Average wall time of an empty `parallelFor(threadCount)` call, back to back.
+func poolOverheadMicroseconds(_ pool: ThreadPool) -> Double {
+    let n = pool.threadCount
+    for _ in 0..<1000 { pool.parallelFor(n) { _ in } }
+    let calls = 20_000
+    let t0 = monotonicNanos()
+    for _ in 0..<calls { pool.parallelFor(n) { _ in } }
+    return Double(monotonicNanos() - t0) / Double(calls) / 1e3
 }

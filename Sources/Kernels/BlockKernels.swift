@@ -1,4 +1,4 @@
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
 #endif
 
@@ -37,7 +37,7 @@ extension QuantKernel {
 @inline(__always)
 func dPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Float>) -> SIMD4<Float> {
     let d0 = UInt64(p0.loadUnaligned(as: UInt16.self)), d1 = UInt64(p1.loadUnaligned(as: UInt16.self))
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let h = _mm_cvtsi64_si128(Int64(bitPattern: d0 | d0 << 16 | d1 << 32 | d1 << 48))
     return unsafeBitCast(_mm_cvtph_ps(h), to: SIMD4<Float>.self) * mul
 #else
@@ -50,7 +50,7 @@ func dPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Fl
 @inline(__always)
 func dmPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
     let a = UInt64(p0.loadUnaligned(as: UInt32.self)), b = UInt64(p1.loadUnaligned(as: UInt32.self))
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     return unsafeBitCast(_mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: a | b << 32))), to: SIMD4<Float>.self)
 #else
     func f(_ v: UInt64) -> Float { Float(Float16(bitPattern: UInt16(truncatingIfNeeded: v))) }
@@ -161,7 +161,7 @@ private func kScalesMins(_ p: UnsafeRawPointer) -> (SIMD16<Int16>, SIMD16<Int16>
     let mnLo = w1 & 0x3F3F_3F3F, mnHi = ((w2 >> 4) & 0x0F0F_0F0F) | ((w1 >> 2) & 0x3030_3030)
     let sc = UInt64(scLo) | UInt64(scHi) << 32
     let mn = UInt64(mnLo) | UInt64(mnHi) << 32
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let scales = _mm256_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
     let m = _mm_cvtsi64_si128(Int64(bitPattern: mn))
     let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m))
@@ -189,7 +189,7 @@ private func q3Scales(_ p: UnsafeRawPointer) -> SIMD16<Int16> {
     let hiA = UInt64(h & 0x0303_0303) | UInt64((h >> 2) & 0x0303_0303) << 32
     let hiB = UInt64((h >> 4) & 0x0303_0303) | UInt64((h >> 6) & 0x0303_0303) << 32
     let a = loA | hiA << 4, b = loB | hiB << 4
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let bytes = _mm_set_epi64x(Int64(bitPattern: b), Int64(bitPattern: a))
     let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(bytes), _mm256_set1_epi16(32))
     return unsafeBitCast(v, to: SIMD16<Int16>.self)

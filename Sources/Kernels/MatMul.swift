@@ -1,5 +1,5 @@
 import GGUF
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
 #endif
 
@@ -228,7 +228,7 @@ func superRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int
 func loadWeights8(_ type: TensorType, _ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> {
     switch type {
     case .f16:
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
         return _mm256_cvtph_ps(p.loadUnaligned(fromByteOffset: 2 * i, as: __m128i.self))
 #else
         return SIMD8<Float>(p.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<Float16>.self))

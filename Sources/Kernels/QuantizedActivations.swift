@@ -1,4 +1,4 @@
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
 #endif
 
@@ -65,7 +65,7 @@ struct QuantizedActivations: @unchecked Sendable {
         let raw = UnsafeRawPointer(x)
         let qb = q + t * columns + b * blockSize
         let bi = t * blocksPerRow + b
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
         let n8 = blockSize / 8
         let signBit = _mm256_set1_ps(-0.0)
         var amax = _mm256_setzero_ps()
