@@ -39,7 +39,7 @@ func dPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Fl
     let d0 = UInt64(p0.loadUnaligned(as: UInt16.self)), d1 = UInt64(p1.loadUnaligned(as: UInt16.self))
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let h = _mm_cvtsi64_si128(Int64(bitPattern: d0 | d0 << 16 | d1 << 32 | d1 << 48))
-    return unsafeBitCast(_mm_cvtph_ps(h), to: SIMD4<Float>.self) * mul
+    return _mm_cvtph_ps(h) * mul
 #else
     let a = Float(Float16(bitPattern: UInt16(d0))), b = Float(Float16(bitPattern: UInt16(d1)))
     return SIMD4(a, a, b, b) * mul
@@ -51,7 +51,7 @@ func dPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Fl
 func dmPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
     let a = UInt64(p0.loadUnaligned(as: UInt32.self)), b = UInt64(p1.loadUnaligned(as: UInt32.self))
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-    return unsafeBitCast(_mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: a | b << 32))), to: SIMD4<Float>.self)
+    return _mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: a | b << 32)))
 #else
     func f(_ v: UInt64) -> Float { Float(Float16(bitPattern: UInt16(truncatingIfNeeded: v))) }
     return SIMD4(f(a), f(a >> 16), f(b), f(b >> 16))
