@@ -62,16 +62,22 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
 
     // prompt processing: many tokens per call, compute-bound
     let prefillTokens = 64
-    out += "\nprefill (\(prefillTokens) tokens per call) at 576×1536, GMAC/s (multiply-adds per second); 1 / \(multi.threadCount) threads\n\n"
-    out += "| type | 1 thread | \(multi.threadCount) threads |\n|---|---|---|\n"
+    let prefillShapes = Array(shapes.prefix(4))
+    out += "\nprefill (\(prefillTokens) tokens per call), GMAC/s (multiply-adds per second); 1 thread / \(multi.threadCount) threads\n\n"
+    out += "| type |" + prefillShapes.map { " \($0.columns)×\($0.rows) |" }.joined() + "\n"
+    out += "|---|" + prefillShapes.map { _ in "---|" }.joined() + "\n"
     for type in types {
-        let m = BenchMatrix(type: type, rows: 1536, columns: 576)
-        let macs = Double(1536 * 576 * prefillTokens) / 1e9
-        let bytes = Double(m.bytes) / 1e9
-        let g1 = m.gigabytesPerSecond(tokens: prefillTokens, pool: single, seconds: minSeconds) / bytes * macs
-        let gN = m.gigabytesPerSecond(tokens: prefillTokens, pool: multi, seconds: minSeconds) / bytes * macs
-        out += String(format: "| \(type) | %.1f | %.1f |\n", g1, gN)
-        m.free()
+        var line = "| \(type) |"
+        for shape in prefillShapes {
+            let m = BenchMatrix(type: type, rows: shape.rows, columns: shape.columns)
+            let macs = Double(shape.rows * shape.columns * prefillTokens) / 1e9
+            let bytes = Double(m.bytes) / 1e9
+            let g1 = m.gigabytesPerSecond(tokens: prefillTokens, pool: single, seconds: minSeconds) / bytes * macs
+            let gN = m.gigabytesPerSecond(tokens: prefillTokens, pool: multi, seconds: minSeconds) / bytes * macs
+            line += String(format: " %.1f / %.1f |", g1, gN)
+            m.free()
+        }
+        out += line + "\n"
     }
     return out
 }
