@@ -6,10 +6,11 @@ import _Builtin_intrinsics.intel
 /// y[t][r] = dot(W[r], x[t]) for every token t and output row r.
 /// `input` holds `tokens` rows of `weight.columns` floats; `output` holds `tokens` rows of `weight.rows`.
 ///
-/// Quantized weights: the activations are first quantized to 8 bits per block (Q8_0-style
-/// for Q4_0/Q5_0/Q8_0, with block sums for Q4_1/Q5_1, Q8_K-style for the K-quants; see
-/// `QuantizedActivations` for the error this implies, ≤ max|x|_block/254 per element),
-/// then each weight block is multiplied with integer SIMD dot products.
+/// Quantized weights: the activations are first quantized to 8 bits per block (Q8_1-style
+/// 32-blocks with scale and scaled block sum for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K-style
+/// 256-blocks with 16-element group sums for the K-quants; see `QuantizedActivations` for
+/// the error this implies, ≤ max|x|_block/254 per element), then each weight block is
+/// multiplied with integer SIMD dot products (AVX2 vpmaddubsw/vpmaddwd on x86-64).
 /// F32/F16/BF16 weights use float FMA on the unquantized activations.
 ///
 /// Rows are split across the pool. Several tokens (up to 4) share each weight-block load,
