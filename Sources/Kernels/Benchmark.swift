@@ -18,7 +18,8 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
     let shapes: [(columns: Int, rows: Int)] = [(576, 1536), (1536, 576), (640, 2048), (2048, 640), (640, 262_144)]
     var out = "# Swiftlet kernel benchmark\n\n"
     out += "matvec (1 token), GB/s of weight bytes (best of repeated runs); 1 thread / \(multi.threadCount) threads. "
-    out += "Cache-resident shapes can exceed DRAM bandwidth.\n\n"
+    out += "Shapes are input columns × output rows; all but the last fit in L2/L3, so they can "
+    out += "exceed DRAM bandwidth. – : not a whole number of blocks per row.\n\n"
 
     let copy1 = memcpyBandwidth(pool: single, seconds: minSeconds)
     let copyN = memcpyBandwidth(pool: multi, seconds: minSeconds)
@@ -32,6 +33,8 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
     for type in types {
         var line = "| \(type) |"
         for shape in shapes {
+            // rows must be whole blocks: K-quants (256) cannot have 576 or 640 columns
+            guard shape.columns % type.blockSize == 0 else { line += " – |"; continue }
             let m = BenchMatrix(type: type, rows: shape.rows, columns: shape.columns)
             let g1 = m.gigabytesPerSecond(tokens: 1, pool: single, seconds: minSeconds)
             let gN = m.gigabytesPerSecond(tokens: 1, pool: multi, seconds: minSeconds)
@@ -69,6 +72,8 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
     for type in types {
         var line = "| \(type) |"
         for shape in prefillShapes {
+            // rows must be whole blocks: K-quants (256) cannot have 576 or 640 columns
+            guard shape.columns % type.blockSize == 0 else { line += " – |"; continue }
             let m = BenchMatrix(type: type, rows: shape.rows, columns: shape.columns)
             let macs = Double(shape.rows * shape.columns * prefillTokens) / 1e9
             let bytes = Double(m.bytes) / 1e9

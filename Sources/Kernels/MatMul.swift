@@ -68,7 +68,9 @@ func forEachRowRange(_ rows: Int, rowBytes: Int, tokens: Int, pool: ThreadPool,
 
 func quantMatmul<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ input: UnsafePointer<Float>, _ tokens: Int,
                                  _ output: UnsafeMutablePointer<Float>, _ pool: ThreadPool) {
-    precondition(w.columns % K.blockElements == 0 && w.rowBytes == w.columns / K.blockElements * K.blockBytes)
+    if w.columns % K.blockElements != 0 || w.rowBytes != w.columns / K.blockElements * K.blockBytes {
+        fatalError("matmul: rows of \(w.columns) \(w.type) elements are not whole blocks")
+    }
     let act = QuantizedActivations(columns: w.columns, tokens: tokens, blockSize: K.blockElements)
     defer { act.deallocate() }
     nonisolated(unsafe) let x = input
