@@ -68,8 +68,10 @@ func randomWeights(_ type: TensorType, rows: Int, columns: Int, seed: UInt64) ->
 func randomInput(tokens: Int, columns: Int, seed: UInt64) -> [Float] {
     var rng = SplitMix(state: seed)
     var x = (0..<tokens * columns).map { _ in Float.random(in: -1...1, using: &rng) }
-    // an outlier and an all-zero block exercise the activation scales
+    // an outlier, an all-zero block and a tiny block exercise the activation scales
     if x.count > 40 { x[3] = 17; for i in 32..<64 where i < columns { x[i] = 0 } }
+    // a block of tiny values (127/max would overflow a float)
+    if columns >= 128 && x.count >= 128 { for i in 96..<128 { x[i] = 1e-38 * Float(i - 110) } }
     return x
 }
 
