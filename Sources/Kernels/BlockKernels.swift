@@ -11,6 +11,8 @@ import _Builtin_intrinsics.intel
 /// and at the end of the block
 ///     acc  += (blockScale · d_x) · isum    (float, one FMA per 8 lanes)
 ///     corr += correction(...)              (offsets/mins: -8·d·s_x, m·s_x, -dmin·Σ m·bsums, …)
+/// The 32-element formats get their float factors for two blocks at once from `pairScales`
+/// (see `smallRowDot`); the K-quants use `blockScale` and `correction` (see `superRowDot`).
 protocol QuantKernel: SendableMetatype {
     associatedtype Header
     associatedtype Chunk
