@@ -81,6 +81,13 @@ struct MatMulCase {
     let columns: Int
     let weights: [UInt8]
 
+    init(_ type: TensorType, rows: Int, columns: Int, weights: [UInt8]) {
+        self.type = type
+        self.rows = rows
+        self.columns = columns
+        self.weights = weights
+    }
+
     init(_ type: TensorType, rows: Int = 131, columns: Int = 768) {
         self.type = type
         self.rows = rows
