@@ -289,24 +289,37 @@ func floatMatmul(_ w: WeightMatrix, _ input: UnsafePointer<Float>, _ tokens: Int
     }
 }
 
+/// Float dot products of one row with `nt` tokens. Two accumulators per token (alternate
+/// 8-element groups) so consecutive FMAs do not wait on each other; the same order for
+/// every `nt`, so results do not depend on how tokens are grouped.
 @inline(__always)
 func floatRowDot(_ type: TensorType, _ row: UnsafeRawPointer, _ cols: Int, _ x: UnsafePointer<Float>,
                  _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
     let xr = UnsafeRawPointer(x)
     let xs = 4 * cols
     var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-    let n8 = cols & ~7
+    var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
+    let n16 = cols & ~15, n8 = cols & ~7
+    @inline(__always)
+    func x8(_ t: Int, _ i: Int) -> SIMD8<Float> { xr.loadUnaligned(fromByteOffset: 4 * i + t * xs, as: SIMD8<Float>.self) }
     var i = 0
-    while i < n8 {
-        let wv = loadWeights8(type, row, i)
-        a0 = a0.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self))
-        if nt > 1 { a1 = a1.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i + xs, as: SIMD8<Float>.self)) }
-        if nt > 2 { a2 = a2.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i + 2 * xs, as: SIMD8<Float>.self)) }
-        if nt > 3 { a3 = a3.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i + 3 * xs, as: SIMD8<Float>.self)) }
-        i += 8
+    while i < n16 {
+        let wa = loadWeights8(type, row, i), wb = loadWeights8(type, row, i + 8)
+        a0 = a0.addingProduct(wa, x8(0, i)); b0 = b0.addingProduct(wb, x8(0, i + 8))
+        if nt > 1 { a1 = a1.addingProduct(wa, x8(1, i)); b1 = b1.addingProduct(wb, x8(1, i + 8)) }
+        if nt > 2 { a2 = a2.addingProduct(wa, x8(2, i)); b2 = b2.addingProduct(wb, x8(2, i + 8)) }
+        if nt > 3 { a3 = a3.addingProduct(wa, x8(3, i)); b3 = b3.addingProduct(wb, x8(3, i + 8)) }
+        i += 16
+    }
+    if i < n8 {
+        let wa = loadWeights8(type, row, i)
+        a0 = a0.addingProduct(wa, x8(0, i))
+        if nt > 1 { a1 = a1.addingProduct(wa, x8(1, i)) }
+        if nt > 2 { a2 = a2.addingProduct(wa, x8(2, i)) }
+        if nt > 3 { a3 = a3.addingProduct(wa, x8(3, i)) }
     }
     for t in 0..<nt {
-        var s = hsum(t == 0 ? a0 : t == 1 ? a1 : t == 2 ? a2 : a3)
+        var s = hsum(t == 0 ? a0 + b0 : t == 1 ? a1 + b1 : t == 2 ? a2 + b2 : a3 + b3)
         for j in n8..<cols { s += loadWeight1(type, row, j) * x[t * cols + j] }
         out[t * outStride] = s
     }
