@@ -47,20 +47,24 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
     // whole-model sweeps: every matmul of one token (or of a 64-token prompt chunk)
     out += "\nall matmuls of one forward pass, with the models' layer counts, shapes and types "
     out += "(random weights; excludes attention, norms, etc.); 1 / \(multi.threadCount) threads\n\n"
-    out += "| model | weights MB | decode ms/token | decode tokens/s | prefill (64) tokens/s |\n|---|---|---|---|---|\n"
+    out += "| model | weights MB | decode ms/token | decode tokens/s | decode, fused QKV & gate/up, ms/token | prefill (64) tokens/s |\n"
+    out += "|---|---|---|---|---|---|\n"
     for model in benchModels {
-        let mats = model.layers.flatMap { _ in model.perLayer.map { BenchMatrix(type: $0.type, rows: $0.rows, columns: $0.columns) } }
-            + [BenchMatrix(type: model.head.type, rows: model.head.rows, columns: model.head.columns)]
-        let mb = Double(mats.reduce(0) { $0 + $1.bytes }) / 1e6
-        let d1 = sweepSeconds(mats, tokens: 1, pool: single, seconds: minSeconds)
-        let dN = sweepSeconds(mats, tokens: 1, pool: multi, seconds: minSeconds)
+        let groups = model.layers.flatMap { _ in
+            model.perLayer.map { $0.map { BenchMatrix(type: $0.type, rows: $0.rows, columns: $0.columns) } }
+        } + [[BenchMatrix(type: model.head.type, rows: model.head.rows, columns: model.head.columns)]]
+        let mb = Double(groups.joined().reduce(0) { $0 + $1.bytes }) / 1e6
+        let d1 = sweepSeconds(groups, fused: false, tokens: 1, pool: single, seconds: minSeconds)
+        let dN = sweepSeconds(groups, fused: false, tokens: 1, pool: multi, seconds: minSeconds)
+        let f1 = sweepSeconds(groups, fused: true, tokens: 1, pool: single, seconds: minSeconds)
+        let fN = sweepSeconds(groups, fused: true, tokens: 1, pool: multi, seconds: minSeconds)
         // prefill: the head only runs for the last token
-        let body = Array(mats.dropLast())
-        let p1 = sweepSeconds(body, tokens: 64, pool: single, seconds: minSeconds)
-        let pN = sweepSeconds(body, tokens: 64, pool: multi, seconds: minSeconds)
-        out += String(format: "| %@ | %.0f | %.2f / %.2f | %.0f / %.0f | %.0f / %.0f |\n", model.name, mb,
-                      d1 * 1e3, dN * 1e3, 1 / d1, 1 / dN, 64 / p1, 64 / pN)
-        mats.forEach { $0.free() }
+        let body = Array(groups.dropLast())
+        let p1 = sweepSeconds(body, fused: true, tokens: 64, pool: single, seconds: minSeconds)
+        let pN = sweepSeconds(body, fused: true, tokens: 64, pool: multi, seconds: minSeconds)
+        out += String(format: "| %@ | %.0f | %.2f / %.2f | %.0f / %.0f | %.2f / %.2f | %.0f / %.0f |\n", model.name, mb,
+                      d1 * 1e3, dN * 1e3, 1 / d1, 1 / dN, f1 * 1e3, fN * 1e3, 64 / p1, 64 / pN)
+        groups.joined().forEach { $0.free() }
     }
 
     // prompt processing: many tokens per call, compute-bound
@@ -97,33 +101,44 @@ struct BenchShape {
 struct BenchModel {
     let name: String
     let layers: Range<Int>
-    let perLayer: [BenchShape]
+    /// Matrices of one layer, grouped by shared input (QKV; output; gate & up; down).
+    let perLayer: [[BenchShape]]
     let head: BenchShape
 }
 
 /// Matmul shapes and types of the real model files (GGUF tensor shapes are columns × rows).
 let benchModels: [BenchModel] = [
     BenchModel(name: "SmolLM2-135M Q4_1", layers: 0..<30, perLayer: [
-        BenchShape(.q4_1, 576, 576), BenchShape(.q4_1, 576, 192), BenchShape(.q4_1, 576, 192), BenchShape(.q4_1, 576, 576),
-        BenchShape(.q4_1, 576, 1536), BenchShape(.q4_1, 576, 1536), BenchShape(.q4_1, 1536, 576),
+        [BenchShape(.q4_1, 576, 576), BenchShape(.q4_1, 576, 192), BenchShape(.q4_1, 576, 192)],
+        [BenchShape(.q4_1, 576, 576)],
+        [BenchShape(.q4_1, 576, 1536), BenchShape(.q4_1, 576, 1536)],
+        [BenchShape(.q4_1, 1536, 576)],
     ], head: BenchShape(.q8_0, 576, 49152)),
     BenchModel(name: "Gemma-3-270M Q4_K_M", layers: 0..<18, perLayer: [
-        BenchShape(.q5_0, 640, 1024), BenchShape(.q5_0, 640, 256), BenchShape(.q8_0, 640, 256), BenchShape(.q4_K, 1024, 640),
-        BenchShape(.q5_0, 640, 2048), BenchShape(.q5_0, 640, 2048), BenchShape(.q6_K, 2048, 640),
+        [BenchShape(.q5_0, 640, 1024), BenchShape(.q5_0, 640, 256), BenchShape(.q8_0, 640, 256)],
+        [BenchShape(.q4_K, 1024, 640)],
+        [BenchShape(.q5_0, 640, 2048), BenchShape(.q5_0, 640, 2048)],
+        [BenchShape(.q6_K, 2048, 640)],
     ], head: BenchShape(.q8_0, 640, 262_144)),
 ]
 
-/// Best time of running every matrix once, in order, with `tokens` inputs.
-func sweepSeconds(_ mats: [BenchMatrix], tokens: Int, pool: ThreadPool, seconds: Double) -> Double {
-    let maxColumns = mats.map(\.columns).max() ?? 0, maxRows = mats.map(\.rows).max() ?? 0
+/// Best time of running every matrix once, in order, with `tokens` inputs; `fused`: one
+/// multi-matrix `matmul` per group instead of one call per matrix.
+func sweepSeconds(_ groups: [[BenchMatrix]], fused: Bool, tokens: Int, pool: ThreadPool, seconds: Double) -> Double {
+    let all = groups.joined()
+    let maxColumns = all.map(\.columns).max() ?? 0, maxRows = all.map(\.rows).max() ?? 0
     let x = UnsafeMutablePointer<Float>.allocate(capacity: tokens * maxColumns)
-    let y = UnsafeMutablePointer<Float>.allocate(capacity: tokens * maxRows)
-    defer { x.deallocate(); y.deallocate() }
+    let ys = (0..<4).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: tokens * maxRows) }
+    defer { x.deallocate(); ys.forEach { $0.deallocate() } }
     for i in 0..<tokens * maxColumns { x[i] = Float(i % 13) * 0.1 - 0.6 }
+    let weights = groups.map { $0.map { WeightMatrix(type: $0.type, data: $0.data, rows: $0.rows, columns: $0.columns) } }
     func once() {
-        for m in mats {
-            matmul(WeightMatrix(type: m.type, data: m.data, rows: m.rows, columns: m.columns),
-                   input: x, tokens: tokens, output: y, pool: pool)
+        for g in weights {
+            if fused {
+                matmul(g, input: x, tokens: tokens, outputs: Array(ys.prefix(g.count)), pool: pool)
+            } else {
+                for (i, w) in g.enumerated() { matmul(w, input: x, tokens: tokens, output: ys[i], pool: pool) }
+            }
         }
     }
     once()

@@ -200,3 +200,32 @@ func differences(_ a: [Float], _ b: [Float]) -> Int {
     guard a.count == b.count else { return max(a.count, b.count) }
     return zip(a, b).filter { $0.bitPattern != $1.bitPattern }.count
 }
+
+@Suite struct FusedMatMulTests {
+    /// matmul over several matrices (mixed formats, shared input) gives exactly the floats
+    /// of one matmul per matrix.
+    @Test(arguments: [1, 7])
+    func fusedEqualsSeparate(tokens: Int) {
+        let cases = [MatMulCase(.q5_0, rows: 40), MatMulCase(.q8_0, rows: 24), MatMulCase(.q4_K, rows: 33),
+                     MatMulCase(.f16, rows: 9), MatMulCase(.q4_1, rows: 64)]
+        let x = randomInput(tokens: tokens, columns: 768, seed: 3)
+        let separate = cases.map { $0.run(x, tokens: tokens, pool: matmulPool) }
+        var fused = cases.map { [Float](repeating: .nan, count: tokens * $0.rows) }
+        let raws = cases.map { c in
+            let p = UnsafeMutableRawPointer.allocate(byteCount: c.weights.count, alignment: 64)
+            c.weights.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: c.weights.count) }
+            return p
+        }
+        defer { raws.forEach { $0.deallocate() } }
+        let weights = zip(cases, raws).map { WeightMatrix(type: $0.type, data: $1, rows: $0.rows, columns: $0.columns) }
+        let buffers = cases.map { UnsafeMutablePointer<Float>.allocate(capacity: tokens * $0.rows) }
+        defer { buffers.forEach { $0.deallocate() } }
+        x.withUnsafeBufferPointer { xb in
+            matmul(weights, input: xb.baseAddress!, tokens: tokens, outputs: buffers, pool: matmulPool)
+        }
+        for i in cases.indices {
+            fused[i] = Array(UnsafeBufferPointer(start: buffers[i], count: tokens * cases[i].rows))
+            #expect(differences(fused[i], separate[i]) == 0, "\(cases[i].type)")
+        }
+    }
+}
