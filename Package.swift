@@ -27,6 +27,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
     ],
     targets: [
         // file → weights
@@ -34,7 +35,9 @@ let package = Package(
         // quant formats, SIMD math, thread pool
         .target(name: "Kernels", dependencies: ["GGUF"], swiftSettings: kernelSettings),
         // text ↔ tokens, chat templates
-        .target(name: "Tokenization", dependencies: ["GGUF"], swiftSettings: testableSettings),
+        .target(name: "Tokenization", dependencies: [
+            "GGUF", .product(name: "HeapModule", package: "swift-collections"),
+        ], swiftSettings: testableSettings),
         // forward passes: tokens → logits
         .target(name: "Models", dependencies: ["GGUF", "Kernels"], swiftSettings: kernelSettings),
         // KV cache, sampler, generation loop
