@@ -260,17 +260,20 @@ public final class InferenceEngine: @unchecked Sendable {
 
     /// Stops the loop: in-flight requests are cancelled (their streams end) and new ones refused.
     public func shutdown() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in beginShutdown(c) }
+    }
+
+    private func beginShutdown(_ c: CheckedContinuation<Void, Never>) {
         condition.lock()
         stopping = true
         condition.signal()
         if isStopped {
             condition.unlock()
+            c.resume()
             return
         }
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            stoppedSignal.append(c)
-            condition.unlock()
-        }
+        stoppedSignal.append(c)
+        condition.unlock()
     }
 
     /// Requests whose events are still coming (waiting or running).

@@ -83,7 +83,7 @@ public final class ServerMetrics: Sendable {
         prefixHitRate.set(s.prefixQueryTokens > 0 ? Double(s.prefixHitTokens) / Double(s.prefixQueryTokens) : 0)
     }
 
-    func setModelLoaded(_ loaded: Bool) { modelLoaded.set(loaded ? 1 : 0) }
+    func setModelLoaded(_ loaded: Bool) { modelLoaded.set(Double(loaded ? 1 : 0)) }
 
     public func render() -> String { registry.emitToString() }
 }

@@ -29,14 +29,16 @@ final class InferenceEngineTests: XCTestCase {
         "My favourite recipe for pancakes:", "The quick brown fox",
     ]
 
-    struct Outcome: Equatable {
+    struct Outcome: Equatable, Sendable {
         var text: String
         var finish: FinishReason
         var completionTokens: Int
         var cachedTokens: Int
     }
 
-    func collect(_ handle: RequestHandle) async -> [Outcome] {
+    func collect(_ handle: RequestHandle) async -> [Outcome] { await Self.collect(handle) }
+
+    static func collect(_ handle: RequestHandle) async -> [Outcome] {
         var texts: [Int: String] = [:]
         var out: [Int: Outcome] = [:]
         for await event in handle.events {
@@ -80,7 +82,7 @@ final class InferenceEngineTests: XCTestCase {
         let handles = try prompts.map { try batched.submit([SequenceSpec(prompt: tokens(m, $0))], options: options) }
         var together: [Outcome] = []
         await withTaskGroup(of: (Int, [Outcome]).self) { group in
-            for (i, h) in handles.enumerated() { group.addTask { (i, await self.collect(h)) } }
+            for (i, h) in handles.enumerated() { group.addTask { (i, await Self.collect(h)) } }
             var results: [(Int, [Outcome])] = []
             for await r in group { results.append(r) }
             together = results.sorted { $0.0 < $1.0 }.flatMap(\.1)
