@@ -421,6 +421,12 @@ public final class InferenceEngine: @unchecked Sendable {
                                   cachedTokens: seq.cachedPromptTokens)
         scheduler.remove(seq)
         active[seq.id] = nil
+        metrics?.sequenceFinished(reason: reason, promptTokens: seq.promptCount, cachedTokens: seq.cachedPromptTokens)
+        // Blocks and counts are updated before the requester hears the end.
+        condition.lock()
+        outstanding -= 1
+        publishSnapshot()
+        condition.unlock()
         if let r = requests[a.requestID] {
             r.continuation.yield(.finished(index: a.index, reason: reason, usage: usage))
             r.remaining -= 1
@@ -429,11 +435,6 @@ public final class InferenceEngine: @unchecked Sendable {
                 requests[a.requestID] = nil
             }
         }
-        metrics?.sequenceFinished(reason: reason, promptTokens: seq.promptCount, cachedTokens: seq.cachedPromptTokens)
-        condition.lock()
-        outstanding -= 1
-        publishSnapshot()
-        condition.unlock()
     }
 
     private func fail(_ a: ActiveSequence, message: String) {

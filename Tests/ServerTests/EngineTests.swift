@@ -105,7 +105,7 @@ final class InferenceEngineTests: XCTestCase {
         let first = await collect(try engine.submit([SequenceSpec(prompt: prompt)], options: GenerationOptions(maxTokens: 12)))
         let second = await collect(try engine.submit([SequenceSpec(prompt: prompt)], options: GenerationOptions(maxTokens: 12)))
         XCTAssertEqual(first.first?.cachedTokens, 0)
-        XCTAssertEqual(second.first?.cachedTokens, prompt.count - 1, "the whole prompt but its last token comes from the cache")
+        XCTAssertEqual(second.first?.cachedTokens, min(prompt.count - 1, prompt.count / 16 * 16), "every full block of the prompt comes from the cache")
         XCTAssertEqual(first, second.map { var o = $0; o.cachedTokens = 0; return o })
         XCTAssertGreaterThan(engine.currentSnapshot.prefixHitTokens, 0)
         await engine.shutdown()
