@@ -59,7 +59,7 @@ def client_loop(host, port, model, max_tokens, deadline, index, out):
             continue
         last = None
         while True:
-            line = r.fp.readline()
+            line = r.readline()
             if not line:
                 break
             if not line.startswith(b"data: "):

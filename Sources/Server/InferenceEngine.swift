@@ -422,6 +422,12 @@ public final class InferenceEngine: @unchecked Sendable {
         scheduler.remove(seq)
         active[seq.id] = nil
         metrics?.sequenceFinished(reason: reason, promptTokens: seq.promptCount, cachedTokens: seq.cachedPromptTokens)
+        logger.info("sequence finished", metadata: [
+            "request": "\(a.requestID)", "index": "\(a.index)", "reason": "\(reason.rawValue)",
+            "prompt_tokens": "\(seq.promptCount)", "cached_tokens": "\(seq.cachedPromptTokens)",
+            "completion_tokens": "\(seq.generatedCount)", "preemptions": "\(seq.preemptions)",
+            "seconds": "\(String(format: "%.3f", Double((ContinuousClock.now - a.submitted).components.attoseconds) / 1e18 + Double((ContinuousClock.now - a.submitted).components.seconds)))",
+        ])
         // Blocks and counts are updated before the requester hears the end.
         condition.lock()
         outstanding -= 1

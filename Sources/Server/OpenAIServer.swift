@@ -448,7 +448,7 @@ struct APIMiddleware: RouterMiddleware {
             response = try await next(request, context)
         } catch let e as APIError {
             response = json(e.json, status: .init(code: e.status), headers: e.headers)
-            if e.status >= 500 || e.status == 429 {
+            if (e.status >= 500 && e.code != "model_loading") || e.status == 429 {
                 server.logger.warning("request failed", metadata: ["path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
             }
         } catch let e as HTTPError {
