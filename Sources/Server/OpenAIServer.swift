@@ -3,6 +3,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import Logging
+import NIOCore
 import Tokenization
 
 /// Server settings from the command line.
@@ -38,6 +39,18 @@ public final class ServerState: @unchecked Sendable {
     }
 }
 
+/// Request context that keeps the connection, so a request can be cancelled when its client
+/// goes away (even while no byte of the response is being written).
+public struct ServerRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let channel: (any Channel)?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
 /// The OpenAI-compatible HTTP API.
 public struct OpenAIServer: Sendable {
     public let configuration: ServerConfiguration
@@ -53,8 +66,8 @@ public struct OpenAIServer: Sendable {
         self.logger = logger
     }
 
-    public func makeRouter() -> Router<BasicRequestContext> {
-        let router = Router(context: BasicRequestContext.self)
+    public func makeRouter() -> Router<ServerRequestContext> {
+        let router = Router(context: ServerRequestContext.self)
         router.add(middleware: APIMiddleware(server: self))
         router.get("/health") { _, _ in health() }
         router.get("/metrics") { _, _ in
@@ -62,8 +75,8 @@ public struct OpenAIServer: Sendable {
                      body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
         }
         router.get("/v1/models") { _, _ in try models() }
-        router.post("/v1/chat/completions") { request, _ in try await complete(request, chat: true) }
-        router.post("/v1/completions") { request, _ in try await complete(request, chat: false) }
+        router.post("/v1/chat/completions") { request, context in try await complete(request, context: context, chat: true) }
+        router.post("/v1/completions") { request, context in try await complete(request, context: context, chat: false) }
         return router
     }
 
@@ -108,7 +121,7 @@ public struct OpenAIServer: Sendable {
         return known.contains { $0.lowercased() == n }
     }
 
-    func complete(_ request: Request, chat: Bool) async throws -> Response {
+    func complete(_ request: Request, context: ServerRequestContext, chat: Bool) async throws -> Response {
         var request = request
         let started = ContinuousClock.now
         let engine = try loadedEngine()
@@ -133,6 +146,8 @@ public struct OpenAIServer: Sendable {
                 throw APIError(status: 503, message: error.description, type: "server_error")
             }
         }
+        // A client that hangs up cancels its sequences at once, streaming or not.
+        context.channel?.closeFuture.whenComplete { _ in handle.cancel() }
         let id = (chat ? "chatcmpl-" : "cmpl-") + randomID()
         let ctx = ResponseContext(id: id, created: Int(Date().timeIntervalSince1970), model: engine.model.name, chat: chat,
                                   choices: job.specs.count, promptTokens: job.promptTokens,
@@ -293,12 +308,34 @@ public struct OpenAIServer: Sendable {
         var started = false
     }
 
+    /// Wraps a stream iterator so the response body closure can own it.
+    final class EventIterator: @unchecked Sendable {
+        var iterator: AsyncStream<GenerationEvent>.Iterator
+        init(_ stream: AsyncStream<GenerationEvent>) { iterator = stream.makeAsyncIterator() }
+        func next() async -> GenerationEvent? { await iterator.next() }
+    }
+
+    /// A non-streaming answer. The status is settled by the first event (a failure before any
+    /// token is a 500); the JSON follows when generation ends. While waiting, a space (valid
+    /// leading JSON whitespace) is written about once a second, so a client that hung up is
+    /// noticed by the failed write and its sequences are cancelled.
     func collectResponse(_ handle: RequestHandle, ctx: ResponseContext, started: ContinuousClock.Instant) async throws -> Response {
-        let choices = (0..<ctx.choices).map { _ in ChoiceState() }
-        var failure: String?
-        await withTaskCancellationHandler {
-            for await event in handle.events {
-                switch event {
+        let events = EventIterator(handle.events)
+        let first = await withTaskCancellationHandler { await events.next() } onCancel: { handle.cancel() }
+        if case .failed(_, let message)? = first {
+            handle.cancel()
+            throw APIError(status: 500, message: message, type: "server_error")
+        }
+        let metrics = self.metrics
+        let body = ResponseBody { writer in
+            var completed = false
+            defer { if !completed { handle.cancel() } }
+            let choices = (0..<ctx.choices).map { _ in ChoiceState() }
+            var failure: String?
+            var lastWrite = ContinuousClock.now
+            var event = first
+            while let e = event {
+                switch e {
                 case .text(let i, let text, let lp):
                     choices[i].text += text
                     choices[i].logprobs += lp
@@ -309,30 +346,41 @@ public struct OpenAIServer: Sendable {
                 case .failed(_, let message):
                     failure = message
                 }
+                if ContinuousClock.now - lastWrite > .seconds(1) {
+                    try await writer.write(ByteBuffer(string: " "))
+                    lastWrite = .now
+                }
+                event = await events.next()
             }
-        } onCancel: {
-            handle.cancel()
-        }
-        metrics.requestFinished(.now - started)
-        if let failure { throw APIError(status: 500, message: failure, type: "server_error") }
-        let body: [SchemaJSONValue] = choices.enumerated().map { i, c in
-            let finish: SchemaJSONValue = c.finish.map { .string($0 == .cancelled ? "stop" : $0.rawValue) } ?? .null
-            if ctx.chat {
-                return .object([
-                    ("index", .number(String(i))),
-                    ("message", .object([("role", .string("assistant")), ("content", .string(c.text)), ("refusal", .null)])),
-                    ("logprobs", ctx.logprobsJSON(c.logprobs, textOffset: 0)),
-                    ("finish_reason", finish),
-                ])
+            metrics.requestFinished(.now - started)
+            let result: SchemaJSONValue
+            if let failure {
+                result = APIError(status: 500, message: failure, type: "server_error").json
+            } else {
+                let body: [SchemaJSONValue] = choices.enumerated().map { i, c in
+                    let finish: SchemaJSONValue = c.finish.map { .string($0 == .cancelled ? "stop" : $0.rawValue) } ?? .null
+                    if ctx.chat {
+                        return .object([
+                            ("index", .number(String(i))),
+                            ("message", .object([("role", .string("assistant")), ("content", .string(c.text)), ("refusal", .null)])),
+                            ("logprobs", ctx.logprobsJSON(c.logprobs, textOffset: 0)),
+                            ("finish_reason", finish),
+                        ])
+                    }
+                    return .object([
+                        ("text", .string(c.text)), ("index", .number(String(i))),
+                        ("logprobs", ctx.logprobsJSON(c.logprobs, textOffset: 0)), ("finish_reason", finish),
+                    ])
+                }
+                let completion = choices.reduce(0) { $0 + $1.completionTokens }
+                let cached = choices.map(\.cachedTokens).max() ?? 0
+                result = ctx.envelope(object: ctx.object, choices: body, usage: ctx.usage(completion: completion, cached: cached))
             }
-            return .object([
-                ("text", .string(c.text)), ("index", .number(String(i))),
-                ("logprobs", ctx.logprobsJSON(c.logprobs, textOffset: 0)), ("finish_reason", finish),
-            ])
+            try await writer.write(ByteBuffer(string: result.compactText))
+            completed = true
+            try await writer.finish(nil)
         }
-        let completion = choices.reduce(0) { $0 + $1.completionTokens }
-        let cached = choices.map(\.cachedTokens).max() ?? 0
-        return json(ctx.envelope(object: ctx.object, choices: body, usage: ctx.usage(completion: completion, cached: cached)))
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: body)
     }
 
     func streamResponse(_ handle: RequestHandle, ctx: ResponseContext, includeUsage: Bool,
@@ -430,7 +478,7 @@ func json(_ value: SchemaJSONValue, status: HTTPResponse.Status = .ok, headers: 
 
 /// Bearer authentication for `/v1/*`, errors as OpenAI error objects, request metrics and logs.
 struct APIMiddleware: RouterMiddleware {
-    typealias Context = BasicRequestContext
+    typealias Context = ServerRequestContext
     let server: OpenAIServer
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
