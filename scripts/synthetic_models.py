@@ -25,6 +25,7 @@ class Weights:
     """Collects tensors for the GGUF and keeps what the file really holds (after quantization)."""
 
     def __init__(self, rng, qtype):
+        QUANTIZED.clear()  # ids of a previous model's arrays may be reused
         self.rng = rng
         self.qtype = qtype
         self.tensors = {}  # name -> (array as stored for numpy math, raw for writer, gguf type)
@@ -38,6 +39,7 @@ class Weights:
         raw = quantize(w, qtype)
         w = dequantize(raw, qtype).reshape(rows, cols).astype(np.float32)
         self.tensors[name] = (w, raw, qtype)
+        QUANTIZED.add(id(w))
         return w
 
     def vector(self, name, n, center=1.0, spread=0.1):
@@ -51,6 +53,27 @@ class Weights:
                 writer.add_tensor(name, np.ascontiguousarray(raw, dtype=np.float32))
             else:
                 writer.add_tensor(name, raw, raw_dtype=qtype)
+
+
+# Matrices stored in a quantized type; products with them see 8-bit activations.
+QUANTIZED = set()
+
+
+def quantize_activations(x):
+    """8-bit activations as the engine (and llama.cpp) feed quantized weights: blocks of 32,
+    scale max|x|/127 kept in half precision, round half to even."""
+    xb = x.reshape(-1, 32).astype(np.float32)
+    amax = np.abs(xb).max(axis=1)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+    return (np.rint(xb * inv[:, None]) * d[:, None]).reshape(x.shape)
+
+
+def lin(x, w):
+    """x @ wᵀ for one token (1-D x) or a batch of rows."""
+    if id(w) in QUANTIZED:
+        x = quantize_activations(np.atleast_2d(x)).reshape(np.shape(x))
+    return x @ w.T
 
 
 def rms_norm(x, w, eps):
@@ -142,6 +165,8 @@ class Transformer:
                         raw = quantize(arr, W.qtype)
                         arr = dequantize(raw, W.qtype).reshape(arr.shape).astype(np.float32)
                         W.tensors[name] = (arr, raw, W.qtype)
+                        arr = [np.ascontiguousarray(e) for e in arr]
+                        QUANTIZED.update(id(e) for e in arr)
                     b[n + "_exps"] = arr
             else:
                 b["gate"] = W.matrix(p + "ffn_gate.weight", self.ffn, d)
@@ -167,7 +192,7 @@ class Transformer:
         T = len(tokens)
         for i, b in enumerate(self.blocks):
             h = rms_norm(x, b["attn_norm"], self.eps)
-            q, k, v = h @ b["q"].T, h @ b["k"].T, h @ b["v"].T
+            q, k, v = lin(h, b["q"]), lin(h, b["k"]), lin(h, b["v"])
             if "q_bias" in b:
                 q, k, v = q + b["q_bias"], k + b["k_bias"], v + b["v_bias"]
             q, k, v = q.reshape(T, H, hd), k.reshape(T, KV, hd), v.reshape(T, KV, hd)
@@ -175,6 +200,8 @@ class Transformer:
                 q, k = rms_norm(q, b["q_norm"], self.eps), rms_norm(k, b["k_norm"], self.eps)
             q = np.stack([rope(q[t], t, self.layer_base(i), self.style) for t in range(T)])
             k = np.stack([rope(k[t], t, self.layer_base(i), self.style) for t in range(T)])
+            # The KV cache holds keys and values in half precision.
+            k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
             att = np.zeros((T, H, hd), dtype=np.float32)
             for t in range(T):
                 lo = max(0, t - self.window + 1) if self.is_local(i) else 0
@@ -182,7 +209,7 @@ class Transformer:
                     g = hh // (H // KV)
                     scores = (k[lo:t + 1, g] @ q[t, hh]) / np.sqrt(hd)
                     att[t, hh] = softmax(scores) @ v[lo:t + 1, g]
-            a = att.reshape(T, H * hd) @ b["o"].T
+            a = lin(att.reshape(T, H * hd), b["o"])
             if self.arch == "gemma3":
                 a = rms_norm(a, b["post_attn_norm"], self.eps)
             x = x + a
@@ -190,20 +217,20 @@ class Transformer:
             if self.n_expert:
                 f = np.zeros_like(h)
                 for t in range(T):
-                    logits = b["router"] @ h[t]
+                    logits = lin(h[t], b["router"])
                     chosen = np.argsort(-logits, kind="stable")[:self.n_used]
                     weights = softmax(logits)[chosen]
                     weights = weights / weights.sum()
                     for e, wgt in zip(chosen, weights):
-                        inner = silu(b["gate_exps"][e] @ h[t]) * (b["up_exps"][e] @ h[t])
-                        f[t] += wgt * (b["down_exps"][e] @ inner)
+                        inner = silu(lin(h[t], b["gate_exps"][e])) * lin(h[t], b["up_exps"][e])
+                        f[t] += wgt * lin(inner, b["down_exps"][e])
             else:
                 act = gelu_tanh if self.arch == "gemma3" else silu
-                f = (act(h @ b["gate"].T) * (h @ b["up"].T)) @ b["down"].T
+                f = lin(act(lin(h, b["gate"])) * lin(h, b["up"]), b["down"])
             if self.arch == "gemma3":
                 f = rms_norm(f, b["post_ffn_norm"], self.eps)
             x = x + f
-        return rms_norm(x, self.out_norm, self.eps) @ self.head.T
+        return lin(rms_norm(x, self.out_norm, self.eps), self.head)
 
     def write(self, path):
         arch = "llama" if self.arch == "mixtral" else self.arch
@@ -269,21 +296,21 @@ class Mamba:
         T = len(tokens)
         for b in self.blocks:
             h = rms_norm(x, b["norm"], self.eps)
-            xz = h @ b["in"].T
+            xz = lin(h, b["in"])
             xs, z = xz[:, :di], xz[:, di:]
             padded = np.concatenate([np.zeros((dc - 1, di), np.float32), xs])
             conv = np.stack([(padded[t:t + dc].T * b["conv"]).sum(axis=1) for t in range(T)]) + b["conv_b"]
             u = silu(conv)
-            proj = u @ b["x"].T
+            proj = lin(u, b["x"])
             dt_in, B, C = proj[:, :dr], proj[:, dr:dr + ds], proj[:, dr + ds:]
-            dt = np.log1p(np.exp(dt_in @ b["dt"].T + b["dt_b"]))  # softplus
+            dt = np.log1p(np.exp(lin(dt_in, b["dt"]) + b["dt_b"]))  # softplus
             state = np.zeros((di, ds), np.float32)
             y = np.zeros((T, di), np.float32)
             for t in range(T):
                 state = state * np.exp(dt[t][:, None] * b["A"]) + (dt[t] * u[t])[:, None] * B[t][None, :]
                 y[t] = state @ C[t] + b["D"] * u[t]
-            x = x + (y * silu(z)) @ b["out"].T
-        return rms_norm(x, self.out_norm, self.eps) @ self.head.T
+            x = x + lin(y * silu(z), b["out"])
+        return lin(rms_norm(x, self.out_norm, self.eps), self.head)
 
     def write(self, path):
         w = gguf.GGUFWriter(str(path), "mamba")

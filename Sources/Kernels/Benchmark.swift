@@ -18,17 +18,23 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
     let shapes: [(columns: Int, rows: Int)] = [(576, 1536), (1536, 576), (640, 2048), (2048, 640), (640, 262_144)]
     var out = "# Swiftlet kernel benchmark\n\n"
     out += "matvec (1 token), GB/s of weight bytes (best of repeated runs); 1 thread / \(multi.threadCount) threads. "
-    out += "Cache-resident shapes can exceed DRAM bandwidth.\n\n"
+    out += "Shapes are input columns × output rows; all but the last fit in L2/L3, so they can "
+    out += "exceed DRAM bandwidth. – : not a whole number of blocks per row.\n\n"
 
     let copy1 = memcpyBandwidth(pool: single, seconds: minSeconds)
     let copyN = memcpyBandwidth(pool: multi, seconds: minSeconds)
     out += String(format: "memcpy baseline (256 MiB, read+write bytes): %.1f GB/s / %.1f GB/s\n\n", copy1, copyN)
+
+    out += String(format: "thread pool: %.2f µs per empty parallelFor(%d) (%d threads)\n\n",
+                  poolOverheadMicroseconds(multi), multi.threadCount, multi.threadCount)
 
     out += "| type |" + shapes.map { " \($0.columns)×\($0.rows) |" }.joined() + "\n"
     out += "|---|" + shapes.map { _ in "---|" }.joined() + "\n"
     for type in types {
         var line = "| \(type) |"
         for shape in shapes {
+            // rows must be whole blocks: K-quants (256) cannot have 576 or 640 columns
+            guard shape.columns % type.blockSize == 0 else { line += " – |"; continue }
             let m = BenchMatrix(type: type, rows: shape.rows, columns: shape.columns)
             let g1 = m.gigabytesPerSecond(tokens: 1, pool: single, seconds: minSeconds)
             let gN = m.gigabytesPerSecond(tokens: 1, pool: multi, seconds: minSeconds)
@@ -38,20 +44,114 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
         out += line + "\n"
     }
 
+    // whole-model sweeps: every matmul of one token (or of a 64-token prompt chunk)
+    out += "\nall matmuls of one forward pass, with the models' layer counts, shapes and types "
+    out += "(random weights; excludes attention, norms, etc.); 1 / \(multi.threadCount) threads\n\n"
+    out += "| model | weights MB | decode ms/token | decode tokens/s | decode, fused QKV & gate/up, ms/token | prefill (64) tokens/s |\n"
+    out += "|---|---|---|---|---|---|\n"
+    for model in benchModels {
+        let groups = model.layers.flatMap { _ in
+            model.perLayer.map { $0.map { BenchMatrix(type: $0.type, rows: $0.rows, columns: $0.columns) } }
+        } + [[BenchMatrix(type: model.head.type, rows: model.head.rows, columns: model.head.columns)]]
+        let mb = Double(groups.joined().reduce(0) { $0 + $1.bytes }) / 1e6
+        let d1 = sweepSeconds(groups, fused: false, tokens: 1, pool: single, seconds: minSeconds)
+        let dN = sweepSeconds(groups, fused: false, tokens: 1, pool: multi, seconds: minSeconds)
+        let f1 = sweepSeconds(groups, fused: true, tokens: 1, pool: single, seconds: minSeconds)
+        let fN = sweepSeconds(groups, fused: true, tokens: 1, pool: multi, seconds: minSeconds)
+        // prefill: the head only runs for the last token
+        let body = Array(groups.dropLast())
+        let p1 = sweepSeconds(body, fused: true, tokens: 64, pool: single, seconds: minSeconds)
+        let pN = sweepSeconds(body, fused: true, tokens: 64, pool: multi, seconds: minSeconds)
+        out += String(format: "| %@ | %.0f | %.2f / %.2f | %.0f / %.0f | %.2f / %.2f | %.0f / %.0f |\n", model.name, mb,
+                      d1 * 1e3, dN * 1e3, 1 / d1, 1 / dN, f1 * 1e3, fN * 1e3, 64 / p1, 64 / pN)
+        groups.joined().forEach { $0.free() }
+    }
+
     // prompt processing: many tokens per call, compute-bound
     let prefillTokens = 64
-    out += "\nprefill (\(prefillTokens) tokens per call) at 576×1536, GMAC/s (multiply-adds per second); 1 / \(multi.threadCount) threads\n\n"
-    out += "| type | 1 thread | \(multi.threadCount) threads |\n|---|---|---|\n"
+    let prefillShapes = Array(shapes.prefix(4))
+    out += "\nprefill (\(prefillTokens) tokens per call), GMAC/s (multiply-adds per second); 1 thread / \(multi.threadCount) threads\n\n"
+    out += "| type |" + prefillShapes.map { " \($0.columns)×\($0.rows) |" }.joined() + "\n"
+    out += "|---|" + prefillShapes.map { _ in "---|" }.joined() + "\n"
     for type in types {
-        let m = BenchMatrix(type: type, rows: 1536, columns: 576)
-        let macs = Double(1536 * 576 * prefillTokens) / 1e9
-        let bytes = Double(m.bytes) / 1e9
-        let g1 = m.gigabytesPerSecond(tokens: prefillTokens, pool: single, seconds: minSeconds) / bytes * macs
-        let gN = m.gigabytesPerSecond(tokens: prefillTokens, pool: multi, seconds: minSeconds) / bytes * macs
-        out += String(format: "| \(type) | %.1f | %.1f |\n", g1, gN)
-        m.free()
+        var line = "| \(type) |"
+        for shape in prefillShapes {
+            // rows must be whole blocks: K-quants (256) cannot have 576 or 640 columns
+            guard shape.columns % type.blockSize == 0 else { line += " – |"; continue }
+            let m = BenchMatrix(type: type, rows: shape.rows, columns: shape.columns)
+            let macs = Double(shape.rows * shape.columns * prefillTokens) / 1e9
+            let bytes = Double(m.bytes) / 1e9
+            let g1 = m.gigabytesPerSecond(tokens: prefillTokens, pool: single, seconds: minSeconds) / bytes * macs
+            let gN = m.gigabytesPerSecond(tokens: prefillTokens, pool: multi, seconds: minSeconds) / bytes * macs
+            line += String(format: " %.1f / %.1f |", g1, gN)
+            m.free()
+        }
+        out += line + "\n"
     }
     return out
+}
+
+struct BenchShape {
+    let type: TensorType
+    let rows: Int
+    let columns: Int
+    init(_ type: TensorType, _ columns: Int, _ rows: Int) { self.type = type; self.rows = rows; self.columns = columns }
+}
+
+struct BenchModel {
+    let name: String
+    let layers: Range<Int>
+    /// Matrices of one layer, grouped by shared input (QKV; output; gate & up; down).
+    let perLayer: [[BenchShape]]
+    let head: BenchShape
+}
+
+/// Matmul shapes and types of the real model files (GGUF tensor shapes are columns × rows).
+let benchModels: [BenchModel] = [
+    BenchModel(name: "SmolLM2-135M Q4_1", layers: 0..<30, perLayer: [
+        [BenchShape(.q4_1, 576, 576), BenchShape(.q4_1, 576, 192), BenchShape(.q4_1, 576, 192)],
+        [BenchShape(.q4_1, 576, 576)],
+        [BenchShape(.q4_1, 576, 1536), BenchShape(.q4_1, 576, 1536)],
+        [BenchShape(.q4_1, 1536, 576)],
+    ], head: BenchShape(.q8_0, 576, 49152)),
+    BenchModel(name: "Gemma-3-270M Q4_K_M", layers: 0..<18, perLayer: [
+        [BenchShape(.q5_0, 640, 1024), BenchShape(.q5_0, 640, 256), BenchShape(.q8_0, 640, 256)],
+        [BenchShape(.q4_K, 1024, 640)],
+        [BenchShape(.q5_0, 640, 2048), BenchShape(.q5_0, 640, 2048)],
+        [BenchShape(.q6_K, 2048, 640)],
+    ], head: BenchShape(.q8_0, 640, 262_144)),
+]
+
+/// Best time of running every matrix once, in order, with `tokens` inputs; `fused`: one
+/// multi-matrix `matmul` per group instead of one call per matrix.
+func sweepSeconds(_ groups: [[BenchMatrix]], fused: Bool, tokens: Int, pool: ThreadPool, seconds: Double) -> Double {
+    let all = groups.joined()
+    let maxColumns = all.map(\.columns).max() ?? 0, maxRows = all.map(\.rows).max() ?? 0
+    let x = UnsafeMutablePointer<Float>.allocate(capacity: tokens * maxColumns)
+    let ys = (0..<4).map { _ in UnsafeMutablePointer<Float>.allocate(capacity: tokens * maxRows) }
+    defer { x.deallocate(); ys.forEach { $0.deallocate() } }
+    for i in 0..<tokens * maxColumns { x[i] = Float(i % 13) * 0.1 - 0.6 }
+    let weights = groups.map { $0.map { WeightMatrix(type: $0.type, data: $0.data, rows: $0.rows, columns: $0.columns) } }
+    func once() {
+        for g in weights {
+            if fused {
+                matmul(g, input: x, tokens: tokens, outputs: Array(ys.prefix(g.count)), pool: pool)
+            } else {
+                for (i, w) in g.enumerated() { matmul(w, input: x, tokens: tokens, output: ys[i], pool: pool) }
+            }
+        }
+    }
+    once()
+    var best = Double.infinity, total = 0.0, runs = 0
+    while total < seconds || runs < 3 {
+        let t0 = monotonicNanos()
+        once()
+        let dt = Double(monotonicNanos() - t0) * 1e-9
+        best = min(best, dt)
+        total += dt
+        runs += 1
+    }
+    return best
 }
 
 /// Random but valid weights of one type (finite f16 scales), plus an input.
@@ -150,4 +250,14 @@ func memcpyBandwidth(pool: ThreadPool, seconds: Double) -> Double {
         runs += 1
     }
     return 2 * Double(n) / best / 1e9
+}
+
+/// Average wall time of an empty `parallelFor(threadCount)` call, back to back.
+func poolOverheadMicroseconds(_ pool: ThreadPool) -> Double {
+    let n = pool.threadCount
+    for _ in 0..<1000 { pool.parallelFor(n) { _ in } }
+    let calls = 20_000
+    let t0 = monotonicNanos()
+    for _ in 0..<calls { pool.parallelFor(n) { _ in } }
+    return Double(monotonicNanos() - t0) / Double(calls) / 1e3
 }

@@ -1,4 +1,4 @@
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
 #endif
 
@@ -11,6 +11,8 @@ import _Builtin_intrinsics.intel
 /// and at the end of the block
 ///     acc  += (blockScale · d_x) · isum    (float, one FMA per 8 lanes)
 ///     corr += correction(...)              (offsets/mins: -8·d·s_x, m·s_x, -dmin·Σ m·bsums, …)
+/// The 32-element formats get their float factors for two blocks at once from `pairScales`
+/// (see `smallRowDot`); the K-quants use `blockScale` and `correction` (see `superRowDot`).
 protocol QuantKernel: SendableMetatype {
     associatedtype Header
     associatedtype Chunk
@@ -37,9 +39,9 @@ extension QuantKernel {
 @inline(__always)
 func dPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Float>) -> SIMD4<Float> {
     let d0 = UInt64(p0.loadUnaligned(as: UInt16.self)), d1 = UInt64(p1.loadUnaligned(as: UInt16.self))
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let h = _mm_cvtsi64_si128(Int64(bitPattern: d0 | d0 << 16 | d1 << 32 | d1 << 48))
-    return unsafeBitCast(_mm_cvtph_ps(h), to: SIMD4<Float>.self) * mul
+    return _mm_cvtph_ps(h) * mul
 #else
     let a = Float(Float16(bitPattern: UInt16(d0))), b = Float(Float16(bitPattern: UInt16(d1)))
     return SIMD4(a, a, b, b) * mul
@@ -50,8 +52,8 @@ func dPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Fl
 @inline(__always)
 func dmPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
     let a = UInt64(p0.loadUnaligned(as: UInt32.self)), b = UInt64(p1.loadUnaligned(as: UInt32.self))
-#if arch(x86_64)
-    return unsafeBitCast(_mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: a | b << 32))), to: SIMD4<Float>.self)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    return _mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: a | b << 32)))
 #else
     func f(_ v: UInt64) -> Float { Float(Float16(bitPattern: UInt16(truncatingIfNeeded: v))) }
     return SIMD4(f(a), f(a >> 16), f(b), f(b >> 16))
@@ -147,6 +149,21 @@ struct KHeader {
     var scales: SIMD16<Int16>
     /// Per-16-group multipliers of the activation group sums.
     var mins: SIMD16<Int16>
+    /// Q2_K/Q3_K/Q6_K: the 16 group scales as bytes, for `scalePair(bytes:chunk:)`.
+    var bytes = SIMD16<Int8>()
+}
+
+/// [s[2c] ×8, s[2c+1] ×8] as Int16 from 16 byte scales: one byte shuffle and a widening.
+@inline(__always)
+func scalePair(bytes s: SIMD16<Int8>, chunk c: Int) -> SIMD16<Int16> {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    let lo = UInt64(2 * c) &* 0x0101_0101_0101_0101, hi = UInt64(2 * c + 1) &* 0x0101_0101_0101_0101
+    let mask = _mm_set_epi64x(Int64(bitPattern: hi), Int64(bitPattern: lo))
+    let v = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(unsafeBitCast(s, to: __m128i.self), mask))
+    return unsafeBitCast(v, to: SIMD16<Int16>.self)
+#else
+    return scalePair(Int16(s[2 * c]), Int16(s[2 * c + 1]))
+#endif
 }
 
 /// Q4_K/Q5_K: the eight 6-bit scales (Int16 lanes 0..<8) and the eight mins, each repeated
@@ -161,7 +178,7 @@ private func kScalesMins(_ p: UnsafeRawPointer) -> (SIMD16<Int16>, SIMD16<Int16>
     let mnLo = w1 & 0x3F3F_3F3F, mnHi = ((w2 >> 4) & 0x0F0F_0F0F) | ((w1 >> 2) & 0x3030_3030)
     let sc = UInt64(scLo) | UInt64(scHi) << 32
     let mn = UInt64(mnLo) | UInt64(mnHi) << 32
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let scales = _mm256_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc)))
     let m = _mm_cvtsi64_si128(Int64(bitPattern: mn))
     let mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m))
@@ -178,9 +195,9 @@ private func kScalesMins(_ p: UnsafeRawPointer) -> (SIMD16<Int16>, SIMD16<Int16>
 #endif
 }
 
-/// Q3_K: the sixteen 6-bit scales minus 32, from the 12 packed bytes at p.
+/// Q3_K: the sixteen 6-bit scales minus 32, from the 12 packed bytes at p (as Int16 and as bytes).
 @inline(__always)
-private func q3Scales(_ p: UnsafeRawPointer) -> SIMD16<Int16> {
+private func q3Scales(_ p: UnsafeRawPointer) -> (SIMD16<Int16>, SIMD16<Int8>) {
     let lo8 = p.loadUnaligned(fromByteOffset: 0, as: UInt64.self)
     let h = p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
     // low 4 bits: k < 8 from the low nibbles of bytes 0..<8, k ≥ 8 from their high nibbles
@@ -189,17 +206,17 @@ private func q3Scales(_ p: UnsafeRawPointer) -> SIMD16<Int16> {
     let hiA = UInt64(h & 0x0303_0303) | UInt64((h >> 2) & 0x0303_0303) << 32
     let hiB = UInt64((h >> 4) & 0x0303_0303) | UInt64((h >> 6) & 0x0303_0303) << 32
     let a = loA | hiA << 4, b = loB | hiB << 4
-#if arch(x86_64)
-    let bytes = _mm_set_epi64x(Int64(bitPattern: b), Int64(bitPattern: a))
-    let v = _mm256_sub_epi16(_mm256_cvtepu8_epi16(bytes), _mm256_set1_epi16(32))
-    return unsafeBitCast(v, to: SIMD16<Int16>.self)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    let bytes = _mm_sub_epi8(_mm_set_epi64x(Int64(bitPattern: b), Int64(bitPattern: a)), _mm_set1_epi8(32))
+    return (unsafeBitCast(_mm256_cvtepi8_epi16(bytes), to: SIMD16<Int16>.self), unsafeBitCast(bytes, to: SIMD16<Int8>.self))
 #else
-    var r = SIMD16<Int16>()
+    var r = SIMD16<Int16>(), r8 = SIMD16<Int8>()
     for k in 0..<8 {
         r[k] = Int16(truncatingIfNeeded: a >> UInt64(8 * k)) & 0xFF - 32
         r[k + 8] = Int16(truncatingIfNeeded: b >> UInt64(8 * k)) & 0xFF - 32
     }
-    return r
+    for k in 0..<16 { r8[k] = Int8(r[k]) }
+    return (r, r8)
 #endif
 }
 
@@ -243,7 +260,8 @@ struct KQ6_K: QuantKernel {
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
         let sc = widenI8(p + 192)
-        return KHeader(d: loadF16(p, 208), dmin: 0, scales: sc, mins: sc)
+        return KHeader(d: loadF16(p, 208), dmin: 0, scales: sc, mins: sc,
+                       bytes: p.loadUnaligned(fromByteOffset: 192, as: SIMD16<Int8>.self))
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // chunk c: half hf = c/4, s = c%4; low 4 bits from ql[hf*64 + (s&1)*32 + i] nibble s/2,
@@ -251,7 +269,7 @@ struct KQ6_K: QuantKernel {
         let hf = c >> 2, s = c & 3
         let lo = shiftMask(load32(p + hf * 64 + (s & 1) * 32), 4 * (s >> 1), 0x0F)
         let hi = shiftMaskUp(load32(p + 128 + hf * 32), 2 * s, 3, 4)
-        return (or(lo, hi), scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
+        return (or(lo, hi), scalePair(bytes: h.bytes, chunk: c))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
@@ -264,13 +282,15 @@ struct KQ2_K: QuantKernel {
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
         let b = load16(p)
+        let lo = shiftMask16(b, 0, 0x0F)
         return KHeader(d: loadF16(p, 80), dmin: loadF16(p, 82),
-                       scales: widenU8(shiftMask16(b, 0, 0x0F)), mins: widenU8(shiftMask16(b, 4, 0x0F)))
+                       scales: widenU8(lo), mins: widenU8(shiftMask16(b, 4, 0x0F)),
+                       bytes: unsafeBitCast(lo, to: SIMD16<Int8>.self))
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // chunk c: half hf = c/4, bits 2s.. (s = c%4) of qs[hf*32 + i]
         let n = shiftMask(load32(p + 16 + (c >> 2) * 32), 2 * (c & 3), 3)
-        return (n, scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
+        return (n, scalePair(bytes: h.bytes, chunk: c))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
@@ -282,17 +302,18 @@ struct KQ3_K: QuantKernel {
     static var blockBytes: Int { 110 }
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
-        let sc = q3Scales(p + 96)
-        return KHeader(d: loadF16(p, 108), dmin: 0, scales: sc, mins: sc)
+        let (sc, sc8) = q3Scales(p + 96)
+        return KHeader(d: loadF16(p, 108), dmin: 0, scales: sc, mins: sc, bytes: sc8)
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // n = low 2 bits | hmask bit << 2 ∈ 0..7; weight value n - 4 (the -4 is in `correction`)
         let lo = shiftMask(load32(p + 32 + (c >> 2) * 32), 2 * (c & 3), 3)
         let hb = shiftMaskUp(load32(p), c, 1, 2)
-        return (or(lo, hb), scalePair(h.scales[2 * c], h.scales[2 * c + 1]))
+        return (or(lo, hb), scalePair(bytes: h.bytes, chunk: c))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
         -4 * (h.d * dx) * Float(dotI16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self)))
     }
 }
+

@@ -1,15 +1,16 @@
 import GGUF
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
 #endif
 
 /// y[t][r] = dot(W[r], x[t]) for every token t and output row r.
 /// `input` holds `tokens` rows of `weight.columns` floats; `output` holds `tokens` rows of `weight.rows`.
 ///
-/// Quantized weights: the activations are first quantized to 8 bits per block (Q8_0-style
-/// for Q4_0/Q5_0/Q8_0, with block sums for Q4_1/Q5_1, Q8_K-style for the K-quants; see
-/// `QuantizedActivations` for the error this implies, ≤ max|x|_block/254 per element),
-/// then each weight block is multiplied with integer SIMD dot products.
+/// Quantized weights: the activations are first quantized to 8 bits per block (Q8_1-style
+/// 32-blocks with scale and scaled block sum for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K-style
+/// 256-blocks with 16-element group sums for the K-quants; see `QuantizedActivations` for
+/// the error this implies, ≤ max|x|_block/254 per element), then each weight block is
+/// multiplied with integer SIMD dot products (AVX2 vpmaddubsw/vpmaddwd on x86-64).
 /// F32/F16/BF16 weights use float FMA on the unquantized activations.
 ///
 /// Rows are split across the pool. Several tokens (up to 4) share each weight-block load,
@@ -19,20 +20,89 @@ import _Builtin_intrinsics.intel
 /// is accumulated in the same order by the same operations.
 public func matmul(_ weight: WeightMatrix, input: UnsafePointer<Float>, tokens: Int,
                    output: UnsafeMutablePointer<Float>, pool: ThreadPool) {
-    guard tokens > 0, weight.rows > 0 else { return }
-    switch weight.type {
-    case .q4_0: quantMatmul(KQ4_0.self, weight, input, tokens, output, pool)
-    case .q4_1: quantMatmul(KQ4_1.self, weight, input, tokens, output, pool)
-    case .q5_0: quantMatmul(KQ5_0.self, weight, input, tokens, output, pool)
-    case .q5_1: quantMatmul(KQ5_1.self, weight, input, tokens, output, pool)
-    case .q8_0: quantMatmul(KQ8_0.self, weight, input, tokens, output, pool)
-    case .q2_K: quantMatmul(KQ2_K.self, weight, input, tokens, output, pool)
-    case .q3_K: quantMatmul(KQ3_K.self, weight, input, tokens, output, pool)
-    case .q4_K: quantMatmul(KQ4_K.self, weight, input, tokens, output, pool)
-    case .q5_K: quantMatmul(KQ5_K.self, weight, input, tokens, output, pool)
-    case .q6_K: quantMatmul(KQ6_K.self, weight, input, tokens, output, pool)
-    case .f32, .f16, .bf16: floatMatmul(weight, input, tokens, output, pool)
-    default: fatalError("matmul: \(KernelError.unsupportedType(weight.type))")
+    matmul([weight], input: input, tokens: tokens, outputs: [output], pool: pool)
+}
+
+/// Several weight matrices applied to the same input in one pass over the pool, e.g. the
+/// Q, K and V projections or the FFN gate and up projections: the activations are quantized
+/// once and there is one hand-off to the threads instead of one per matrix.
+/// `outputs[i]` receives `tokens` rows of `weights[i].rows` floats, exactly the floats the
+/// single-matrix `matmul` would produce.
+public func matmul(_ weights: [WeightMatrix], input: UnsafePointer<Float>, tokens: Int,
+                   outputs: [UnsafeMutablePointer<Float>], pool: ThreadPool) {
+    guard tokens > 0, !weights.isEmpty else { return }
+    guard weights.count == outputs.count, let columns = weights.first?.columns,
+          weights.allSatisfy({ $0.columns == columns }) else {
+        fatalError("matmul: weights must share the input width and have one output each")
+    }
+    for w in weights {
+        let block = activationBlock(w.type)
+        if block > 0 && (w.columns % block != 0 || w.rowBytes != w.columns / w.type.blockSize * w.type.blockBytes) {
+            fatalError("matmul: rows of \(w.columns) \(w.type) elements are not whole blocks")
+        }
+    }
+    let needs32 = weights.contains { activationBlock($0.type) == 32 }
+    let needs256 = weights.contains { activationBlock($0.type) == 256 }
+    let act32 = needs32 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 32) : nil
+    let act256 = needs256 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 256) : nil
+    defer { act32?.deallocate(); act256?.deallocate() }
+    nonisolated(unsafe) let x = input
+    for act in [act32, act256].compactMap({ $0 }) {
+        if tokens >= 8 && pool.threadCount > 1 {
+            let n = min(tokens, pool.threadCount)
+            pool.parallelFor(n) { i in act.quantize(x, tokens: tokens * i / n ..< tokens * (i + 1) / n) }
+        } else {
+            act.quantize(x, tokens: 0..<tokens)
+        }
+    }
+    // all matrices' rows form one index space, split across the pool
+    var starts = [0]
+    var bytes = 0
+    for w in weights {
+        starts.append(starts.last! + w.rows)
+        bytes += w.rows * w.rowBytes
+    }
+    let totalRows = starts.last!
+    guard totalRows > 0 else { return }
+    nonisolated(unsafe) let ys = outputs
+    let ws = weights, segmentStarts = starts
+    forEachRowRange(totalRows, rowBytes: bytes / totalRows, tokens: tokens, pool: pool) { range in
+        for (i, w) in ws.enumerated() {
+            let lo = max(range.lowerBound, segmentStarts[i]), hi = min(range.upperBound, segmentStarts[i + 1])
+            guard lo < hi else { continue }
+            let rows = lo - segmentStarts[i] ..< hi - segmentStarts[i]
+            let act = activationBlock(w.type) == 256 ? act256 : act32
+            computeRows(w, act, x, tokens, rows, ys[i])
+        }
+    }
+}
+
+/// Activation block size a weight type's kernel uses (0: float activations).
+@inline(__always)
+func activationBlock(_ type: TensorType) -> Int {
+    switch type {
+    case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0: 32
+    case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: 256
+    case .f32, .f16, .bf16: 0
+    default: fatalError("matmul: \(KernelError.unsupportedType(type))")
+    }
+}
+
+/// Rows `rows` of `w` for every token, into y (token stride `w.rows`).
+func computeRows(_ w: WeightMatrix, _ act: QuantizedActivations?, _ x: UnsafePointer<Float>, _ tokens: Int,
+                 _ rows: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    switch w.type {
+    case .q4_0: quantRows(KQ4_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .q4_1: quantRows(KQ4_1.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .q5_0: quantRows(KQ5_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .q5_1: quantRows(KQ5_1.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .q8_0: quantRows(KQ8_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .q2_K: quantRows(KQ2_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .q3_K: quantRows(KQ3_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .q4_K: quantRows(KQ4_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .q5_K: quantRows(KQ5_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .q6_K: quantRows(KQ6_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    default: floatRows(w, x, tokens, rows, y)
     }
 }
 
@@ -65,41 +135,30 @@ func forEachRowRange(_ rows: Int, rowBytes: Int, tokens: Int, pool: ThreadPool,
     }
 }
 
-func quantMatmul<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ input: UnsafePointer<Float>, _ tokens: Int,
-                                 _ output: UnsafeMutablePointer<Float>, _ pool: ThreadPool) {
-    precondition(w.columns % K.blockElements == 0 && w.rowBytes == w.columns / K.blockElements * K.blockBytes)
-    let act = QuantizedActivations(columns: w.columns, tokens: tokens, blockSize: K.blockElements)
-    defer { act.deallocate() }
-    nonisolated(unsafe) let x = input
-    if tokens >= 8 && pool.threadCount > 1 {
-        let n = min(tokens, pool.threadCount)
-        pool.parallelFor(n) { i in act.quantize(x, tokens: tokens * i / n ..< tokens * (i + 1) / n) }
-    } else {
-        act.quantize(x, tokens: 0..<tokens)
-    }
-    nonisolated(unsafe) let y = output
-    let rows = w.rows, nb = w.columns / K.blockElements, rowBytes = w.rowBytes
-    let tile = rowTileSize(rowBytes)
-    forEachRowRange(rows, rowBytes: rowBytes, tokens: tokens, pool: pool) { range in
-        var r0 = range.lowerBound
-        while r0 < range.upperBound {
-            let r1 = min(r0 + tile, range.upperBound)
-            var t0 = 0
-            while t0 < tokens {
-                let nt = min(tokenTile, tokens - t0)
-                for r in r0..<r1 {
-                    let row = w.row(r)
-                    switch nt {
-                    case 4: quantRowDot(K.self, row, nb, act, t0, 4, y + t0 * rows + r, rows)
-                    case 3: quantRowDot(K.self, row, nb, act, t0, 3, y + t0 * rows + r, rows)
-                    case 2: quantRowDot(K.self, row, nb, act, t0, 2, y + t0 * rows + r, rows)
-                    default: quantRowDot(K.self, row, nb, act, t0, 1, y + t0 * rows + r, rows)
-                    }
+/// Quantized weights: rows `range` × all tokens, in row tiles of ~32 KB (kept in cache while
+/// every group of `tokenTile` tokens passes over them).
+func quantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int,
+                               _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    let rows = w.rows, nb = w.columns / K.blockElements
+    let tile = rowTileSize(w.rowBytes)
+    var r0 = range.lowerBound
+    while r0 < range.upperBound {
+        let r1 = min(r0 + tile, range.upperBound)
+        var t0 = 0
+        while t0 < tokens {
+            let nt = min(tokenTile, tokens - t0)
+            for r in r0..<r1 {
+                let row = w.row(r)
+                switch nt {
+                case 4: quantRowDot(K.self, row, nb, act, t0, 4, y + t0 * rows + r, rows)
+                case 3: quantRowDot(K.self, row, nb, act, t0, 3, y + t0 * rows + r, rows)
+                case 2: quantRowDot(K.self, row, nb, act, t0, 2, y + t0 * rows + r, rows)
+                default: quantRowDot(K.self, row, nb, act, t0, 1, y + t0 * rows + r, rows)
                 }
-                t0 += nt
             }
-            r0 = r1
+            t0 += nt
         }
+        r0 = r1
     }
 }
 
@@ -228,7 +287,7 @@ func superRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int
 func loadWeights8(_ type: TensorType, _ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> {
     switch type {
     case .f16:
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
         return _mm256_cvtph_ps(p.loadUnaligned(fromByteOffset: 2 * i, as: __m128i.self))
 #else
         return SIMD8<Float>(p.loadUnaligned(fromByteOffset: 2 * i, as: SIMD8<Float16>.self))
@@ -250,61 +309,74 @@ func loadWeight1(_ type: TensorType, _ p: UnsafeRawPointer, _ i: Int) -> Float {
     }
 }
 
-func floatMatmul(_ w: WeightMatrix, _ input: UnsafePointer<Float>, _ tokens: Int,
-                 _ output: UnsafeMutablePointer<Float>, _ pool: ThreadPool) {
-    nonisolated(unsafe) let x = input, y = output
+/// Float weights: rows `range` × all tokens, tiled like `quantRows`.
+func floatRows(_ w: WeightMatrix, _ x: UnsafePointer<Float>, _ tokens: Int, _ range: Range<Int>,
+               _ y: UnsafeMutablePointer<Float>) {
     let rows = w.rows, cols = w.columns
     let tile = rowTileSize(w.rowBytes)
-    forEachRowRange(rows, rowBytes: w.rowBytes, tokens: tokens, pool: pool) { range in
-        var r0 = range.lowerBound
-        while r0 < range.upperBound {
-            let r1 = min(r0 + tile, range.upperBound)
-            var t0 = 0
-            while t0 < tokens {
-                let nt = min(tokenTile, tokens - t0)
-                for r in r0..<r1 {
-                    let out = y + t0 * rows + r
-                    switch (w.type, nt) {
-                    case (.f16, 4): floatRowDot(.f16, w.row(r), cols, x + t0 * cols, 4, out, rows)
-                    case (.f16, 3): floatRowDot(.f16, w.row(r), cols, x + t0 * cols, 3, out, rows)
-                    case (.f16, 2): floatRowDot(.f16, w.row(r), cols, x + t0 * cols, 2, out, rows)
-                    case (.f16, _): floatRowDot(.f16, w.row(r), cols, x + t0 * cols, 1, out, rows)
-                    case (.bf16, 4): floatRowDot(.bf16, w.row(r), cols, x + t0 * cols, 4, out, rows)
-                    case (.bf16, 3): floatRowDot(.bf16, w.row(r), cols, x + t0 * cols, 3, out, rows)
-                    case (.bf16, 2): floatRowDot(.bf16, w.row(r), cols, x + t0 * cols, 2, out, rows)
-                    case (.bf16, _): floatRowDot(.bf16, w.row(r), cols, x + t0 * cols, 1, out, rows)
-                    case (_, 4): floatRowDot(.f32, w.row(r), cols, x + t0 * cols, 4, out, rows)
-                    case (_, 3): floatRowDot(.f32, w.row(r), cols, x + t0 * cols, 3, out, rows)
-                    case (_, 2): floatRowDot(.f32, w.row(r), cols, x + t0 * cols, 2, out, rows)
-                    default: floatRowDot(.f32, w.row(r), cols, x + t0 * cols, 1, out, rows)
-                    }
+    var r0 = range.lowerBound
+    while r0 < range.upperBound {
+        let r1 = min(r0 + tile, range.upperBound)
+        var t0 = 0
+        while t0 < tokens {
+            let nt = min(tokenTile, tokens - t0)
+            for r in r0..<r1 {
+                let out = y + t0 * rows + r
+                let xt = x + t0 * cols
+                switch (w.type, nt) {
+                case (.f16, 4): floatRowDot(.f16, w.row(r), cols, xt, 4, out, rows)
+                case (.f16, 3): floatRowDot(.f16, w.row(r), cols, xt, 3, out, rows)
+                case (.f16, 2): floatRowDot(.f16, w.row(r), cols, xt, 2, out, rows)
+                case (.f16, _): floatRowDot(.f16, w.row(r), cols, xt, 1, out, rows)
+                case (.bf16, 4): floatRowDot(.bf16, w.row(r), cols, xt, 4, out, rows)
+                case (.bf16, 3): floatRowDot(.bf16, w.row(r), cols, xt, 3, out, rows)
+                case (.bf16, 2): floatRowDot(.bf16, w.row(r), cols, xt, 2, out, rows)
+                case (.bf16, _): floatRowDot(.bf16, w.row(r), cols, xt, 1, out, rows)
+                case (_, 4): floatRowDot(.f32, w.row(r), cols, xt, 4, out, rows)
+                case (_, 3): floatRowDot(.f32, w.row(r), cols, xt, 3, out, rows)
+                case (_, 2): floatRowDot(.f32, w.row(r), cols, xt, 2, out, rows)
+                default: floatRowDot(.f32, w.row(r), cols, xt, 1, out, rows)
                 }
-                t0 += nt
             }
-            r0 = r1
+            t0 += nt
         }
+        r0 = r1
     }
 }
 
+/// Float dot products of one row with `nt` tokens. Two accumulators per token (alternate
+/// 8-element groups) so consecutive FMAs do not wait on each other; the same order for
+/// every `nt`, so results do not depend on how tokens are grouped.
 @inline(__always)
 func floatRowDot(_ type: TensorType, _ row: UnsafeRawPointer, _ cols: Int, _ x: UnsafePointer<Float>,
                  _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
     let xr = UnsafeRawPointer(x)
     let xs = 4 * cols
     var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-    let n8 = cols & ~7
+    var b0 = SIMD8<Float>(), b1 = SIMD8<Float>(), b2 = SIMD8<Float>(), b3 = SIMD8<Float>()
+    let n16 = cols & ~15, n8 = cols & ~7
+    @inline(__always)
+    func x8(_ t: Int, _ i: Int) -> SIMD8<Float> { xr.loadUnaligned(fromByteOffset: 4 * i + t * xs, as: SIMD8<Float>.self) }
     var i = 0
-    while i < n8 {
-        let wv = loadWeights8(type, row, i)
-        a0 = a0.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self))
-        if nt > 1 { a1 = a1.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i + xs, as: SIMD8<Float>.self)) }
-        if nt > 2 { a2 = a2.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i + 2 * xs, as: SIMD8<Float>.self)) }
-        if nt > 3 { a3 = a3.addingProduct(wv, xr.loadUnaligned(fromByteOffset: 4 * i + 3 * xs, as: SIMD8<Float>.self)) }
-        i += 8
+    while i < n16 {
+        let wa = loadWeights8(type, row, i), wb = loadWeights8(type, row, i + 8)
+        a0 = a0.addingProduct(wa, x8(0, i)); b0 = b0.addingProduct(wb, x8(0, i + 8))
+        if nt > 1 { a1 = a1.addingProduct(wa, x8(1, i)); b1 = b1.addingProduct(wb, x8(1, i + 8)) }
+        if nt > 2 { a2 = a2.addingProduct(wa, x8(2, i)); b2 = b2.addingProduct(wb, x8(2, i + 8)) }
+        if nt > 3 { a3 = a3.addingProduct(wa, x8(3, i)); b3 = b3.addingProduct(wb, x8(3, i + 8)) }
+        i += 16
+    }
+    if i < n8 {
+        let wa = loadWeights8(type, row, i)
+        a0 = a0.addingProduct(wa, x8(0, i))
+        if nt > 1 { a1 = a1.addingProduct(wa, x8(1, i)) }
+        if nt > 2 { a2 = a2.addingProduct(wa, x8(2, i)) }
+        if nt > 3 { a3 = a3.addingProduct(wa, x8(3, i)) }
     }
     for t in 0..<nt {
-        var s = hsum(t == 0 ? a0 : t == 1 ? a1 : t == 2 ? a2 : a3)
+        var s = hsum(t == 0 ? a0 + b0 : t == 1 ? a1 + b1 : t == 2 ? a2 + b2 : a3 + b3)
         for j in n8..<cols { s += loadWeight1(type, row, j) * x[t * cols + j] }
         out[t * outStride] = s
     }
 }
+

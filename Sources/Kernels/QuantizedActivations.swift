@@ -1,4 +1,4 @@
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
 #endif
 
@@ -11,6 +11,8 @@ import _Builtin_intrinsics.intel
 ///   bsums[g] = Σ q[i] over 16-element groups   (256-blocks: for the K-quant mins)
 /// d and s are kept as Float (not f16 as in GGUF's own Q8 formats), so the only error is
 /// the rounding of q.
+/// Blocks with max|x| ≤ 1e-30 quantize to zeros (127/max would overflow); the error that
+/// introduces is below 1e-30·Σ|w|.
 ///
 /// Error this implies: |x[i] - d·q[i]| ≤ d/2 = max|x|_block / 254 (plus ~1 ulp from the
 /// float arithmetic), so for one weight row w the matmul result differs from the exact
@@ -65,7 +67,7 @@ struct QuantizedActivations: @unchecked Sendable {
         let raw = UnsafeRawPointer(x)
         let qb = q + t * columns + b * blockSize
         let bi = t * blocksPerRow + b
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
         let n8 = blockSize / 8
         let signBit = _mm256_set1_ps(-0.0)
         var amax = _mm256_setzero_ps()
@@ -76,7 +78,7 @@ struct QuantizedActivations: @unchecked Sendable {
         let m4 = pointwiseMax(halves.0, halves.1)
         let m = max(max(m4[0], m4[1]), max(m4[2], m4[3]))
         let scale = m / 127
-        let inv = _mm256_set1_ps(m > 0 ? 127 / m : 0)
+        let inv = _mm256_set1_ps(m > 1e-30 ? 127 / m : 0)
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)
         var total = _mm256_setzero_si256()
         for k in stride(from: 0, to: n8, by: 4) {
@@ -96,10 +98,14 @@ struct QuantizedActivations: @unchecked Sendable {
                 total = _mm256_add_epi32(total, _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)))
             }
         }
-        d[bi] = scale
         if blockSize != 256 {
-            ds[2 * bi] = scale
-            ds[2 * bi + 1] = scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum())
+            // As GGUF's Q8_0/Q8_1 blocks (and llama.cpp), the scale and the block sum are
+            // stored in half precision; Q8_K keeps a float scale.
+            d[bi] = Float(Float16(scale))
+            ds[2 * bi] = d[bi]
+            ds[2 * bi + 1] = Float(Float16(scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum())))
+        } else {
+            d[bi] = scale
         }
 #else
         let n8 = blockSize / 8
@@ -110,7 +116,7 @@ struct QuantizedActivations: @unchecked Sendable {
         }
         let m = amax.max()
         let scale = m / 127
-        let inv: Float = m > 0 ? 127 / m : 0
+        let inv: Float = m > 1e-30 ? 127 / m : 0
         var total = SIMD8<Int32>()
         for k in 0..<n8 {
             let v = raw.loadUnaligned(fromByteOffset: 32 * k, as: SIMD8<Float>.self) * inv
@@ -123,10 +129,12 @@ struct QuantizedActivations: @unchecked Sendable {
                 total = SIMD8<Int32>()
             }
         }
-        d[bi] = scale
         if blockSize != 256 {
-            ds[2 * bi] = scale
-            ds[2 * bi + 1] = scale * Float(total.wrappedSum())
+            d[bi] = Float(Float16(scale))
+            ds[2 * bi] = d[bi]
+            ds[2 * bi + 1] = Float(Float16(scale * Float(total.wrappedSum())))
+        } else {
+            d[bi] = scale
         }
 #endif
     }

@@ -1,6 +1,6 @@
 // Integer dot-product primitives on 32-byte vectors. On x86-64 they map to AVX2
 // (vpmaddubsw / vpmaddwd / vpsignb / vpshufb); elsewhere they are plain Swift SIMD.
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
 #endif
 
@@ -10,7 +10,7 @@ import _Builtin_intrinsics.intel
 /// (a ≤ 63 with |b| ≤ 127, or a ≤ 128 with |b| ≤ 127).
 @inline(__always)
 func dotU8I8(_ a: SIMD32<UInt8>, _ b: SIMD32<Int8>, _ s: SIMD16<Int16>) -> SIMD8<Int32> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let p = _mm256_maddubs_epi16(unsafeBitCast(a, to: __m256i.self), unsafeBitCast(b, to: __m256i.self))
     return unsafeBitCast(_mm256_madd_epi16(p, unsafeBitCast(s, to: __m256i.self)), to: SIMD8<Int32>.self)
 #else
@@ -31,7 +31,7 @@ func dotU8I8(_ a: SIMD32<UInt8>, _ b: SIMD32<Int8>, _ s: SIMD16<Int16>) -> SIMD8
 /// Signed × signed version: lane j = Σ over 4 consecutive bytes of a·b (|a| ≤ 127 or -128 with |b| ≤ 127).
 @inline(__always)
 func dotI8I8(_ a: SIMD32<Int8>, _ b: SIMD32<Int8>) -> SIMD8<Int32> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let av = unsafeBitCast(a, to: __m256i.self), bv = unsafeBitCast(b, to: __m256i.self)
     let p = _mm256_maddubs_epi16(_mm256_sign_epi8(av, av), _mm256_sign_epi8(bv, av))
     return unsafeBitCast(_mm256_madd_epi16(p, _mm256_set1_epi16(1)), to: SIMD8<Int32>.self)
@@ -49,7 +49,7 @@ func dotI8I8(_ a: SIMD32<Int8>, _ b: SIMD32<Int8>) -> SIMD8<Int32> {
 /// Lane i is `value` when bit i of `bits` is set, else 0.
 @inline(__always)
 func expandBits(_ bits: UInt32, _ value: UInt8) -> SIMD32<UInt8> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let shuffle = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
                                    2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3)
     let bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(Int32(bitPattern: bits)), shuffle)
@@ -75,7 +75,7 @@ func load32(_ p: UnsafeRawPointer) -> SIMD32<UInt8> { p.loadUnaligned(as: SIMD32
 /// Sixteen bytes → 32 lanes: low nibbles first, then high nibbles.
 @inline(__always)
 func nibbles(_ p: UnsafeRawPointer) -> SIMD32<UInt8> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let x = p.loadUnaligned(as: __m128i.self)
     let both = _mm256_set_m128i(_mm_srli_epi16(x, 4), x)
     return unsafeBitCast(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), to: SIMD32<UInt8>.self)
@@ -88,7 +88,7 @@ func nibbles(_ p: UnsafeRawPointer) -> SIMD32<UInt8> {
 /// (v >> shift) & mask per byte.
 @inline(__always)
 func shiftMask(_ v: SIMD32<UInt8>, _ shift: Int, _ mask: UInt8) -> SIMD32<UInt8> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let s = _mm256_srl_epi16(unsafeBitCast(v, to: __m256i.self), _mm_cvtsi32_si128(Int32(shift)))
     return unsafeBitCast(_mm256_and_si256(s, _mm256_set1_epi8(CChar(bitPattern: mask))), to: SIMD32<UInt8>.self)
 #else
@@ -99,7 +99,7 @@ func shiftMask(_ v: SIMD32<UInt8>, _ shift: Int, _ mask: UInt8) -> SIMD32<UInt8>
 /// (v >> shift) & mask, then << up (up < 8, result bits stay inside the byte).
 @inline(__always)
 func shiftMaskUp(_ v: SIMD32<UInt8>, _ shift: Int, _ mask: UInt8, _ up: Int) -> SIMD32<UInt8> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let m = shiftMask(v, shift, mask)
     return unsafeBitCast(_mm256_sll_epi16(unsafeBitCast(m, to: __m256i.self), _mm_cvtsi32_si128(Int32(up))), to: SIMD32<UInt8>.self)
 #else
@@ -109,7 +109,7 @@ func shiftMaskUp(_ v: SIMD32<UInt8>, _ shift: Int, _ mask: UInt8, _ up: Int) -> 
 
 @inline(__always)
 func or(_ a: SIMD32<UInt8>, _ b: SIMD32<UInt8>) -> SIMD32<UInt8> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     unsafeBitCast(_mm256_or_si256(unsafeBitCast(a, to: __m256i.self), unsafeBitCast(b, to: __m256i.self)), to: SIMD32<UInt8>.self)
 #else
     a | b
@@ -119,7 +119,7 @@ func or(_ a: SIMD32<UInt8>, _ b: SIMD32<UInt8>) -> SIMD32<UInt8> {
 /// [a ×8, b ×8] for the 16-bit multiplier of `dotU8I8` (two 16-element scale groups).
 @inline(__always)
 func scalePair(_ a: Int16, _ b: Int16) -> SIMD16<Int16> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let v = _mm256_set_m128i(_mm_set1_epi16(b), _mm_set1_epi16(a))
     return unsafeBitCast(v, to: SIMD16<Int16>.self)
 #else
@@ -129,7 +129,7 @@ func scalePair(_ a: Int16, _ b: Int16) -> SIMD16<Int16> {
 
 @inline(__always)
 func splat16(_ a: Int16) -> SIMD16<Int16> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     unsafeBitCast(_mm256_set1_epi16(a), to: SIMD16<Int16>.self)
 #else
     SIMD16(repeating: a)
@@ -139,7 +139,7 @@ func splat16(_ a: Int16) -> SIMD16<Int16> {
 /// Σ a[i]·b[i] over 16 Int16 lanes, in Int32.
 @inline(__always)
 func dotI16(_ a: SIMD16<Int16>, _ b: SIMD16<Int16>) -> Int32 {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let p = unsafeBitCast(_mm256_madd_epi16(unsafeBitCast(a, to: __m256i.self), unsafeBitCast(b, to: __m256i.self)), to: SIMD8<Int32>.self)
     return p.wrappedSum()
 #else
@@ -152,7 +152,7 @@ func dotI16(_ a: SIMD16<Int16>, _ b: SIMD16<Int16>) -> Int32 {
 /// Horizontal sum in a fixed order (so results never depend on the caller).
 @inline(__always)
 func hsum(_ v: SIMD8<Float>) -> Float {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let h = _mm256_hadd_ps(v, v)
     let q = _mm256_hadd_ps(h, h)  // lane 0: (v0+v1)+(v2+v3), lane 4: (v4+v5)+(v6+v7)
     return q[0] + q[4]
@@ -166,7 +166,7 @@ func hsum(_ v: SIMD8<Float>) -> Float {
 /// 16 signed bytes at p → Int16 lanes.
 @inline(__always)
 func widenI8(_ p: UnsafeRawPointer) -> SIMD16<Int16> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     unsafeBitCast(_mm256_cvtepi8_epi16(p.loadUnaligned(as: __m128i.self)), to: SIMD16<Int16>.self)
 #else
     SIMD16<Int16>(truncatingIfNeeded: p.loadUnaligned(as: SIMD16<Int8>.self))
@@ -176,7 +176,7 @@ func widenI8(_ p: UnsafeRawPointer) -> SIMD16<Int16> {
 /// 16 unsigned bytes → Int16 lanes.
 @inline(__always)
 func widenU8(_ v: SIMD16<UInt8>) -> SIMD16<Int16> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     unsafeBitCast(_mm256_cvtepu8_epi16(unsafeBitCast(v, to: __m128i.self)), to: SIMD16<Int16>.self)
 #else
     SIMD16<Int16>(truncatingIfNeeded: v)
@@ -186,7 +186,7 @@ func widenU8(_ v: SIMD16<UInt8>) -> SIMD16<Int16> {
 /// (v >> shift) & mask on 16 bytes.
 @inline(__always)
 func shiftMask16(_ v: SIMD16<UInt8>, _ shift: Int32, _ mask: UInt8) -> SIMD16<UInt8> {
-#if arch(x86_64)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let s = _mm_srli_epi16(unsafeBitCast(v, to: __m128i.self), shift)
     return unsafeBitCast(_mm_and_si128(s, _mm_set1_epi8(CChar(bitPattern: mask))), to: SIMD16<UInt8>.self)
 #else

@@ -14,7 +14,11 @@ public struct WeightMatrix: @unchecked Sendable {
         self.data = data
         self.rows = rows
         self.columns = columns
-        self.rowBytes = type.byteCount(elements: columns)!
+        // fatalError, not `!`: release builds use -Ounchecked, where a failed unwrap is undefined
+        guard let rowBytes = type.byteCount(elements: columns) else {
+            fatalError("WeightMatrix: \(columns) columns is not a whole number of \(type) blocks")
+        }
+        self.rowBytes = rowBytes
     }
 
     public init(file: GGUFFile, tensor: TensorInfo) {

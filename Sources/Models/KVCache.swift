@@ -14,12 +14,13 @@ public protocol SequenceState: AnyObject {
     func truncate(to position: Int)
 }
 
-/// Where attention keeps the keys and values of the tokens a sequence has seen.
+/// Where attention keeps the keys and values of the tokens a sequence has seen, in half
+/// precision (as llama.cpp's default F16 cache: half the memory, same rounding).
 /// Access is per position so that a paged store (blocks + block table) can sit behind it.
 public protocol KVStore: SequenceState {
     /// Key vector (`kvDimension` floats) of `layer` at `position`.
-    func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
-    func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float>
+    func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float16>
+    func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float16>
 }
 
 public struct ContextFullError: Error, CustomStringConvertible {
@@ -34,8 +35,8 @@ public final class KVCache: KVStore, @unchecked Sendable {
     public let kvDimension: Int
     public let capacity: Int
     public private(set) var count = 0
-    private let keys: UnsafeMutablePointer<Float>
-    private let values: UnsafeMutablePointer<Float>
+    private let keys: UnsafeMutablePointer<Float16>
+    private let values: UnsafeMutablePointer<Float16>
 
     public init(layers: Int, kvDimension: Int, capacity: Int) {
         self.layers = layers
@@ -55,11 +56,11 @@ public final class KVCache: KVStore, @unchecked Sendable {
         values.deallocate()
     }
 
-    public func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float> {
+    public func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float16> {
         keys + (layer * capacity + position) * kvDimension
     }
 
-    public func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float> {
+    public func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float16> {
         values + (layer * capacity + position) * kvDimension
     }
 
@@ -71,5 +72,5 @@ public final class KVCache: KVStore, @unchecked Sendable {
 
     public func truncate(to position: Int) { count = min(count, max(0, position)) }
 
-    public var bytes: Int { 2 * layers * kvDimension * capacity * MemoryLayout<Float>.size }
+    public var bytes: Int { 2 * layers * kvDimension * capacity * MemoryLayout<Float16>.size }
 }

@@ -118,9 +118,9 @@ public struct RMSNorm: Sendable {
             for r in 0..<x.rows {
                 for start in stride(from: 0, to: x.columns, by: group) {
                     let src = x[r] + start, dst = y[r] + start
-                    var sumSquares: Float = 0
-                    for i in 0..<group { sumSquares += src[i] * src[i] }
-                    let scale = 1 / (sumSquares / Float(group) + epsilon).squareRoot()
+                    var sumSquares: Double = 0
+                    for i in 0..<group { sumSquares += Double(src[i] * src[i]) }
+                    let scale = 1 / (Float(sumSquares / Double(group)) + epsilon).squareRoot()
                     for i in 0..<group { dst[i] = src[i] * scale * w[i] }
                 }
             }
@@ -229,13 +229,17 @@ public struct Attention: Sendable {
         // Rotate and store this batch's keys and values in each sequence's cache.
         let caches = batch.map { $0.cache as! any KVStore }
         var row = 0
+        var rowInfo: [(sequence: Int, position: Int)] = []
         for (s, seq) in batch.enumerated() {
             for i in 0..<seq.tokens.count {
                 let position = seq.cache.count + i
                 rope.apply(q[row], heads: heads, headDimension: headDimension, position: position)
                 rope.apply(k[row], heads: kvHeads, headDimension: headDimension, position: position)
-                caches[s].key(layer: layer, position: position).update(from: k[row], count: k.columns)
-                caches[s].value(layer: layer, position: position).update(from: v[row], count: v.columns)
+                let keyOut = caches[s].key(layer: layer, position: position)
+                let valueOut = caches[s].value(layer: layer, position: position)
+                for j in 0..<k.columns { keyOut[j] = Float16(k[row][j]) }
+                for j in 0..<v.columns { valueOut[j] = Float16(v[row][j]) }
+                rowInfo.append((s, position))
                 row += 1
             }
         }
@@ -243,45 +247,49 @@ public struct Attention: Sendable {
         let valueDimension = v.columns / kvHeads
         let out = Matrix(rows: x.rows, columns: heads * valueDimension)
         let group = heads / kvHeads
-        var rowInfo: [(sequence: Int, position: Int)] = []
-        for (s, seq) in batch.enumerated() {
-            for i in 0..<seq.tokens.count { rowInfo.append((s, seq.cache.count + i)) }
-        }
         let (qm, om, info) = (q, out, rowInfo)
         nonisolated(unsafe) let cacheList = caches
         let (scale, window, headDimension, heads) = (self.scale, self.window, self.headDimension, self.heads)
         pool.parallelFor(x.rows * heads) { job in
             let r = job / heads, h = job % heads
             let (s, position) = info[r]
-            let cache = cacheList[s]
             let first = window.map { max(0, position - $0 + 1) } ?? 0
-            let kvOffset = (h / group) * headDimension
-            let qh = qm[r] + h * headDimension
-            var scores = [Float](repeating: 0, count: position - first + 1)
-            var maxScore = -Float.infinity
-            for p in first...position {
-                let kp = cache.key(layer: layer, position: p) + kvOffset
-                var dot: Float = 0
-                for i in 0..<headDimension { dot += qh[i] * kp[i] }
-                dot *= scale
-                scores[p - first] = dot
-                maxScore = max(maxScore, dot)
-            }
-            var total: Float = 0
-            for i in scores.indices {
-                scores[i] = expf(scores[i] - maxScore)
-                total += scores[i]
-            }
-            let oh = om[r] + h * valueDimension
-            let vOffset = (h / group) * valueDimension
-            for i in 0..<valueDimension { oh[i] = 0 }
-            for p in first...position {
-                let w = scores[p - first] / total
-                let vp = cache.value(layer: layer, position: p) + vOffset
-                for i in 0..<valueDimension { oh[i] += w * vp[i] }
-            }
+            let query = qm[r] + h * headDimension
+            let result = om[r] + h * valueDimension
+            let keys = { (p: Int) in cacheList[s].key(layer: layer, position: p) + (h / group) * headDimension }
+            let values = { (p: Int) in cacheList[s].value(layer: layer, position: p) + (h / group) * valueDimension }
+            attend(query: query, keys: keys, values: values, positions: first...position,
+                   headDimension: headDimension, valueDimension: valueDimension, scale: scale, into: result)
         }
         return output(out, pool)
+    }
+}
+
+/// softmax(q·Kᵀ·scale)·V for one query head over cached half-precision keys and values.
+@inline(__always)
+func attend(query: UnsafeMutablePointer<Float>, keys: (Int) -> UnsafeMutablePointer<Float16>,
+                           values: (Int) -> UnsafeMutablePointer<Float16>, positions: ClosedRange<Int>,
+                           headDimension: Int, valueDimension: Int, scale: Float, into out: UnsafeMutablePointer<Float>) {
+    var scores = [Float](repeating: 0, count: positions.count)
+    var maxScore = -Float.infinity
+    for p in positions {
+        let k = keys(p)
+        var dot: Float = 0
+        for i in 0..<headDimension { dot += query[i] * Float(k[i]) }
+        dot *= scale
+        scores[p - positions.lowerBound] = dot
+        maxScore = max(maxScore, dot)
+    }
+    var total: Float = 0
+    for i in scores.indices {
+        scores[i] = expf(scores[i] - maxScore)
+        total += scores[i]
+    }
+    for i in 0..<valueDimension { out[i] = 0 }
+    for p in positions {
+        let w = scores[p - positions.lowerBound] / total
+        let v = values(p)
+        for i in 0..<valueDimension { out[i] += w * Float(v[i]) }
     }
 }
 
@@ -314,7 +322,7 @@ public struct GatedFeedForward: Sendable {
     }
 }
 
-/// GELU, tanh approximation (as ggml computes it).
+/// GELU, tanh approximation.
 @inlinable public func gelu(_ x: Float) -> Float {
     let sqrt2OverPi: Float = 0.797_884_56
     return 0.5 * x * (1 + tanhf(sqrt2OverPi * x * (1 + 0.044715 * x * x)))

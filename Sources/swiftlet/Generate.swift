@@ -47,6 +47,7 @@ struct Generate: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
         } else {
             print()
+            fflush(nil)
             printError(result.timings.summary)
         }
     }

@@ -1,6 +1,7 @@
 import Engine
 import Foundation
 import Kernels
+import Models
 import Testing
 import TestSupport
 import Tokenization
@@ -22,36 +23,71 @@ enum RealModel: String, CaseIterable, Sendable, CustomTestStringConvertible {
 }
 
 @Suite(.serialized) struct ReferenceTests {
+    /// Free-running greedy text against llama.cpp's. Both engines round differently (summation
+    /// order, fused kernels), and these small models have residual-stream outliers that make
+    /// logits move by ~0.2 under such changes — llama.cpp itself, run with flash attention off,
+    /// reproduces only 2 of SmolLM2's 6 reference completions. So the test checks that every
+    /// completion either matches exactly or first leaves llama.cpp's text at a near-tie, where
+    /// the two top tokens are within `nearTie` logits; it prints how many match exactly.
     @Test(arguments: RealModel.allCases)
-    func greedyCompletionsMatchLlamaCpp(_ model: RealModel) throws {
+    func greedyCompletionsMatchLlamaCppOrDivergeAtNearTies(_ model: RealModel) throws {
+        let nearTie: Float = 0.5
         let loaded = try model.load()
-        let reference = try TestSupport.reference(model.rawValue)
-        let cases = reference["greedy"] as! [[String: Any]]
+        let cases = try TestSupport.reference(model.rawValue)["greedy"] as! [[String: Any]]
         var matches = 0
         let pool = ThreadPool(threads: 2)
         for c in cases {
             let prompt = c["prompt"] as! String
             let expected = c["completion"] as! String
             let session = try GenerationSession(model: loaded, contextLength: 512, pool: pool)
-            let tokens = loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
-            var greedy = SamplingParameters()
-            greedy.temperature = 0
-            let result = try session.generate(prompt: tokens, maxTokens: c["n_predict"] as! Int, sampling: greedy)
+            let promptTokens = loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
+            let result = try session.generate(prompt: promptTokens, maxTokens: c["n_predict"] as! Int, sampling: .greedy)
             if result.text == expected {
                 matches += 1
-            } else {
-                // Locate the first token whose text leaves the reference.
-                var text = ""
-                var firstBad = result.tokens.count
-                for (i, t) in result.tokens.enumerated() {
-                    text += String(decoding: loaded.tokenizer.pieceBytes(t, special: false), as: UTF8.self)
-                    if !expected.hasPrefix(text) { firstBad = i; break }
-                }
-                print("[\(model.rawValue)] mismatch for \(prompt.debugDescription) at generated token \(firstBad):\n  expected: \(expected.debugDescription)\n  got:      \(result.text.debugDescription)")
+                continue
+            }
+            let reference = loaded.tokenizer.encode(expected, addSpecial: false, parseSpecial: true)
+            let split = zip(result.tokens, reference).prefix { $0 == $1 }.count
+            try #require(split < min(result.tokens.count, reference.count), "texts differ but tokens agree for \(prompt.debugDescription)")
+            let cache = loaded.model.makeCache(capacity: 512)
+            let logits = try loaded.model.forward(
+                [BatchSequence(tokens: promptTokens + reference[..<split], cache: cache)], pool: pool)[0]
+            let gap = logits[Int(result.tokens[split])] - logits[Int(reference[split])]
+            print("[\(model.rawValue)] \(prompt.debugDescription) leaves llama.cpp's text at token \(split) (gap \(gap) logits):\n  llama.cpp: \(expected.debugDescription)\n  swiftlet:  \(result.text.debugDescription)")
+            #expect(gap < nearTie, "\(prompt.debugDescription): divergence at token \(split) is not a near-tie (gap \(gap))")
+        }
+        print("[\(model.rawValue)] greedy completions identical to llama.cpp: \(matches)/\(cases.count)")
+    }
+
+    /// Feeds llama.cpp's greedy continuations back in and checks that, at every step, the token
+    /// llama.cpp chose is our top token or within `nearTie` logits of it. Unlike free-running
+    /// greedy text this does not depend on which way a near-tie falls once, so it checks the
+    /// whole forward pass against llama.cpp at every one of the 6 × 32 positions.
+    @Test(arguments: RealModel.allCases)
+    func teacherForcedReferenceTokensAreTopOrNearTies(_ model: RealModel) throws {
+        let nearTie: Float = 0.5
+        let loaded = try model.load()
+        let pool = ThreadPool(threads: 2)
+        var positions = 0, top = 0
+        var worst: (gap: Float, prompt: String, step: Int) = (0, "", 0)
+        for c in try TestSupport.reference(model.rawValue)["greedy"] as! [[String: Any]] {
+            let prompt = c["prompt"] as! String
+            let promptTokens = loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
+            let continuation = loaded.tokenizer.encode(c["completion"] as! String, addSpecial: false, parseSpecial: true)
+            let cache = loaded.model.makeCache(capacity: 512)
+            let all = promptTokens + continuation
+            let logits = try loaded.model.forward([BatchSequence(tokens: all, cache: cache, allLogits: true)], pool: pool)
+            for (step, token) in continuation.enumerated() {
+                let row = logits[promptTokens.count - 1 + step]
+                let gap = row.max()! - row[Int(token)]
+                positions += 1
+                if gap == 0 { top += 1 }
+                if gap > worst.gap { worst = (gap, prompt, step) }
             }
         }
-        print("[\(model.rawValue)] greedy completions matching llama.cpp: \(matches)/\(cases.count)")
-        #expect(matches >= cases.count - 1, "only \(matches) of \(cases.count) greedy completions match llama.cpp")
+        print("[\(model.rawValue)] teacher-forced: llama.cpp's token is our top token at \(top)/\(positions) positions; largest gap \(worst.gap) (\(worst.prompt.debugDescription), step \(worst.step))")
+        #expect(worst.gap < nearTie, "llama.cpp's token trails our top token by \(worst.gap) logits at step \(worst.step) of \(worst.prompt.debugDescription)")
+        #expect(Double(top) >= 0.95 * Double(positions))
     }
 
     @Test(arguments: RealModel.allCases)

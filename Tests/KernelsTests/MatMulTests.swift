@@ -68,8 +68,10 @@ func randomWeights(_ type: TensorType, rows: Int, columns: Int, seed: UInt64) ->
 func randomInput(tokens: Int, columns: Int, seed: UInt64) -> [Float] {
     var rng = SplitMix(state: seed)
     var x = (0..<tokens * columns).map { _ in Float.random(in: -1...1, using: &rng) }
-    // an outlier and an all-zero block exercise the activation scales
+    // an outlier, an all-zero block and a tiny block exercise the activation scales
     if x.count > 40 { x[3] = 17; for i in 32..<64 where i < columns { x[i] = 0 } }
+    // a block of tiny values (127/max would overflow a float)
+    if columns >= 128 && x.count >= 128 { for i in 96..<128 { x[i] = 1e-38 * Float(i - 110) } }
     return x
 }
 
@@ -78,6 +80,13 @@ struct MatMulCase {
     let rows: Int
     let columns: Int
     let weights: [UInt8]
+
+    init(_ type: TensorType, rows: Int, columns: Int, weights: [UInt8]) {
+        self.type = type
+        self.rows = rows
+        self.columns = columns
+        self.weights = weights
+    }
 
     init(_ type: TensorType, rows: Int = 131, columns: Int = 768) {
         self.type = type
@@ -127,7 +136,7 @@ let serialPool = ThreadPool(threads: 1)
     /// An odd number of 32-element blocks per row (the kernels pair blocks up).
     @Test(arguments: [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .f32, .f16, .bf16], [1, 5])
     func oddBlockCount(_ type: TensorType, tokens: Int) {
-        let c = MatMulCase(type, rows: 45, columns: 800 + (type.isQuantized ? 0 : 4))
+        let c = MatMulCase(type, rows: 45, columns: 800 + (type.isQuantized ? 0 : 12))
         checkAgainstDequantized(c, tokens: tokens)
         let x = randomInput(tokens: tokens, columns: c.columns, seed: 17)
         #expect(differences(c.run(x, tokens: tokens, pool: matmulPool), c.run(x, tokens: tokens, pool: serialPool)) == 0)
@@ -190,4 +199,33 @@ let serialPool = ThreadPool(threads: 1)
 func differences(_ a: [Float], _ b: [Float]) -> Int {
     guard a.count == b.count else { return max(a.count, b.count) }
     return zip(a, b).filter { $0.bitPattern != $1.bitPattern }.count
+}
+
+@Suite struct FusedMatMulTests {
+    /// matmul over several matrices (mixed formats, shared input) gives exactly the floats
+    /// of one matmul per matrix.
+    @Test(arguments: [1, 7])
+    func fusedEqualsSeparate(tokens: Int) {
+        let cases = [MatMulCase(.q5_0, rows: 40), MatMulCase(.q8_0, rows: 24), MatMulCase(.q4_K, rows: 33),
+                     MatMulCase(.f16, rows: 9), MatMulCase(.q4_1, rows: 64)]
+        let x = randomInput(tokens: tokens, columns: 768, seed: 3)
+        let separate = cases.map { $0.run(x, tokens: tokens, pool: matmulPool) }
+        var fused = cases.map { [Float](repeating: .nan, count: tokens * $0.rows) }
+        let raws = cases.map { c in
+            let p = UnsafeMutableRawPointer.allocate(byteCount: c.weights.count, alignment: 64)
+            c.weights.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: c.weights.count) }
+            return p
+        }
+        defer { raws.forEach { $0.deallocate() } }
+        let weights = zip(cases, raws).map { WeightMatrix(type: $0.type, data: $1, rows: $0.rows, columns: $0.columns) }
+        let buffers = cases.map { UnsafeMutablePointer<Float>.allocate(capacity: tokens * $0.rows) }
+        defer { buffers.forEach { $0.deallocate() } }
+        x.withUnsafeBufferPointer { xb in
+            matmul(weights, input: xb.baseAddress!, tokens: tokens, outputs: buffers, pool: matmulPool)
+        }
+        for i in cases.indices {
+            fused[i] = Array(UnsafeBufferPointer(start: buffers[i], count: tokens * cases[i].rows))
+            #expect(differences(fused[i], separate[i]) == 0, "\(cases[i].type)")
+        }
+    }
 }

@@ -22,7 +22,6 @@ import Kernels
     @Test func manyBackToBackJobs() {
         // token generation issues thousands of tiny jobs in a row
         let pool = ThreadPool(threads: 3)
-        let total = Atomic<Int>(0)
         let sum = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: 1)
         sum.initialize(to: Atomic(0))
         nonisolated(unsafe) let s = sum
@@ -32,7 +31,6 @@ import Kernels
         var expected = 0
         for round in 0..<5000 { let n = 1 + round % 5; expected += n * (n + 1) / 2 }
         #expect(sum.pointee.load(ordering: .relaxed) == expected)
-        _ = total
         sum.deinitialize(count: 1)
         sum.deallocate()
     }
@@ -49,6 +47,7 @@ import Kernels
             }
             for i in 0..<total { #expect(seen[i].load(ordering: .relaxed) == 1) }
             seen.deinitialize(count: max(total, 1))
+            seen.deinitialize(count: 2)
             seen.deallocate()
         }
     }
@@ -76,12 +75,45 @@ import Kernels
         counter.deallocate()
     }
 
+    /// Pools stop their workers when released (no crash, no leaked spinning threads).
     @Test func poolsCanBeReleased() {
+        let counter = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: 1)
+        counter.initialize(to: Atomic(0))
+        nonisolated(unsafe) let c = counter
         for _ in 0..<20 {
             let pool = ThreadPool(threads: 3)
-            let sum = Atomic<Int>(0)
-            withUnsafePointer(to: sum) { _ in }
-            pool.parallelFor(10) { _ in }
+            pool.parallelFor(10) { _ in c.pointee.wrappingAdd(1, ordering: .relaxed) }
         }
+        #expect(counter.pointee.load(ordering: .relaxed) == 200)
+        counter.deinitialize(count: 1)
+        counter.deallocate()
+    }
+
+    /// A worker that has parked (idle longer than its spin budget) is woken by the next job.
+    @Test func parkedWorkersWakeUp() async throws {
+        let pool = ThreadPool(threads: 2)
+        let counter = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: 1)
+        counter.initialize(to: Atomic(0))
+        nonisolated(unsafe) let c = counter
+        for _ in 0..<3 {
+            try await Task.sleep(for: .milliseconds(5))
+            let seen = UnsafeMutablePointer<Atomic<Int>>.allocate(capacity: 2)
+            for i in 0..<2 { (seen + i).initialize(to: Atomic(0)) }
+            nonisolated(unsafe) let s = seen
+            // each share blocks until both have started, so both threads must take part
+            pool.parallelFor(2) { i in
+                s[i].store(1, ordering: .releasing)
+                let other = 1 - i
+                let deadline = ContinuousClock.now + .seconds(10)
+                while s[other].load(ordering: .acquiring) == 0 && ContinuousClock.now < deadline {}
+                c.pointee.wrappingAdd(1, ordering: .relaxed)
+            }
+            #expect(seen[0].load(ordering: .relaxed) == 1 && seen[1].load(ordering: .relaxed) == 1)
+            seen.deinitialize(count: 2)
+            seen.deallocate()
+        }
+        #expect(counter.pointee.load(ordering: .relaxed) == 6)
+        counter.deinitialize(count: 1)
+        counter.deallocate()
     }
 }

@@ -50,15 +50,14 @@ func maxAbsDifference(_ a: [Float], _ b: [Float]) -> Float {
 func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
 
 @Suite struct SyntheticModelTests {
-    /// Float weights: the only differences are float32 rounding. Quantized weights: the
-    /// reference uses the dequantized values, Swift additionally rounds activations to 8 bits
-    /// inside the integer dot products, hence the looser bound.
+    /// The reference follows the engine's defined numerics (half-precision KV cache, 8-bit
+    /// activations for quantized weights), so what is left is float32 rounding order.
     static let cases: [(String, Float)] = [
-        ("llama-f32", 2e-3), ("llama-q8_0", 5e-2),
-        ("gemma3-f32", 2e-3), ("gemma3-q8_0", 5e-2),
-        ("qwen2-f32", 2e-3), ("qwen2-q8_0", 5e-2),
-        ("mixtral-f32", 2e-3), ("mixtral-q8_0", 5e-2),
-        ("mamba-f32", 2e-3), ("mamba-q8_0", 5e-2),
+        ("llama-f32", 2e-3), ("llama-q8_0", 2e-3),
+        ("gemma3-f32", 2e-3), ("gemma3-q8_0", 2e-3),
+        ("qwen2-f32", 2e-3), ("qwen2-q8_0", 2e-3),
+        ("mixtral-f32", 2e-3), ("mixtral-q8_0", 2e-3),
+        ("mamba-f32", 2e-3), ("mamba-q8_0", 2e-3),
     ]
 
     @Test(arguments: cases)

@@ -17,8 +17,8 @@ final class PagedKVStoreTests: XCTestCase {
         for p in store.count..<store.count + n {
             for l in 0..<layers {
                 for i in 0..<dim {
-                    store.key(layer: l, position: p)[i] = Float(l * 1000 + p * 10 + i) + salt
-                    store.value(layer: l, position: p)[i] = -Float(l * 1000 + p * 10 + i) - salt
+                    store.key(layer: l, position: p)[i] = KVElement(Float(l * 1000 + p * 10 + i) + salt)
+                    store.value(layer: l, position: p)[i] = KVElement(-Float(l * 1000 + p * 10 + i) - salt)
                 }
             }
         }
@@ -29,8 +29,8 @@ final class PagedKVStoreTests: XCTestCase {
         for p in positions {
             for l in 0..<layers {
                 for i in 0..<dim {
-                    XCTAssertEqual(store.key(layer: l, position: p)[i], Float(l * 1000 + p * 10 + i) + salt, file: file, line: line)
-                    XCTAssertEqual(store.value(layer: l, position: p)[i], -Float(l * 1000 + p * 10 + i) - salt, file: file, line: line)
+                    XCTAssertEqual(store.key(layer: l, position: p)[i], KVElement(Float(l * 1000 + p * 10 + i) + salt), file: file, line: line)
+                    XCTAssertEqual(store.value(layer: l, position: p)[i], KVElement(-Float(l * 1000 + p * 10 + i) - salt), file: file, line: line)
                 }
             }
         }
@@ -43,12 +43,12 @@ final class PagedKVStoreTests: XCTestCase {
         // Interleave the two so their blocks alternate in the pool.
         for _ in 0..<3 {
             try fill(a, tokens: 3, salt: 0)
-            try fill(b, tokens: 3, salt: 0.5)
+            try fill(b, tokens: 3, salt: 300)
         }
         XCTAssertEqual(a.count, 9)
         XCTAssertEqual(a.blocks.count, 3)
         check(a, positions: 0..<9)
-        check(b, positions: 0..<9, salt: 0.5)
+        check(b, positions: 0..<9, salt: 300)
         XCTAssertTrue(Set(a.blocks).isDisjoint(with: b.blocks))
         a.releaseAll()
         b.releaseAll()

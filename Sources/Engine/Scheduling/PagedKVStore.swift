@@ -3,7 +3,7 @@ import Tokenization
 
 /// Element type of the KV cache, as `KVStore.key/value` hand it out. One place to change when
 /// the cache element type changes.
-public typealias KVElement = Float
+public typealias KVElement = Float16
 
 /// The memory behind a paged KV cache: `blockCount` blocks of `blockSize` positions, each
 /// position holding one key and one value vector per layer. Allocated once; pages are touched
