@@ -117,6 +117,7 @@ final class InferenceEngineTests: XCTestCase {
         let handle = try engine.submit([SequenceSpec(prompt: tokens(m, prompts[1]))], options: GenerationOptions(maxTokens: 400))
         var iterator = handle.events.makeAsyncIterator()
         _ = await iterator.next()
+        _ = await iterator.next()  // yielded in the second step, after the first step's snapshot
         XCTAssertGreaterThan(engine.currentSnapshot.blocksUsed, 0)
         handle.cancel()
         while await iterator.next() != nil {}
