@@ -26,6 +26,12 @@ public protocol KVStore: SequenceState {
 public struct ContextFullError: Error, CustomStringConvertible {
     public let needed: Int
     public let capacity: Int
+
+    public init(needed: Int, capacity: Int) {
+        self.needed = needed
+        self.capacity = capacity
+    }
+
     public var description: String { "context is full: \(needed) tokens needed, the context holds \(capacity)" }
 }
 

@@ -58,7 +58,7 @@ final class PagedKVStoreTests: XCTestCase {
     func testContextAndPoolLimits() throws {
         let (pool, alloc) = makePool(blocks: 2)
         let a = PagedKVStore(pool: pool, allocator: alloc, capacity: 6)
-        XCTAssertThrowsError(try a.reserve(7)) { XCTAssertTrue($0 is SequenceFullError) }
+        XCTAssertThrowsError(try a.reserve(7)) { XCTAssertTrue($0 is ContextFullError) }
         let b = PagedKVStore(pool: pool, allocator: alloc, capacity: 100)
         try fill(b, tokens: 5)
         XCTAssertThrowsError(try a.reserve(4)) { XCTAssertTrue($0 is OutOfBlocksError) }

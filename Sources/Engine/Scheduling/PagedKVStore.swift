@@ -71,13 +71,6 @@ public final class KVBlockPool: @unchecked Sendable {
     }
 }
 
-/// The sequence would pass its context length.
-public struct SequenceFullError: Error, CustomStringConvertible {
-    public let needed: Int
-    public let capacity: Int
-    public var description: String { "context is full: \(needed) tokens needed, the context holds \(capacity)" }
-}
-
 public struct OutOfBlocksError: Error, CustomStringConvertible {
     public var description: String { "the KV cache has no free block" }
 }
@@ -118,7 +111,7 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
     }
 
     public func reserve(_ tokens: Int) throws {
-        guard count + tokens <= capacity else { throw SequenceFullError(needed: count + tokens, capacity: capacity) }
+        guard count + tokens <= capacity else { throw ContextFullError(needed: count + tokens, capacity: capacity) }
         guard prepareSlots(tokens) else { throw OutOfBlocksError() }
     }
 
