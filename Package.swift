@@ -5,7 +5,7 @@ import PackageDescription
 // Swift SIMD types lower to 256-bit vectors; the binary runs on any AVX2 machine.
 #if arch(x86_64)
 let kernelCPUFlags = ["-target-cpu", "haswell"]
-// KernelsAVX512 only runs after a run-time check (CPUDispatch) finds every feature of this CPU.
+// KernelsAVX512 only runs after a run-time check (Kernels/CPUDispatch.swift) finds every feature of this CPU.
 let avx512CPUFlags = ["-target-cpu", "icelake-server"]
 #else
 let kernelCPUFlags: [String] = []
@@ -41,7 +41,7 @@ let package = Package(
         .target(name: "GGUF", swiftSettings: testableSettings),
         // quant formats, SIMD math, thread pool
         .target(name: "Kernels", dependencies: ["GGUF", "KernelsAVX512"], swiftSettings: kernelSettings),
-        // AVX-512/VNNI matmul kernels and the run-time CPU dispatch (empty off x86-64)
+        // AVX-512/VNNI matmul kernels, called only after CPUDispatch (in Kernels) checked the CPU (empty off x86-64)
         .target(name: "KernelsAVX512", dependencies: ["GGUF"], swiftSettings: avx512Settings),
         // text ↔ tokens, chat templates
         .target(name: "Tokenization", dependencies: ["GGUF"], swiftSettings: testableSettings),
@@ -56,7 +56,7 @@ let package = Package(
         // model and reference-data locations for the tests
         .target(name: "TestSupport", swiftSettings: testableSettings),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "KernelsAVX512", "GGUF", "TestSupport"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "GGUF", "Kernels", "TestSupport"]),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Tokenization", "GGUF", "TestSupport", "swiftlet"]),

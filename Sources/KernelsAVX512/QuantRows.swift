@@ -1,6 +1,6 @@
 // AVX-512 + VNNI versions of the quantized matmul row kernels in `Kernels` (MatMul.swift,
 // BlockKernels.swift). Everything here is compiled for `icelake-server` and must only run
-// when `CPUDispatch.current == .avx512`.
+// when `CPUDispatch.useAVX512` says so.
 //
 // The results are bitwise identical to the AVX2 kernels: the integer dot products of a
 // block are exact in both (vpdpbusd / vpmaddubsw+vpdpwssd give the same Int32 lanes as
@@ -12,25 +12,13 @@
 //    and one 512-bit step handles a pair of blocks.
 //  - K-quants: two 32-element chunks per 512-bit step, folded to the same 8 Int32 lanes per
 //    block before the (256-bit, unchanged) float FMA.
-import GGUF
-
-/// Types with an AVX-512 kernel.
-public let avx512Types: Set<TensorType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
-
-/// Where the AVX-512 kernel measured faster than AVX2 (Zen 4, 1 thread; bench/kernels-results.md).
-/// Q4_K/Q5_K matvec (1 token) measured ~5 % slower than AVX2 and stays there; their prefill
-/// is 15–20 % faster. Every other type with a kernel is faster at 1 and at 64 tokens.
-@inline(__always)
-public func avx512Pays(_ type: TensorType, tokens: Int) -> Bool {
-    switch type {
-    case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q6_K: true
-    case .q4_K, .q5_K: tokens >= 4
-    default: false
-    }
-}
-
+//
+// Only `avx512QuantRows` is called from outside, and only after `Kernels.CPUDispatch` found
+// the CPU features: any code in this target may contain AVX-512 instructions, so nothing
+// that runs before that check (feature detection, dispatch policy) lives here.
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
+import GGUF
 
 /// Activation layout of `Kernels.QuantizedActivations`, as raw pointers.
 public struct AVX512Activations: @unchecked Sendable {
@@ -59,6 +47,8 @@ public func avx512QuantRows(_ type: TensorType, data: UnsafeRawPointer, rows: In
     case .q5_0: rowsLoop(PairKernel<P5_0>.self, m, act, tokens, range, y)
     case .q5_1: rowsLoop(PairKernel<P5_1>.self, m, act, tokens, range, y)
     case .q8_0: rowsLoop(PairKernel<P8_0>.self, m, act, tokens, range, y)
+    case .q2_K: rowsLoop(SuperKernel<S2_K>.self, m, act, tokens, range, y)
+    case .q3_K: rowsLoop(SuperKernel<S3_K>.self, m, act, tokens, range, y)
     case .q4_K: rowsLoop(SuperKernel<S4_K>.self, m, act, tokens, range, y)
     case .q5_K: rowsLoop(SuperKernel<S5_K>.self, m, act, tokens, range, y)
     case .q6_K: rowsLoop(SuperKernel<S6_K>.self, m, act, tokens, range, y)
@@ -87,7 +77,7 @@ protocol RowKernel {
 @inline(__always)
 func rowsLoop<K: RowKernel>(_ k: K.Type, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
                             _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
-    let consts = K.consts()
+    let consts = K.consts()  // constant-folded after inlining
     let rows = m.rows, nb = m.columns / K.blockElements
     let tile = max(1, min(64, (32 << 10) / max(m.rowBytes, 1)))
     var r0 = range.lowerBound
@@ -382,11 +372,11 @@ struct KHeader {
 
 protocol SuperFormat {
     static var blockBytes: Int { get }
+    /// 1: one scale per 32-element chunk (Q4_K/Q5_K); 2: one per 16 elements.
+    static var scalesPerChunk: Int { get }
     static func header(_ p: UnsafeRawPointer) -> KHeader
     /// Chunks 2cp and 2cp+1 as 64 unsigned bytes.
     static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i
-    /// Per-word scale lanes for chunk pair cp.
-    static func scaleIdx(_ cp: Int) -> [Int]
     static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float
 }
 
@@ -421,6 +411,7 @@ func kScalesMins(_ p: UnsafeRawPointer) -> (__m512i, __m256i) {
 func broadcast256(_ p: UnsafeRawPointer) -> __m512i { _mm512_broadcast_i64x4(p.loadUnaligned(as: __m256i.self)) }
 
 struct S4_K: SuperFormat {
+    static var scalesPerChunk: Int { 1 }
     static var blockBytes: Int { 144 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
         let (sc, mn) = kScalesMins(p + 4)
@@ -429,13 +420,13 @@ struct S4_K: SuperFormat {
     @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
         _mm512_and_si512(_mm512_srlv_epi16(broadcast256(p + 16 + cp * 32), k.nibbleShift), k.low4)
     }
-    static func scaleIdx(_ cp: Int) -> [Int] { (0..<32).map { 2 * cp + $0 / 16 } }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float {
         -(h.dmin * dx) * Float(minsDot(h.mins, bsums))
     }
 }
 
 struct S5_K: SuperFormat {
+    static var scalesPerChunk: Int { 1 }
     static var blockBytes: Int { 176 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
         let (sc, mn) = kScalesMins(p + 4)
@@ -446,13 +437,13 @@ struct S5_K: SuperFormat {
         let hb = _mm512_test_epi8_mask(broadcast256(p + 16), sel4(k.bitSel, cp))
         return _mm512_mask_add_epi8(lo, hb, lo, _mm512_set1_epi8(0x10))
     }
-    static func scaleIdx(_ cp: Int) -> [Int] { (0..<32).map { 2 * cp + $0 / 16 } }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float {
         -(h.dmin * dx) * Float(minsDot(h.mins, bsums))
     }
 }
 
 struct S6_K: SuperFormat {
+    static var scalesPerChunk: Int { 2 }
     static var blockBytes: Int { 210 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
         let sc = _mm256_cvtepi8_epi16(p.loadUnaligned(fromByteOffset: 192, as: __m128i.self))
@@ -468,25 +459,78 @@ struct S6_K: SuperFormat {
         let hi = _mm512_slli_epi16(_mm512_and_si512(qh, _mm512_set1_epi8(3)), 4)
         return _mm512_or_si512(lo, hi)
     }
-    static func scaleIdx(_ cp: Int) -> [Int] { (0..<32).map { 4 * cp + $0 / 8 } }
     @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float {
         -32 * (h.d * dx) * Float(minsDot(h.mins, bsums))
     }
 }
 
+struct S2_K: SuperFormat {
+    static var scalesPerChunk: Int { 2 }
+    static var blockBytes: Int { 84 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
+        let b = p.loadUnaligned(as: __m128i.self)
+        let m = _mm_set1_epi8(0x0F)
+        let sc = _mm256_cvtepu8_epi16(_mm_and_si128(b, m))
+        let mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b, 4), m))
+        return KHeader(d: f16(p, 80), dmin: f16(p, 82), scales: _mm512_castsi256_si512(sc), mins: mn)
+    }
+    @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
+        // chunks 2cp, 2cp+1: bits 2s.. and 2s+2.. (s = 2·(cp&1)) of qs[(cp/2)*32 ..< +32]
+        let q = _mm512_srlv_epi16(broadcast256(p + 16 + (cp >> 1) * 32), cp & 1 == 0 ? k.twoBitShift.0 : k.twoBitShift.1)
+        return _mm512_and_si512(q, _mm512_set1_epi8(3))
+    }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float {
+        -(h.dmin * dx) * Float(minsDot(h.mins, bsums))
+    }
+}
+
+struct S3_K: SuperFormat {
+    static var scalesPerChunk: Int { 2 }
+    static var blockBytes: Int { 110 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
+        // sixteen 6-bit scales minus 32 from the 12 bytes at 96 (as `Kernels`' q3Scales)
+        let lo8 = p.loadUnaligned(fromByteOffset: 96, as: UInt64.self)
+        let h = p.loadUnaligned(fromByteOffset: 104, as: UInt32.self)
+        let loA = lo8 & 0x0F0F_0F0F_0F0F_0F0F, loB = (lo8 >> 4) & 0x0F0F_0F0F_0F0F_0F0F
+        let hiA = UInt64(h & 0x0303_0303) | UInt64((h >> 2) & 0x0303_0303) << 32
+        let hiB = UInt64((h >> 4) & 0x0303_0303) | UInt64((h >> 6) & 0x0303_0303) << 32
+        let a = loA | hiA << 4, b = loB | hiB << 4
+        let bytes = _mm_sub_epi8(_mm_set_epi64x(Int64(bitPattern: b), Int64(bitPattern: a)), _mm_set1_epi8(32))
+        let sc = _mm256_cvtepi8_epi16(bytes)
+        return KHeader(d: f16(p, 108), dmin: 0, scales: _mm512_castsi256_si512(sc), mins: sc)
+    }
+    @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
+        // low 2 bits as Q2_K from qs at 32; bit 2 from hmask bit c of byte i
+        let q = _mm512_srlv_epi16(broadcast256(p + 32 + (cp >> 1) * 32), cp & 1 == 0 ? k.twoBitShift.0 : k.twoBitShift.1)
+        let lo = _mm512_and_si512(q, _mm512_set1_epi8(3))
+        let hb = _mm512_test_epi8_mask(broadcast256(p), sel4(k.bitSel, cp))
+        return _mm512_mask_add_epi8(lo, hb, lo, _mm512_set1_epi8(4))
+    }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float {
+        -4 * (h.d * dx) * Float(minsDot(h.mins, bsums))
+    }
+}
+
+/// `scalesPerChunk`: 1 (Q4_K/Q5_K: words of chunk pair cp take scale 2cp + i/16) or 2
+/// (Q2_K/Q3_K/Q6_K: one scale per 16 elements, 4cp + i/8).
+@inline(__always)
+func superConsts(scalesPerChunk: Int) -> SuperConsts {
+    func idx(_ cp: Int) -> __m512i {
+        words32 { scalesPerChunk == 1 ? 2 * cp + $0 / 16 : 4 * cp + $0 / 8 }
+    }
+    func bits(_ cp: Int) -> __m512i { bytes64 { 1 << (2 * cp + $0 / 32) } }
+    return SuperConsts(hiHalfQ: dwords16 { i in i & 1 == 0 ? ((i / 2) + 4) & 7 : 0 },
+                       low4: _mm512_set1_epi8(0x0F),
+                       nibbleShift: words32 { $0 < 16 ? 0 : 4 },
+                       scaleIdx: (idx(0), idx(1), idx(2), idx(3)),
+                       bitSel: (bits(0), bits(1), bits(2), bits(3)),
+                       twoBitShift: (words32 { $0 < 16 ? 0 : 2 }, words32 { $0 < 16 ? 4 : 6 }))
+}
+
 struct SuperKernel<F: SuperFormat>: RowKernel {
     static var blockBytes: Int { F.blockBytes }
     static var blockElements: Int { 256 }
-    @inline(__always) static func consts() -> SuperConsts {
-        func idx(_ cp: Int) -> __m512i { let v = F.scaleIdx(cp); return words32 { v[$0] } }
-        func bits(_ cp: Int) -> __m512i { bytes64 { 1 << (2 * cp + $0 / 32) } }
-        return SuperConsts(hiHalfQ: dwords16 { i in i & 1 == 0 ? ((i / 2) + 4) & 7 : 0 },
-                           low4: _mm512_set1_epi8(0x0F),
-                           nibbleShift: words32 { $0 < 16 ? 0 : 4 },
-                           scaleIdx: (idx(0), idx(1), idx(2), idx(3)),
-                           bitSel: (bits(0), bits(1), bits(2), bits(3)),
-                           twoBitShift: (words32 { $0 < 16 ? 0 : 2 }, words32 { $0 < 16 ? 4 : 6 }))
-    }
+    @inline(__always) static func consts() -> SuperConsts { superConsts(scalesPerChunk: F.scalesPerChunk) }
 
     @inline(__always)
     static func rowDot(_ k: SuperConsts, _ row: UnsafeRawPointer, _ nb: Int, _ act: AVX512Activations,

@@ -2,12 +2,11 @@ import Foundation
 import GGUF
 import Testing
 import Kernels
-import KernelsAVX512
 
 /// The AVX-512 kernels must give bitwise the same outputs as the AVX2 ones. `.serialized`:
 /// the forced kernel family is process-wide (other suites' results do not depend on it).
 @Suite(.serialized) struct AVX512Tests {
-    static let types: [TensorType] = [.q8_0, .q4_1, .q5_0, .q4_K, .q6_K, .q4_0, .q5_1, .q5_K]
+    static let types: [TensorType] = [.q8_0, .q4_1, .q5_0, .q4_K, .q6_K, .q4_0, .q5_1, .q5_K, .q2_K, .q3_K]
 
     func bitwiseSame(_ c: MatMulCase, tokens: Int, pool: ThreadPool) {
         let x = randomInput(tokens: tokens, columns: c.columns, seed: 99 &+ UInt64(tokens))

@@ -2,7 +2,6 @@ import Foundation
 import Testing
 import GGUF
 import Kernels
-import KernelsAVX512
 
 /// Not a test: prints the kernel benchmark when SWIFTLET_KERNEL_BENCH is set
 /// (bench/kernels.sh runs it in a release build).

@@ -1,4 +1,7 @@
 import GGUF
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+import KernelsAVX512
+#endif
 
 #if canImport(Glibc)
 import Glibc
@@ -18,6 +21,8 @@ public enum KernelISA: String, Sendable, CaseIterable {
 }
 
 /// Run-time choice of the kernel family, made once at startup.
+/// (This file is compiled for the Haswell baseline like the rest of `Kernels`: the detection
+/// must run on any x86-64 machine, so it cannot live in `KernelsAVX512`.)
 ///
 /// `KernelsAVX512` is compiled with `-target-cpu icelake-server`, so the compiler may emit
 /// any instruction of that CPU in it (not only the intrinsics we call): it is used only when
@@ -115,6 +120,38 @@ public enum CPUDispatch {
 #endif
     }
 }
+
+/// Types with an AVX-512 kernel.
+public let avx512Types: Set<TensorType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
+
+/// Where the AVX-512 kernel measured faster than AVX2 (Zen 4, 1 thread; bench/kernels-results.md).
+/// Q4_K/Q5_K matvec (1 token) measured ~5 % slower than AVX2 and stays there; their prefill
+/// is 15–20 % faster. Every other type with a kernel is faster at 1 and at 64 tokens.
+@inline(__always)
+public func avx512Pays(_ type: TensorType, tokens: Int) -> Bool {
+    switch type {
+    case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q6_K: true
+    case .q2_K, .q3_K, .q4_K, .q5_K: tokens >= 4
+    default: false
+    }
+}
+
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+/// Run-time hook of `computeRows`: when `CPUDispatch.useAVX512` picks the AVX-512 kernel for
+/// this type and token count, computes the rows there (bitwise the same results) and returns true.
+@inline(__always)
+func avx512Rows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ rows: Range<Int>,
+                _ y: UnsafeMutablePointer<Float>) -> Bool {
+    guard CPUDispatch.useAVX512(w.type, tokens: tokens) else { return false }
+    let a = AVX512Activations(q: act.q, d: act.d, ds: act.ds, bsums: act.bsums, columns: act.columns)
+    return avx512QuantRows(w.type, data: w.data, rows: w.rows, rowBytes: w.rowBytes, columns: w.columns,
+                           act: a, tokens: tokens, range: rows, y: y)
+}
+#else
+@inline(__always)
+func avx512Rows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ rows: Range<Int>,
+                _ y: UnsafeMutablePointer<Float>) -> Bool { false }
+#endif
 
 extension Substring {
     fileprivate func trimmingWhitespace() -> Substring {
