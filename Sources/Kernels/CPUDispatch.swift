@@ -125,8 +125,9 @@ public enum CPUDispatch {
 public let avx512Types: Set<TensorType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
 
 /// Where the AVX-512 kernel measured faster than AVX2 (Zen 4, 1 thread; bench/kernels-results.md).
-/// Q4_K/Q5_K matvec (1 token) measured ~5 % slower than AVX2 and stays there; their prefill
-/// is 15–20 % faster. Every other type with a kernel is faster at 1 and at 64 tokens.
+/// Q2_K–Q5_K matvec (1 token) measured equal or up to ~5 % slower than AVX2 and stays there
+/// below 4 tokens; their prefill is 17–30 % faster. The other types with a kernel are faster
+/// at 1 and at 64 tokens.
 @inline(__always)
 public func avx512Pays(_ type: TensorType, tokens: Int) -> Bool {
     switch type {
