@@ -5,8 +5,11 @@ import PackageDescription
 // Swift SIMD types lower to 256-bit vectors; the binary runs on any AVX2 machine.
 #if arch(x86_64)
 let kernelCPUFlags = ["-target-cpu", "haswell"]
+// KernelsAVX512 only runs after a run-time check (Kernels/CPUDispatch.swift) finds every feature of this CPU.
+let avx512CPUFlags = ["-target-cpu", "icelake-server"]
 #else
 let kernelCPUFlags: [String] = []
+let avx512CPUFlags: [String] = []
 #endif
 
 // `swift build -c release --build-tests` then `swift test -c release --skip-build` (scripts/test)
@@ -15,6 +18,11 @@ let testableSettings: [SwiftSetting] = [.unsafeFlags(["-enable-testing"])]
 
 let kernelSettings: [SwiftSetting] = testableSettings + [
     .unsafeFlags(kernelCPUFlags),
+    .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+]
+
+let avx512Settings: [SwiftSetting] = testableSettings + [
+    .unsafeFlags(avx512CPUFlags),
     .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]
 
@@ -39,7 +47,9 @@ let package = Package(
         // file → weights
         .target(name: "GGUF", swiftSettings: testableSettings),
         // quant formats, SIMD math, thread pool
-        .target(name: "Kernels", dependencies: ["GGUF"], swiftSettings: kernelSettings),
+        .target(name: "Kernels", dependencies: ["GGUF", "KernelsAVX512"], swiftSettings: kernelSettings),
+        // AVX-512/VNNI matmul kernels, called only after CPUDispatch (in Kernels) checked the CPU (empty off x86-64)
+        .target(name: "KernelsAVX512", dependencies: ["GGUF"], swiftSettings: avx512Settings),
         // text ↔ tokens, chat templates
         .target(name: "Tokenization", dependencies: [
             "GGUF", .product(name: "HeapModule", package: "swift-collections"),

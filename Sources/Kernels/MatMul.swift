@@ -91,6 +91,7 @@ func activationBlock(_ type: TensorType) -> Int {
 /// Rows `rows` of `w` for every token, into y (token stride `w.rows`).
 func computeRows(_ w: WeightMatrix, _ act: QuantizedActivations?, _ x: UnsafePointer<Float>, _ tokens: Int,
                  _ rows: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    if let act, avx512Rows(w, act, tokens, rows, y) { return }  // run-time AVX-512 dispatch, CPUDispatch.swift
     switch w.type {
     case .q4_0: quantRows(KQ4_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
     case .q4_1: quantRows(KQ4_1.self, w, act.unsafelyUnwrapped, tokens, rows, y)

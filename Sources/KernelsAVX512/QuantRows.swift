@@ -1,0 +1,576 @@
+// AVX-512 + VNNI versions of the quantized matmul row kernels in `Kernels` (MatMul.swift,
+// BlockKernels.swift). Everything here is compiled for `icelake-server` and must only run
+// when `CPUDispatch.useAVX512` says so.
+//
+// The results are bitwise identical to the AVX2 kernels: the integer dot products of a
+// block are exact in both (vpdpbusd / vpmaddubsw+vpdpwssd give the same Int32 lanes as
+// vpmaddubsw+vpmaddwd, whose 16-bit pair sums never saturate for these formats), and every
+// float operation (f16 conversions, scale products, FMAs per lane, the correction sums, the
+// final horizontal sum) is the same operation in the same order.
+//  - 32-element formats: the AVX2 kernel keeps even and odd blocks in two 8-lane
+//    accumulators; here one 16-lane accumulator holds both (lanes 0..<8 even, 8..<16 odd),
+//    and one 512-bit step handles a pair of blocks.
+//  - K-quants: two 32-element chunks per 512-bit step, folded to the same 8 Int32 lanes per
+//    block before the (256-bit, unchanged) float FMA.
+//
+// Only `avx512QuantRows` is called from outside, and only after `Kernels.CPUDispatch` found
+// the CPU features: any code in this target may contain AVX-512 instructions, so nothing
+// that runs before that check (feature detection, dispatch policy) lives here.
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+import _Builtin_intrinsics.intel
+import GGUF
+
+/// Activation layout of `Kernels.QuantizedActivations`, as raw pointers.
+public struct AVX512Activations: @unchecked Sendable {
+    public let q: UnsafePointer<Int8>
+    public let d: UnsafePointer<Float>
+    public let ds: UnsafePointer<Float>
+    public let bsums: UnsafePointer<Int16>
+    public let columns: Int
+    public init(q: UnsafePointer<Int8>, d: UnsafePointer<Float>, ds: UnsafePointer<Float>,
+                bsums: UnsafePointer<Int16>, columns: Int) {
+        self.q = q; self.d = d; self.ds = ds; self.bsums = bsums; self.columns = columns
+    }
+}
+
+/// Rows `range` of a `type` matrix (`rows` × `rowBytes` at `data`) for all `tokens`, into y
+/// (token stride `rows`), exactly as `Kernels.quantRows`. Returns false (nothing written)
+/// for a type without an AVX-512 kernel.
+@inline(never)
+public func avx512QuantRows(_ type: TensorType, data: UnsafeRawPointer, rows: Int, rowBytes: Int, columns: Int,
+                            act: AVX512Activations, tokens: Int, range: Range<Int>,
+                            y: UnsafeMutablePointer<Float>) -> Bool {
+    let m = Mat(data: data, rows: rows, rowBytes: rowBytes, columns: columns)
+    switch type {
+    case .q4_0: rowsLoop(PairKernel<P4_0>.self, m, act, tokens, range, y)
+    case .q4_1: rowsLoop(PairKernel<P4_1>.self, m, act, tokens, range, y)
+    case .q5_0: rowsLoop(PairKernel<P5_0>.self, m, act, tokens, range, y)
+    case .q5_1: rowsLoop(PairKernel<P5_1>.self, m, act, tokens, range, y)
+    case .q8_0: rowsLoop(PairKernel<P8_0>.self, m, act, tokens, range, y)
+    case .q2_K: rowsLoop(SuperKernel<S2_K>.self, m, act, tokens, range, y)
+    case .q3_K: rowsLoop(SuperKernel<S3_K>.self, m, act, tokens, range, y)
+    case .q4_K: rowsLoop(SuperKernel<S4_K>.self, m, act, tokens, range, y)
+    case .q5_K: rowsLoop(SuperKernel<S5_K>.self, m, act, tokens, range, y)
+    case .q6_K: rowsLoop(SuperKernel<S6_K>.self, m, act, tokens, range, y)
+    default: return false
+    }
+    return true
+}
+
+struct Mat {
+    let data: UnsafeRawPointer
+    let rows: Int
+    let rowBytes: Int
+    let columns: Int
+}
+
+protocol RowKernel {
+    associatedtype Consts
+    static var blockBytes: Int { get }
+    static var blockElements: Int { get }
+    static func consts() -> Consts
+    static func rowDot(_ k: Consts, _ row: UnsafeRawPointer, _ nb: Int, _ act: AVX512Activations,
+                       _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int)
+}
+
+/// The row/token tiling of `Kernels.quantRows` (results do not depend on it).
+@inline(__always)
+func rowsLoop<K: RowKernel>(_ k: K.Type, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
+                            _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    let consts = K.consts()  // constant-folded after inlining
+    let rows = m.rows, nb = m.columns / K.blockElements
+    let tile = max(1, min(64, (32 << 10) / max(m.rowBytes, 1)))
+    var r0 = range.lowerBound
+    while r0 < range.upperBound {
+        let r1 = min(r0 + tile, range.upperBound)
+        var t0 = 0
+        while t0 < tokens {
+            let nt = min(4, tokens - t0)
+            for r in r0..<r1 {
+                let row = m.data + r * m.rowBytes
+                let out = y + t0 * rows + r
+                switch nt {
+                case 4: K.rowDot(consts, row, nb, act, t0, 4, out, rows)
+                case 3: K.rowDot(consts, row, nb, act, t0, 3, out, rows)
+                case 2: K.rowDot(consts, row, nb, act, t0, 2, out, rows)
+                default: K.rowDot(consts, row, nb, act, t0, 1, out, rows)
+                }
+            }
+            t0 += nt
+        }
+        r0 = r1
+    }
+}
+
+// MARK: helpers
+
+@inline(__always)
+func bytes64(_ f: (Int) -> Int) -> __m512i {
+    var v = SIMD64<UInt8>()
+    for i in 0..<64 { v[i] = UInt8(truncatingIfNeeded: f(i)) }
+    return unsafeBitCast(v, to: __m512i.self)
+}
+
+@inline(__always)
+func words32(_ f: (Int) -> Int) -> __m512i {
+    var v = SIMD32<Int16>()
+    for i in 0..<32 { v[i] = Int16(truncatingIfNeeded: f(i)) }
+    return unsafeBitCast(v, to: __m512i.self)
+}
+
+@inline(__always)
+func dwords16(_ f: (Int) -> Int) -> __m512i {
+    var v = SIMD16<Int32>()
+    for i in 0..<16 { v[i] = Int32(truncatingIfNeeded: f(i)) }
+    return unsafeBitCast(v, to: __m512i.self)
+}
+
+@inline(__always)
+func byteMask(_ n: Int) -> UInt64 { n >= 64 ? ~0 : (1 << UInt64(n)) - 1 }
+
+/// The same horizontal sum as `Kernels.hsum` (hadd, hadd, lane 0 + lane 4).
+@inline(__always)
+func hsum8(_ v: __m256) -> Float {
+    let h = _mm256_hadd_ps(v, v)
+    let q = _mm256_hadd_ps(h, h)
+    return q[0] + q[4]
+}
+
+/// Lanes 0..<8 of the 16-lane Int32 vector plus lanes 8..<16.
+@inline(__always)
+func foldI32(_ v: __m512i, _ hiIdx: __m512i) -> __m256i {
+    _mm512_castsi512_si256(_mm512_add_epi32(v, _mm512_permutexvar_epi64(hiIdx, v)))
+}
+
+@inline(__always)
+func foldF32(_ v: __m512, _ hiIdx: __m512i) -> __m256 {
+    _mm512_castps512_ps256(_mm512_add_ps(v, _mm512_permutexvar_ps(hiIdx, v)))
+}
+
+@inline(__always)
+func f16(_ p: UnsafeRawPointer, _ off: Int) -> Float {
+    Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: off, as: UInt16.self)))
+}
+
+// MARK: 32-element formats, two blocks per 512-bit vector
+
+protocol PairFormat {
+    static var blockBytes: Int { get }
+    /// Two decoded blocks (the second one only if `two`; else zeros) as 64 bytes: lanes
+    /// 0..<32 the first block's elements in order, 32..<64 the second's.
+    static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i
+    /// [d0, c0, d1, c1] as `Kernels`' `pairScales`.
+    static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float>
+    static var signed: Bool { get }
+}
+
+struct PairConsts {
+    var nibbleIdx: __m512i
+    var nibbleShift: __m512i
+    var low4: __m512i
+    var hiHalfPS: __m512i   // [8..<16, 0..<8] for permutexvar_ps
+    var hiHalfQ: __m512i    // [4..<8, 0..<4] for permutexvar_epi64
+    var splatIdx: __m512i   // [0 ×8, 2 ×8]
+}
+
+@inline(__always)
+func pairConsts(qsOffset: Int, blockBytes: Int) -> PairConsts {
+    PairConsts(nibbleIdx: bytes64 { i in (i & 15) + qsOffset + (i >= 32 ? blockBytes : 0) },
+               nibbleShift: words32 { i in (i & 8) != 0 ? 4 : 0 },
+               low4: _mm512_set1_epi8(0x0F),
+               hiHalfPS: dwords16 { i in (i + 8) & 15 },
+               hiHalfQ: dwords16 { i in i & 1 == 0 ? ((i / 2) + 4) & 7 : 0 },
+               splatIdx: dwords16 { i in i < 8 ? 0 : 2 })
+}
+
+/// 32 nibbles of each block: bytes qs[0..<16] of a block → low nibbles then high nibbles.
+@inline(__always)
+func pairNibbles(_ c: PairConsts, _ raw: __m512i) -> __m512i {
+    let v = _mm512_permutexvar_epi8(c.nibbleIdx, raw)
+    return _mm512_and_si512(_mm512_srlv_epi16(v, c.nibbleShift), c.low4)
+}
+
+@inline(__always)
+func dPair(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Float>) -> SIMD4<Float> {
+    let d0 = UInt64(p0.loadUnaligned(as: UInt16.self)), d1 = UInt64(p1.loadUnaligned(as: UInt16.self))
+    return _mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: d0 | d0 << 16 | d1 << 32 | d1 << 48))) * mul
+}
+
+@inline(__always)
+func dmPair(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
+    let a = UInt64(p0.loadUnaligned(as: UInt32.self)), b = UInt64(p1.loadUnaligned(as: UInt32.self))
+    return _mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: a | b << 32)))
+}
+
+struct P4_0: PairFormat {
+    static var blockBytes: Int { 18 }
+    static var signed: Bool { false }
+    @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
+        pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 36 : 18), p))
+    }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
+        dPair(p0, p1, SIMD4(1, -8, 1, -8))
+    }
+}
+
+struct P4_1: PairFormat {
+    static var blockBytes: Int { 20 }
+    static var signed: Bool { false }
+    @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
+        pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 40 : 20), p))
+    }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dmPair(p0, p1) }
+}
+
+struct P5_0: PairFormat {
+    static var blockBytes: Int { 22 }
+    static var signed: Bool { false }
+    @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
+        let n = pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 44 : 22), p))
+        let h0 = UInt64(p.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
+        let h1 = two ? UInt64(p.loadUnaligned(fromByteOffset: 24, as: UInt32.self)) : 0
+        return _mm512_mask_add_epi8(n, h0 | h1 << 32, n, _mm512_set1_epi8(0x10))
+    }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
+        dPair(p0, p1, SIMD4(1, -16, 1, -16))
+    }
+}
+
+struct P5_1: PairFormat {
+    static var blockBytes: Int { 24 }
+    static var signed: Bool { false }
+    @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
+        let n = pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 48 : 24), p))
+        let h0 = UInt64(p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+        let h1 = two ? UInt64(p.loadUnaligned(fromByteOffset: 28, as: UInt32.self)) : 0
+        return _mm512_mask_add_epi8(n, h0 | h1 << 32, n, _mm512_set1_epi8(0x10))
+    }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dmPair(p0, p1) }
+}
+
+struct P8_0: PairFormat {
+    static var blockBytes: Int { 34 }
+    static var signed: Bool { true }
+    @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
+        let a = p.loadUnaligned(fromByteOffset: 2, as: __m256i.self)
+        let b = _mm256_maskz_loadu_epi8(two ? UInt32.max : 0, p + 36)
+        return _mm512_inserti64x4_(a, b)
+    }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
+        dPair(p0, p1, SIMD4(1, 0, 1, 0))
+    }
+}
+
+/// [a, b] as one 512-bit vector.
+@inline(__always)
+func _mm512_inserti64x4_(_ a: __m256i, _ b: __m256i) -> __m512i {
+    let idx = _mm512_set_epi64(11, 10, 9, 8, 3, 2, 1, 0)
+    return _mm512_permutex2var_epi64(_mm512_castsi256_si512(a), idx, _mm512_castsi256_si512(b))
+}
+
+extension PairFormat {
+    static var blockElements: Int { 32 }
+}
+
+struct PairKernel<F: PairFormat>: RowKernel {
+    static var blockBytes: Int { F.blockBytes }
+    static var blockElements: Int { 32 }
+    @inline(__always) static func consts() -> PairConsts {
+        pairConsts(qsOffset: F.blockBytes - 16, blockBytes: F.blockBytes)
+    }
+
+    @inline(__always)
+    static func rowDot(_ k: PairConsts, _ row: UnsafeRawPointer, _ nb: Int, _ act: AVX512Activations,
+                       _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+        let cols = act.columns
+        let bb = F.blockBytes
+        let q0 = UnsafeRawPointer(act.q + t0 * cols)
+        let ds0 = UnsafeRawPointer(act.ds + 2 * t0 * nb)
+        let dsStride = 8 * nb
+        let zero = _mm512_setzero_si512()
+        var a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps()
+        var c0 = SIMD4<Float>(), c1 = SIMD4<Float>(), c2 = SIMD4<Float>(), c3 = SIMD4<Float>()
+
+        @inline(__always)
+        func dot(_ w: __m512i, _ wAbs: __m512i, _ wNeg: UInt64, _ x: __m512i) -> __m512i {
+            if F.signed {
+                return _mm512_dpbusd_epi32(zero, wAbs, _mm512_mask_sub_epi8(x, wNeg, zero, x))
+            } else {
+                return _mm512_dpbusd_epi32(zero, w, x)
+            }
+        }
+
+        @inline(__always)
+        func step(_ w: __m512i, _ wAbs: __m512i, _ wNeg: UInt64, _ sc: SIMD4<Float>, _ j: Int, _ b: Int,
+                  _ mask: UInt16, _ xMask: UInt64, _ a: inout __m512, _ c: inout SIMD4<Float>) {
+            let x = _mm512_maskz_loadu_epi8(xMask, q0 + j * cols + b * 32)
+            let f: SIMD4<Float>
+            if mask == 0xFFFF {
+                f = sc * ds0.loadUnaligned(fromByteOffset: j * dsStride + 8 * b, as: SIMD4<Float>.self)
+            } else {
+                let dsx = ds0.loadUnaligned(fromByteOffset: j * dsStride + 8 * b, as: SIMD2<Float>.self)
+                f = sc * SIMD4(dsx[0], dsx[1], 0, 0)
+            }
+            let fs = _mm512_permutexvar_ps(k.splatIdx, _mm512_castps128_ps512(f))
+            let i = _mm512_cvtepi32_ps(dot(w, wAbs, wNeg, x))
+            a = _mm512_mask3_fmadd_ps(fs, i, a, mask)
+            c += f
+        }
+
+        var b = 0
+        while b + 1 < nb {
+            let p0 = row + b * bb, p1 = p0 + bb
+            let sc = F.pairScales(p0, p1)
+            let w = F.decode(k, p0, true)
+            let wAbs = F.signed ? _mm512_abs_epi8(w) : w
+            let wNeg: UInt64 = F.signed ? _mm512_movepi8_mask(w) : 0
+            step(w, wAbs, wNeg, sc, 0, b, 0xFFFF, ~0, &a0, &c0)
+            if nt > 1 { step(w, wAbs, wNeg, sc, 1, b, 0xFFFF, ~0, &a1, &c1) }
+            if nt > 2 { step(w, wAbs, wNeg, sc, 2, b, 0xFFFF, ~0, &a2, &c2) }
+            if nt > 3 { step(w, wAbs, wNeg, sc, 3, b, 0xFFFF, ~0, &a3, &c3) }
+            b += 2
+        }
+        if b < nb {
+            // last (even) block of an odd count: only the even lanes, as the AVX2 kernel
+            let p0 = row + b * bb
+            let sc = F.pairScales(p0, p0) * SIMD4(1, 1, 0, 0)
+            let w = F.decode(k, p0, false)
+            let wAbs = F.signed ? _mm512_abs_epi8(w) : w
+            let wNeg: UInt64 = F.signed ? _mm512_movepi8_mask(w) : 0
+            let xm: UInt64 = 0xFFFF_FFFF
+            step(w, wAbs, wNeg, sc, 0, b, 0x00FF, xm, &a0, &c0)
+            if nt > 1 { step(w, wAbs, wNeg, sc, 1, b, 0x00FF, xm, &a1, &c1) }
+            if nt > 2 { step(w, wAbs, wNeg, sc, 2, b, 0x00FF, xm, &a2, &c2) }
+            if nt > 3 { step(w, wAbs, wNeg, sc, 3, b, 0x00FF, xm, &a3, &c3) }
+        }
+        out[0] = hsum8(foldF32(a0, k.hiHalfPS)) + (c0[1] + c0[3])
+        if nt > 1 { out[outStride] = hsum8(foldF32(a1, k.hiHalfPS)) + (c1[1] + c1[3]) }
+        if nt > 2 { out[2 * outStride] = hsum8(foldF32(a2, k.hiHalfPS)) + (c2[1] + c2[3]) }
+        if nt > 3 { out[3 * outStride] = hsum8(foldF32(a3, k.hiHalfPS)) + (c3[1] + c3[3]) }
+    }
+}
+
+// MARK: K-quants, two 32-element chunks per 512-bit step
+
+struct SuperConsts {
+    var hiHalfQ: __m512i
+    var low4: __m512i
+    var nibbleShift: __m512i      // words [0 ×16, 4 ×16]
+    var scaleIdx: (__m512i, __m512i, __m512i, __m512i)  // per chunk pair: vpermw indices
+    var bitSel: (__m512i, __m512i, __m512i, __m512i)    // Q5_K: high-bit selectors per chunk pair
+    var twoBitShift: (__m512i, __m512i)                 // Q6_K: words [2s ×16, 2s+2 ×16], s = 0, 2
+}
+
+struct KHeader {
+    var d: Float
+    var dmin: Float
+    /// Scales as Int16 lanes, the source of the per-pair vpermw.
+    var scales: __m512i
+    /// 16 Int16 multipliers of the activation group sums (the correction).
+    var mins: __m256i
+}
+
+protocol SuperFormat {
+    static var blockBytes: Int { get }
+    /// 1: one scale per 32-element chunk (Q4_K/Q5_K); 2: one per 16 elements.
+    static var scalesPerChunk: Int { get }
+    static func header(_ p: UnsafeRawPointer) -> KHeader
+    /// Chunks 2cp and 2cp+1 as 64 unsigned bytes.
+    static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i
+    static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float
+}
+
+@inline(__always)
+func sel4(_ t: (__m512i, __m512i, __m512i, __m512i), _ i: Int) -> __m512i {
+    switch i { case 0: t.0; case 1: t.1; case 2: t.2; default: t.3 }
+}
+
+/// Σ mins[i]·bsums[i] (Int32), as `Kernels.dotI16`.
+@inline(__always)
+func minsDot(_ mins: __m256i, _ bsums: UnsafePointer<Int16>) -> Int32 {
+    let p = _mm256_madd_epi16(mins, UnsafeRawPointer(bsums).loadUnaligned(as: __m256i.self))
+    return unsafeBitCast(p, to: SIMD8<Int32>.self).wrappedSum()
+}
+
+/// Q4_K/Q5_K: eight 6-bit scales (Int16 lanes 0..<8) and the eight mins, each twice.
+@inline(__always)
+func kScalesMins(_ p: UnsafeRawPointer) -> (__m512i, __m256i) {
+    let w0 = p.loadUnaligned(fromByteOffset: 0, as: UInt32.self)
+    let w1 = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
+    let w2 = p.loadUnaligned(fromByteOffset: 8, as: UInt32.self)
+    let scLo = w0 & 0x3F3F_3F3F, scHi = (w2 & 0x0F0F_0F0F) | ((w0 >> 2) & 0x3030_3030)
+    let mnLo = w1 & 0x3F3F_3F3F, mnHi = ((w2 >> 4) & 0x0F0F_0F0F) | ((w1 >> 2) & 0x3030_3030)
+    let sc = UInt64(scLo) | UInt64(scHi) << 32
+    let mn = UInt64(mnLo) | UInt64(mnHi) << 32
+    let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: sc))))
+    let m = _mm_cvtsi64_si128(Int64(bitPattern: mn))
+    return (scales, _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m, m)))
+}
+
+@inline(__always)
+func broadcast256(_ p: UnsafeRawPointer) -> __m512i { _mm512_broadcast_i64x4(p.loadUnaligned(as: __m256i.self)) }
+
+struct S4_K: SuperFormat {
+    static var scalesPerChunk: Int { 1 }
+    static var blockBytes: Int { 144 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
+        let (sc, mn) = kScalesMins(p + 4)
+        return KHeader(d: f16(p, 0), dmin: f16(p, 2), scales: sc, mins: mn)
+    }
+    @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
+        _mm512_and_si512(_mm512_srlv_epi16(broadcast256(p + 16 + cp * 32), k.nibbleShift), k.low4)
+    }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float {
+        -(h.dmin * dx) * Float(minsDot(h.mins, bsums))
+    }
+}
+
+struct S5_K: SuperFormat {
+    static var scalesPerChunk: Int { 1 }
+    static var blockBytes: Int { 176 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
+        let (sc, mn) = kScalesMins(p + 4)
+        return KHeader(d: f16(p, 0), dmin: f16(p, 2), scales: sc, mins: mn)
+    }
+    @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
+        let lo = _mm512_and_si512(_mm512_srlv_epi16(broadcast256(p + 48 + cp * 32), k.nibbleShift), k.low4)
+        let hb = _mm512_test_epi8_mask(broadcast256(p + 16), sel4(k.bitSel, cp))
+        return _mm512_mask_add_epi8(lo, hb, lo, _mm512_set1_epi8(0x10))
+    }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float {
+        -(h.dmin * dx) * Float(minsDot(h.mins, bsums))
+    }
+}
+
+struct S6_K: SuperFormat {
+    static var scalesPerChunk: Int { 2 }
+    static var blockBytes: Int { 210 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
+        let sc = _mm256_cvtepi8_epi16(p.loadUnaligned(fromByteOffset: 192, as: __m128i.self))
+        return KHeader(d: f16(p, 208), dmin: 0, scales: _mm512_castsi256_si512(sc), mins: sc)
+    }
+    @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
+        // chunks 2cp, 2cp+1: half hf = cp/2; low nibbles ql[hf*64 ..< hf*64+64] >> 4·(cp&1),
+        // high bits qh[hf*32 ..< hf*32+32] >> (2s, 2s+2), s = 2·(cp&1)
+        let hf = cp >> 1
+        let ql = _mm512_loadu_si512(p + hf * 64)
+        let lo = _mm512_and_si512(_mm512_srli_epi16(ql, UInt32(4 * (cp & 1))), k.low4)
+        let qh = _mm512_srlv_epi16(broadcast256(p + 128 + hf * 32), cp & 1 == 0 ? k.twoBitShift.0 : k.twoBitShift.1)
+        let hi = _mm512_slli_epi16(_mm512_and_si512(qh, _mm512_set1_epi8(3)), 4)
+        return _mm512_or_si512(lo, hi)
+    }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float {
+        -32 * (h.d * dx) * Float(minsDot(h.mins, bsums))
+    }
+}
+
+struct S2_K: SuperFormat {
+    static var scalesPerChunk: Int { 2 }
+    static var blockBytes: Int { 84 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
+        let b = p.loadUnaligned(as: __m128i.self)
+        let m = _mm_set1_epi8(0x0F)
+        let sc = _mm256_cvtepu8_epi16(_mm_and_si128(b, m))
+        let mn = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(b, 4), m))
+        return KHeader(d: f16(p, 80), dmin: f16(p, 82), scales: _mm512_castsi256_si512(sc), mins: mn)
+    }
+    @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
+        // chunks 2cp, 2cp+1: bits 2s.. and 2s+2.. (s = 2·(cp&1)) of qs[(cp/2)*32 ..< +32]
+        let q = _mm512_srlv_epi16(broadcast256(p + 16 + (cp >> 1) * 32), cp & 1 == 0 ? k.twoBitShift.0 : k.twoBitShift.1)
+        return _mm512_and_si512(q, _mm512_set1_epi8(3))
+    }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float {
+        -(h.dmin * dx) * Float(minsDot(h.mins, bsums))
+    }
+}
+
+struct S3_K: SuperFormat {
+    static var scalesPerChunk: Int { 2 }
+    static var blockBytes: Int { 110 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
+        // sixteen 6-bit scales minus 32 from the 12 bytes at 96 (as `Kernels`' q3Scales)
+        let lo8 = p.loadUnaligned(fromByteOffset: 96, as: UInt64.self)
+        let h = p.loadUnaligned(fromByteOffset: 104, as: UInt32.self)
+        let loA = lo8 & 0x0F0F_0F0F_0F0F_0F0F, loB = (lo8 >> 4) & 0x0F0F_0F0F_0F0F_0F0F
+        let hiA = UInt64(h & 0x0303_0303) | UInt64((h >> 2) & 0x0303_0303) << 32
+        let hiB = UInt64((h >> 4) & 0x0303_0303) | UInt64((h >> 6) & 0x0303_0303) << 32
+        let a = loA | hiA << 4, b = loB | hiB << 4
+        let bytes = _mm_sub_epi8(_mm_set_epi64x(Int64(bitPattern: b), Int64(bitPattern: a)), _mm_set1_epi8(32))
+        let sc = _mm256_cvtepi8_epi16(bytes)
+        return KHeader(d: f16(p, 108), dmin: 0, scales: _mm512_castsi256_si512(sc), mins: sc)
+    }
+    @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
+        // low 2 bits as Q2_K from qs at 32; bit 2 from hmask bit c of byte i
+        let q = _mm512_srlv_epi16(broadcast256(p + 32 + (cp >> 1) * 32), cp & 1 == 0 ? k.twoBitShift.0 : k.twoBitShift.1)
+        let lo = _mm512_and_si512(q, _mm512_set1_epi8(3))
+        let hb = _mm512_test_epi8_mask(broadcast256(p), sel4(k.bitSel, cp))
+        return _mm512_mask_add_epi8(lo, hb, lo, _mm512_set1_epi8(4))
+    }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float {
+        -4 * (h.d * dx) * Float(minsDot(h.mins, bsums))
+    }
+}
+
+/// `scalesPerChunk`: 1 (Q4_K/Q5_K: words of chunk pair cp take scale 2cp + i/16) or 2
+/// (Q2_K/Q3_K/Q6_K: one scale per 16 elements, 4cp + i/8).
+@inline(__always)
+func superConsts(scalesPerChunk: Int) -> SuperConsts {
+    func idx(_ cp: Int) -> __m512i {
+        words32 { scalesPerChunk == 1 ? 2 * cp + $0 / 16 : 4 * cp + $0 / 8 }
+    }
+    func bits(_ cp: Int) -> __m512i { bytes64 { 1 << (2 * cp + $0 / 32) } }
+    return SuperConsts(hiHalfQ: dwords16 { i in i & 1 == 0 ? ((i / 2) + 4) & 7 : 0 },
+                       low4: _mm512_set1_epi8(0x0F),
+                       nibbleShift: words32 { $0 < 16 ? 0 : 4 },
+                       scaleIdx: (idx(0), idx(1), idx(2), idx(3)),
+                       bitSel: (bits(0), bits(1), bits(2), bits(3)),
+                       twoBitShift: (words32 { $0 < 16 ? 0 : 2 }, words32 { $0 < 16 ? 4 : 6 }))
+}
+
+struct SuperKernel<F: SuperFormat>: RowKernel {
+    static var blockBytes: Int { F.blockBytes }
+    static var blockElements: Int { 256 }
+    @inline(__always) static func consts() -> SuperConsts { superConsts(scalesPerChunk: F.scalesPerChunk) }
+
+    @inline(__always)
+    static func rowDot(_ k: SuperConsts, _ row: UnsafeRawPointer, _ nb: Int, _ act: AVX512Activations,
+                       _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+        let cols = act.columns
+        let q0 = UnsafeRawPointer(act.q + t0 * cols)
+        let d0 = act.d + t0 * nb
+        let g0 = act.bsums + t0 * nb * 16
+        var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
+        var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
+        for b in 0..<nb {
+            let p = row + b * F.blockBytes
+            let h = F.header(p)
+            var i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512()
+            var i2 = _mm512_setzero_si512(), i3 = _mm512_setzero_si512()
+            for cp in 0..<4 {
+                let w = F.pair(k, p, cp)
+                let s = _mm512_permutexvar_epi16(sel4(k.scaleIdx, cp), h.scales)
+                let off = b * 256 + cp * 64
+                i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off)), s)
+                if nt > 1 { i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) }
+                if nt > 2 { i2 = _mm512_dpwssd_epi32(i2, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 2 * cols)), s) }
+                if nt > 3 { i3 = _mm512_dpwssd_epi32(i3, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 3 * cols)), s) }
+            }
+            let ws = h.d
+            @inline(__always)
+            func acc(_ i: __m512i, _ j: Int, _ a: inout __m256, _ c: inout Float) {
+                let dx = d0[j * nb + b]
+                a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(foldI32(i, k.hiHalfQ)), a)
+                c += F.correction(h, dx: dx, bsums: g0 + 16 * (j * nb + b))
+            }
+            acc(i0, 0, &a0, &c0)
+            if nt > 1 { acc(i1, 1, &a1, &c1) }
+            if nt > 2 { acc(i2, 2, &a2, &c2) }
+            if nt > 3 { acc(i3, 3, &a3, &c3) }
+        }
+        out[0] = hsum8(a0) + c0
+        if nt > 1 { out[outStride] = hsum8(a1) + c1 }
+        if nt > 2 { out[2 * outStride] = hsum8(a2) + c2 }
+        if nt > 3 { out[3 * outStride] = hsum8(a3) + c3 }
+    }
+}
+#endif
