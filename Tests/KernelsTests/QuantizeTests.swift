@@ -137,7 +137,7 @@ func relativeRMSError(_ a: [Float], _ b: [Float]) -> Double {
 
     /// gguf-py has no K-quant quantizer: its decoder must read our blocks as our decoder does,
     /// and the round trip must be as close as the format allows.
-    @Test(arguments: [(TensorType.q4_K, 0.09), (.q6_K, 0.022)])
+    @Test(arguments: [(TensorType.q4_K, 0.11), (.q6_K, 0.04)])
     func kQuantsRoundTrip(_ type: TensorType, bound: Double) throws {
         let dir = try Self.reference.get()
         let x = QuantizeInput.values, columns = QuantizeInput.columns
