@@ -27,6 +27,13 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.0.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.0.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.0.0"),
     ],
     targets: [
         // file → weights
@@ -34,14 +41,27 @@ let package = Package(
         // quant formats, SIMD math, thread pool
         .target(name: "Kernels", dependencies: ["GGUF"], swiftSettings: kernelSettings),
         // text ↔ tokens, chat templates
-        .target(name: "Tokenization", dependencies: ["GGUF"], swiftSettings: testableSettings),
+        .target(name: "Tokenization", dependencies: [
+            "GGUF", .product(name: "HeapModule", package: "swift-collections"),
+        ], swiftSettings: testableSettings),
         // forward passes: tokens → logits
         .target(name: "Models", dependencies: ["GGUF", "Kernels"], swiftSettings: kernelSettings),
         // KV cache, sampler, generation loop
         .target(name: "Engine", dependencies: ["GGUF", "Kernels", "Models", "Tokenization"], swiftSettings: testableSettings),
+        // `swiftlet serve`: OpenAI-compatible HTTP API over the continuous-batching scheduler
+        .target(name: "Server", dependencies: [
+            "Engine", "Kernels", "Models", "Tokenization",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HTTPTypes", package: "swift-http-types"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+        ], swiftSettings: testableSettings),
         .executableTarget(name: "swiftlet", dependencies: [
-            "Engine", "GGUF", "Kernels", "Models", "Tokenization",
+            "Engine", "GGUF", "Kernels", "Models", "Tokenization", "Server",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
         // model and reference-data locations for the tests
         .target(name: "TestSupport", swiftSettings: testableSettings),
@@ -49,7 +69,12 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "GGUF", "Kernels", "TestSupport"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Tokenization", "GGUF", "TestSupport"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Tokenization", "GGUF", "TestSupport", "swiftlet"]),
+        .testTarget(name: "ServerTests", dependencies: [
+            "Server", "Engine", "Models", "Kernels", "Tokenization", "TestSupport",
+            .product(name: "Hummingbird", package: "hummingbird"),
+            .product(name: "HummingbirdTesting", package: "hummingbird"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

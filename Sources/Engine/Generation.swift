@@ -48,6 +48,8 @@ public final class GenerationSession: @unchecked Sendable {
     public let pool: ThreadPool
     /// Prompt tokens per forward pass; bounds activation memory for long prompts.
     public var prefillBatch = 256
+    /// Prompt tokens the last `evaluate` actually ran (the rest came from the cache).
+    public private(set) var lastEvaluatedCount = 0
 
     public init(model: LoadedModel, contextLength: Int, pool: ThreadPool) throws {
         try model.validateContext(contextLength)
@@ -77,6 +79,7 @@ public final class GenerationSession: @unchecked Sendable {
         cachedTokens = Array(tokens[..<reuse])
         var logits: [Float] = []
         var start = reuse
+        lastEvaluatedCount = tokens.count - reuse
         while start < tokens.count {
             let chunk = Array(tokens[start..<min(start + prefillBatch, tokens.count)])
             logits = try model.model.forward([BatchSequence(tokens: chunk, cache: cache)], pool: pool)[0]
@@ -94,7 +97,7 @@ public final class GenerationSession: @unchecked Sendable {
         var timings = GenerationTimings()
         let start = Date()
         var logits = try evaluate(prompt)
-        timings.promptTokens = prompt.count
+        timings.promptTokens = lastEvaluatedCount
         timings.promptSeconds = Date().timeIntervalSince(start)
 
         var sampler = Sampler(parameters: sampling)

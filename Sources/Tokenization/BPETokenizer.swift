@@ -1,3 +1,4 @@
+import HeapModule
 import Foundation
 import GGUF
 
@@ -273,7 +274,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     private func merge(_ word: UnsafeBufferPointer<UInt8>, into out: inout [TokenID], scratch: inout MergeScratch) {
         let n = word.count
         scratch.symbols.removeAll(keepingCapacity: true)
-        scratch.heap.removeAll(keepingCapacity: true)
+        scratch.heap.removeAll { _ in true }  // keeps the storage for the next word
         for i in 0..<n {
             scratch.symbols.append(Symbol(start: Int32(i), length: 1, prev: Int32(i - 1),
                                           next: i + 1 < n ? Int32(i + 1) : -1, id: byteTokens[Int(word[i])]))
@@ -284,12 +285,12 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             guard l.id >= 0, r.id >= 0 else { return }
             let key = UInt64(UInt32(bitPattern: l.id)) << 32 | UInt64(UInt32(bitPattern: r.id))
             guard let m = merges[key] else { return }
-            s.heap.push(Bigram(rank: Int32(truncatingIfNeeded: m >> 32), left: left, right: right,
+            s.heap.insert(Bigram(rank: Int32(truncatingIfNeeded: m >> 32), left: left, right: right,
                                leftLength: l.length, rightLength: r.length,
                                merged: Int32(bitPattern: UInt32(truncatingIfNeeded: m))))
         }
         for i in 1..<n { addPair(Int32(i - 1), Int32(i), &scratch) }
-        while let b = scratch.heap.pop() {
+        while let b = scratch.heap.popMin() {
             let l = scratch.symbols[Int(b.left)], r = scratch.symbols[Int(b.right)]
             // Skip pairs made stale by an earlier merge.
             guard l.length == b.leftLength, r.length == b.rightLength, l.next == b.right else { continue }
@@ -324,61 +325,23 @@ struct Symbol {
     var id: Int32
 }
 
-struct Bigram {
+struct Bigram: Comparable {
     var rank: Int32
     var left: Int32
     var right: Int32
     var leftLength: Int32
     var rightLength: Int32
     var merged: Int32
+
+    /// The lowest-rank merge first, leftmost among equals.
+    static func < (a: Bigram, b: Bigram) -> Bool {
+        a.rank != b.rank ? a.rank < b.rank : a.left < b.left
+    }
 }
 
 struct MergeScratch {
     var symbols: [Symbol] = []
-    var heap = BigramHeap()
-}
-
-/// Min-heap on (rank, left position): the lowest-rank merge first, leftmost among equals.
-struct BigramHeap {
-    private var items: [Bigram] = []
-
-    mutating func removeAll(keepingCapacity: Bool) { items.removeAll(keepingCapacity: keepingCapacity) }
-
-    @inline(__always)
-    private static func less(_ a: Bigram, _ b: Bigram) -> Bool {
-        a.rank != b.rank ? a.rank < b.rank : a.left < b.left
-    }
-
-    mutating func push(_ b: Bigram) {
-        items.append(b)
-        var i = items.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard BigramHeap.less(items[i], items[parent]) else { break }
-            items.swapAt(i, parent)
-            i = parent
-        }
-    }
-
-    mutating func pop() -> Bigram? {
-        guard let top = items.first else { return nil }
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            var i = 0
-            let n = items.count
-            while true {
-                let l = 2 * i + 1, r = l + 1
-                var m = i
-                if l < n && BigramHeap.less(items[l], items[m]) { m = l }
-                if r < n && BigramHeap.less(items[r], items[m]) { m = r }
-                if m == i { break }
-                items.swapAt(i, m)
-                i = m
-            }
-        }
-        return top
-    }
+    var heap = Heap<Bigram>()
 }
 
 /// Word → tokens, shared by all encode calls on one tokenizer (bounded; cleared when full).

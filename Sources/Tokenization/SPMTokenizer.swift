@@ -1,3 +1,4 @@
+import HeapModule
 import GGUF
 
 /// SentencePiece (`tokenizer.ggml.model == "llama"`), as llama.cpp runs it: spaces become `▁`,
@@ -165,7 +166,7 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
         let n = text.count
         guard n > 0, let base = text.baseAddress else { return }
         scratch.symbols.removeAll(keepingCapacity: true)
-        scratch.heap.removeAll(keepingCapacity: true)
+        scratch.heap.removeAll { _ in true }  // keeps the storage for the next word
         var offset = 0
         var index: Int32 = 0
         while offset < n {
@@ -180,10 +181,10 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
             let l = s.symbols[Int(left)], r = s.symbols[Int(right)]
             let size = Int(l.length + r.length)
             guard let id = vocab.textTable.lookup(base + Int(l.start), size), Int(id) < vocab.count else { return }
-            s.heap.push(ScoredPair(score: vocab.scores[Int(id)], left: left, right: right, size: Int32(size)))
+            s.heap.insert(ScoredPair(score: vocab.scores[Int(id)], left: left, right: right, size: Int32(size)))
         }
         for i in 1..<scratch.symbols.count { addPair(Int32(i - 1), Int32(i), &scratch) }
-        while let p = scratch.heap.pop() {
+        while let p = scratch.heap.popMin() {
             let l = scratch.symbols[Int(p.left)], r = scratch.symbols[Int(p.right)]
             // Skip pairs made stale by an earlier merge.
             guard l.length > 0, r.length > 0, l.length + r.length == p.size else { continue }
@@ -242,57 +243,20 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
     }
 }
 
-struct ScoredPair {
+struct ScoredPair: Comparable {
     var score: Float
     var left: Int32
     var right: Int32
     var size: Int32
+
+    /// Heap order: the highest score first, leftmost among equals.
+    static func < (a: ScoredPair, b: ScoredPair) -> Bool {
+        a.score != b.score ? a.score > b.score : a.left < b.left
+    }
 }
 
 struct SPMScratch {
     var symbols: [Symbol] = []
-    var heap = ScoredPairHeap()
+    var heap = Heap<ScoredPair>()
 }
 
-/// Max-heap on score; among equal scores the leftmost pair first.
-struct ScoredPairHeap {
-    private var items: [ScoredPair] = []
-
-    mutating func removeAll(keepingCapacity: Bool) { items.removeAll(keepingCapacity: keepingCapacity) }
-
-    @inline(__always)
-    private static func before(_ a: ScoredPair, _ b: ScoredPair) -> Bool {
-        a.score != b.score ? a.score > b.score : a.left < b.left
-    }
-
-    mutating func push(_ p: ScoredPair) {
-        items.append(p)
-        var i = items.count - 1
-        while i > 0 {
-            let parent = (i - 1) / 2
-            guard ScoredPairHeap.before(items[i], items[parent]) else { break }
-            items.swapAt(i, parent)
-            i = parent
-        }
-    }
-
-    mutating func pop() -> ScoredPair? {
-        guard let top = items.first else { return nil }
-        let last = items.removeLast()
-        if !items.isEmpty {
-            items[0] = last
-            var i = 0
-            let n = items.count
-            while true {
-                let l = 2 * i + 1, r = l + 1
-                var m = i
-                if l < n && ScoredPairHeap.before(items[l], items[m]) { m = l }
-                if r < n && ScoredPairHeap.before(items[r], items[m]) { m = r }
-                if m == i { break }
-                items.swapAt(i, m)
-                i = m
-            }
-        }
-        return top
-    }
-}

@@ -52,6 +52,7 @@ struct Generate: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
         } else {
             print()
+            fflush(nil)
             printError(result.timings.summary)
             if let budget = loaded.memoryBudget { printError(budget.summary) }
         }

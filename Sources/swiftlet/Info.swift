@@ -1,5 +1,6 @@
 import ArgumentParser
 import GGUF
+import Models
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Describe a GGUF model: architecture, hyper-parameters, tokenizer, tensors.")
@@ -27,7 +28,7 @@ struct ModelSummary {
         var out = ""
         func line(_ key: String, _ value: Any?) {
             guard let value else { return }
-            out += key.padding(toLength: 24, withPad: " ", startingAt: 0) + "\(value)\n"
+            out += key.padding(toLength: 34, withPad: " ", startingAt: 0) + "\(value)\n"
         }
         line("file", file.path)
         line("GGUF version", file.version)
@@ -54,6 +55,14 @@ struct ModelSummary {
         line("tensors", file.tensors.count)
         line("weights size", formatBytes(file.tensorDataBytes))
         line("file size", formatBytes(file.fileSize))
+        if let config = try? ModelConfig(file: file), config.headCountKV > 0 {
+            // F16 keys and values for every layer and KV head.
+            let kvPerToken = 2 * config.blockCount * config.headCountKV * max(config.keyLength, config.valueLength) * 2
+            line("KV cache (F16)", "\(formatBytes(kvPerToken * 1024)) per 1024 tokens")
+            for context in [2048, config.contextLength] {
+                line("memory at \(context) ctx", "\(formatBytes(file.tensorDataBytes + kvPerToken * context)) (weights, memory-mapped, + KV cache)")
+            }
+        }
         if includeMetadata {
             out += "\nmetadata:\n"
             for key in file.metadataKeys { out += "  \(key) = \(file[key]!)\n" }

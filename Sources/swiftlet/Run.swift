@@ -107,6 +107,7 @@ struct Conversation {
             return interruptRequested == 0
         }
         print()
+        fflush(nil)
         if result.finishReason == .cancelled { printError("(stopped)") }
         printError(result.timings.summary)
         messages.append(ChatMessage(role: "user", content: text))

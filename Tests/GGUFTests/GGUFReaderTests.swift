@@ -86,8 +86,8 @@ func patch<T: FixedWidthInteger>(_ bytes: inout [UInt8], at offset: Int, _ value
     }
 
     @Test func readsFilesWrittenByPythonGGUF() throws {
-        // Written by the `gguf` package when it is installed (CI installs it); the reverse
-        // direction (Python reads ours) is checked by scripts/check_gguf_writer.py in CI.
+        // Written by the `gguf` package (scripts/test installs it); the reverse direction is
+        // CommandLineTests.writerOutputIsReadByThePythonGGUFPackage.
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-py-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         let path = dir.appendingPathComponent("py.gguf").path

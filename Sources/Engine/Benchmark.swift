@@ -1,0 +1,85 @@
+import Foundation
+import Kernels
+import Models
+import Tokenization
+
+/// One row of `swiftlet bench`, named as llama-bench names its tests.
+public struct BenchmarkResult: Sendable, Codable {
+    public var test: String
+    public var avg_ts: Double
+    public var stddev_ts: Double
+    public var n_threads: Int
+    public var repetitions: Int
+    public var samples_ts: [Double]
+    public var peak_rss_bytes: Int
+    /// Prompt tests: time until logits for the first generated token are ready.
+    public var time_to_first_token_ms: Double?
+}
+
+/// llama-bench's two measurements: `pp N` processes an N-token prompt as one batch from an
+/// empty cache; `tg N` generates N tokens one at a time. Tokens are random vocabulary ids,
+/// so the numbers do not depend on the text. One untimed warm-up run precedes each test.
+public func benchmark(model: LoadedModel, promptTokens: Int, generatedTokens: Int, repetitions: Int,
+                      pool: ThreadPool) throws -> [BenchmarkResult] {
+    var rng = SplitMix64(seed: 42)
+    let vocabulary = model.tokenizer.vocabularySize
+    func randomTokens(_ n: Int) -> [TokenID] { (0..<n).map { _ in TokenID(rng.next() % UInt64(vocabulary)) } }
+    var results: [BenchmarkResult] = []
+
+    if promptTokens > 0 {
+        let capacity = promptTokens
+        let run = { () throws -> Double in
+            let cache = model.model.makeCache(capacity: capacity)
+            let tokens = randomTokens(promptTokens)
+            let start = Date()
+            _ = try model.model.forward([BatchSequence(tokens: tokens, cache: cache)], pool: pool)
+            return Date().timeIntervalSince(start)
+        }
+        _ = try run()
+        let times = try (0..<repetitions).map { _ in try run() }
+        results.append(summarize(test: "pp\(promptTokens)", tokens: promptTokens, times: times, pool: pool,
+                                 timeToFirstToken: times.sorted()[times.count / 2]))
+    }
+    if generatedTokens > 0 {
+        let run = { () throws -> Double in
+            let cache = model.model.makeCache(capacity: generatedTokens)
+            var token = randomTokens(1)[0]
+            let start = Date()
+            for _ in 0..<generatedTokens {
+                let logits = try model.model.forward([BatchSequence(tokens: [token], cache: cache)], pool: pool)[0]
+                token = TokenID(logits.indices.max { logits[$0] < logits[$1] }!)
+            }
+            return Date().timeIntervalSince(start)
+        }
+        _ = try run()
+        let times = try (0..<repetitions).map { _ in try run() }
+        results.append(summarize(test: "tg\(generatedTokens)", tokens: generatedTokens, times: times, pool: pool,
+                                 timeToFirstToken: nil))
+    }
+    return results
+}
+
+private func summarize(test: String, tokens: Int, times: [Double], pool: ThreadPool, timeToFirstToken: Double?) -> BenchmarkResult {
+    let rates = times.map { Double(tokens) / $0 }
+    let mean = rates.reduce(0, +) / Double(rates.count)
+    let variance = rates.count > 1 ? rates.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(rates.count - 1) : 0
+    return BenchmarkResult(test: test, avg_ts: mean, stddev_ts: variance.squareRoot(), n_threads: pool.threadCount,
+                           repetitions: times.count, samples_ts: rates, peak_rss_bytes: peakResidentBytes(),
+                           time_to_first_token_ms: timeToFirstToken.map { $0 * 1000 })
+}
+
+/// Peak resident set size of this process (VmHWM on Linux, ru_maxrss elsewhere).
+public func peakResidentBytes() -> Int {
+    if let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) {
+        for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            return (line.split(separator: " ").dropFirst().first.flatMap { Int($0) } ?? 0) * 1024
+        }
+    }
+    #if canImport(Darwin)
+    var usage = rusage()
+    getrusage(RUSAGE_SELF, &usage)
+    return usage.ru_maxrss
+    #else
+    return 0
+    #endif
+}

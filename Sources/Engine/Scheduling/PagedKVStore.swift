@@ -1,0 +1,210 @@
+import Models
+import Tokenization
+
+/// Element type of the KV cache, as `KVStore.key/value` hand it out. One place to change when
+/// the cache element type changes.
+public typealias KVElement = Float16
+
+/// The memory behind a paged KV cache: `blockCount` blocks of `blockSize` positions, each
+/// position holding one key and one value vector per layer. Allocated once; pages are touched
+/// only as blocks are first written.
+public final class KVBlockPool: @unchecked Sendable {
+    public let layers: Int
+    public let kvDimension: Int
+    public let blockSize: Int
+    public let blockCount: Int
+    private let keys: UnsafeMutablePointer<KVElement>
+    private let values: UnsafeMutablePointer<KVElement>
+    /// Elements per block (one of keys or values): layers × blockSize × kvDimension.
+    public let blockElements: Int
+
+    public init(layers: Int, kvDimension: Int, blockSize: Int, blockCount: Int) {
+        self.layers = layers
+        self.kvDimension = kvDimension
+        self.blockSize = blockSize
+        self.blockCount = blockCount
+        blockElements = layers * blockSize * kvDimension
+        keys = .allocate(capacity: blockElements * blockCount)
+        values = .allocate(capacity: blockElements * blockCount)
+    }
+
+    public convenience init(config: ModelConfig, blockSize: Int, blockCount: Int) {
+        self.init(layers: config.blockCount, kvDimension: config.headCountKV * max(config.keyLength, config.valueLength),
+                  blockSize: blockSize, blockCount: blockCount)
+    }
+
+    deinit {
+        keys.deallocate()
+        values.deallocate()
+    }
+
+    /// Bytes of one token position across all layers (keys and values).
+    public static func bytesPerToken(config: ModelConfig) -> Int {
+        2 * config.blockCount * config.headCountKV * max(config.keyLength, config.valueLength) * MemoryLayout<KVElement>.size
+    }
+
+    public var bytes: Int { 2 * blockElements * blockCount * MemoryLayout<KVElement>.size }
+
+    @inline(__always)
+    func offset(block: Int, layer: Int, slot: Int) -> Int {
+        block * blockElements + (layer * blockSize + slot) * kvDimension
+    }
+
+    @inline(__always)
+    public func key(block: Int, layer: Int, slot: Int) -> UnsafeMutablePointer<KVElement> {
+        keys + offset(block: block, layer: layer, slot: slot)
+    }
+
+    @inline(__always)
+    public func value(block: Int, layer: Int, slot: Int) -> UnsafeMutablePointer<KVElement> {
+        values + offset(block: block, layer: layer, slot: slot)
+    }
+
+    /// Copies the first `slots` positions of every layer of block `from` into block `to`.
+    public func copyBlock(from: Int, to: Int, slots: Int) {
+        guard slots > 0 else { return }
+        for layer in 0..<layers {
+            let src = offset(block: from, layer: layer, slot: 0), dst = offset(block: to, layer: layer, slot: 0)
+            (keys + dst).update(from: keys + src, count: slots * kvDimension)
+            (values + dst).update(from: values + src, count: slots * kvDimension)
+        }
+    }
+}
+
+/// The sequence would pass its context length.
+public struct SequenceFullError: Error, CustomStringConvertible {
+    public let needed: Int
+    public let capacity: Int
+    public var description: String { "context is full: \(needed) tokens needed, the context holds \(capacity)" }
+}
+
+public struct OutOfBlocksError: Error, CustomStringConvertible {
+    public var description: String { "the KV cache has no free block" }
+}
+
+/// One sequence's view of the paged KV cache: a block table mapping its positions to pool
+/// blocks. Shared prefix blocks come from the prefix cache; a block that is shared or
+/// registered is copied before this sequence writes into it (copy-on-write).
+public final class PagedKVStore: KVStore, @unchecked Sendable {
+    public let pool: KVBlockPool
+    public let allocator: BlockAllocator
+    /// Most positions this sequence may hold (the context length).
+    public let capacity: Int
+    public private(set) var count = 0
+    /// Block ids, in position order.
+    public private(set) var blocks: [Int] = []
+    /// Prefix hashes of the leading blocks registered in (or found in) the prefix cache.
+    public private(set) var blockHashes: [UInt64] = []
+    private let blockSize: Int
+
+    public init(pool: KVBlockPool, allocator: BlockAllocator, capacity: Int) {
+        precondition(pool.blockSize == allocator.blockSize && pool.blockCount == allocator.blockCount)
+        self.pool = pool
+        self.allocator = allocator
+        self.capacity = capacity
+        blockSize = allocator.blockSize
+    }
+
+    deinit { releaseAll() }
+
+    @inline(__always)
+    public func key(layer: Int, position: Int) -> UnsafeMutablePointer<KVElement> {
+        pool.key(block: blocks[position / blockSize], layer: layer, slot: position % blockSize)
+    }
+
+    @inline(__always)
+    public func value(layer: Int, position: Int) -> UnsafeMutablePointer<KVElement> {
+        pool.value(block: blocks[position / blockSize], layer: layer, slot: position % blockSize)
+    }
+
+    public func reserve(_ tokens: Int) throws {
+        guard count + tokens <= capacity else { throw SequenceFullError(needed: count + tokens, capacity: capacity) }
+        guard prepareSlots(tokens) else { throw OutOfBlocksError() }
+    }
+
+    /// Makes positions `count..<count + tokens` writable: copies shared blocks among them and
+    /// appends fresh blocks. False when the pool ran out (blocks gained so far are kept).
+    public func prepareSlots(_ tokens: Int) -> Bool {
+        guard tokens > 0 else { return true }
+        let end = count + tokens
+        // Copy-on-write for existing blocks that the new positions land in.
+        var index = count / blockSize
+        while index < blocks.count && index * blockSize < end {
+            let b = blocks[index]
+            if allocator.isShared(b) {
+                guard let fresh = allocator.allocate() else { return false }
+                pool.copyBlock(from: b, to: fresh, slots: count - index * blockSize)
+                allocator.release(b)
+                blocks[index] = fresh
+            }
+            index += 1
+        }
+        while blocks.count * blockSize < end {
+            guard let b = allocator.allocate() else { return false }
+            blocks.append(b)
+        }
+        return true
+    }
+
+    /// Blocks still needed (beyond those held) to add `tokens` positions, copy-on-write included.
+    public func blocksNeeded(for tokens: Int) -> Int {
+        let end = count + tokens
+        var n = max(0, (end + blockSize - 1) / blockSize - blocks.count)
+        var index = count / blockSize
+        while index < blocks.count && index * blockSize < end {
+            if allocator.isShared(blocks[index]) { n += 1 }
+            index += 1
+        }
+        return n
+    }
+
+    public func advance(by tokens: Int) {
+        precondition(count + tokens <= blocks.count * blockSize, "advance past the reserved blocks")
+        count += tokens
+    }
+
+    /// Forgets positions from `position` on and returns the blocks no longer needed.
+    public func truncate(to position: Int) {
+        count = min(count, max(0, position))
+        let keep = (count + blockSize - 1) / blockSize
+        while blocks.count > keep { allocator.release(blocks.removeLast()) }
+        blockHashes.removeLast(max(0, blockHashes.count - count / blockSize))
+    }
+
+    /// Releases every block (the tail first, so the LRU evicts a prefix's end before its start).
+    public func releaseAll() {
+        for b in blocks.reversed() { allocator.release(b) }
+        blocks.removeAll()
+        blockHashes.removeAll()
+        count = 0
+    }
+
+    /// On an empty store: shares the cached blocks that hold the longest block-aligned prefix of
+    /// `tokens`. Returns the number of positions now filled (a multiple of the block size).
+    public func adoptCachedPrefix(_ tokens: [TokenID]) -> Int {
+        precondition(count == 0 && blocks.isEmpty, "adoptCachedPrefix on a non-empty store")
+        var parent: UInt64 = 0
+        var start = 0
+        while start + blockSize <= min(tokens.count, capacity) {
+            guard let hit = allocator.lookup(parent: parent, tokens: tokens[start..<start + blockSize]) else { break }
+            allocator.retain(hit.block)
+            blocks.append(hit.block)
+            blockHashes.append(hit.hash)
+            parent = hit.hash
+            start += blockSize
+        }
+        count = start
+        return start
+    }
+
+    /// Registers the full blocks not yet registered; `tokens` are the sequence's tokens
+    /// (at least `count` of them).
+    public func registerFullBlocks(_ tokens: [TokenID]) {
+        precondition(tokens.count >= count)
+        while blockHashes.count < count / blockSize {
+            let i = blockHashes.count
+            let parent = blockHashes.last ?? 0
+            blockHashes.append(allocator.register(blocks[i], parent: parent, tokens: tokens[i * blockSize..<(i + 1) * blockSize]))
+        }
+    }
+}

@@ -1,0 +1,188 @@
+import Tokenization
+
+/// One sequence the scheduler runs: its tokens (prompt, then what was generated) and, while it
+/// is admitted, its paged KV store.
+public final class ScheduledSequence {
+    public enum Status: Sendable { case waiting, running, finished }
+
+    public let id: Int
+    public let promptCount: Int
+    /// Prompt followed by the generated tokens.
+    public private(set) var tokens: [TokenID]
+    public internal(set) var status = Status.waiting
+    public internal(set) var store: PagedKVStore?
+    /// Prompt positions found in the prefix cache at the first admission.
+    public internal(set) var cachedPromptTokens = 0
+    /// Times this sequence lost its blocks to make room and went back to waiting.
+    public internal(set) var preemptions = 0
+    /// Whether it has been admitted at least once.
+    public internal(set) var wasAdmitted = false
+    let arrival: Int
+
+    public init(id: Int, prompt: [TokenID], arrival: Int = 0) {
+        precondition(!prompt.isEmpty, "empty prompt")
+        self.id = id
+        promptCount = prompt.count
+        tokens = prompt
+        self.arrival = arrival
+    }
+
+    public var generatedCount: Int { tokens.count - promptCount }
+    public var generated: ArraySlice<TokenID> { tokens[promptCount...] }
+    /// Positions whose keys and values are in the cache.
+    public var computedCount: Int { store?.count ?? 0 }
+    /// Whether the prompt has been fully computed (the sequence is decoding).
+    public var isDecoding: Bool { computedCount >= tokens.count - 1 && computedCount >= promptCount }
+
+    public func append(_ token: TokenID) { tokens.append(token) }
+}
+
+/// The work for one sequence in one step: tokens `range` of its tokens go through the model.
+public struct ScheduledChunk {
+    public let sequence: ScheduledSequence
+    public let range: Range<Int>
+    /// The chunk reaches the sequence's last token: its logits give the next token.
+    public var producesToken: Bool { range.upperBound == sequence.tokens.count }
+    public var tokens: [TokenID] { Array(sequence.tokens[range]) }
+}
+
+/// Iteration-level scheduling over a paged KV cache (continuous batching).
+///
+/// Every step: each running sequence that is decoding gets one token; sequences still in
+/// their prompt get a chunk of what is left of the step's token budget (chunked prefill, so a
+/// long prompt never holds the decoders up for more than a budget's worth); then waiting
+/// sequences are admitted, oldest first, while there is room in the running set, the budget
+/// and the block pool. A new sequence first takes whatever prefix of its prompt the prefix
+/// cache holds. When a running sequence needs a block and none is free, the most recently
+/// admitted other sequence is preempted: its blocks are released and it waits again at the
+/// head of the queue, to be recomputed (with its generated tokens) when readmitted.
+///
+/// Not thread-safe: one owner (the engine thread).
+public final class Scheduler {
+    public struct Configuration: Sendable {
+        /// Most sequences in the running set.
+        public var maxRunning: Int
+        /// Most tokens in one forward pass (decodes plus prefill chunks).
+        public var maxBatchTokens: Int
+        /// Most positions per sequence.
+        public var contextLength: Int
+
+        public init(maxRunning: Int, maxBatchTokens: Int, contextLength: Int) {
+            self.maxRunning = max(1, maxRunning)
+            self.maxBatchTokens = max(1, maxBatchTokens)
+            self.contextLength = contextLength
+        }
+    }
+
+    public let configuration: Configuration
+    public let allocator: BlockAllocator
+    public let pool: KVBlockPool
+    public private(set) var waiting: [ScheduledSequence] = []
+    public private(set) var running: [ScheduledSequence] = []
+    private var arrivals = 0
+
+    public init(configuration: Configuration, pool: KVBlockPool) {
+        self.configuration = configuration
+        self.pool = pool
+        allocator = BlockAllocator(blockCount: pool.blockCount, blockSize: pool.blockSize)
+    }
+
+    public var hasWork: Bool { !waiting.isEmpty || !running.isEmpty }
+
+    /// Queues a new sequence.
+    public func add(id: Int, prompt: [TokenID]) -> ScheduledSequence {
+        arrivals += 1
+        let seq = ScheduledSequence(id: id, prompt: prompt, arrival: arrivals)
+        waiting.append(seq)
+        return seq
+    }
+
+    /// Removes a sequence wherever it is and frees its blocks at once.
+    public func remove(_ seq: ScheduledSequence) {
+        seq.store?.releaseAll()
+        seq.store = nil
+        seq.status = .finished
+        running.removeAll { $0 === seq }
+        waiting.removeAll { $0 === seq }
+    }
+
+    /// Plans the next forward pass. Every chunk's blocks are reserved.
+    public func schedule() -> [ScheduledChunk] {
+        var budget = configuration.maxBatchTokens
+        var chunks: [ScheduledChunk] = []
+        // Decoding sequences first (one token each), then prompts in progress, oldest first.
+        let order = running.filter(\.isDecoding) + running.filter { !$0.isDecoding }
+        for seq in order where seq.status == .running {
+            guard budget > 0 else { break }
+            let start = seq.computedCount
+            let n = min(seq.tokens.count - start, budget)
+            guard n > 0 else { continue }
+            guard reserve(seq, tokens: n) else { continue }
+            chunks.append(ScheduledChunk(sequence: seq, range: start..<start + n))
+            budget -= n
+        }
+        chunks.removeAll { $0.sequence.status != .running }  // preempted after being planned
+
+        // Admit waiting sequences.
+        while budget > 0, running.count < configuration.maxRunning, let seq = waiting.first {
+            let store = PagedKVStore(pool: pool, allocator: allocator, capacity: configuration.contextLength)
+            var cached = store.adoptCachedPrefix(seq.tokens)
+            if cached >= seq.tokens.count {
+                // Everything is cached: the last token still has to run to give logits; its
+                // block is shared, so writing it copies the block first.
+                cached = seq.tokens.count - 1
+                store.truncate(to: cached)
+            }
+            let n = min(seq.tokens.count - cached, budget)
+            // Keep one spare block per running sequence so that admitting does not force
+            // an immediate preemption at the next block boundary.
+            let needed = store.blocksNeeded(for: n)
+            guard needed + running.count <= allocator.freeCount || running.isEmpty, store.prepareSlots(n) else {
+                store.releaseAll()
+                break
+            }
+            if !seq.wasAdmitted {
+                seq.wasAdmitted = true
+                seq.cachedPromptTokens = cached
+                allocator.recordPrefixQuery(tokens: seq.promptCount, hits: min(cached, seq.promptCount))
+            }
+            waiting.removeFirst()
+            seq.store = store
+            seq.status = .running
+            running.append(seq)
+            chunks.append(ScheduledChunk(sequence: seq, range: cached..<cached + n))
+            budget -= n
+        }
+        return chunks
+    }
+
+    /// After the forward pass of `chunks`: registers newly filled blocks in the prefix cache.
+    public func didRun(_ chunks: [ScheduledChunk]) {
+        for chunk in chunks where chunk.sequence.status == .running {
+            chunk.sequence.store?.registerFullBlocks(chunk.sequence.tokens)
+        }
+    }
+
+    /// Reserves room for `tokens` more positions of `seq`, preempting the most recently
+    /// admitted sequences while the pool is short. False when `seq` itself had to go.
+    private func reserve(_ seq: ScheduledSequence, tokens: Int) -> Bool {
+        guard let store = seq.store else { return false }
+        while !store.prepareSlots(tokens) {
+            guard let victim = running.last else { return false }
+            preempt(victim)
+            if victim === seq { return false }
+        }
+        return true
+    }
+
+    private func preempt(_ seq: ScheduledSequence) {
+        seq.store?.releaseAll()
+        seq.store = nil
+        seq.status = .waiting
+        seq.preemptions += 1
+        running.removeAll { $0 === seq }
+        // Back to the head of the queue, ahead of sequences that arrived later.
+        let index = waiting.firstIndex { $0.arrival > seq.arrival } ?? waiting.endIndex
+        waiting.insert(seq, at: index)
+    }
+}

@@ -1,0 +1,520 @@
+import Engine
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import Tokenization
+
+/// Server settings from the command line.
+public struct ServerConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8080
+    public var apiKey: String?
+    /// Largest request body accepted (413 beyond).
+    public var maxBodyBytes = 4 << 20
+    public var engine = InferenceEngine.Configuration()
+    /// Names the `model` field may use besides the model file's name.
+    public var modelAliases: [String] = []
+
+    public init() {}
+}
+
+/// The engine once the model is loaded (nil before), shared by the handlers.
+public final class ServerState: @unchecked Sendable {
+    private let lock = NSLock()
+    private var _engine: InferenceEngine?
+    private var _loadError: String?
+
+    public init() {}
+
+    public var engine: InferenceEngine? {
+        get { lock.lock(); defer { lock.unlock() }; return _engine }
+        set { lock.lock(); _engine = newValue; lock.unlock() }
+    }
+
+    public var loadError: String? {
+        get { lock.lock(); defer { lock.unlock() }; return _loadError }
+        set { lock.lock(); _loadError = newValue; lock.unlock() }
+    }
+}
+
+/// Request context that keeps the connection, so a request can be cancelled when its client
+/// goes away (even while no byte of the response is being written).
+public struct ServerRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let channel: (any Channel)?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
+/// The OpenAI-compatible HTTP API.
+public struct OpenAIServer: Sendable {
+    public let configuration: ServerConfiguration
+    public let state: ServerState
+    public let metrics: ServerMetrics
+    let logger: Logger
+    let created = Int(Date().timeIntervalSince1970)
+
+    public init(configuration: ServerConfiguration, state: ServerState, metrics: ServerMetrics, logger: Logger) {
+        self.configuration = configuration
+        self.state = state
+        self.metrics = metrics
+        self.logger = logger
+    }
+
+    public func makeRouter() -> Router<ServerRequestContext> {
+        let router = Router(context: ServerRequestContext.self)
+        router.add(middleware: APIMiddleware(server: self))
+        router.get("/health") { _, _ in health() }
+        router.get("/metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
+        }
+        router.get("/v1/models") { _, _ in try models() }
+        router.post("/v1/chat/completions") { request, context in try await complete(request, context: context, chat: true) }
+        router.post("/v1/completions") { request, context in try await complete(request, context: context, chat: false) }
+        return router
+    }
+
+    public func makeApplication() -> some ApplicationProtocol {
+        Application(router: makeRouter(),
+                    configuration: .init(address: .hostname(configuration.host, port: configuration.port),
+                                         serverName: "swiftlet"),
+                    logger: logger)
+    }
+
+    // MARK: Endpoints
+
+    func health() -> Response {
+        if state.engine != nil { return json(.object([("status", .string("ok"))])) }
+        if let error = state.loadError {
+            return json(.object([("status", .string("error")), ("error", .string(error))]), status: .serviceUnavailable)
+        }
+        return json(.object([("status", .string("loading"))]), status: .serviceUnavailable)
+    }
+
+    func models() throws -> Response {
+        let engine = try loadedEngine()
+        let entry: SchemaJSONValue = .object([
+            ("id", .string(engine.model.name)),
+            ("object", .string("model")),
+            ("created", .number(String(created))),
+            ("owned_by", .string("swiftlet")),
+        ])
+        return json(.object([("object", .string("list")), ("data", .array([entry]))]))
+    }
+
+    func loadedEngine() throws -> InferenceEngine {
+        guard let engine = state.engine else {
+            throw APIError(status: 503, message: "the model is still loading", type: "server_error", code: "model_loading")
+        }
+        return engine
+    }
+
+    func knowsModel(_ name: String, engine: InferenceEngine) -> Bool {
+        let n = name.lowercased()
+        let known = [engine.model.name, URL(fileURLWithPath: engine.model.path).lastPathComponent] + configuration.modelAliases
+        return known.contains { $0.lowercased() == n }
+    }
+
+    func complete(_ request: Request, context: ServerRequestContext, chat: Bool) async throws -> Response {
+        var request = request
+        let started = ContinuousClock.now
+        let engine = try loadedEngine()
+        let body: ByteBuffer
+        do { body = try await request.collectBody(upTo: configuration.maxBodyBytes) } catch {
+            throw APIError(status: 413, message: "the request body is larger than \(configuration.maxBodyBytes) bytes")
+        }
+        let parsed = try CompletionRequest(body: Array(buffer: body), chat: chat)
+        guard knowsModel(parsed.model, engine: engine) else {
+            throw APIError(status: 404, message: "the model '\(parsed.model)' does not exist; this server runs '\(engine.model.name)'",
+                           param: "model", code: "model_not_found")
+        }
+        let job = try prepare(parsed, engine: engine)
+        let handle: RequestHandle
+        do { handle = try engine.submit(job.specs, options: job.options) } catch {
+            switch error {
+            case .queueFull(let retry):
+                var e = APIError(status: 429, message: error.description, type: "rate_limit_error", code: "queue_full")
+                e.headers = [("Retry-After", String(retry))]
+                throw e
+            case .stopped:
+                throw APIError(status: 503, message: error.description, type: "server_error")
+            }
+        }
+        // A client that hangs up cancels its sequences at once, streaming or not.
+        context.channel?.closeFuture.whenComplete { _ in handle.cancel() }
+        let id = (chat ? "chatcmpl-" : "cmpl-") + randomID()
+        let ctx = ResponseContext(id: id, created: Int(Date().timeIntervalSince1970), model: engine.model.name, chat: chat,
+                                  choices: job.specs.count, promptTokens: job.promptTokens,
+                                  tokenizer: engine.model.tokenizer, logprobs: parsed.logprobs)
+        logger.info("request", metadata: ["id": "\(id)", "prompt_tokens": "\(job.promptTokens)",
+                                          "n": "\(job.specs.count)", "stream": "\(parsed.stream)"])
+        if parsed.stream {
+            return streamResponse(handle, ctx: ctx, includeUsage: parsed.includeUsage, started: started)
+        }
+        return try await collectResponse(handle, ctx: ctx, started: started)
+    }
+
+    struct Job {
+        var specs: [SequenceSpec]
+        var options: GenerationOptions
+        /// Usage's prompt_tokens: each distinct prompt once.
+        var promptTokens: Int
+    }
+
+    /// Tokenizes the prompts and checks them against the context.
+    func prepare(_ r: CompletionRequest, engine: InferenceEngine) throws -> Job {
+        let model = engine.model
+        let tokenizer = model.tokenizer
+        let ctx = engine.configuration.contextLength
+        var prompts: [[TokenID]] = []
+        let param: String
+        switch r.input {
+        case .chat(let messages):
+            param = "messages"
+            let rendered: String
+            do { rendered = try model.renderChat(messages) } catch {
+                throw APIError.invalid("messages", "the chat template could not render 'messages': \(error)")
+            }
+            prompts = [model.promptTokens(for: rendered)]
+        case .prompts(let inputs):
+            param = "prompt"
+            for input in inputs {
+                switch input {
+                case .text(let s): prompts.append(tokenizer.encode(s, addSpecial: true, parseSpecial: true))
+                case .tokens(let t):
+                    if let bad = t.first(where: { Int($0) >= tokenizer.vocabularySize }) {
+                        throw APIError.invalid("prompt", "token id \(bad) is outside the vocabulary (\(tokenizer.vocabularySize) tokens)")
+                    }
+                    prompts.append(t)
+                }
+            }
+        }
+        for p in prompts {
+            guard !p.isEmpty else { throw APIError.invalid(param, "the prompt is empty") }
+            guard p.count < ctx else {
+                throw APIError(status: 400,
+                               message: "the prompt is \(p.count) tokens long, but the context holds \(ctx) tokens (at least one must be left to generate); shorten the prompt or start the server with a larger --ctx",
+                               param: param, code: "context_length_exceeded")
+            }
+        }
+        if let bad = r.sampling.logitBias.keys.first(where: { Int($0) >= tokenizer.vocabularySize }) {
+            throw APIError.invalid("logit_bias", "'logit_bias' token id \(bad) is outside the vocabulary (\(tokenizer.vocabularySize) tokens)")
+        }
+        var grammar: JSONGrammar?
+        if let format = r.responseFormat {
+            do { grammar = try JSONGrammar.forResponseFormat(format) } catch {
+                throw APIError.invalid("response_format", "unsupported 'response_format': \(error)")
+            }
+        }
+        let longest = prompts.map(\.count).max() ?? 0
+        let maxTokens = min(r.maxTokens ?? Int.max, ctx - longest)
+        let options = GenerationOptions(maxTokens: maxTokens, sampling: r.sampling, stop: r.stop, grammar: grammar,
+                                        logprobs: r.logprobs)
+        var specs: [SequenceSpec] = []
+        for p in prompts {
+            for i in 0..<r.n {
+                specs.append(SequenceSpec(prompt: p, seed: r.sampling.seed.map { $0 &+ UInt64(i) }))
+            }
+        }
+        return Job(specs: specs, options: options, promptTokens: prompts.reduce(0) { $0 + $1.count })
+    }
+
+    // MARK: Responses
+
+    struct ResponseContext: Sendable {
+        let id: String
+        let created: Int
+        let model: String
+        let chat: Bool
+        let choices: Int
+        let promptTokens: Int
+        let tokenizer: any Tokenizer
+        let logprobs: Int?
+
+        var object: String { chat ? "chat.completion" : "text_completion" }
+        var chunkObject: String { chat ? "chat.completion.chunk" : "text_completion" }
+
+        func envelope(object: String, choices: [SchemaJSONValue], usage: SchemaJSONValue?) -> SchemaJSONValue {
+            var members: [(key: String, value: SchemaJSONValue)] = [
+                ("id", .string(id)), ("object", .string(object)), ("created", .number(String(created))),
+                ("model", .string(model)), ("system_fingerprint", .null), ("choices", .array(choices)),
+            ]
+            if let usage { members.append(("usage", usage)) }
+            return .object(members)
+        }
+
+        func usage(completion: Int, cached: Int) -> SchemaJSONValue {
+            .object([
+                ("prompt_tokens", .number(String(promptTokens))),
+                ("completion_tokens", .number(String(completion))),
+                ("total_tokens", .number(String(promptTokens + completion))),
+                ("prompt_tokens_details", .object([("cached_tokens", .number(String(cached)))])),
+            ])
+        }
+
+        func tokenText(_ t: TokenID) -> (String, [UInt8]) {
+            let bytes = tokenizer.pieceBytes(t)
+            return (String(decoding: bytes, as: UTF8.self), bytes)
+        }
+
+        /// OpenAI's logprobs object for these tokens (chat or legacy completions shape);
+        /// `textOffset` is where the tokens' text starts in the choice's text.
+        func logprobsJSON(_ infos: [TokenLogprobInfo], textOffset: Int) -> SchemaJSONValue {
+            guard logprobs != nil else { return .null }
+            if chat {
+                let content: [SchemaJSONValue] = infos.map { info in
+                    let (text, bytes) = tokenText(info.token)
+                    return .object([
+                        ("token", .string(text)), ("logprob", number(info.logprob)),
+                        ("bytes", .array(bytes.map { .number(String($0)) })),
+                        ("top_logprobs", .array(info.top.map { alt in
+                            let (t, b) = tokenText(alt.token)
+                            return .object([("token", .string(t)), ("logprob", number(alt.logprob)),
+                                            ("bytes", .array(b.map { .number(String($0)) }))])
+                        })),
+                    ])
+                }
+                return .object([("content", .array(content)), ("refusal", .null)])
+            }
+            var offsets: [SchemaJSONValue] = []
+            var offset = textOffset
+            for info in infos {
+                offsets.append(.number(String(offset)))
+                offset += tokenText(info.token).0.utf8.count
+            }
+            return .object([
+                ("tokens", .array(infos.map { .string(tokenText($0.token).0) })),
+                ("token_logprobs", .array(infos.map { number($0.logprob) })),
+                ("top_logprobs", .array(infos.map { info in
+                    .object(info.top.map { (key: tokenText($0.token).0, value: number($0.logprob)) })
+                })),
+                ("text_offset", .array(offsets)),
+            ])
+        }
+    }
+
+    final class ChoiceState {
+        var text = ""
+        var logprobs: [TokenLogprobInfo] = []
+        var finish: FinishReason?
+        var completionTokens = 0
+        var cachedTokens = 0
+        var started = false
+    }
+
+    /// Wraps a stream iterator so the response body closure can own it.
+    final class EventIterator: @unchecked Sendable {
+        var iterator: AsyncStream<GenerationEvent>.Iterator
+        init(_ stream: AsyncStream<GenerationEvent>) { iterator = stream.makeAsyncIterator() }
+        func next() async -> GenerationEvent? { await iterator.next() }
+    }
+
+    /// A non-streaming answer. The status is settled by the first event (a failure before any
+    /// token is a 500); the JSON follows when generation ends. While waiting, a space (valid
+    /// leading JSON whitespace) is written about once a second, so a client that hung up is
+    /// noticed by the failed write and its sequences are cancelled.
+    func collectResponse(_ handle: RequestHandle, ctx: ResponseContext, started: ContinuousClock.Instant) async throws -> Response {
+        let events = EventIterator(handle.events)
+        let first = await withTaskCancellationHandler { await events.next() } onCancel: { handle.cancel() }
+        if case .failed(_, let message)? = first {
+            handle.cancel()
+            throw APIError(status: 500, message: message, type: "server_error")
+        }
+        let metrics = self.metrics
+        let body = ResponseBody { writer in
+            var completed = false
+            defer { if !completed { handle.cancel() } }
+            let choices = (0..<ctx.choices).map { _ in ChoiceState() }
+            var failure: String?
+            var lastWrite = ContinuousClock.now
+            var event = first
+            while let e = event {
+                switch e {
+                case .text(let i, let text, let lp):
+                    choices[i].text += text
+                    choices[i].logprobs += lp
+                case .finished(let i, let reason, let usage):
+                    choices[i].finish = reason
+                    choices[i].completionTokens = usage.completionTokens
+                    choices[i].cachedTokens = usage.cachedTokens
+                case .failed(_, let message):
+                    failure = message
+                }
+                if ContinuousClock.now - lastWrite > .seconds(1) {
+                    try await writer.write(ByteBuffer(string: " "))
+                    lastWrite = .now
+                }
+                event = await events.next()
+            }
+            metrics.requestFinished(.now - started)
+            let result: SchemaJSONValue
+            if let failure {
+                result = APIError(status: 500, message: failure, type: "server_error").json
+            } else {
+                let body: [SchemaJSONValue] = choices.enumerated().map { i, c in
+                    let finish: SchemaJSONValue = c.finish.map { .string($0 == .cancelled ? "stop" : $0.rawValue) } ?? .null
+                    if ctx.chat {
+                        return .object([
+                            ("index", .number(String(i))),
+                            ("message", .object([("role", .string("assistant")), ("content", .string(c.text)), ("refusal", .null)])),
+                            ("logprobs", ctx.logprobsJSON(c.logprobs, textOffset: 0)),
+                            ("finish_reason", finish),
+                        ])
+                    }
+                    return .object([
+                        ("text", .string(c.text)), ("index", .number(String(i))),
+                        ("logprobs", ctx.logprobsJSON(c.logprobs, textOffset: 0)), ("finish_reason", finish),
+                    ])
+                }
+                let completion = choices.reduce(0) { $0 + $1.completionTokens }
+                let cached = choices.map(\.cachedTokens).max() ?? 0
+                result = ctx.envelope(object: ctx.object, choices: body, usage: ctx.usage(completion: completion, cached: cached))
+            }
+            try await writer.write(ByteBuffer(string: result.compactText))
+            completed = true
+            try await writer.finish(nil)
+        }
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: body)
+    }
+
+    func streamResponse(_ handle: RequestHandle, ctx: ResponseContext, includeUsage: Bool,
+                        started: ContinuousClock.Instant) -> Response {
+        let metrics = self.metrics
+        let body = ResponseBody { writer in
+            var completed = false
+            defer { if !completed { handle.cancel() } }
+            let choices = (0..<ctx.choices).map { _ in ChoiceState() }
+            let usageNull: SchemaJSONValue? = includeUsage ? .null : nil
+            func send(_ value: SchemaJSONValue) async throws {
+                try await writer.write(ByteBuffer(string: "data: " + value.compactText + "\n\n"))
+            }
+            func chunk(_ choice: SchemaJSONValue) -> SchemaJSONValue {
+                ctx.envelope(object: ctx.chunkObject, choices: [choice], usage: usageNull)
+            }
+            func roleChunkIfNeeded(_ i: Int) async throws {
+                guard ctx.chat, !choices[i].started else { return }
+                choices[i].started = true
+                try await send(chunk(.object([
+                    ("index", .number(String(i))),
+                    ("delta", .object([("role", .string("assistant")), ("content", .string(""))])),
+                    ("logprobs", .null), ("finish_reason", .null),
+                ])))
+            }
+            for await event in handle.events {
+                switch event {
+                case .text(let i, let text, let lp):
+                    try await roleChunkIfNeeded(i)
+                    let logprobs = ctx.logprobsJSON(lp, textOffset: choices[i].text.utf8.count)
+                    choices[i].text += text
+                    if ctx.chat {
+                        try await send(chunk(.object([
+                            ("index", .number(String(i))), ("delta", .object([("content", .string(text))])),
+                            ("logprobs", logprobs), ("finish_reason", .null),
+                        ])))
+                    } else {
+                        try await send(chunk(.object([
+                            ("text", .string(text)), ("index", .number(String(i))),
+                            ("logprobs", logprobs), ("finish_reason", .null),
+                        ])))
+                    }
+                case .finished(let i, let reason, let usage):
+                    try await roleChunkIfNeeded(i)
+                    choices[i].completionTokens = usage.completionTokens
+                    choices[i].cachedTokens = usage.cachedTokens
+                    let finish = SchemaJSONValue.string(reason == .cancelled ? "stop" : reason.rawValue)
+                    if ctx.chat {
+                        try await send(chunk(.object([
+                            ("index", .number(String(i))), ("delta", .object([])),
+                            ("logprobs", .null), ("finish_reason", finish),
+                        ])))
+                    } else {
+                        try await send(chunk(.object([
+                            ("text", .string("")), ("index", .number(String(i))),
+                            ("logprobs", .null), ("finish_reason", finish),
+                        ])))
+                    }
+                case .failed(_, let message):
+                    try await send(APIError(status: 500, message: message, type: "server_error").json)
+                }
+            }
+            if includeUsage {
+                let completion = choices.reduce(0) { $0 + $1.completionTokens }
+                let cached = choices.map(\.cachedTokens).max() ?? 0
+                try await send(ctx.envelope(object: ctx.chunkObject, choices: [],
+                                            usage: ctx.usage(completion: completion, cached: cached)))
+            }
+            try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+            completed = true
+            metrics.requestFinished(.now - started)
+            try await writer.finish(nil)
+        }
+        return Response(status: .ok,
+                        headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                        body: body)
+    }
+}
+
+func number(_ x: Float) -> SchemaJSONValue {
+    guard x.isFinite else { return .number("-9999.0") }
+    return .number("\(x)")
+}
+
+func randomID() -> String {
+    var g = SystemRandomNumberGenerator()
+    return (0..<3).map { _ in String(g.next() as UInt64, radix: 36) }.joined()
+}
+
+func json(_ value: SchemaJSONValue, status: HTTPResponse.Status = .ok, headers: [(String, String)] = []) -> Response {
+    var fields: HTTPFields = [.contentType: "application/json"]
+    for (k, v) in headers { if let name = HTTPField.Name(k) { fields[name] = v } }
+    return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(string: value.compactText)))
+}
+
+/// Bearer authentication for `/v1/*`, errors as OpenAI error objects, request metrics and logs.
+struct APIMiddleware: RouterMiddleware {
+    typealias Context = ServerRequestContext
+    let server: OpenAIServer
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        let path = request.uri.path
+        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"].contains(path) ? path : "other"
+        let response: Response
+        do {
+            if let key = server.configuration.apiKey, path.hasPrefix("/v1") {
+                let given = request.headers[.authorization] ?? ""
+                guard constantTimeEqual(given, "Bearer " + key) else {
+                    throw APIError(status: 401, message: "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                                   code: "invalid_api_key")
+                }
+            }
+            response = try await next(request, context)
+        } catch let e as APIError {
+            response = json(e.json, status: .init(code: e.status), headers: e.headers)
+            if (e.status >= 500 && e.code != "model_loading") || e.status == 429 {
+                server.logger.warning("request failed", metadata: ["path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
+            }
+        } catch let e as HTTPError {
+            let status = Int(e.status.code)
+            let message = e.status == .notFound ? "no route for \(request.method) \(path)" : (e.body ?? e.status.reasonPhrase)
+            response = json(APIError(status: status, message: message).json, status: e.status)
+        } catch {
+            server.logger.error("request failed", metadata: ["path": "\(path)", "error": "\(error)"])
+            response = json(APIError(status: 500, message: "\(error)", type: "server_error").json, status: .internalServerError)
+        }
+        server.metrics.request(endpoint: endpoint, status: Int(response.status.code))
+        return response
+    }
+}
+
+func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+    let x = Array(a.utf8), y = Array(b.utf8)
+    var diff = UInt8(x.count == y.count ? 0 : 1)
+    for i in 0..<min(x.count, y.count) { diff |= x[i] ^ y[i] }
+    return diff == 0
+}

@@ -1,0 +1,89 @@
+import Engine
+import Foundation
+import Prometheus
+
+/// The server's Prometheus metrics (`GET /metrics`).
+public final class ServerMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+
+    let promptTokens: Counter
+    let cachedPromptTokens: Counter
+    let generated: Counter
+    let ttft: DurationHistogram
+    let itl: DurationHistogram
+    let requestDuration: DurationHistogram
+    let running: Gauge
+    let waiting: Gauge
+    let blocksUsed: Gauge
+    let blocksFree: Gauge
+    let blocksTotal: Gauge
+    let blocksCached: Gauge
+    let prefixQueries: Gauge
+    let prefixHits: Gauge
+    let prefixHitRate: Gauge
+    let modelLoaded: Gauge
+
+    public init() {
+        let r = registry
+        promptTokens = r.makeCounter(name: "swiftlet_prompt_tokens_total", help: "Prompt tokens of finished sequences.")
+        cachedPromptTokens = r.makeCounter(name: "swiftlet_prompt_tokens_cached_total",
+                                           help: "Prompt tokens served from the prefix cache.")
+        generated = r.makeCounter(name: "swiftlet_generation_tokens_total", help: "Generated tokens.")
+        let latencyBuckets: [Duration] = [.milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50),
+                                          .milliseconds(100), .milliseconds(250), .milliseconds(500), .seconds(1),
+                                          .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30)]
+        ttft = r.makeDurationHistogram(name: "swiftlet_time_to_first_token_seconds", buckets: latencyBuckets,
+                                       help: "From request arrival to the first generated token.")
+        itl = r.makeDurationHistogram(name: "swiftlet_inter_token_latency_seconds", buckets: latencyBuckets,
+                                      help: "Between consecutive tokens of one sequence.")
+        requestDuration = r.makeDurationHistogram(name: "swiftlet_request_duration_seconds", buckets: latencyBuckets,
+                                                  help: "Whole request, arrival to last byte.")
+        running = r.makeGauge(name: "swiftlet_running_sequences", help: "Sequences in the running batch.")
+        waiting = r.makeGauge(name: "swiftlet_waiting_sequences", help: "Sequences queued for admission.")
+        blocksUsed = r.makeGauge(name: "swiftlet_kv_blocks_used", help: "KV cache blocks held by sequences.")
+        blocksFree = r.makeGauge(name: "swiftlet_kv_blocks_free",
+                                 help: "KV cache blocks available (free or evictable prefix-cache blocks).")
+        blocksTotal = r.makeGauge(name: "swiftlet_kv_blocks_total", help: "KV cache blocks in the pool.")
+        blocksCached = r.makeGauge(name: "swiftlet_kv_blocks_cached", help: "Blocks registered in the prefix cache.")
+        prefixQueries = r.makeGauge(name: "swiftlet_prefix_cache_queried_tokens",
+                                    help: "Prompt tokens looked up in the prefix cache (since start).")
+        prefixHits = r.makeGauge(name: "swiftlet_prefix_cache_hit_tokens",
+                                 help: "Prompt tokens found in the prefix cache (since start).")
+        prefixHitRate = r.makeGauge(name: "swiftlet_prefix_cache_hit_rate", help: "Hit tokens / queried tokens.")
+        modelLoaded = r.makeGauge(name: "swiftlet_model_loaded", help: "1 once the model is loaded.")
+    }
+
+    public func request(endpoint: String, status: Int) {
+        registry.makeCounter(name: "swiftlet_requests_total",
+                             labels: [("endpoint", endpoint), ("status", String(status))],
+                             help: "HTTP requests by endpoint and status.").increment()
+    }
+
+    func requestFinished(_ duration: Duration) { requestDuration.record(duration) }
+    func timeToFirstToken(_ d: Duration) { ttft.record(d) }
+    func interTokenLatency(_ d: Duration) { itl.record(d) }
+    func generatedTokens(_ n: Int) { generated.increment(by: Int64(n)) }
+
+    func sequenceFinished(reason: FinishReason, promptTokens n: Int, cachedTokens: Int) {
+        promptTokens.increment(by: Int64(n))
+        cachedPromptTokens.increment(by: Int64(cachedTokens))
+        registry.makeCounter(name: "swiftlet_sequences_finished_total", labels: [("reason", reason.rawValue)],
+                             help: "Finished sequences by finish reason.").increment()
+    }
+
+    func updateScheduler(_ s: InferenceEngine.Snapshot) {
+        running.set(Double(s.running))
+        waiting.set(Double(s.waiting))
+        blocksUsed.set(Double(s.blocksUsed))
+        blocksFree.set(Double(s.blocksFree))
+        blocksTotal.set(Double(s.blocksTotal))
+        blocksCached.set(Double(s.blocksCached))
+        prefixQueries.set(Double(s.prefixQueryTokens))
+        prefixHits.set(Double(s.prefixHitTokens))
+        prefixHitRate.set(s.prefixQueryTokens > 0 ? Double(s.prefixHitTokens) / Double(s.prefixQueryTokens) : 0)
+    }
+
+    func setModelLoaded(_ loaded: Bool) { modelLoaded.set(Double(loaded ? 1 : 0)) }
+
+    public func render() -> String { registry.emitToString() }
+}

@@ -1,0 +1,78 @@
+import ArgumentParser
+import Engine
+import Foundation
+import Logging
+import Models
+import Server
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache).",
+        discussion: """
+        Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health \
+        (200 once the model is loaded, 503 before), GET /metrics (Prometheus). With --api-key, \
+        every /v1/* call needs 'Authorization: Bearer KEY'. SIGINT/SIGTERM shut down gracefully.
+        """)
+
+    @Argument(help: "Path to a .gguf file or a model name from the cache.")
+    var model: String
+    @Option(help: "Address to bind (default: loopback only).")
+    var host = "127.0.0.1"
+    @Option(help: "TCP port.")
+    var port = 8080
+    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on /v1/*.")
+    var apiKey: String?
+    @Option(name: .customLong("ctx"), help: "Context length per sequence, in tokens.")
+    var contextLength = 2048
+    @Option(help: "Sequences decoded together in one batch.")
+    var parallel = 4
+    @Option(name: .customLong("kv-cache"),
+            help: "KV cache pool size: tokens (8192) or bytes (512MB, 1GiB). Default: ctx × parallel tokens.")
+    var kvCache: String?
+    @Option(name: .customLong("queue"), help: "Requests waiting beyond the running batch before 429.")
+    var maxQueue = 64
+    @Option(name: .customLong("batch-tokens"), help: "Tokens per forward pass (prompt chunks + decodes).")
+    var batchTokens = 256
+    @Option(name: .customLong("block-size"), help: "Token positions per KV cache block.")
+    var blockSize = 16
+    @Option(name: .customLong("max-body"), help: "Largest request body in bytes.")
+    var maxBody = 4 << 20
+    @Option(name: [.customShort("t"), .customLong("threads")], help: "Threads (default: all cores).")
+    var threads: Int?
+    @Option(name: .customLong("mem-budget"), help: "Keep resident weights under SIZE (e.g. 32M, 2G); dropped pages are re-read from the page cache.")
+    var memBudget: String?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
+    var logLevel = "info"
+
+    func validate() throws {
+        guard contextLength > 0 else { throw ValidationError("--ctx must be positive") }
+        guard parallel > 0 else { throw ValidationError("--parallel must be positive") }
+        guard (1...65535).contains(port) || port == 0 else { throw ValidationError("--port must be 0...65535") }
+        if let kvCache, KVCacheSize(parsing: kvCache) == nil {
+            throw ValidationError("--kv-cache: '\(kvCache)' is neither a token count (8192) nor a size (512MB, 1GiB)")
+        }
+        if let memBudget, parseByteSize(memBudget) == nil {
+            throw ValidationError("--mem-budget: cannot read '\(memBudget)' as a size (e.g. 512M, 2G)")
+        }
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+    }
+
+    func run() async throws {
+        let path = try ModelLocator.resolve(model)
+        var logger = Logger(label: "swiftlet.serve")
+        logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+        var config = ServerConfiguration()
+        config.host = host
+        config.port = port
+        config.apiKey = apiKey
+        config.maxBodyBytes = maxBody
+        config.modelAliases = [model]
+        config.engine = InferenceEngine.Configuration(
+            contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,
+            blockSize: blockSize, maxBatchTokens: batchTokens, threads: threads)
+        var runner = ServerRunner(modelPath: path, configuration: config,
+                                  kvCache: kvCache.flatMap(KVCacheSize.init(parsing:)), logger: logger)
+        runner.memoryBudget = memBudget.flatMap(parseByteSize)
+        try await runner.run()
+    }
+}

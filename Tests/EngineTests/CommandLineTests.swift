@@ -1,0 +1,139 @@
+import Foundation
+import GGUF
+import Testing
+import TestSupport
+
+/// The `swiftlet` binary built next to this test bundle, run as a user (and scripts) would.
+struct CommandLine {
+    static var binary: URL {
+        URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent().appendingPathComponent("swiftlet")
+    }
+
+    struct Result {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+    }
+
+    static func run(_ arguments: [String], stdin: String? = nil) throws -> Result {
+        let p = Process()
+        p.executableURL = binary
+        p.arguments = arguments
+        let out = Pipe(), err = Pipe(), input = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = input
+        try p.run()
+        if let stdin { input.fileHandleForWriting.write(Data(stdin.utf8)) }
+        try input.fileHandleForWriting.close()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    /// Runs python3 with `script` and returns its standard output.
+    static func python(_ script: String, _ arguments: [String] = []) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3", "-c", script] + arguments
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let data = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey: "python3 failed (needs the gguf package)"]) }
+        return String(decoding: data, as: UTF8.self)
+    }
+}
+
+@Suite struct CommandLineTests {
+    @Test(arguments: [TestSupport.smolLM2Path, TestSupport.gemma3Path])
+    func infoAgreesWithThePythonGGUFReader(_ path: String) throws {
+        let facts = try CommandLine.python("""
+            import sys, numpy as np
+            from gguf import GGUFReader
+            r = GGUFReader(sys.argv[1])
+            f = r.fields
+            arch = f['general.architecture'].contents()
+            print(arch)
+            print(f[arch + '.embedding_length'].contents(), f[arch + '.block_count'].contents())
+            print(len(f['tokenizer.ggml.tokens'].data), len(r.tensors), sum(int(np.prod(t.shape)) for t in r.tensors))
+            print('present' if 'tokenizer.chat_template' in f else 'none')
+            """, [path]).split(separator: "\n").map(String.init)
+        let info = try CommandLine.run(["info", path, "--tensors"])
+        #expect(info.status == 0)
+        func value(_ key: String) -> String? {
+            info.stdout.split(separator: "\n").first { $0.hasPrefix(key + " ") }.map {
+                $0.dropFirst(key.count).trimmingCharacters(in: .whitespaces)
+            }
+        }
+        let dims = facts[1].split(separator: " "), counts = facts[2].split(separator: " ")
+        #expect(value("architecture") == facts[0])
+        #expect(value("embedding_length") == String(dims[0]))
+        #expect(value("block_count") == String(dims[1]))
+        #expect(value("vocabulary size") == String(counts[0]))
+        #expect(value("tensors") == String(counts[1]))
+        #expect(value("parameters")?.hasPrefix(String(counts[2]) + " ") == true)
+        #expect(value("chat template") == facts[3])
+        #expect(info.stdout.contains("token_embd.weight"))
+    }
+
+    @Test func tokenizeIdsMatchesLlamaCpp() throws {
+        let result = try CommandLine.run(["tokenize", TestSupport.smolLM2Path, "--stdin", "--ids", "--parse-special"],
+                                         stdin: "<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n")
+        #expect(result.status == 0)
+        let reference = try TestSupport.reference("smollm2-135m-instruct-q4_1")["tokenize"] as! [[String: Any]]
+        let expected = reference.first { ($0["text"] as! String).hasPrefix("<|im_start|>") && $0["parse_special"] as! Bool }!["tokens"] as! [Int]
+        let ids = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as! [Int]
+        #expect(ids == expected)
+        #expect(result.stdout.split(separator: "\n").count == 1)
+    }
+
+    @Test func generateJSONFollowsTheContract() throws {
+        let result = try CommandLine.run(["generate", TestSupport.smolLM2Path, "The capital of France is", "-n", "8",
+                                          "--temp", "0", "--ctx", "256", "-t", "2", "--json"])
+        #expect(result.status == 0, "\(result.stderr)")
+        let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as! [String: Any]
+        #expect((object["text"] as? String)?.hasPrefix(" Paris") == true)
+        #expect((object["tokens"] as? [Int])?.count == 8)
+        #expect(object["prompt_tokens"] as? Int == 5)
+        #expect(object["finish_reason"] as? String == "length")
+        let timings = try #require(object["timings"] as? [String: Any])
+        #expect(timings["generation_tokens_per_second"] is Double && timings["time_to_first_token_ms"] is Double)
+    }
+
+    @Test func badInputsGiveClearErrorsAndNonZeroExit() throws {
+        let notGGUF = FileManager.default.temporaryDirectory.appendingPathComponent("not-a-model-\(getpid()).gguf")
+        try Data("hello, not a model".utf8).write(to: notGGUF)
+        let bad = try CommandLine.run(["info", notGGUF.path])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("not a GGUF file"))
+
+        let missing = try CommandLine.run(["generate", "/nonexistent/model.gguf", "hi"])
+        #expect(missing.status != 0)
+        #expect(missing.stderr.contains("neither a file nor a known model"))
+
+        let tooLong = try CommandLine.run(["generate", TestSupport.smolLM2Path, String(repeating: "word ", count: 100), "--ctx", "16"])
+        #expect(tooLong.status != 0)
+        #expect(tooLong.stderr.contains("prompt is"))
+
+        let hugeContext = try CommandLine.run(["generate", TestSupport.smolLM2Path, "hi", "--ctx", "100000"])
+        #expect(hugeContext.status != 0)
+        #expect(hugeContext.stderr.contains("longer than the model allows"))
+    }
+
+    @Test func writerOutputIsReadByThePythonGGUFPackage() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("swift-written-\(getpid()).gguf").path
+        let writer = GGUFWriterFixture.make()
+        try writer.write(to: path)
+        let out = try CommandLine.python("""
+            import sys
+            from gguf import GGUFReader
+            r = GGUFReader(sys.argv[1])
+            print(r.fields['general.architecture'].contents(), r.fields['test.list'].contents(), r.fields['test.float'].contents())
+            t = {x.name: x for x in r.tensors}
+            print([float(v) for v in t['w'].data.flatten()], t['q'].tensor_type.name, [int(d) for d in t['q'].shape])
+            """, [path])
+        #expect(out == "llama ['a', 'bc'] 0.25\n[0.0, 1.0, 2.0, 3.0, 4.0, 5.0] Q8_0 [32, 2]\n")
+    }
+}

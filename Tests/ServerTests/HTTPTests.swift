@@ -1,0 +1,145 @@
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Logging
+@testable import Server
+import TestSupport
+import XCTest
+
+/// The HTTP layer without a model: health before loading, authentication, request validation.
+final class HTTPTests: XCTestCase {
+    func makeServer(apiKey: String? = nil) -> OpenAIServer {
+        var config = ServerConfiguration()
+        config.apiKey = apiKey
+        return OpenAIServer(configuration: config, state: ServerState(), metrics: ServerMetrics(),
+                            logger: Logger(label: "test"))
+    }
+
+    func testHealthIs503UntilTheModelIsLoaded() async throws {
+        let server = makeServer()
+        let app = Application(router: server.makeRouter())
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/health", method: .get) { r in
+                XCTAssertEqual(r.status, .serviceUnavailable)
+                XCTAssertTrue(String(buffer: r.body).contains("loading"))
+            }
+            try await client.execute(uri: "/v1/models", method: .get) { r in
+                XCTAssertEqual(r.status, .serviceUnavailable)
+            }
+            try await client.execute(uri: "/metrics", method: .get) { r in
+                XCTAssertEqual(r.status, .ok)
+                XCTAssertTrue(String(buffer: r.body).contains("swiftlet_model_loaded 0"))
+            }
+        }
+        server.state.loadError = "no such file"
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/health", method: .get) { r in
+                XCTAssertEqual(r.status, .serviceUnavailable)
+                XCTAssertTrue(String(buffer: r.body).contains("no such file"))
+            }
+        }
+    }
+
+    func testAPIKeyIsRequiredOnV1Only() async throws {
+        let app = Application(router: makeServer(apiKey: "k1").makeRouter())
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/v1/models", method: .get) { r in
+                XCTAssertEqual(r.status, .unauthorized)
+                XCTAssertTrue(String(buffer: r.body).contains("invalid_api_key"))
+            }
+            try await client.execute(uri: "/v1/models", method: .get, headers: [.authorization: "Bearer k2"]) { r in
+                XCTAssertEqual(r.status, .unauthorized)
+            }
+            try await client.execute(uri: "/v1/models", method: .get, headers: [.authorization: "Bearer k1"]) { r in
+                XCTAssertEqual(r.status, .serviceUnavailable, "past authentication; the model is not loaded")
+            }
+            try await client.execute(uri: "/health", method: .get) { r in
+                XCTAssertEqual(r.status, .serviceUnavailable)
+            }
+        }
+    }
+
+    func testRequestValidationNamesTheField() throws {
+        func param(_ json: String, chat: Bool = true) -> String? {
+            do {
+                _ = try CompletionRequest(body: Array(json.utf8), chat: chat)
+                return nil
+            } catch let e as APIError {
+                XCTAssertEqual(e.status, 400)
+                return e.param ?? "(none)"
+            } catch {
+                return "unexpected \(error)"
+            }
+        }
+        let ok = #"{"model":"m","messages":[{"role":"user","content":"hi"}]"#
+        XCTAssertNil(param(ok + "}"))
+        XCTAssertEqual(param("{"), "(none)")
+        XCTAssertEqual(param("[1]"), "(none)")
+        XCTAssertEqual(param(#"{"messages":[{"role":"user","content":"hi"}]}"#), "model")
+        XCTAssertEqual(param(ok + #","temperature":"x"}"#), "temperature")
+        XCTAssertEqual(param(ok + #","temperature":3}"#), "temperature")
+        XCTAssertEqual(param(ok + #","top_p":0}"#), "top_p")
+        XCTAssertEqual(param(ok + #","max_tokens":0}"#), "max_tokens")
+        XCTAssertEqual(param(ok + #","max_tokens":1.5}"#), "max_tokens")
+        XCTAssertEqual(param(ok + #","seed":"s"}"#), "seed")
+        XCTAssertEqual(param(ok + #","stop":[1]}"#), "stop")
+        XCTAssertEqual(param(ok + #","n":0}"#), "n")
+        XCTAssertEqual(param(ok + #","stream":"yes"}"#), "stream")
+        XCTAssertEqual(param(ok + #","stream_options":{"include_usage":1}}"#), "stream_options.include_usage")
+        XCTAssertEqual(param(ok + #","logit_bias":{"5":500}}"#), "logit_bias")
+        XCTAssertEqual(param(ok + #","response_format":{"type":"json_schema"}}"#), "response_format.json_schema")
+        XCTAssertEqual(param(#"{"model":"m","messages":[{"role":"user"}]}"#), "messages[0].content")
+        XCTAssertEqual(param(#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#),
+                       "messages[0].content[0]")
+        XCTAssertEqual(param(#"{"model":"m"}"#, chat: false), "prompt")
+        XCTAssertEqual(param(#"{"model":"m","prompt":[-1]}"#, chat: false), "prompt")
+        XCTAssertEqual(param(#"{"model":"m","prompt":{}}"#, chat: false), "prompt")
+        XCTAssertEqual(param(#"{"model":"m","prompt":"x","logprobs":50}"#, chat: false), "logprobs")
+
+        let r = try CompletionRequest(body: Array((ok + #","max_completion_tokens":7,"temperature":0,"stop":"END","n":2,"logprobs":true,"top_logprobs":4,"seed":-1,"logit_bias":{"12":-100}}"#).utf8), chat: true)
+        XCTAssertEqual(r.maxTokens, 7)
+        XCTAssertEqual(r.sampling.temperature, 0)
+        XCTAssertEqual(r.stop, ["END"])
+        XCTAssertEqual(r.n, 2)
+        XCTAssertEqual(r.logprobs, 4)
+        XCTAssertEqual(r.sampling.seed, UInt64.max)
+        XCTAssertEqual(r.sampling.logitBias[12], -100)
+    }
+
+    func testKVCacheSizeParsing() {
+        XCTAssertEqual(KVCacheSize(parsing: "8192"), .tokens(8192))
+        XCTAssertEqual(KVCacheSize(parsing: "4k"), .tokens(4096))
+        XCTAssertEqual(KVCacheSize(parsing: "512MB"), .bytes(512_000_000))
+        XCTAssertEqual(KVCacheSize(parsing: "1GiB"), .bytes(1 << 30))
+        XCTAssertNil(KVCacheSize(parsing: "lots"))
+        XCTAssertNil(KVCacheSize(parsing: "-5"))
+        XCTAssertEqual(KVCacheSize.bytes(1 << 20).tokens(bytesPerToken: 1024), 1024)
+    }
+}
+
+/// `scripts/test_server_openai.py`: the official `openai` client against `swiftlet serve` on SmolLM2.
+final class OpenAIClientTests: XCTestCase {
+    func testOpenAIClientEndToEnd() throws {
+        let root = TestSupport.repositoryRoot()
+        // The swiftlet binary sits next to the test bundle in the build products folder.
+        let bundle = Bundle(for: Self.self).bundleURL
+        let candidates = [bundle.appendingPathComponent("swiftlet"),
+                          bundle.deletingLastPathComponent().appendingPathComponent("swiftlet")].map(\.path)
+        guard let binary = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            return XCTFail("no swiftlet binary at \(candidates): build it first (swift build -c release --build-tests)")
+        }
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", root.appendingPathComponent("scripts/test_server_openai.py").path, "--bin", binary]
+        process.currentDirectoryURL = root
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        process.standardError = pipe
+        try process.run()
+        let output = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: output, as: UTF8.self)
+        print(text)
+        XCTAssertEqual(process.terminationStatus, 0, "the openai-client tests failed:\n\(text)")
+    }
+}
