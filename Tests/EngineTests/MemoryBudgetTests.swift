@@ -136,7 +136,7 @@ func greedyTokens(_ model: any LanguageModel, prompt: [Int32], steps: Int, pool:
 
 /// The `swiftlet` executable built next to the test bundle.
 func swiftletBinary() throws -> URL {
-    var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+    var dir = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent()
     for _ in 0..<4 {
         let candidate = dir.appendingPathComponent("swiftlet")
         if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
