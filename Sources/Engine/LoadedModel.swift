@@ -12,11 +12,22 @@ public final class LoadedModel: Sendable {
     public let model: any LanguageModel
     public let tokenizer: any Tokenizer
     public let chatTemplate: ChatTemplate?
+    /// Set when the model runs under `--mem-budget`.
+    public let memoryBudget: MemoryBudget?
 
-    public init(path: String) throws {
+    /// `memoryBudget`: bytes of weights allowed to stay resident (see `MemoryBudget`); nil = no limit.
+    public init(path: String, memoryBudget budgetBytes: Int? = nil) throws {
         self.path = path
         file = try GGUFFile(path: path)
-        model = try ModelRegistry.load(file)
+        let network = try ModelRegistry.load(file)
+        if let budgetBytes {
+            let budget = MemoryBudget(file: file, budget: budgetBytes)
+            memoryBudget = budget
+            model = BudgetedModel(network, budget: budget)
+        } else {
+            memoryBudget = nil
+            model = network
+        }
         tokenizer = try loadTokenizer(from: file)
         if let source = file["tokenizer.chat_template"]?.string {
             chatTemplate = try ChatTemplate(source: source)

@@ -41,6 +41,18 @@ public struct GGUFWriter {
     }
 
     public func serialized() -> [UInt8] {
+        var out = header(for: tensors.map { ($0.name, $0.type, $0.shape) })
+        for t in tensors {
+            out.append(contentsOf: t.data)
+            while out.count % alignment != 0 { out.append(0) }
+        }
+        return out
+    }
+
+    /// The file up to the start of the tensor data (magic, metadata, tensor table, padding) for
+    /// `tensors` whose bytes follow in order, each padded to `alignment` — for writers that
+    /// stream tensor data instead of holding it (tensors added with `addTensor` are ignored).
+    public func header(for tensors: [(name: String, type: TensorType, shape: [Int])]) -> [UInt8] {
         var out: [UInt8] = []
         func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { out.append(contentsOf: $0) } }
         func putString(_ s: String) { put(UInt64(s.utf8.count)); out.append(contentsOf: s.utf8) }
@@ -64,7 +76,6 @@ public struct GGUFWriter {
                 values.forEach(putValue)
             }
         }
-        func pad() { while out.count % alignment != 0 { out.append(0) } }
 
         put(GGUFFile.magic)
         put(UInt32(3))
@@ -82,13 +93,10 @@ public struct GGUFWriter {
             t.shape.forEach { put(UInt64($0)) }
             put(t.type.rawValue)
             put(UInt64(offset))
-            offset += (t.data.count + alignment - 1) / alignment * alignment
+            let bytes = t.type.byteCount(elements: t.shape.reduce(1, *)) ?? 0
+            offset += (bytes + alignment - 1) / alignment * alignment
         }
-        pad()
-        for t in tensors {
-            out.append(contentsOf: t.data)
-            pad()
-        }
+        while out.count % alignment != 0 { out.append(0) }
         return out
     }
 

@@ -41,6 +41,7 @@ public func matmul(_ weights: [WeightMatrix], input: UnsafePointer<Float>, token
             fatalError("matmul: rows of \(w.columns) \(w.type) elements are not whole blocks")
         }
     }
+    WeightAccess.willRead(weights)
     let needs32 = weights.contains { activationBlock($0.type) == 32 }
     let needs256 = weights.contains { activationBlock($0.type) == 256 }
     let act32 = needs32 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 32) : nil

@@ -46,6 +46,8 @@ public struct ServerRunner: Sendable {
     public var configuration: ServerConfiguration
     public var kvCache: KVCacheSize?
     public var shutdownGrace: Duration = .seconds(10)
+    /// Bytes of weights allowed to stay resident (`--mem-budget`); nil = no limit.
+    public var memoryBudget: Int?
     public var logger: Logger
 
     public init(modelPath: String, configuration: ServerConfiguration, kvCache: KVCacheSize?, logger: Logger) {
@@ -76,7 +78,7 @@ public struct ServerRunner: Sendable {
 
     func loadEngine(metrics: ServerMetrics) throws -> InferenceEngine {
         let start = Date()
-        let model = try LoadedModel(path: modelPath)
+        let model = try LoadedModel(path: modelPath, memoryBudget: memoryBudget)
         var engineConfig = configuration.engine
         let perToken = KVBlockPool.bytesPerToken(config: model.config)
         if let kvCache { engineConfig.kvCacheTokens = kvCache.tokens(bytesPerToken: perToken) }

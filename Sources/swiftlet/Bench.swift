@@ -2,6 +2,7 @@ import ArgumentParser
 import Engine
 import Foundation
 import Kernels
+import Models
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -18,6 +19,8 @@ struct Bench: ParsableCommand {
     var generatedTokens = 128
     @Option(name: [.customShort("r"), .customLong("repetitions")], help: "Timed repetitions of each test.")
     var repetitions = 5
+    @Option(name: .customLong("mem-budget"), help: "Keep resident weights under SIZE (e.g. 32M, 2G) to measure the slowdown.")
+    var memBudget: String?
     @Flag(help: "Print a JSON array, one object per test.")
     var json = false
     @Flag(help: "Benchmark the matrix-vector kernels of every tensor type instead of a model.")
@@ -26,6 +29,9 @@ struct Bench: ParsableCommand {
     func validate() throws {
         guard repetitions > 0 else { throw ValidationError("--repetitions must be at least 1") }
         guard promptTokens >= 0, generatedTokens >= 0 else { throw ValidationError("token counts cannot be negative") }
+        if let memBudget, parseByteSize(memBudget) == nil {
+            throw ValidationError("--mem-budget: cannot read '\(memBudget)' as a size (e.g. 512M, 2G)")
+        }
     }
 
     func run() throws {
@@ -34,7 +40,7 @@ struct Bench: ParsableCommand {
             return
         }
         let path = try ModelLocator.resolve(model)
-        let loaded = try LoadedModel(path: path)
+        let loaded = try LoadedModel(path: path, memoryBudget: memBudget.flatMap(parseByteSize))
         let longest = max(promptTokens, generatedTokens)
         try loaded.validateContext(longest)
         let results = try benchmark(model: loaded, promptTokens: promptTokens, generatedTokens: generatedTokens,
@@ -52,6 +58,7 @@ struct Bench: ParsableCommand {
             print("| \(loaded.name) | \(size) | \(formatCount(loaded.file.parameterCount)) | \(r.n_threads) | \(r.test) | "
                   + String(format: "%.2f ± %.2f", r.avg_ts, r.stddev_ts) + " | \(formatBytes(r.peak_rss_bytes)) |")
         }
+        if let budget = loaded.memoryBudget { print("\n" + budget.summary) }
         if let ttft = results.first(where: { $0.time_to_first_token_ms != nil })?.time_to_first_token_ms {
             print(String(format: "\ntime to first token after a %d-token prompt: %.0f ms (median)", promptTokens, ttft))
         }

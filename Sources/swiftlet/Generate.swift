@@ -2,6 +2,7 @@ import ArgumentParser
 import Engine
 import Foundation
 import Kernels
+import Models
 
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Complete a raw prompt (no chat template).")
@@ -18,7 +19,7 @@ struct Generate: ParsableCommand {
     var json = false
 
     func run() throws {
-        let loaded = try LoadedModel(path: ModelLocator.resolve(model))
+        let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget)
         let session = try GenerationSession(model: loaded, contextLength: runtime.contextLength, pool: runtime.makePool())
         let tokens = loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
         guard tokens.count < runtime.contextLength else {
@@ -43,12 +44,17 @@ struct Generate: ParsableCommand {
                     "generation_ms": result.timings.generationSeconds * 1000,
                 ],
             ]
-            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            var output = object
+            if let budget = loaded.memoryBudget { output["memory_budget"] = budget.report() }
+            output["memory"] = ["peak_rss_bytes": MemoryBudget.status("VmHWM"), "rss_bytes": MemoryBudget.status("VmRSS"),
+                                "rss_file_bytes": MemoryBudget.status("RssFile")]
+            let data = try JSONSerialization.data(withJSONObject: output, options: [.sortedKeys])
             print(String(decoding: data, as: UTF8.self))
         } else {
             print()
             fflush(nil)
             printError(result.timings.summary)
+            if let budget = loaded.memoryBudget { printError(budget.summary) }
         }
     }
 }

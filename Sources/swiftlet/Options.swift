@@ -1,6 +1,7 @@
 import ArgumentParser
 import Engine
 import Kernels
+import Models
 
 /// Sampler flags shared by `generate` and `run` (llama.cpp's names and defaults).
 struct SamplingOptions: ParsableArguments {
@@ -46,6 +47,17 @@ struct RuntimeOptions: ParsableArguments {
     var contextLength: Int = 2048
     @Option(name: [.customShort("t"), .customLong("threads")], help: "Threads (default: all cores).")
     var threads: Int?
+    @Option(name: .customLong("mem-budget"), help: "Keep resident weights under SIZE (e.g. 32M, 2G); dropped pages are re-read from the page cache.")
+    var memBudget: String?
 
     func makePool() -> ThreadPool { ThreadPool(threads: threads) }
+
+    /// `--mem-budget` in bytes.
+    var memoryBudget: Int? { memBudget.flatMap(parseByteSize) }
+
+    func validate() throws {
+        if let memBudget, parseByteSize(memBudget) == nil {
+            throw ValidationError("--mem-budget: cannot read '\(memBudget)' as a size (e.g. 512M, 2G)")
+        }
+    }
 }

@@ -28,7 +28,7 @@ struct Run: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
 
     func run() throws {
-        let loaded = try LoadedModel(path: ModelLocator.resolve(model))
+        let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget)
         let session = try GenerationSession(model: loaded, contextLength: runtime.contextLength, pool: runtime.makePool())
         var chat = Conversation(model: loaded, session: session, system: system)
         installInterruptHandler()

@@ -2,6 +2,7 @@ import ArgumentParser
 import Engine
 import Foundation
 import Logging
+import Models
 import Server
 
 struct Serve: AsyncParsableCommand {
@@ -38,6 +39,8 @@ struct Serve: AsyncParsableCommand {
     var maxBody = 4 << 20
     @Option(name: [.customShort("t"), .customLong("threads")], help: "Threads (default: all cores).")
     var threads: Int?
+    @Option(name: .customLong("mem-budget"), help: "Keep resident weights under SIZE (e.g. 32M, 2G); dropped pages are re-read from the page cache.")
+    var memBudget: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -47,6 +50,9 @@ struct Serve: AsyncParsableCommand {
         guard (1...65535).contains(port) || port == 0 else { throw ValidationError("--port must be 0...65535") }
         if let kvCache, KVCacheSize(parsing: kvCache) == nil {
             throw ValidationError("--kv-cache: '\(kvCache)' is neither a token count (8192) nor a size (512MB, 1GiB)")
+        }
+        if let memBudget, parseByteSize(memBudget) == nil {
+            throw ValidationError("--mem-budget: cannot read '\(memBudget)' as a size (e.g. 512M, 2G)")
         }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
     }
@@ -64,8 +70,9 @@ struct Serve: AsyncParsableCommand {
         config.engine = InferenceEngine.Configuration(
             contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,
             blockSize: blockSize, maxBatchTokens: batchTokens, threads: threads)
-        let runner = ServerRunner(modelPath: path, configuration: config,
+        var runner = ServerRunner(modelPath: path, configuration: config,
                                   kvCache: kvCache.flatMap(KVCacheSize.init(parsing:)), logger: logger)
+        runner.memoryBudget = memBudget.flatMap(parseByteSize)
         try await runner.run()
     }
 }
