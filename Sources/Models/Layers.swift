@@ -429,14 +429,25 @@ public struct GatedFeedForward: Sendable {
         self.activation = activation
     }
 
+    /// Tokens per pass: every token is independent here, so a long batch goes through in
+    /// slices and the hidden-width activations stay small (peak memory of prompt prefill).
+    static let slice = 64
+
     public func callAsFunction(_ x: Matrix, _ pool: ThreadPool) -> Matrix {
-        let gateUp = project(x, [gate, up], pool)
-        let (g, u) = (gateUp[0], gateUp[1])
-        switch activation {
-        case .silu: gatedActivation(g.data, u.data, count: g.rows * g.columns, k: 1, c: 0)
-        case .gelu: gatedActivation(g.data, u.data, count: g.rows * g.columns, k: 2 * 0.797_884_56, c: 0.044715)
+        let y = Matrix(rows: x.rows, columns: down.outputs, zeroed: false)
+        let rows = min(x.rows, Self.slice)
+        let g = Matrix(rows: rows, columns: gate.outputs, zeroed: false)
+        let u = Matrix(rows: rows, columns: up.outputs, zeroed: false)
+        for start in stride(from: 0, to: x.rows, by: rows) {
+            let n = min(rows, x.rows - start)
+            matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
+            switch activation {
+            case .silu: gatedActivation(g.data, u.data, count: n * g.columns, k: 1, c: 0)
+            case .gelu: gatedActivation(g.data, u.data, count: n * g.columns, k: 2 * 0.797_884_56, c: 0.044715)
+            }
+            matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool)
         }
-        return down(g, pool)
+        return y
     }
 }
 
