@@ -365,14 +365,26 @@ func attendHead(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<F
     let n = positions.count
     let first = positions.lowerBound
     var maxScore = -Float.infinity
-    for i in 0..<n {
+    var i = 0
+    var maxScores = SIMD4<Float>(repeating: -.infinity)
+    while i + 4 <= n {
+        let k = keys + first + i
+        let dots = dotHalf4(query, k[0] + keyOffset, k[1] + keyOffset, k[2] + keyOffset, k[3] + keyOffset,
+                            count: headDimension) * scale
+        UnsafeMutableRawPointer(scores + i).storeBytes(of: dots, as: SIMD4<Float>.self)
+        maxScores = maxScores.replacing(with: dots, where: dots .> maxScores)
+        i += 4
+    }
+    maxScore = maxScores.max()
+    while i < n {
         let dot = dotHalf(query, keys[first + i] + keyOffset, count: headDimension) * scale
         scores[i] = dot
         maxScore = max(maxScore, dot)
+        i += 1
     }
     // e^(s - max), summed; then normalized weights
     var total: Float = 0
-    var i = 0
+    i = 0
     var totals = Float8()
     while i + 8 <= n {
         let e = exp8(load8(scores + i) - maxScore)

@@ -135,3 +135,31 @@ func dotHalf(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float16>, count: Int)
     while i < count { total += q[i] * Float(k[i]); i += 1 }
     return total
 }
+
+/// Four dot products of one float query with four half-precision keys (one pass over the
+/// query, four independent accumulators).
+@inline(__always)
+func dotHalf4(_ q: UnsafePointer<Float>, _ k0: UnsafePointer<Float16>, _ k1: UnsafePointer<Float16>,
+              _ k2: UnsafePointer<Float16>, _ k3: UnsafePointer<Float16>, count: Int) -> SIMD4<Float> {
+    var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
+    var i = 0
+    while i + 8 <= count {
+        let x = load8(q + i)
+        a0 = a0.addingProduct(x, load8(k0 + i))
+        a1 = a1.addingProduct(x, load8(k1 + i))
+        a2 = a2.addingProduct(x, load8(k2 + i))
+        a3 = a3.addingProduct(x, load8(k3 + i))
+        i += 8
+    }
+#if arch(x86_64)
+    let h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3))
+    var r = h.lowHalf + h.highHalf
+#else
+    var r = SIMD4(sum(a0), sum(a1), sum(a2), sum(a3))
+#endif
+    while i < count {
+        r += q[i] * SIMD4(Float(k0[i]), Float(k1[i]), Float(k2[i]), Float(k3[i]))
+        i += 1
+    }
+    return r
+}
