@@ -213,6 +213,8 @@ public struct BatchSequence {
     public var cache: any SequenceState
     /// Return logits for every token (perplexity) or only the last (generation).
     public var allLogits: Bool
+    /// False for a piece of a longer sequence whose logits nobody asked for (see `forward`).
+    var logitsNeeded = true
 
     public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false) {
         self.tokens = tokens
@@ -487,7 +489,7 @@ public struct OutputHead: Sendable {
     public func callAsFunction(_ x: Matrix, batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         var picked: [Int] = []
         var row = 0
-        for seq in batch {
+        for seq in batch where seq.logitsNeeded {
             if seq.allLogits { picked += Array(row..<row + seq.tokens.count) } else { picked.append(row + seq.tokens.count - 1) }
             row += seq.tokens.count
         }
