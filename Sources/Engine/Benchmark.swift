@@ -47,7 +47,7 @@ public func benchmark(model: LoadedModel, promptTokens: Int, generatedTokens: In
             let start = Date()
             for _ in 0..<generatedTokens {
                 let logits = try model.model.forward([BatchSequence(tokens: [token], cache: cache)], pool: pool)[0]
-                token = TokenID(logits.indices.max { logits[$0] < logits[$1] }!)
+                token = TokenID(argmax(logits))
             }
             return Date().timeIntervalSince(start)
         }
@@ -57,6 +57,15 @@ public func benchmark(model: LoadedModel, promptTokens: Int, generatedTokens: In
                                  timeToFirstToken: nil))
     }
     return results
+}
+
+/// Index of the largest value (the first one on ties).
+func argmax(_ values: [Float]) -> Int {
+    values.withUnsafeBufferPointer { v in
+        var best = 0
+        for i in 1..<v.count where v[i] > v[best] { best = i }
+        return best
+    }
 }
 
 private func summarize(test: String, tokens: Int, times: [Double], pool: ThreadPool, timeToFirstToken: Double?) -> BenchmarkResult {

@@ -143,6 +143,14 @@ func quantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedA
                                _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
     let rows = w.rows, nb = w.columns / K.blockElements
     let tile = rowTileSize(w.rowBytes)
+    if K.blockElements == 32 && tokens > 2 * tokenTile {
+        decodedQuantRows(K.self, w, act, tokens, range, y)
+        return
+    }
+    if K.blockElements == 256 && tokens > 2 * tokenTile {
+        decodedSuperRows(K.self, w, act, tokens, range, y)
+        return
+    }
     var r0 = range.lowerBound
     while r0 < range.upperBound {
         let r1 = min(r0 + tile, range.upperBound)
@@ -238,6 +246,115 @@ func smallRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int
     if nt > 3 { out[3 * outStride] = hsum(e3 + o3) + (c3[1] + c3[3]) }
 }
 
+/// Prompt-sized batches of the 32-element formats: each row tile's blocks are unpacked once
+/// (integer lanes and pair scales, exactly what `smallRowDot` computes per token group) into
+/// a scratch buffer that every token group then reads, instead of unpacking them again for
+/// each group of `tokenTile` tokens. Same operations in the same order: bitwise the same results.
+func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int,
+                                      _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    let rows = w.rows, nb = w.columns / 32, bb = K.blockBytes
+    let pairs = (nb + 1) / 2
+    let tile = rowTileSize(w.rowBytes)
+    let chunks = UnsafeMutablePointer<K.Chunk>.allocate(capacity: tile * nb)
+    let scales = UnsafeMutablePointer<SIMD4<Float>>.allocate(capacity: tile * pairs)
+    defer {
+        chunks.deallocate()
+        scales.deallocate()
+    }
+    var r0 = range.lowerBound
+    while r0 < range.upperBound {
+        let r1 = min(r0 + tile, range.upperBound)
+        for r in r0..<r1 {
+            let row = w.row(r), c = chunks + (r - r0) * nb, sc = scales + (r - r0) * pairs
+            var b = 0
+            while b + 1 < nb {
+                let p0 = row + b * bb, p1 = p0 + bb
+                sc[b / 2] = K.pairScales(p0, p1)
+                c[b] = K.chunk(p0, K.header(p0), 0).0
+                c[b + 1] = K.chunk(p1, K.header(p1), 0).0
+                b += 2
+            }
+            if b < nb {
+                let p0 = row + b * bb
+                sc[b / 2] = K.pairScales(p0, p0) * SIMD4(1, 1, 0, 0)
+                c[b] = K.chunk(p0, K.header(p0), 0).0
+            }
+        }
+        var t0 = 0
+        while t0 < tokens {
+            let nt = min(tokenTile, tokens - t0)
+            for r in r0..<r1 {
+                let c = chunks + (r - r0) * nb, sc = scales + (r - r0) * pairs
+                switch nt {
+                case 4: decodedRowDot(K.self, c, sc, nb, act, t0, 4, y + t0 * rows + r, rows)
+                case 3: decodedRowDot(K.self, c, sc, nb, act, t0, 3, y + t0 * rows + r, rows)
+                case 2: decodedRowDot(K.self, c, sc, nb, act, t0, 2, y + t0 * rows + r, rows)
+                default: decodedRowDot(K.self, c, sc, nb, act, t0, 1, y + t0 * rows + r, rows)
+                }
+            }
+            t0 += nt
+        }
+        r0 = r1
+    }
+}
+
+/// `smallRowDot` over an unpacked row (see `decodedQuantRows`).
+@inline(__always)
+func decodedRowDot<K: QuantKernel>(_ k: K.Type, _ chunks: UnsafePointer<K.Chunk>, _ scales: UnsafePointer<SIMD4<Float>>,
+                                   _ nb: Int, _ act: QuantizedActivations,
+                                   _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    let cols = act.columns
+    let q0 = UnsafeRawPointer(act.q + t0 * cols)
+    let ds0 = UnsafeRawPointer(act.ds + 2 * t0 * nb)
+    let dsStride = 8 * nb  // bytes per token
+    var e0 = SIMD8<Float>(), e1 = SIMD8<Float>(), e2 = SIMD8<Float>(), e3 = SIMD8<Float>()
+    var o0 = SIMD8<Float>(), o1 = SIMD8<Float>(), o2 = SIMD8<Float>(), o3 = SIMD8<Float>()
+    var c0 = SIMD4<Float>(), c1 = SIMD4<Float>(), c2 = SIMD4<Float>(), c3 = SIMD4<Float>()
+
+    @inline(__always)
+    func step(_ wA: K.Chunk, _ wB: K.Chunk, _ sc: SIMD4<Float>, _ j: Int, _ xOff: Int, _ dsOff: Int,
+              _ e: inout SIMD8<Float>, _ o: inout SIMD8<Float>, _ c: inout SIMD4<Float>) {
+        let one = splat16(1)
+        let xa = q0.loadUnaligned(fromByteOffset: j * cols + xOff, as: SIMD32<Int8>.self)
+        let xb = q0.loadUnaligned(fromByteOffset: j * cols + xOff + 32, as: SIMD32<Int8>.self)
+        let f = sc * ds0.loadUnaligned(fromByteOffset: j * dsStride + dsOff, as: SIMD4<Float>.self)
+        e = e.addingProduct(SIMD8(repeating: f[0]), SIMD8<Float>(K.dot(wA, xa, one)))
+        o = o.addingProduct(SIMD8(repeating: f[2]), SIMD8<Float>(K.dot(wB, xb, one)))
+        c += f
+    }
+
+    var b = 0
+    while b + 1 < nb {
+        let sc = scales[b / 2]
+        let wA = chunks[b], wB = chunks[b + 1]
+        step(wA, wB, sc, 0, b * 32, 8 * b, &e0, &o0, &c0)
+        if nt > 1 { step(wA, wB, sc, 1, b * 32, 8 * b, &e1, &o1, &c1) }
+        if nt > 2 { step(wA, wB, sc, 2, b * 32, 8 * b, &e2, &o2, &c2) }
+        if nt > 3 { step(wA, wB, sc, 3, b * 32, 8 * b, &e3, &o3, &c3) }
+        b += 2
+    }
+    if b < nb {
+        let sc = scales[b / 2]
+        let w = chunks[b]
+        @inline(__always)
+        func tail(_ j: Int, _ e: inout SIMD8<Float>, _ c: inout SIMD4<Float>) {
+            let x = q0.loadUnaligned(fromByteOffset: j * cols + b * 32, as: SIMD32<Int8>.self)
+            let dsx = ds0.loadUnaligned(fromByteOffset: j * dsStride + 8 * b, as: SIMD2<Float>.self)
+            let f = sc * SIMD4(dsx[0], dsx[1], 0, 0)
+            e = e.addingProduct(SIMD8(repeating: f[0]), SIMD8<Float>(K.dot(w, x, splat16(1))))
+            c += f
+        }
+        tail(0, &e0, &c0)
+        if nt > 1 { tail(1, &e1, &c1) }
+        if nt > 2 { tail(2, &e2, &c2) }
+        if nt > 3 { tail(3, &e3, &c3) }
+    }
+    out[0] = hsum(e0 + o0) + (c0[1] + c0[3])
+    if nt > 1 { out[outStride] = hsum(e1 + o1) + (c1[1] + c1[3]) }
+    if nt > 2 { out[2 * outStride] = hsum(e2 + o2) + (c2[1] + c2[3]) }
+    if nt > 3 { out[3 * outStride] = hsum(e3 + o3) + (c3[1] + c3[3]) }
+}
+
 /// 256-element K-quants: integer sums over the 8 chunks, one FMA per block and token.
 @inline(__always)
 func superRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int, _ act: QuantizedActivations,
@@ -255,6 +372,103 @@ func superRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int
         var i0 = SIMD8<Int32>(), i1 = SIMD8<Int32>(), i2 = SIMD8<Int32>(), i3 = SIMD8<Int32>()
         for c in 0..<K.chunks {
             let (wv, sc) = K.chunk(p, h, c)
+            let off = b * be + c * 32
+            i0 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off, as: SIMD32<Int8>.self), sc)
+            if nt > 1 { i1 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + cols, as: SIMD32<Int8>.self), sc) }
+            if nt > 2 { i2 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 2 * cols, as: SIMD32<Int8>.self), sc) }
+            if nt > 3 { i3 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 3 * cols, as: SIMD32<Int8>.self), sc) }
+        }
+        let ws = K.blockScale(h)
+        a0 = a0.addingProduct(SIMD8(repeating: ws * d0[b]), SIMD8<Float>(i0))
+        c0 += K.correction(h, dx: d0[b], sx: 0, bsums: g0 + 16 * b)
+        if nt > 1 {
+            a1 = a1.addingProduct(SIMD8(repeating: ws * d0[nb + b]), SIMD8<Float>(i1))
+            c1 += K.correction(h, dx: d0[nb + b], sx: 0, bsums: g0 + 16 * (nb + b))
+        }
+        if nt > 2 {
+            a2 = a2.addingProduct(SIMD8(repeating: ws * d0[2 * nb + b]), SIMD8<Float>(i2))
+            c2 += K.correction(h, dx: d0[2 * nb + b], sx: 0, bsums: g0 + 16 * (2 * nb + b))
+        }
+        if nt > 3 {
+            a3 = a3.addingProduct(SIMD8(repeating: ws * d0[3 * nb + b]), SIMD8<Float>(i3))
+            c3 += K.correction(h, dx: d0[3 * nb + b], sx: 0, bsums: g0 + 16 * (3 * nb + b))
+        }
+    }
+    out[0] = hsum(a0) + c0
+    if nt > 1 { out[outStride] = hsum(a1) + c1 }
+    if nt > 2 { out[2 * outStride] = hsum(a2) + c2 }
+    if nt > 3 { out[3 * outStride] = hsum(a3) + c3 }
+}
+
+/// K-quants for prompt-sized batches: as `decodedQuantRows`, each row tile's block headers
+/// and chunks (lanes and sub-block multipliers) are unpacked once for all token groups.
+func decodedSuperRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int,
+                                      _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    let rows = w.rows, nb = w.columns / K.blockElements, nc = K.chunks
+    let tile = rowTileSize(w.rowBytes)
+    let headers = UnsafeMutablePointer<K.Header>.allocate(capacity: tile * nb)
+    let lanes = UnsafeMutablePointer<K.Chunk>.allocate(capacity: tile * nb * nc)
+    let multipliers = UnsafeMutablePointer<SIMD16<Int16>>.allocate(capacity: tile * nb * nc)
+    defer {
+        headers.deallocate()
+        lanes.deallocate()
+        multipliers.deallocate()
+    }
+    var r0 = range.lowerBound
+    while r0 < range.upperBound {
+        let r1 = min(r0 + tile, range.upperBound)
+        for r in r0..<r1 {
+            let row = w.row(r)
+            for b in 0..<nb {
+                let p = row + b * K.blockBytes
+                let i = (r - r0) * nb + b
+                let h = K.header(p)
+                (headers + i).initialize(to: h)
+                for c in 0..<nc {
+                    let (wv, sc) = K.chunk(p, h, c)
+                    (lanes + i * nc + c).initialize(to: wv)
+                    multipliers[i * nc + c] = sc
+                }
+            }
+        }
+        var t0 = 0
+        while t0 < tokens {
+            let nt = min(tokenTile, tokens - t0)
+            for r in r0..<r1 {
+                let i = (r - r0) * nb
+                let (h, l, m) = (headers + i, lanes + i * nc, multipliers + i * nc)
+                switch nt {
+                case 4: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 4, y + t0 * rows + r, rows)
+                case 3: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 3, y + t0 * rows + r, rows)
+                case 2: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 2, y + t0 * rows + r, rows)
+                default: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 1, y + t0 * rows + r, rows)
+                }
+            }
+            t0 += nt
+        }
+        headers.deinitialize(count: (r1 - r0) * nb)
+        lanes.deinitialize(count: (r1 - r0) * nb * nc)
+        r0 = r1
+    }
+}
+
+/// `superRowDot` over an unpacked row (see `decodedSuperRows`).
+@inline(__always)
+func decodedSuperRowDot<K: QuantKernel>(_ k: K.Type, _ headers: UnsafePointer<K.Header>, _ lanes: UnsafePointer<K.Chunk>,
+                                        _ multipliers: UnsafePointer<SIMD16<Int16>>, _ nb: Int, _ act: QuantizedActivations,
+                                        _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    let be = K.blockElements, nc = K.chunks
+    let cols = act.columns
+    let q0 = UnsafeRawPointer(act.q + t0 * cols)
+    let d0 = act.d + t0 * nb
+    let g0 = act.bsums + t0 * nb * 16
+    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+    var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
+    for b in 0..<nb {
+        let h = headers[b]
+        var i0 = SIMD8<Int32>(), i1 = SIMD8<Int32>(), i2 = SIMD8<Int32>(), i3 = SIMD8<Int32>()
+        for c in 0..<nc {
+            let wv = lanes[b * nc + c], sc = multipliers[b * nc + c]
             let off = b * be + c * 32
             i0 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off, as: SIMD32<Int8>.self), sc)
             if nt > 1 { i1 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + cols, as: SIMD32<Int8>.self), sc) }

@@ -55,9 +55,11 @@ public final class Gemma3: AttentionModel {
         x.scale(by: Float(config.embeddingLength).squareRoot())
         for (i, layer) in layers.enumerated() {
             let attended = layer.attention(layer.attentionNorm(x), layer: i, batch: batch, pool: pool)
-            x += layer.postAttentionNorm(attended)
+            layer.postAttentionNorm.normalize(attended, into: attended)
+            x += attended
             let fed = layer.feedForward(layer.feedForwardNorm(x), pool)
-            x += layer.postFeedForwardNorm(fed)
+            layer.postFeedForwardNorm.normalize(fed, into: fed)
+            x += fed
         }
         return head(x, batch: batch, pool: pool)
     }

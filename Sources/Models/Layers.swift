@@ -8,11 +8,16 @@ public final class Matrix: @unchecked Sendable {
     public let columns: Int
     public let data: UnsafeMutablePointer<Float>
 
-    public init(rows: Int, columns: Int) {
+    public convenience init(rows: Int, columns: Int) {
+        self.init(rows: rows, columns: columns, zeroed: true)
+    }
+
+    /// `zeroed: false` leaves the contents undefined, for results that overwrite every element.
+    public init(rows: Int, columns: Int, zeroed: Bool) {
         self.rows = rows
         self.columns = columns
         data = .allocate(capacity: max(1, rows * columns))
-        data.initialize(repeating: 0, count: rows * columns)
+        if zeroed { data.initialize(repeating: 0, count: rows * columns) }
     }
 
     deinit { data.deallocate() }
@@ -23,7 +28,7 @@ public final class Matrix: @unchecked Sendable {
 
     /// self += other, element-wise (the residual connection).
     public static func += (lhs: Matrix, rhs: Matrix) {
-        for i in 0..<lhs.rows * lhs.columns { lhs.data[i] += rhs.data[i] }
+        addInPlace(lhs.data, rhs.data, count: lhs.rows * lhs.columns)
     }
 
     public func scale(by factor: Float) {
@@ -69,13 +74,27 @@ public struct Linear: Sendable {
     public var outputs: Int { weight.rows }
 
     public func callAsFunction(_ x: Matrix, _ pool: ThreadPool) -> Matrix {
-        let y = Matrix(rows: x.rows, columns: weight.rows)
+        let y = Matrix(rows: x.rows, columns: weight.rows, zeroed: false)
         matmul(weight, input: x.data, tokens: x.rows, output: y.data, pool: pool)
-        if let bias {
-            for t in 0..<y.rows { for i in 0..<y.columns { y[t][i] += bias.values[i] } }
-        }
+        addBias(to: y)
         return y
     }
+
+    func addBias(to y: Matrix) {
+        guard let bias else { return }
+        bias.values.withUnsafeBufferPointer { b in
+            for t in 0..<y.rows { addInPlace(y[t], b.baseAddress!, count: y.columns) }
+        }
+    }
+}
+
+/// Several projections of the same input (Q/K/V, gate/up) in one matmul call: the input is
+/// quantized once and the pool is handed one job; the results equal separate calls.
+func project(_ x: Matrix, _ linears: [Linear], _ pool: ThreadPool) -> [Matrix] {
+    let ys = linears.map { Matrix(rows: x.rows, columns: $0.outputs, zeroed: false) }
+    matmul(linears.map(\.weight), input: x.data, tokens: x.rows, outputs: ys.map(\.data), pool: pool)
+    for (linear, y) in zip(linears, ys) { linear.addBias(to: y) }
+    return ys
 }
 
 /// Token embedding table: one quantized row per vocabulary entry.
@@ -91,7 +110,7 @@ public struct Embedding: Sendable {
     }
 
     public func callAsFunction(_ tokens: [Int32]) -> Matrix {
-        let x = Matrix(rows: tokens.count, columns: table.columns)
+        let x = Matrix(rows: tokens.count, columns: table.columns, zeroed: false)
         for (i, t) in tokens.enumerated() {
             let id = Int(t)
             precondition(id >= 0 && id < table.rows, "token id \(id) outside the vocabulary")
@@ -112,20 +131,21 @@ public struct RMSNorm: Sendable {
     }
 
     public func callAsFunction(_ x: Matrix) -> Matrix {
-        let y = Matrix(rows: x.rows, columns: x.columns)
+        let y = Matrix(rows: x.rows, columns: x.columns, zeroed: false)
+        normalize(x, into: y)
+        return y
+    }
+
+    /// `y` may be `x` (in place).
+    public func normalize(_ x: Matrix, into y: Matrix) {
         let group = weight.values.count
         weight.values.withUnsafeBufferPointer { w in
             for r in 0..<x.rows {
                 for start in stride(from: 0, to: x.columns, by: group) {
-                    let src = x[r] + start, dst = y[r] + start
-                    var sumSquares: Double = 0
-                    for i in 0..<group { sumSquares += Double(src[i] * src[i]) }
-                    let scale = 1 / (Float(sumSquares / Double(group)) + epsilon).squareRoot()
-                    for i in 0..<group { dst[i] = src[i] * scale * w[i] }
+                    rmsNormalize(x[r] + start, w.baseAddress!, count: group, epsilon: epsilon, into: y[r] + start)
                 }
             }
         }
-        return y
     }
 }
 
@@ -153,19 +173,36 @@ public struct RoPE: Sendable {
 
     /// Rotates every head of one token's q or k vector in place.
     public func apply(_ v: UnsafeMutablePointer<Float>, heads: Int, headDimension: Int, position: Int) {
-        let half = dimensions / 2
+        var angles = [Float](repeating: 0, count: dimensions)
+        angles.withUnsafeMutableBufferPointer { a in
+            rotations(position: position, into: a.baseAddress!)
+            apply(v, heads: heads, headDimension: headDimension, rotations: a.baseAddress!)
+        }
+    }
+
+    /// (cos θᵢ, sin θᵢ) for i < dimensions/2 at `position`: `dimensions` floats.
+    public func rotations(position: Int, into cs: UnsafeMutablePointer<Float>) {
         let thetaScale = powf(base, -2 / Float(dimensions))
         var theta = Float(position) / positionScale
-        for i in 0..<half {
-            let c = cosf(theta), s = sinf(theta)
-            for h in 0..<heads {
-                let head = v + h * headDimension
+        for i in 0..<dimensions / 2 {
+            cs[2 * i] = cosf(theta)
+            cs[2 * i + 1] = sinf(theta)
+            theta *= thetaScale
+        }
+    }
+
+    /// Rotates every head of one token's q or k vector by precomputed `rotations(position:into:)`.
+    public func apply(_ v: UnsafeMutablePointer<Float>, heads: Int, headDimension: Int, rotations cs: UnsafePointer<Float>) {
+        let half = dimensions / 2
+        for h in 0..<heads {
+            let head = v + h * headDimension
+            for i in 0..<half {
+                let c = cs[2 * i], s = cs[2 * i + 1]
                 let (a, b) = style == .interleaved ? (2 * i, 2 * i + 1) : (i, i + half)
                 let x0 = head[a], x1 = head[b]
                 head[a] = x0 * c - x1 * s
                 head[b] = x0 * s + x1 * c
             }
-            theta *= thetaScale
         }
     }
 }
@@ -176,6 +213,8 @@ public struct BatchSequence {
     public var cache: any SequenceState
     /// Return logits for every token (perplexity) or only the last (generation).
     public var allLogits: Bool
+    /// False for a piece of a longer sequence whose logits nobody asked for (see `forward`).
+    var logitsNeeded = true
 
     public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false) {
         self.tokens = tokens
@@ -220,76 +259,172 @@ public struct Attention: Sendable {
 
     /// `x` holds the batch's normalized hidden states, sequences back to back.
     public func callAsFunction(_ x: Matrix, layer: Int, batch: [BatchSequence], pool: ThreadPool) -> Matrix {
-        var q = query(x, pool)
-        var k = key(x, pool)
-        let v = value(x, pool)
-        if let queryNorm { q = queryNorm(q) }
-        if let keyNorm { k = keyNorm(k) }
+        let qkv = project(x, [query, key, value], pool)
+        let (q, k, v) = (qkv[0], qkv[1], qkv[2])
+        if let queryNorm { queryNorm.normalize(q, into: q) }
+        if let keyNorm { keyNorm.normalize(k, into: k) }
 
-        // Rotate and store this batch's keys and values in each sequence's cache.
-        let caches = batch.map { $0.cache as! any KVStore }
+        // Rotate q and k, and store this batch's keys and values in each sequence's cache.
         var row = 0
-        var rowInfo: [(sequence: Int, position: Int)] = []
-        for (s, seq) in batch.enumerated() {
+        var sequences: [AttentionSequence] = []
+        let angles = UnsafeMutablePointer<Float>.allocate(capacity: rope.dimensions)
+        defer { angles.deallocate() }
+        for seq in batch {
+            let cache = seq.cache as! any KVStore
             for i in 0..<seq.tokens.count {
                 let position = seq.cache.count + i
-                rope.apply(q[row], heads: heads, headDimension: headDimension, position: position)
-                rope.apply(k[row], heads: kvHeads, headDimension: headDimension, position: position)
-                let keyOut = caches[s].key(layer: layer, position: position)
-                let valueOut = caches[s].value(layer: layer, position: position)
-                for j in 0..<k.columns { keyOut[j] = Float16(k[row][j]) }
-                for j in 0..<v.columns { valueOut[j] = Float16(v[row][j]) }
-                rowInfo.append((s, position))
-                row += 1
+                rope.rotations(position: position, into: angles)
+                rope.apply(q[row + i], heads: heads, headDimension: headDimension, rotations: angles)
+                rope.apply(k[row + i], heads: kvHeads, headDimension: headDimension, rotations: angles)
+                storeHalf(k[row + i], cache.key(layer: layer, position: position), count: k.columns)
+                storeHalf(v[row + i], cache.value(layer: layer, position: position), count: v.columns)
+            }
+            sequences.append(AttentionSequence(cache: cache, layer: layer, firstRow: row, firstPosition: seq.cache.count,
+                                               tokens: seq.tokens.count))
+            row += seq.tokens.count
+        }
+        defer { for s in sequences { s.deallocate() } }
+
+        let out = Matrix(rows: x.rows, columns: heads * (v.columns / kvHeads), zeroed: false)
+        attend(q, sequences, into: out, pool: pool)
+        return output(out, pool)
+    }
+
+    /// Every query head of every token attends over its sequence's cached positions up to its
+    /// own (causal), restricted to the window if any. Jobs are (token, head) pairs dealt out
+    /// round-robin to a few pool items, which balances the causal triangle's uneven rows.
+    func attend(_ q: Matrix, _ sequences: [AttentionSequence], into out: Matrix, pool: ThreadPool) {
+        let (heads, group, headDimension) = (self.heads, self.heads / kvHeads, self.headDimension)
+        let valueDimension = out.columns / heads
+        let (scale, window) = (self.scale, self.window)
+        var jobs: [(sequence: Int, row: Int)] = []
+        var work = 0
+        var longest = 0
+        for (s, seq) in sequences.enumerated() {
+            for i in 0..<seq.tokens {
+                jobs.append((s, seq.firstRow + i))
+                longest = max(longest, seq.firstPosition + i + 1)
+                work += (seq.firstPosition + i + 1) * heads * (headDimension + valueDimension)
             }
         }
-
-        let valueDimension = v.columns / kvHeads
-        let out = Matrix(rows: x.rows, columns: heads * valueDimension)
-        let group = heads / kvHeads
-        let (qm, om, info) = (q, out, rowInfo)
-        nonisolated(unsafe) let cacheList = caches
-        let (scale, window, headDimension, heads) = (self.scale, self.window, self.headDimension, self.heads)
-        pool.parallelFor(x.rows * heads) { job in
-            let r = job / heads, h = job % heads
-            let (s, position) = info[r]
-            let first = window.map { max(0, position - $0 + 1) } ?? 0
-            let query = qm[r] + h * headDimension
-            let result = om[r] + h * valueDimension
-            let keys = { (p: Int) in cacheList[s].key(layer: layer, position: p) + (h / group) * headDimension }
-            let values = { (p: Int) in cacheList[s].value(layer: layer, position: p) + (h / group) * valueDimension }
-            attend(query: query, keys: keys, values: values, positions: first...position,
-                   headDimension: headDimension, valueDimension: valueDimension, scale: scale, into: result)
+        let jobCount = jobs.count * heads
+        let items = work < 1 << 15 ? 1 : min(jobCount, pool.threadCount * 8)
+        let (qm, om, seqs, rows, scoreCount) = (q, out, sequences, jobs, longest)
+        pool.parallelFor(items) { item in
+            let scores = UnsafeMutablePointer<Float>.allocate(capacity: scoreCount)
+            defer { scores.deallocate() }
+            for job in stride(from: item, to: jobCount, by: items) {
+                let (s, r) = rows[job / heads]
+                let h = job % heads
+                let seq = seqs[s]
+                let position = seq.firstPosition + (r - seq.firstRow)
+                let first = window.map { max(0, position - $0 + 1) } ?? 0
+                attendHead(query: qm[r] + h * headDimension,
+                           keys: seq.keys, keyOffset: (h / group) * headDimension,
+                           values: seq.values, valueOffset: (h / group) * valueDimension,
+                           positions: first..<position + 1, headDimension: headDimension,
+                           valueDimension: valueDimension, scale: scale, scores: scores,
+                           into: om[r] + h * valueDimension)
+            }
         }
-        return output(out, pool)
+    }
+}
+
+/// One sequence's rows in the batch and its cache rows for one layer, looked up once per
+/// layer (the store is per position, so that it may be paged).
+struct AttentionSequence: @unchecked Sendable {
+    let firstRow: Int
+    let firstPosition: Int
+    let tokens: Int
+    let keys: UnsafeMutablePointer<UnsafePointer<Float16>>
+    let values: UnsafeMutablePointer<UnsafePointer<Float16>>
+
+    init(cache: any KVStore, layer: Int, firstRow: Int, firstPosition: Int, tokens: Int) {
+        self.firstRow = firstRow
+        self.firstPosition = firstPosition
+        self.tokens = tokens
+        let count = firstPosition + tokens
+        keys = .allocate(capacity: count)
+        values = .allocate(capacity: count)
+        for p in 0..<count {
+            keys[p] = UnsafePointer(cache.key(layer: layer, position: p))
+            values[p] = UnsafePointer(cache.value(layer: layer, position: p))
+        }
+    }
+
+    func deallocate() {
+        keys.deallocate()
+        values.deallocate()
     }
 }
 
 /// softmax(q·Kᵀ·scale)·V for one query head over cached half-precision keys and values.
 @inline(__always)
-func attend(query: UnsafeMutablePointer<Float>, keys: (Int) -> UnsafeMutablePointer<Float16>,
-                           values: (Int) -> UnsafeMutablePointer<Float16>, positions: ClosedRange<Int>,
-                           headDimension: Int, valueDimension: Int, scale: Float, into out: UnsafeMutablePointer<Float>) {
-    var scores = [Float](repeating: 0, count: positions.count)
+func attendHead(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
+                headDimension: Int, valueDimension: Int, scale: Float,
+                scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
+    let n = positions.count
+    let first = positions.lowerBound
     var maxScore = -Float.infinity
-    for p in positions {
-        let k = keys(p)
-        var dot: Float = 0
-        for i in 0..<headDimension { dot += query[i] * Float(k[i]) }
-        dot *= scale
-        scores[p - positions.lowerBound] = dot
+    var i = 0
+    var maxScores = SIMD4<Float>(repeating: -.infinity)
+    while i + 4 <= n {
+        let k = keys + first + i
+        let dots = dotHalf4(query, k[0] + keyOffset, k[1] + keyOffset, k[2] + keyOffset, k[3] + keyOffset,
+                            count: headDimension) * scale
+        UnsafeMutableRawPointer(scores + i).storeBytes(of: dots, as: SIMD4<Float>.self)
+        maxScores = maxScores.replacing(with: dots, where: dots .> maxScores)
+        i += 4
+    }
+    maxScore = maxScores.max()
+    while i < n {
+        let dot = dotHalf(query, keys[first + i] + keyOffset, count: headDimension) * scale
+        scores[i] = dot
         maxScore = max(maxScore, dot)
+        i += 1
     }
+    // e^(s - max), summed; then normalized weights
     var total: Float = 0
-    for i in scores.indices {
-        scores[i] = expf(scores[i] - maxScore)
-        total += scores[i]
+    i = 0
+    var totals = Float8()
+    while i + 8 <= n {
+        let e = exp8(load8(scores + i) - maxScore)
+        store8(e, scores + i)
+        totals += e
+        i += 8
     }
-    for i in 0..<valueDimension { out[i] = 0 }
-    for p in positions {
-        let w = scores[p - positions.lowerBound] / total
-        let v = values(p)
-        for i in 0..<valueDimension { out[i] += w * Float(v[i]) }
+    while i < n { scores[i] = exp1(scores[i] - maxScore); total += scores[i]; i += 1 }
+    total += sum(totals)
+    let inverse = 1 / total
+    for i in 0..<n { scores[i] *= inverse }
+
+    // out = Σ wᵢ·vᵢ, 32 (or 8) output lanes at a time held in registers across all positions
+    var d = 0
+    while d + 32 <= valueDimension {
+        var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
+        for i in 0..<n {
+            let v = values[first + i] + valueOffset + d
+            let w = Float8(repeating: scores[i])
+            a0 = a0.addingProduct(w, load8(v))
+            a1 = a1.addingProduct(w, load8(v + 8))
+            a2 = a2.addingProduct(w, load8(v + 16))
+            a3 = a3.addingProduct(w, load8(v + 24))
+        }
+        store8(a0, out + d); store8(a1, out + d + 8); store8(a2, out + d + 16); store8(a3, out + d + 24)
+        d += 32
+    }
+    while d + 8 <= valueDimension {
+        var a0 = Float8()
+        for i in 0..<n { a0 = a0.addingProduct(Float8(repeating: scores[i]), load8(values[first + i] + valueOffset + d)) }
+        store8(a0, out + d)
+        d += 8
+    }
+    while d < valueDimension {
+        var a: Float = 0
+        for i in 0..<n { a += scores[i] * Float(values[first + i][valueOffset + d]) }
+        out[d] = a
+        d += 1
     }
 }
 
@@ -308,17 +443,25 @@ public struct GatedFeedForward: Sendable {
         self.activation = activation
     }
 
+    /// Tokens per pass: every token is independent here, so a long batch goes through in
+    /// slices and the hidden-width activations stay small (peak memory of prompt prefill).
+    static let slice = 64
+
     public func callAsFunction(_ x: Matrix, _ pool: ThreadPool) -> Matrix {
-        let g = gate(x, pool)
-        let u = up(x, pool)
-        let n = g.rows * g.columns
-        switch activation {
-        case .silu:
-            for i in 0..<n { let a = g.data[i]; g.data[i] = a / (1 + expf(-a)) * u.data[i] }
-        case .gelu:
-            for i in 0..<n { g.data[i] = gelu(g.data[i]) * u.data[i] }
+        let y = Matrix(rows: x.rows, columns: down.outputs, zeroed: false)
+        let rows = min(x.rows, Self.slice)
+        let g = Matrix(rows: rows, columns: gate.outputs, zeroed: false)
+        let u = Matrix(rows: rows, columns: up.outputs, zeroed: false)
+        for start in stride(from: 0, to: x.rows, by: rows) {
+            let n = min(rows, x.rows - start)
+            matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
+            switch activation {
+            case .silu: gatedActivation(g.data, u.data, count: n * g.columns, k: 1, c: 0)
+            case .gelu: gatedActivation(g.data, u.data, count: n * g.columns, k: 2 * 0.797_884_56, c: 0.044715)
+            }
+            matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool)
         }
-        return down(g, pool)
+        return y
     }
 }
 
@@ -346,13 +489,14 @@ public struct OutputHead: Sendable {
     public func callAsFunction(_ x: Matrix, batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         var picked: [Int] = []
         var row = 0
-        for seq in batch {
+        for seq in batch where seq.logitsNeeded {
             if seq.allLogits { picked += Array(row..<row + seq.tokens.count) } else { picked.append(row + seq.tokens.count - 1) }
             row += seq.tokens.count
         }
-        let selected = Matrix(rows: picked.count, columns: x.columns)
+        let selected = Matrix(rows: picked.count, columns: x.columns, zeroed: false)
         for (i, r) in picked.enumerated() { selected[i].update(from: x[r], count: x.columns) }
-        let logits = projection(norm(selected), pool)
+        norm.normalize(selected, into: selected)
+        let logits = projection(selected, pool)
         return (0..<logits.rows).map { logits.rowArray($0) }
     }
 }

@@ -63,7 +63,7 @@ public struct MixtureOfExperts: FeedForward {
             let u = Matrix(rows: assigned.count, columns: ups[e].rows)
             matmul(gates[e], input: input.data, tokens: assigned.count, output: g.data, pool: pool)
             matmul(ups[e], input: input.data, tokens: assigned.count, output: u.data, pool: pool)
-            for i in 0..<g.rows * g.columns { let a = g.data[i]; g.data[i] = a / (1 + expf(-a)) * u.data[i] }
+            gatedActivation(g.data, u.data, count: g.rows * g.columns, k: 1, c: 0)  // SwiGLU
             let y = Matrix(rows: assigned.count, columns: x.columns)
             matmul(downs[e], input: g.data, tokens: assigned.count, output: y.data, pool: pool)
             for (i, a) in assigned.enumerated() {

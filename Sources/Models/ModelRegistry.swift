@@ -43,11 +43,49 @@ extension AttentionModel {
 
 extension LanguageModel {
     /// The forward pass: checks the caches have room, computes, then advances them.
+    /// A batch of more than `microBatchTokens` tokens runs as several passes of at most that
+    /// many (a sequence's later tokens in later passes, seeing the earlier ones through its
+    /// cache), so activation memory stays bounded; the logits are the same floats.
     public func forward(_ batch: [BatchSequence], pool: ThreadPool) throws -> [[Float]] {
         for seq in batch { try seq.cache.reserve(seq.tokens.count) }
-        let logits = computeLogits(batch, pool: pool)
-        for seq in batch { seq.cache.advance(by: seq.tokens.count) }
+        var logits: [[Float]] = []
+        for pass in microBatches(batch) {
+            let rows = computeLogits(pass, pool: pool)
+            var next = 0
+            for piece in pass {
+                let count = !piece.logitsNeeded ? 0 : piece.allLogits ? piece.tokens.count : 1
+                logits += rows[next..<next + count]
+                next += count
+                piece.cache.advance(by: piece.tokens.count)
+            }
+        }
         return logits
     }
+}
+
+/// Most tokens one `computeLogits` call processes (llama.cpp's micro-batch, "ubatch").
+public let microBatchTokens = 128
+
+/// Splits a batch into passes of at most `microBatchTokens` tokens, in order; only a
+/// sequence's final piece computes logits unless all positions' logits are asked for.
+func microBatches(_ batch: [BatchSequence]) -> [[BatchSequence]] {
+    var passes: [[BatchSequence]] = [[]]
+    var count = 0
+    for seq in batch {
+        var start = 0
+        repeat {
+            if count == microBatchTokens {
+                passes.append([])
+                count = 0
+            }
+            let n = min(seq.tokens.count - start, microBatchTokens - count)
+            var piece = BatchSequence(tokens: Array(seq.tokens[start..<start + n]), cache: seq.cache, allLogits: seq.allLogits)
+            piece.logitsNeeded = seq.allLogits || start + n == seq.tokens.count
+            passes[passes.count - 1].append(piece)
+            count += n
+            start += n
+        } while start < seq.tokens.count
+    }
+    return passes
 
 }

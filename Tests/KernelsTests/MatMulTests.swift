@@ -195,6 +195,28 @@ let serialPool = ThreadPool(threads: 1)
     }
 }
 
+/// Batches longer than two token groups take the unpacked-tile path (decodedQuantRows,
+/// decodedSuperRows): every token must still get exactly the floats it gets alone, including
+/// the odd last block of the 32-element formats.
+@Suite struct PromptBatchTests {
+    @Test(arguments: supportedWeightTypes)
+    func promptBatchEqualsTokensAlone(_ type: TensorType) {
+        var cases = [MatMulCase(type)]
+        if [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0].contains(type) { cases.append(MatMulCase(type, rows: 45, columns: 800)) }
+        for c in cases {
+            let tokens = 13
+            let x = randomInput(tokens: tokens, columns: c.columns, seed: 11)
+            let batch = c.run(x, tokens: tokens, pool: matmulPool)
+            #expect(differences(batch, c.run(x, tokens: tokens, pool: serialPool)) == 0, "\(type): threads")
+            for t in 0..<tokens {
+                let one = c.run(Array(x[t * c.columns ..< (t + 1) * c.columns]), tokens: 1, pool: matmulPool)
+                #expect(differences(one, Array(batch[t * c.rows ..< (t + 1) * c.rows])) == 0,
+                        "\(type) \(c.columns) columns: token \(t) alone")
+            }
+        }
+    }
+}
+
 /// Number of positions whose bit patterns differ (or length mismatch).
 func differences(_ a: [Float], _ b: [Float]) -> Int {
     guard a.count == b.count else { return max(a.count, b.count) }

@@ -112,6 +112,30 @@ func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
         #expect(maxAbsDifference(alone[1], together[1]) < 1e-4)
     }
 
+    /// Batches longer than `microBatchTokens` run as several passes: the same floats as
+    /// feeding the pieces by hand, for the last-token and the every-position logits, and
+    /// for two sequences sharing passes.
+    @Test(arguments: ["llama-q8_0", "gemma3-q8_0", "mamba-f32"])
+    func longBatchesEqualTheirPieces(stem: String) throws {
+        let (file, ref) = try SyntheticModels.load(stem)
+        let model = try ModelRegistry.load(file)
+        let pool = ThreadPool(threads: 2)
+        let n = microBatchTokens + 75
+        let tokens = (0..<n).map { ref.prompt[$0 % ref.prompt.count] }
+        let pieces = [Array(tokens[..<100]), Array(tokens[100...])]
+        var byHand: [[Float]] = []
+        let handCache = model.makeCache(capacity: n)
+        for piece in pieces { byHand += try model.forward([BatchSequence(tokens: piece, cache: handCache, allLogits: true)], pool: pool) }
+        let all = try model.forward([BatchSequence(tokens: tokens, cache: model.makeCache(capacity: n), allLogits: true)], pool: pool)
+        #expect(all.count == n)
+        #expect(zip(all, byHand).allSatisfy { $0 == $1 })
+        let last = try model.forward([BatchSequence(tokens: tokens, cache: model.makeCache(capacity: n))], pool: pool)
+        #expect(last == [byHand[n - 1]])
+        let two = try model.forward([BatchSequence(tokens: Array(tokens[..<100]), cache: model.makeCache(capacity: n)),
+                                     BatchSequence(tokens: tokens, cache: model.makeCache(capacity: n))], pool: pool)
+        #expect(two == [byHand[99], byHand[n - 1]])
+    }
+
     @Test func contextOverflowIsAnErrorNotACrash() throws {
         let (file, ref) = try SyntheticModels.load("llama-f32")
         let model = try ModelRegistry.load(file)
