@@ -46,3 +46,26 @@ public enum TestSupport {
         return dir
     }
 }
+
+extension TestSupport {
+    /// Runs `python3 ARGUMENTS…` (e.g. `["-c", script, path]`) and returns its standard output.
+    /// Fails, never skips, when python3 or the packages it imports (numpy, gguf) are missing.
+    @discardableResult
+    public static func python(_ arguments: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["python3"] + arguments
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let output = out.fileHandleForReading.readDataToEndOfFile()
+        let message = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else {
+            throw CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey:
+                "python3 failed (needs numpy and gguf: pip install numpy gguf): \(String(decoding: message, as: UTF8.self))"])
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+}

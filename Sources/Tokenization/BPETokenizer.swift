@@ -254,21 +254,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             out.append(id)
             return
         }
-        let key = String(decoding: word, as: UTF8.self)
-        if let hit = local[key] {
-            out.append(contentsOf: hit)
-            return
-        }
-        if let hit = cache.get(key) {
-            local[key] = hit
-            out.append(contentsOf: hit)
-            return
-        }
-        let start = out.count
-        merge(word, into: &out, scratch: &scratch)
-        let result = Array(out[start...])
-        local[key] = result
-        cache.put(key, result)
+        cache.append(word, to: &out, local: &local) { merge(word, into: &$0, scratch: &scratch) }
     }
 
     private func merge(_ word: UnsafeBufferPointer<UInt8>, into out: inout [TokenID], scratch: inout MergeScratch) {
@@ -361,5 +347,22 @@ final class WordCache: @unchecked Sendable {
         defer { lock.unlock() }
         if entries.count >= limit { entries.removeAll(keepingCapacity: true) }
         entries[key] = value
+    }
+
+    /// Appends the tokens of `word` from the per-call `local` map, this shared cache, or, on a
+    /// miss, `encode` (whose output is then remembered in both).
+    func append(_ word: UnsafeBufferPointer<UInt8>, to out: inout [TokenID], local: inout [String: [TokenID]],
+                encode: (inout [TokenID]) -> Void) {
+        let key = String(decoding: word, as: UTF8.self)
+        if let hit = local[key] ?? get(key) {
+            local[key] = hit
+            out.append(contentsOf: hit)
+            return
+        }
+        let start = out.count
+        encode(&out)
+        let result = Array(out[start...])
+        local[key] = result
+        put(key, result)
     }
 }

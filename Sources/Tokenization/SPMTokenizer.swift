@@ -145,21 +145,7 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
             tokenize(word, into: &out, scratch: &scratch)
             return
         }
-        let key = String(decoding: word, as: UTF8.self)
-        if let hit = local[key] {
-            out.append(contentsOf: hit)
-            return
-        }
-        if let hit = cache.get(key) {
-            local[key] = hit
-            out.append(contentsOf: hit)
-            return
-        }
-        let start = out.count
-        tokenize(word, into: &out, scratch: &scratch)
-        let result = Array(out[start...])
-        local[key] = result
-        cache.put(key, result)
+        cache.append(word, to: &out, local: &local) { tokenize(word, into: &$0, scratch: &scratch) }
     }
 
     private func tokenize(_ text: UnsafeBufferPointer<UInt8>, into out: inout [TokenID], scratch: inout SPMScratch) {

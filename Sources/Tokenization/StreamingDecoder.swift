@@ -44,7 +44,7 @@ public struct StreamingDecoder: Sendable {
     /// Length of the longest prefix that does not end inside an unfinished character. The cut
     /// is always made before a non-continuation byte, where a UTF-8 decoder starts afresh, so
     /// decoding the parts separately gives the same text as decoding them together.
-    static func completePrefixLength(_ bytes: [UInt8]) -> Int {
+    public static func completePrefixLength(_ bytes: [UInt8]) -> Int {
         let n = bytes.count
         var i = n - 1
         // Find the last non-continuation byte within the last 4 bytes.

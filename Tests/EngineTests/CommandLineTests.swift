@@ -33,16 +33,7 @@ struct CommandLine {
 
     /// Runs python3 with `script` and returns its standard output.
     static func python(_ script: String, _ arguments: [String] = []) throws -> String {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", script] + arguments
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else { throw CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey: "python3 failed (needs the gguf package)"]) }
-        return String(decoding: data, as: UTF8.self)
+        try TestSupport.python(["-c", script] + arguments)
     }
 }
 

@@ -99,12 +99,7 @@ func patch<T: FixedWidthInteger>(_ bytes: inout [UInt8], at offset: Int, _ value
         w.add_tensor("t", np.arange(64, dtype=np.float32).reshape(2, 32))
         w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
         """
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["python3", "-c", script, path]
-        try p.run()
-        p.waitUntilExit()
-        try #require(p.terminationStatus == 0, "python3 with the gguf package is needed (pip install gguf)")
+        try TestSupport.python(["-c", script, path])
         let f = try GGUFFile(path: path)
         #expect(f.arch("block_count")?.int == 3)
         #expect(f["test.list"]?.stringArray == ["x", "yz"])

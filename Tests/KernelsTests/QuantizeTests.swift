@@ -2,6 +2,7 @@ import Foundation
 import GGUF
 import Kernels
 import Testing
+import TestSupport
 
 /// Deterministic test inputs: rows of 512 floats drawn from several distributions, with the
 /// edge cases quantizers get wrong (all-zero, constant, negative zero, single outlier, ties).
@@ -42,18 +43,7 @@ enum QuantizeInput {
 
 /// Runs python3 with `gguf` on the test inputs. Fails (never skips) when python or gguf is missing.
 func runPython(_ script: String, arguments: [String]) throws {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = ["python3", "-c", script] + arguments
-    let err = Pipe()
-    p.standardError = err
-    try p.run()
-    let message = err.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else {
-        throw CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey:
-            "python3 failed (needs numpy and gguf): \(String(decoding: message, as: UTF8.self))"])
-    }
+    try TestSupport.python(["-c", script] + arguments)
 }
 
 func readFloats(_ url: URL) throws -> [Float] {

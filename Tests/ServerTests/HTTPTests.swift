@@ -4,10 +4,10 @@ import HummingbirdTesting
 import Logging
 @testable import Server
 import TestSupport
-import XCTest
+import Testing
 
 /// The HTTP layer without a model: health before loading, authentication, request validation.
-final class HTTPTests: XCTestCase {
+@Suite(.serialized) struct HTTPTests {
     func makeServer(apiKey: String? = nil) -> OpenAIServer {
         var config = ServerConfiguration()
         config.apiKey = apiKey
@@ -15,118 +15,118 @@ final class HTTPTests: XCTestCase {
                             logger: Logger(label: "test"))
     }
 
-    func testHealthIs503UntilTheModelIsLoaded() async throws {
+    @Test func healthIs503UntilTheModelIsLoaded() async throws {
         let server = makeServer()
         let app = Application(router: server.makeRouter())
         try await app.test(.router) { client in
             try await client.execute(uri: "/health", method: .get) { r in
-                XCTAssertEqual(r.status, .serviceUnavailable)
-                XCTAssertTrue(String(buffer: r.body).contains("loading"))
+                #expect(r.status == .serviceUnavailable)
+                #expect(String(buffer: r.body).contains("loading"))
             }
             try await client.execute(uri: "/v1/models", method: .get) { r in
-                XCTAssertEqual(r.status, .serviceUnavailable)
+                #expect(r.status == .serviceUnavailable)
             }
             try await client.execute(uri: "/metrics", method: .get) { r in
-                XCTAssertEqual(r.status, .ok)
-                XCTAssertTrue(String(buffer: r.body).contains("swiftlet_model_loaded 0"))
+                #expect(r.status == .ok)
+                #expect(String(buffer: r.body).contains("swiftlet_model_loaded 0"))
             }
         }
         server.state.loadError = "no such file"
         try await app.test(.router) { client in
             try await client.execute(uri: "/health", method: .get) { r in
-                XCTAssertEqual(r.status, .serviceUnavailable)
-                XCTAssertTrue(String(buffer: r.body).contains("no such file"))
+                #expect(r.status == .serviceUnavailable)
+                #expect(String(buffer: r.body).contains("no such file"))
             }
         }
     }
 
-    func testAPIKeyIsRequiredOnV1Only() async throws {
+    @Test func aPIKeyIsRequiredOnV1Only() async throws {
         let app = Application(router: makeServer(apiKey: "k1").makeRouter())
         try await app.test(.router) { client in
             try await client.execute(uri: "/v1/models", method: .get) { r in
-                XCTAssertEqual(r.status, .unauthorized)
-                XCTAssertTrue(String(buffer: r.body).contains("invalid_api_key"))
+                #expect(r.status == .unauthorized)
+                #expect(String(buffer: r.body).contains("invalid_api_key"))
             }
             try await client.execute(uri: "/v1/models", method: .get, headers: [.authorization: "Bearer k2"]) { r in
-                XCTAssertEqual(r.status, .unauthorized)
+                #expect(r.status == .unauthorized)
             }
             try await client.execute(uri: "/v1/models", method: .get, headers: [.authorization: "Bearer k1"]) { r in
-                XCTAssertEqual(r.status, .serviceUnavailable, "past authentication; the model is not loaded")
+                #expect(r.status == .serviceUnavailable, "past authentication; the model is not loaded")
             }
             try await client.execute(uri: "/health", method: .get) { r in
-                XCTAssertEqual(r.status, .serviceUnavailable)
+                #expect(r.status == .serviceUnavailable)
             }
         }
     }
 
-    func testRequestValidationNamesTheField() throws {
+    @Test func requestValidationNamesTheField() throws {
         func param(_ json: String, chat: Bool = true) -> String? {
             do {
                 _ = try CompletionRequest(body: Array(json.utf8), chat: chat)
                 return nil
             } catch let e as APIError {
-                XCTAssertEqual(e.status, 400)
+                #expect(e.status == 400)
                 return e.param ?? "(none)"
             } catch {
                 return "unexpected \(error)"
             }
         }
         let ok = #"{"model":"m","messages":[{"role":"user","content":"hi"}]"#
-        XCTAssertNil(param(ok + "}"))
-        XCTAssertEqual(param("{"), "(none)")
-        XCTAssertEqual(param("[1]"), "(none)")
-        XCTAssertEqual(param(#"{"messages":[{"role":"user","content":"hi"}]}"#), "model")
-        XCTAssertEqual(param(ok + #","temperature":"x"}"#), "temperature")
-        XCTAssertEqual(param(ok + #","temperature":3}"#), "temperature")
-        XCTAssertEqual(param(ok + #","top_p":0}"#), "top_p")
-        XCTAssertEqual(param(ok + #","max_tokens":0}"#), "max_tokens")
-        XCTAssertEqual(param(ok + #","max_tokens":1.5}"#), "max_tokens")
-        XCTAssertEqual(param(ok + #","seed":"s"}"#), "seed")
-        XCTAssertEqual(param(ok + #","stop":[1]}"#), "stop")
-        XCTAssertEqual(param(ok + #","n":0}"#), "n")
-        XCTAssertEqual(param(ok + #","stream":"yes"}"#), "stream")
-        XCTAssertEqual(param(ok + #","stream_options":{"include_usage":1}}"#), "stream_options.include_usage")
-        XCTAssertEqual(param(ok + #","logit_bias":{"5":500}}"#), "logit_bias")
-        XCTAssertEqual(param(ok + #","response_format":{"type":"json_schema"}}"#), "response_format.json_schema")
-        XCTAssertEqual(param(#"{"model":"m","messages":[{"role":"user"}]}"#), "messages[0].content")
-        XCTAssertEqual(param(#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#),
-                       "messages[0].content[0]")
-        XCTAssertEqual(param(#"{"model":"m"}"#, chat: false), "prompt")
-        XCTAssertEqual(param(#"{"model":"m","prompt":[-1]}"#, chat: false), "prompt")
-        XCTAssertEqual(param(#"{"model":"m","prompt":{}}"#, chat: false), "prompt")
-        XCTAssertEqual(param(#"{"model":"m","prompt":"x","logprobs":50}"#, chat: false), "logprobs")
+        #expect(param(ok + "}") == nil)
+        #expect(param("{") == "(none)")
+        #expect(param("[1]") == "(none)")
+        #expect(param(#"{"messages":[{"role":"user","content":"hi"}]}"#) == "model")
+        #expect(param(ok + #","temperature":"x"}"#) == "temperature")
+        #expect(param(ok + #","temperature":3}"#) == "temperature")
+        #expect(param(ok + #","top_p":0}"#) == "top_p")
+        #expect(param(ok + #","max_tokens":0}"#) == "max_tokens")
+        #expect(param(ok + #","max_tokens":1.5}"#) == "max_tokens")
+        #expect(param(ok + #","seed":"s"}"#) == "seed")
+        #expect(param(ok + #","stop":[1]}"#) == "stop")
+        #expect(param(ok + #","n":0}"#) == "n")
+        #expect(param(ok + #","stream":"yes"}"#) == "stream")
+        #expect(param(ok + #","stream_options":{"include_usage":1}}"#) == "stream_options.include_usage")
+        #expect(param(ok + #","logit_bias":{"5":500}}"#) == "logit_bias")
+        #expect(param(ok + #","response_format":{"type":"json_schema"}}"#) == "response_format.json_schema")
+        #expect(param(#"{"model":"m","messages":[{"role":"user"}]}"#) == "messages[0].content")
+        #expect(param(#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#) == "messages[0].content[0]")
+        #expect(param(#"{"model":"m"}"#, chat: false) == "prompt")
+        #expect(param(#"{"model":"m","prompt":[-1]}"#, chat: false) == "prompt")
+        #expect(param(#"{"model":"m","prompt":{}}"#, chat: false) == "prompt")
+        #expect(param(#"{"model":"m","prompt":"x","logprobs":50}"#, chat: false) == "logprobs")
 
         let r = try CompletionRequest(body: Array((ok + #","max_completion_tokens":7,"temperature":0,"stop":"END","n":2,"logprobs":true,"top_logprobs":4,"seed":-1,"logit_bias":{"12":-100}}"#).utf8), chat: true)
-        XCTAssertEqual(r.maxTokens, 7)
-        XCTAssertEqual(r.sampling.temperature, 0)
-        XCTAssertEqual(r.stop, ["END"])
-        XCTAssertEqual(r.n, 2)
-        XCTAssertEqual(r.logprobs, 4)
-        XCTAssertEqual(r.sampling.seed, UInt64.max)
-        XCTAssertEqual(r.sampling.logitBias[12], -100)
+        #expect(r.maxTokens == 7)
+        #expect(r.sampling.temperature == 0)
+        #expect(r.stop == ["END"])
+        #expect(r.n == 2)
+        #expect(r.logprobs == 4)
+        #expect(r.sampling.seed == UInt64.max)
+        #expect(r.sampling.logitBias[12] == -100)
     }
 
-    func testKVCacheSizeParsing() {
-        XCTAssertEqual(KVCacheSize(parsing: "8192"), .tokens(8192))
-        XCTAssertEqual(KVCacheSize(parsing: "4k"), .tokens(4096))
-        XCTAssertEqual(KVCacheSize(parsing: "512MB"), .bytes(512_000_000))
-        XCTAssertEqual(KVCacheSize(parsing: "1GiB"), .bytes(1 << 30))
-        XCTAssertNil(KVCacheSize(parsing: "lots"))
-        XCTAssertNil(KVCacheSize(parsing: "-5"))
-        XCTAssertEqual(KVCacheSize.bytes(1 << 20).tokens(bytesPerToken: 1024), 1024)
+    @Test func kVCacheSizeParsing() {
+        #expect(KVCacheSize(parsing: "8192") == .tokens(8192))
+        #expect(KVCacheSize(parsing: "4k") == .tokens(4096))
+        #expect(KVCacheSize(parsing: "512MB") == .bytes(512_000_000))
+        #expect(KVCacheSize(parsing: "1GiB") == .bytes(1 << 30))
+        #expect(KVCacheSize(parsing: "lots") == nil)
+        #expect(KVCacheSize(parsing: "-5") == nil)
+        #expect(KVCacheSize.bytes(1 << 20).tokens(bytesPerToken: 1024) == 1024)
     }
 }
 
 /// `scripts/test_server_openai.py`: the official `openai` client against `swiftlet serve` on SmolLM2.
-final class OpenAIClientTests: XCTestCase {
-    func testOpenAIClientEndToEnd() throws {
+@Suite(.serialized) struct OpenAIClientTests {
+    @Test func openAIClientEndToEnd() throws {
         let root = TestSupport.repositoryRoot()
         // The swiftlet binary sits next to the test bundle in the build products folder.
-        let bundle = Bundle(for: Self.self).bundleURL
+        let bundle = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent()
         let candidates = [bundle.appendingPathComponent("swiftlet"),
                           bundle.deletingLastPathComponent().appendingPathComponent("swiftlet")].map(\.path)
         guard let binary = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            return XCTFail("no swiftlet binary at \(candidates): build it first (swift build -c release --build-tests)")
+            Issue.record("no swiftlet binary at \(candidates): build it first (swift build -c release --build-tests)")
+            return
         }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -140,6 +140,6 @@ final class OpenAIClientTests: XCTestCase {
         process.waitUntilExit()
         let text = String(decoding: output, as: UTF8.self)
         print(text)
-        XCTAssertEqual(process.terminationStatus, 0, "the openai-client tests failed:\n\(text)")
+        #expect(process.terminationStatus == 0, "the openai-client tests failed:\n\(text)")
     }
 }

@@ -1,9 +1,9 @@
 @testable import Engine
 import Models
 import Tokenization
-import XCTest
+import Testing
 
-final class PagedKVStoreTests: XCTestCase {
+@Suite(.serialized) struct PagedKVStoreTests {
     let layers = 2, dim = 3, blockSize = 4
 
     func makePool(blocks: Int) -> (KVBlockPool, BlockAllocator) {
@@ -25,18 +25,18 @@ final class PagedKVStoreTests: XCTestCase {
         store.advance(by: n)
     }
 
-    func check(_ store: PagedKVStore, positions: Range<Int>, salt: Float = 0, file: StaticString = #filePath, line: UInt = #line) {
+    func check(_ store: PagedKVStore, positions: Range<Int>, salt: Float = 0, sourceLocation: SourceLocation = #_sourceLocation) {
         for p in positions {
             for l in 0..<layers {
                 for i in 0..<dim {
-                    XCTAssertEqual(store.key(layer: l, position: p)[i], KVElement(Float(l * 1000 + p * 10 + i) + salt), file: file, line: line)
-                    XCTAssertEqual(store.value(layer: l, position: p)[i], KVElement(-Float(l * 1000 + p * 10 + i) - salt), file: file, line: line)
+                    #expect(store.key(layer: l, position: p)[i] == KVElement(Float(l * 1000 + p * 10 + i) + salt), sourceLocation: sourceLocation)
+                    #expect(store.value(layer: l, position: p)[i] == KVElement(-Float(l * 1000 + p * 10 + i) - salt), sourceLocation: sourceLocation)
                 }
             }
         }
     }
 
-    func testPositionsMapThroughTheBlockTable() throws {
+    @Test func positionsMapThroughTheBlockTable() throws {
         let (pool, alloc) = makePool(blocks: 8)
         let a = PagedKVStore(pool: pool, allocator: alloc, capacity: 32)
         let b = PagedKVStore(pool: pool, allocator: alloc, capacity: 32)
@@ -45,49 +45,49 @@ final class PagedKVStoreTests: XCTestCase {
             try fill(a, tokens: 3, salt: 0)
             try fill(b, tokens: 3, salt: 300)
         }
-        XCTAssertEqual(a.count, 9)
-        XCTAssertEqual(a.blocks.count, 3)
+        #expect(a.count == 9)
+        #expect(a.blocks.count == 3)
         check(a, positions: 0..<9)
         check(b, positions: 0..<9, salt: 300)
-        XCTAssertTrue(Set(a.blocks).isDisjoint(with: b.blocks))
+        #expect(Set(a.blocks).isDisjoint(with: b.blocks))
         a.releaseAll()
         b.releaseAll()
-        XCTAssertEqual(alloc.usedCount, 0)
+        #expect(alloc.usedCount == 0)
     }
 
-    func testContextAndPoolLimits() throws {
+    @Test func contextAndPoolLimits() throws {
         let (pool, alloc) = makePool(blocks: 2)
         let a = PagedKVStore(pool: pool, allocator: alloc, capacity: 6)
-        XCTAssertThrowsError(try a.reserve(7)) { XCTAssertTrue($0 is ContextFullError) }
+        #expect(throws: ContextFullError.self) { try a.reserve(7) }
         let b = PagedKVStore(pool: pool, allocator: alloc, capacity: 100)
         try fill(b, tokens: 5)
-        XCTAssertThrowsError(try a.reserve(4)) { XCTAssertTrue($0 is OutOfBlocksError) }
+        #expect(throws: OutOfBlocksError.self) { try a.reserve(4) }
         b.truncate(to: 3)
-        XCTAssertEqual(b.blocks.count, 1, "truncation gives back whole blocks")
-        XCTAssertNoThrow(try a.reserve(4))
+        #expect(b.blocks.count == 1, "truncation gives back whole blocks")
+        #expect(throws: Never.self) { try a.reserve(4) }
     }
 
-    func testPrefixSharingAndCopyOnWrite() throws {
+    @Test func prefixSharingAndCopyOnWrite() throws {
         let (pool, alloc) = makePool(blocks: 6)
         let tokens: [TokenID] = Array(100..<110)
         let a = PagedKVStore(pool: pool, allocator: alloc, capacity: 64)
         try fill(a, tokens: 10)
         a.registerFullBlocks(tokens)
-        XCTAssertEqual(a.blockHashes.count, 2)
+        #expect(a.blockHashes.count == 2)
 
         let b = PagedKVStore(pool: pool, allocator: alloc, capacity: 64)
-        XCTAssertEqual(b.adoptCachedPrefix(tokens + [1, 2]), 8, "two full blocks are shared")
-        XCTAssertEqual(Array(b.blocks), Array(a.blocks.prefix(2)))
-        XCTAssertEqual(alloc.referenceCount(a.blocks[0]), 2)
+        #expect(b.adoptCachedPrefix(tokens + [1, 2]) == 8, "two full blocks are shared")
+        #expect(Array(b.blocks) == Array(a.blocks.prefix(2)))
+        #expect(alloc.referenceCount(a.blocks[0]) == 2)
         check(b, positions: 0..<8)
 
         // Rewriting the last shared position copies the block first; the original is untouched.
         b.truncate(to: 7)
-        XCTAssertEqual(b.blocksNeeded(for: 1), 1)
+        #expect(b.blocksNeeded(for: 1) == 1)
         let shared = b.blocks[1]
         try b.reserve(1)
-        XCTAssertNotEqual(b.blocks[1], shared, "copy on write")
-        XCTAssertEqual(b.blocks[0], a.blocks[0], "the untouched block stays shared")
+        #expect(b.blocks[1] != shared, "copy on write")
+        #expect(b.blocks[0] == a.blocks[0], "the untouched block stays shared")
         check(b, positions: 0..<7)
         for l in 0..<layers { b.key(layer: l, position: 7)[0] = 42 }
         b.advance(by: 1)
@@ -95,17 +95,17 @@ final class PagedKVStoreTests: XCTestCase {
 
         a.releaseAll()
         b.releaseAll()
-        XCTAssertEqual(alloc.usedCount, 0)
-        XCTAssertEqual(alloc.cachedCount, 2)
-        XCTAssertTrue(alloc.checkInvariants())
+        #expect(alloc.usedCount == 0)
+        #expect(alloc.cachedCount == 2)
+        #expect(alloc.checkInvariants())
 
         // Parked blocks still serve hits after their holders are gone.
         let c = PagedKVStore(pool: pool, allocator: alloc, capacity: 64)
-        XCTAssertEqual(c.adoptCachedPrefix(tokens), 8)
+        #expect(c.adoptCachedPrefix(tokens) == 8)
         check(c, positions: 0..<8)
     }
 
-    func testEvictedPrefixIsRecomputed() throws {
+    @Test func evictedPrefixIsRecomputed() throws {
         let (pool, alloc) = makePool(blocks: 3)
         let tokens: [TokenID] = Array(0..<8)
         let a = PagedKVStore(pool: pool, allocator: alloc, capacity: 64)
@@ -114,9 +114,9 @@ final class PagedKVStoreTests: XCTestCase {
         a.releaseAll()
         let filler = PagedKVStore(pool: pool, allocator: alloc, capacity: 64)
         try fill(filler, tokens: 12)  // needs all 3 blocks: both cached ones are evicted
-        XCTAssertEqual(alloc.cachedCount, 0)
+        #expect(alloc.cachedCount == 0)
         filler.releaseAll()
         let b = PagedKVStore(pool: pool, allocator: alloc, capacity: 64)
-        XCTAssertEqual(b.adoptCachedPrefix(tokens), 0)
+        #expect(b.adoptCachedPrefix(tokens) == 0)
     }
 }

@@ -1,10 +1,10 @@
 @testable import Engine
 import Tokenization
-import XCTest
+import Testing
 
 /// The scheduler driven by a stand-in for the model: a forward pass just fills the positions
 /// it was given, and every sequence that reaches its last token "samples" a token.
-final class SchedulerTests: XCTestCase {
+@Suite(.serialized) struct SchedulerTests {
     func makeScheduler(blocks: Int, blockSize: Int = 4, maxRunning: Int = 4, budget: Int = 16, context: Int = 64) -> Scheduler {
         let pool = KVBlockPool(layers: 1, kvDimension: 1, blockSize: blockSize, blockCount: blocks)
         return Scheduler(configuration: .init(maxRunning: maxRunning, maxBatchTokens: budget, contextLength: context), pool: pool)
@@ -15,7 +15,7 @@ final class SchedulerTests: XCTestCase {
     func step(_ s: Scheduler, limit: [Int: Int], nextToken: (ScheduledSequence) -> TokenID = { TokenID($0.tokens.count % 97) }) -> [ScheduledChunk] {
         let chunks = s.schedule()
         for c in chunks {
-            XCTAssertEqual(c.range.lowerBound, c.sequence.computedCount, "a chunk starts where the cache ends")
+            #expect(c.range.lowerBound == c.sequence.computedCount, "a chunk starts where the cache ends")
             // The store has room: the forward pass writes every position of the chunk.
             let store = c.sequence.store!
             for p in c.range { store.key(layer: 0, position: p)[0] = KVElement(Float(c.sequence.tokens[p])) }
@@ -27,45 +27,45 @@ final class SchedulerTests: XCTestCase {
             seq.append(nextToken(seq))
             if seq.generatedCount >= limit[seq.id, default: 4] { s.remove(seq) }
         }
-        XCTAssertTrue(s.allocator.checkInvariants())
+        #expect(s.allocator.checkInvariants())
         return chunks
     }
 
-    func testDecodersAreNotStalledByALongPrompt() {
+    @Test func decodersAreNotStalledByALongPrompt() {
         let s = makeScheduler(blocks: 64, budget: 16, context: 256)
         let short = s.add(id: 1, prompt: [1, 2, 3])
         step(s, limit: [1: 100])
-        XCTAssertEqual(short.generatedCount, 1)
+        #expect(short.generatedCount == 1)
         let long = s.add(id: 2, prompt: Array(repeating: 5, count: 100))
         var steps = 0
         while long.generatedCount == 0 {
             let chunks = step(s, limit: [1: 100, 2: 100])
             steps += 1
-            XCTAssertLessThanOrEqual(chunks.reduce(0) { $0 + $1.range.count }, 16, "the token budget holds")
-            XCTAssertTrue(chunks.contains { $0.sequence === short && $0.range.count == 1 }, "the decoder runs every step")
+            #expect(chunks.reduce(0) { $0 + $1.range.count } <= 16, "the token budget holds")
+            #expect(chunks.contains { $0.sequence === short && $0.range.count == 1 }, "the decoder runs every step")
         }
-        XCTAssertEqual(steps, 7, "100 prompt tokens in chunks of 15 next to one decode")
-        XCTAssertEqual(short.generatedCount, 8)
+        #expect(steps == 7, "100 prompt tokens in chunks of 15 next to one decode")
+        #expect(short.generatedCount == 8)
     }
 
-    func testAdmitsAsCapacityFrees() {
+    @Test func admitsAsCapacityFrees() {
         let s = makeScheduler(blocks: 64, maxRunning: 2)
         let seqs = (1...5).map { s.add(id: $0, prompt: [TokenID($0), 9, 9]) }
         step(s, limit: [:])
-        XCTAssertEqual(s.running.count, 2)
-        XCTAssertEqual(s.waiting.count, 3)
+        #expect(s.running.count == 2)
+        #expect(s.waiting.count == 3)
         var steps = 1
         while s.hasWork {
-            XCTAssertLessThanOrEqual(s.running.count, 2)
+            #expect(s.running.count <= 2)
             step(s, limit: [:])
             steps += 1
         }
-        XCTAssertTrue(seqs.allSatisfy { $0.generatedCount == 4 && $0.status == .finished })
-        XCTAssertEqual(steps, 12, "three waves of four decode steps")
-        XCTAssertEqual(s.allocator.usedCount, 0)
+        #expect(seqs.allSatisfy { $0.generatedCount == 4 && $0.status == .finished })
+        #expect(steps == 12, "three waves of four decode steps")
+        #expect(s.allocator.usedCount == 0)
     }
 
-    func testPreemptionUnderMemoryPressureRecomputesAndFinishes() {
+    @Test func preemptionUnderMemoryPressureRecomputesAndFinishes() {
         // 6 blocks of 4 positions: not enough for four sequences growing to 3 + 12 tokens.
         let s = makeScheduler(blocks: 6, blockSize: 4, maxRunning: 4, budget: 64)
         let seqs = (1...4).map { s.add(id: $0, prompt: [TokenID($0), 7, 7]) }
@@ -75,26 +75,26 @@ final class SchedulerTests: XCTestCase {
             step(s, limit: limits, nextToken: { TokenID($0.generatedCount + 1) })
             steps += 1
         }
-        XCTAssertFalse(s.hasWork)
-        XCTAssertTrue(seqs.contains { $0.preemptions > 0 }, "the pool was too small for everyone")
+        #expect(!(s.hasWork))
+        #expect(seqs.contains { $0.preemptions > 0 }, "the pool was too small for everyone")
         for seq in seqs {
-            XCTAssertEqual(Array(seq.generated), (1...12).map(TokenID.init), "a preempted sequence resumes where it was")
+            #expect(Array(seq.generated) == (1...12).map(TokenID.init), "a preempted sequence resumes where it was")
         }
-        XCTAssertEqual(s.allocator.usedCount, 0)
-        XCTAssertEqual(s.allocator.freeCount, 6)
+        #expect(s.allocator.usedCount == 0)
+        #expect(s.allocator.freeCount == 6)
     }
 
-    func testPrefixCacheHitOnSharedPrompt() {
+    @Test func prefixCacheHitOnSharedPrompt() {
         let s = makeScheduler(blocks: 32, blockSize: 4, budget: 64)
         let system: [TokenID] = Array(100..<118)  // 18 tokens: 4 full blocks
         let first = s.add(id: 1, prompt: system + [1])
         while s.hasWork { step(s, limit: [1: 2]) }
         let second = s.add(id: 2, prompt: system + [2, 3])
         let chunks = step(s, limit: [2: 2])
-        XCTAssertEqual(first.cachedPromptTokens, 0)
-        XCTAssertEqual(second.cachedPromptTokens, 16)
-        XCTAssertEqual(chunks.first?.range, 16..<20, "only the uncached suffix runs")
-        XCTAssertEqual(s.allocator.prefixHitTokens, 16)
+        #expect(first.cachedPromptTokens == 0)
+        #expect(second.cachedPromptTokens == 16)
+        #expect(chunks.first?.range == 16..<20, "only the uncached suffix runs")
+        #expect(s.allocator.prefixHitTokens == 16)
         while s.hasWork { step(s, limit: [2: 2]) }
 
         // The whole prompt cached: the last token runs again (into a copy of its block).
@@ -103,22 +103,22 @@ final class SchedulerTests: XCTestCase {
         while s.hasWork { step(s, limit: [3: 1]) }
         let fourth = s.add(id: 4, prompt: Array(system.prefix(16)))
         let c4 = step(s, limit: [4: 1])
-        XCTAssertEqual(fourth.cachedPromptTokens, 15)
-        XCTAssertEqual(c4.first?.range, 15..<16)
-        XCTAssertEqual(s.allocator.usedCount, 0)
+        #expect(fourth.cachedPromptTokens == 15)
+        #expect(c4.first?.range == 15..<16)
+        #expect(s.allocator.usedCount == 0)
     }
 
-    func testRemovingFreesBlocksAtOnce() {
+    @Test func removingFreesBlocksAtOnce() {
         let s = makeScheduler(blocks: 16)
         let a = s.add(id: 1, prompt: Array(repeating: 3, count: 20))
         step(s, limit: [:])
-        XCTAssertGreaterThan(s.allocator.usedCount, 0)
+        #expect(s.allocator.usedCount > 0)
         s.remove(a)
-        XCTAssertEqual(s.allocator.usedCount, 0)
-        XCTAssertFalse(s.hasWork)
+        #expect(s.allocator.usedCount == 0)
+        #expect(!(s.hasWork))
     }
 
-    func testRandomTrafficWithCancellationsLeavesThePoolFree() {
+    @Test func randomTrafficWithCancellationsLeavesThePoolFree() {
         var rng = SystemRandomNumberGenerator()
         let s = makeScheduler(blocks: 24, blockSize: 4, maxRunning: 6, budget: 32, context: 48)
         var live: [ScheduledSequence] = []
@@ -139,8 +139,8 @@ final class SchedulerTests: XCTestCase {
             live.removeAll { $0.status == .finished }
         }
         for seq in live { s.remove(seq) }
-        XCTAssertEqual(s.allocator.usedCount, 0)
-        XCTAssertEqual(s.allocator.freeCount, 24)
-        XCTAssertTrue(s.allocator.checkInvariants())
+        #expect(s.allocator.usedCount == 0)
+        #expect(s.allocator.freeCount == 24)
+        #expect(s.allocator.checkInvariants())
     }
 }

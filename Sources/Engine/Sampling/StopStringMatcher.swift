@@ -1,3 +1,4 @@
+import Tokenization
 /// Streaming stop-string detection.
 ///
 /// Feed it the generated text piece by piece (as `String`s or as raw token bytes). Each call
@@ -79,7 +80,7 @@ public struct StopStringMatcher: Sendable {
             }
         }
         // …and an unfinished UTF-8 character at the end.
-        hold = max(hold, Self.incompleteUTF8Tail(pending))
+        hold = max(hold, pending.count - StreamingDecoder.completePrefixLength(pending))
         let emitCount = pending.count - hold
         let text = String(decoding: pending[..<emitCount], as: UTF8.self)
         pending.removeFirst(emitCount)
@@ -114,26 +115,5 @@ public struct StopStringMatcher: Sendable {
             i += 1
         }
         return nil
-    }
-
-    /// Length of a trailing lead byte plus continuation bytes that do not yet form a complete
-    /// character (0 when the text ends on a character boundary or with invalid bytes).
-    static func incompleteUTF8Tail(_ bytes: [UInt8]) -> Int {
-        var i = bytes.count - 1
-        var continuations = 0
-        while i >= 0 && continuations < 3 && bytes[i] & 0xC0 == 0x80 {
-            continuations += 1
-            i -= 1
-        }
-        guard i >= 0 else { return 0 }
-        let lead = bytes[i]
-        let needed: Int
-        switch lead {
-        case 0xC2...0xDF: needed = 1
-        case 0xE0...0xEF: needed = 2
-        case 0xF0...0xF4: needed = 3
-        default: return 0
-        }
-        return continuations < needed ? continuations + 1 : 0
     }
 }
