@@ -1,0 +1,80 @@
+import GGUF
+import Testing
+@testable import Kernels
+
+/// The 32-element formats must compute exactly llama.cpp's CPU arithmetic (x86
+/// `ggml_vec_dot_{q4_0,q5_0,q8_0}_q8_0` and `{q4_1,q5_1}_q8_1` after `quantize_row_q8_*`), so
+/// that a model's logits, and its greedy text, are the same as llama.cpp's. This reference is
+/// written from the formulas alone, element by element, independently of the kernels.
+@Suite(.serialized) struct LlamaVecDotTests {
+    /// Signed weight values and (d, m) of block b of a row, as ggml dequantizes them.
+    static func block(_ type: TensorType, _ p: UnsafeRawPointer) -> (values: [Int32], d: Float, m: Float) {
+        func f16(_ o: Int) -> Float { Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: o, as: UInt16.self))) }
+        func byte(_ o: Int) -> Int32 { Int32(p.load(fromByteOffset: o, as: UInt8.self)) }
+        func nibble(_ qs: Int, _ j: Int) -> Int32 { j < 16 ? byte(qs + j) & 15 : byte(qs + j - 16) >> 4 }
+        func highBit(_ qh: Int, _ j: Int) -> Int32 {
+            Int32((p.loadUnaligned(fromByteOffset: qh, as: UInt32.self) >> UInt32(j)) & 1) << 4
+        }
+        switch type {
+        case .q4_0: return ((0..<32).map { nibble(2, $0) - 8 }, f16(0), 0)
+        case .q4_1: return ((0..<32).map { nibble(4, $0) }, f16(0), f16(2))
+        case .q5_0: return ((0..<32).map { (nibble(6, $0) | highBit(2, $0)) - 16 }, f16(0), 0)
+        case .q5_1: return ((0..<32).map { nibble(8, $0) | highBit(4, $0) }, f16(0), f16(2))
+        case .q8_0: return ((0..<32).map { Int32(p.load(fromByteOffset: 2 + $0, as: Int8.self)) }, f16(0), 0)
+        default: fatalError("not a 32-element format")
+        }
+    }
+
+    /// quantize_row_q8_1: q = round-to-nearest-even(x · 127/amax), d and s = d·Σq stored as f16.
+    static func quantize(_ x: ArraySlice<Float>) -> (q: [Int32], d: Float, s: Float) {
+        let amax = x.map(abs).max()!
+        let d = amax / 127
+        let id: Float = amax != 0 ? 127 / amax : 0
+        let q = x.map { Int32(($0 * id).rounded(.toNearestOrEven)) }
+        return (q, Float(Float16(d)), Float(Float16(d * Float(q.reduce(0, +)))))
+    }
+
+    static func reference(_ c: MatMulCase, _ x: [Float], tokens: Int) -> [Float] {
+        let nb = c.columns / 32, bb = c.type.blockBytes
+        var y = [Float](repeating: 0, count: tokens * c.rows)
+        c.weights.withUnsafeBytes { w in
+            for t in 0..<tokens {
+                let xq = (0..<nb).map { quantize(x[(t * c.columns + 32 * $0)..<(t * c.columns + 32 * $0 + 32)]) }
+                for r in 0..<c.rows {
+                    var acc = [Float](repeating: 0, count: 8)
+                    var summs: Float = 0
+                    for b in 0..<nb {
+                        let (v, d, m) = block(c.type, w.baseAddress! + r * nb * bb + b * bb)
+                        let scale = d * xq[b].d
+                        for l in 0..<8 {
+                            let lane = (0..<4).reduce(Int32(0)) { $0 + v[4 * l + $1] * xq[b].q[4 * l + $1] }
+                            acc[l] = acc[l].addingProduct(scale, Float(lane))
+                        }
+                        summs = summs.addingProduct(m, xq[b].s)
+                    }
+                    // hsum_float_8
+                    let h = (0..<4).map { acc[$0] + acc[$0 + 4] }
+                    let sum = (h[0] + h[2]) + (h[1] + h[3])
+                    y[t * c.rows + r] = c.type == .q4_1 || c.type == .q5_1 ? sum + summs : sum
+                }
+            }
+        }
+        return y
+    }
+
+    @Test(arguments: [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0])
+    func bitwiseEqualToLlamaCppArithmetic(_ type: TensorType) {
+        for (rows, columns, tokens) in [(37, 256, 1), (19, 800, 3), (45, 576, 20)] {
+            let c = MatMulCase(type, rows: rows, columns: columns)
+            // (no sub-1e-30 block: there llama.cpp's 127/amax overflows; ours quantizes to zeros)
+            var x = randomInput(tokens: tokens, columns: columns, seed: 7 &+ UInt64(tokens))
+            for i in x.indices where x[i] != 0 && abs(x[i]) < 1e-30 { x[i] = Float(i % 7) - 3 }
+            let expected = Self.reference(c, x, tokens: tokens)
+            for isa in [KernelISA.avx2, .avx512] {
+                let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
+                let differing = zip(y, expected).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(differing == 0, "\(type) \(rows)×\(columns) tokens \(tokens) \(isa): \(differing) of \(y.count) differ")
+            }
+        }
+    }
+}
