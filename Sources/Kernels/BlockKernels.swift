@@ -29,8 +29,9 @@ protocol QuantKernel: SendableMetatype {
     static func correction(_ h: Header, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float
     /// 32-element formats: the block's f16 (d, m) as floats (m = 0 without a min).
     static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float>
-    /// 32-element formats: the chunk holds weight + offset (8 for Q4_0, 16 for Q5_0).
-    static var offset: Int32 { get }
+    /// 32-element formats whose chunk holds weight + offset: the offset's index in
+    /// `QuantizedActivations.offsets` (Q4_0: 0, Q5_0: 1), else -1.
+    static var offsetSlot: Int { get }
     /// 32-element formats with a min (Q4_1, Q5_1).
     static var hasMin: Bool { get }
 }
@@ -43,7 +44,7 @@ extension QuantKernel {
     static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float> {
         fatalError("scales is only for 32-element formats")
     }
-    static var offset: Int32 { 0 }
+    static var offsetSlot: Int { -1 }
     static var hasMin: Bool { false }
 }
 
@@ -78,7 +79,7 @@ struct KQ4_0: QuantKernel {
         (nibbles(p + 2), ones16)
     }
     @inline(__always) static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float> { dScales(p) }
-    static var offset: Int32 { 8 }
+    static var offsetSlot: Int { 0 }
 }
 
 struct KQ4_1: QuantKernel {
@@ -101,7 +102,7 @@ struct KQ5_0: QuantKernel {
         return (or(nibbles(p + 6), expandBits(qh, 0x10)), ones16)
     }
     @inline(__always) static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float> { dScales(p) }
-    static var offset: Int32 { 16 }
+    static var offsetSlot: Int { 1 }
 }
 
 struct KQ5_1: QuantKernel {

@@ -26,11 +26,12 @@ public struct AVX512Activations: @unchecked Sendable {
     public let d: UnsafePointer<Float>
     public let ds: UnsafePointer<Float>
     public let bsums: UnsafePointer<Int16>
-    public let negLaneSums: UnsafePointer<Int32>
+    /// Per token and block: 3 × 8 Int32, -offset · (sum of each lane's 4 q) for offsets 8, 16, 128.
+    public let offsetSums: UnsafePointer<Int32>
     public let columns: Int
     public init(q: UnsafePointer<Int8>, d: UnsafePointer<Float>, ds: UnsafePointer<Float>,
-                bsums: UnsafePointer<Int16>, negLaneSums: UnsafePointer<Int32>, columns: Int) {
-        self.q = q; self.d = d; self.ds = ds; self.bsums = bsums; self.negLaneSums = negLaneSums
+                bsums: UnsafePointer<Int16>, offsetSums: UnsafePointer<Int32>, columns: Int) {
+        self.q = q; self.d = d; self.ds = ds; self.bsums = bsums; self.offsetSums = offsetSums
         self.columns = columns
     }
 }
@@ -173,8 +174,8 @@ protocol PairFormat {
     static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i
     /// [d0, m0, d1, m1] (m = 0 without a min).
     static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float>
-    /// log2 of the offset the decoded bytes carry (0: none).
-    static var offsetShift: UInt32 { get }
+    /// Index of the offset the decoded bytes carry in `AVX512Activations.offsetSums` (-1: none).
+    static var offsetSlot: Int { get }
     static var hasMin: Bool { get }
 }
 
@@ -224,7 +225,7 @@ func dmPair(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
 
 struct P4_0: PairFormat {
     static var blockBytes: Int { 18 }
-    static var offsetShift: UInt32 { 3 }
+    static var offsetSlot: Int { 0 }
     static var hasMin: Bool { false }
     @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
         pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 36 : 18), p))
@@ -234,7 +235,7 @@ struct P4_0: PairFormat {
 
 struct P4_1: PairFormat {
     static var blockBytes: Int { 20 }
-    static var offsetShift: UInt32 { 0 }
+    static var offsetSlot: Int { -1 }
     static var hasMin: Bool { true }
     @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
         pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 40 : 20), p))
@@ -244,7 +245,7 @@ struct P4_1: PairFormat {
 
 struct P5_0: PairFormat {
     static var blockBytes: Int { 22 }
-    static var offsetShift: UInt32 { 4 }
+    static var offsetSlot: Int { 1 }
     static var hasMin: Bool { false }
     @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
         let n = pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 44 : 22), p))
@@ -257,7 +258,7 @@ struct P5_0: PairFormat {
 
 struct P5_1: PairFormat {
     static var blockBytes: Int { 24 }
-    static var offsetShift: UInt32 { 0 }
+    static var offsetSlot: Int { -1 }
     static var hasMin: Bool { true }
     @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
         let n = pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 48 : 24), p))
@@ -271,7 +272,7 @@ struct P5_1: PairFormat {
 struct P8_0: PairFormat {
     static var blockBytes: Int { 34 }
     /// q + 128 as an unsigned byte (q ^ 0x80), so Σ q·x = dpbusd - 128·Σ x exactly.
-    static var offsetShift: UInt32 { 7 }
+    static var offsetSlot: Int { 2 }
     static var hasMin: Bool { false }
     @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
         let a = p.loadUnaligned(fromByteOffset: 2, as: __m256i.self)
@@ -311,7 +312,7 @@ struct PairKernel<F: PairFormat>: RowKernel {
         let bb = F.blockBytes
         let q0 = UnsafeRawPointer(act.q + t0 * cols)
         let ds0 = UnsafeRawPointer(act.ds + 2 * t0 * nb)
-        let l0 = UnsafeRawPointer(act.negLaneSums + 8 * t0 * nb)
+        let o0 = UnsafeRawPointer(act.offsetSums + 24 * t0 * nb + 8 * max(F.offsetSlot, 0))
         let dsStride = 8 * nb
         var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
         var m0: Float = 0, m1: Float = 0, m2: Float = 0, m3: Float = 0
@@ -321,9 +322,11 @@ struct PairKernel<F: PairFormat>: RowKernel {
                   _ a: inout __m256, _ m: inout Float) {
             let x = _mm512_maskz_loadu_epi8(two ? ~0 : 0xFFFF_FFFF, q0 + j * cols + b * 32)
             var i = _mm512_setzero_si512()
-            if F.offsetShift != 0 {
-                let neg = _mm512_maskz_loadu_epi32(two ? 0xFFFF : 0x00FF, l0 + 32 * (j * nb + b))
-                i = _mm512_slli_epi32(neg, F.offsetShift)
+            if F.offsetSlot >= 0 {
+                // the two blocks' 8 lanes are 96 bytes apart
+                let o = o0 + 96 * (j * nb + b)
+                let lo = o.loadUnaligned(as: __m256i.self)
+                i = two ? _mm512_inserti64x4_(lo, o.loadUnaligned(fromByteOffset: 96, as: __m256i.self)) : _mm512_zextsi256_si512(lo)
             }
             let lanes = unsafeBitCast(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, w, x)), to: SIMD16<Float>.self)
             let dsOffset = j * dsStride + 8 * b
@@ -373,42 +376,32 @@ struct PairKernel<F: PairFormat>: RowKernel {
     /// exactly the operations of `rowDot`, with lane l of llama.cpp's accumulator in chain l.
     static func tiles(_ k: PairConsts, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
                       _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
-        let nb = m.columns / 32, bb = F.blockBytes
-        let w = UnsafeMutableRawPointer.allocate(byteCount: nb * 8 * 64 + 2 * nb * 64 + 32 * 64, alignment: 64)
+        let nb = m.columns / 32, bb = F.blockBytes, pairs = (nb + 1) / 2
+        // weights: per block pair 16 vectors (block 2p lanes 0..<8, block 2p+1 lanes 0..<8)
+        let w = UnsafeMutableRawPointer.allocate(byteCount: pairs * 16 * 64 + 2 * nb * 64 + 16 * 64, alignment: 64)
         defer { w.deallocate() }
-        let dScale = (w + nb * 8 * 64).assumingMemoryBound(to: Float.self)   // [block][row]
+        let regs = w.assumingMemoryBound(to: __m512i.self)
+        let dScale = (w + pairs * 16 * 64).assumingMemoryBound(to: Float.self)   // [block][row]
         let mScale = dScale + nb * 16
-        let regs = (w + nb * 8 * 64 + 2 * nb * 64).assumingMemoryBound(to: __m512i.self)  // 2 × 16 for the transpose
+        let tmp = (w + pairs * 16 * 64 + 2 * nb * 64).assumingMemoryBound(to: __m512i.self)
 
         var r0 = range.lowerBound
         while r0 < range.upperBound {
             let nr = min(16, range.upperBound - r0)
-            // unpack: decode each row's block pair, transpose 16 rows × 16 lanes
-            var b = 0
-            while b < nb {
-                let two = b + 1 < nb
-                for r in 0..<16 {
-                    regs[r] = r < nr ? F.decode(k, m.data + (r0 + r) * m.rowBytes + b * bb, two) : _mm512_setzero_si512()
+            // unpack: decode row by row (sequential reads), then transpose each block pair's
+            // 16 rows × 16 lanes in place
+            for r in 0..<16 {
+                let row = m.data + (r0 + r) * m.rowBytes
+                for p in 0..<pairs {
+                    regs[p * 16 + r] = r < nr ? F.decode(k, row + 2 * p * bb, 2 * p + 1 < nb) : _mm512_setzero_si512()
                 }
-                transpose16(k, regs, regs + 16)
-                for j in 0..<(two ? 16 : 8) {
-                    (w + (b * 8 + j) * 64).storeBytes(of: regs[j], as: __m512i.self)
-                }
-                b += 2
-            }
-            for b in 0..<nb {
-                for r in 0..<16 {
-                    let sc: SIMD4<Float>
-                    if r < nr {
-                        let p = m.data + (r0 + r) * m.rowBytes + b * bb
-                        sc = F.pairScales(p, p)
-                    } else {
-                        sc = .zero
-                    }
+                for b in 0..<nb {
+                    let sc = r < nr ? F.pairScales(row + b * bb, row + b * bb) : .zero
                     dScale[b * 16 + r] = sc[0]
                     mScale[b * 16 + r] = sc[1]
                 }
             }
+            for p in 0..<pairs { transpose16(k, regs + p * 16, tmp) }
             var t = 0
             while t < tokens {
                 if t + 1 < tokens {
@@ -431,7 +424,7 @@ struct PairKernel<F: PairFormat>: RowKernel {
         let cols = act.columns
         let q = UnsafeRawPointer(act.q + t0 * cols)
         let ds = act.ds + 2 * t0 * nb
-        let neg = act.negLaneSums + 8 * t0 * nb
+        let offsets = act.offsetSums + 24 * t0 * nb + 8 * max(F.offsetSlot, 0)
         let zero = _mm512_setzero_ps()
         var a0 = (zero, zero, zero, zero, zero, zero, zero, zero), a1 = a0
         var m0 = zero, m1 = zero
@@ -439,9 +432,7 @@ struct PairKernel<F: PairFormat>: RowKernel {
         @inline(__always)
         func lane(_ wk: __m512i, _ f: __m512, _ j: Int, _ b: Int, _ l: Int, _ acc: inout __m512) {
             var i = _mm512_setzero_si512()
-            if F.offsetShift != 0 {
-                i = _mm512_slli_epi32(_mm512_set1_epi32(neg[8 * (j * nb + b) + l]), F.offsetShift)
-            }
+            if F.offsetSlot >= 0 { i = _mm512_set1_epi32(offsets[24 * (j * nb + b) + l]) }
             let x = _mm512_set1_epi32(q.loadUnaligned(fromByteOffset: j * cols + 32 * b + 4 * l, as: Int32.self))
             acc = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, wk, x)), acc)
         }
