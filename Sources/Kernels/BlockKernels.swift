@@ -15,7 +15,7 @@ import _Builtin_intrinsics.intel
 ///     acc    = fma(d·d_x, Float(lanes), acc)  per block, in block order, 8 lanes
 ///     summ   = fma(m, s_x, summ)              (Q4_1/Q5_1: the min term)
 ///     result = hsum(acc) + summ               (hsum in llama.cpp's order)
-/// K-quants use `blockScale` and `correction` (see `superRowDot`).
+/// K-quants follow llama.cpp's kernel for each format (see `SuperStyle` and `superDot`).
 protocol QuantKernel: SendableMetatype {
     associatedtype Header
     associatedtype Chunk
@@ -34,6 +34,25 @@ protocol QuantKernel: SendableMetatype {
     static var offsetSlot: Int { get }
     /// 32-element formats with a min (Q4_1, Q5_1).
     static var hasMin: Bool { get }
+    /// K-quants: how the block's integer lanes become floats.
+    static var superStyle: SuperStyle { get }
+    /// `.laneOffset`: what llama.cpp subtracts from the 8 lanes for the format's offset.
+    static func laneOffset(_ h: Header, bsums: UnsafePointer<Int16>) -> SIMD8<Int32>
+    /// `.rowSums`: the block's min multiplier and Σ mins · group sums.
+    static func blockMin(_ h: Header) -> Float
+    static func minSum(_ h: Header, bsums: UnsafePointer<Int16>) -> Int32
+}
+
+/// The float step of a K-quant block, as llama.cpp's x86 kernel for that format does it.
+enum SuperStyle {
+    /// acc[l] = fma(d·d_x, lane l, acc[l]); corr += correction; result hsum(acc) + corr.
+    case lanes
+    /// `ggml_vec_dot_q6_K_q8_K`: the offset leaves the integer lanes first (`laneOffset`),
+    /// then acc[l] = fma(d·d_x, lane l, acc[l]); result hsum(acc).
+    case laneOffset
+    /// llama.cpp's repacked Q4_K kernels: sum = fma(Σ lanes, d·d_x, sum),
+    /// mins = fma(Σ m·bsums, dmin·d_x, mins); result sum - mins.
+    case rowSums
 }
 
 extension QuantKernel {
@@ -46,6 +65,14 @@ extension QuantKernel {
     }
     static var offsetSlot: Int { -1 }
     static var hasMin: Bool { false }
+    static var superStyle: SuperStyle { .lanes }
+    static func laneOffset(_ h: Header, bsums: UnsafePointer<Int16>) -> SIMD8<Int32> {
+        fatalError("laneOffset is only for .laneOffset K-quants")
+    }
+    static func blockMin(_ h: Header) -> Float { fatalError("blockMin is only for .rowSums K-quants") }
+    static func minSum(_ h: Header, bsums: UnsafePointer<Int16>) -> Int32 {
+        fatalError("minSum is only for .rowSums K-quants")
+    }
 }
 
 /// [d, 0] for formats with an f16 d at the block start.
@@ -222,8 +249,10 @@ struct KQ4_K: QuantKernel {
         return (n, splat16(h.scales[c]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
-    @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
-        -(h.dmin * dx) * Float(dotI16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self)))
+    static var superStyle: SuperStyle { .rowSums }
+    @inline(__always) static func blockMin(_ h: KHeader) -> Float { h.dmin }
+    @inline(__always) static func minSum(_ h: KHeader, bsums: UnsafePointer<Int16>) -> Int32 {
+        dotI16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self))
     }
 }
 
@@ -255,15 +284,18 @@ struct KQ6_K: QuantKernel {
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // chunk c: half hf = c/4, s = c%4; low 4 bits from ql[hf*64 + (s&1)*32 + i] nibble s/2,
-        // high 2 bits from qh[hf*32 + i] bits 2s..2s+1; value n - 32 (the -32 is in `correction`)
+        // high 2 bits from qh[hf*32 + i] bits 2s..2s+1; value n - 32 (the -32 is in `laneOffset`)
         let hf = c >> 2, s = c & 3
         let lo = shiftMask(load32(p + hf * 64 + (s & 1) * 32), 4 * (s >> 1), 0x0F)
         let hi = shiftMaskUp(load32(p + 128 + hf * 32), 2 * s, 3, 4)
         return (or(lo, hi), scalePair(bytes: h.bytes, chunk: c))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
-    @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
-        -32 * (h.d * dx) * Float(dotI16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self)))
+    static var superStyle: SuperStyle { .laneOffset }
+    /// 32 · (scale·bsum of groups 2l and 2l+1) for lane l (the lanes are exact integers; this is
+    /// how llama.cpp spreads the offset over them).
+    @inline(__always) static func laneOffset(_ h: KHeader, bsums: UnsafePointer<Int16>) -> SIMD8<Int32> {
+        maddPairs(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self)) &<< 5
     }
 }
 

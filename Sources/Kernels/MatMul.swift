@@ -278,49 +278,83 @@ func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
     }
 }
 
-/// 256-element K-quants: integer sums over the 8 chunks, one FMA per block and token.
+/// 256-element K-quants: integer lanes over the 8 chunks, then per block and token the float
+/// step of llama.cpp's kernel for the format (see `SuperStyle`).
 @inline(__always)
 func superRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int, _ act: QuantizedActivations,
                                  _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    superDot(K.self, nb, act, t0, nt, out, outStride) { b in
+        let p = row + b * K.blockBytes
+        return (p, K.header(p))
+    } chunk: { b, c, h in
+        K.chunk(row + b * K.blockBytes, h, c)
+    }
+}
+
+/// The shared body of `superRowDot` and the unpacked-tile path: `block(b)` yields block b's
+/// header, `chunk(b, c, header)` its chunk c.
+@inline(__always)
+func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivations, _ t0: Int, _ nt: Int,
+                              _ out: UnsafeMutablePointer<Float>, _ outStride: Int,
+                              _ block: (Int) -> (UnsafeRawPointer?, K.Header),
+                              chunk: (Int, Int, K.Header) -> (K.Chunk, SIMD16<Int16>)) {
     let be = K.blockElements
     let cols = act.columns
     let q0 = UnsafeRawPointer(act.q + t0 * cols)
     let d0 = act.d + t0 * nb
     let g0 = act.bsums + t0 * nb * 16
     var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+    // .lanes: the correction sum; .rowSums: the min chain
     var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
+    // .rowSums: the main chain
+    var s0: Float = 0, s1: Float = 0, s2: Float = 0, s3: Float = 0
+
+    @inline(__always)
+    func finishBlock(_ h: K.Header, _ i: SIMD8<Int32>, _ j: Int, _ b: Int,
+                     _ a: inout SIMD8<Float>, _ c: inout Float, _ s: inout Float) {
+        let dx = d0[j * nb + b]
+        let bsums = g0 + 16 * (j * nb + b)
+        switch K.superStyle {
+        case .lanes:
+            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(i))
+            c += K.correction(h, dx: dx, sx: 0, bsums: bsums)
+        case .laneOffset:
+            let lanes = i &- K.laneOffset(h, bsums: bsums)
+            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(lanes))
+        case .rowSums:
+            s = s.addingProduct(Float(i.wrappedSum()), K.blockScale(h) * dx)
+            c = c.addingProduct(Float(K.minSum(h, bsums: bsums)), K.blockMin(h) * dx)
+        }
+    }
+
     for b in 0..<nb {
-        let p = row + b * K.blockBytes
-        let h = K.header(p)
+        let h = block(b).1
         var i0 = SIMD8<Int32>(), i1 = SIMD8<Int32>(), i2 = SIMD8<Int32>(), i3 = SIMD8<Int32>()
         for c in 0..<K.chunks {
-            let (wv, sc) = K.chunk(p, h, c)
+            let (wv, sc) = chunk(b, c, h)
             let off = b * be + c * 32
             i0 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off, as: SIMD32<Int8>.self), sc)
             if nt > 1 { i1 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + cols, as: SIMD32<Int8>.self), sc) }
             if nt > 2 { i2 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 2 * cols, as: SIMD32<Int8>.self), sc) }
             if nt > 3 { i3 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 3 * cols, as: SIMD32<Int8>.self), sc) }
         }
-        let ws = K.blockScale(h)
-        a0 = a0.addingProduct(SIMD8(repeating: ws * d0[b]), SIMD8<Float>(i0))
-        c0 += K.correction(h, dx: d0[b], sx: 0, bsums: g0 + 16 * b)
-        if nt > 1 {
-            a1 = a1.addingProduct(SIMD8(repeating: ws * d0[nb + b]), SIMD8<Float>(i1))
-            c1 += K.correction(h, dx: d0[nb + b], sx: 0, bsums: g0 + 16 * (nb + b))
-        }
-        if nt > 2 {
-            a2 = a2.addingProduct(SIMD8(repeating: ws * d0[2 * nb + b]), SIMD8<Float>(i2))
-            c2 += K.correction(h, dx: d0[2 * nb + b], sx: 0, bsums: g0 + 16 * (2 * nb + b))
-        }
-        if nt > 3 {
-            a3 = a3.addingProduct(SIMD8(repeating: ws * d0[3 * nb + b]), SIMD8<Float>(i3))
-            c3 += K.correction(h, dx: d0[3 * nb + b], sx: 0, bsums: g0 + 16 * (3 * nb + b))
+        finishBlock(h, i0, 0, b, &a0, &c0, &s0)
+        if nt > 1 { finishBlock(h, i1, 1, b, &a1, &c1, &s1) }
+        if nt > 2 { finishBlock(h, i2, 2, b, &a2, &c2, &s2) }
+        if nt > 3 { finishBlock(h, i3, 3, b, &a3, &c3, &s3) }
+    }
+    @inline(__always)
+    func result(_ a: SIMD8<Float>, _ c: Float, _ s: Float) -> Float {
+        switch K.superStyle {
+        case .lanes: hsum(a) + c
+        case .laneOffset: hsum(a)
+        case .rowSums: s - c
         }
     }
-    out[0] = hsum(a0) + c0
-    if nt > 1 { out[outStride] = hsum(a1) + c1 }
-    if nt > 2 { out[2 * outStride] = hsum(a2) + c2 }
-    if nt > 3 { out[3 * outStride] = hsum(a3) + c3 }
+    out[0] = result(a0, c0, s0)
+    if nt > 1 { out[outStride] = result(a1, c1, s1) }
+    if nt > 2 { out[2 * outStride] = result(a2, c2, s2) }
+    if nt > 3 { out[3 * outStride] = result(a3, c3, s3) }
 }
 
 /// K-quants for prompt-sized batches: as `decodedQuantRows`, each row tile's block headers
@@ -360,11 +394,17 @@ func decodedSuperRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
             for r in r0..<r1 {
                 let i = (r - r0) * nb
                 let (h, l, m) = (headers + i, lanes + i * nc, multipliers + i * nc)
+                @inline(__always)
+                func run(_ n: Int) {
+                    superDot(K.self, nb, act, t0, n, y + t0 * rows + r, rows) { (nil, h[$0]) } chunk: { b, c, _ in
+                        (l[b * nc + c], m[b * nc + c])
+                    }
+                }
                 switch nt {
-                case 4: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 4, y + t0 * rows + r, rows)
-                case 3: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 3, y + t0 * rows + r, rows)
-                case 2: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 2, y + t0 * rows + r, rows)
-                default: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 1, y + t0 * rows + r, rows)
+                case 4: run(4)
+                case 3: run(3)
+                case 2: run(2)
+                default: run(1)
                 }
             }
             t0 += nt
@@ -373,51 +413,6 @@ func decodedSuperRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
         lanes.deinitialize(count: (r1 - r0) * nb * nc)
         r0 = r1
     }
-}
-
-/// `superRowDot` over an unpacked row (see `decodedSuperRows`).
-@inline(__always)
-func decodedSuperRowDot<K: QuantKernel>(_ k: K.Type, _ headers: UnsafePointer<K.Header>, _ lanes: UnsafePointer<K.Chunk>,
-                                        _ multipliers: UnsafePointer<SIMD16<Int16>>, _ nb: Int, _ act: QuantizedActivations,
-                                        _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
-    let be = K.blockElements, nc = K.chunks
-    let cols = act.columns
-    let q0 = UnsafeRawPointer(act.q + t0 * cols)
-    let d0 = act.d + t0 * nb
-    let g0 = act.bsums + t0 * nb * 16
-    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-    var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
-    for b in 0..<nb {
-        let h = headers[b]
-        var i0 = SIMD8<Int32>(), i1 = SIMD8<Int32>(), i2 = SIMD8<Int32>(), i3 = SIMD8<Int32>()
-        for c in 0..<nc {
-            let wv = lanes[b * nc + c], sc = multipliers[b * nc + c]
-            let off = b * be + c * 32
-            i0 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off, as: SIMD32<Int8>.self), sc)
-            if nt > 1 { i1 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + cols, as: SIMD32<Int8>.self), sc) }
-            if nt > 2 { i2 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 2 * cols, as: SIMD32<Int8>.self), sc) }
-            if nt > 3 { i3 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 3 * cols, as: SIMD32<Int8>.self), sc) }
-        }
-        let ws = K.blockScale(h)
-        a0 = a0.addingProduct(SIMD8(repeating: ws * d0[b]), SIMD8<Float>(i0))
-        c0 += K.correction(h, dx: d0[b], sx: 0, bsums: g0 + 16 * b)
-        if nt > 1 {
-            a1 = a1.addingProduct(SIMD8(repeating: ws * d0[nb + b]), SIMD8<Float>(i1))
-            c1 += K.correction(h, dx: d0[nb + b], sx: 0, bsums: g0 + 16 * (nb + b))
-        }
-        if nt > 2 {
-            a2 = a2.addingProduct(SIMD8(repeating: ws * d0[2 * nb + b]), SIMD8<Float>(i2))
-            c2 += K.correction(h, dx: d0[2 * nb + b], sx: 0, bsums: g0 + 16 * (2 * nb + b))
-        }
-        if nt > 3 {
-            a3 = a3.addingProduct(SIMD8(repeating: ws * d0[3 * nb + b]), SIMD8<Float>(i3))
-            c3 += K.correction(h, dx: d0[3 * nb + b], sx: 0, bsums: g0 + 16 * (3 * nb + b))
-        }
-    }
-    out[0] = hsum(a0) + c0
-    if nt > 1 { out[outStride] = hsum(a1) + c1 }
-    if nt > 2 { out[2 * outStride] = hsum(a2) + c2 }
-    if nt > 3 { out[3 * outStride] = hsum(a3) + c3 }
 }
 
 // MARK: float weights

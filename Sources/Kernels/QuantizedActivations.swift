@@ -120,7 +120,8 @@ struct QuantizedActivations: @unchecked Sendable {
             ds[2 * bi] = d[bi]
             ds[2 * bi + 1] = Float(Float16(scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum())))
         } else {
-            d[bi] = scale
+            // as llama.cpp's quantize_row_q8_K: d = 1/iscale (not max/127)
+            d[bi] = m > 1e-30 ? 1 / (127 / m) : 0
         }
 #else
         let n8 = blockSize / 8
@@ -155,7 +156,7 @@ struct QuantizedActivations: @unchecked Sendable {
             ds[2 * bi] = d[bi]
             ds[2 * bi + 1] = Float(Float16(scale * Float(total.wrappedSum())))
         } else {
-            d[bi] = scale
+            d[bi] = m > 1e-30 ? 1 / (127 / m) : 0
         }
 #endif
     }

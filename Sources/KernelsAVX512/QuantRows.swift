@@ -517,6 +517,12 @@ protocol SuperFormat {
     /// Chunks 2cp and 2cp+1 as 64 unsigned bytes.
     static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i
     static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float
+    /// As `Kernels.SuperStyle`: 0 lanes + correction, 1 Q6_K's integer lane offset, 2 row sums.
+    static var style: Int { get }
+}
+
+extension SuperFormat {
+    static var style: Int { 0 }
 }
 
 @inline(__always)
@@ -550,6 +556,7 @@ func kScalesMins(_ p: UnsafeRawPointer) -> (__m512i, __m256i) {
 func broadcast256(_ p: UnsafeRawPointer) -> __m512i { _mm512_broadcast_i64x4(p.loadUnaligned(as: __m256i.self)) }
 
 struct S4_K: SuperFormat {
+    static var style: Int { 2 }
     static var scalesPerChunk: Int { 1 }
     static var blockBytes: Int { 144 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
@@ -582,6 +589,7 @@ struct S5_K: SuperFormat {
 }
 
 struct S6_K: SuperFormat {
+    static var style: Int { 1 }
     static var scalesPerChunk: Int { 2 }
     static var blockBytes: Int { 210 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
@@ -680,6 +688,7 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
         let g0 = act.bsums + t0 * nb * 16
         var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
         var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
+        var s0: Float = 0, s1: Float = 0, s2: Float = 0, s3: Float = 0
         for b in 0..<nb {
             let p = row + b * F.blockBytes
             let h = F.header(p)
@@ -696,20 +705,41 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
             }
             let ws = h.d
             @inline(__always)
-            func acc(_ i: __m512i, _ j: Int, _ a: inout __m256, _ c: inout Float) {
+            func acc(_ i: __m512i, _ j: Int, _ a: inout __m256, _ c: inout Float, _ s: inout Float) {
                 let dx = d0[j * nb + b]
-                a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(foldI32(i, k.hiHalfQ)), a)
-                c += F.correction(h, dx: dx, bsums: g0 + 16 * (j * nb + b))
+                let bsums = g0 + 16 * (j * nb + b)
+                var lanes = foldI32(i, k.hiHalfQ)
+                switch F.style {
+                case 0:
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
+                    c += F.correction(h, dx: dx, bsums: bsums)
+                case 1:
+                    let offset = _mm256_madd_epi16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: __m256i.self))
+                    lanes = _mm256_sub_epi32(lanes, _mm256_slli_epi32(offset, 5))
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
+                default:
+                    let total = unsafeBitCast(lanes, to: SIMD8<Int32>.self).wrappedSum()
+                    s = s.addingProduct(Float(total), ws * dx)
+                    c = c.addingProduct(Float(minsDot(h.mins, bsums)), h.dmin * dx)
+                }
             }
-            acc(i0, 0, &a0, &c0)
-            if nt > 1 { acc(i1, 1, &a1, &c1) }
-            if nt > 2 { acc(i2, 2, &a2, &c2) }
-            if nt > 3 { acc(i3, 3, &a3, &c3) }
+            acc(i0, 0, &a0, &c0, &s0)
+            if nt > 1 { acc(i1, 1, &a1, &c1, &s1) }
+            if nt > 2 { acc(i2, 2, &a2, &c2, &s2) }
+            if nt > 3 { acc(i3, 3, &a3, &c3, &s3) }
         }
-        out[0] = hsum8(a0) + c0
-        if nt > 1 { out[outStride] = hsum8(a1) + c1 }
-        if nt > 2 { out[2 * outStride] = hsum8(a2) + c2 }
-        if nt > 3 { out[3 * outStride] = hsum8(a3) + c3 }
+        @inline(__always)
+        func result(_ a: __m256, _ c: Float, _ s: Float) -> Float {
+            switch F.style {
+            case 0: hsum8(a) + c
+            case 1: hsum8(a)
+            default: s - c
+            }
+        }
+        out[0] = result(a0, c0, s0)
+        if nt > 1 { out[outStride] = result(a1, c1, s1) }
+        if nt > 2 { out[2 * outStride] = result(a2, c2, s2) }
+        if nt > 3 { out[3 * outStride] = result(a3, c3, s3) }
     }
 }
 #endif

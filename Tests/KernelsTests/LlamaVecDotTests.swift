@@ -2,10 +2,11 @@ import GGUF
 import Testing
 @testable import Kernels
 
-/// The 32-element formats must compute exactly llama.cpp's CPU arithmetic (x86
-/// `ggml_vec_dot_{q4_0,q5_0,q8_0}_q8_0` and `{q4_1,q5_1}_q8_1` after `quantize_row_q8_*`), so
-/// that a model's logits, and its greedy text, are the same as llama.cpp's. This reference is
-/// written from the formulas alone, element by element, independently of the kernels.
+/// The formats of the real models must compute exactly llama.cpp's CPU arithmetic (x86
+/// `ggml_vec_dot_{q4_0,q5_0,q8_0}_q8_0`, `{q4_1,q5_1}_q8_1`, `q6_K_q8_K`, and the repacked
+/// `ggml_gemv/gemm_q4_K_8x8_q8_K`, after `quantize_row_q8_*`), so that a model's logits, and
+/// its greedy text, are the same as llama.cpp's. This reference is written from the formulas
+/// alone, element by element, independently of the kernels.
 @Suite(.serialized) struct LlamaVecDotTests {
     /// Signed weight values and (d, m) of block b of a row, as ggml dequantizes them.
     static func block(_ type: TensorType, _ p: UnsafeRawPointer) -> (values: [Int32], d: Float, m: Float) {
@@ -62,14 +63,86 @@ import Testing
         return y
     }
 
-    @Test(arguments: [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0])
+    /// quantize_row_q8_K: d = 1/iscale with |iscale| = 127/amax (the sign convention, which
+    /// llama.cpp takes from the largest element, cancels in every product).
+    static func quantizeK(_ x: ArraySlice<Float>) -> (q: [Int32], d: Float, bsums: [Int32]) {
+        let amax = x.map(abs).max()!
+        guard amax > 0 else { return ([Int32](repeating: 0, count: 256), 0, [Int32](repeating: 0, count: 16)) }
+        let iscale = 127 / amax
+        let q = x.map { Int32(($0 * iscale).rounded(.toNearestOrEven)) }
+        return (q, 1 / iscale, (0..<16).map { g in q[(16 * g)..<(16 * g + 16)].reduce(0, +) })
+    }
+
+    static func referenceK(_ c: MatMulCase, _ x: [Float], tokens: Int) -> [Float] {
+        let nb = c.columns / 256, bb = c.type.blockBytes
+        var y = [Float](repeating: 0, count: tokens * c.rows)
+        c.weights.withUnsafeBytes { w in
+            for t in 0..<tokens {
+                let xq = (0..<nb).map { quantizeK(x[(t * c.columns + 256 * $0)..<(t * c.columns + 256 * $0 + 256)]) }
+                for r in 0..<c.rows {
+                    var acc = [Float](repeating: 0, count: 8)
+                    var sum: Float = 0, mins: Float = 0
+                    for b in 0..<nb {
+                        let p = w.baseAddress! + r * nb * bb + b * bb
+                        func u8(_ o: Int) -> Int32 { Int32(p.load(fromByteOffset: o, as: UInt8.self)) }
+                        func f16(_ o: Int) -> Float { Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: o, as: UInt16.self))) }
+                        let xb = xq[b]
+                        if c.type == .q4_K {
+                            // 8 sub-blocks of 32 with 6-bit scale and min; repacked kernel: whole-row sums
+                            func scaleMin(_ j: Int) -> (Int32, Int32) {
+                                j < 4 ? (u8(4 + j) & 63, u8(4 + j + 4) & 63)
+                                      : ((u8(4 + j + 4) & 0xF) | ((u8(4 + j - 4) >> 6) << 4),
+                                         (u8(4 + j + 4) >> 4) | ((u8(4 + j) >> 6) << 4))
+                            }
+                            var isum: Int32 = 0, msum: Int32 = 0
+                            for j in 0..<8 {
+                                let (sc, m) = scaleMin(j)
+                                var dot: Int32 = 0
+                                for e in 0..<32 {
+                                    let byte = u8(16 + 32 * (j / 2) + e)
+                                    dot += (j % 2 == 0 ? byte & 0xF : byte >> 4) * xb.q[32 * j + e]
+                                }
+                                isum += sc * dot
+                                msum += m * (xb.bsums[2 * j] + xb.bsums[2 * j + 1])
+                            }
+                            sum = sum.addingProduct(Float(isum), f16(0) * xb.d)
+                            mins = mins.addingProduct(Float(msum), f16(2) * xb.d)
+                        } else {
+                            // Q6_K: 6-bit values (offset 32 removed per lane from the group sums), int8 scales per 16
+                            func value(_ e: Int) -> Int32 {
+                                let n = e / 128, l = e % 32, k = (e % 128) / 32
+                                let ql = u8(64 * n + l + (k & 1) * 32), qh = u8(128 + 32 * n + l)
+                                return (k < 2 ? ql & 0xF : ql >> 4) | (((qh >> Int32(2 * k)) & 3) << 4)
+                            }
+                            func scale(_ g: Int) -> Int32 { Int32(p.load(fromByteOffset: 192 + g, as: Int8.self)) }
+                            for l in 0..<8 {
+                                var lane: Int32 = 0
+                                for chunk in 0..<8 {
+                                    for e in (32 * chunk + 4 * l)..<(32 * chunk + 4 * l + 4) {
+                                        lane += scale(e / 16) * value(e) * xb.q[e]
+                                    }
+                                }
+                                lane -= 32 * (scale(2 * l) * xb.bsums[2 * l] + scale(2 * l + 1) * xb.bsums[2 * l + 1])
+                                acc[l] = acc[l].addingProduct(xb.d * f16(208), Float(lane))
+                            }
+                        }
+                    }
+                    let h = (0..<4).map { acc[$0] + acc[$0 + 4] }
+                    y[t * c.rows + r] = c.type == .q4_K ? sum - mins : (h[0] + h[2]) + (h[1] + h[3])
+                }
+            }
+        }
+        return y
+    }
+
+    @Test(arguments: [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q6_K])
     func bitwiseEqualToLlamaCppArithmetic(_ type: TensorType) {
-        for (rows, columns, tokens) in [(37, 256, 1), (19, 800, 3), (45, 576, 20)] {
+        for (rows, columns, tokens) in [(37, 256, 1), (19, 768, 3), (45, 512, 20)] {
             let c = MatMulCase(type, rows: rows, columns: columns)
             // (no sub-1e-30 block: there llama.cpp's 127/amax overflows; ours quantizes to zeros)
             var x = randomInput(tokens: tokens, columns: columns, seed: 7 &+ UInt64(tokens))
             for i in x.indices where x[i] != 0 && abs(x[i]) < 1e-30 { x[i] = Float(i % 7) - 3 }
-            let expected = Self.reference(c, x, tokens: tokens)
+            let expected = type.blockSize == 256 ? Self.referenceK(c, x, tokens: tokens) : Self.reference(c, x, tokens: tokens)
             for isa in [KernelISA.avx2, .avx512] {
                 let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
                 let differing = zip(y, expected).filter { $0.bitPattern != $1.bitPattern }.count
