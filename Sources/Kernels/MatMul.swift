@@ -205,7 +205,7 @@ func smallDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
     let cols = act.columns
     let q0 = UnsafeRawPointer(act.q + t0 * cols)
     let ds0 = act.ds + 2 * t0 * nb
-    let offsets0 = UnsafeRawPointer(act.offsetSums + 24 * t0 * nb + 8 * max(K.offsetSlot, 0))
+    let offsets0 = UnsafeRawPointer(act.offsetSums + max(K.offsetSlot, 0) * act.offsetStride + 8 * t0 * nb)
     var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
     var m0: Float = 0, m1: Float = 0, m2: Float = 0, m3: Float = 0
 
@@ -214,7 +214,7 @@ func smallDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
         let x = q0.loadUnaligned(fromByteOffset: j * cols + b * 32, as: SIMD32<Int8>.self)
         var lanes = K.dot(w, x, splat16(1))
         if K.offsetSlot >= 0 {
-            lanes &+= offsets0.loadUnaligned(fromByteOffset: 96 * (j * nb + b), as: SIMD8<Int32>.self)
+            lanes &+= offsets0.loadUnaligned(fromByteOffset: 32 * (j * nb + b), as: SIMD8<Int32>.self)
         }
         let i = 2 * (j * nb + b)
         a = a.addingProduct(SIMD8(repeating: sc[0] * ds0[i]), SIMD8<Float>(lanes))

@@ -34,9 +34,12 @@ struct QuantizedActivations: @unchecked Sendable {
     /// the scales of two consecutive blocks with one 16-byte load.
     let ds: UnsafeMutablePointer<Float>
     let bsums: UnsafeMutablePointer<Int16> // tokens × blocksPerRow × 16 (256-blocks)
-    let offsetSums: UnsafeMutablePointer<Int32> // tokens × blocksPerRow × 3 × 8 (32-blocks)
+    let offsetSums: UnsafeMutablePointer<Int32> // 3 × tokens × blocksPerRow × 8 (32-blocks), one array per offset
     /// Offsets of `offsetSums`, in order: Q4_0's 8, Q5_0's 16, and 128 for Q8_0 read as q + 128.
     static let offsets: [Int32] = [8, 16, 128]
+    /// Distance between the offsets' arrays in `offsetSums` (so one offset's lanes of
+    /// consecutive blocks are contiguous).
+    var offsetStride: Int { tokens * blocksPerRow * 8 }
     private let base: UnsafeMutableRawPointer
 
     init(columns: Int, tokens: Int, blockSize: Int) {
@@ -107,10 +110,10 @@ struct QuantizedActivations: @unchecked Sendable {
                 // hadd twice gives the 4-element sums as [L0 L2 L4 L6 | L1 L3 L5 L7]
                 let sums = _mm256_hadd_epi32(_mm256_hadd_epi32(i0, i1), _mm256_hadd_epi32(i2, i3))
                 let negated = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_permutevar8x32_epi32(sums, order))
-                let out = UnsafeMutableRawPointer(offsetSums + 24 * bi)
+                let out = UnsafeMutableRawPointer(offsetSums + 8 * bi), stride = 4 * offsetStride
                 out.storeBytes(of: _mm256_slli_epi32(negated, 3), as: __m256i.self)
-                out.storeBytes(of: _mm256_slli_epi32(negated, 4), toByteOffset: 32, as: __m256i.self)
-                out.storeBytes(of: _mm256_slli_epi32(negated, 7), toByteOffset: 64, as: __m256i.self)
+                out.storeBytes(of: _mm256_slli_epi32(negated, 4), toByteOffset: stride, as: __m256i.self)
+                out.storeBytes(of: _mm256_slli_epi32(negated, 7), toByteOffset: 2 * stride, as: __m256i.self)
             }
         }
         if blockSize != 256 {
@@ -142,8 +145,8 @@ struct QuantizedActivations: @unchecked Sendable {
             total &+= iv
             if blockSize == 32 {
                 for (o, offset) in Self.offsets.enumerated() {
-                    offsetSums[24 * bi + 8 * o + 2 * k] = 0 &- offset &* (iv[0] &+ iv[1] &+ iv[2] &+ iv[3])
-                    offsetSums[24 * bi + 8 * o + 2 * k + 1] = 0 &- offset &* (iv[4] &+ iv[5] &+ iv[6] &+ iv[7])
+                    offsetSums[o * offsetStride + 8 * bi + 2 * k] = 0 &- offset &* (iv[0] &+ iv[1] &+ iv[2] &+ iv[3])
+                    offsetSums[o * offsetStride + 8 * bi + 2 * k + 1] = 0 &- offset &* (iv[4] &+ iv[5] &+ iv[6] &+ iv[7])
                 }
             }
             if blockSize == 256 && k & 1 == 1 {

@@ -26,12 +26,15 @@ public struct AVX512Activations: @unchecked Sendable {
     public let d: UnsafePointer<Float>
     public let ds: UnsafePointer<Float>
     public let bsums: UnsafePointer<Int16>
-    /// Per token and block: 3 × 8 Int32, -offset · (sum of each lane's 4 q) for offsets 8, 16, 128.
+    /// For offsets 8, 16, 128 (`offsetStride` apart): per token and block, 8 Int32 lanes of
+    /// -offset · (sum of the lane's 4 q).
     public let offsetSums: UnsafePointer<Int32>
+    public let offsetStride: Int
     public let columns: Int
     public init(q: UnsafePointer<Int8>, d: UnsafePointer<Float>, ds: UnsafePointer<Float>,
-                bsums: UnsafePointer<Int16>, offsetSums: UnsafePointer<Int32>, columns: Int) {
-        self.q = q; self.d = d; self.ds = ds; self.bsums = bsums; self.offsetSums = offsetSums
+                bsums: UnsafePointer<Int16>, offsetSums: UnsafePointer<Int32>, offsetStride: Int, columns: Int) {
+        self.q = q; self.d = d; self.ds = ds; self.bsums = bsums
+        self.offsetSums = offsetSums; self.offsetStride = offsetStride
         self.columns = columns
     }
 }
@@ -50,11 +53,11 @@ public func avx512QuantRows(_ type: TensorType, data: UnsafeRawPointer, rows: In
     case .q5_0: pairRows(P5_0.self, m, act, tokens, range, y)
     case .q5_1: pairRows(P5_1.self, m, act, tokens, range, y)
     case .q8_0: pairRows(P8_0.self, m, act, tokens, range, y)
-    case .q2_K: rowsLoop(SuperKernel<S2_K>.self, m, act, tokens, range, y)
-    case .q3_K: rowsLoop(SuperKernel<S3_K>.self, m, act, tokens, range, y)
-    case .q4_K: rowsLoop(SuperKernel<S4_K>.self, m, act, tokens, range, y)
-    case .q5_K: rowsLoop(SuperKernel<S5_K>.self, m, act, tokens, range, y)
-    case .q6_K: rowsLoop(SuperKernel<S6_K>.self, m, act, tokens, range, y)
+    case .q2_K: superRows(S2_K.self, m, act, tokens, range, y)
+    case .q3_K: superRows(S3_K.self, m, act, tokens, range, y)
+    case .q4_K: superRows(S4_K.self, m, act, tokens, range, y)
+    case .q5_K: superRows(S5_K.self, m, act, tokens, range, y)
+    case .q6_K: superRows(S6_K.self, m, act, tokens, range, y)
     default: return false
     }
     return true
@@ -83,6 +86,16 @@ func pairRows<F: PairFormat>(_ f: F.Type, _ m: Mat, _ act: AVX512Activations, _ 
         PairKernel<F>.tiles(PairKernel<F>.consts(), m, act, tokens, range, y)
     } else {
         rowsLoop(PairKernel<F>.self, m, act, tokens, range, y)
+    }
+}
+
+@inline(__always)
+func superRows<F: SuperFormat>(_ f: F.Type, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
+                               _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    if tokens > 8 {
+        SuperKernel<F>.decodedRows(SuperKernel<F>.consts(), m, act, tokens, range, y)
+    } else {
+        rowsLoop(SuperKernel<F>.self, m, act, tokens, range, y)
     }
 }
 
@@ -312,7 +325,7 @@ struct PairKernel<F: PairFormat>: RowKernel {
         let bb = F.blockBytes
         let q0 = UnsafeRawPointer(act.q + t0 * cols)
         let ds0 = UnsafeRawPointer(act.ds + 2 * t0 * nb)
-        let o0 = UnsafeRawPointer(act.offsetSums + 24 * t0 * nb + 8 * max(F.offsetSlot, 0))
+        let o0 = UnsafeRawPointer(act.offsetSums + max(F.offsetSlot, 0) * act.offsetStride + 8 * t0 * nb)
         let dsStride = 8 * nb
         var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
         var m0: Float = 0, m1: Float = 0, m2: Float = 0, m3: Float = 0
@@ -323,10 +336,7 @@ struct PairKernel<F: PairFormat>: RowKernel {
             let x = _mm512_maskz_loadu_epi8(two ? ~0 : 0xFFFF_FFFF, q0 + j * cols + b * 32)
             var i = _mm512_setzero_si512()
             if F.offsetSlot >= 0 {
-                // the two blocks' 8 lanes are 96 bytes apart
-                let o = o0 + 96 * (j * nb + b)
-                let lo = o.loadUnaligned(as: __m256i.self)
-                i = two ? _mm512_inserti64x4_(lo, o.loadUnaligned(fromByteOffset: 96, as: __m256i.self)) : _mm512_zextsi256_si512(lo)
+                i = _mm512_maskz_loadu_epi32(two ? 0xFFFF : 0x00FF, o0 + 32 * (j * nb + b))
             }
             let lanes = unsafeBitCast(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, w, x)), to: SIMD16<Float>.self)
             let dsOffset = j * dsStride + 8 * b
@@ -424,7 +434,7 @@ struct PairKernel<F: PairFormat>: RowKernel {
         let cols = act.columns
         let q = UnsafeRawPointer(act.q + t0 * cols)
         let ds = act.ds + 2 * t0 * nb
-        let offsets = act.offsetSums + 24 * t0 * nb + 8 * max(F.offsetSlot, 0)
+        let offsets = act.offsetSums + max(F.offsetSlot, 0) * act.offsetStride + 8 * t0 * nb
         let zero = _mm512_setzero_ps()
         var a0 = (zero, zero, zero, zero, zero, zero, zero, zero), a1 = a0
         var m0 = zero, m1 = zero
@@ -432,7 +442,7 @@ struct PairKernel<F: PairFormat>: RowKernel {
         @inline(__always)
         func lane(_ wk: __m512i, _ f: __m512, _ j: Int, _ b: Int, _ l: Int, _ acc: inout __m512) {
             var i = _mm512_setzero_si512()
-            if F.offsetSlot >= 0 { i = _mm512_set1_epi32(offsets[24 * (j * nb + b) + l]) }
+            if F.offsetSlot >= 0 { i = _mm512_set1_epi32(offsets[8 * (j * nb + b) + l]) }
             let x = _mm512_set1_epi32(q.loadUnaligned(fromByteOffset: j * cols + 32 * b + 4 * l, as: Int32.self))
             acc = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, wk, x)), acc)
         }
@@ -682,6 +692,62 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
     @inline(__always)
     static func rowDot(_ k: SuperConsts, _ row: UnsafeRawPointer, _ nb: Int, _ act: AVX512Activations,
                        _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+        dot(k, nb, act, t0, nt, out, outStride) { b in F.header(row + b * F.blockBytes) } pair: { b, cp, h in
+            (F.pair(k, row + b * F.blockBytes, cp), _mm512_permutexvar_epi16(sel4(k.scaleIdx, cp), h.scales))
+        }
+    }
+
+    /// Prompt batches: each tile of rows is decoded once (chunk pairs with their scale
+    /// vectors, headers) into scratch that all token groups read: `rowDot`'s operations.
+    static func decodedRows(_ k: SuperConsts, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
+                            _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+        let nb = m.columns / 256
+        let tile = 16
+        let pairs = UnsafeMutablePointer<(__m512i, __m512i)>.allocate(capacity: tile * nb * 4)
+        let headers = UnsafeMutablePointer<KHeader>.allocate(capacity: tile * nb)
+        defer { pairs.deallocate(); headers.deallocate() }
+        var r0 = range.lowerBound
+        while r0 < range.upperBound {
+            let r1 = min(r0 + tile, range.upperBound)
+            for r in r0..<r1 {
+                let row = m.data + r * m.rowBytes
+                for b in 0..<nb {
+                    let h = F.header(row + b * F.blockBytes)
+                    headers[(r - r0) * nb + b] = h
+                    for cp in 0..<4 {
+                        pairs[((r - r0) * nb + b) * 4 + cp] = (F.pair(k, row + b * F.blockBytes, cp),
+                                                               _mm512_permutexvar_epi16(sel4(k.scaleIdx, cp), h.scales))
+                    }
+                }
+            }
+            var t0 = 0
+            while t0 < tokens {
+                let nt = min(4, tokens - t0)
+                for r in r0..<r1 {
+                    let hs = headers + (r - r0) * nb, ps = pairs + (r - r0) * nb * 4
+                    let out = y + t0 * m.rows + r
+                    @inline(__always)
+                    func run(_ n: Int) {
+                        dot(k, nb, act, t0, n, out, m.rows) { hs[$0] } pair: { b, cp, _ in ps[b * 4 + cp] }
+                    }
+                    switch nt {
+                    case 4: run(4)
+                    case 3: run(3)
+                    case 2: run(2)
+                    default: run(1)
+                    }
+                }
+                t0 += nt
+            }
+            r0 = r1
+        }
+    }
+
+    /// `header(b)`: block b's header; `pair(b, cp, header)`: its chunk pair cp and scale vector.
+    @inline(__always)
+    static func dot(_ k: SuperConsts, _ nb: Int, _ act: AVX512Activations, _ t0: Int, _ nt: Int,
+                    _ out: UnsafeMutablePointer<Float>, _ outStride: Int, _ header: (Int) -> KHeader,
+                    pair: (Int, Int, KHeader) -> (__m512i, __m512i)) {
         let cols = act.columns
         let q0 = UnsafeRawPointer(act.q + t0 * cols)
         let d0 = act.d + t0 * nb
@@ -690,13 +756,11 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
         var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
         var s0: Float = 0, s1: Float = 0, s2: Float = 0, s3: Float = 0
         for b in 0..<nb {
-            let p = row + b * F.blockBytes
-            let h = F.header(p)
+            let h = header(b)
             var i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512()
             var i2 = _mm512_setzero_si512(), i3 = _mm512_setzero_si512()
             for cp in 0..<4 {
-                let w = F.pair(k, p, cp)
-                let s = _mm512_permutexvar_epi16(sel4(k.scaleIdx, cp), h.scales)
+                let (w, s) = pair(b, cp, h)
                 let off = b * 256 + cp * 64
                 i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off)), s)
                 if nt > 1 { i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) }

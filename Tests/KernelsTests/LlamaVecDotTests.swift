@@ -35,32 +35,41 @@ import Testing
         return (q, Float(Float16(d)), Float(Float16(d * Float(q.reduce(0, +)))))
     }
 
-    static func reference(_ c: MatMulCase, _ x: [Float], tokens: Int) -> [Float] {
-        let nb = c.columns / 32, bb = c.type.blockBytes
+    /// Every output of `c` for `tokens` rows of x: each token's blocks quantized by `quantize`,
+    /// each weight row (at its first byte) reduced with them by `dot`.
+    static func outputs<Q>(_ c: MatMulCase, _ x: [Float], tokens: Int, quantize: (ArraySlice<Float>) -> Q,
+                           dot: (UnsafeRawPointer, [Q]) -> Float) -> [Float] {
+        let be = c.type.blockSize, nb = c.columns / be
         var y = [Float](repeating: 0, count: tokens * c.rows)
         c.weights.withUnsafeBytes { w in
             for t in 0..<tokens {
-                let xq = (0..<nb).map { quantize(x[(t * c.columns + 32 * $0)..<(t * c.columns + 32 * $0 + 32)]) }
-                for r in 0..<c.rows {
-                    var acc = [Float](repeating: 0, count: 8)
-                    var summs: Float = 0
-                    for b in 0..<nb {
-                        let (v, d, m) = block(c.type, w.baseAddress! + r * nb * bb + b * bb)
-                        let scale = d * xq[b].d
-                        for l in 0..<8 {
-                            let lane = (0..<4).reduce(Int32(0)) { $0 + v[4 * l + $1] * xq[b].q[4 * l + $1] }
-                            acc[l] = acc[l].addingProduct(scale, Float(lane))
-                        }
-                        summs = summs.addingProduct(m, xq[b].s)
-                    }
-                    // hsum_float_8
-                    let h = (0..<4).map { acc[$0] + acc[$0 + 4] }
-                    let sum = (h[0] + h[2]) + (h[1] + h[3])
-                    y[t * c.rows + r] = c.type == .q4_1 || c.type == .q5_1 ? sum + summs : sum
-                }
+                let xq = (0..<nb).map { quantize(x[(t * c.columns + be * $0)..<(t * c.columns + be * $0 + be)]) }
+                for r in 0..<c.rows { y[t * c.rows + r] = dot(w.baseAddress! + r * nb * c.type.blockBytes, xq) }
             }
         }
         return y
+    }
+
+    /// hsum_float_8's order: (a0 + a4) + (a2 + a6), (a1 + a5) + (a3 + a7).
+    static func hsum(_ acc: [Float]) -> Float {
+        let h = (0..<4).map { acc[$0] + acc[$0 + 4] }
+        return (h[0] + h[2]) + (h[1] + h[3])
+    }
+
+    static func reference(_ c: MatMulCase, _ x: [Float], tokens: Int) -> [Float] {
+        outputs(c, x, tokens: tokens, quantize: quantize) { row, xq in
+            var acc = [Float](repeating: 0, count: 8)
+            var summs: Float = 0
+            for (b, xb) in xq.enumerated() {
+                let (v, d, m) = block(c.type, row + b * c.type.blockBytes)
+                for l in 0..<8 {
+                    let lane = (0..<4).reduce(Int32(0)) { $0 + v[4 * l + $1] * xb.q[4 * l + $1] }
+                    acc[l] = acc[l].addingProduct(d * xb.d, Float(lane))
+                }
+                summs = summs.addingProduct(m, xb.s)
+            }
+            return c.type == .q4_1 || c.type == .q5_1 ? hsum(acc) + summs : hsum(acc)
+        }
     }
 
     /// quantize_row_q8_K: d = 1/iscale with |iscale| = 127/amax (the sign convention, which
@@ -74,65 +83,55 @@ import Testing
     }
 
     static func referenceK(_ c: MatMulCase, _ x: [Float], tokens: Int) -> [Float] {
-        let nb = c.columns / 256, bb = c.type.blockBytes
-        var y = [Float](repeating: 0, count: tokens * c.rows)
-        c.weights.withUnsafeBytes { w in
-            for t in 0..<tokens {
-                let xq = (0..<nb).map { quantizeK(x[(t * c.columns + 256 * $0)..<(t * c.columns + 256 * $0 + 256)]) }
-                for r in 0..<c.rows {
-                    var acc = [Float](repeating: 0, count: 8)
-                    var sum: Float = 0, mins: Float = 0
-                    for b in 0..<nb {
-                        let p = w.baseAddress! + r * nb * bb + b * bb
-                        func u8(_ o: Int) -> Int32 { Int32(p.load(fromByteOffset: o, as: UInt8.self)) }
-                        func f16(_ o: Int) -> Float { Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: o, as: UInt16.self))) }
-                        let xb = xq[b]
-                        if c.type == .q4_K {
-                            // 8 sub-blocks of 32 with 6-bit scale and min; repacked kernel: whole-row sums
-                            func scaleMin(_ j: Int) -> (Int32, Int32) {
-                                j < 4 ? (u8(4 + j) & 63, u8(4 + j + 4) & 63)
-                                      : ((u8(4 + j + 4) & 0xF) | ((u8(4 + j - 4) >> 6) << 4),
-                                         (u8(4 + j + 4) >> 4) | ((u8(4 + j) >> 6) << 4))
-                            }
-                            var isum: Int32 = 0, msum: Int32 = 0
-                            for j in 0..<8 {
-                                let (sc, m) = scaleMin(j)
-                                var dot: Int32 = 0
-                                for e in 0..<32 {
-                                    let byte = u8(16 + 32 * (j / 2) + e)
-                                    dot += (j % 2 == 0 ? byte & 0xF : byte >> 4) * xb.q[32 * j + e]
-                                }
-                                isum += sc * dot
-                                msum += m * (xb.bsums[2 * j] + xb.bsums[2 * j + 1])
-                            }
-                            sum = sum.addingProduct(Float(isum), f16(0) * xb.d)
-                            mins = mins.addingProduct(Float(msum), f16(2) * xb.d)
-                        } else {
-                            // Q6_K: 6-bit values (offset 32 removed per lane from the group sums), int8 scales per 16
-                            func value(_ e: Int) -> Int32 {
-                                let n = e / 128, l = e % 32, k = (e % 128) / 32
-                                let ql = u8(64 * n + l + (k & 1) * 32), qh = u8(128 + 32 * n + l)
-                                return (k < 2 ? ql & 0xF : ql >> 4) | (((qh >> Int32(2 * k)) & 3) << 4)
-                            }
-                            func scale(_ g: Int) -> Int32 { Int32(p.load(fromByteOffset: 192 + g, as: Int8.self)) }
-                            for l in 0..<8 {
-                                var lane: Int32 = 0
-                                for chunk in 0..<8 {
-                                    for e in (32 * chunk + 4 * l)..<(32 * chunk + 4 * l + 4) {
-                                        lane += scale(e / 16) * value(e) * xb.q[e]
-                                    }
-                                }
-                                lane -= 32 * (scale(2 * l) * xb.bsums[2 * l] + scale(2 * l + 1) * xb.bsums[2 * l + 1])
-                                acc[l] = acc[l].addingProduct(xb.d * f16(208), Float(lane))
+        outputs(c, x, tokens: tokens, quantize: quantizeK) { row, xq in
+            var acc = [Float](repeating: 0, count: 8)
+            var sum: Float = 0, mins: Float = 0
+            for (b, xb) in xq.enumerated() {
+                let p = row + b * c.type.blockBytes
+                func u8(_ o: Int) -> Int32 { Int32(p.load(fromByteOffset: o, as: UInt8.self)) }
+                func f16(_ o: Int) -> Float { Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: o, as: UInt16.self))) }
+                if c.type == .q4_K {
+                    // 8 sub-blocks of 32 with 6-bit scale and min; repacked kernel: whole-row sums
+                    func scaleMin(_ j: Int) -> (Int32, Int32) {
+                        j < 4 ? (u8(4 + j) & 63, u8(4 + j + 4) & 63)
+                              : ((u8(4 + j + 4) & 0xF) | ((u8(4 + j - 4) >> 6) << 4),
+                                 (u8(4 + j + 4) >> 4) | ((u8(4 + j) >> 6) << 4))
+                    }
+                    var isum: Int32 = 0, msum: Int32 = 0
+                    for j in 0..<8 {
+                        let (sc, m) = scaleMin(j)
+                        var dot: Int32 = 0
+                        for e in 0..<32 {
+                            let byte = u8(16 + 32 * (j / 2) + e)
+                            dot += (j % 2 == 0 ? byte & 0xF : byte >> 4) * xb.q[32 * j + e]
+                        }
+                        isum += sc * dot
+                        msum += m * (xb.bsums[2 * j] + xb.bsums[2 * j + 1])
+                    }
+                    sum = sum.addingProduct(Float(isum), f16(0) * xb.d)
+                    mins = mins.addingProduct(Float(msum), f16(2) * xb.d)
+                } else {
+                    // Q6_K: 6-bit values (offset 32 removed per lane from the group sums), int8 scales per 16
+                    func value(_ e: Int) -> Int32 {
+                        let n = e / 128, l = e % 32, k = (e % 128) / 32
+                        let ql = u8(64 * n + l + (k & 1) * 32), qh = u8(128 + 32 * n + l)
+                        return (k < 2 ? ql & 0xF : ql >> 4) | (((qh >> Int32(2 * k)) & 3) << 4)
+                    }
+                    func scale(_ g: Int) -> Int32 { Int32(p.load(fromByteOffset: 192 + g, as: Int8.self)) }
+                    for l in 0..<8 {
+                        var lane: Int32 = 0
+                        for chunk in 0..<8 {
+                            for e in (32 * chunk + 4 * l)..<(32 * chunk + 4 * l + 4) {
+                                lane += scale(e / 16) * value(e) * xb.q[e]
                             }
                         }
+                        lane -= 32 * (scale(2 * l) * xb.bsums[2 * l] + scale(2 * l + 1) * xb.bsums[2 * l + 1])
+                        acc[l] = acc[l].addingProduct(xb.d * f16(208), Float(lane))
                     }
-                    let h = (0..<4).map { acc[$0] + acc[$0 + 4] }
-                    y[t * c.rows + r] = c.type == .q4_K ? sum - mins : (h[0] + h[2]) + (h[1] + h[3])
                 }
             }
+            return c.type == .q4_K ? sum - mins : hsum(acc)
         }
-        return y
     }
 
     @Test(arguments: [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q6_K])
