@@ -455,9 +455,16 @@ public struct GatedFeedForward: Sendable {
         for start in stride(from: 0, to: x.rows, by: rows) {
             let n = min(rows, x.rows - start)
             matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
-            switch activation {
-            case .silu: gatedActivation(g.data, u.data, count: n * g.columns, k: 1, c: 0)
-            case .gelu: gatedActivation(g.data, u.data, count: n * g.columns, k: 2 * 0.797_884_56, c: 0.044715)
+            // Element-wise, so split across the pool (8-element aligned pieces: every element
+            // takes the same path as in one pass) rather than leaving the workers idle.
+            let (k, c): (Float, Float) = activation == .silu ? (1, 0) : (2 * 0.797_884_56, 0.044715)
+            let count = n * g.columns
+            if count >= 4096 {
+                pool.parallelChunks(count, granularity: 8) { range in
+                    gatedActivation(g.data + range.lowerBound, u.data + range.lowerBound, count: range.count, k: k, c: c)
+                }
+            } else {
+                gatedActivation(g.data, u.data, count: count, k: k, c: c)
             }
             matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool)
         }
