@@ -180,18 +180,23 @@ public struct RoPE: Sendable {
         }
     }
 
-    /// (cos θᵢ, sin θᵢ) for i < dimensions/2 at `position`: `dimensions` floats.
+    /// (cos θᵢ, sin θᵢ) for i < dimensions/2 at `position`: `dimensions` floats. As ggml's rope
+    /// cache: θ₀ = position, θᵢ₊₁ = θᵢ · base^(-2/dimensions) by repeated multiplication, and
+    /// linear scaling multiplies each θᵢ by 1/scale (not the position first).
     public func rotations(position: Int, into cs: UnsafeMutablePointer<Float>) {
         let thetaScale = powf(base, -2 / Float(dimensions))
-        var theta = Float(position) / positionScale
+        let frequencyScale = 1 / positionScale
+        var theta = Float(position)
         for i in 0..<dimensions / 2 {
-            cs[2 * i] = cosf(theta)
-            cs[2 * i + 1] = sinf(theta)
+            cs[2 * i] = cosf(frequencyScale * theta)
+            cs[2 * i + 1] = sinf(frequencyScale * theta)
             theta *= thetaScale
         }
     }
 
     /// Rotates every head of one token's q or k vector by precomputed `rotations(position:into:)`.
+    /// As ggml (compiled with FMA contraction): x0·c − x1·s and x0·s + x1·c each fuse the
+    /// first product and round the second.
     public func apply(_ v: UnsafeMutablePointer<Float>, heads: Int, headDimension: Int, rotations cs: UnsafePointer<Float>) {
         let half = dimensions / 2
         for h in 0..<heads {
@@ -200,8 +205,8 @@ public struct RoPE: Sendable {
                 let c = cs[2 * i], s = cs[2 * i + 1]
                 let (a, b) = style == .interleaved ? (2 * i, 2 * i + 1) : (i, i + half)
                 let x0 = head[a], x1 = head[b]
-                head[a] = x0 * c - x1 * s
-                head[b] = x0 * s + x1 * c
+                head[a] = (-(x1 * s)).addingProduct(x0, c)
+                head[b] = (x1 * c).addingProduct(x0, s)
             }
         }
     }
@@ -299,32 +304,30 @@ public struct Attention: Sendable {
         let (scale, window) = (self.scale, self.window)
         var jobs: [(sequence: Int, row: Int)] = []
         var work = 0
-        var longest = 0
         for (s, seq) in sequences.enumerated() {
             for i in 0..<seq.tokens {
                 jobs.append((s, seq.firstRow + i))
-                longest = max(longest, seq.firstPosition + i + 1)
                 work += (seq.firstPosition + i + 1) * heads * (headDimension + valueDimension)
             }
         }
         let jobCount = jobs.count * heads
         let items = work < 1 << 15 ? 1 : min(jobCount, pool.threadCount * 8)
-        let (qm, om, seqs, rows, scoreCount) = (q, out, sequences, jobs, longest)
+        let (qm, om, seqs, rows) = (q, out, sequences, jobs)
         pool.parallelFor(items) { item in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: scoreCount)
-            defer { scores.deallocate() }
+            let scratch = HeadScratch.allocate(capacity: headDimension + valueDimension)
+            defer { scratch.deallocate() }
             for job in stride(from: item, to: jobCount, by: items) {
                 let (s, r) = rows[job / heads]
                 let h = job % heads
                 let seq = seqs[s]
                 let position = seq.firstPosition + (r - seq.firstRow)
                 let first = window.map { max(0, position - $0 + 1) } ?? 0
-                attendHead(query: qm[r] + h * headDimension,
-                           keys: seq.keys, keyOffset: (h / group) * headDimension,
-                           values: seq.values, valueOffset: (h / group) * valueDimension,
-                           positions: first..<position + 1, headDimension: headDimension,
-                           valueDimension: valueDimension, scale: scale, scores: scores,
-                           into: om[r] + h * valueDimension)
+                attendHeadRow(query: qm[r] + h * headDimension,
+                              keys: seq.keys, keyOffset: (h / group) * headDimension,
+                              values: seq.values, valueOffset: (h / group) * valueDimension,
+                              positions: first..<position + 1, headDimension: headDimension,
+                              valueDimension: valueDimension, scale: scale, scratch: scratch,
+                              into: om[r] + h * valueDimension)
             }
         }
     }
@@ -358,76 +361,6 @@ struct AttentionSequence: @unchecked Sendable {
     }
 }
 
-/// softmax(q·Kᵀ·scale)·V for one query head over cached half-precision keys and values.
-@inline(__always)
-func attendHead(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
-                values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
-                headDimension: Int, valueDimension: Int, scale: Float,
-                scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-    let n = positions.count
-    let first = positions.lowerBound
-    var maxScore = -Float.infinity
-    var i = 0
-    var maxScores = SIMD4<Float>(repeating: -.infinity)
-    while i + 4 <= n {
-        let k = keys + first + i
-        let dots = dotHalf4(query, k[0] + keyOffset, k[1] + keyOffset, k[2] + keyOffset, k[3] + keyOffset,
-                            count: headDimension) * scale
-        UnsafeMutableRawPointer(scores + i).storeBytes(of: dots, as: SIMD4<Float>.self)
-        maxScores = maxScores.replacing(with: dots, where: dots .> maxScores)
-        i += 4
-    }
-    maxScore = maxScores.max()
-    while i < n {
-        let dot = dotHalf(query, keys[first + i] + keyOffset, count: headDimension) * scale
-        scores[i] = dot
-        maxScore = max(maxScore, dot)
-        i += 1
-    }
-    // e^(s - max), summed; then normalized weights
-    var total: Float = 0
-    i = 0
-    var totals = Float8()
-    while i + 8 <= n {
-        let e = exp8(load8(scores + i) - maxScore)
-        store8(e, scores + i)
-        totals += e
-        i += 8
-    }
-    while i < n { scores[i] = exp1(scores[i] - maxScore); total += scores[i]; i += 1 }
-    total += sum(totals)
-    let inverse = 1 / total
-    for i in 0..<n { scores[i] *= inverse }
-
-    // out = Σ wᵢ·vᵢ, 32 (or 8) output lanes at a time held in registers across all positions
-    var d = 0
-    while d + 32 <= valueDimension {
-        var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
-        for i in 0..<n {
-            let v = values[first + i] + valueOffset + d
-            let w = Float8(repeating: scores[i])
-            a0 = a0.addingProduct(w, load8(v))
-            a1 = a1.addingProduct(w, load8(v + 8))
-            a2 = a2.addingProduct(w, load8(v + 16))
-            a3 = a3.addingProduct(w, load8(v + 24))
-        }
-        store8(a0, out + d); store8(a1, out + d + 8); store8(a2, out + d + 16); store8(a3, out + d + 24)
-        d += 32
-    }
-    while d + 8 <= valueDimension {
-        var a0 = Float8()
-        for i in 0..<n { a0 = a0.addingProduct(Float8(repeating: scores[i]), load8(values[first + i] + valueOffset + d)) }
-        store8(a0, out + d)
-        d += 8
-    }
-    while d < valueDimension {
-        var a: Float = 0
-        for i in 0..<n { a += scores[i] * Float(values[first + i][valueOffset + d]) }
-        out[d] = a
-        d += 1
-    }
-}
-
 /// Gated feed-forward: down(act(gate·x) ⊙ up·x) — SwiGLU with SiLU, GeGLU with GELU.
 public struct GatedFeedForward: Sendable {
     public enum Activation: Sendable { case silu, gelu }
@@ -456,7 +389,7 @@ public struct GatedFeedForward: Sendable {
             let n = min(rows, x.rows - start)
             matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
             switch activation {
-            case .silu: gatedActivation(g.data, u.data, count: n * g.columns, k: 1, c: 0)
+            case .silu: swiglu(g.data, u.data, rows: n, columns: g.columns)
             case .gelu: gatedActivation(g.data, u.data, count: n * g.columns, k: 2 * 0.797_884_56, c: 0.044715)
             }
             matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool)

@@ -60,22 +60,18 @@ func clamp88(_ x: Float8) -> Float8 {
 @inline(__always)
 func exp1(_ x: Float) -> Float { exp8(Float8(repeating: x))[0] }
 
-/// dst[i] = src[i] / rms(src) · w[i], rms over `count` elements (sum of squares in double).
+/// dst[i] = src[i] / rms(src) · w[i], as ggml's rms_norm (+ mul by the weight): the float
+/// squares are summed one after another in double, mean = sum / n in double rounded to float,
+/// scale = 1 / sqrtf(mean + eps), then (x · scale) · w. Same floats as llama.cpp's CPU backend;
+/// the sequential sum costs ~1 % of a decode step.
 @inline(__always)
 func rmsNormalize(_ src: UnsafePointer<Float>, _ w: UnsafePointer<Float>, count: Int, epsilon: Float,
                   into dst: UnsafeMutablePointer<Float>) {
-    var acc = SIMD4<Double>()
+    var sumSquares: Double = 0
+    for i in 0..<count { sumSquares += Double(src[i] * src[i]) }
+    let mean = Float(sumSquares / Double(count))
+    let scale = 1 / (mean + epsilon).squareRoot()
     var i = 0
-    while i + 8 <= count {
-        let v = load8(src + i)
-        let s = v * v
-        acc += SIMD4<Double>(s.lowHalf) + SIMD4<Double>(s.highHalf)
-        i += 8
-    }
-    var sumSquares = acc.sum()
-    while i < count { sumSquares += Double(src[i] * src[i]); i += 1 }
-    let scale = 1 / (Float(sumSquares / Double(count)) + epsilon).squareRoot()
-    i = 0
     while i + 8 <= count {
         store8(load8(src + i) * scale * load8(w + i), dst + i)
         i += 8
@@ -101,6 +97,65 @@ func gatedActivation(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>
     }
 }
 
+/// g[i] = silu(g[i]) · u[i] with the same floats as ggml's swiglu on an AVX-512 build:
+/// silu(x) = x / (1 + e^(0 - x)) with `ggmlExp8`, then times u. ggml runs 16 lanes at a time
+/// and a scalar libm expf on a row's last `count % 16` elements; so do we (per row).
+@inline(__always)
+func swiglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, rows: Int, columns: Int) {
+    for r in 0..<rows {
+        let (g, u) = (g + r * columns, u + r * columns)
+        var i = 0
+        while i + 16 <= columns {
+            let x0 = load8(g + i), x1 = load8(g + i + 8)
+            store8(x0 / (1 + ggmlExp8(Float8() - x0)) * load8(u + i), g + i)
+            store8(x1 / (1 + ggmlExp8(Float8() - x1)) * load8(u + i + 8), g + i + 8)
+            i += 16
+        }
+        while i < columns { g[i] = g[i] / (1 + expf(-g[i])) * u[i]; i += 1 }
+    }
+}
+
+/// e^x for 8 lanes with ggml's SIMD expf (`ggml_v_expf`, the AVX-512 variant, which
+/// llama.cpp's CPU backend uses for SiLU and for softmax on this hardware): n = round(x/ln2)
+/// by the 1.5·2²³ shift, b = x − n·ln2 in two fused steps, a degree-5 polynomial (ARM
+/// optimized-routines' expf coefficients) evaluated with the same fused multiply-adds, then
+/// scaled by 2ⁿ as vscalefps does (one rounding). |n| > 192 gives 0 or +∞.
+@inline(__always)
+func ggmlExp8(_ x: Float8) -> Float8 {
+    let shift = Float8(repeating: 0x1.8p23)
+    let z = shift.addingProduct(x, Float8(repeating: 0x1.715476p+0))
+    let n = z - shift
+    let b = x.addingProduct(-n, Float8(repeating: 0x1.62e4p-1)).addingProduct(-n, Float8(repeating: 0x1.7f7d1cp-20))
+    let u = b * b
+    let p = Float8(repeating: 0x1.573e2ep-5).addingProduct(Float8(repeating: 0x1.0e4020p-7), b)
+    let q = Float8(repeating: 0x1.fffdb6p-2).addingProduct(Float8(repeating: 0x1.555e66p-3), b)
+    let l = Float8(repeating: 1).addingProduct(Float8(repeating: 0x1.ffffecp-1), b)
+    let j = l.addingProduct(q.addingProduct(p, u), u)
+    // j·2ⁿ as two exact power-of-two factors (|n| ≤ 192 → each ≤ 96), so only the last
+    // multiply rounds, as scalef does for a subnormal result.
+    let ni = unsafeBitCast(z, to: SIMD8<Int32>.self) &- 0x4B40_0000
+    let n1 = ni &>> 1, n2 = ni &- (ni &>> 1)
+    let p1 = unsafeBitCast((n1 &+ 127) &<< 23, to: Float8.self)
+    let p2 = unsafeBitCast((n2 &+ 127) &<< 23, to: Float8.self)
+    let result = j * p1 * p2
+    let big = (n .> 192) .| (n .< -192)  // false for NaN, as an ordered compare
+#if arch(x86_64)
+    if _mm256_movemask_ps(unsafeBitCast(big, to: Float8.self)) == 0 { return result }
+#else
+    if !any(big) { return result }
+#endif
+    return result.replacing(with: Float8(repeating: 0).replacing(with: .infinity, where: n .> 0), where: big)
+}
+
+/// The 16 lanes `lo ++ hi` summed as GCC's _mm512_reduce_add_ps does: halves, quarters,
+/// then (0+2) + (1+3).
+@inline(__always)
+func reduceAdd16(_ lo: Float8, _ hi: Float8) -> Float {
+    let t3 = hi + lo
+    let t6 = t3.highHalf + t3.lowHalf
+    return (t6[0] + t6[2]) + (t6[1] + t6[3])
+}
+
 /// a[i] += b[i]
 @inline(__always)
 func addInPlace(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, count: Int) {
@@ -120,46 +175,83 @@ func storeHalf(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float16>
     while i < count { dst[i] = Float16(src[i]); i += 1 }
 }
 
-/// Σ q[i]·k[i] over a float query and a half-precision key.
+/// Σ k[i]·q[i] over two half-precision vectors as ggml_vec_dot_f16 sums on an AVX-512 build
+/// without FP16 arithmetic: 64 elements per step into four 16-lane accumulators (the products
+/// of two halves are exact in float), accumulators combined (0+2) + (1+3), the 16 lanes reduced
+/// as _mm512_reduce_add_ps, and a tail of fewer than 64 elements added in double.
 @inline(__always)
-func dotHalf(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float16>, count: Int) -> Float {
-    var a0 = Float8(), a1 = Float8()
+func dotHalfGGML(_ k: UnsafePointer<Float16>, _ q: UnsafePointer<Float16>, count: Int) -> Float {
+    var a0 = Float8(), b0 = Float8(), a1 = Float8(), b1 = Float8()
+    var a2 = Float8(), b2 = Float8(), a3 = Float8(), b3 = Float8()
     var i = 0
-    while i + 16 <= count {
-        a0 = a0.addingProduct(load8(q + i), load8(k + i))
-        a1 = a1.addingProduct(load8(q + i + 8), load8(k + i + 8))
-        i += 16
+    while i + 64 <= count {
+        a0 = a0.addingProduct(load8(k + i), load8(q + i)); b0 = b0.addingProduct(load8(k + i + 8), load8(q + i + 8))
+        a1 = a1.addingProduct(load8(k + i + 16), load8(q + i + 16)); b1 = b1.addingProduct(load8(k + i + 24), load8(q + i + 24))
+        a2 = a2.addingProduct(load8(k + i + 32), load8(q + i + 32)); b2 = b2.addingProduct(load8(k + i + 40), load8(q + i + 40))
+        a3 = a3.addingProduct(load8(k + i + 48), load8(q + i + 48)); b3 = b3.addingProduct(load8(k + i + 56), load8(q + i + 56))
+        i += 64
     }
-    if i + 8 <= count { a0 = a0.addingProduct(load8(q + i), load8(k + i)); i += 8 }
-    var total = sum(a0 + a1)
-    while i < count { total += q[i] * Float(k[i]); i += 1 }
-    return total
+    var total = Double(reduceAdd16((a0 + a2) + (a1 + a3), (b0 + b2) + (b1 + b3)))
+    while i < count { total += Double(Float(k[i]) * Float(q[i])); i += 1 }
+    return Float(total)
 }
 
-/// Four dot products of one float query with four half-precision keys (one pass over the
-/// query, four independent accumulators).
+/// Scratch for one attention head: the query in half precision and the half-precision
+/// output accumulator (`headDimension + valueDimension` halves).
+typealias HeadScratch = UnsafeMutablePointer<Float16>
+
+/// softmax(q·Kᵀ·scale)·V for one query row and head over cached half-precision keys and values,
+/// with the floats of ggml's flash-attention kernel for a row (llama.cpp's path for decoding and
+/// for batches of fewer than 64 tokens): q rounded to half, scores by `dotHalfGGML`, online
+/// softmax over the positions in order with libm expf, and the output accumulated *in half
+/// precision* — acc = half(acc·ms) on a new maximum, acc = half(v·w + acc) fused — with the
+/// running sum S = S·ms + w fused, then out = float(acc) · (1/S).
 @inline(__always)
-func dotHalf4(_ q: UnsafePointer<Float>, _ k0: UnsafePointer<Float16>, _ k1: UnsafePointer<Float16>,
-              _ k2: UnsafePointer<Float16>, _ k3: UnsafePointer<Float16>, count: Int) -> SIMD4<Float> {
-    var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
+func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                   values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
+                   headDimension: Int, valueDimension: Int, scale: Float,
+                   scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
+    let q16 = scratch, acc = scratch + headDimension
+    storeHalf(query, q16, count: headDimension)
+    acc.initialize(repeating: 0, count: valueDimension)
+    var S: Float = 0, M = -Float.infinity
+    for p in positions {
+        let s = dotHalfGGML(keys[p] + keyOffset, q16, count: headDimension) * scale
+        var ms: Float = 1, vs: Float = 1
+        if s > M {
+            ms = expf(M - s)
+            M = s
+            scaleHalf(acc, by: ms, count: valueDimension)
+        } else {
+            vs = expf(s - M)
+        }
+        madHalf(acc, values[p] + valueOffset, vs, count: valueDimension)
+        S = vs.addingProduct(S, ms)
+    }
+    let inverse: Float = S == 0 ? 0 : 1 / S
+    var d = 0
+    while d + 8 <= valueDimension { store8(load8(acc + d) * inverse, out + d); d += 8 }
+    while d < valueDimension { out[d] = Float(acc[d]) * inverse; d += 1 }
+}
+
+/// y[i] = half(float(y[i]) · v)
+@inline(__always)
+func scaleHalf(_ y: UnsafeMutablePointer<Float16>, by v: Float, count: Int) {
     var i = 0
-    while i + 8 <= count {
-        let x = load8(q + i)
-        a0 = a0.addingProduct(x, load8(k0 + i))
-        a1 = a1.addingProduct(x, load8(k1 + i))
-        a2 = a2.addingProduct(x, load8(k2 + i))
-        a3 = a3.addingProduct(x, load8(k3 + i))
-        i += 8
-    }
-#if arch(x86_64)
-    let h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3))
-    var r = h.lowHalf + h.highHalf
-#else
-    var r = SIMD4(sum(a0), sum(a1), sum(a2), sum(a3))
-#endif
-    while i < count {
-        r += q[i] * SIMD4(Float(k0[i]), Float(k1[i]), Float(k2[i]), Float(k3[i]))
-        i += 1
-    }
-    return r
+    while i + 8 <= count { storeHalf8(load8(y + i) * v, y + i); i += 8 }
+    while i < count { y[i] = Float16(Float(y[i]) * v); i += 1 }
+}
+
+/// y[i] = half(float(x[i])·v + float(y[i])), fused
+@inline(__always)
+func madHalf(_ y: UnsafeMutablePointer<Float16>, _ x: UnsafePointer<Float16>, _ v: Float, count: Int) {
+    var i = 0
+    let vv = Float8(repeating: v)
+    while i + 8 <= count { storeHalf8(load8(y + i).addingProduct(load8(x + i), vv), y + i); i += 8 }
+    while i < count { y[i] = Float16(Float(y[i]).addingProduct(Float(x[i]), v)); i += 1 }
+}
+
+@inline(__always)
+func storeHalf8(_ v: Float8, _ p: UnsafeMutablePointer<Float16>) {
+    UnsafeMutableRawPointer(p).storeBytes(of: SIMD8<Float16>(v), as: SIMD8<Float16>.self)
 }
