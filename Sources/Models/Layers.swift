@@ -220,13 +220,20 @@ public struct BatchSequence {
     public var allLogits: Bool
     /// False for a piece of a longer sequence whose logits nobody asked for (see `forward`).
     var logitsNeeded = true
+    /// Tokens of this sequence that llama.cpp would put in the same micro-batch (of at most
+    /// `llamaMicroBatch`) as this piece: its attention kernel, and so its rounding, depends on it.
+    var llamaBatchTokens: Int
 
     public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false) {
         self.tokens = tokens
         self.cache = cache
         self.allLogits = allLogits
+        llamaBatchTokens = min(tokens.count, llamaMicroBatch)
     }
 }
+
+/// llama.cpp's default micro-batch (n_ubatch).
+let llamaMicroBatch = 512
 
 /// Multi-head attention with grouped KV heads over each sequence's cache.
 public struct Attention: Sendable {
@@ -285,7 +292,7 @@ public struct Attention: Sendable {
                 storeHalf(v[row + i], cache.value(layer: layer, position: position), count: v.columns)
             }
             sequences.append(AttentionSequence(cache: cache, layer: layer, firstRow: row, firstPosition: seq.cache.count,
-                                               tokens: seq.tokens.count))
+                                               tokens: seq.tokens.count, tiled: seq.llamaBatchTokens >= attentionTile))
             row += seq.tokens.count
         }
         defer { for s in sequences { s.deallocate() } }
@@ -302,32 +309,45 @@ public struct Attention: Sendable {
         let (heads, group, headDimension) = (self.heads, self.heads / kvHeads, self.headDimension)
         let valueDimension = out.columns / heads
         let (scale, window) = (self.scale, self.window)
-        var jobs: [(sequence: Int, row: Int)] = []
+        // Jobs: a run of rows (one row, or a tile of up to 64 for the tiled kernel) of one
+        // sequence, for every head; dealt out round-robin, which balances the causal triangle.
+        var jobs: [(sequence: Int, row: Int, rows: Int)] = []
         var work = 0
         for (s, seq) in sequences.enumerated() {
-            for i in 0..<seq.tokens {
-                jobs.append((s, seq.firstRow + i))
-                work += (seq.firstPosition + i + 1) * heads * (headDimension + valueDimension)
+            let step = seq.tiled ? attentionTile : 1
+            for i in stride(from: 0, to: seq.tokens, by: step) {
+                jobs.append((s, seq.firstRow + i, min(step, seq.tokens - i)))
+                work += (seq.firstPosition + i + 1) * min(step, seq.tokens - i) * heads * (headDimension + valueDimension)
             }
         }
         let jobCount = jobs.count * heads
         let items = work < 1 << 15 ? 1 : min(jobCount, pool.threadCount * 8)
-        let (qm, om, seqs, rows) = (q, out, sequences, jobs)
+        let (qm, om, seqs, runs) = (q, out, sequences, jobs)
         pool.parallelFor(items) { item in
             let scratch = HeadScratch.allocate(capacity: headDimension + valueDimension)
-            defer { scratch.deallocate() }
+            let tile = TileScratch(headDimension: headDimension, valueDimension: valueDimension)
+            defer { scratch.deallocate(); tile.deallocate() }
             for job in stride(from: item, to: jobCount, by: items) {
-                let (s, r) = rows[job / heads]
+                let (s, r, rows) = runs[job / heads]
                 let h = job % heads
                 let seq = seqs[s]
                 let position = seq.firstPosition + (r - seq.firstRow)
-                let first = window.map { max(0, position - $0 + 1) } ?? 0
-                attendHeadRow(query: qm[r] + h * headDimension,
-                              keys: seq.keys, keyOffset: (h / group) * headDimension,
-                              values: seq.values, valueOffset: (h / group) * valueDimension,
-                              positions: first..<position + 1, headDimension: headDimension,
-                              valueDimension: valueDimension, scale: scale, scratch: scratch,
-                              into: om[r] + h * valueDimension)
+                if seq.tiled {
+                    attendHeadTile(query: qm[r] + h * headDimension, queryStride: qm.columns, rows: rows,
+                                   firstPosition: position, window: window,
+                                   keys: seq.keys, keyOffset: (h / group) * headDimension,
+                                   values: seq.values, valueOffset: (h / group) * valueDimension,
+                                   headDimension: headDimension, valueDimension: valueDimension, scale: scale,
+                                   scratch: tile, into: om[r] + h * valueDimension, outStride: om.columns)
+                } else {
+                    let first = window.map { max(0, position - $0 + 1) } ?? 0
+                    attendHeadRow(query: qm[r] + h * headDimension,
+                                  keys: seq.keys, keyOffset: (h / group) * headDimension,
+                                  values: seq.values, valueOffset: (h / group) * valueDimension,
+                                  positions: first..<position + 1, headDimension: headDimension,
+                                  valueDimension: valueDimension, scale: scale, scratch: scratch,
+                                  into: om[r] + h * valueDimension)
+                }
             }
         }
     }
@@ -339,10 +359,13 @@ struct AttentionSequence: @unchecked Sendable {
     let firstRow: Int
     let firstPosition: Int
     let tokens: Int
+    /// As llama.cpp: the tiled kernel for micro-batches of at least 64 tokens, else row by row.
+    let tiled: Bool
     let keys: UnsafeMutablePointer<UnsafePointer<Float16>>
     let values: UnsafeMutablePointer<UnsafePointer<Float16>>
 
-    init(cache: any KVStore, layer: Int, firstRow: Int, firstPosition: Int, tokens: Int) {
+    init(cache: any KVStore, layer: Int, firstRow: Int, firstPosition: Int, tokens: Int, tiled: Bool) {
+        self.tiled = tiled
         self.firstRow = firstRow
         self.firstPosition = firstPosition
         self.tokens = tokens
