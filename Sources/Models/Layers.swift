@@ -251,6 +251,9 @@ public struct Attention: Sendable {
     /// Keys further back than this are masked (sliding-window layers).
     public var window: Int?
     public var scale: Float
+    /// Multiplies q after RoPE (and `scale` is then 1), as llama.cpp's gemma3 graph does; not
+    /// the same floats as scaling the scores, since q is rounded to half in the attention kernel.
+    public var queryScale: Float?
 
     public init(file: GGUFFile, layer: Int, config: ModelConfig, rope: RoPE, biases: Bool = false) throws {
         let p = "blk.\(layer)."
@@ -287,6 +290,7 @@ public struct Attention: Sendable {
                 let position = seq.cache.count + i
                 rope.rotations(position: position, into: angles)
                 rope.apply(q[row + i], heads: heads, headDimension: headDimension, rotations: angles)
+                if let queryScale { for j in 0..<q.columns { q[row + i][j] *= queryScale } }
                 rope.apply(k[row + i], heads: kvHeads, headDimension: headDimension, rotations: angles)
                 storeHalf(k[row + i], cache.key(layer: layer, position: position), count: k.columns)
                 storeHalf(v[row + i], cache.value(layer: layer, position: position), count: v.columns)
@@ -312,8 +316,9 @@ public struct Attention: Sendable {
         // Jobs: a run of rows (one row, or a tile of up to 64 for the tiled kernel) of one
         // sequence, for every head; dealt out round-robin, which balances the causal triangle.
         var jobs: [(sequence: Int, row: Int, rows: Int)] = []
-        var work = 0
+        var work = 0, longest = 0
         for (s, seq) in sequences.enumerated() {
+            longest = max(longest, seq.firstPosition + seq.tokens)
             let step = seq.tiled ? attentionTile : 1
             for i in stride(from: 0, to: seq.tokens, by: step) {
                 jobs.append((s, seq.firstRow + i, min(step, seq.tokens - i)))
@@ -322,9 +327,9 @@ public struct Attention: Sendable {
         }
         let jobCount = jobs.count * heads
         let items = work < 1 << 15 ? 1 : min(jobCount, pool.threadCount * 8)
-        let (qm, om, seqs, runs) = (q, out, sequences, jobs)
+        let (qm, om, seqs, runs, longestRun) = (q, out, sequences, jobs, longest)
         pool.parallelFor(items) { item in
-            let scratch = HeadScratch.allocate(capacity: headDimension + valueDimension)
+            let scratch = HeadScratch(headDimension: headDimension, positions: longestRun)
             let tile = TileScratch(headDimension: headDimension, valueDimension: valueDimension)
             defer { scratch.deallocate(); tile.deallocate() }
             for job in stride(from: item, to: jobCount, by: items) {
@@ -413,18 +418,12 @@ public struct GatedFeedForward: Sendable {
             matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
             switch activation {
             case .silu: swiglu(g.data, u.data, rows: n, columns: g.columns)
-            case .gelu: gatedActivation(g.data, u.data, count: n * g.columns, k: 2 * 0.797_884_56, c: 0.044715)
+            case .gelu: geglu(g.data, u.data, count: n * g.columns)
             }
             matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool)
         }
         return y
     }
-}
-
-/// GELU, tanh approximation.
-@inlinable public func gelu(_ x: Float) -> Float {
-    let sqrt2OverPi: Float = 0.797_884_56
-    return 0.5 * x * (1 + tanhf(sqrt2OverPi * x * (1 + 0.044715 * x * x)))
 }
 
 /// Final norm and projection to vocabulary logits, for the rows that need them.

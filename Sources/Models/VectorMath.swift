@@ -15,7 +15,29 @@ func load8(_ p: UnsafePointer<Float>) -> Float8 { UnsafeRawPointer(p).loadUnalig
 func store8(_ v: Float8, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: Float8.self) }
 
 @inline(__always)
-func load8(_ p: UnsafePointer<Float16>) -> Float8 { Float8(UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float16>.self)) }
+func load8(_ p: UnsafePointer<Float16>) -> Float8 {
+#if arch(x86_64)
+    _mm256_cvtph_ps(UnsafeRawPointer(p).loadUnaligned(as: __m128i.self))  // the generic conversion is not always inlined
+#else
+    Float8(UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float16>.self))
+#endif
+}
+
+/// v rounded to half precision (nearest even) and back, in float arithmetic: adding and
+/// subtracting M = ±2^(e + 13), e = max(exponent of v, −14), leaves v rounded to a multiple of
+/// its half-precision quantum 2^(e − 10) by the one rounding of the addition. Same values as
+/// vcvtps2ph + vcvtph2ps for |v| ≤ 65504 (the generic SIMD8<Float16> conversion is not
+/// always inlined, and the immediate-operand intrinsic is not importable).
+@inline(__always)
+func roundedToHalf(_ v: Float8) -> Float8 {
+    let bits = unsafeBitCast(v, to: SIMD8<UInt32>.self)
+    let exponent = bits & 0x7F80_0000
+    let floor = SIMD8<UInt32>(repeating: (127 - 14) << 23)
+    let m = exponent.replacing(with: floor, where: exponent .< floor) &+ (13 << 23) | (bits & 0x8000_0000)
+    let magic = unsafeBitCast(m, to: Float8.self)
+    let rounded = unsafeBitCast((v + magic) - magic, to: SIMD8<UInt32>.self)
+    return unsafeBitCast(rounded | (bits & 0x8000_0000), to: Float8.self)  // −0 for a negative v rounding to 0
+}
 
 @inline(__always)
 func sum(_ v: Float8) -> Float {
@@ -23,42 +45,6 @@ func sum(_ v: Float8) -> Float {
     let b = a.lowHalf + a.highHalf
     return b[0] + b[1]
 }
-
-/// e^x for 8 lanes: range reduction x = n·ln2 + r, |r| ≤ ln2/2, then a degree-6 polynomial
-/// for e^r (Cephes' expf coefficients) scaled by 2^n; within 2 ulp of expf. Inputs are
-/// clamped to [-88, 88] (e^-88 ≈ 6e-39 flushes to 0 below that, e^88 ≈ 1.7e38 is the top).
-@inline(__always)
-func exp8(_ x: Float8) -> Float8 {
-    let x = clamp88(x)
-    // n = round(x·log2 e): adding 1.5·2^23 rounds to an integer held in the low mantissa bits
-    let shifted = x * 1.442_695_04 + 12_582_912
-    let n = shifted - 12_582_912
-    var r = x - n * 0.693_359_375
-    r = r + n * 2.121_944_4e-4
-    var p: Float8 = Float8(repeating: 1.987_569_15e-4)
-    p = p * r + 1.398_199_95e-3
-    p = p * r + 8.333_345_19e-3
-    p = p * r + 4.166_579_6e-2
-    p = p * r + 1.666_666_55e-1
-    p = p * r + 5.000_000_1e-1
-    p = p * (r * r) + r + 1
-    let bits = (unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
-    return p * unsafeBitCast(bits, to: Float8.self)
-}
-
-@inline(__always)
-func clamp88(_ x: Float8) -> Float8 {
-#if arch(x86_64)
-    // vminps/vmaxps (the generic pointwiseMin/Max are lane-by-lane calls)
-    _mm256_min_ps(_mm256_max_ps(x, Float8(repeating: -88)), Float8(repeating: 88))
-#else
-    x.replacing(with: -88, where: x .< -88).replacing(with: 88, where: x .> 88)
-#endif
-}
-
-/// The same e^x one element at a time (for tails), so a value never depends on its index.
-@inline(__always)
-func exp1(_ x: Float) -> Float { exp8(Float8(repeating: x))[0] }
 
 /// dst[i] = src[i] / rms(src) · w[i], as ggml's rms_norm (+ mul by the weight): the float
 /// squares are summed one after another in double, mean = sum / n in double rounded to float,
@@ -79,22 +65,26 @@ func rmsNormalize(_ src: UnsafePointer<Float>, _ w: UnsafePointer<Float>, count:
     while i < count { dst[i] = src[i] * scale * w[i]; i += 1 }
 }
 
-/// g[i] = act(g[i]) · u[i], act(x) = x / (1 + e^(-k·x·(1 + c·x²))): SiLU with k = 1, c = 0;
-/// tanh-GELU with k = 2·√(2/π), c = 0.044715 (0.5·(1 + tanh(y)) = 1 / (1 + e^(-2y))).
+/// g[i] = gelu(g[i]) · u[i] as ggml's geglu: 0 for x ≤ −10, x·u for x ≥ 10, otherwise the
+/// tanh-GELU of x rounded to half, itself rounded to half (ggml's 65536-entry table), times u.
 @inline(__always)
-func gatedActivation(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, count: Int, k: Float, c: Float) {
-    var i = 0
-    while i + 8 <= count {
-        let x = load8(g + i)
-        let y = x * k * (1 + c * x * x)
-        store8(x / (1 + exp8(-y)) * load8(u + i), g + i)
-        i += 8
+func geglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, count: Int) {
+    geluHalfTable.withUnsafeBufferPointer { table in
+        for i in 0..<count {
+            let x = g[i]
+            if x <= -10 { g[i] = 0 } else if x >= 10 { g[i] = x * u[i] } else {
+                g[i] = table[Int(Float16(x).bitPattern)] * u[i]
+            }
+        }
     }
-    while i < count {
-        let x = g[i]
-        g[i] = x / (1 + exp1(-(x * k * (1 + c * x * x)))) * u[i]
-        i += 1
-    }
+}
+
+/// gelu(h) rounded to half for every half h (by bit pattern), as float. The formula is ggml's
+/// 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))) with its compiler's fusion of 0.044715·x·x + 1.
+let geluHalfTable: [Float] = (0..<65536).map { bits in
+    let x = Float(Float16(bitPattern: UInt16(bits)))
+    let inner = Float(1).addingProduct(0.044715 * x, x)
+    return Float(Float16(0.5 * x * (1 + tanhf(Float(0.797_884_560_802_865_4) * x * inner))))
 }
 
 /// g[i] = silu(g[i]) · u[i] with the same floats as ggml's swiglu on an AVX-512 build:
@@ -196,64 +186,77 @@ func dotHalfGGML(_ k: UnsafePointer<Float16>, _ q: UnsafePointer<Float16>, count
     return Float(total)
 }
 
-/// Scratch for one attention head: the query in half precision and the half-precision
-/// output accumulator (`headDimension + valueDimension` halves).
-typealias HeadScratch = UnsafeMutablePointer<Float16>
+/// Scratch for one attention head: the query in half precision, then per cache position two
+/// floats (the rescale factor and the weight of the online softmax).
+struct HeadScratch {
+    let query: UnsafeMutablePointer<Float16>
+    let factors: UnsafeMutablePointer<Float>
+    init(headDimension: Int, positions: Int) {
+        query = .allocate(capacity: headDimension)
+        factors = .allocate(capacity: 2 * positions)
+    }
+    func deallocate() { query.deallocate(); factors.deallocate() }
+}
 
 /// softmax(q·Kᵀ·scale)·V for one query row and head over cached half-precision keys and values,
 /// with the floats of ggml's flash-attention kernel for a row (llama.cpp's path for decoding and
 /// for batches of fewer than 64 tokens): q rounded to half, scores by `dotHalfGGML`, online
-/// softmax over the positions in order with libm expf, and the output accumulated *in half
-/// precision* — acc = half(acc·ms) on a new maximum, acc = half(v·w + acc) fused — with the
-/// running sum S = S·ms + w fused, then out = float(acc) · (1/S).
+/// softmax over the positions in order with libm expf — on a new maximum ms = e^(old − new),
+/// w = 1, else ms = 1, w = e^(s − max) — and the output accumulated *in half precision*:
+/// acc = half(acc·ms) on a new maximum, then acc = half(v·w + acc) fused; the running sum
+/// S = S·ms + w fused; finally out = float(acc) · (1/S).
+/// (Two passes: the factors first, then the accumulation 32 lanes at a time in registers; the
+/// per-element arithmetic and order are ggml's.)
 @inline(__always)
 func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
                    values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
                    headDimension: Int, valueDimension: Int, scale: Float,
                    scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
-    let q16 = scratch, acc = scratch + headDimension
+    let q16 = scratch.query, factors = scratch.factors
     storeHalf(query, q16, count: headDimension)
-    acc.initialize(repeating: 0, count: valueDimension)
     var S: Float = 0, M = -Float.infinity
-    for p in positions {
+    for (i, p) in positions.enumerated() {
         let s = dotHalfGGML(keys[p] + keyOffset, q16, count: headDimension) * scale
         var ms: Float = 1, vs: Float = 1
         if s > M {
             ms = expf(M - s)
             M = s
-            scaleHalf(acc, by: ms, count: valueDimension)
         } else {
             vs = expf(s - M)
         }
-        madHalf(acc, values[p] + valueOffset, vs, count: valueDimension)
+        factors[2 * i] = ms
+        factors[2 * i + 1] = vs
         S = vs.addingProduct(S, ms)
     }
     let inverse: Float = S == 0 ? 0 : 1 / S
+    let first = positions.lowerBound
     var d = 0
-    while d + 8 <= valueDimension { store8(load8(acc + d) * inverse, out + d); d += 8 }
-    while d < valueDimension { out[d] = Float(acc[d]) * inverse; d += 1 }
-}
-
-/// y[i] = half(float(y[i]) · v)
-@inline(__always)
-func scaleHalf(_ y: UnsafeMutablePointer<Float16>, by v: Float, count: Int) {
-    var i = 0
-    while i + 8 <= count { storeHalf8(load8(y + i) * v, y + i); i += 8 }
-    while i < count { y[i] = Float16(Float(y[i]) * v); i += 1 }
-}
-
-/// y[i] = half(float(x[i])·v + float(y[i])), fused
-@inline(__always)
-func madHalf(_ y: UnsafeMutablePointer<Float16>, _ x: UnsafePointer<Float16>, _ v: Float, count: Int) {
-    var i = 0
-    let vv = Float8(repeating: v)
-    while i + 8 <= count { storeHalf8(load8(y + i).addingProduct(load8(x + i), vv), y + i); i += 8 }
-    while i < count { y[i] = Float16(Float(y[i]).addingProduct(Float(x[i]), v)); i += 1 }
-}
-
-@inline(__always)
-func storeHalf8(_ v: Float8, _ p: UnsafeMutablePointer<Float16>) {
-    UnsafeMutableRawPointer(p).storeBytes(of: SIMD8<Float16>(v), as: SIMD8<Float16>.self)
+    while d + 32 <= valueDimension {
+        var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
+        for i in 0..<positions.count {
+            let ms = factors[2 * i], w = Float8(repeating: factors[2 * i + 1])
+            if ms != 1 {
+                a0 = roundedToHalf(a0 * ms); a1 = roundedToHalf(a1 * ms)
+                a2 = roundedToHalf(a2 * ms); a3 = roundedToHalf(a3 * ms)
+            }
+            let v = values[first + i] + valueOffset + d
+            a0 = roundedToHalf(a0.addingProduct(load8(v), w)); a1 = roundedToHalf(a1.addingProduct(load8(v + 8), w))
+            a2 = roundedToHalf(a2.addingProduct(load8(v + 16), w)); a3 = roundedToHalf(a3.addingProduct(load8(v + 24), w))
+        }
+        store8(a0 * inverse, out + d); store8(a1 * inverse, out + d + 8)
+        store8(a2 * inverse, out + d + 16); store8(a3 * inverse, out + d + 24)
+        d += 32
+    }
+    while d < valueDimension {
+        var a: Float = 0
+        for i in 0..<positions.count {
+            let ms = factors[2 * i], w = factors[2 * i + 1]
+            if ms != 1 { a = Float(Float16(a * ms)) }
+            a = Float(Float16(a.addingProduct(Float(values[first + i][valueOffset + d]), w)))
+        }
+        out[d] = a * inverse
+        d += 1
+    }
 }
 
 /// Query rows and cache positions per tile of ggml's tiled flash-attention kernel, which
@@ -346,7 +349,18 @@ func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, fi
             }
             t.sums[r] = Float(Double(t.sums[r]) + total)
             // acc += Σ w_k · v_k, one fused chain per element (masked weights are 0: skipped)
+            // (32 lanes at a time: four independent chains keep the FMA units busy)
             var d = 0
+            while d + 32 <= valueDimension {
+                var a0 = load8(acc + d), a1 = load8(acc + d + 8), a2 = load8(acc + d + 16), a3 = load8(acc + d + 24)
+                for k in visible {
+                    let x = Float8(repeating: w[k - tileStart]), v = t.values + (k - tileStart) * valueDimension + d
+                    a0 = a0.addingProduct(x, load8(v)); a1 = a1.addingProduct(x, load8(v + 8))
+                    a2 = a2.addingProduct(x, load8(v + 16)); a3 = a3.addingProduct(x, load8(v + 24))
+                }
+                store8(a0, acc + d); store8(a1, acc + d + 8); store8(a2, acc + d + 16); store8(a3, acc + d + 24)
+                d += 32
+            }
             while d + 8 <= valueDimension {
                 var a = load8(acc + d)
                 for k in visible { a = a.addingProduct(Float8(repeating: w[k - tileStart]), load8(t.values + (k - tileStart) * valueDimension + d)) }
