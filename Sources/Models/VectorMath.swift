@@ -312,8 +312,9 @@ func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, fi
         for r in 0..<rows {
             let position = firstPosition + r
             let first = window.map { max(0, position - $0 + 1) } ?? 0
-            let visible = max(first, tileStart)..<min(position + 1, tileStart + count)
-            if visible.isEmpty { continue }
+            let (lo, hi) = (max(first, tileStart), min(position + 1, tileStart + count))
+            if lo >= hi { continue }  // (a tile after this row's position, or before its window)
+            let visible = lo..<hi
             let q = query + r * queryStride
             var s = (Float8(), Float8(), Float8(), Float8(), Float8(), Float8(), Float8(), Float8())
             for d in 0..<headDimension {
