@@ -295,8 +295,13 @@ public struct Attention: Sendable {
                 storeHalf(k[row + i], cache.key(layer: layer, position: position), count: k.columns)
                 storeHalf(v[row + i], cache.value(layer: layer, position: position), count: v.columns)
             }
+            // llama.cpp's cache view: the used cells rounded up to 256 (at least 256), at most
+            // the context; one token over 512 or more of them takes its split-KV kernel.
+            let used = seq.cache.count + seq.tokens.count
+            let cells = min(seq.cache.capacity, max(256, (used + 255) / 256 * 256))
             sequences.append(AttentionSequence(cache: cache, layer: layer, firstRow: row, firstPosition: seq.cache.count,
-                                               tokens: seq.tokens.count, tiled: seq.llamaBatchTokens >= attentionTile))
+                                               tokens: seq.tokens.count, tiled: seq.llamaBatchTokens >= attentionTile,
+                                               splitCells: seq.llamaBatchTokens == 1 && cells >= 512 ? cells : nil))
             row += seq.tokens.count
         }
         defer { for s in sequences { s.deallocate() } }
@@ -328,8 +333,9 @@ public struct Attention: Sendable {
         let jobCount = jobs.count * heads
         let items = work < 1 << 15 ? 1 : min(jobCount, pool.threadCount * 8)
         let (qm, om, seqs, runs, longestRun) = (q, out, sequences, jobs, longest)
+        let threads = pool.threadCount  // llama.cpp's split-KV chunks are one per thread
         pool.parallelFor(items) { item in
-            let scratch = HeadScratch(headDimension: headDimension, positions: longestRun)
+            let scratch = HeadScratch(headDimension: headDimension, positions: longestRun, valueDimension: valueDimension)
             let tile = TileScratch(headDimension: headDimension, valueDimension: valueDimension)
             defer { scratch.deallocate(); tile.deallocate() }
             for job in stride(from: item, to: jobCount, by: items) {
@@ -344,6 +350,15 @@ public struct Attention: Sendable {
                                    values: seq.values, valueOffset: (h / group) * valueDimension,
                                    headDimension: headDimension, valueDimension: valueDimension, scale: scale,
                                    scratch: tile, into: om[r] + h * valueDimension, outStride: om.columns)
+                } else if let cells = seq.splitCells {
+                    let first = window.map { max(0, position - $0 + 1) } ?? 0
+                    attendHeadRowSplit(query: qm[r] + h * headDimension,
+                                       keys: seq.keys, keyOffset: (h / group) * headDimension,
+                                       values: seq.values, valueOffset: (h / group) * valueDimension,
+                                       positions: first..<position + 1, cells: cells,
+                                       chunkSize: (cells + threads - 1) / threads, headDimension: headDimension,
+                                       valueDimension: valueDimension, scale: scale, scratch: scratch,
+                                       into: om[r] + h * valueDimension)
                 } else {
                     let first = window.map { max(0, position - $0 + 1) } ?? 0
                     attendHeadRow(query: qm[r] + h * headDimension,
@@ -366,11 +381,14 @@ struct AttentionSequence: @unchecked Sendable {
     let tokens: Int
     /// As llama.cpp: the tiled kernel for micro-batches of at least 64 tokens, else row by row.
     let tiled: Bool
+    /// llama.cpp's cache cells when it would run its split-KV kernel (one token, 512+ cells).
+    let splitCells: Int?
     let keys: UnsafeMutablePointer<UnsafePointer<Float16>>
     let values: UnsafeMutablePointer<UnsafePointer<Float16>>
 
-    init(cache: any KVStore, layer: Int, firstRow: Int, firstPosition: Int, tokens: Int, tiled: Bool) {
+    init(cache: any KVStore, layer: Int, firstRow: Int, firstPosition: Int, tokens: Int, tiled: Bool, splitCells: Int?) {
         self.tiled = tiled
+        self.splitCells = splitCells
         self.firstRow = firstRow
         self.firstPosition = firstPosition
         self.tokens = tokens

@@ -194,11 +194,14 @@ func dotHalfGGML(_ k: UnsafePointer<Float16>, _ q: UnsafePointer<Float16>, count
 struct HeadScratch {
     let query: UnsafeMutablePointer<Float16>
     let factors: UnsafeMutablePointer<Float>
-    init(headDimension: Int, positions: Int) {
+    /// One chunk's output in the split-KV kernel.
+    let partial: UnsafeMutablePointer<Float>
+    init(headDimension: Int, positions: Int, valueDimension: Int = 0) {
         query = .allocate(capacity: headDimension)
         factors = .allocate(capacity: 2 * positions)
+        partial = .allocate(capacity: max(1, valueDimension))
     }
-    func deallocate() { query.deallocate(); factors.deallocate() }
+    func deallocate() { query.deallocate(); factors.deallocate(); partial.deallocate() }
 }
 
 /// softmax(q·Kᵀ·scale)·V for one query row and head over cached half-precision keys and values,
@@ -215,8 +218,52 @@ func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointe
                    values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
                    headDimension: Int, valueDimension: Int, scale: Float,
                    scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
+    storeHalf(query, scratch.query, count: headDimension)
+    _ = attendHeadRowChunk(keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                           positions: positions, headDimension: headDimension, valueDimension: valueDimension,
+                           scale: scale, normalize: true, scratch: scratch, into: out)
+}
+
+/// llama.cpp's split-KV variant of the row kernel, which it runs for a single-token micro-batch
+/// over at least 512 cache cells: the cells are cut into one chunk per thread, each chunk runs
+/// the row kernel without the final division, and the chunks are merged in order —
+/// M = max(M, m), acc = acc·e^(M_old − M) + chunk·e^(m − M) and S likewise (first product
+/// fused) — then divided by S.
+@inline(__always)
+func attendHeadRowSplit(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                        values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
+                        cells: Int, chunkSize: Int, headDimension: Int, valueDimension: Int, scale: Float,
+                        scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
+    storeHalf(query, scratch.query, count: headDimension)
+    out.initialize(repeating: 0, count: valueDimension)
+    let chunk = scratch.partial
+    var mFinal = -Float.infinity, sFinal: Float = 0
+    for start in stride(from: 0, to: cells, by: chunkSize) {
+        let (lo, hi) = (max(start, positions.lowerBound), min(start + chunkSize, positions.upperBound))
+        if lo >= hi { continue }  // a chunk with every cell masked has S = 0 and is skipped
+        let (m, s) = attendHeadRowChunk(keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                                        positions: lo..<hi, headDimension: headDimension, valueDimension: valueDimension,
+                                        scale: scale, normalize: false, scratch: scratch, into: chunk)
+        let mNew = max(mFinal, m)
+        let scaleOld = expf(mFinal - mNew), scaleNew = expf(m - mNew)
+        for d in 0..<valueDimension { out[d] = (chunk[d] * scaleNew).addingProduct(out[d], scaleOld) }
+        sFinal = (s * scaleNew).addingProduct(sFinal, scaleOld)
+        mFinal = mNew
+    }
+    if sFinal != 0 {
+        let inverse = 1 / sFinal
+        for d in 0..<valueDimension { out[d] *= inverse }
+    }
+}
+
+/// The row kernel over `positions` with the query already in `scratch.query`: writes
+/// float(acc) · (1/S) (`normalize`) or float(acc), and returns the running max and sum.
+@inline(__always)
+func attendHeadRowChunk(keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                        values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
+                        headDimension: Int, valueDimension: Int, scale: Float, normalize: Bool,
+                        scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) -> (max: Float, sum: Float) {
     let q16 = scratch.query, factors = scratch.factors
-    storeHalf(query, q16, count: headDimension)
     var S: Float = 0, M = -Float.infinity
     for (i, p) in positions.enumerated() {
         let s = dotHalfGGML(keys[p] + keyOffset, q16, count: headDimension) * scale
@@ -231,7 +278,7 @@ func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointe
         factors[2 * i + 1] = vs
         S = vs.addingProduct(S, ms)
     }
-    let inverse: Float = S == 0 ? 0 : 1 / S
+    let inverse: Float = !normalize ? 1 : S == 0 ? 0 : 1 / S
     let first = positions.lowerBound
     var d = 0
     while d + 32 <= valueDimension {
@@ -260,6 +307,7 @@ func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointe
         out[d] = a * inverse
         d += 1
     }
+    return (M, S)
 }
 
 /// Query rows and cache positions per tile of ggml's tiled flash-attention kernel, which
