@@ -5,14 +5,17 @@ import _Builtin_intrinsics.intel
 /// One weight format's integer dot product with 8-bit activations (see QuantizedActivations).
 ///
 /// A weight block is visited as `chunks` runs of 32 elements. For each run the kernel yields
-/// 32 small non-negative integers n (or signed bytes for Q8_0) and a 16-bit multiplier per
-/// pair of lanes (the sub-block scale), so that per token
-///     isum += Σ (n · q_x) · scale          (integer, exact)
-/// and at the end of the block
-///     acc  += (blockScale · d_x) · isum    (float, one FMA per 8 lanes)
-///     corr += correction(...)              (offsets/mins: -8·d·s_x, m·s_x, -dmin·Σ m·bsums, …)
-/// The 32-element formats get their float factors for two blocks at once from `pairScales`
-/// (see `smallRowDot`); the K-quants use `blockScale` and `correction` (see `superRowDot`).
+/// 32 small integers (unsigned bytes n, or signed bytes for Q8_0) and a 16-bit multiplier per
+/// pair of lanes (the sub-block scale), and `dot` gives 8 exact Int32 lanes of Σ n·q_x·scale,
+/// lane l covering elements 4l..<4l+4.
+///
+/// 32-element formats reproduce llama.cpp's `ggml_vec_dot_*_q8_*` exactly (see `smallRowDot`):
+///     lanes  = dot(n, q_x) - offset · Σ₄ q_x                 (integer, exact: n - offset is
+///                                                             the signed weight, e.g. v - 16)
+///     acc    = fma(d·d_x, Float(lanes), acc)  per block, in block order, 8 lanes
+///     summ   = fma(m, s_x, summ)              (Q4_1/Q5_1: the min term)
+///     result = hsum(acc) + summ               (hsum in llama.cpp's order)
+/// K-quants follow llama.cpp's kernel for each format (see `SuperStyle` and `superDot`).
 protocol QuantKernel: SendableMetatype {
     associatedtype Header
     associatedtype Chunk
@@ -24,41 +27,61 @@ protocol QuantKernel: SendableMetatype {
     static func dot(_ w: Chunk, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32>
     static func blockScale(_ h: Header) -> Float
     static func correction(_ h: Header, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float
-    /// 32-element formats: [d0, c0, d1, c1] for the blocks at p0 and p1, where block i
-    /// contributes (d_i·d_x)·isum + c_i·s_x (c = -8d for Q4_0, the min m for Q4_1, …).
-    static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float>
+    /// 32-element formats: the block's f16 (d, m) as floats (m = 0 without a min).
+    static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float>
+    /// 32-element formats whose chunk holds weight + offset: the offset's index in
+    /// `QuantizedActivations.offsets` (Q4_0: 0, Q5_0: 1), else -1.
+    static var offsetSlot: Int { get }
+    /// 32-element formats with a min (Q4_1, Q5_1).
+    static var hasMin: Bool { get }
+    /// K-quants: how the block's integer lanes become floats.
+    static var superStyle: SuperStyle { get }
+    /// `.laneOffset`: what llama.cpp subtracts from the 8 lanes for the format's offset.
+    static func laneOffset(_ h: Header, bsums: UnsafePointer<Int16>) -> SIMD8<Int32>
+    /// `.rowSums`: the block's min multiplier and Σ mins · group sums.
+    static func blockMin(_ h: Header) -> Float
+    static func minSum(_ h: Header, bsums: UnsafePointer<Int16>) -> Int32
+}
+
+/// The float step of a K-quant block, as llama.cpp's x86 kernel for that format does it.
+enum SuperStyle {
+    /// acc[l] = fma(d·d_x, lane l, acc[l]); corr += correction; result hsum(acc) + corr.
+    case lanes
+    /// `ggml_vec_dot_q6_K_q8_K`: the offset leaves the integer lanes first (`laneOffset`),
+    /// then acc[l] = fma(d·d_x, lane l, acc[l]); result hsum(acc).
+    case laneOffset
+    /// llama.cpp's repacked Q4_K kernels: sum = fma(Σ lanes, d·d_x, sum),
+    /// mins = fma(Σ m·bsums, dmin·d_x, mins); result sum - mins.
+    case rowSums
 }
 
 extension QuantKernel {
-    static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
-        fatalError("pairScales is only for 32-element formats")
+    static func blockScale(_ h: Header) -> Float { fatalError("blockScale is only for K-quants") }
+    static func correction(_ h: Header, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
+        fatalError("correction is only for K-quants")
+    }
+    static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float> {
+        fatalError("scales is only for 32-element formats")
+    }
+    static var offsetSlot: Int { -1 }
+    static var hasMin: Bool { false }
+    static var superStyle: SuperStyle { .lanes }
+    static func laneOffset(_ h: Header, bsums: UnsafePointer<Int16>) -> SIMD8<Int32> {
+        fatalError("laneOffset is only for .laneOffset K-quants")
+    }
+    static func blockMin(_ h: Header) -> Float { fatalError("blockMin is only for .rowSums K-quants") }
+    static func minSum(_ h: Header, bsums: UnsafePointer<Int16>) -> Int32 {
+        fatalError("minSum is only for .rowSums K-quants")
     }
 }
 
-/// [d0, d0, d1, d1] · mul for formats whose offset is a multiple of d.
+/// [d, 0] for formats with an f16 d at the block start.
 @inline(__always)
-func dPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Float>) -> SIMD4<Float> {
-    let d0 = UInt64(p0.loadUnaligned(as: UInt16.self)), d1 = UInt64(p1.loadUnaligned(as: UInt16.self))
-#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-    let h = _mm_cvtsi64_si128(Int64(bitPattern: d0 | d0 << 16 | d1 << 32 | d1 << 48))
-    return _mm_cvtph_ps(h) * mul
-#else
-    let a = Float(Float16(bitPattern: UInt16(d0))), b = Float(Float16(bitPattern: UInt16(d1)))
-    return SIMD4(a, a, b, b) * mul
-#endif
-}
+func dScales(_ p: UnsafeRawPointer) -> SIMD2<Float> { SIMD2(loadF16(p, 0), 0) }
 
-/// [d0, m0, d1, m1] for formats with an f16 (d, m) pair at the block start.
+/// [d, m] for formats with an f16 (d, m) pair at the block start.
 @inline(__always)
-func dmPairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
-    let a = UInt64(p0.loadUnaligned(as: UInt32.self)), b = UInt64(p1.loadUnaligned(as: UInt32.self))
-#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-    return _mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: a | b << 32)))
-#else
-    func f(_ v: UInt64) -> Float { Float(Float16(bitPattern: UInt16(truncatingIfNeeded: v))) }
-    return SIMD4(f(a), f(a >> 16), f(b), f(b >> 16))
-#endif
-}
+func dmScales(_ p: UnsafeRawPointer) -> SIMD2<Float> { SIMD2(loadF16(p, 0), loadF16(p, 2)) }
 
 extension QuantKernel where Chunk == SIMD32<UInt8> {
     @inline(__always)
@@ -73,7 +96,7 @@ extension QuantKernel {
 
 @inline(__always) private var ones16: SIMD16<Int16> { splat16(1) }
 
-// MARK: 32-element formats (activations: d and s = d·Σq per block)
+// MARK: 32-element formats (activations: d, s = d·Σq and lane sums per block)
 
 struct KQ4_0: QuantKernel {
     static var blockBytes: Int { 18 }
@@ -82,9 +105,8 @@ struct KQ4_0: QuantKernel {
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ d: Float, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         (nibbles(p + 2), ones16)
     }
-    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
-    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { -8 * d * sx }
-    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPairScales(p0, p1, SIMD4(1, -8, 1, -8)) }
+    @inline(__always) static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float> { dScales(p) }
+    static var offsetSlot: Int { 0 }
 }
 
 struct KQ4_1: QuantKernel {
@@ -94,9 +116,8 @@ struct KQ4_1: QuantKernel {
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: (Float, Float), _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         (nibbles(p + 4), ones16)
     }
-    @inline(__always) static func blockScale(_ h: (Float, Float)) -> Float { h.0 }
-    @inline(__always) static func correction(_ h: (Float, Float), dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { h.1 * sx }
-    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dmPairScales(p0, p1) }
+    @inline(__always) static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float> { dmScales(p) }
+    static var hasMin: Bool { true }
 }
 
 struct KQ5_0: QuantKernel {
@@ -107,9 +128,8 @@ struct KQ5_0: QuantKernel {
         let qh = p.loadUnaligned(fromByteOffset: 2, as: UInt32.self)
         return (or(nibbles(p + 6), expandBits(qh, 0x10)), ones16)
     }
-    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
-    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { -16 * d * sx }
-    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPairScales(p0, p1, SIMD4(1, -16, 1, -16)) }
+    @inline(__always) static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float> { dScales(p) }
+    static var offsetSlot: Int { 1 }
 }
 
 struct KQ5_1: QuantKernel {
@@ -120,9 +140,8 @@ struct KQ5_1: QuantKernel {
         let qh = p.loadUnaligned(fromByteOffset: 4, as: UInt32.self)
         return (or(nibbles(p + 8), expandBits(qh, 0x10)), ones16)
     }
-    @inline(__always) static func blockScale(_ h: (Float, Float)) -> Float { h.0 }
-    @inline(__always) static func correction(_ h: (Float, Float), dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { h.1 * sx }
-    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dmPairScales(p0, p1) }
+    @inline(__always) static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float> { dmScales(p) }
+    static var hasMin: Bool { true }
 }
 
 struct KQ8_0: QuantKernel {
@@ -135,9 +154,7 @@ struct KQ8_0: QuantKernel {
     @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
         dotI8I8(w, x)
     }
-    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
-    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
-    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPairScales(p0, p1, SIMD4(1, 0, 1, 0)) }
+    @inline(__always) static func scales(_ p: UnsafeRawPointer) -> SIMD2<Float> { dScales(p) }
 }
 
 // MARK: K-quants, 256-element super-blocks (activations: d and 16 group sums per block)
@@ -232,8 +249,10 @@ struct KQ4_K: QuantKernel {
         return (n, splat16(h.scales[c]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
-    @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
-        -(h.dmin * dx) * Float(dotI16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self)))
+    static var superStyle: SuperStyle { .rowSums }
+    @inline(__always) static func blockMin(_ h: KHeader) -> Float { h.dmin }
+    @inline(__always) static func minSum(_ h: KHeader, bsums: UnsafePointer<Int16>) -> Int32 {
+        dotI16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self))
     }
 }
 
@@ -265,15 +284,18 @@ struct KQ6_K: QuantKernel {
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: KHeader, _ c: Int) -> (SIMD32<UInt8>, SIMD16<Int16>) {
         // chunk c: half hf = c/4, s = c%4; low 4 bits from ql[hf*64 + (s&1)*32 + i] nibble s/2,
-        // high 2 bits from qh[hf*32 + i] bits 2s..2s+1; value n - 32 (the -32 is in `correction`)
+        // high 2 bits from qh[hf*32 + i] bits 2s..2s+1; value n - 32 (the -32 is in `laneOffset`)
         let hf = c >> 2, s = c & 3
         let lo = shiftMask(load32(p + hf * 64 + (s & 1) * 32), 4 * (s >> 1), 0x0F)
         let hi = shiftMaskUp(load32(p + 128 + hf * 32), 2 * s, 3, 4)
         return (or(lo, hi), scalePair(bytes: h.bytes, chunk: c))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
-    @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
-        -32 * (h.d * dx) * Float(dotI16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self)))
+    static var superStyle: SuperStyle { .laneOffset }
+    /// 32 · (scale·bsum of groups 2l and 2l+1) for lane l (the lanes are exact integers; this is
+    /// how llama.cpp spreads the offset over them).
+    @inline(__always) static func laneOffset(_ h: KHeader, bsums: UnsafePointer<Int16>) -> SIMD8<Int32> {
+        maddPairs(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self)) &<< 5
     }
 }
 

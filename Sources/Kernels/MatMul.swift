@@ -183,80 +183,67 @@ func quantRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int
     }
 }
 
-/// 32-element formats, two blocks per step: the f16 scales of both blocks are converted
-/// and multiplied by the activation scales in one 4-lane operation, and even and odd
-/// blocks accumulate separately so consecutive FMAs do not wait on each other.
-/// Per token: even/odd: Σ (d·d_x)·isum in 8 lanes; corr lanes 1/3: Σ c·s_x.
+/// 32-element formats, as llama.cpp's `ggml_vec_dot_*_q8_*` (see `QuantKernel`): per token,
+/// one 8-lane FMA chain over the blocks in order, the min term as a scalar FMA chain, and
+/// llama.cpp's horizontal sum. Every path (AVX2, AVX-512 row and tile kernels, portable)
+/// performs exactly these float operations, so results are bitwise equal across them.
 @inline(__always)
 func smallRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int, _ act: QuantizedActivations,
                                  _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    smallDot(K.self, nb, act, t0, nt, out, outStride) { b in
+        let p = row + b * K.blockBytes
+        return (K.chunk(p, K.header(p), 0).0, K.scales(p))
+    }
+}
+
+/// The shared body of `smallRowDot` and `decodedRowDot`: `block(b)` yields block b's
+/// weight bytes and its (d, m).
+@inline(__always)
+func smallDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivations, _ t0: Int, _ nt: Int,
+                              _ out: UnsafeMutablePointer<Float>, _ outStride: Int,
+                              _ block: (Int) -> (K.Chunk, SIMD2<Float>)) {
     let cols = act.columns
-    let bb = K.blockBytes
     let q0 = UnsafeRawPointer(act.q + t0 * cols)
-    let ds0 = UnsafeRawPointer(act.ds + 2 * t0 * nb)
-    let dsStride = 8 * nb  // bytes per token
-    var e0 = SIMD8<Float>(), e1 = SIMD8<Float>(), e2 = SIMD8<Float>(), e3 = SIMD8<Float>()
-    var o0 = SIMD8<Float>(), o1 = SIMD8<Float>(), o2 = SIMD8<Float>(), o3 = SIMD8<Float>()
-    var c0 = SIMD4<Float>(), c1 = SIMD4<Float>(), c2 = SIMD4<Float>(), c3 = SIMD4<Float>()
+    let ds0 = act.ds + 2 * t0 * nb
+    let offsets0 = UnsafeRawPointer(act.offsetSums + max(K.offsetSlot, 0) * act.offsetStride + 8 * t0 * nb)
+    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+    var m0: Float = 0, m1: Float = 0, m2: Float = 0, m3: Float = 0
 
     @inline(__always)
-    func step(_ wA: K.Chunk, _ wB: K.Chunk, _ sc: SIMD4<Float>, _ j: Int, _ xOff: Int, _ dsOff: Int,
-              _ e: inout SIMD8<Float>, _ o: inout SIMD8<Float>, _ c: inout SIMD4<Float>) {
-        let one = splat16(1)
-        let xa = q0.loadUnaligned(fromByteOffset: j * cols + xOff, as: SIMD32<Int8>.self)
-        let xb = q0.loadUnaligned(fromByteOffset: j * cols + xOff + 32, as: SIMD32<Int8>.self)
-        let f = sc * ds0.loadUnaligned(fromByteOffset: j * dsStride + dsOff, as: SIMD4<Float>.self)
-        e = e.addingProduct(SIMD8(repeating: f[0]), SIMD8<Float>(K.dot(wA, xa, one)))
-        o = o.addingProduct(SIMD8(repeating: f[2]), SIMD8<Float>(K.dot(wB, xb, one)))
-        c += f
+    func step(_ w: K.Chunk, _ sc: SIMD2<Float>, _ j: Int, _ b: Int, _ a: inout SIMD8<Float>, _ m: inout Float) {
+        let x = q0.loadUnaligned(fromByteOffset: j * cols + b * 32, as: SIMD32<Int8>.self)
+        var lanes = K.dot(w, x, splat16(1))
+        if K.offsetSlot >= 0 {
+            lanes &+= offsets0.loadUnaligned(fromByteOffset: 32 * (j * nb + b), as: SIMD8<Int32>.self)
+        }
+        let i = 2 * (j * nb + b)
+        a = a.addingProduct(SIMD8(repeating: sc[0] * ds0[i]), SIMD8<Float>(lanes))
+        if K.hasMin { m = m.addingProduct(sc[1], ds0[i + 1]) }
     }
 
-    var b = 0
-    while b + 1 < nb {
-        let p0 = row + b * bb, p1 = p0 + bb
-        let sc = K.pairScales(p0, p1)
-        let wA = K.chunk(p0, K.header(p0), 0).0, wB = K.chunk(p1, K.header(p1), 0).0
-        step(wA, wB, sc, 0, b * 32, 8 * b, &e0, &o0, &c0)
-        if nt > 1 { step(wA, wB, sc, 1, b * 32, 8 * b, &e1, &o1, &c1) }
-        if nt > 2 { step(wA, wB, sc, 2, b * 32, 8 * b, &e2, &o2, &c2) }
-        if nt > 3 { step(wA, wB, sc, 3, b * 32, 8 * b, &e3, &o3, &c3) }
-        b += 2
+    for b in 0..<nb {
+        let (w, sc) = block(b)
+        step(w, sc, 0, b, &a0, &m0)
+        if nt > 1 { step(w, sc, 1, b, &a1, &m1) }
+        if nt > 2 { step(w, sc, 2, b, &a2, &m2) }
+        if nt > 3 { step(w, sc, 3, b, &a3, &m3) }
     }
-    if b < nb {
-        // last (even) block of an odd count: the odd lanes get exact zeros
-        let p0 = row + b * bb
-        let sc = K.pairScales(p0, p0) * SIMD4(1, 1, 0, 0)
-        let w = K.chunk(p0, K.header(p0), 0).0
-        @inline(__always)
-        func tail(_ j: Int, _ e: inout SIMD8<Float>, _ c: inout SIMD4<Float>) {
-            let x = q0.loadUnaligned(fromByteOffset: j * cols + b * 32, as: SIMD32<Int8>.self)
-            let dsx = ds0.loadUnaligned(fromByteOffset: j * dsStride + 8 * b, as: SIMD2<Float>.self)
-            let f = sc * SIMD4(dsx[0], dsx[1], 0, 0)
-            e = e.addingProduct(SIMD8(repeating: f[0]), SIMD8<Float>(K.dot(w, x, splat16(1))))
-            c += f
-        }
-        tail(0, &e0, &c0)
-        if nt > 1 { tail(1, &e1, &c1) }
-        if nt > 2 { tail(2, &e2, &c2) }
-        if nt > 3 { tail(3, &e3, &c3) }
-    }
-    out[0] = hsum(e0 + o0) + (c0[1] + c0[3])
-    if nt > 1 { out[outStride] = hsum(e1 + o1) + (c1[1] + c1[3]) }
-    if nt > 2 { out[2 * outStride] = hsum(e2 + o2) + (c2[1] + c2[3]) }
-    if nt > 3 { out[3 * outStride] = hsum(e3 + o3) + (c3[1] + c3[3]) }
+    out[0] = K.hasMin ? hsum(a0) + m0 : hsum(a0)
+    if nt > 1 { out[outStride] = K.hasMin ? hsum(a1) + m1 : hsum(a1) }
+    if nt > 2 { out[2 * outStride] = K.hasMin ? hsum(a2) + m2 : hsum(a2) }
+    if nt > 3 { out[3 * outStride] = K.hasMin ? hsum(a3) + m3 : hsum(a3) }
 }
 
 /// Prompt-sized batches of the 32-element formats: each row tile's blocks are unpacked once
-/// (integer lanes and pair scales, exactly what `smallRowDot` computes per token group) into
-/// a scratch buffer that every token group then reads, instead of unpacking them again for
-/// each group of `tokenTile` tokens. Same operations in the same order: bitwise the same results.
+/// (weight bytes and scales) into a scratch buffer that every token group then reads,
+/// instead of unpacking them again for each group of `tokenTile` tokens. Same operations
+/// in the same order as `smallRowDot`: bitwise the same results.
 func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int,
                                       _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
     let rows = w.rows, nb = w.columns / 32, bb = K.blockBytes
-    let pairs = (nb + 1) / 2
     let tile = rowTileSize(w.rowBytes)
     let chunks = UnsafeMutablePointer<K.Chunk>.allocate(capacity: tile * nb)
-    let scales = UnsafeMutablePointer<SIMD4<Float>>.allocate(capacity: tile * pairs)
+    let scales = UnsafeMutablePointer<SIMD2<Float>>.allocate(capacity: tile * nb)
     defer {
         chunks.deallocate()
         scales.deallocate()
@@ -265,139 +252,109 @@ func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
     while r0 < range.upperBound {
         let r1 = min(r0 + tile, range.upperBound)
         for r in r0..<r1 {
-            let row = w.row(r), c = chunks + (r - r0) * nb, sc = scales + (r - r0) * pairs
-            var b = 0
-            while b + 1 < nb {
-                let p0 = row + b * bb, p1 = p0 + bb
-                sc[b / 2] = K.pairScales(p0, p1)
-                c[b] = K.chunk(p0, K.header(p0), 0).0
-                c[b + 1] = K.chunk(p1, K.header(p1), 0).0
-                b += 2
-            }
-            if b < nb {
-                let p0 = row + b * bb
-                sc[b / 2] = K.pairScales(p0, p0) * SIMD4(1, 1, 0, 0)
-                c[b] = K.chunk(p0, K.header(p0), 0).0
+            let row = w.row(r)
+            for b in 0..<nb {
+                let p = row + b * bb
+                (chunks + (r - r0) * nb + b).initialize(to: K.chunk(p, K.header(p), 0).0)
+                scales[(r - r0) * nb + b] = K.scales(p)
             }
         }
         var t0 = 0
         while t0 < tokens {
             let nt = min(tokenTile, tokens - t0)
             for r in r0..<r1 {
-                let c = chunks + (r - r0) * nb, sc = scales + (r - r0) * pairs
+                let c = chunks + (r - r0) * nb, sc = scales + (r - r0) * nb
                 switch nt {
-                case 4: decodedRowDot(K.self, c, sc, nb, act, t0, 4, y + t0 * rows + r, rows)
-                case 3: decodedRowDot(K.self, c, sc, nb, act, t0, 3, y + t0 * rows + r, rows)
-                case 2: decodedRowDot(K.self, c, sc, nb, act, t0, 2, y + t0 * rows + r, rows)
-                default: decodedRowDot(K.self, c, sc, nb, act, t0, 1, y + t0 * rows + r, rows)
+                case 4: smallDot(K.self, nb, act, t0, 4, y + t0 * rows + r, rows) { (c[$0], sc[$0]) }
+                case 3: smallDot(K.self, nb, act, t0, 3, y + t0 * rows + r, rows) { (c[$0], sc[$0]) }
+                case 2: smallDot(K.self, nb, act, t0, 2, y + t0 * rows + r, rows) { (c[$0], sc[$0]) }
+                default: smallDot(K.self, nb, act, t0, 1, y + t0 * rows + r, rows) { (c[$0], sc[$0]) }
                 }
             }
             t0 += nt
         }
+        chunks.deinitialize(count: (r1 - r0) * nb)
         r0 = r1
     }
 }
 
-/// `smallRowDot` over an unpacked row (see `decodedQuantRows`).
-@inline(__always)
-func decodedRowDot<K: QuantKernel>(_ k: K.Type, _ chunks: UnsafePointer<K.Chunk>, _ scales: UnsafePointer<SIMD4<Float>>,
-                                   _ nb: Int, _ act: QuantizedActivations,
-                                   _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
-    let cols = act.columns
-    let q0 = UnsafeRawPointer(act.q + t0 * cols)
-    let ds0 = UnsafeRawPointer(act.ds + 2 * t0 * nb)
-    let dsStride = 8 * nb  // bytes per token
-    var e0 = SIMD8<Float>(), e1 = SIMD8<Float>(), e2 = SIMD8<Float>(), e3 = SIMD8<Float>()
-    var o0 = SIMD8<Float>(), o1 = SIMD8<Float>(), o2 = SIMD8<Float>(), o3 = SIMD8<Float>()
-    var c0 = SIMD4<Float>(), c1 = SIMD4<Float>(), c2 = SIMD4<Float>(), c3 = SIMD4<Float>()
-
-    @inline(__always)
-    func step(_ wA: K.Chunk, _ wB: K.Chunk, _ sc: SIMD4<Float>, _ j: Int, _ xOff: Int, _ dsOff: Int,
-              _ e: inout SIMD8<Float>, _ o: inout SIMD8<Float>, _ c: inout SIMD4<Float>) {
-        let one = splat16(1)
-        let xa = q0.loadUnaligned(fromByteOffset: j * cols + xOff, as: SIMD32<Int8>.self)
-        let xb = q0.loadUnaligned(fromByteOffset: j * cols + xOff + 32, as: SIMD32<Int8>.self)
-        let f = sc * ds0.loadUnaligned(fromByteOffset: j * dsStride + dsOff, as: SIMD4<Float>.self)
-        e = e.addingProduct(SIMD8(repeating: f[0]), SIMD8<Float>(K.dot(wA, xa, one)))
-        o = o.addingProduct(SIMD8(repeating: f[2]), SIMD8<Float>(K.dot(wB, xb, one)))
-        c += f
-    }
-
-    var b = 0
-    while b + 1 < nb {
-        let sc = scales[b / 2]
-        let wA = chunks[b], wB = chunks[b + 1]
-        step(wA, wB, sc, 0, b * 32, 8 * b, &e0, &o0, &c0)
-        if nt > 1 { step(wA, wB, sc, 1, b * 32, 8 * b, &e1, &o1, &c1) }
-        if nt > 2 { step(wA, wB, sc, 2, b * 32, 8 * b, &e2, &o2, &c2) }
-        if nt > 3 { step(wA, wB, sc, 3, b * 32, 8 * b, &e3, &o3, &c3) }
-        b += 2
-    }
-    if b < nb {
-        let sc = scales[b / 2]
-        let w = chunks[b]
-        @inline(__always)
-        func tail(_ j: Int, _ e: inout SIMD8<Float>, _ c: inout SIMD4<Float>) {
-            let x = q0.loadUnaligned(fromByteOffset: j * cols + b * 32, as: SIMD32<Int8>.self)
-            let dsx = ds0.loadUnaligned(fromByteOffset: j * dsStride + 8 * b, as: SIMD2<Float>.self)
-            let f = sc * SIMD4(dsx[0], dsx[1], 0, 0)
-            e = e.addingProduct(SIMD8(repeating: f[0]), SIMD8<Float>(K.dot(w, x, splat16(1))))
-            c += f
-        }
-        tail(0, &e0, &c0)
-        if nt > 1 { tail(1, &e1, &c1) }
-        if nt > 2 { tail(2, &e2, &c2) }
-        if nt > 3 { tail(3, &e3, &c3) }
-    }
-    out[0] = hsum(e0 + o0) + (c0[1] + c0[3])
-    if nt > 1 { out[outStride] = hsum(e1 + o1) + (c1[1] + c1[3]) }
-    if nt > 2 { out[2 * outStride] = hsum(e2 + o2) + (c2[1] + c2[3]) }
-    if nt > 3 { out[3 * outStride] = hsum(e3 + o3) + (c3[1] + c3[3]) }
-}
-
-/// 256-element K-quants: integer sums over the 8 chunks, one FMA per block and token.
+/// 256-element K-quants: integer lanes over the 8 chunks, then per block and token the float
+/// step of llama.cpp's kernel for the format (see `SuperStyle`).
 @inline(__always)
 func superRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int, _ act: QuantizedActivations,
                                  _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+    superDot(K.self, nb, act, t0, nt, out, outStride) { b in
+        let p = row + b * K.blockBytes
+        return (p, K.header(p))
+    } chunk: { b, c, h in
+        K.chunk(row + b * K.blockBytes, h, c)
+    }
+}
+
+/// The shared body of `superRowDot` and the unpacked-tile path: `block(b)` yields block b's
+/// header, `chunk(b, c, header)` its chunk c.
+@inline(__always)
+func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivations, _ t0: Int, _ nt: Int,
+                              _ out: UnsafeMutablePointer<Float>, _ outStride: Int,
+                              _ block: (Int) -> (UnsafeRawPointer?, K.Header),
+                              chunk: (Int, Int, K.Header) -> (K.Chunk, SIMD16<Int16>)) {
     let be = K.blockElements
     let cols = act.columns
     let q0 = UnsafeRawPointer(act.q + t0 * cols)
     let d0 = act.d + t0 * nb
     let g0 = act.bsums + t0 * nb * 16
     var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+    // .lanes: the correction sum; .rowSums: the min chain
     var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
+    // .rowSums: the main chain
+    var s0: Float = 0, s1: Float = 0, s2: Float = 0, s3: Float = 0
+
+    @inline(__always)
+    func finishBlock(_ h: K.Header, _ i: SIMD8<Int32>, _ j: Int, _ b: Int,
+                     _ a: inout SIMD8<Float>, _ c: inout Float, _ s: inout Float) {
+        let dx = d0[j * nb + b]
+        let bsums = g0 + 16 * (j * nb + b)
+        switch K.superStyle {
+        case .lanes:
+            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(i))
+            c += K.correction(h, dx: dx, sx: 0, bsums: bsums)
+        case .laneOffset:
+            let lanes = i &- K.laneOffset(h, bsums: bsums)
+            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(lanes))
+        case .rowSums:
+            s = s.addingProduct(Float(i.wrappedSum()), K.blockScale(h) * dx)
+            c = c.addingProduct(Float(K.minSum(h, bsums: bsums)), K.blockMin(h) * dx)
+        }
+    }
+
     for b in 0..<nb {
-        let p = row + b * K.blockBytes
-        let h = K.header(p)
+        let h = block(b).1
         var i0 = SIMD8<Int32>(), i1 = SIMD8<Int32>(), i2 = SIMD8<Int32>(), i3 = SIMD8<Int32>()
         for c in 0..<K.chunks {
-            let (wv, sc) = K.chunk(p, h, c)
+            let (wv, sc) = chunk(b, c, h)
             let off = b * be + c * 32
             i0 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off, as: SIMD32<Int8>.self), sc)
             if nt > 1 { i1 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + cols, as: SIMD32<Int8>.self), sc) }
             if nt > 2 { i2 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 2 * cols, as: SIMD32<Int8>.self), sc) }
             if nt > 3 { i3 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 3 * cols, as: SIMD32<Int8>.self), sc) }
         }
-        let ws = K.blockScale(h)
-        a0 = a0.addingProduct(SIMD8(repeating: ws * d0[b]), SIMD8<Float>(i0))
-        c0 += K.correction(h, dx: d0[b], sx: 0, bsums: g0 + 16 * b)
-        if nt > 1 {
-            a1 = a1.addingProduct(SIMD8(repeating: ws * d0[nb + b]), SIMD8<Float>(i1))
-            c1 += K.correction(h, dx: d0[nb + b], sx: 0, bsums: g0 + 16 * (nb + b))
-        }
-        if nt > 2 {
-            a2 = a2.addingProduct(SIMD8(repeating: ws * d0[2 * nb + b]), SIMD8<Float>(i2))
-            c2 += K.correction(h, dx: d0[2 * nb + b], sx: 0, bsums: g0 + 16 * (2 * nb + b))
-        }
-        if nt > 3 {
-            a3 = a3.addingProduct(SIMD8(repeating: ws * d0[3 * nb + b]), SIMD8<Float>(i3))
-            c3 += K.correction(h, dx: d0[3 * nb + b], sx: 0, bsums: g0 + 16 * (3 * nb + b))
+        finishBlock(h, i0, 0, b, &a0, &c0, &s0)
+        if nt > 1 { finishBlock(h, i1, 1, b, &a1, &c1, &s1) }
+        if nt > 2 { finishBlock(h, i2, 2, b, &a2, &c2, &s2) }
+        if nt > 3 { finishBlock(h, i3, 3, b, &a3, &c3, &s3) }
+    }
+    @inline(__always)
+    func result(_ a: SIMD8<Float>, _ c: Float, _ s: Float) -> Float {
+        switch K.superStyle {
+        case .lanes: hsum(a) + c
+        case .laneOffset: hsum(a)
+        case .rowSums: s - c
         }
     }
-    out[0] = hsum(a0) + c0
-    if nt > 1 { out[outStride] = hsum(a1) + c1 }
-    if nt > 2 { out[2 * outStride] = hsum(a2) + c2 }
-    if nt > 3 { out[3 * outStride] = hsum(a3) + c3 }
+    out[0] = result(a0, c0, s0)
+    if nt > 1 { out[outStride] = result(a1, c1, s1) }
+    if nt > 2 { out[2 * outStride] = result(a2, c2, s2) }
+    if nt > 3 { out[3 * outStride] = result(a3, c3, s3) }
 }
 
 /// K-quants for prompt-sized batches: as `decodedQuantRows`, each row tile's block headers
@@ -437,11 +394,17 @@ func decodedSuperRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
             for r in r0..<r1 {
                 let i = (r - r0) * nb
                 let (h, l, m) = (headers + i, lanes + i * nc, multipliers + i * nc)
+                @inline(__always)
+                func run(_ n: Int) {
+                    superDot(K.self, nb, act, t0, n, y + t0 * rows + r, rows) { (nil, h[$0]) } chunk: { b, c, _ in
+                        (l[b * nc + c], m[b * nc + c])
+                    }
+                }
                 switch nt {
-                case 4: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 4, y + t0 * rows + r, rows)
-                case 3: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 3, y + t0 * rows + r, rows)
-                case 2: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 2, y + t0 * rows + r, rows)
-                default: decodedSuperRowDot(K.self, h, l, m, nb, act, t0, 1, y + t0 * rows + r, rows)
+                case 4: run(4)
+                case 3: run(3)
+                case 2: run(2)
+                default: run(1)
                 }
             }
             t0 += nt
@@ -450,51 +413,6 @@ func decodedSuperRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
         lanes.deinitialize(count: (r1 - r0) * nb * nc)
         r0 = r1
     }
-}
-
-/// `superRowDot` over an unpacked row (see `decodedSuperRows`).
-@inline(__always)
-func decodedSuperRowDot<K: QuantKernel>(_ k: K.Type, _ headers: UnsafePointer<K.Header>, _ lanes: UnsafePointer<K.Chunk>,
-                                        _ multipliers: UnsafePointer<SIMD16<Int16>>, _ nb: Int, _ act: QuantizedActivations,
-                                        _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
-    let be = K.blockElements, nc = K.chunks
-    let cols = act.columns
-    let q0 = UnsafeRawPointer(act.q + t0 * cols)
-    let d0 = act.d + t0 * nb
-    let g0 = act.bsums + t0 * nb * 16
-    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-    var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
-    for b in 0..<nb {
-        let h = headers[b]
-        var i0 = SIMD8<Int32>(), i1 = SIMD8<Int32>(), i2 = SIMD8<Int32>(), i3 = SIMD8<Int32>()
-        for c in 0..<nc {
-            let wv = lanes[b * nc + c], sc = multipliers[b * nc + c]
-            let off = b * be + c * 32
-            i0 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off, as: SIMD32<Int8>.self), sc)
-            if nt > 1 { i1 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + cols, as: SIMD32<Int8>.self), sc) }
-            if nt > 2 { i2 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 2 * cols, as: SIMD32<Int8>.self), sc) }
-            if nt > 3 { i3 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 3 * cols, as: SIMD32<Int8>.self), sc) }
-        }
-        let ws = K.blockScale(h)
-        a0 = a0.addingProduct(SIMD8(repeating: ws * d0[b]), SIMD8<Float>(i0))
-        c0 += K.correction(h, dx: d0[b], sx: 0, bsums: g0 + 16 * b)
-        if nt > 1 {
-            a1 = a1.addingProduct(SIMD8(repeating: ws * d0[nb + b]), SIMD8<Float>(i1))
-            c1 += K.correction(h, dx: d0[nb + b], sx: 0, bsums: g0 + 16 * (nb + b))
-        }
-        if nt > 2 {
-            a2 = a2.addingProduct(SIMD8(repeating: ws * d0[2 * nb + b]), SIMD8<Float>(i2))
-            c2 += K.correction(h, dx: d0[2 * nb + b], sx: 0, bsums: g0 + 16 * (2 * nb + b))
-        }
-        if nt > 3 {
-            a3 = a3.addingProduct(SIMD8(repeating: ws * d0[3 * nb + b]), SIMD8<Float>(i3))
-            c3 += K.correction(h, dx: d0[3 * nb + b], sx: 0, bsums: g0 + 16 * (3 * nb + b))
-        }
-    }
-    out[0] = hsum(a0) + c0
-    if nt > 1 { out[outStride] = hsum(a1) + c1 }
-    if nt > 2 { out[2 * outStride] = hsum(a2) + c2 }
-    if nt > 3 { out[3 * outStride] = hsum(a3) + c3 }
 }
 
 // MARK: float weights

@@ -7,10 +7,12 @@ import _Builtin_intrinsics.intel
 ///
 /// Per block of `blockSize` floats x (32 for the small formats, 256 for K-quants):
 ///   d = max|x| / 127,  q[i] = round(x[i] / d) ∈ [-127, 127]   (x[i] ≈ d·q[i])
-///   s = d · Σ q[i]                 (32-blocks: lets offset/min formats skip a pass)
+///   s = d · Σ q[i]                 (32-blocks: the Q4_1/Q5_1 min term, m·s)
+///   offsetSums[o][l] = -offset_o · Σ q[4l..<4l+4], offsets 8, 16, 128   (32-blocks: lets
+///       kernels multiply offset-coded weights such as Q5_0's v - 16 as unsigned bytes, exactly)
 ///   bsums[g] = Σ q[i] over 16-element groups   (256-blocks: for the K-quant mins)
-/// d and s are kept as Float (not f16 as in GGUF's own Q8 formats), so the only error is
-/// the rounding of q.
+/// 32-blocks round d and s to f16 as GGUF's Q8_0/Q8_1 blocks (and llama.cpp) do, so that the
+/// kernels reproduce llama.cpp's results; 256-blocks keep a float d as Q8_K does.
 /// Blocks with max|x| ≤ 1e-30 quantize to zeros (127/max would overflow); the error that
 /// introduces is below 1e-30·Σ|w|.
 ///
@@ -32,6 +34,12 @@ struct QuantizedActivations: @unchecked Sendable {
     /// the scales of two consecutive blocks with one 16-byte load.
     let ds: UnsafeMutablePointer<Float>
     let bsums: UnsafeMutablePointer<Int16> // tokens × blocksPerRow × 16 (256-blocks)
+    let offsetSums: UnsafeMutablePointer<Int32> // 3 × tokens × blocksPerRow × 8 (32-blocks), one array per offset
+    /// Offsets of `offsetSums`, in order: Q4_0's 8, Q5_0's 16, and 128 for Q8_0 read as q + 128.
+    static let offsets: [Int32] = [8, 16, 128]
+    /// Distance between the offsets' arrays in `offsetSums` (so one offset's lanes of
+    /// consecutive blocks are contiguous).
+    var offsetStride: Int { tokens * blocksPerRow * 8 }
     private let base: UnsafeMutableRawPointer
 
     init(columns: Int, tokens: Int, blockSize: Int) {
@@ -43,11 +51,14 @@ struct QuantizedActivations: @unchecked Sendable {
         let nq = (tokens * columns + 63) & ~63
         let nd = tokens * blocksPerRow
         let nbs = blockSize == 256 ? nd * 16 : 0
-        base = .allocate(byteCount: nq + 12 * nd + 2 * nbs + 64, alignment: 64)
+        let nls = blockSize == 32 ? nd * 24 : 0
+        base = .allocate(byteCount: nq + 12 * nd + 2 * nbs + 4 * nls + 128, alignment: 64)
         q = base.bindMemory(to: Int8.self, capacity: nq)
         d = (base + nq).bindMemory(to: Float.self, capacity: nd)
         ds = (base + nq + 4 * nd).bindMemory(to: Float.self, capacity: 2 * nd)
         bsums = (base + nq + 12 * nd).bindMemory(to: Int16.self, capacity: max(nbs, 1))
+        let lanesOffset = (nq + 12 * nd + 2 * nbs + 63) & ~63
+        offsetSums = (base + lanesOffset).bindMemory(to: Int32.self, capacity: max(nls, 1))
     }
 
     func deallocate() { base.deallocate() }
@@ -96,6 +107,13 @@ struct QuantizedActivations: @unchecked Sendable {
                 bsums[bi * 16 + k / 2 + 1] = Int16(truncatingIfNeeded: g1)
             } else {
                 total = _mm256_add_epi32(total, _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)))
+                // hadd twice gives the 4-element sums as [L0 L2 L4 L6 | L1 L3 L5 L7]
+                let sums = _mm256_hadd_epi32(_mm256_hadd_epi32(i0, i1), _mm256_hadd_epi32(i2, i3))
+                let negated = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_permutevar8x32_epi32(sums, order))
+                let out = UnsafeMutableRawPointer(offsetSums + 8 * bi), stride = 4 * offsetStride
+                out.storeBytes(of: _mm256_slli_epi32(negated, 3), as: __m256i.self)
+                out.storeBytes(of: _mm256_slli_epi32(negated, 4), toByteOffset: stride, as: __m256i.self)
+                out.storeBytes(of: _mm256_slli_epi32(negated, 7), toByteOffset: 2 * stride, as: __m256i.self)
             }
         }
         if blockSize != 256 {
@@ -105,7 +123,8 @@ struct QuantizedActivations: @unchecked Sendable {
             ds[2 * bi] = d[bi]
             ds[2 * bi + 1] = Float(Float16(scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum())))
         } else {
-            d[bi] = scale
+            // as llama.cpp's quantize_row_q8_K: d = 1/iscale (not max/127)
+            d[bi] = m > 1e-30 ? 1 / (127 / m) : 0
         }
 #else
         let n8 = blockSize / 8
@@ -124,6 +143,12 @@ struct QuantizedActivations: @unchecked Sendable {
             iv = pointwiseMin(pointwiseMax(iv, SIMD8(repeating: -127)), SIMD8(repeating: 127))
             UnsafeMutableRawPointer(qb + 8 * k).storeBytes(of: SIMD8<Int8>(truncatingIfNeeded: iv), as: SIMD8<Int8>.self)
             total &+= iv
+            if blockSize == 32 {
+                for (o, offset) in Self.offsets.enumerated() {
+                    offsetSums[o * offsetStride + 8 * bi + 2 * k] = 0 &- offset &* (iv[0] &+ iv[1] &+ iv[2] &+ iv[3])
+                    offsetSums[o * offsetStride + 8 * bi + 2 * k + 1] = 0 &- offset &* (iv[4] &+ iv[5] &+ iv[6] &+ iv[7])
+                }
+            }
             if blockSize == 256 && k & 1 == 1 {
                 bsums[bi * 16 + k / 2] = Int16(truncatingIfNeeded: total.wrappedSum())
                 total = SIMD8<Int32>()
@@ -134,7 +159,7 @@ struct QuantizedActivations: @unchecked Sendable {
             ds[2 * bi] = d[bi]
             ds[2 * bi + 1] = Float(Float16(scale * Float(total.wrappedSum())))
         } else {
-            d[bi] = scale
+            d[bi] = m > 1e-30 ? 1 / (127 / m) : 0
         }
 #endif
     }

@@ -149,18 +149,24 @@ func dotI16(_ a: SIMD16<Int16>, _ b: SIMD16<Int16>) -> Int32 {
 #endif
 }
 
+/// a[2l]·b[2l] + a[2l+1]·b[2l+1] for l in 0..<8, in Int32 (vpmaddwd).
+@inline(__always)
+func maddPairs(_ a: SIMD16<Int16>, _ b: SIMD16<Int16>) -> SIMD8<Int32> {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    unsafeBitCast(_mm256_madd_epi16(unsafeBitCast(a, to: __m256i.self), unsafeBitCast(b, to: __m256i.self)), to: SIMD8<Int32>.self)
+#else
+    var r = SIMD8<Int32>()
+    for l in 0..<8 { r[l] = Int32(a[2 * l]) &* Int32(b[2 * l]) &+ Int32(a[2 * l + 1]) &* Int32(b[2 * l + 1]) }
+    return r
+#endif
+}
+
 /// Horizontal sum in a fixed order (so results never depend on the caller).
 @inline(__always)
 func hsum(_ v: SIMD8<Float>) -> Float {
-#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-    let h = _mm256_hadd_ps(v, v)
-    let q = _mm256_hadd_ps(h, h)  // lane 0: (v0+v1)+(v2+v3), lane 4: (v4+v5)+(v6+v7)
-    return q[0] + q[4]
-#else
+    // llama.cpp's order (hsum_float_8): halves added lane-wise, then (r0 + r2) + (r1 + r3)
     let a = v.lowHalf + v.highHalf
-    let b = a.lowHalf + a.highHalf
-    return b[0] + b[1]
-#endif
+    return (a[0] + a[2]) + (a[1] + a[3])
 }
 
 /// 16 signed bytes at p → Int16 lanes.

@@ -5,11 +5,11 @@
 // The results are bitwise identical to the AVX2 kernels: the integer dot products of a
 // block are exact in both (vpdpbusd / vpmaddubsw+vpdpwssd give the same Int32 lanes as
 // vpmaddubsw+vpmaddwd, whose 16-bit pair sums never saturate for these formats), and every
-// float operation (f16 conversions, scale products, FMAs per lane, the correction sums, the
-// final horizontal sum) is the same operation in the same order.
-//  - 32-element formats: the AVX2 kernel keeps even and odd blocks in two 8-lane
-//    accumulators; here one 16-lane accumulator holds both (lanes 0..<8 even, 8..<16 odd),
-//    and one 512-bit step handles a pair of blocks.
+// float operation (f16 conversions, scale products, FMAs per lane, the min/correction sums,
+// the final horizontal sum) is the same operation in the same order.
+//  - 32-element formats: llama.cpp's vec_dot arithmetic. Few tokens: one 512-bit dpbusd per
+//    block pair and row, its halves fed to the 8-lane chain in block order. Prompt batches:
+//    16-row tiles with rows in vector lanes (see `PairKernel.tiles`).
 //  - K-quants: two 32-element chunks per 512-bit step, folded to the same 8 Int32 lanes per
 //    block before the (256-bit, unchanged) float FMA.
 //
@@ -26,10 +26,16 @@ public struct AVX512Activations: @unchecked Sendable {
     public let d: UnsafePointer<Float>
     public let ds: UnsafePointer<Float>
     public let bsums: UnsafePointer<Int16>
+    /// For offsets 8, 16, 128 (`offsetStride` apart): per token and block, 8 Int32 lanes of
+    /// -offset · (sum of the lane's 4 q).
+    public let offsetSums: UnsafePointer<Int32>
+    public let offsetStride: Int
     public let columns: Int
     public init(q: UnsafePointer<Int8>, d: UnsafePointer<Float>, ds: UnsafePointer<Float>,
-                bsums: UnsafePointer<Int16>, columns: Int) {
-        self.q = q; self.d = d; self.ds = ds; self.bsums = bsums; self.columns = columns
+                bsums: UnsafePointer<Int16>, offsetSums: UnsafePointer<Int32>, offsetStride: Int, columns: Int) {
+        self.q = q; self.d = d; self.ds = ds; self.bsums = bsums
+        self.offsetSums = offsetSums; self.offsetStride = offsetStride
+        self.columns = columns
     }
 }
 
@@ -42,16 +48,16 @@ public func avx512QuantRows(_ type: TensorType, data: UnsafeRawPointer, rows: In
                             y: UnsafeMutablePointer<Float>) -> Bool {
     let m = Mat(data: data, rows: rows, rowBytes: rowBytes, columns: columns)
     switch type {
-    case .q4_0: rowsLoop(PairKernel<P4_0>.self, m, act, tokens, range, y)
-    case .q4_1: rowsLoop(PairKernel<P4_1>.self, m, act, tokens, range, y)
-    case .q5_0: rowsLoop(PairKernel<P5_0>.self, m, act, tokens, range, y)
-    case .q5_1: rowsLoop(PairKernel<P5_1>.self, m, act, tokens, range, y)
-    case .q8_0: rowsLoop(PairKernel<P8_0>.self, m, act, tokens, range, y)
-    case .q2_K: rowsLoop(SuperKernel<S2_K>.self, m, act, tokens, range, y)
-    case .q3_K: rowsLoop(SuperKernel<S3_K>.self, m, act, tokens, range, y)
-    case .q4_K: rowsLoop(SuperKernel<S4_K>.self, m, act, tokens, range, y)
-    case .q5_K: rowsLoop(SuperKernel<S5_K>.self, m, act, tokens, range, y)
-    case .q6_K: rowsLoop(SuperKernel<S6_K>.self, m, act, tokens, range, y)
+    case .q4_0: pairRows(P4_0.self, m, act, tokens, range, y)
+    case .q4_1: pairRows(P4_1.self, m, act, tokens, range, y)
+    case .q5_0: pairRows(P5_0.self, m, act, tokens, range, y)
+    case .q5_1: pairRows(P5_1.self, m, act, tokens, range, y)
+    case .q8_0: pairRows(P8_0.self, m, act, tokens, range, y)
+    case .q2_K: superRows(S2_K.self, m, act, tokens, range, y)
+    case .q3_K: superRows(S3_K.self, m, act, tokens, range, y)
+    case .q4_K: superRows(S4_K.self, m, act, tokens, range, y)
+    case .q5_K: superRows(S5_K.self, m, act, tokens, range, y)
+    case .q6_K: superRows(S6_K.self, m, act, tokens, range, y)
     default: return false
     }
     return true
@@ -71,6 +77,26 @@ protocol RowKernel {
     static func consts() -> Consts
     static func rowDot(_ k: Consts, _ row: UnsafeRawPointer, _ nb: Int, _ act: AVX512Activations,
                        _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int)
+}
+
+@inline(__always)
+func pairRows<F: PairFormat>(_ f: F.Type, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
+                             _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    if tokens >= pairTileMinTokens {
+        PairKernel<F>.tiles(PairKernel<F>.consts(), m, act, tokens, range, y)
+    } else {
+        rowsLoop(PairKernel<F>.self, m, act, tokens, range, y)
+    }
+}
+
+@inline(__always)
+func superRows<F: SuperFormat>(_ f: F.Type, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
+                               _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    if tokens > 8 {
+        SuperKernel<F>.decodedRows(SuperKernel<F>.consts(), m, act, tokens, range, y)
+    } else {
+        rowsLoop(SuperKernel<F>.self, m, act, tokens, range, y)
+    }
 }
 
 /// The row/token tiling of `Kernels.quantRows` (results do not depend on it).
@@ -128,12 +154,11 @@ func dwords16(_ f: (Int) -> Int) -> __m512i {
 @inline(__always)
 func byteMask(_ n: Int) -> UInt64 { n >= 64 ? ~0 : (1 << UInt64(n)) - 1 }
 
-/// The same horizontal sum as `Kernels.hsum` (hadd, hadd, lane 0 + lane 4).
+/// The same horizontal sum as `Kernels.hsum` (llama.cpp's hsum_float_8 order).
 @inline(__always)
 func hsum8(_ v: __m256) -> Float {
-    let h = _mm256_hadd_ps(v, v)
-    let q = _mm256_hadd_ps(h, h)
-    return q[0] + q[4]
+    let a = v.lowHalf + v.highHalf
+    return (a[0] + a[2]) + (a[1] + a[3])
 }
 
 /// Lanes 0..<8 of the 16-lane Int32 vector plus lanes 8..<16.
@@ -152,35 +177,44 @@ func f16(_ p: UnsafeRawPointer, _ off: Int) -> Float {
     Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: off, as: UInt16.self)))
 }
 
-// MARK: 32-element formats, two blocks per 512-bit vector
+// MARK: 32-element formats
 
+/// A 32-element format's bytes, decoded two blocks at a time.
 protocol PairFormat {
     static var blockBytes: Int { get }
-    /// Two decoded blocks (the second one only if `two`; else zeros) as 64 bytes: lanes
-    /// 0..<32 the first block's elements in order, 32..<64 the second's.
+    /// Two decoded blocks (the second one only if `two`; else zeros) as 64 unsigned bytes
+    /// (weight + offset): lanes 0..<32 the first block's elements in order, 32..<64 the second's.
     static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i
-    /// [d0, c0, d1, c1] as `Kernels`' `pairScales`.
+    /// [d0, m0, d1, m1] (m = 0 without a min).
     static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float>
-    static var signed: Bool { get }
+    /// Index of the offset the decoded bytes carry in `AVX512Activations.offsetSums` (-1: none).
+    static var offsetSlot: Int { get }
+    static var hasMin: Bool { get }
 }
 
 struct PairConsts {
     var nibbleIdx: __m512i
     var nibbleShift: __m512i
     var low4: __m512i
-    var hiHalfPS: __m512i   // [8..<16, 0..<8] for permutexvar_ps
-    var hiHalfQ: __m512i    // [4..<8, 0..<4] for permutexvar_epi64
-    var splatIdx: __m512i   // [0 ×8, 2 ×8]
+    /// The four butterfly stages of a 16 × 16 Int32 transpose (lo, hi index per stage).
+    var transpose: (__m512i, __m512i, __m512i, __m512i, __m512i, __m512i, __m512i, __m512i)
 }
 
 @inline(__always)
 func pairConsts(qsOffset: Int, blockBytes: Int) -> PairConsts {
-    PairConsts(nibbleIdx: bytes64 { i in (i & 15) + qsOffset + (i >= 32 ? blockBytes : 0) },
-               nibbleShift: words32 { i in (i & 8) != 0 ? 4 : 0 },
-               low4: _mm512_set1_epi8(0x0F),
-               hiHalfPS: dwords16 { i in (i + 8) & 15 },
-               hiHalfQ: dwords16 { i in i & 1 == 0 ? ((i / 2) + 4) & 7 : 0 },
-               splatIdx: dwords16 { i in i < 8 ? 0 : 2 })
+    // stage with distance D swaps bit D of the row and column indices:
+    // out[i] takes a[g·2D + j], b[g·2D + j]; out[i + D] takes a[g·2D + D + j], b[g·2D + D + j]
+    func stage(_ d: Int, _ hi: Bool) -> __m512i {
+        dwords16 { p in
+            let g = p / (2 * d), o = p % (2 * d)
+            return (o >= d ? 16 : 0) + g * 2 * d + (hi ? d : 0) + o % d
+        }
+    }
+    return PairConsts(nibbleIdx: bytes64 { i in (i & 15) + qsOffset + (i >= 32 ? blockBytes : 0) },
+                      nibbleShift: words32 { i in (i & 8) != 0 ? 4 : 0 },
+                      low4: _mm512_set1_epi8(0x0F),
+                      transpose: (stage(8, false), stage(8, true), stage(4, false), stage(4, true),
+                                  stage(2, false), stage(2, true), stage(1, false), stage(1, true)))
 }
 
 /// 32 nibbles of each block: bytes qs[0..<16] of a block → low nibbles then high nibbles.
@@ -191,9 +225,9 @@ func pairNibbles(_ c: PairConsts, _ raw: __m512i) -> __m512i {
 }
 
 @inline(__always)
-func dPair(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer, _ mul: SIMD4<Float>) -> SIMD4<Float> {
+func dPair(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
     let d0 = UInt64(p0.loadUnaligned(as: UInt16.self)), d1 = UInt64(p1.loadUnaligned(as: UInt16.self))
-    return _mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: d0 | d0 << 16 | d1 << 32 | d1 << 48))) * mul
+    return _mm_cvtph_ps(_mm_cvtsi64_si128(Int64(bitPattern: d0 | d1 << 32)))
 }
 
 @inline(__always)
@@ -204,18 +238,18 @@ func dmPair(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
 
 struct P4_0: PairFormat {
     static var blockBytes: Int { 18 }
-    static var signed: Bool { false }
+    static var offsetSlot: Int { 0 }
+    static var hasMin: Bool { false }
     @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
         pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 36 : 18), p))
     }
-    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
-        dPair(p0, p1, SIMD4(1, -8, 1, -8))
-    }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPair(p0, p1) }
 }
 
 struct P4_1: PairFormat {
     static var blockBytes: Int { 20 }
-    static var signed: Bool { false }
+    static var offsetSlot: Int { -1 }
+    static var hasMin: Bool { true }
     @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
         pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 40 : 20), p))
     }
@@ -224,21 +258,21 @@ struct P4_1: PairFormat {
 
 struct P5_0: PairFormat {
     static var blockBytes: Int { 22 }
-    static var signed: Bool { false }
+    static var offsetSlot: Int { 1 }
+    static var hasMin: Bool { false }
     @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
         let n = pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 44 : 22), p))
         let h0 = UInt64(p.loadUnaligned(fromByteOffset: 2, as: UInt32.self))
         let h1 = two ? UInt64(p.loadUnaligned(fromByteOffset: 24, as: UInt32.self)) : 0
         return _mm512_mask_add_epi8(n, h0 | h1 << 32, n, _mm512_set1_epi8(0x10))
     }
-    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
-        dPair(p0, p1, SIMD4(1, -16, 1, -16))
-    }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPair(p0, p1) }
 }
 
 struct P5_1: PairFormat {
     static var blockBytes: Int { 24 }
-    static var signed: Bool { false }
+    static var offsetSlot: Int { -1 }
+    static var hasMin: Bool { true }
     @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
         let n = pairNibbles(c, _mm512_maskz_loadu_epi8(byteMask(two ? 48 : 24), p))
         let h0 = UInt64(p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
@@ -250,15 +284,17 @@ struct P5_1: PairFormat {
 
 struct P8_0: PairFormat {
     static var blockBytes: Int { 34 }
-    static var signed: Bool { true }
+    /// q + 128 as an unsigned byte (q ^ 0x80), so Σ q·x = dpbusd - 128·Σ x exactly.
+    static var offsetSlot: Int { 2 }
+    static var hasMin: Bool { false }
     @inline(__always) static func decode(_ c: PairConsts, _ p: UnsafeRawPointer, _ two: Bool) -> __m512i {
         let a = p.loadUnaligned(fromByteOffset: 2, as: __m256i.self)
         let b = _mm256_maskz_loadu_epi8(two ? UInt32.max : 0, p + 36)
-        return _mm512_inserti64x4_(a, b)
+        let q = _mm512_inserti64x4_(a, b)
+        let flip = _mm512_set1_epi8(-128)
+        return two ? _mm512_xor_si512(q, flip) : _mm512_maskz_xor_epi32(0x00FF, q, flip)
     }
-    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> {
-        dPair(p0, p1, SIMD4(1, 0, 1, 0))
-    }
+    @inline(__always) static func pairScales(_ p0: UnsafeRawPointer, _ p1: UnsafeRawPointer) -> SIMD4<Float> { dPair(p0, p1) }
 }
 
 /// [a, b] as one 512-bit vector.
@@ -268,10 +304,11 @@ func _mm512_inserti64x4_(_ a: __m256i, _ b: __m256i) -> __m512i {
     return _mm512_permutex2var_epi64(_mm512_castsi256_si512(a), idx, _mm512_castsi256_si512(b))
 }
 
-extension PairFormat {
-    static var blockElements: Int { 32 }
-}
+/// Prompt batches of at least this many tokens use the row-tile kernel (`PairKernel.tiles`).
+let pairTileMinTokens = 2
 
+/// The 32-element formats: llama.cpp's vec_dot arithmetic (see `Kernels.QuantKernel`), by
+/// rows (`rowDot`, a few tokens) or by 16-row tiles (`tiles`, prompt batches).
 struct PairKernel<F: PairFormat>: RowKernel {
     static var blockBytes: Int { F.blockBytes }
     static var blockElements: Int { 32 }
@@ -279,6 +316,8 @@ struct PairKernel<F: PairFormat>: RowKernel {
         pairConsts(qsOffset: F.blockBytes - 16, blockBytes: F.blockBytes)
     }
 
+    /// One row with `nt` tokens: per block pair one dpbusd gives both blocks' 8 lanes; the
+    /// two halves then enter the token's 8-lane FMA chain in block order.
     @inline(__always)
     static func rowDot(_ k: PairConsts, _ row: UnsafeRawPointer, _ nb: Int, _ act: AVX512Activations,
                        _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
@@ -286,68 +325,178 @@ struct PairKernel<F: PairFormat>: RowKernel {
         let bb = F.blockBytes
         let q0 = UnsafeRawPointer(act.q + t0 * cols)
         let ds0 = UnsafeRawPointer(act.ds + 2 * t0 * nb)
+        let o0 = UnsafeRawPointer(act.offsetSums + max(F.offsetSlot, 0) * act.offsetStride + 8 * t0 * nb)
         let dsStride = 8 * nb
-        let zero = _mm512_setzero_si512()
-        var a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(), a3 = _mm512_setzero_ps()
-        var c0 = SIMD4<Float>(), c1 = SIMD4<Float>(), c2 = SIMD4<Float>(), c3 = SIMD4<Float>()
+        var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
+        var m0: Float = 0, m1: Float = 0, m2: Float = 0, m3: Float = 0
 
         @inline(__always)
-        func dot(_ w: __m512i, _ wAbs: __m512i, _ wNeg: UInt64, _ x: __m512i) -> __m512i {
-            if F.signed {
-                return _mm512_dpbusd_epi32(zero, wAbs, _mm512_mask_sub_epi8(x, wNeg, zero, x))
+        func step(_ w: __m512i, _ sc: SIMD4<Float>, _ j: Int, _ b: Int, _ two: Bool,
+                  _ a: inout __m256, _ m: inout Float) {
+            let x = _mm512_maskz_loadu_epi8(two ? ~0 : 0xFFFF_FFFF, q0 + j * cols + b * 32)
+            var i = _mm512_setzero_si512()
+            if F.offsetSlot >= 0 {
+                i = _mm512_maskz_loadu_epi32(two ? 0xFFFF : 0x00FF, o0 + 32 * (j * nb + b))
+            }
+            let lanes = unsafeBitCast(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, w, x)), to: SIMD16<Float>.self)
+            let dsOffset = j * dsStride + 8 * b
+            let ds: SIMD4<Float>
+            if two {
+                ds = ds0.loadUnaligned(fromByteOffset: dsOffset, as: SIMD4<Float>.self)
             } else {
-                return _mm512_dpbusd_epi32(zero, w, x)
+                let d2 = ds0.loadUnaligned(fromByteOffset: dsOffset, as: SIMD2<Float>.self)
+                ds = SIMD4(lowHalf: d2, highHalf: SIMD2<Float>())
+            }
+            let f = sc * ds
+            a = _mm256_fmadd_ps(_mm256_set1_ps(f[0]), lanes.lowHalf, a)
+            if F.hasMin { m = m.addingProduct(sc[1], ds[1]) }
+            if two {
+                a = _mm256_fmadd_ps(_mm256_set1_ps(f[2]), lanes.highHalf, a)
+                if F.hasMin { m = m.addingProduct(sc[3], ds[3]) }
             }
         }
 
         @inline(__always)
-        func step(_ w: __m512i, _ wAbs: __m512i, _ wNeg: UInt64, _ sc: SIMD4<Float>, _ j: Int, _ b: Int,
-                  _ mask: UInt16, _ xMask: UInt64, _ a: inout __m512, _ c: inout SIMD4<Float>) {
-            let x = _mm512_maskz_loadu_epi8(xMask, q0 + j * cols + b * 32)
-            let f: SIMD4<Float>
-            if mask == 0xFFFF {
-                f = sc * ds0.loadUnaligned(fromByteOffset: j * dsStride + 8 * b, as: SIMD4<Float>.self)
-            } else {
-                let dsx = ds0.loadUnaligned(fromByteOffset: j * dsStride + 8 * b, as: SIMD2<Float>.self)
-                f = sc * SIMD4(dsx[0], dsx[1], 0, 0)
-            }
-            let fs = _mm512_permutexvar_ps(k.splatIdx, _mm512_castps128_ps512(f))
-            let i = _mm512_cvtepi32_ps(dot(w, wAbs, wNeg, x))
-            a = _mm512_mask3_fmadd_ps(fs, i, a, mask)
-            c += f
+        func pair(_ b: Int, _ two: Bool) {
+            let p0 = row + b * bb
+            let sc = F.pairScales(p0, two ? p0 + bb : p0)
+            let w = F.decode(k, p0, two)
+            step(w, sc, 0, b, two, &a0, &m0)
+            if nt > 1 { step(w, sc, 1, b, two, &a1, &m1) }
+            if nt > 2 { step(w, sc, 2, b, two, &a2, &m2) }
+            if nt > 3 { step(w, sc, 3, b, two, &a3, &m3) }
         }
 
         var b = 0
         while b + 1 < nb {
-            let p0 = row + b * bb, p1 = p0 + bb
-            let sc = F.pairScales(p0, p1)
-            let w = F.decode(k, p0, true)
-            let wAbs = F.signed ? _mm512_abs_epi8(w) : w
-            let wNeg: UInt64 = F.signed ? _mm512_movepi8_mask(w) : 0
-            step(w, wAbs, wNeg, sc, 0, b, 0xFFFF, ~0, &a0, &c0)
-            if nt > 1 { step(w, wAbs, wNeg, sc, 1, b, 0xFFFF, ~0, &a1, &c1) }
-            if nt > 2 { step(w, wAbs, wNeg, sc, 2, b, 0xFFFF, ~0, &a2, &c2) }
-            if nt > 3 { step(w, wAbs, wNeg, sc, 3, b, 0xFFFF, ~0, &a3, &c3) }
+            pair(b, true)
             b += 2
         }
-        if b < nb {
-            // last (even) block of an odd count: only the even lanes, as the AVX2 kernel
-            let p0 = row + b * bb
-            let sc = F.pairScales(p0, p0) * SIMD4(1, 1, 0, 0)
-            let w = F.decode(k, p0, false)
-            let wAbs = F.signed ? _mm512_abs_epi8(w) : w
-            let wNeg: UInt64 = F.signed ? _mm512_movepi8_mask(w) : 0
-            let xm: UInt64 = 0xFFFF_FFFF
-            step(w, wAbs, wNeg, sc, 0, b, 0x00FF, xm, &a0, &c0)
-            if nt > 1 { step(w, wAbs, wNeg, sc, 1, b, 0x00FF, xm, &a1, &c1) }
-            if nt > 2 { step(w, wAbs, wNeg, sc, 2, b, 0x00FF, xm, &a2, &c2) }
-            if nt > 3 { step(w, wAbs, wNeg, sc, 3, b, 0x00FF, xm, &a3, &c3) }
-        }
-        out[0] = hsum8(foldF32(a0, k.hiHalfPS)) + (c0[1] + c0[3])
-        if nt > 1 { out[outStride] = hsum8(foldF32(a1, k.hiHalfPS)) + (c1[1] + c1[3]) }
-        if nt > 2 { out[2 * outStride] = hsum8(foldF32(a2, k.hiHalfPS)) + (c2[1] + c2[3]) }
-        if nt > 3 { out[3 * outStride] = hsum8(foldF32(a3, k.hiHalfPS)) + (c3[1] + c3[3]) }
+        if b < nb { pair(b, false) }
+        out[0] = F.hasMin ? hsum8(a0) + m0 : hsum8(a0)
+        if nt > 1 { out[outStride] = F.hasMin ? hsum8(a1) + m1 : hsum8(a1) }
+        if nt > 2 { out[2 * outStride] = F.hasMin ? hsum8(a2) + m2 : hsum8(a2) }
+        if nt > 3 { out[3 * outStride] = F.hasMin ? hsum8(a3) + m3 : hsum8(a3) }
     }
+
+    /// Rows `range` for all tokens, 16 rows at a time: each tile is unpacked once into a
+    /// scratch layout where one 64-byte vector holds the same 4 elements (one dpbusd lane) of
+    /// 16 rows, so that with a token's 4 activation bytes broadcast, one dpbusd yields that
+    /// lane for all 16 rows. The 8 lanes then enter 8 FMA chains of 16 rows each: per row,
+    /// exactly the operations of `rowDot`, with lane l of llama.cpp's accumulator in chain l.
+    static func tiles(_ k: PairConsts, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
+                      _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+        let nb = m.columns / 32, bb = F.blockBytes, pairs = (nb + 1) / 2
+        // weights: per block pair 16 vectors (block 2p lanes 0..<8, block 2p+1 lanes 0..<8)
+        let w = UnsafeMutableRawPointer.allocate(byteCount: pairs * 16 * 64 + 2 * nb * 64 + 16 * 64, alignment: 64)
+        defer { w.deallocate() }
+        let regs = w.assumingMemoryBound(to: __m512i.self)
+        let dScale = (w + pairs * 16 * 64).assumingMemoryBound(to: Float.self)   // [block][row]
+        let mScale = dScale + nb * 16
+        let tmp = (w + pairs * 16 * 64 + 2 * nb * 64).assumingMemoryBound(to: __m512i.self)
+
+        var r0 = range.lowerBound
+        while r0 < range.upperBound {
+            let nr = min(16, range.upperBound - r0)
+            // unpack: decode row by row (sequential reads), then transpose each block pair's
+            // 16 rows × 16 lanes in place
+            for r in 0..<16 {
+                let row = m.data + (r0 + r) * m.rowBytes
+                for p in 0..<pairs {
+                    regs[p * 16 + r] = r < nr ? F.decode(k, row + 2 * p * bb, 2 * p + 1 < nb) : _mm512_setzero_si512()
+                }
+                for b in 0..<nb {
+                    let sc = r < nr ? F.pairScales(row + b * bb, row + b * bb) : .zero
+                    dScale[b * 16 + r] = sc[0]
+                    mScale[b * 16 + r] = sc[1]
+                }
+            }
+            for p in 0..<pairs { transpose16(k, regs + p * 16, tmp) }
+            var t = 0
+            while t < tokens {
+                if t + 1 < tokens {
+                    tileDot(w, dScale, mScale, nb, act, t, 2, y + t * m.rows + r0, m.rows, nr)
+                    t += 2
+                } else {
+                    tileDot(w, dScale, mScale, nb, act, t, 1, y + t * m.rows + r0, m.rows, nr)
+                    t += 1
+                }
+            }
+            r0 += nr
+        }
+    }
+
+    /// Tokens t0..<t0+nt (1 or 2) over one unpacked tile; rows beyond `nr` are not stored.
+    @inline(__always)
+    static func tileDot(_ w: UnsafeRawPointer, _ dScale: UnsafePointer<Float>, _ mScale: UnsafePointer<Float>,
+                        _ nb: Int, _ act: AVX512Activations, _ t0: Int, _ nt: Int,
+                        _ out: UnsafeMutablePointer<Float>, _ outStride: Int, _ nr: Int) {
+        let cols = act.columns
+        let q = UnsafeRawPointer(act.q + t0 * cols)
+        let ds = act.ds + 2 * t0 * nb
+        let offsets = act.offsetSums + max(F.offsetSlot, 0) * act.offsetStride + 8 * t0 * nb
+        let zero = _mm512_setzero_ps()
+        var a0 = (zero, zero, zero, zero, zero, zero, zero, zero), a1 = a0
+        var m0 = zero, m1 = zero
+
+        @inline(__always)
+        func lane(_ wk: __m512i, _ f: __m512, _ j: Int, _ b: Int, _ l: Int, _ acc: inout __m512) {
+            var i = _mm512_setzero_si512()
+            if F.offsetSlot >= 0 { i = _mm512_set1_epi32(offsets[8 * (j * nb + b) + l]) }
+            let x = _mm512_set1_epi32(q.loadUnaligned(fromByteOffset: j * cols + 32 * b + 4 * l, as: Int32.self))
+            acc = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, wk, x)), acc)
+        }
+
+        for b in 0..<nb {
+            let dv = UnsafeRawPointer(dScale + 16 * b).load(as: __m512.self)
+            let f0 = _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * b]))
+            let f1 = nt > 1 ? _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * (nb + b)])) : zero
+            if F.hasMin {
+                let mv = UnsafeRawPointer(mScale + 16 * b).load(as: __m512.self)
+                m0 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * b + 1]), m0)
+                if nt > 1 { m1 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * (nb + b) + 1]), m1) }
+            }
+            let wb = w + b * 8 * 64
+            @inline(__always)
+            func both(_ l: Int, _ x0: inout __m512, _ x1: inout __m512) {
+                let wk = wb.load(fromByteOffset: 64 * l, as: __m512i.self)
+                lane(wk, f0, 0, b, l, &x0)
+                if nt > 1 { lane(wk, f1, 1, b, l, &x1) }
+            }
+            both(0, &a0.0, &a1.0); both(1, &a0.1, &a1.1); both(2, &a0.2, &a1.2); both(3, &a0.3, &a1.3)
+            both(4, &a0.4, &a1.4); both(5, &a0.5, &a1.5); both(6, &a0.6, &a1.6); both(7, &a0.7, &a1.7)
+        }
+
+        @inline(__always)
+        func finish(_ a: (__m512, __m512, __m512, __m512, __m512, __m512, __m512, __m512), _ m: __m512,
+                    _ o: UnsafeMutablePointer<Float>) {
+            // llama.cpp's hsum_float_8 per row: (a0 + a4) + (a2 + a6), (a1 + a5) + (a3 + a7)
+            let even = _mm512_add_ps(_mm512_add_ps(a.0, a.4), _mm512_add_ps(a.2, a.6))
+            let odd = _mm512_add_ps(_mm512_add_ps(a.1, a.5), _mm512_add_ps(a.3, a.7))
+            var r = _mm512_add_ps(even, odd)
+            if F.hasMin { r = _mm512_add_ps(r, m) }
+            _mm512_mask_storeu_ps(o, UInt16(truncatingIfNeeded: (1 << nr) - 1), r)
+        }
+        finish(a0, m0, out)
+        if nt > 1 { finish(a1, m1, out + outStride) }
+    }
+}
+
+/// In-place 16 × 16 Int32 transpose of `regs[0..<16]` (`tmp`: 16 more vectors).
+@inline(__always)
+func transpose16(_ k: PairConsts, _ regs: UnsafeMutablePointer<__m512i>, _ tmp: UnsafeMutablePointer<__m512i>) {
+    let t = k.transpose
+    @inline(__always)
+    func stage(_ d: Int, _ lo: __m512i, _ hi: __m512i, _ src: UnsafeMutablePointer<__m512i>, _ dst: UnsafeMutablePointer<__m512i>) {
+        for i in 0..<16 where i & d == 0 {
+            dst[i] = _mm512_permutex2var_epi32(src[i], lo, src[i + d])
+            dst[i + d] = _mm512_permutex2var_epi32(src[i], hi, src[i + d])
+        }
+    }
+    stage(8, t.0, t.1, regs, tmp)
+    stage(4, t.2, t.3, tmp, regs)
+    stage(2, t.4, t.5, regs, tmp)
+    stage(1, t.6, t.7, tmp, regs)
 }
 
 // MARK: K-quants, two 32-element chunks per 512-bit step
@@ -378,6 +527,12 @@ protocol SuperFormat {
     /// Chunks 2cp and 2cp+1 as 64 unsigned bytes.
     static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i
     static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float
+    /// As `Kernels.SuperStyle`: 0 lanes + correction, 1 Q6_K's integer lane offset, 2 row sums.
+    static var style: Int { get }
+}
+
+extension SuperFormat {
+    static var style: Int { 0 }
 }
 
 @inline(__always)
@@ -411,6 +566,7 @@ func kScalesMins(_ p: UnsafeRawPointer) -> (__m512i, __m256i) {
 func broadcast256(_ p: UnsafeRawPointer) -> __m512i { _mm512_broadcast_i64x4(p.loadUnaligned(as: __m256i.self)) }
 
 struct S4_K: SuperFormat {
+    static var style: Int { 2 }
     static var scalesPerChunk: Int { 1 }
     static var blockBytes: Int { 144 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
@@ -443,6 +599,7 @@ struct S5_K: SuperFormat {
 }
 
 struct S6_K: SuperFormat {
+    static var style: Int { 1 }
     static var scalesPerChunk: Int { 2 }
     static var blockBytes: Int { 210 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
@@ -535,20 +692,75 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
     @inline(__always)
     static func rowDot(_ k: SuperConsts, _ row: UnsafeRawPointer, _ nb: Int, _ act: AVX512Activations,
                        _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
+        dot(k, nb, act, t0, nt, out, outStride) { b in F.header(row + b * F.blockBytes) } pair: { b, cp, h in
+            (F.pair(k, row + b * F.blockBytes, cp), _mm512_permutexvar_epi16(sel4(k.scaleIdx, cp), h.scales))
+        }
+    }
+
+    /// Prompt batches: each tile of rows is decoded once (chunk pairs with their scale
+    /// vectors, headers) into scratch that all token groups read: `rowDot`'s operations.
+    static func decodedRows(_ k: SuperConsts, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
+                            _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+        let nb = m.columns / 256
+        let tile = 16
+        let pairs = UnsafeMutablePointer<(__m512i, __m512i)>.allocate(capacity: tile * nb * 4)
+        let headers = UnsafeMutablePointer<KHeader>.allocate(capacity: tile * nb)
+        defer { pairs.deallocate(); headers.deallocate() }
+        var r0 = range.lowerBound
+        while r0 < range.upperBound {
+            let r1 = min(r0 + tile, range.upperBound)
+            for r in r0..<r1 {
+                let row = m.data + r * m.rowBytes
+                for b in 0..<nb {
+                    let h = F.header(row + b * F.blockBytes)
+                    headers[(r - r0) * nb + b] = h
+                    for cp in 0..<4 {
+                        pairs[((r - r0) * nb + b) * 4 + cp] = (F.pair(k, row + b * F.blockBytes, cp),
+                                                               _mm512_permutexvar_epi16(sel4(k.scaleIdx, cp), h.scales))
+                    }
+                }
+            }
+            var t0 = 0
+            while t0 < tokens {
+                let nt = min(4, tokens - t0)
+                for r in r0..<r1 {
+                    let hs = headers + (r - r0) * nb, ps = pairs + (r - r0) * nb * 4
+                    let out = y + t0 * m.rows + r
+                    @inline(__always)
+                    func run(_ n: Int) {
+                        dot(k, nb, act, t0, n, out, m.rows) { hs[$0] } pair: { b, cp, _ in ps[b * 4 + cp] }
+                    }
+                    switch nt {
+                    case 4: run(4)
+                    case 3: run(3)
+                    case 2: run(2)
+                    default: run(1)
+                    }
+                }
+                t0 += nt
+            }
+            r0 = r1
+        }
+    }
+
+    /// `header(b)`: block b's header; `pair(b, cp, header)`: its chunk pair cp and scale vector.
+    @inline(__always)
+    static func dot(_ k: SuperConsts, _ nb: Int, _ act: AVX512Activations, _ t0: Int, _ nt: Int,
+                    _ out: UnsafeMutablePointer<Float>, _ outStride: Int, _ header: (Int) -> KHeader,
+                    pair: (Int, Int, KHeader) -> (__m512i, __m512i)) {
         let cols = act.columns
         let q0 = UnsafeRawPointer(act.q + t0 * cols)
         let d0 = act.d + t0 * nb
         let g0 = act.bsums + t0 * nb * 16
         var a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps()
         var c0: Float = 0, c1: Float = 0, c2: Float = 0, c3: Float = 0
+        var s0: Float = 0, s1: Float = 0, s2: Float = 0, s3: Float = 0
         for b in 0..<nb {
-            let p = row + b * F.blockBytes
-            let h = F.header(p)
+            let h = header(b)
             var i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512()
             var i2 = _mm512_setzero_si512(), i3 = _mm512_setzero_si512()
             for cp in 0..<4 {
-                let w = F.pair(k, p, cp)
-                let s = _mm512_permutexvar_epi16(sel4(k.scaleIdx, cp), h.scales)
+                let (w, s) = pair(b, cp, h)
                 let off = b * 256 + cp * 64
                 i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off)), s)
                 if nt > 1 { i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) }
@@ -557,20 +769,41 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
             }
             let ws = h.d
             @inline(__always)
-            func acc(_ i: __m512i, _ j: Int, _ a: inout __m256, _ c: inout Float) {
+            func acc(_ i: __m512i, _ j: Int, _ a: inout __m256, _ c: inout Float, _ s: inout Float) {
                 let dx = d0[j * nb + b]
-                a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(foldI32(i, k.hiHalfQ)), a)
-                c += F.correction(h, dx: dx, bsums: g0 + 16 * (j * nb + b))
+                let bsums = g0 + 16 * (j * nb + b)
+                var lanes = foldI32(i, k.hiHalfQ)
+                switch F.style {
+                case 0:
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
+                    c += F.correction(h, dx: dx, bsums: bsums)
+                case 1:
+                    let offset = _mm256_madd_epi16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: __m256i.self))
+                    lanes = _mm256_sub_epi32(lanes, _mm256_slli_epi32(offset, 5))
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
+                default:
+                    let total = unsafeBitCast(lanes, to: SIMD8<Int32>.self).wrappedSum()
+                    s = s.addingProduct(Float(total), ws * dx)
+                    c = c.addingProduct(Float(minsDot(h.mins, bsums)), h.dmin * dx)
+                }
             }
-            acc(i0, 0, &a0, &c0)
-            if nt > 1 { acc(i1, 1, &a1, &c1) }
-            if nt > 2 { acc(i2, 2, &a2, &c2) }
-            if nt > 3 { acc(i3, 3, &a3, &c3) }
+            acc(i0, 0, &a0, &c0, &s0)
+            if nt > 1 { acc(i1, 1, &a1, &c1, &s1) }
+            if nt > 2 { acc(i2, 2, &a2, &c2, &s2) }
+            if nt > 3 { acc(i3, 3, &a3, &c3, &s3) }
         }
-        out[0] = hsum8(a0) + c0
-        if nt > 1 { out[outStride] = hsum8(a1) + c1 }
-        if nt > 2 { out[2 * outStride] = hsum8(a2) + c2 }
-        if nt > 3 { out[3 * outStride] = hsum8(a3) + c3 }
+        @inline(__always)
+        func result(_ a: __m256, _ c: Float, _ s: Float) -> Float {
+            switch F.style {
+            case 0: hsum8(a) + c
+            case 1: hsum8(a)
+            default: s - c
+            }
+        }
+        out[0] = result(a0, c0, s0)
+        if nt > 1 { out[outStride] = result(a1, c1, s1) }
+        if nt > 2 { out[2 * outStride] = result(a2, c2, s2) }
+        if nt > 3 { out[3 * outStride] = result(a3, c3, s3) }
     }
 }
 #endif

@@ -434,9 +434,20 @@ public struct GatedFeedForward: Sendable {
         for start in stride(from: 0, to: x.rows, by: rows) {
             let n = min(rows, x.rows - start)
             matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
-            switch activation {
-            case .silu: swiglu(g.data, u.data, rows: n, columns: g.columns)
-            case .gelu: geglu(g.data, u.data, count: n * g.columns)
+            // Element-wise, so split across the pool (8-element aligned pieces; each element's
+            // arithmetic depends only on its value and its column, so the split changes nothing).
+            let count = n * g.columns, columns = g.columns, silu = activation == .silu
+            let run: @Sendable (Range<Int>) -> Void = { range in
+                if silu {
+                    swiglu(g.data, u.data, elements: range, columns: columns)
+                } else {
+                    geglu(g.data + range.lowerBound, u.data + range.lowerBound, count: range.count)
+                }
+            }
+            if count >= 4096 {
+                pool.parallelChunks(count, granularity: 8, run)
+            } else {
+                run(0..<count)
             }
             matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool)
         }

@@ -91,20 +91,27 @@ let geluHalfTable: [Float] = (0..<65536).map { bits in
 }
 
 /// g[i] = silu(g[i]) · u[i] with the same floats as ggml's swiglu on an AVX-512 build:
-/// silu(x) = x / (1 + e^(0 - x)) with `ggmlExp8`, then times u. ggml runs 16 lanes at a time
-/// and a scalar libm expf on a row's last `count % 16` elements; so do we (per row).
+/// silu(x) = x / (1 + e^(0 − x)) with `ggmlExp8`, then times u. ggml runs 16 lanes at a time
+/// and a scalar libm expf on a row's last `columns % 16` elements; so do we. `elements` are flat
+/// indices into rows of `columns` (any range: each element depends only on its value and column).
 @inline(__always)
-func swiglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, rows: Int, columns: Int) {
-    for r in 0..<rows {
-        let (g, u) = (g + r * columns, u + r * columns)
-        var i = 0
-        while i + 16 <= columns {
-            let x0 = load8(g + i), x1 = load8(g + i + 8)
-            store8(x0 / (1 + ggmlExp8(Float8() - x0)) * load8(u + i), g + i)
-            store8(x1 / (1 + ggmlExp8(Float8() - x1)) * load8(u + i + 8), g + i + 8)
-            i += 16
+func swiglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, elements: Range<Int>, columns: Int) {
+    let body = columns / 16 * 16
+    var i = elements.lowerBound
+    while i < elements.upperBound {
+        let rowStart = i / columns * columns
+        let bodyEnd = min(rowStart + body, elements.upperBound), rowEnd = min(rowStart + columns, elements.upperBound)
+        while i + 8 <= bodyEnd {
+            let x = load8(g + i)
+            store8(x / (1 + ggmlExp8(Float8() - x)) * load8(u + i), g + i)
+            i += 8
         }
-        while i < columns { g[i] = g[i] / (1 + expf(-g[i])) * u[i]; i += 1 }
+        while i < bodyEnd {  // a piece boundary inside a 16-lane block: the same lane arithmetic
+            let x = Float8(repeating: g[i])
+            g[i] = (x / (1 + ggmlExp8(Float8() - x)))[0] * u[i]
+            i += 1
+        }
+        while i < rowEnd { g[i] = g[i] / (1 + expf(-g[i])) * u[i]; i += 1 }
     }
 }
 

@@ -352,22 +352,33 @@ public final class InferenceEngine: @unchecked Sendable {
             return
         }
         scheduler.didRun(chunks)
+        var sampling: [(sequence: ActiveSequence, logits: [Float])] = []
         for (chunk, row) in zip(chunks, logits) where chunk.producesToken {
             guard let a = active[chunk.sequence.id] else { continue }
-            sample(a, logits: row)
+            sampling.append((a, row))
         }
+        // Each sequence has its own sampler and random stream, so the plain draws (no grammar,
+        // no logprobs) run across the pool; the tokens are the same as one after another.
+        let draws = ParallelDraws(sampling.filter { $0.sequence.constraint == nil && $0.sequence.options.logprobs == nil })
+        if draws.count > 1 {
+            pool.parallelFor(draws.count) { draws.run($0) }
+            draws.finish()
+        }
+        for (a, row) in sampling { sample(a, logits: row, drawn: draws.token(for: a)) }
         condition.lock()
         publishSnapshot()
         condition.unlock()
     }
 
-    private func sample(_ a: ActiveSequence, logits: [Float]) {
+    private func sample(_ a: ActiveSequence, logits: [Float], drawn: TokenID? = nil) {
         let seq = a.sequence
         var row = logits
         if let c = a.constraint { c.apply(to: &row) }
         let token: TokenID
         var info: TokenLogprobInfo?
-        if let k = a.options.logprobs {
+        if let drawn {
+            token = drawn
+        } else if let k = a.options.logprobs {
             let s = a.sampler.sampleWithLogprobs(logits: row, history: seq.tokens, topLogprobs: k)
             token = s.token
             info = TokenLogprobInfo(token: s.token, logprob: s.logprob, top: s.topLogprobs)
@@ -460,6 +471,38 @@ public final class InferenceEngine: @unchecked Sendable {
         snapshot.prefixHitTokens = alloc.prefixHitTokens
         snapshot.steps += 1
         metrics?.updateScheduler(snapshot)
+    }
+}
+
+/// Draws of several sequences' next tokens, one pool item each. Every item touches only its
+/// own sequence's sampler and its own result slot.
+final class ParallelDraws: @unchecked Sendable {
+    private let items: [(sequence: InferenceEngine.ActiveSequence, logits: [Float])]
+    private let tokens: UnsafeMutablePointer<TokenID>
+    private var index: [ObjectIdentifier: Int] = [:]
+
+    init(_ items: [(sequence: InferenceEngine.ActiveSequence, logits: [Float])]) {
+        self.items = items
+        tokens = .allocate(capacity: max(1, items.count))
+    }
+
+    deinit { tokens.deallocate() }
+
+    var count: Int { items.count }
+
+    func run(_ i: Int) {
+        let a = items[i].sequence
+        tokens[i] = a.sampler.sample(logits: items[i].logits, history: a.sequence.tokens)
+    }
+
+    /// After every `run`: the results become visible to `token(for:)`.
+    func finish() {
+        for (i, item) in items.enumerated() { index[ObjectIdentifier(item.sequence)] = i }
+    }
+
+    /// The token drawn for `a`, or nil when `a` was not drawn here.
+    func token(for a: InferenceEngine.ActiveSequence) -> TokenID? {
+        index[ObjectIdentifier(a)].map { tokens[$0] }
     }
 }
 

@@ -61,6 +61,9 @@ public struct CompletionRequest: Sendable {
     /// nil: no logprobs; k: top-k alternatives per token.
     public var logprobs: Int?
     public var responseFormat: SchemaJSONValue?
+    /// llama.cpp's `ignore_eos`: end-of-generation tokens are never sampled (their logits get a
+    /// bias of -inf), so only `max_tokens`, stop strings or the context end a completion.
+    public var ignoreEOS = false
 
     public var isChat: Bool { if case .chat = input { true } else { false } }
 
@@ -134,6 +137,7 @@ public struct CompletionRequest: Sendable {
             self.stop.removeAll { $0.isEmpty }
         }
         if let n = try f.int("n", in: 1...16) { self.n = n }
+        if let e = try f.bool("ignore_eos") { ignoreEOS = e }
         if let s = try f.bool("stream") { stream = s }
         if let options = root["stream_options"], options != .null {
             guard case .object = options else { throw APIError.invalid("stream_options", "'stream_options' must be an object") }

@@ -214,7 +214,11 @@ public struct OpenAIServer: Sendable {
         }
         let longest = prompts.map(\.count).max() ?? 0
         let maxTokens = min(r.maxTokens ?? Int.max, ctx - longest)
-        let options = GenerationOptions(maxTokens: maxTokens, sampling: r.sampling, stop: r.stop, grammar: grammar,
+        var sampling = r.sampling
+        if r.ignoreEOS {
+            for t in tokenizer.endOfGenerationTokens { sampling.logitBias[t] = -.infinity }
+        }
+        let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
                                         logprobs: r.logprobs)
         var specs: [SequenceSpec] = []
         for p in prompts {

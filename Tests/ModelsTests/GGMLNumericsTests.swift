@@ -61,13 +61,20 @@ import Testing
         }
     }
 
-    /// SwiGLU: 16-lane blocks through ggmlExp8, the row's tail through libm, same formula.
+    /// SwiGLU: 16-lane blocks through ggmlExp8, the row's tail through libm, same formula;
+    /// independent of how the elements are split into pieces.
     @Test func swigluRowsAndTails() {
         let columns = 21, rows = 2
         var g = (0..<rows * columns).map { Float($0) / 7 - 3 }
         let u = (0..<rows * columns).map { Float($0 % 5) - 2 }
         let original = g
-        g.withUnsafeMutableBufferPointer { swiglu($0.baseAddress!, u, rows: rows, columns: columns) }
+        g.withUnsafeMutableBufferPointer { swiglu($0.baseAddress!, u, elements: 0..<rows * columns, columns: columns) }
+        // any split into pieces gives the same floats
+        var pieces = original
+        pieces.withUnsafeMutableBufferPointer { p in
+            for r in [0..<8, 8..<13, 13..<16, 16..<40, 40..<rows * columns] { swiglu(p.baseAddress!, u, elements: r, columns: columns) }
+        }
+        #expect(pieces.map(\.bitPattern) == g.map(\.bitPattern))
         for i in 0..<rows * columns {
             let x = original[i]
             let expected = x / (1 + expf(-x)) * u[i]

@@ -95,7 +95,7 @@ import Testing
         #expect(param(#"{"model":"m","prompt":{}}"#, chat: false) == "prompt")
         #expect(param(#"{"model":"m","prompt":"x","logprobs":50}"#, chat: false) == "logprobs")
 
-        let r = try CompletionRequest(body: Array((ok + #","max_completion_tokens":7,"temperature":0,"stop":"END","n":2,"logprobs":true,"top_logprobs":4,"seed":-1,"logit_bias":{"12":-100}}"#).utf8), chat: true)
+        let r = try CompletionRequest(body: Array((ok + #","max_completion_tokens":7,"temperature":0,"stop":"END","n":2,"logprobs":true,"top_logprobs":4,"seed":-1,"logit_bias":{"12":-100},"ignore_eos":true}"#).utf8), chat: true)
         #expect(r.maxTokens == 7)
         #expect(r.sampling.temperature == 0)
         #expect(r.stop == ["END"])
@@ -103,6 +103,8 @@ import Testing
         #expect(r.logprobs == 4)
         #expect(r.sampling.seed == UInt64.max)
         #expect(r.sampling.logitBias[12] == -100)
+        #expect(r.ignoreEOS)
+        #expect(param(ok + #","ignore_eos":"yes"}"#) == "ignore_eos")
     }
 
     @Test func kVCacheSizeParsing() {
