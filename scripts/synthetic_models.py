@@ -112,6 +112,35 @@ def softmax(x):
     return e / e.sum()
 
 
+def geglu_act(x):
+    """llama.cpp's GELU in GeGLU: a table over half-precision inputs with half-precision
+    results; 0 below -10, identity above 10."""
+    h = x.astype(np.float16).astype(np.float32)
+    g = gelu_tanh(h).astype(np.float16).astype(np.float32)
+    return np.where(x <= -10, np.float32(0), np.where(x >= 10, x, g)).astype(np.float32)
+
+
+def flash_attention_row(q, k, v, scale):
+    """llama.cpp's CPU flash attention for one query row (its kernel for batches of fewer than
+    64 tokens and for decoding): q rounded to half, online softmax over the positions in order,
+    the output accumulated in half precision, divided by the running sum at the end."""
+    f32, f16 = np.float32, np.float16
+    q16 = q.astype(f16).astype(np.float64)
+    acc = np.zeros(v.shape[1], dtype=f16)
+    total, m = f32(0), f32(-np.inf)
+    for p in range(len(k)):
+        s = f32(f32(k[p].astype(np.float64) @ q16) * f32(scale))
+        ms, w = f32(1), f32(1)
+        if s > m:
+            ms, m = f32(np.exp(f32(m - s))), s
+            acc = (acc.astype(f32) * ms).astype(f16)
+        else:
+            w = f32(np.exp(f32(s - m)))
+        acc = (acc.astype(np.float64) + v[p].astype(np.float64) * np.float64(w)).astype(f32).astype(f16)
+        total = f32(total * ms + w)
+    return acc.astype(f32) * (f32(1) / total)
+
+
 class Transformer:
     """Decoder-only transformer covering llama, qwen2, gemma3 and llama-with-experts (Mixtral)."""
 
@@ -202,13 +231,16 @@ class Transformer:
             k = np.stack([rope(k[t], t, self.layer_base(i), self.style) for t in range(T)])
             # The KV cache holds keys and values in half precision.
             k, v = k.astype(np.float16).astype(np.float32), v.astype(np.float16).astype(np.float32)
+            # llama.cpp's gemma3 graph scales q after RoPE and leaves the scores unscaled.
+            scale = np.float32(1 / np.sqrt(np.float32(hd)))
+            if self.arch == "gemma3":
+                q, scale = (q * scale).astype(np.float32), np.float32(1)
             att = np.zeros((T, H, hd), dtype=np.float32)
             for t in range(T):
                 lo = max(0, t - self.window + 1) if self.is_local(i) else 0
                 for hh in range(H):
                     g = hh // (H // KV)
-                    scores = (k[lo:t + 1, g] @ q[t, hh]) / np.sqrt(hd)
-                    att[t, hh] = softmax(scores) @ v[lo:t + 1, g]
+                    att[t, hh] = flash_attention_row(q[t, hh], k[lo:t + 1, g], v[lo:t + 1, g], scale)
             a = lin(att.reshape(T, H * hd), b["o"])
             if self.arch == "gemma3":
                 a = rms_norm(a, b["post_attn_norm"], self.eps)
@@ -225,7 +257,7 @@ class Transformer:
                         inner = silu(lin(h[t], b["gate_exps"][e])) * lin(h[t], b["up_exps"][e])
                         f[t] += wgt * lin(inner, b["down_exps"][e])
             else:
-                act = gelu_tanh if self.arch == "gemma3" else silu
+                act = geglu_act if self.arch == "gemma3" else silu
                 f = lin(act(lin(h, b["gate"])) * lin(h, b["up"]), b["down"])
             if self.arch == "gemma3":
                 f = rms_norm(f, b["post_ffn_norm"], self.eps)

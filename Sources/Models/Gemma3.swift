@@ -38,6 +38,9 @@ public final class Gemma3: AttentionModel {
             attention.queryNorm = try RMSNorm(file: file, name: p + "attn_q_norm.weight", count: headDim, epsilon: eps)
             attention.keyNorm = try RMSNorm(file: file, name: p + "attn_k_norm.weight", count: headDim, epsilon: eps)
             attention.window = isLocal ? config.slidingWindow : nil
+            // as llama.cpp: q · 1/√head_dim after RoPE, scores unscaled
+            attention.queryScale = attention.scale
+            attention.scale = 1
             return Layer(
                 attentionNorm: try RMSNorm(file: file, name: p + "attn_norm.weight", count: d, epsilon: eps),
                 attention: attention,

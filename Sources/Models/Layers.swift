@@ -180,18 +180,23 @@ public struct RoPE: Sendable {
         }
     }
 
-    /// (cos θᵢ, sin θᵢ) for i < dimensions/2 at `position`: `dimensions` floats.
+    /// (cos θᵢ, sin θᵢ) for i < dimensions/2 at `position`: `dimensions` floats. As ggml's rope
+    /// cache: θ₀ = position, θᵢ₊₁ = θᵢ · base^(-2/dimensions) by repeated multiplication, and
+    /// linear scaling multiplies each θᵢ by 1/scale (not the position first).
     public func rotations(position: Int, into cs: UnsafeMutablePointer<Float>) {
         let thetaScale = powf(base, -2 / Float(dimensions))
-        var theta = Float(position) / positionScale
+        let frequencyScale = 1 / positionScale
+        var theta = Float(position)
         for i in 0..<dimensions / 2 {
-            cs[2 * i] = cosf(theta)
-            cs[2 * i + 1] = sinf(theta)
+            cs[2 * i] = cosf(frequencyScale * theta)
+            cs[2 * i + 1] = sinf(frequencyScale * theta)
             theta *= thetaScale
         }
     }
 
     /// Rotates every head of one token's q or k vector by precomputed `rotations(position:into:)`.
+    /// As ggml (compiled with FMA contraction): x0·c − x1·s and x0·s + x1·c each fuse the
+    /// first product and round the second.
     public func apply(_ v: UnsafeMutablePointer<Float>, heads: Int, headDimension: Int, rotations cs: UnsafePointer<Float>) {
         let half = dimensions / 2
         for h in 0..<heads {
@@ -200,8 +205,8 @@ public struct RoPE: Sendable {
                 let c = cs[2 * i], s = cs[2 * i + 1]
                 let (a, b) = style == .interleaved ? (2 * i, 2 * i + 1) : (i, i + half)
                 let x0 = head[a], x1 = head[b]
-                head[a] = x0 * c - x1 * s
-                head[b] = x0 * s + x1 * c
+                head[a] = (-(x1 * s)).addingProduct(x0, c)
+                head[b] = (x1 * c).addingProduct(x0, s)
             }
         }
     }
@@ -215,13 +220,20 @@ public struct BatchSequence {
     public var allLogits: Bool
     /// False for a piece of a longer sequence whose logits nobody asked for (see `forward`).
     var logitsNeeded = true
+    /// Tokens of this sequence that llama.cpp would put in the same micro-batch (of at most
+    /// `llamaMicroBatch`) as this piece: its attention kernel, and so its rounding, depends on it.
+    var llamaBatchTokens: Int
 
     public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false) {
         self.tokens = tokens
         self.cache = cache
         self.allLogits = allLogits
+        llamaBatchTokens = min(tokens.count, llamaMicroBatch)
     }
 }
+
+/// llama.cpp's default micro-batch (n_ubatch).
+let llamaMicroBatch = 512
 
 /// Multi-head attention with grouped KV heads over each sequence's cache.
 public struct Attention: Sendable {
@@ -239,6 +251,9 @@ public struct Attention: Sendable {
     /// Keys further back than this are masked (sliding-window layers).
     public var window: Int?
     public var scale: Float
+    /// Multiplies q after RoPE (and `scale` is then 1), as llama.cpp's gemma3 graph does; not
+    /// the same floats as scaling the scores, since q is rounded to half in the attention kernel.
+    public var queryScale: Float?
 
     public init(file: GGUFFile, layer: Int, config: ModelConfig, rope: RoPE, biases: Bool = false) throws {
         let p = "blk.\(layer)."
@@ -275,12 +290,18 @@ public struct Attention: Sendable {
                 let position = seq.cache.count + i
                 rope.rotations(position: position, into: angles)
                 rope.apply(q[row + i], heads: heads, headDimension: headDimension, rotations: angles)
+                if let queryScale { for j in 0..<q.columns { q[row + i][j] *= queryScale } }
                 rope.apply(k[row + i], heads: kvHeads, headDimension: headDimension, rotations: angles)
                 storeHalf(k[row + i], cache.key(layer: layer, position: position), count: k.columns)
                 storeHalf(v[row + i], cache.value(layer: layer, position: position), count: v.columns)
             }
+            // llama.cpp's cache view: the used cells rounded up to 256 (at least 256), at most
+            // the context; one token over 512 or more of them takes its split-KV kernel.
+            let used = seq.cache.count + seq.tokens.count
+            let cells = min(seq.cache.capacity, max(256, (used + 255) / 256 * 256))
             sequences.append(AttentionSequence(cache: cache, layer: layer, firstRow: row, firstPosition: seq.cache.count,
-                                               tokens: seq.tokens.count))
+                                               tokens: seq.tokens.count, tiled: seq.llamaBatchTokens >= attentionTile,
+                                               splitCells: seq.llamaBatchTokens == 1 && cells >= 512 ? cells : nil))
             row += seq.tokens.count
         }
         defer { for s in sequences { s.deallocate() } }
@@ -297,34 +318,56 @@ public struct Attention: Sendable {
         let (heads, group, headDimension) = (self.heads, self.heads / kvHeads, self.headDimension)
         let valueDimension = out.columns / heads
         let (scale, window) = (self.scale, self.window)
-        var jobs: [(sequence: Int, row: Int)] = []
-        var work = 0
-        var longest = 0
+        // Jobs: a run of rows (one row, or a tile of up to 64 for the tiled kernel) of one
+        // sequence, for every head; dealt out round-robin, which balances the causal triangle.
+        var jobs: [(sequence: Int, row: Int, rows: Int)] = []
+        var work = 0, longest = 0
         for (s, seq) in sequences.enumerated() {
-            for i in 0..<seq.tokens {
-                jobs.append((s, seq.firstRow + i))
-                longest = max(longest, seq.firstPosition + i + 1)
-                work += (seq.firstPosition + i + 1) * heads * (headDimension + valueDimension)
+            longest = max(longest, seq.firstPosition + seq.tokens)
+            let step = seq.tiled ? attentionTile : 1
+            for i in stride(from: 0, to: seq.tokens, by: step) {
+                jobs.append((s, seq.firstRow + i, min(step, seq.tokens - i)))
+                work += (seq.firstPosition + i + 1) * min(step, seq.tokens - i) * heads * (headDimension + valueDimension)
             }
         }
         let jobCount = jobs.count * heads
         let items = work < 1 << 15 ? 1 : min(jobCount, pool.threadCount * 8)
-        let (qm, om, seqs, rows, scoreCount) = (q, out, sequences, jobs, longest)
+        let (qm, om, seqs, runs, longestRun) = (q, out, sequences, jobs, longest)
+        let threads = pool.threadCount  // llama.cpp's split-KV chunks are one per thread
         pool.parallelFor(items) { item in
-            let scores = UnsafeMutablePointer<Float>.allocate(capacity: scoreCount)
-            defer { scores.deallocate() }
+            let scratch = HeadScratch(headDimension: headDimension, positions: longestRun, valueDimension: valueDimension)
+            let tile = TileScratch(headDimension: headDimension, valueDimension: valueDimension)
+            defer { scratch.deallocate(); tile.deallocate() }
             for job in stride(from: item, to: jobCount, by: items) {
-                let (s, r) = rows[job / heads]
+                let (s, r, rows) = runs[job / heads]
                 let h = job % heads
                 let seq = seqs[s]
                 let position = seq.firstPosition + (r - seq.firstRow)
-                let first = window.map { max(0, position - $0 + 1) } ?? 0
-                attendHead(query: qm[r] + h * headDimension,
-                           keys: seq.keys, keyOffset: (h / group) * headDimension,
-                           values: seq.values, valueOffset: (h / group) * valueDimension,
-                           positions: first..<position + 1, headDimension: headDimension,
-                           valueDimension: valueDimension, scale: scale, scores: scores,
-                           into: om[r] + h * valueDimension)
+                if seq.tiled {
+                    attendHeadTile(query: qm[r] + h * headDimension, queryStride: qm.columns, rows: rows,
+                                   firstPosition: position, window: window,
+                                   keys: seq.keys, keyOffset: (h / group) * headDimension,
+                                   values: seq.values, valueOffset: (h / group) * valueDimension,
+                                   headDimension: headDimension, valueDimension: valueDimension, scale: scale,
+                                   scratch: tile, into: om[r] + h * valueDimension, outStride: om.columns)
+                } else if let cells = seq.splitCells {
+                    let first = window.map { max(0, position - $0 + 1) } ?? 0
+                    attendHeadRowSplit(query: qm[r] + h * headDimension,
+                                       keys: seq.keys, keyOffset: (h / group) * headDimension,
+                                       values: seq.values, valueOffset: (h / group) * valueDimension,
+                                       positions: first..<position + 1, cells: cells,
+                                       chunkSize: (cells + threads - 1) / threads, headDimension: headDimension,
+                                       valueDimension: valueDimension, scale: scale, scratch: scratch,
+                                       into: om[r] + h * valueDimension)
+                } else {
+                    let first = window.map { max(0, position - $0 + 1) } ?? 0
+                    attendHeadRow(query: qm[r] + h * headDimension,
+                                  keys: seq.keys, keyOffset: (h / group) * headDimension,
+                                  values: seq.values, valueOffset: (h / group) * valueDimension,
+                                  positions: first..<position + 1, headDimension: headDimension,
+                                  valueDimension: valueDimension, scale: scale, scratch: scratch,
+                                  into: om[r] + h * valueDimension)
+                }
             }
         }
     }
@@ -336,10 +379,16 @@ struct AttentionSequence: @unchecked Sendable {
     let firstRow: Int
     let firstPosition: Int
     let tokens: Int
+    /// As llama.cpp: the tiled kernel for micro-batches of at least 64 tokens, else row by row.
+    let tiled: Bool
+    /// llama.cpp's cache cells when it would run its split-KV kernel (one token, 512+ cells).
+    let splitCells: Int?
     let keys: UnsafeMutablePointer<UnsafePointer<Float16>>
     let values: UnsafeMutablePointer<UnsafePointer<Float16>>
 
-    init(cache: any KVStore, layer: Int, firstRow: Int, firstPosition: Int, tokens: Int) {
+    init(cache: any KVStore, layer: Int, firstRow: Int, firstPosition: Int, tokens: Int, tiled: Bool, splitCells: Int?) {
+        self.tiled = tiled
+        self.splitCells = splitCells
         self.firstRow = firstRow
         self.firstPosition = firstPosition
         self.tokens = tokens
@@ -355,76 +404,6 @@ struct AttentionSequence: @unchecked Sendable {
     func deallocate() {
         keys.deallocate()
         values.deallocate()
-    }
-}
-
-/// softmax(q·Kᵀ·scale)·V for one query head over cached half-precision keys and values.
-@inline(__always)
-func attendHead(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
-                values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
-                headDimension: Int, valueDimension: Int, scale: Float,
-                scores: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>) {
-    let n = positions.count
-    let first = positions.lowerBound
-    var maxScore = -Float.infinity
-    var i = 0
-    var maxScores = SIMD4<Float>(repeating: -.infinity)
-    while i + 4 <= n {
-        let k = keys + first + i
-        let dots = dotHalf4(query, k[0] + keyOffset, k[1] + keyOffset, k[2] + keyOffset, k[3] + keyOffset,
-                            count: headDimension) * scale
-        UnsafeMutableRawPointer(scores + i).storeBytes(of: dots, as: SIMD4<Float>.self)
-        maxScores = maxScores.replacing(with: dots, where: dots .> maxScores)
-        i += 4
-    }
-    maxScore = maxScores.max()
-    while i < n {
-        let dot = dotHalf(query, keys[first + i] + keyOffset, count: headDimension) * scale
-        scores[i] = dot
-        maxScore = max(maxScore, dot)
-        i += 1
-    }
-    // e^(s - max), summed; then normalized weights
-    var total: Float = 0
-    i = 0
-    var totals = Float8()
-    while i + 8 <= n {
-        let e = exp8(load8(scores + i) - maxScore)
-        store8(e, scores + i)
-        totals += e
-        i += 8
-    }
-    while i < n { scores[i] = exp1(scores[i] - maxScore); total += scores[i]; i += 1 }
-    total += sum(totals)
-    let inverse = 1 / total
-    for i in 0..<n { scores[i] *= inverse }
-
-    // out = Σ wᵢ·vᵢ, 32 (or 8) output lanes at a time held in registers across all positions
-    var d = 0
-    while d + 32 <= valueDimension {
-        var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
-        for i in 0..<n {
-            let v = values[first + i] + valueOffset + d
-            let w = Float8(repeating: scores[i])
-            a0 = a0.addingProduct(w, load8(v))
-            a1 = a1.addingProduct(w, load8(v + 8))
-            a2 = a2.addingProduct(w, load8(v + 16))
-            a3 = a3.addingProduct(w, load8(v + 24))
-        }
-        store8(a0, out + d); store8(a1, out + d + 8); store8(a2, out + d + 16); store8(a3, out + d + 24)
-        d += 32
-    }
-    while d + 8 <= valueDimension {
-        var a0 = Float8()
-        for i in 0..<n { a0 = a0.addingProduct(Float8(repeating: scores[i]), load8(values[first + i] + valueOffset + d)) }
-        store8(a0, out + d)
-        d += 8
-    }
-    while d < valueDimension {
-        var a: Float = 0
-        for i in 0..<n { a += scores[i] * Float(values[first + i][valueOffset + d]) }
-        out[d] = a
-        d += 1
     }
 }
 
@@ -455,27 +434,25 @@ public struct GatedFeedForward: Sendable {
         for start in stride(from: 0, to: x.rows, by: rows) {
             let n = min(rows, x.rows - start)
             matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
-            // Element-wise, so split across the pool (8-element aligned pieces: every element
-            // takes the same path as in one pass) rather than leaving the workers idle.
-            let (k, c): (Float, Float) = activation == .silu ? (1, 0) : (2 * 0.797_884_56, 0.044715)
-            let count = n * g.columns
-            if count >= 4096 {
-                pool.parallelChunks(count, granularity: 8) { range in
-                    gatedActivation(g.data + range.lowerBound, u.data + range.lowerBound, count: range.count, k: k, c: c)
+            // Element-wise, so split across the pool (8-element aligned pieces; each element's
+            // arithmetic depends only on its value and its column, so the split changes nothing).
+            let count = n * g.columns, columns = g.columns, silu = activation == .silu
+            let run: @Sendable (Range<Int>) -> Void = { range in
+                if silu {
+                    swiglu(g.data, u.data, elements: range, columns: columns)
+                } else {
+                    geglu(g.data + range.lowerBound, u.data + range.lowerBound, count: range.count)
                 }
+            }
+            if count >= 4096 {
+                pool.parallelChunks(count, granularity: 8, run)
             } else {
-                gatedActivation(g.data, u.data, count: count, k: k, c: c)
+                run(0..<count)
             }
             matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool)
         }
         return y
     }
-}
-
-/// GELU, tanh approximation.
-@inlinable public func gelu(_ x: Float) -> Float {
-    let sqrt2OverPi: Float = 0.797_884_56
-    return 0.5 * x * (1 + tanhf(sqrt2OverPi * x * (1 + 0.044715 * x * x)))
 }
 
 /// Final norm and projection to vocabulary logits, for the rows that need them.

@@ -63,7 +63,7 @@ public struct MixtureOfExperts: FeedForward {
             let u = Matrix(rows: assigned.count, columns: ups[e].rows)
             matmul(gates[e], input: input.data, tokens: assigned.count, output: g.data, pool: pool)
             matmul(ups[e], input: input.data, tokens: assigned.count, output: u.data, pool: pool)
-            gatedActivation(g.data, u.data, count: g.rows * g.columns, k: 1, c: 0)  // SwiGLU
+            swiglu(g.data, u.data, elements: 0..<g.rows * g.columns, columns: g.columns)
             let y = Matrix(rows: assigned.count, columns: x.columns)
             matmul(downs[e], input: g.data, tokens: assigned.count, output: y.data, pool: pool)
             for (i, a) in assigned.enumerated() {

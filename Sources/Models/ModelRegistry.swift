@@ -81,6 +81,9 @@ func microBatches(_ batch: [BatchSequence]) -> [[BatchSequence]] {
             let n = min(seq.tokens.count - start, microBatchTokens - count)
             var piece = BatchSequence(tokens: Array(seq.tokens[start..<start + n]), cache: seq.cache, allLogits: seq.allLogits)
             piece.logitsNeeded = seq.allLogits || start + n == seq.tokens.count
+            // the llama.cpp micro-batch this piece's first token falls in
+            let llamaStart = start / llamaMicroBatch * llamaMicroBatch
+            piece.llamaBatchTokens = min(llamaMicroBatch, seq.tokens.count - llamaStart)
             passes[passes.count - 1].append(piece)
             count += n
             start += n

@@ -15,7 +15,32 @@ func load8(_ p: UnsafePointer<Float>) -> Float8 { UnsafeRawPointer(p).loadUnalig
 func store8(_ v: Float8, _ p: UnsafeMutablePointer<Float>) { UnsafeMutableRawPointer(p).storeBytes(of: v, as: Float8.self) }
 
 @inline(__always)
-func load8(_ p: UnsafePointer<Float16>) -> Float8 { Float8(UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float16>.self)) }
+func load8(_ p: UnsafePointer<Float16>) -> Float8 {
+#if arch(x86_64)
+    _mm256_cvtph_ps(UnsafeRawPointer(p).loadUnaligned(as: __m128i.self))  // the generic conversion is not always inlined
+#else
+    Float8(UnsafeRawPointer(p).loadUnaligned(as: SIMD8<Float16>.self))
+#endif
+}
+
+/// v rounded to half precision (nearest even) and back, in float arithmetic: adding and
+/// subtracting M = ±2^(e + 13), e = the exponent of v clamped to [−14, 16], leaves v rounded to
+/// a multiple of its half-precision quantum 2^(e − 10) by the one rounding of the addition.
+/// Results of 2^16 or more (|v| ≥ 65520) are half overflows: scaling by 2^112 and back sends
+/// exactly those to ±∞ and leaves the others (and ±0, ±∞, NaN) unchanged. Same values as
+/// vcvtps2ph + vcvtph2ps (the generic SIMD8<Float16> conversion is not always inlined, and the
+/// immediate-operand intrinsic is not importable).
+@inline(__always)
+func roundedToHalf(_ v: Float8) -> Float8 {
+    let bits = unsafeBitCast(v, to: SIMD8<UInt32>.self)
+    var exponent = bits & 0x7F80_0000
+    let low = SIMD8<UInt32>(repeating: (127 - 14) << 23), high = SIMD8<UInt32>(repeating: (127 + 16) << 23)
+    exponent = exponent.replacing(with: low, where: exponent .< low)
+    exponent = exponent.replacing(with: high, where: exponent .> high)
+    let magic = unsafeBitCast((exponent &+ (13 << 23)) | (bits & 0x8000_0000), to: Float8.self)
+    let rounded = unsafeBitCast((v + magic) - magic, to: SIMD8<UInt32>.self) | (bits & 0x8000_0000)  // −0 stays −0
+    return unsafeBitCast(rounded, to: Float8.self) * 0x1p112 * 0x1p-112
+}
 
 @inline(__always)
 func sum(_ v: Float8) -> Float {
@@ -24,58 +49,18 @@ func sum(_ v: Float8) -> Float {
     return b[0] + b[1]
 }
 
-/// e^x for 8 lanes: range reduction x = n·ln2 + r, |r| ≤ ln2/2, then a degree-6 polynomial
-/// for e^r (Cephes' expf coefficients) scaled by 2^n; within 2 ulp of expf. Inputs are
-/// clamped to [-88, 88] (e^-88 ≈ 6e-39 flushes to 0 below that, e^88 ≈ 1.7e38 is the top).
-@inline(__always)
-func exp8(_ x: Float8) -> Float8 {
-    let x = clamp88(x)
-    // n = round(x·log2 e): adding 1.5·2^23 rounds to an integer held in the low mantissa bits
-    let shifted = x * 1.442_695_04 + 12_582_912
-    let n = shifted - 12_582_912
-    var r = x - n * 0.693_359_375
-    r = r + n * 2.121_944_4e-4
-    var p: Float8 = Float8(repeating: 1.987_569_15e-4)
-    p = p * r + 1.398_199_95e-3
-    p = p * r + 8.333_345_19e-3
-    p = p * r + 4.166_579_6e-2
-    p = p * r + 1.666_666_55e-1
-    p = p * r + 5.000_000_1e-1
-    p = p * (r * r) + r + 1
-    let bits = (unsafeBitCast(shifted, to: SIMD8<Int32>.self) &- 0x4B40_0000 &+ 127) &<< 23
-    return p * unsafeBitCast(bits, to: Float8.self)
-}
-
-@inline(__always)
-func clamp88(_ x: Float8) -> Float8 {
-#if arch(x86_64)
-    // vminps/vmaxps (the generic pointwiseMin/Max are lane-by-lane calls)
-    _mm256_min_ps(_mm256_max_ps(x, Float8(repeating: -88)), Float8(repeating: 88))
-#else
-    x.replacing(with: -88, where: x .< -88).replacing(with: 88, where: x .> 88)
-#endif
-}
-
-/// The same e^x one element at a time (for tails), so a value never depends on its index.
-@inline(__always)
-func exp1(_ x: Float) -> Float { exp8(Float8(repeating: x))[0] }
-
-/// dst[i] = src[i] / rms(src) · w[i], rms over `count` elements (sum of squares in double).
+/// dst[i] = src[i] / rms(src) · w[i], as ggml's rms_norm (+ mul by the weight): the float
+/// squares are summed one after another in double, mean = sum / n in double rounded to float,
+/// scale = 1 / sqrtf(mean + eps), then (x · scale) · w. Same floats as llama.cpp's CPU backend;
+/// the sequential sum costs ~1 % of a decode step.
 @inline(__always)
 func rmsNormalize(_ src: UnsafePointer<Float>, _ w: UnsafePointer<Float>, count: Int, epsilon: Float,
                   into dst: UnsafeMutablePointer<Float>) {
-    var acc = SIMD4<Double>()
+    var sumSquares: Double = 0
+    for i in 0..<count { sumSquares += Double(src[i] * src[i]) }
+    let mean = Float(sumSquares / Double(count))
+    let scale = 1 / (mean + epsilon).squareRoot()
     var i = 0
-    while i + 8 <= count {
-        let v = load8(src + i)
-        let s = v * v
-        acc += SIMD4<Double>(s.lowHalf) + SIMD4<Double>(s.highHalf)
-        i += 8
-    }
-    var sumSquares = acc.sum()
-    while i < count { sumSquares += Double(src[i] * src[i]); i += 1 }
-    let scale = 1 / (Float(sumSquares / Double(count)) + epsilon).squareRoot()
-    i = 0
     while i + 8 <= count {
         store8(load8(src + i) * scale * load8(w + i), dst + i)
         i += 8
@@ -83,22 +68,92 @@ func rmsNormalize(_ src: UnsafePointer<Float>, _ w: UnsafePointer<Float>, count:
     while i < count { dst[i] = src[i] * scale * w[i]; i += 1 }
 }
 
-/// g[i] = act(g[i]) · u[i], act(x) = x / (1 + e^(-k·x·(1 + c·x²))): SiLU with k = 1, c = 0;
-/// tanh-GELU with k = 2·√(2/π), c = 0.044715 (0.5·(1 + tanh(y)) = 1 / (1 + e^(-2y))).
+/// g[i] = gelu(g[i]) · u[i] as ggml's geglu: 0 for x ≤ −10, x·u for x ≥ 10, otherwise the
+/// tanh-GELU of x rounded to half, itself rounded to half (ggml's 65536-entry table), times u.
 @inline(__always)
-func gatedActivation(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, count: Int, k: Float, c: Float) {
-    var i = 0
-    while i + 8 <= count {
-        let x = load8(g + i)
-        let y = x * k * (1 + c * x * x)
-        store8(x / (1 + exp8(-y)) * load8(u + i), g + i)
-        i += 8
+func geglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, count: Int) {
+    geluHalfTable.withUnsafeBufferPointer { table in
+        for i in 0..<count {
+            let x = g[i]
+            if x <= -10 { g[i] = 0 } else if x >= 10 { g[i] = x * u[i] } else {
+                g[i] = table[Int(Float16(x).bitPattern)] * u[i]
+            }
+        }
     }
-    while i < count {
-        let x = g[i]
-        g[i] = x / (1 + exp1(-(x * k * (1 + c * x * x)))) * u[i]
-        i += 1
+}
+
+/// gelu(h) rounded to half for every half h (by bit pattern), as float. The formula is ggml's
+/// 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))) with its compiler's fusion of 0.044715·x·x + 1.
+let geluHalfTable: [Float] = (0..<65536).map { bits in
+    let x = Float(Float16(bitPattern: UInt16(bits)))
+    let inner = Float(1).addingProduct(0.044715 * x, x)
+    return Float(Float16(0.5 * x * (1 + tanhf(Float(0.797_884_560_802_865_4) * x * inner))))
+}
+
+/// g[i] = silu(g[i]) · u[i] with the same floats as ggml's swiglu on an AVX-512 build:
+/// silu(x) = x / (1 + e^(0 − x)) with `ggmlExp8`, then times u. ggml runs 16 lanes at a time
+/// and a scalar libm expf on a row's last `columns % 16` elements; so do we. `elements` are flat
+/// indices into rows of `columns` (any range: each element depends only on its value and column).
+@inline(__always)
+func swiglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, elements: Range<Int>, columns: Int) {
+    let body = columns / 16 * 16
+    var i = elements.lowerBound
+    while i < elements.upperBound {
+        let rowStart = i / columns * columns
+        let bodyEnd = min(rowStart + body, elements.upperBound), rowEnd = min(rowStart + columns, elements.upperBound)
+        while i + 8 <= bodyEnd {
+            let x = load8(g + i)
+            store8(x / (1 + ggmlExp8(Float8() - x)) * load8(u + i), g + i)
+            i += 8
+        }
+        while i < bodyEnd {  // a piece boundary inside a 16-lane block: the same lane arithmetic
+            let x = Float8(repeating: g[i])
+            g[i] = (x / (1 + ggmlExp8(Float8() - x)))[0] * u[i]
+            i += 1
+        }
+        while i < rowEnd { g[i] = g[i] / (1 + expf(-g[i])) * u[i]; i += 1 }
     }
+}
+
+/// e^x for 8 lanes with ggml's SIMD expf (`ggml_v_expf`, the AVX-512 variant, which
+/// llama.cpp's CPU backend uses for SiLU and for softmax on this hardware): n = round(x/ln2)
+/// by the 1.5·2²³ shift, b = x − n·ln2 in two fused steps, a degree-5 polynomial (ARM
+/// optimized-routines' expf coefficients) evaluated with the same fused multiply-adds, then
+/// scaled by 2ⁿ as vscalefps does (one rounding). |n| > 192 gives 0 or +∞.
+@inline(__always)
+func ggmlExp8(_ x: Float8) -> Float8 {
+    let shift = Float8(repeating: 0x1.8p23)
+    let z = shift.addingProduct(x, Float8(repeating: 0x1.715476p+0))
+    let n = z - shift
+    let b = x.addingProduct(-n, Float8(repeating: 0x1.62e4p-1)).addingProduct(-n, Float8(repeating: 0x1.7f7d1cp-20))
+    let u = b * b
+    let p = Float8(repeating: 0x1.573e2ep-5).addingProduct(Float8(repeating: 0x1.0e4020p-7), b)
+    let q = Float8(repeating: 0x1.fffdb6p-2).addingProduct(Float8(repeating: 0x1.555e66p-3), b)
+    let l = Float8(repeating: 1).addingProduct(Float8(repeating: 0x1.ffffecp-1), b)
+    let j = l.addingProduct(q.addingProduct(p, u), u)
+    // j·2ⁿ as two exact power-of-two factors (|n| ≤ 192 → each ≤ 96), so only the last
+    // multiply rounds, as scalef does for a subnormal result.
+    let ni = unsafeBitCast(z, to: SIMD8<Int32>.self) &- 0x4B40_0000
+    let n1 = ni &>> 1, n2 = ni &- (ni &>> 1)
+    let p1 = unsafeBitCast((n1 &+ 127) &<< 23, to: Float8.self)
+    let p2 = unsafeBitCast((n2 &+ 127) &<< 23, to: Float8.self)
+    let result = j * p1 * p2
+    let big = (n .> 192) .| (n .< -192)  // false for NaN, as an ordered compare
+#if arch(x86_64)
+    if _mm256_movemask_ps(unsafeBitCast(big, to: Float8.self)) == 0 { return result }
+#else
+    if !any(big) { return result }
+#endif
+    return result.replacing(with: Float8(repeating: 0).replacing(with: .infinity, where: n .> 0), where: big)
+}
+
+/// The 16 lanes `lo ++ hi` summed as GCC's _mm512_reduce_add_ps does: halves, quarters,
+/// then (0+2) + (1+3).
+@inline(__always)
+func reduceAdd16(_ lo: Float8, _ hi: Float8) -> Float {
+    let t3 = hi + lo
+    let t6 = t3.highHalf + t3.lowHalf
+    return (t6[0] + t6[2]) + (t6[1] + t6[3])
 }
 
 /// a[i] += b[i]
@@ -120,46 +175,268 @@ func storeHalf(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float16>
     while i < count { dst[i] = Float16(src[i]); i += 1 }
 }
 
-/// Σ q[i]·k[i] over a float query and a half-precision key.
+/// Σ k[i]·q[i] over two half-precision vectors as ggml_vec_dot_f16 sums on an AVX-512 build
+/// without FP16 arithmetic: 64 elements per step into four 16-lane accumulators (the products
+/// of two halves are exact in float), accumulators combined (0+2) + (1+3), the 16 lanes reduced
+/// as _mm512_reduce_add_ps, and a tail of fewer than 64 elements added in double.
 @inline(__always)
-func dotHalf(_ q: UnsafePointer<Float>, _ k: UnsafePointer<Float16>, count: Int) -> Float {
-    var a0 = Float8(), a1 = Float8()
+func dotHalfGGML(_ k: UnsafePointer<Float16>, _ q: UnsafePointer<Float16>, count: Int) -> Float {
+    var a0 = Float8(), b0 = Float8(), a1 = Float8(), b1 = Float8()
+    var a2 = Float8(), b2 = Float8(), a3 = Float8(), b3 = Float8()
     var i = 0
-    while i + 16 <= count {
-        a0 = a0.addingProduct(load8(q + i), load8(k + i))
-        a1 = a1.addingProduct(load8(q + i + 8), load8(k + i + 8))
-        i += 16
+    while i + 64 <= count {
+        a0 = a0.addingProduct(load8(k + i), load8(q + i)); b0 = b0.addingProduct(load8(k + i + 8), load8(q + i + 8))
+        a1 = a1.addingProduct(load8(k + i + 16), load8(q + i + 16)); b1 = b1.addingProduct(load8(k + i + 24), load8(q + i + 24))
+        a2 = a2.addingProduct(load8(k + i + 32), load8(q + i + 32)); b2 = b2.addingProduct(load8(k + i + 40), load8(q + i + 40))
+        a3 = a3.addingProduct(load8(k + i + 48), load8(q + i + 48)); b3 = b3.addingProduct(load8(k + i + 56), load8(q + i + 56))
+        i += 64
     }
-    if i + 8 <= count { a0 = a0.addingProduct(load8(q + i), load8(k + i)); i += 8 }
-    var total = sum(a0 + a1)
-    while i < count { total += q[i] * Float(k[i]); i += 1 }
-    return total
+    var total = Double(reduceAdd16((a0 + a2) + (a1 + a3), (b0 + b2) + (b1 + b3)))
+    while i < count { total += Double(Float(k[i]) * Float(q[i])); i += 1 }
+    return Float(total)
 }
 
-/// Four dot products of one float query with four half-precision keys (one pass over the
-/// query, four independent accumulators).
+/// Scratch for one attention head: the query in half precision, then per cache position two
+/// floats (the rescale factor and the weight of the online softmax).
+struct HeadScratch {
+    let query: UnsafeMutablePointer<Float16>
+    let factors: UnsafeMutablePointer<Float>
+    /// One chunk's output in the split-KV kernel.
+    let partial: UnsafeMutablePointer<Float>
+    init(headDimension: Int, positions: Int, valueDimension: Int = 0) {
+        query = .allocate(capacity: headDimension)
+        factors = .allocate(capacity: 2 * positions)
+        partial = .allocate(capacity: max(1, valueDimension))
+    }
+    func deallocate() { query.deallocate(); factors.deallocate(); partial.deallocate() }
+}
+
+/// softmax(q·Kᵀ·scale)·V for one query row and head over cached half-precision keys and values,
+/// with the floats of ggml's flash-attention kernel for a row (llama.cpp's path for decoding and
+/// for batches of fewer than 64 tokens): q rounded to half, scores by `dotHalfGGML`, online
+/// softmax over the positions in order with libm expf — on a new maximum ms = e^(old − new),
+/// w = 1, else ms = 1, w = e^(s − max) — and the output accumulated *in half precision*:
+/// acc = half(acc·ms) on a new maximum, then acc = half(v·w + acc) fused; the running sum
+/// S = S·ms + w fused; finally out = float(acc) · (1/S).
+/// (Two passes: the factors first, then the accumulation 32 lanes at a time in registers; the
+/// per-element arithmetic and order are ggml's.)
 @inline(__always)
-func dotHalf4(_ q: UnsafePointer<Float>, _ k0: UnsafePointer<Float16>, _ k1: UnsafePointer<Float16>,
-              _ k2: UnsafePointer<Float16>, _ k3: UnsafePointer<Float16>, count: Int) -> SIMD4<Float> {
-    var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
-    var i = 0
-    while i + 8 <= count {
-        let x = load8(q + i)
-        a0 = a0.addingProduct(x, load8(k0 + i))
-        a1 = a1.addingProduct(x, load8(k1 + i))
-        a2 = a2.addingProduct(x, load8(k2 + i))
-        a3 = a3.addingProduct(x, load8(k3 + i))
-        i += 8
+func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                   values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
+                   headDimension: Int, valueDimension: Int, scale: Float,
+                   scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
+    storeHalf(query, scratch.query, count: headDimension)
+    _ = attendHeadRowChunk(keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                           positions: positions, headDimension: headDimension, valueDimension: valueDimension,
+                           scale: scale, normalize: true, scratch: scratch, into: out)
+}
+
+/// llama.cpp's split-KV variant of the row kernel, which it runs for a single-token micro-batch
+/// over at least 512 cache cells: the cells are cut into one chunk per thread, each chunk runs
+/// the row kernel without the final division, and the chunks are merged in order —
+/// M = max(M, m), acc = acc·e^(M_old − M) + chunk·e^(m − M) and S likewise (first product
+/// fused) — then divided by S.
+@inline(__always)
+func attendHeadRowSplit(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                        values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
+                        cells: Int, chunkSize: Int, headDimension: Int, valueDimension: Int, scale: Float,
+                        scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
+    storeHalf(query, scratch.query, count: headDimension)
+    out.initialize(repeating: 0, count: valueDimension)
+    let chunk = scratch.partial
+    var mFinal = -Float.infinity, sFinal: Float = 0
+    for start in stride(from: 0, to: cells, by: chunkSize) {
+        let (lo, hi) = (max(start, positions.lowerBound), min(start + chunkSize, positions.upperBound))
+        if lo >= hi { continue }  // a chunk with every cell masked has S = 0 and is skipped
+        let (m, s) = attendHeadRowChunk(keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                                        positions: lo..<hi, headDimension: headDimension, valueDimension: valueDimension,
+                                        scale: scale, normalize: false, scratch: scratch, into: chunk)
+        let mNew = max(mFinal, m)
+        let scaleOld = expf(mFinal - mNew), scaleNew = expf(m - mNew)
+        for d in 0..<valueDimension { out[d] = (chunk[d] * scaleNew).addingProduct(out[d], scaleOld) }
+        sFinal = (s * scaleNew).addingProduct(sFinal, scaleOld)
+        mFinal = mNew
     }
-#if arch(x86_64)
-    let h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3))
-    var r = h.lowHalf + h.highHalf
-#else
-    var r = SIMD4(sum(a0), sum(a1), sum(a2), sum(a3))
-#endif
-    while i < count {
-        r += q[i] * SIMD4(Float(k0[i]), Float(k1[i]), Float(k2[i]), Float(k3[i]))
-        i += 1
+    if sFinal != 0 {
+        let inverse = 1 / sFinal
+        for d in 0..<valueDimension { out[d] *= inverse }
     }
-    return r
+}
+
+/// The row kernel over `positions` with the query already in `scratch.query`: writes
+/// float(acc) · (1/S) (`normalize`) or float(acc), and returns the running max and sum.
+@inline(__always)
+func attendHeadRowChunk(keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                        values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
+                        headDimension: Int, valueDimension: Int, scale: Float, normalize: Bool,
+                        scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) -> (max: Float, sum: Float) {
+    let q16 = scratch.query, factors = scratch.factors
+    var S: Float = 0, M = -Float.infinity
+    for (i, p) in positions.enumerated() {
+        let s = dotHalfGGML(keys[p] + keyOffset, q16, count: headDimension) * scale
+        var ms: Float = 1, vs: Float = 1
+        if s > M {
+            ms = expf(M - s)
+            M = s
+        } else {
+            vs = expf(s - M)
+        }
+        factors[2 * i] = ms
+        factors[2 * i + 1] = vs
+        S = vs.addingProduct(S, ms)
+    }
+    let inverse: Float = !normalize ? 1 : S == 0 ? 0 : 1 / S
+    let first = positions.lowerBound
+    var d = 0
+    while d + 32 <= valueDimension {
+        var a0 = Float8(), a1 = Float8(), a2 = Float8(), a3 = Float8()
+        for i in 0..<positions.count {
+            let ms = factors[2 * i], w = Float8(repeating: factors[2 * i + 1])
+            if ms != 1 {
+                a0 = roundedToHalf(a0 * ms); a1 = roundedToHalf(a1 * ms)
+                a2 = roundedToHalf(a2 * ms); a3 = roundedToHalf(a3 * ms)
+            }
+            let v = values[first + i] + valueOffset + d
+            a0 = roundedToHalf(a0.addingProduct(load8(v), w)); a1 = roundedToHalf(a1.addingProduct(load8(v + 8), w))
+            a2 = roundedToHalf(a2.addingProduct(load8(v + 16), w)); a3 = roundedToHalf(a3.addingProduct(load8(v + 24), w))
+        }
+        store8(a0 * inverse, out + d); store8(a1 * inverse, out + d + 8)
+        store8(a2 * inverse, out + d + 16); store8(a3 * inverse, out + d + 24)
+        d += 32
+    }
+    while d < valueDimension {
+        var a: Float = 0
+        for i in 0..<positions.count {
+            let ms = factors[2 * i], w = factors[2 * i + 1]
+            if ms != 1 { a = Float(Float16(a * ms)) }
+            a = Float(Float16(a.addingProduct(Float(values[first + i][valueOffset + d]), w)))
+        }
+        out[d] = a * inverse
+        d += 1
+    }
+    return (M, S)
+}
+
+/// Query rows and cache positions per tile of ggml's tiled flash-attention kernel, which
+/// llama.cpp's CPU backend runs when a micro-batch holds at least this many tokens.
+let attentionTile = 64
+
+/// Scratch of `attendHeadTile`: per query row an F32 accumulator, max and sum; one K tile
+/// transposed and one V tile, in float.
+struct TileScratch {
+    let acc, maxima, sums, keys, values, scores: UnsafeMutablePointer<Float>
+    init(headDimension: Int, valueDimension: Int) {
+        acc = .allocate(capacity: attentionTile * valueDimension)
+        maxima = .allocate(capacity: attentionTile)
+        sums = .allocate(capacity: attentionTile)
+        keys = .allocate(capacity: headDimension * attentionTile)
+        values = .allocate(capacity: attentionTile * valueDimension)
+        scores = .allocate(capacity: attentionTile)
+    }
+    func deallocate() { for p in [acc, maxima, sums, keys, values, scores] { p.deallocate() } }
+}
+
+/// softmax(q·Kᵀ·scale)·V for `rows` (≤ 64) consecutive query rows of one head, with the floats
+/// of ggml's tiled flash-attention kernel: cache positions in tiles of 64 from position 0;
+/// scores from the float query and the keys in float, each a fused chain over the head
+/// dimension; per tile, the row's max, a rescale by expf(old − new max) when it grows, weights
+/// e^(s − max) by `ggmlExp8` summed 16 at a time into a double, and the output accumulated in
+/// float as one fused chain over the positions; finally out = acc · (1/S).
+/// Row i sits at cache position `firstPosition + i` and sees `visible(position)` positions.
+@inline(__always)
+func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, firstPosition: Int, window: Int?,
+                    keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                    values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
+                    headDimension: Int, valueDimension: Int, scale: Float,
+                    scratch t: TileScratch, into out: UnsafeMutablePointer<Float>, outStride: Int) {
+    let T = attentionTile
+    t.acc.initialize(repeating: 0, count: rows * valueDimension)
+    t.maxima.initialize(repeating: -.infinity, count: rows)
+    t.sums.initialize(repeating: 0, count: rows)
+    let lastPosition = firstPosition + rows - 1
+    let lowest = window.map { max(0, firstPosition - $0 + 1) } ?? 0
+    for tileStart in stride(from: lowest / T * T, through: lastPosition, by: T) {
+        let count = min(T, lastPosition + 1 - tileStart)
+        // K tile transposed (dimension-major) and V tile, in float
+        for k in 0..<count {
+            let key = keys[tileStart + k] + keyOffset
+            for d in 0..<headDimension { t.keys[d * T + k] = Float(key[d]) }
+            let value = values[tileStart + k] + valueOffset
+            var d = 0
+            while d + 8 <= valueDimension { store8(load8(value + d), t.values + k * valueDimension + d); d += 8 }
+            while d < valueDimension { t.values[k * valueDimension + d] = Float(value[d]); d += 1 }
+        }
+        for k in count..<T { for d in 0..<headDimension { t.keys[d * T + k] = 0 } }
+        for r in 0..<rows {
+            let position = firstPosition + r
+            let first = window.map { max(0, position - $0 + 1) } ?? 0
+            let (lo, hi) = (max(first, tileStart), min(position + 1, tileStart + count))
+            if lo >= hi { continue }  // (a tile after this row's position, or before its window)
+            let visible = lo..<hi
+            let q = query + r * queryStride
+            var s = (Float8(), Float8(), Float8(), Float8(), Float8(), Float8(), Float8(), Float8())
+            for d in 0..<headDimension {
+                let x = Float8(repeating: q[d]), k = t.keys + d * T
+                s.0 = s.0.addingProduct(x, load8(k)); s.1 = s.1.addingProduct(x, load8(k + 8))
+                s.2 = s.2.addingProduct(x, load8(k + 16)); s.3 = s.3.addingProduct(x, load8(k + 24))
+                s.4 = s.4.addingProduct(x, load8(k + 32)); s.5 = s.5.addingProduct(x, load8(k + 40))
+                s.6 = s.6.addingProduct(x, load8(k + 48)); s.7 = s.7.addingProduct(x, load8(k + 56))
+            }
+            let w = t.scores
+            store8(s.0 * scale, w); store8(s.1 * scale, w + 8); store8(s.2 * scale, w + 16); store8(s.3 * scale, w + 24)
+            store8(s.4 * scale, w + 32); store8(s.5 * scale, w + 40); store8(s.6 * scale, w + 48); store8(s.7 * scale, w + 56)
+            // masked (outside the window, in the future, past the cache) → −∞
+            for k in 0..<T where !visible.contains(tileStart + k) { w[k] = -.infinity }
+            var tileMax = -Float.infinity
+            for k in 0..<T where w[k] > tileMax { tileMax = w[k] }
+            let old = t.maxima[r], new = max(old, tileMax)
+            let acc = t.acc + r * valueDimension
+            if new > old {
+                let ms = expf(old - new)
+                var d = 0
+                while d + 8 <= valueDimension { store8(load8(acc + d) * ms, acc + d); d += 8 }
+                while d < valueDimension { acc[d] *= ms; d += 1 }
+                t.sums[r] *= ms
+            }
+            t.maxima[r] = new
+            var total: Double = 0
+            let m = Float8(repeating: new)
+            for c in stride(from: 0, to: T, by: 16) {
+                let lo = ggmlExp8(load8(w + c) - m), hi = ggmlExp8(load8(w + c + 8) - m)
+                store8(lo, w + c); store8(hi, w + c + 8)
+                total += Double(reduceAdd16(lo, hi))
+            }
+            t.sums[r] = Float(Double(t.sums[r]) + total)
+            // acc += Σ w_k · v_k, one fused chain per element (masked weights are 0: skipped)
+            // (32 lanes at a time: four independent chains keep the FMA units busy)
+            var d = 0
+            while d + 32 <= valueDimension {
+                var a0 = load8(acc + d), a1 = load8(acc + d + 8), a2 = load8(acc + d + 16), a3 = load8(acc + d + 24)
+                for k in visible {
+                    let x = Float8(repeating: w[k - tileStart]), v = t.values + (k - tileStart) * valueDimension + d
+                    a0 = a0.addingProduct(x, load8(v)); a1 = a1.addingProduct(x, load8(v + 8))
+                    a2 = a2.addingProduct(x, load8(v + 16)); a3 = a3.addingProduct(x, load8(v + 24))
+                }
+                store8(a0, acc + d); store8(a1, acc + d + 8); store8(a2, acc + d + 16); store8(a3, acc + d + 24)
+                d += 32
+            }
+            while d + 8 <= valueDimension {
+                var a = load8(acc + d)
+                for k in visible { a = a.addingProduct(Float8(repeating: w[k - tileStart]), load8(t.values + (k - tileStart) * valueDimension + d)) }
+                store8(a, acc + d)
+                d += 8
+            }
+            while d < valueDimension {
+                for k in visible { acc[d] = acc[d].addingProduct(w[k - tileStart], t.values[(k - tileStart) * valueDimension + d]) }
+                d += 1
+            }
+        }
+    }
+    for r in 0..<rows {
+        let inverse: Float = t.sums[r] == 0 ? 0 : 1 / t.sums[r]
+        let acc = t.acc + r * valueDimension, o = out + r * outStride
+        var d = 0
+        while d + 8 <= valueDimension { store8(load8(acc + d) * inverse, o + d); d += 8 }
+        while d < valueDimension { o[d] = acc[d] * inverse; d += 1 }
+    }
 }

@@ -1,0 +1,84 @@
+import Foundation
+@testable import Models
+import Testing
+
+/// The element-wise pieces that reproduce llama.cpp's CPU arithmetic (checked bitwise against
+/// llama.cpp's own tensors when written; these tests pin down their properties).
+@Suite struct GGMLNumericsTests {
+    /// The float-arithmetic rounding to half equals a real half conversion, ties to even,
+    /// half subnormals, overflow, infinities, NaN and the sign of zero included.
+    @Test func roundingToHalfEqualsHalfConversion() {
+        var rng = SystemRandomNumberGenerator()
+        var checked = 0
+        for trial in 0..<20_000 {
+            var v = SIMD8<Float>()
+            for i in 0..<8 {
+                let e = Float(Int.random(in: -30...16, using: &rng))
+                var x = Float.random(in: 1..<2, using: &rng) * powf(2, e) * (Bool.random(using: &rng) ? 1 : -1)
+                if trial % 3 == 0 {  // exactly halfway between two halves
+                    let h = Float16(x)
+                    x = (Float(h) + Float(h.nextUp)) / 2
+                }
+                v[i] = x
+            }
+            if trial == 0 { v = SIMD8(0, -0.0, 65504, -1e-30, 65519.99, -65520, .infinity, -.infinity) }
+            let r = roundedToHalf(v)
+            for i in 0..<8 {
+                #expect(r[i].bitPattern == Float(Float16(v[i])).bitPattern, "\(v[i])")
+                #expect(roundedToHalf(SIMD8(repeating: .nan))[i].isNaN)
+                checked += 1
+            }
+        }
+        #expect(checked == 160_000)
+    }
+
+    /// ggml's SIMD e^x: close to libm's, and its range ends handled as ggml does.
+    @Test func ggmlExpMatchesExpfClosely() {
+        var x = SIMD8<Float>(-87, -20, -1.5, -1e-7, 0, 0.5, 10, 88)
+        let e = ggmlExp8(x)
+        for i in 0..<8 {
+            let reference = expf(x[i])
+            #expect(abs(e[i] - reference) <= 4 * reference.ulp, "e^\(x[i])")
+        }
+        x = SIMD8<Float>(-.infinity, -200, -104, 89, 200, .infinity, .nan, -0.0)
+        let ends = ggmlExp8(x)
+        #expect(ends[0] == 0 && ends[1] == 0 && ends[2] == 0)
+        #expect(ends[3] == .infinity && ends[4] == .infinity && ends[5] == .infinity)
+        #expect(ends[6].isNaN)
+        #expect(ends[7] == 1)
+    }
+
+    /// The half-precision dot product sums 64-element blocks in ggml's order, the tail in double.
+    @Test func halfDotMatchesADoubleSum() {
+        for count in [16, 64, 100, 256] {
+            let a = (0..<count).map { Float16(Float($0 % 7) - 3.25) }
+            let b = (0..<count).map { Float16(Float($0 % 5) * 0.5 - 1) }
+            let exact = zip(a, b).reduce(0.0) { $0 + Double(Float($1.0)) * Double(Float($1.1)) }
+            let dot = a.withUnsafeBufferPointer { x in b.withUnsafeBufferPointer { y in
+                dotHalfGGML(x.baseAddress!, y.baseAddress!, count: count)
+            } }
+            #expect(dot == Float(exact))  // small integers and halves: every partial sum is exact
+        }
+    }
+
+    /// SwiGLU: 16-lane blocks through ggmlExp8, the row's tail through libm, same formula;
+    /// independent of how the elements are split into pieces.
+    @Test func swigluRowsAndTails() {
+        let columns = 21, rows = 2
+        var g = (0..<rows * columns).map { Float($0) / 7 - 3 }
+        let u = (0..<rows * columns).map { Float($0 % 5) - 2 }
+        let original = g
+        g.withUnsafeMutableBufferPointer { swiglu($0.baseAddress!, u, elements: 0..<rows * columns, columns: columns) }
+        // any split into pieces gives the same floats
+        var pieces = original
+        pieces.withUnsafeMutableBufferPointer { p in
+            for r in [0..<8, 8..<13, 13..<16, 16..<40, 40..<rows * columns] { swiglu(p.baseAddress!, u, elements: r, columns: columns) }
+        }
+        #expect(pieces.map(\.bitPattern) == g.map(\.bitPattern))
+        for i in 0..<rows * columns {
+            let x = original[i]
+            let expected = x / (1 + expf(-x)) * u[i]
+            #expect(abs(g[i] - expected) <= 4 * max(abs(expected).ulp, Float.leastNormalMagnitude))
+        }
+    }
+}
