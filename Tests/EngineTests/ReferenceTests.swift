@@ -23,12 +23,14 @@ enum RealModel: String, CaseIterable, Sendable, CustomTestStringConvertible {
 }
 
 @Suite(.serialized) struct ReferenceTests {
-    /// Free-running greedy text against llama.cpp's. Both engines round differently (summation
-    /// order, fused kernels), and these small models have residual-stream outliers that make
-    /// logits move by ~0.2 under such changes — llama.cpp itself, run with flash attention off,
-    /// reproduces only 2 of SmolLM2's 6 reference completions. So the test checks that every
-    /// completion either matches exactly or first leaves llama.cpp's text at a near-tie, where
-    /// the two top tokens are within `nearTie` logits; it prints how many match exactly.
+    /// Free-running greedy text against llama.cpp's. The forward pass computes llama.cpp's CPU
+    /// floats (see the README: every op of SmolLM2 bitwise; Gemma 3's Q4_K products not yet),
+    /// so SmolLM2 must reproduce at least 5 of the 6 texts, as the issue asks. These small
+    /// models have residual-stream outliers that move logits by ~0.2 under last-bit changes
+    /// (llama.cpp itself with flash attention off reproduces only 2 of SmolLM2's 6), so for
+    /// Gemma 3, whose Q4_K layers still round differently, every completion must either match
+    /// or first leave llama.cpp's text at a near-tie (top two tokens within `nearTie` logits),
+    /// and at least 4 must match.
     @Test(arguments: RealModel.allCases)
     func greedyCompletionsMatchLlamaCppOrDivergeAtNearTies(_ model: RealModel) throws {
         let nearTie: Float = 0.5
@@ -57,6 +59,7 @@ enum RealModel: String, CaseIterable, Sendable, CustomTestStringConvertible {
             #expect(gap < nearTie, "\(prompt.debugDescription): divergence at token \(split) is not a near-tie (gap \(gap))")
         }
         print("[\(model.rawValue)] greedy completions identical to llama.cpp: \(matches)/\(cases.count)")
+        #expect(matches >= (model == .smollm2 ? 5 : 4), "only \(matches) of \(cases.count) greedy completions match llama.cpp")
     }
 
     /// Feeds llama.cpp's greedy continuations back in and checks that, at every step, the token
@@ -88,6 +91,10 @@ enum RealModel: String, CaseIterable, Sendable, CustomTestStringConvertible {
         print("[\(model.rawValue)] teacher-forced: llama.cpp's token is our top token at \(top)/\(positions) positions; largest gap \(worst.gap) (\(worst.prompt.debugDescription), step \(worst.step))")
         #expect(worst.gap < nearTie, "llama.cpp's token trails our top token by \(worst.gap) logits at step \(worst.step) of \(worst.prompt.debugDescription)")
         #expect(Double(top) >= 0.95 * Double(positions))
+        if model == .smollm2 {
+            // bitwise llama.cpp's logits: its token is ours at every position
+            #expect(top == positions, "llama.cpp's token is our top token at only \(top)/\(positions) positions")
+        }
     }
 
     @Test(arguments: RealModel.allCases)
