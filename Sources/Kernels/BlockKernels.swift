@@ -41,6 +41,8 @@ protocol QuantKernel: SendableMetatype {
     /// `.rowSums`: the block's min multiplier and Σ mins · group sums.
     static func blockMin(_ h: Header) -> Float
     static func minSum(_ h: Header, bsums: UnsafePointer<Int16>) -> Int32
+    /// `.rowSums`: Σ mins · group sums over chunk pair `pair` (groups 4·pair..<4·pair+4).
+    static func minPairSum(_ h: Header, bsums: UnsafePointer<Int16>, pair: Int) -> Int32
 }
 
 /// The float step of a K-quant block, as llama.cpp's x86 kernel for that format does it.
@@ -51,7 +53,9 @@ enum SuperStyle {
     /// then acc[l] = fma(d·d_x, lane l, acc[l]); result hsum(acc).
     case laneOffset
     /// llama.cpp's repacked Q4_K kernels: sum = fma(Σ lanes, d·d_x, sum),
-    /// mins = fma(Σ m·bsums, dmin·d_x, mins); result sum - mins.
+    /// mins = fma(Σ m·bsums, dmin·d_x, mins); result sum - mins. Its gemv kernel takes the sums
+    /// over whole blocks, its gemm kernel (`QuantizedActivations.gemmRows`) over each pair of
+    /// 32-element sub-blocks.
     case rowSums
 }
 
@@ -72,6 +76,9 @@ extension QuantKernel {
     static func blockMin(_ h: Header) -> Float { fatalError("blockMin is only for .rowSums K-quants") }
     static func minSum(_ h: Header, bsums: UnsafePointer<Int16>) -> Int32 {
         fatalError("minSum is only for .rowSums K-quants")
+    }
+    static func minPairSum(_ h: Header, bsums: UnsafePointer<Int16>, pair: Int) -> Int32 {
+        fatalError("minPairSum is only for .rowSums K-quants")
     }
 }
 
@@ -253,6 +260,11 @@ struct KQ4_K: QuantKernel {
     @inline(__always) static func blockMin(_ h: KHeader) -> Float { h.dmin }
     @inline(__always) static func minSum(_ h: KHeader, bsums: UnsafePointer<Int16>) -> Int32 {
         dotI16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self))
+    }
+    @inline(__always) static func minPairSum(_ h: KHeader, bsums: UnsafePointer<Int16>, pair: Int) -> Int32 {
+        var sum: Int32 = 0
+        for g in 4 * pair..<4 * pair + 4 { sum &+= Int32(h.mins[g]) &* Int32(bsums[g]) }
+        return sum
     }
 }
 

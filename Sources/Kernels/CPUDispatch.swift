@@ -144,7 +144,7 @@ public func avx512Pays(_ type: TensorType, tokens: Int) -> Bool {
 func avx512Rows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ rows: Range<Int>,
                 _ y: UnsafeMutablePointer<Float>) -> Bool {
     guard CPUDispatch.useAVX512(w.type, tokens: tokens) else { return false }
-    let a = AVX512Activations(q: act.q, d: act.d, ds: act.ds, bsums: act.bsums, offsetSums: act.offsetSums, offsetStride: act.offsetStride,
+    let a = AVX512Activations(q: act.q, d: act.d, ds: act.ds, bsums: act.bsums, offsetSums: act.offsetSums, offsetStride: act.offsetStride, gemmRows: act.gemmRows,
                               columns: act.columns)
     return avx512QuantRows(w.type, data: w.data, rows: w.rows, rowBytes: w.rowBytes, columns: w.columns,
                            act: a, tokens: tokens, range: rows, y: y)

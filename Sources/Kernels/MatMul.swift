@@ -19,8 +19,8 @@ import _Builtin_intrinsics.intel
 /// Results do not depend on the thread count or on how tokens are grouped: every (t, r)
 /// is accumulated in the same order by the same operations.
 public func matmul(_ weight: WeightMatrix, input: UnsafePointer<Float>, tokens: Int,
-                   output: UnsafeMutablePointer<Float>, pool: ThreadPool) {
-    matmul([weight], input: input, tokens: tokens, outputs: [output], pool: pool)
+                   output: UnsafeMutablePointer<Float>, pool: ThreadPool, gemmRows: Int = 0) {
+    matmul([weight], input: input, tokens: tokens, outputs: [output], pool: pool, gemmRows: gemmRows)
 }
 
 /// Several weight matrices applied to the same input in one pass over the pool, e.g. the
@@ -28,8 +28,12 @@ public func matmul(_ weight: WeightMatrix, input: UnsafePointer<Float>, tokens: 
 /// once and there is one hand-off to the threads instead of one per matrix.
 /// `outputs[i]` receives `tokens` rows of `weights[i].rows` floats, exactly the floats the
 /// single-matrix `matmul` would produce.
+///
+/// `gemmRows`: the first `gemmRows` tokens are rows llama.cpp would multiply with its
+/// repacked gemm kernel (rows of its micro-batch in whole groups of 4), which rounds Q4_K
+/// differently from its gemv kernel (see `SuperStyle.rowSums`); the others take the gemv form.
 public func matmul(_ weights: [WeightMatrix], input: UnsafePointer<Float>, tokens: Int,
-                   outputs: [UnsafeMutablePointer<Float>], pool: ThreadPool) {
+                   outputs: [UnsafeMutablePointer<Float>], pool: ThreadPool, gemmRows: Int = 0) {
     guard tokens > 0, !weights.isEmpty else { return }
     guard weights.count == outputs.count, let columns = weights.first?.columns,
           weights.allSatisfy({ $0.columns == columns }) else {
@@ -45,7 +49,7 @@ public func matmul(_ weights: [WeightMatrix], input: UnsafePointer<Float>, token
     let needs32 = weights.contains { activationBlock($0.type) == 32 }
     let needs256 = weights.contains { activationBlock($0.type) == 256 }
     let act32 = needs32 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 32) : nil
-    let act256 = needs256 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 256) : nil
+    let act256 = needs256 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 256, gemmRows: gemmRows) : nil
     defer { act32?.deallocate(); act256?.deallocate() }
     nonisolated(unsafe) let x = input
     for act in [act32, act256].compactMap({ $0 }) {
@@ -322,21 +326,40 @@ func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
             let lanes = i &- K.laneOffset(h, bsums: bsums)
             a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(lanes))
         case .rowSums:
+            guard t0 + j >= act.gemmRows else { return }  // (gemm rows: done per pair)
             s = s.addingProduct(Float(i.wrappedSum()), K.blockScale(h) * dx)
             c = c.addingProduct(Float(K.minSum(h, bsums: bsums)), K.blockMin(h) * dx)
         }
     }
 
+    // .rowSums rows of llama.cpp's gemm kernel: one FMA per pair of chunks (sub-blocks)
+    @inline(__always)
+    func gemmPair(_ h: K.Header, _ pair: SIMD8<Int32>, _ j: Int, _ b: Int, _ cp: Int, _ c: inout Float, _ s: inout Float) {
+        guard K.superStyle == .rowSums, t0 + j < act.gemmRows else { return }
+        let dx = d0[j * nb + b]
+        s = s.addingProduct(Float(pair.wrappedSum()), K.blockScale(h) * dx)
+        c = c.addingProduct(Float(K.minPairSum(h, bsums: g0 + 16 * (j * nb + b), pair: cp)), K.blockMin(h) * dx)
+    }
+
     for b in 0..<nb {
         let h = block(b).1
         var i0 = SIMD8<Int32>(), i1 = SIMD8<Int32>(), i2 = SIMD8<Int32>(), i3 = SIMD8<Int32>()
+        var p0 = SIMD8<Int32>(), p1 = SIMD8<Int32>(), p2 = SIMD8<Int32>(), p3 = SIMD8<Int32>()
         for c in 0..<K.chunks {
             let (wv, sc) = chunk(b, c, h)
             let off = b * be + c * 32
-            i0 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off, as: SIMD32<Int8>.self), sc)
-            if nt > 1 { i1 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + cols, as: SIMD32<Int8>.self), sc) }
-            if nt > 2 { i2 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 2 * cols, as: SIMD32<Int8>.self), sc) }
-            if nt > 3 { i3 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 3 * cols, as: SIMD32<Int8>.self), sc) }
+            p0 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off, as: SIMD32<Int8>.self), sc)
+            if nt > 1 { p1 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + cols, as: SIMD32<Int8>.self), sc) }
+            if nt > 2 { p2 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 2 * cols, as: SIMD32<Int8>.self), sc) }
+            if nt > 3 { p3 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off + 3 * cols, as: SIMD32<Int8>.self), sc) }
+            if c & 1 == 1 {
+                gemmPair(h, p0, 0, b, c / 2, &c0, &s0)
+                if nt > 1 { gemmPair(h, p1, 1, b, c / 2, &c1, &s1) }
+                if nt > 2 { gemmPair(h, p2, 2, b, c / 2, &c2, &s2) }
+                if nt > 3 { gemmPair(h, p3, 3, b, c / 2, &c3, &s3) }
+                i0 &+= p0; i1 &+= p1; i2 &+= p2; i3 &+= p3
+                p0 = .zero; p1 = .zero; p2 = .zero; p3 = .zero
+            }
         }
         finishBlock(h, i0, 0, b, &a0, &c0, &s0)
         if nt > 1 { finishBlock(h, i1, 1, b, &a1, &c1, &s1) }

@@ -42,7 +42,11 @@ struct QuantizedActivations: @unchecked Sendable {
     var offsetStride: Int { tokens * blocksPerRow * 8 }
     private let base: UnsafeMutableRawPointer
 
-    init(columns: Int, tokens: Int, blockSize: Int) {
+    /// Tokens llama.cpp's repacked gemm kernel would multiply (see `matmul`'s `gemmRows`).
+    let gemmRows: Int
+
+    init(columns: Int, tokens: Int, blockSize: Int, gemmRows: Int = 0) {
+        self.gemmRows = gemmRows
         precondition(columns % blockSize == 0)
         self.columns = columns
         self.tokens = tokens

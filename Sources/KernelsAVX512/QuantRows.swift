@@ -30,11 +30,14 @@ public struct AVX512Activations: @unchecked Sendable {
     /// -offset · (sum of the lane's 4 q).
     public let offsetSums: UnsafePointer<Int32>
     public let offsetStride: Int
+    /// Tokens whose Q4_K rows take llama.cpp's gemm form (sums per pair of sub-blocks).
+    public let gemmRows: Int
     public let columns: Int
     public init(q: UnsafePointer<Int8>, d: UnsafePointer<Float>, ds: UnsafePointer<Float>,
-                bsums: UnsafePointer<Int16>, offsetSums: UnsafePointer<Int32>, offsetStride: Int, columns: Int) {
+                bsums: UnsafePointer<Int16>, offsetSums: UnsafePointer<Int32>, offsetStride: Int, gemmRows: Int,
+                columns: Int) {
         self.q = q; self.d = d; self.ds = ds; self.bsums = bsums
-        self.offsetSums = offsetSums; self.offsetStride = offsetStride
+        self.offsetSums = offsetSums; self.offsetStride = offsetStride; self.gemmRows = gemmRows
         self.columns = columns
     }
 }
@@ -759,13 +762,34 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
             let h = header(b)
             var i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512()
             var i2 = _mm512_setzero_si512(), i3 = _mm512_setzero_si512()
+            // llama.cpp's gemm rows (Q4_K): one FMA per chunk pair, on the pair's own sum
+            @inline(__always)
+            func gemmPair(_ p: __m512i, _ j: Int, _ cp: Int, _ c: inout Float, _ s: inout Float) {
+                let dx = d0[j * nb + b]
+                s = s.addingProduct(Float(unsafeBitCast(p, to: SIMD16<Int32>.self).wrappedSum()), h.d * dx)
+                let mins = unsafeBitCast(h.mins, to: SIMD16<Int16>.self), bs = g0 + 16 * (j * nb + b)
+                var m: Int32 = 0
+                for g in 4 * cp..<4 * cp + 4 { m &+= Int32(mins[g]) &* Int32(bs[g]) }
+                c = c.addingProduct(Float(m), h.dmin * dx)
+            }
             for cp in 0..<4 {
                 let (w, s) = pair(b, cp, h)
                 let off = b * 256 + cp * 64
-                i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off)), s)
-                if nt > 1 { i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) }
-                if nt > 2 { i2 = _mm512_dpwssd_epi32(i2, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 2 * cols)), s) }
-                if nt > 3 { i3 = _mm512_dpwssd_epi32(i3, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 3 * cols)), s) }
+                let z = _mm512_setzero_si512()
+                let p0 = _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off)), s)
+                let p1 = nt > 1 ? _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) : z
+                let p2 = nt > 2 ? _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 2 * cols)), s) : z
+                let p3 = nt > 3 ? _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 3 * cols)), s) : z
+                if F.style == 2 && t0 < act.gemmRows {
+                    if t0 < act.gemmRows { gemmPair(p0, 0, cp, &c0, &s0) }
+                    if nt > 1 && t0 + 1 < act.gemmRows { gemmPair(p1, 1, cp, &c1, &s1) }
+                    if nt > 2 && t0 + 2 < act.gemmRows { gemmPair(p2, 2, cp, &c2, &s2) }
+                    if nt > 3 && t0 + 3 < act.gemmRows { gemmPair(p3, 3, cp, &c3, &s3) }
+                }
+                i0 = _mm512_add_epi32(i0, p0)
+                if nt > 1 { i1 = _mm512_add_epi32(i1, p1) }
+                if nt > 2 { i2 = _mm512_add_epi32(i2, p2) }
+                if nt > 3 { i3 = _mm512_add_epi32(i3, p3) }
             }
             let ws = h.d
             @inline(__always)
@@ -782,6 +806,7 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
                     lanes = _mm256_sub_epi32(lanes, _mm256_slli_epi32(offset, 5))
                     a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
                 default:
+                    guard t0 + j >= act.gemmRows else { return }  // (gemm rows: done per pair)
                     let total = unsafeBitCast(lanes, to: SIMD8<Int32>.self).wrappedSum()
                     s = s.addingProduct(Float(total), ws * dx)
                     c = c.addingProduct(Float(minsDot(h.mins, bsums)), h.dmin * dx)

@@ -56,11 +56,13 @@ public final class Gemma3: AttentionModel {
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
         x.scale(by: Float(config.embeddingLength).squareRoot())
+        let gemmRows = llamaGemmRows(batch), lastGemmRows = llamaLastLayerGemmRows(batch)
         for (i, layer) in layers.enumerated() {
             let attended = layer.attention(layer.attentionNorm(x), layer: i, batch: batch, pool: pool)
             layer.postAttentionNorm.normalize(attended, into: attended)
             x += attended
-            let fed = layer.feedForward(layer.feedForwardNorm(x), pool)
+            let fed = layer.feedForward(layer.feedForwardNorm(x), pool,
+                                        gemmRows: i == layers.count - 1 ? lastGemmRows : gemmRows)
             layer.postFeedForwardNorm.normalize(fed, into: fed)
             x += fed
         }

@@ -73,9 +73,9 @@ public struct Linear: Sendable {
 
     public var outputs: Int { weight.rows }
 
-    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool) -> Matrix {
+    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, gemmRows: Int = 0) -> Matrix {
         let y = Matrix(rows: x.rows, columns: weight.rows, zeroed: false)
-        matmul(weight, input: x.data, tokens: x.rows, output: y.data, pool: pool)
+        matmul(weight, input: x.data, tokens: x.rows, output: y.data, pool: pool, gemmRows: gemmRows)
         addBias(to: y)
         return y
     }
@@ -223,6 +223,8 @@ public struct BatchSequence {
     /// Tokens of this sequence that llama.cpp would put in the same micro-batch (of at most
     /// `llamaMicroBatch`) as this piece: its attention kernel, and so its rounding, depends on it.
     var llamaBatchTokens: Int
+    /// Where this piece starts within that micro-batch.
+    var llamaBatchOffset = 0
 
     public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false) {
         self.tokens = tokens
@@ -230,6 +232,22 @@ public struct BatchSequence {
         self.allLogits = allLogits
         llamaBatchTokens = min(tokens.count, llamaMicroBatch)
     }
+}
+
+/// The leading rows of a pass that llama.cpp's repacked gemm kernel would multiply: the rows
+/// of its micro-batch in whole groups of 4 (the rest, and single tokens, go through its gemv
+/// kernel, which rounds Q4_K differently). Only a pass of one sequence maps onto one llama.cpp
+/// micro-batch; other passes take the gemv form throughout.
+func llamaGemmRows(_ batch: [BatchSequence]) -> Int {
+    guard batch.count == 1, let piece = batch.first else { return 0 }
+    let grouped = piece.llamaBatchTokens - piece.llamaBatchTokens % 4
+    return max(0, min(piece.tokens.count, grouped - piece.llamaBatchOffset))
+}
+
+/// In the last layer llama.cpp keeps only the rows whose logits are wanted before the
+/// feed-forward, so when only the last token's are, that row goes through the gemv kernel.
+func llamaLastLayerGemmRows(_ batch: [BatchSequence]) -> Int {
+    batch.allSatisfy(\.allLogits) ? llamaGemmRows(batch) : 0
 }
 
 /// llama.cpp's default micro-batch (n_ubatch).
@@ -308,7 +326,7 @@ public struct Attention: Sendable {
 
         let out = Matrix(rows: x.rows, columns: heads * (v.columns / kvHeads), zeroed: false)
         attend(q, sequences, into: out, pool: pool)
-        return output(out, pool)
+        return output(out, pool, gemmRows: llamaGemmRows(batch))
     }
 
     /// Every query head of every token attends over its sequence's cached positions up to its
@@ -426,7 +444,7 @@ public struct GatedFeedForward: Sendable {
     /// slices and the hidden-width activations stay small (peak memory of prompt prefill).
     static let slice = 64
 
-    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool) -> Matrix {
+    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, gemmRows: Int = 0) -> Matrix {
         let y = Matrix(rows: x.rows, columns: down.outputs, zeroed: false)
         let rows = min(x.rows, Self.slice)
         let g = Matrix(rows: rows, columns: gate.outputs, zeroed: false)
@@ -449,7 +467,8 @@ public struct GatedFeedForward: Sendable {
             } else {
                 run(0..<count)
             }
-            matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool)
+            matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool,
+                   gemmRows: max(0, min(n, gemmRows - start)))
         }
         return y
     }

@@ -40,9 +40,11 @@ public final class Llama: AttentionModel {
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
+        let gemmRows = llamaGemmRows(batch), lastGemmRows = llamaLastLayerGemmRows(batch)
         for (i, layer) in layers.enumerated() {
             x += layer.attention(layer.attentionNorm(x), layer: i, batch: batch, pool: pool)
-            x += layer.feedForward(layer.feedForwardNorm(x), pool)
+            x += layer.feedForward(layer.feedForwardNorm(x), pool,
+                                   gemmRows: i == layers.count - 1 ? lastGemmRows : gemmRows)
         }
         return head(x, batch: batch, pool: pool)
     }

@@ -4,7 +4,8 @@ import Kernels
 
 /// The feed-forward half of a decoder layer: dense (one gated MLP) or sparse (experts).
 public protocol FeedForward: Sendable {
-    func callAsFunction(_ x: Matrix, _ pool: ThreadPool) -> Matrix
+    /// `gemmRows`: see `matmul` (the leading rows llama.cpp multiplies with its gemm kernel).
+    func callAsFunction(_ x: Matrix, _ pool: ThreadPool, gemmRows: Int) -> Matrix
 }
 
 extension GatedFeedForward: FeedForward {}
@@ -48,7 +49,7 @@ public struct MixtureOfExperts: FeedForward {
         }
     }
 
-    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool) -> Matrix {
+    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, gemmRows: Int = 0) -> Matrix {
         let routes = route(x, pool)
         var tokensOf = [[(token: Int, weight: Float)]](repeating: [], count: gates.count)
         for (t, choices) in routes.enumerated() {

@@ -84,6 +84,7 @@ func microBatches(_ batch: [BatchSequence]) -> [[BatchSequence]] {
             // the llama.cpp micro-batch this piece's first token falls in
             let llamaStart = start / llamaMicroBatch * llamaMicroBatch
             piece.llamaBatchTokens = min(llamaMicroBatch, seq.tokens.count - llamaStart)
+            piece.llamaBatchOffset = start - llamaStart
             passes[passes.count - 1].append(piece)
             count += n
             start += n

@@ -38,13 +38,13 @@ import Testing
     /// Every output of `c` for `tokens` rows of x: each token's blocks quantized by `quantize`,
     /// each weight row (at its first byte) reduced with them by `dot`.
     static func outputs<Q>(_ c: MatMulCase, _ x: [Float], tokens: Int, quantize: (ArraySlice<Float>) -> Q,
-                           dot: (UnsafeRawPointer, [Q]) -> Float) -> [Float] {
+                           dot: (UnsafeRawPointer, [Q], Int) -> Float) -> [Float] {
         let be = c.type.blockSize, nb = c.columns / be
         var y = [Float](repeating: 0, count: tokens * c.rows)
         c.weights.withUnsafeBytes { w in
             for t in 0..<tokens {
                 let xq = (0..<nb).map { quantize(x[(t * c.columns + be * $0)..<(t * c.columns + be * $0 + be)]) }
-                for r in 0..<c.rows { y[t * c.rows + r] = dot(w.baseAddress! + r * nb * c.type.blockBytes, xq) }
+                for r in 0..<c.rows { y[t * c.rows + r] = dot(w.baseAddress! + r * nb * c.type.blockBytes, xq, t) }
             }
         }
         return y
@@ -57,7 +57,7 @@ import Testing
     }
 
     static func reference(_ c: MatMulCase, _ x: [Float], tokens: Int) -> [Float] {
-        outputs(c, x, tokens: tokens, quantize: quantize) { row, xq in
+        outputs(c, x, tokens: tokens, quantize: quantize) { row, xq, _ in
             var acc = [Float](repeating: 0, count: 8)
             var summs: Float = 0
             for (b, xb) in xq.enumerated() {
@@ -82,8 +82,10 @@ import Testing
         return (q, 1 / iscale, (0..<16).map { g in q[(16 * g)..<(16 * g + 16)].reduce(0, +) })
     }
 
-    static func referenceK(_ c: MatMulCase, _ x: [Float], tokens: Int) -> [Float] {
-        outputs(c, x, tokens: tokens, quantize: quantizeK) { row, xq in
+    /// Q4_K: tokens below `gemmRows` as llama.cpp's repacked gemm (one FMA per pair of
+    /// sub-blocks), the others as its gemv (one per block).
+    static func referenceK(_ c: MatMulCase, _ x: [Float], tokens: Int, gemmRows: Int = 0) -> [Float] {
+        outputs(c, x, tokens: tokens, quantize: quantizeK) { row, xq, t in
             var acc = [Float](repeating: 0, count: 8)
             var sum: Float = 0, mins: Float = 0
             for (b, xb) in xq.enumerated() {
@@ -107,9 +109,16 @@ import Testing
                         }
                         isum += sc * dot
                         msum += m * (xb.bsums[2 * j] + xb.bsums[2 * j + 1])
+                        if t < gemmRows && j % 2 == 1 {
+                            sum = sum.addingProduct(Float(isum), f16(0) * xb.d)
+                            mins = mins.addingProduct(Float(msum), f16(2) * xb.d)
+                            (isum, msum) = (0, 0)
+                        }
                     }
-                    sum = sum.addingProduct(Float(isum), f16(0) * xb.d)
-                    mins = mins.addingProduct(Float(msum), f16(2) * xb.d)
+                    if t >= gemmRows {
+                        sum = sum.addingProduct(Float(isum), f16(0) * xb.d)
+                        mins = mins.addingProduct(Float(msum), f16(2) * xb.d)
+                    }
                 } else {
                     // Q6_K: 6-bit values (offset 32 removed per lane from the group sums), int8 scales per 16
                     func value(_ e: Int) -> Int32 {
@@ -136,7 +145,7 @@ import Testing
 
     @Test(arguments: [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q6_K])
     func bitwiseEqualToLlamaCppArithmetic(_ type: TensorType) {
-        let shapes = type.blockSize == 256 ? [(37, 256, 1), (19, 768, 3), (45, 512, 20)]
+        let shapes = type.blockSize == 256 ? [(37, 256, 1), (19, 768, 6), (45, 512, 22)]
                                            : [(37, 96, 1), (19, 800, 3), (45, 32, 20), (64, 96, 12)]
         for (rows, columns, tokens) in shapes {
             let c = MatMulCase(type, rows: rows, columns: columns)
@@ -146,6 +155,14 @@ import Testing
             let expected = type.blockSize == 256 ? Self.referenceK(c, x, tokens: tokens) : Self.reference(c, x, tokens: tokens)
             for isa in [KernelISA.avx2, .avx512] {
                 let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
+                if type == .q4_K {
+                    // the leading rows in llama.cpp's gemm form
+                    let gemmRows = tokens - tokens % 4
+                    let g = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool, gemmRows: gemmRows) }
+                    let gemmExpected = Self.referenceK(c, x, tokens: tokens, gemmRows: gemmRows)
+                    let differing = zip(g, gemmExpected).filter { $0.bitPattern != $1.bitPattern }.count
+                    #expect(differing == 0, "Q4_K gemm rows \(gemmRows) of \(tokens) \(isa): \(differing) differ")
+                }
                 let differing = zip(y, expected).filter { $0.bitPattern != $1.bitPattern }.count
                 #expect(differing == 0, "\(type) \(rows)×\(columns) tokens \(tokens) \(isa): \(differing) of \(y.count) differ")
             }
