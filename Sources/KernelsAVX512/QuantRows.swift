@@ -762,15 +762,13 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
             let h = header(b)
             var i0 = _mm512_setzero_si512(), i1 = _mm512_setzero_si512()
             var i2 = _mm512_setzero_si512(), i3 = _mm512_setzero_si512()
-            // llama.cpp's gemm rows (Q4_K): one FMA per chunk pair, on the pair's own sum
+            // llama.cpp's gemm rows (Q4_K): each chunk pair's own integer sum (lane cp), then
+            // one FMA per pair (in `acc`)
+            var g0s = SIMD4<Int32>(), g1s = SIMD4<Int32>(), g2s = SIMD4<Int32>(), g3s = SIMD4<Int32>()
+            let gemm = F.style == 2 && t0 < act.gemmRows
             @inline(__always)
-            func gemmPair(_ p: __m512i, _ j: Int, _ cp: Int, _ c: inout Float, _ s: inout Float) {
-                let dx = d0[j * nb + b]
-                s = s.addingProduct(Float(unsafeBitCast(p, to: SIMD16<Int32>.self).wrappedSum()), h.d * dx)
-                let mins = unsafeBitCast(h.mins, to: SIMD16<Int16>.self), bs = g0 + 16 * (j * nb + b)
-                var m: Int32 = 0
-                for g in 4 * cp..<4 * cp + 4 { m &+= Int32(mins[g]) &* Int32(bs[g]) }
-                c = c.addingProduct(Float(m), h.dmin * dx)
+            func pairSum(_ p: __m512i) -> Int32 {
+                unsafeBitCast(foldI32(p, k.hiHalfQ), to: SIMD8<Int32>.self).wrappedSum()
             }
             for cp in 0..<4 {
                 let (w, s) = pair(b, cp, h)
@@ -780,11 +778,11 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
                 let p1 = nt > 1 ? _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) : z
                 let p2 = nt > 2 ? _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 2 * cols)), s) : z
                 let p3 = nt > 3 ? _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 3 * cols)), s) : z
-                if F.style == 2 && t0 < act.gemmRows {
-                    if t0 < act.gemmRows { gemmPair(p0, 0, cp, &c0, &s0) }
-                    if nt > 1 && t0 + 1 < act.gemmRows { gemmPair(p1, 1, cp, &c1, &s1) }
-                    if nt > 2 && t0 + 2 < act.gemmRows { gemmPair(p2, 2, cp, &c2, &s2) }
-                    if nt > 3 && t0 + 3 < act.gemmRows { gemmPair(p3, 3, cp, &c3, &s3) }
+                if gemm {
+                    g0s[cp] = pairSum(p0)
+                    if nt > 1 { g1s[cp] = pairSum(p1) }
+                    if nt > 2 { g2s[cp] = pairSum(p2) }
+                    if nt > 3 { g3s[cp] = pairSum(p3) }
                 }
                 i0 = _mm512_add_epi32(i0, p0)
                 if nt > 1 { i1 = _mm512_add_epi32(i1, p1) }
@@ -806,7 +804,19 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
                     lanes = _mm256_sub_epi32(lanes, _mm256_slli_epi32(offset, 5))
                     a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
                 default:
-                    guard t0 + j >= act.gemmRows else { return }  // (gemm rows: done per pair)
+                    if t0 + j < act.gemmRows {
+                        // mins of pair cp: groups 4cp..<4cp+4 = madd lanes 2cp, 2cp+1
+                        let m8 = unsafeBitCast(_mm256_madd_epi16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: __m256i.self)),
+                                               to: SIMD8<Int32>.self)
+                        let m = SIMD4<Float>(SIMD4(m8[0] &+ m8[1], m8[2] &+ m8[3], m8[4] &+ m8[5], m8[6] &+ m8[7]))
+                        let g = SIMD4<Float>(j == 0 ? g0s : j == 1 ? g1s : j == 2 ? g2s : g3s)
+                        let dd = ws * dx, dm = h.dmin * dx
+                        s = s.addingProduct(g[0], dd); c = c.addingProduct(m[0], dm)
+                        s = s.addingProduct(g[1], dd); c = c.addingProduct(m[1], dm)
+                        s = s.addingProduct(g[2], dd); c = c.addingProduct(m[2], dm)
+                        s = s.addingProduct(g[3], dd); c = c.addingProduct(m[3], dm)
+                        return
+                    }
                     let total = unsafeBitCast(lanes, to: SIMD8<Int32>.self).wrappedSum()
                     s = s.addingProduct(Float(total), ws * dx)
                     c = c.addingProduct(Float(minsDot(h.mins, bsums)), h.dmin * dx)
