@@ -115,6 +115,18 @@ func computeRows(_ w: WeightMatrix, _ act: QuantizedActivations?, _ x: UnsafePoi
 /// Tokens sharing one pass over a weight row.
 let tokenTile = 4
 
+/// `body(nt)` with nt (1...`tokenTile`) as a literal, so that after inlining the kernels'
+/// per-token branches fold away.
+@inline(__always)
+func withTokenCount(_ nt: Int, _ body: (Int) -> Void) {
+    switch nt {
+    case 4: body(4)
+    case 3: body(3)
+    case 2: body(2)
+    default: body(1)
+    }
+}
+
 /// Rows per cache tile: about 32 KB of weights, so a tile stays in L1/L2 while all token
 /// groups pass over it.
 @inline(__always)
@@ -163,12 +175,7 @@ func quantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedA
             let nt = min(tokenTile, tokens - t0)
             for r in r0..<r1 {
                 let row = w.row(r)
-                switch nt {
-                case 4: quantRowDot(K.self, row, nb, act, t0, 4, y + t0 * rows + r, rows)
-                case 3: quantRowDot(K.self, row, nb, act, t0, 3, y + t0 * rows + r, rows)
-                case 2: quantRowDot(K.self, row, nb, act, t0, 2, y + t0 * rows + r, rows)
-                default: quantRowDot(K.self, row, nb, act, t0, 1, y + t0 * rows + r, rows)
-                }
+                withTokenCount(nt) { quantRowDot(K.self, row, nb, act, t0, $0, y + t0 * rows + r, rows) }
             }
             t0 += nt
         }
@@ -200,7 +207,7 @@ func smallRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int
     }
 }
 
-/// The shared body of `smallRowDot` and `decodedRowDot`: `block(b)` yields block b's
+/// The shared body of `smallRowDot` and `decodedQuantRows`: `block(b)` yields block b's
 /// weight bytes and its (d, m).
 @inline(__always)
 func smallDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivations, _ t0: Int, _ nt: Int,
@@ -268,12 +275,7 @@ func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
             let nt = min(tokenTile, tokens - t0)
             for r in r0..<r1 {
                 let c = chunks + (r - r0) * nb, sc = scales + (r - r0) * nb
-                switch nt {
-                case 4: smallDot(K.self, nb, act, t0, 4, y + t0 * rows + r, rows) { (c[$0], sc[$0]) }
-                case 3: smallDot(K.self, nb, act, t0, 3, y + t0 * rows + r, rows) { (c[$0], sc[$0]) }
-                case 2: smallDot(K.self, nb, act, t0, 2, y + t0 * rows + r, rows) { (c[$0], sc[$0]) }
-                default: smallDot(K.self, nb, act, t0, 1, y + t0 * rows + r, rows) { (c[$0], sc[$0]) }
-                }
+                withTokenCount(nt) { n in smallDot(K.self, nb, act, t0, n, y + t0 * rows + r, rows) { (c[$0], sc[$0]) } }
             }
             t0 += nt
         }
@@ -287,10 +289,7 @@ func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
 @inline(__always)
 func superRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int, _ act: QuantizedActivations,
                                  _ t0: Int, _ nt: Int, _ out: UnsafeMutablePointer<Float>, _ outStride: Int) {
-    superDot(K.self, nb, act, t0, nt, out, outStride) { b in
-        let p = row + b * K.blockBytes
-        return (p, K.header(p))
-    } chunk: { b, c, h in
+    superDot(K.self, nb, act, t0, nt, out, outStride) { b in K.header(row + b * K.blockBytes) } chunk: { b, c, h in
         K.chunk(row + b * K.blockBytes, h, c)
     }
 }
@@ -300,7 +299,7 @@ func superRowDot<K: QuantKernel>(_ k: K.Type, _ row: UnsafeRawPointer, _ nb: Int
 @inline(__always)
 func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivations, _ t0: Int, _ nt: Int,
                               _ out: UnsafeMutablePointer<Float>, _ outStride: Int,
-                              _ block: (Int) -> (UnsafeRawPointer?, K.Header),
+                              _ block: (Int) -> K.Header,
                               chunk: (Int, Int, K.Header) -> (K.Chunk, SIMD16<Int16>)) {
     let be = K.blockElements
     let cols = act.columns
@@ -342,7 +341,7 @@ func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
     }
 
     for b in 0..<nb {
-        let h = block(b).1
+        let h = block(b)
         var i0 = SIMD8<Int32>(), i1 = SIMD8<Int32>(), i2 = SIMD8<Int32>(), i3 = SIMD8<Int32>()
         var p0 = SIMD8<Int32>(), p1 = SIMD8<Int32>(), p2 = SIMD8<Int32>(), p3 = SIMD8<Int32>()
         for c in 0..<K.chunks {
@@ -417,17 +416,10 @@ func decodedSuperRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
             for r in r0..<r1 {
                 let i = (r - r0) * nb
                 let (h, l, m) = (headers + i, lanes + i * nc, multipliers + i * nc)
-                @inline(__always)
-                func run(_ n: Int) {
-                    superDot(K.self, nb, act, t0, n, y + t0 * rows + r, rows) { (nil, h[$0]) } chunk: { b, c, _ in
+                withTokenCount(nt) { n in
+                    superDot(K.self, nb, act, t0, n, y + t0 * rows + r, rows) { h[$0] } chunk: { b, c, _ in
                         (l[b * nc + c], m[b * nc + c])
                     }
-                }
-                switch nt {
-                case 4: run(4)
-                case 3: run(3)
-                case 2: run(2)
-                default: run(1)
                 }
             }
             t0 += nt

@@ -530,12 +530,21 @@ protocol SuperFormat {
     /// Chunks 2cp and 2cp+1 as 64 unsigned bytes.
     static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i
     static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float
-    /// As `Kernels.SuperStyle`: 0 lanes + correction, 1 Q6_K's integer lane offset, 2 row sums.
-    static var style: Int { get }
+    static var style: SuperStyle { get }
+}
+
+/// As `Kernels.SuperStyle`: how a K-quant block's integer lanes become floats in llama.cpp.
+enum SuperStyle {
+    /// per-lane FMA, the offsets/mins as a float correction
+    case lanes
+    /// Q6_K: the offset leaves the integer lanes, then per-lane FMA
+    case laneOffset
+    /// Q4_K: whole-row sums (per block, or per chunk pair for llama.cpp's gemm rows)
+    case rowSums
 }
 
 extension SuperFormat {
-    static var style: Int { 0 }
+    static var style: SuperStyle { .lanes }
 }
 
 @inline(__always)
@@ -569,7 +578,7 @@ func kScalesMins(_ p: UnsafeRawPointer) -> (__m512i, __m256i) {
 func broadcast256(_ p: UnsafeRawPointer) -> __m512i { _mm512_broadcast_i64x4(p.loadUnaligned(as: __m256i.self)) }
 
 struct S4_K: SuperFormat {
-    static var style: Int { 2 }
+    static var style: SuperStyle { .rowSums }
     static var scalesPerChunk: Int { 1 }
     static var blockBytes: Int { 144 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
@@ -602,7 +611,7 @@ struct S5_K: SuperFormat {
 }
 
 struct S6_K: SuperFormat {
-    static var style: Int { 1 }
+    static var style: SuperStyle { .laneOffset }
     static var scalesPerChunk: Int { 2 }
     static var blockBytes: Int { 210 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
@@ -765,7 +774,7 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
             // llama.cpp's gemm rows (Q4_K): each chunk pair's own integer sum (lane cp), then
             // one FMA per pair (in `acc`)
             var g0s = SIMD4<Int32>(), g1s = SIMD4<Int32>(), g2s = SIMD4<Int32>(), g3s = SIMD4<Int32>()
-            let gemm = F.style == 2 && t0 < act.gemmRows
+            let gemm = F.style == .rowSums && t0 < act.gemmRows
             @inline(__always)
             func pairSum(_ p: __m512i) -> Int32 {
                 unsafeBitCast(foldI32(p, k.hiHalfQ), to: SIMD8<Int32>.self).wrappedSum()
@@ -796,14 +805,14 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
                 let bsums = g0 + 16 * (j * nb + b)
                 var lanes = foldI32(i, k.hiHalfQ)
                 switch F.style {
-                case 0:
+                case .lanes:
                     a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
                     c += F.correction(h, dx: dx, bsums: bsums)
-                case 1:
+                case .laneOffset:
                     let offset = _mm256_madd_epi16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: __m256i.self))
                     lanes = _mm256_sub_epi32(lanes, _mm256_slli_epi32(offset, 5))
                     a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
-                default:
+                case .rowSums:
                     if t0 + j < act.gemmRows {
                         // mins of pair cp: groups 4cp..<4cp+4 = madd lanes 2cp, 2cp+1
                         let m8 = unsafeBitCast(_mm256_madd_epi16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: __m256i.self)),
@@ -830,9 +839,9 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
         @inline(__always)
         func result(_ a: __m256, _ c: Float, _ s: Float) -> Float {
             switch F.style {
-            case 0: hsum8(a) + c
-            case 1: hsum8(a)
-            default: s - c
+            case .lanes: hsum8(a) + c
+            case .laneOffset: hsum8(a)
+            case .rowSums: s - c
             }
         }
         out[0] = result(a0, c0, s0)
