@@ -18,8 +18,10 @@ public final class LoadedModel: Sendable {
     /// `memoryBudget`: bytes of weights allowed to stay resident (see `MemoryBudget`); nil = no limit.
     public init(path: String, memoryBudget budgetBytes: Int? = nil) throws {
         self.path = path
-        file = try GGUFFile(path: path)
-        let network = try ModelRegistry.load(file)
+        let file = try GGUFFile(path: path)
+        self.file = file
+        // the budget pages weights of the mapping on demand: keep them there
+        let network = try ModelRegistry.load(file, repackWeights: WeightRepacking.enabled && budgetBytes == nil)
         if let budgetBytes {
             let budget = MemoryBudget(file: file, budget: budgetBytes)
             memoryBudget = budget

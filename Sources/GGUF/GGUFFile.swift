@@ -102,7 +102,19 @@ public final class GGUFFile: @unchecked Sendable {
     public func advise(_ advice: Advice, tensor: TensorInfo) {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = tensor.fileOffset / page * page
-        let length = tensor.fileOffset + tensor.byteCount - start
+        advise(advice, offset: start, length: tensor.fileOffset + tensor.byteCount - start)
+    }
+
+    /// `advice` for the whole pages inside `bytes` (a part of this file's mapping); partial
+    /// pages at either end are left alone, since they hold neighbouring bytes.
+    public func advise(_ advice: Advice, bytes: UnsafeRawBufferPointer) {
+        guard let p = bytes.baseAddress, p >= base, p + bytes.count <= base + fileSize else { return }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let first = (p - base + page - 1) / page * page, end = (p - base + bytes.count) / page * page
+        if first < end { advise(advice, offset: first, length: end - first) }
+    }
+
+    private func advise(_ advice: Advice, offset start: Int, length: Int) {
         let flag: Int32
         switch advice {
         case .normal: flag = Int32(MADV_NORMAL)

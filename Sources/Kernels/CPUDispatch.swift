@@ -144,12 +144,39 @@ public func avx512Pays(_ type: TensorType, tokens: Int) -> Bool {
 func avx512Rows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ rows: Range<Int>,
                 _ y: UnsafeMutablePointer<Float>) -> Bool {
     guard CPUDispatch.useAVX512(w.type, tokens: tokens) else { return false }
-    let a = AVX512Activations(q: act.q, d: act.d, ds: act.ds, bsums: act.bsums, offsetSums: act.offsetSums, offsetStride: act.offsetStride, gemmRows: act.gemmRows,
-                              columns: act.columns)
     return avx512QuantRows(w.type, data: w.data, rows: w.rows, rowBytes: w.rowBytes, columns: w.columns,
-                           act: a, tokens: tokens, range: rows, y: y)
+                           act: act.avx512, tokens: tokens, range: rows, y: y)
+}
+
+/// `avx512Rows` for a matrix in 16-row tiles.
+@inline(__always)
+func avx512TiledRows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ rows: Range<Int>,
+                     _ y: UnsafeMutablePointer<Float>) -> Bool {
+    guard CPUDispatch.useAVX512(w.type, tokens: tokens) else { return false }
+    return avx512TiledRows(w.type, tiles: w.data, rows: w.rows, columns: w.columns, act: act.avx512, tokens: tokens,
+                           range: rows, y: y)
+}
+
+/// GGUF bytes of rows `rows` of a tiled matrix.
+func unpackTiledRows(_ w: WeightMatrix, _ rows: Range<Int>, into destination: UnsafeMutableRawPointer) {
+    unpackRowTiles(w.type, tiles: w.data, columns: w.columns, range: rows, destination: destination)
+}
+
+extension QuantizedActivations {
+    var avx512: AVX512Activations {
+        AVX512Activations(q: q, d: d, ds: ds, bsums: bsums, offsetSums: offsetSums, offsetStride: offsetStride,
+                          gemmRows: gemmRows, columns: columns)
+    }
 }
 #else
+@inline(__always)
+func avx512TiledRows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ rows: Range<Int>,
+                     _ y: UnsafeMutablePointer<Float>) -> Bool { false }
+
+func unpackTiledRows(_ w: WeightMatrix, _ rows: Range<Int>, into destination: UnsafeMutableRawPointer) {
+    fatalError("tiled weights exist only with the AVX-512 kernels")
+}
+
 @inline(__always)
 func avx512Rows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ rows: Range<Int>,
                 _ y: UnsafeMutablePointer<Float>) -> Bool { false }

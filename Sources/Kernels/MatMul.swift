@@ -96,6 +96,11 @@ func activationBlock(_ type: TensorType) -> Int {
 /// Rows `rows` of `w` for every token, into y (token stride `w.rows`).
 func computeRows(_ w: WeightMatrix, _ act: QuantizedActivations?, _ x: UnsafePointer<Float>, _ tokens: Int,
                  _ rows: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    if case .rowTiles16 = w.layout {
+        if let act, avx512TiledRows(w, act, tokens, rows, y) { return }
+        untiledRows(w, act, x, tokens, rows, y)
+        return
+    }
     if let act, avx512Rows(w, act, tokens, rows, y) { return }  // run-time AVX-512 dispatch, CPUDispatch.swift
     switch w.type {
     case .q4_0: quantRows(KQ4_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
@@ -110,6 +115,19 @@ func computeRows(_ w: WeightMatrix, _ act: QuantizedActivations?, _ x: UnsafePoi
     case .q6_K: quantRows(KQ6_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
     default: floatRows(w, x, tokens, rows, y)
     }
+}
+
+/// A tiled matrix under another kernel family (AVX2 forced by a test or benchmark): rows
+/// `rows` back in GGUF order in scratch, then the row kernels (the same floats).
+func untiledRows(_ w: WeightMatrix, _ act: QuantizedActivations?, _ x: UnsafePointer<Float>, _ tokens: Int,
+                 _ rows: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
+    let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(rows.count * w.rowBytes, 1), alignment: 64)
+    defer { scratch.deallocate() }
+    unpackTiledRows(w, rows, into: scratch)
+    // based so that row r (in `rows`) is where the kernels look for it
+    let view = WeightMatrix(type: w.type, data: UnsafeRawPointer(scratch) - rows.lowerBound * w.rowBytes,
+                            rows: w.rows, columns: w.columns)
+    computeRows(view, act, x, tokens, rows, y)
 }
 
 /// Tokens sharing one pass over a weight row.
@@ -143,7 +161,7 @@ func forEachRowRange(_ rows: Int, rowBytes: Int, tokens: Int, pool: ThreadPool,
         body(0..<rows)
         return
     }
-    let granularity = 8
+    let granularity = 16  // whole 16-row tiles (`WeightMatrix.Layout.rowTiles16`)
     let units = (rows + granularity - 1) / granularity
     let items = min(units, threads * (work > 4 << 20 ? 8 : 2))
     pool.parallelFor(items) { i in

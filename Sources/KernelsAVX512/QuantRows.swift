@@ -415,73 +415,17 @@ struct PairKernel<F: PairFormat>: RowKernel {
                 }
             }
             for p in 0..<pairs { transpose16(k, regs + p * 16, tmp) }
-            var t = 0
-            while t < tokens {
-                if t + 1 < tokens {
-                    tileDot(w, dScale, mScale, nb, act, t, 2, y + t * m.rows + r0, m.rows, nr)
-                    t += 2
-                } else {
-                    tileDot(w, dScale, mScale, nb, act, t, 1, y + t * m.rows + r0, m.rows, nr)
-                    t += 1
+            let storeMask = UInt16(truncatingIfNeeded: (1 << nr) - 1)
+            forTokenPairs(tokens) { t0, nt in
+                tileDot(F.self, nb, act, t0, nt, y + t0 * m.rows + r0, m.rows, storeMask) { b in
+                    let v = regs + 8 * b
+                    return (v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
+                } scales: { b in
+                    (UnsafeRawPointer(dScale + 16 * b).load(as: __m512.self), UnsafeRawPointer(mScale + 16 * b).load(as: __m512.self))
                 }
             }
             r0 += nr
         }
-    }
-
-    /// Tokens t0..<t0+nt (1 or 2) over one unpacked tile; rows beyond `nr` are not stored.
-    @inline(__always)
-    static func tileDot(_ w: UnsafeRawPointer, _ dScale: UnsafePointer<Float>, _ mScale: UnsafePointer<Float>,
-                        _ nb: Int, _ act: AVX512Activations, _ t0: Int, _ nt: Int,
-                        _ out: UnsafeMutablePointer<Float>, _ outStride: Int, _ nr: Int) {
-        let cols = act.columns
-        let q = UnsafeRawPointer(act.q + t0 * cols)
-        let ds = act.ds + 2 * t0 * nb
-        let offsets = act.offsetSums + max(F.offsetSlot, 0) * act.offsetStride + 8 * t0 * nb
-        let zero = _mm512_setzero_ps()
-        var a0 = (zero, zero, zero, zero, zero, zero, zero, zero), a1 = a0
-        var m0 = zero, m1 = zero
-
-        @inline(__always)
-        func lane(_ wk: __m512i, _ f: __m512, _ j: Int, _ b: Int, _ l: Int, _ acc: inout __m512) {
-            var i = _mm512_setzero_si512()
-            if F.offsetSlot >= 0 { i = _mm512_set1_epi32(offsets[8 * (j * nb + b) + l]) }
-            let x = _mm512_set1_epi32(q.loadUnaligned(fromByteOffset: j * cols + 32 * b + 4 * l, as: Int32.self))
-            acc = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, wk, x)), acc)
-        }
-
-        for b in 0..<nb {
-            let dv = UnsafeRawPointer(dScale + 16 * b).load(as: __m512.self)
-            let f0 = _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * b]))
-            let f1 = nt > 1 ? _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * (nb + b)])) : zero
-            if F.hasMin {
-                let mv = UnsafeRawPointer(mScale + 16 * b).load(as: __m512.self)
-                m0 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * b + 1]), m0)
-                if nt > 1 { m1 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * (nb + b) + 1]), m1) }
-            }
-            let wb = w + b * 8 * 64
-            @inline(__always)
-            func both(_ l: Int, _ x0: inout __m512, _ x1: inout __m512) {
-                let wk = wb.load(fromByteOffset: 64 * l, as: __m512i.self)
-                lane(wk, f0, 0, b, l, &x0)
-                if nt > 1 { lane(wk, f1, 1, b, l, &x1) }
-            }
-            both(0, &a0.0, &a1.0); both(1, &a0.1, &a1.1); both(2, &a0.2, &a1.2); both(3, &a0.3, &a1.3)
-            both(4, &a0.4, &a1.4); both(5, &a0.5, &a1.5); both(6, &a0.6, &a1.6); both(7, &a0.7, &a1.7)
-        }
-
-        @inline(__always)
-        func finish(_ a: (__m512, __m512, __m512, __m512, __m512, __m512, __m512, __m512), _ m: __m512,
-                    _ o: UnsafeMutablePointer<Float>) {
-            // llama.cpp's hsum_float_8 per row: (a0 + a4) + (a2 + a6), (a1 + a5) + (a3 + a7)
-            let even = _mm512_add_ps(_mm512_add_ps(a.0, a.4), _mm512_add_ps(a.2, a.6))
-            let odd = _mm512_add_ps(_mm512_add_ps(a.1, a.5), _mm512_add_ps(a.3, a.7))
-            var r = _mm512_add_ps(even, odd)
-            if F.hasMin { r = _mm512_add_ps(r, m) }
-            _mm512_mask_storeu_ps(o, UInt16(truncatingIfNeeded: (1 << nr) - 1), r)
-        }
-        finish(a0, m0, out)
-        if nt > 1 { finish(a1, m1, out + outStride) }
     }
 }
 

@@ -27,7 +27,8 @@ public final class Gemma3: AttentionModel {
     public init(file: GGUFFile, config: ModelConfig) throws {
         self.config = config
         let d = config.embeddingLength, eps = config.normEpsilon, headDim = config.keyLength
-        embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d)
+        head = try OutputHead(file: file, config: config)
+        embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
             let isLocal = (i + 1) % Gemma3.slidingWindowPattern != 0
@@ -50,7 +51,6 @@ public final class Gemma3: AttentionModel {
                                                   hidden: config.feedForwardLength, activation: .gelu),
                 postFeedForwardNorm: try RMSNorm(file: file, name: p + "post_ffw_norm.weight", count: d, epsilon: eps))
         }
-        head = try OutputHead(file: file, config: config)
     }
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {

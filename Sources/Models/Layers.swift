@@ -62,7 +62,7 @@ public struct Linear: Sendable {
         guard info.shape.count <= 2, info.rowLength == inputs, info.rowCount == outputs else {
             throw ModelError.badTensorShape(name: name, expected: [inputs, outputs], found: info.shape)
         }
-        weight = WeightMatrix(file: file, tensor: info)
+        weight = WeightMatrix(file: file, tensor: info).repackedForCPU { file.advise(.dontNeed, bytes: $0) }
         self.name = name
         if let biasName, file.tensor(named: biasName) != nil {
             bias = try Vector(file: file, name: biasName, count: outputs)
@@ -101,12 +101,18 @@ func project(_ x: Matrix, _ linears: [Linear], _ pool: ThreadPool) -> [Matrix] {
 public struct Embedding: Sendable {
     public let table: WeightMatrix
 
-    public init(file: GGUFFile, name: String, dimension: Int) throws {
+    /// `head`: the model's output head; when it is this same table (tied embeddings), lookups
+    /// read the head's copy, which may be repacked, so the file's pages are not resident twice.
+    public init(file: GGUFFile, name: String, dimension: Int, head: OutputHead? = nil) throws {
         guard let info = file.tensor(named: name) else { throw ModelError.missingTensor(name) }
         guard info.rowLength == dimension else {
             throw ModelError.badTensorShape(name: name, expected: [dimension, info.rowCount], found: info.shape)
         }
-        table = WeightMatrix(file: file, tensor: info)
+        if let head, head.projection.name == name {
+            table = head.projection.weight
+        } else {
+            table = WeightMatrix(file: file, tensor: info)
+        }
     }
 
     public func callAsFunction(_ tokens: [Int32]) -> Matrix {
@@ -114,7 +120,7 @@ public struct Embedding: Sendable {
         for (i, t) in tokens.enumerated() {
             let id = Int(t)
             precondition(id >= 0 && id < table.rows, "token id \(id) outside the vocabulary")
-            dequantizeRow(table.type, table.row(id), into: x[i], count: table.columns)
+            table.dequantize(row: id, into: x[i])
         }
         return x
     }

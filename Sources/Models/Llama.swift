@@ -22,7 +22,8 @@ public final class Llama: AttentionModel {
         let d = config.embeddingLength, eps = config.normEpsilon
         let rope = RoPE(style: ropeStyle, dimensions: config.ropeDimensionCount, base: config.ropeFreqBase,
                         positionScale: config.ropeLinearScale)
-        embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d)
+        head = try OutputHead(file: file, config: config)
+        embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
             return Layer(
@@ -35,7 +36,6 @@ public final class Llama: AttentionModel {
                     : try GatedFeedForward(file: file, prefix: p, dimension: d,
                                            hidden: config.feedForwardLength, activation: .silu))
         }
-        head = try OutputHead(file: file, config: config)
     }
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {

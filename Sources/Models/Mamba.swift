@@ -50,7 +50,8 @@ public final class Mamba: LanguageModel {
         let ssm = try Config(file: file)
         self.ssm = ssm
         let d = config.embeddingLength, inner = ssm.innerSize, state = ssm.stateSize, rank = ssm.timeStepRank
-        embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d)
+        head = try OutputHead(file: file, config: config)
+        embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
             return Layer(
@@ -64,7 +65,6 @@ public final class Mamba: LanguageModel {
                 d: try Vector(file: file, name: p + "ssm_d", count: inner),
                 outProjection: try Linear(file: file, name: p + "ssm_out.weight", inputs: inner, outputs: d))
         }
-        head = try OutputHead(file: file, config: config)
     }
 
     public func makeCache(capacity: Int) -> any SequenceState {

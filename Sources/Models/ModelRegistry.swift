@@ -14,12 +14,15 @@ public enum ModelRegistry {
 
     public static var supported: [String] { builders.keys.sorted() }
 
-    public static func load(_ file: GGUFFile) throws -> any LanguageModel {
+    /// `repackWeights`: whether matrices may leave the file's mapping for a layout the CPU's
+    /// kernels read faster (`WeightRepacking`); false keeps every weight in the mapping, as
+    /// `MemoryBudget` needs.
+    public static func load(_ file: GGUFFile, repackWeights: Bool = WeightRepacking.enabled) throws -> any LanguageModel {
         let config = try ModelConfig(file: file)
         guard let build = builders[config.architecture] else {
             throw ModelError.unsupportedArchitecture(config.architecture)
         }
-        return try build(file, config)
+        return try WeightRepacking.$enabled.withValue(repackWeights) { try build(file, config) }
     }
 }
 

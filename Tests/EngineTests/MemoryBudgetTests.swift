@@ -47,7 +47,7 @@ func greedyTokens(_ model: any LanguageModel, prompt: [Int32], steps: Int, pool:
         let budget = MemoryBudget(file: file, budget: budgetBytes)
         budget.samplesMappingRSS = true
         defer { budget.stop() }
-        let model = BudgetedModel(try ModelRegistry.load(file), budget: budget)
+        let model = BudgetedModel(try ModelRegistry.load(file, repackWeights: false), budget: budget)
         let tokens = try greedyTokens(model, prompt: Self.prompt, steps: steps, pool: pool)
         #expect(tokens == expected)
 
@@ -70,7 +70,7 @@ func greedyTokens(_ model: any LanguageModel, prompt: [Int32], steps: Int, pool:
         let file = try GGUFFile(path: path)
         let budget = MemoryBudget(file: file, budget: 2 * file.fileSize)
         defer { budget.stop() }
-        let model = BudgetedModel(try ModelRegistry.load(file), budget: budget)
+        let model = BudgetedModel(try ModelRegistry.load(file, repackWeights: false), budget: budget)
         _ = try greedyTokens(model, prompt: Self.prompt, steps: 6, pool: ThreadPool(threads: 2))
         let s = budget.statistics
         #expect(s.evictions == 0)
@@ -84,7 +84,7 @@ func greedyTokens(_ model: any LanguageModel, prompt: [Int32], steps: Int, pool:
         let file = try GGUFFile(path: path)
         let budget = MemoryBudget(file: file, budget: 40 << 20)
         defer { budget.stop() }
-        let model = BudgetedModel(try ModelRegistry.load(file), budget: budget)
+        let model = BudgetedModel(try ModelRegistry.load(file, repackWeights: false), budget: budget)
         _ = try greedyTokens(model, prompt: Self.prompt, steps: 12, pool: ThreadPool(threads: 2))
         let s = budget.statistics
         #expect(s.hits > 0)

@@ -1,0 +1,83 @@
+import Foundation
+import GGUF
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+import KernelsAVX512
+#endif
+
+/// Load-time repacking of weight matrices into the layout the CPU's fastest kernel reads.
+///
+/// On AVX-512 machines the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) are repacked
+/// into 16-row tiles (`WeightMatrix.Layout.rowTiles16`): the tile kernel keeps 16 rows in
+/// vector lanes, and in the GGUF layout each use had to decode and transpose the rows first,
+/// which at a decode step of 16 sequences cost more than the dot products themselves.
+/// The copy is the same size as the tensor and replaces it in memory (the file's pages are
+/// dropped after the copy), but it is anonymous memory rather than the zero-copy mapping:
+/// `--mem-budget` (weights paged from the file on demand) turns repacking off, and so does
+/// `SWIFTLET_REPACK=0`.
+public enum WeightRepacking {
+    /// Whether models loaded in this task repack their matrices (see `LoadedModel`).
+    @TaskLocal public static var enabled: Bool = ProcessInfo.processInfo.environment["SWIFTLET_REPACK"] != "0"
+}
+
+/// Memory of a repacked matrix: its own anonymous mapping, asked for transparent huge pages
+/// (the kernels stream it once per token; 4 KB pages cost a TLB miss every 4 KB).
+final class TileStorage {
+    let pointer: UnsafeMutableRawPointer
+    let bytes: Int
+    init(bytes: Int) {
+        self.bytes = max(bytes, 1)
+        guard let p = mmap(nil, self.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
+            fatalError("WeightRepacking: cannot map \(bytes) bytes for repacked weights")
+        }
+#if os(Linux)
+        _ = madvise(p, self.bytes, MADV_HUGEPAGE)
+#endif
+        pointer = p
+    }
+    deinit { munmap(pointer, bytes) }
+}
+
+extension WeightMatrix {
+    /// This matrix in 16-row tiles, or nil when the AVX-512 kernels are not in use, the type
+    /// has no tile layout, or the rows are not a multiple of 16 (or it is tiled already).
+    /// `consumed` is told each stretch of the source bytes once it has been copied.
+    public func withRowTiles(consumed: (UnsafeRawBufferPointer) -> Void = { _ in }) -> WeightMatrix? {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+        guard layout == .rows, CPUDispatch.current == .avx512, rows % 16 == 0, rows > 0,
+              [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0].contains(type) else { return nil }
+        let groupBytes = rowTileGroupBytes(type, columns: columns)
+        let storage = TileStorage(bytes: rows / 16 * groupBytes)
+        // in stretches of ~4 MB, so the source pages can go while the copy grows
+        let step = max(16, (4 << 20) / max(rowBytes, 1) / 16 * 16)
+        for r0 in stride(from: 0, to: rows, by: step) {
+            let n = min(step, rows - r0)
+            guard packRowTiles(type, source: data + r0 * rowBytes, rows: n, columns: columns,
+                               destination: storage.pointer + r0 / 16 * groupBytes) else { return nil }
+            consumed(UnsafeRawBufferPointer(start: data + r0 * rowBytes, count: n * rowBytes))
+        }
+        return WeightMatrix(tiledFrom: self, data: storage.pointer, groupBytes: groupBytes, owner: storage)
+#else
+        return nil
+#endif
+    }
+
+    /// The matrix as `Linear` layers hold it: tiled when `WeightRepacking.enabled` and
+    /// `withRowTiles()` applies, with each copied stretch of the source passed to `dropSource`
+    /// (which drops the file's pages, so peak memory stays that of one copy); else unchanged.
+    public func repackedForCPU(dropSource: (UnsafeRawBufferPointer) -> Void) -> WeightMatrix {
+        guard WeightRepacking.enabled else { return self }
+        return withRowTiles(consumed: dropSource) ?? self
+    }
+
+    /// Row r as floats, in either layout.
+    public func dequantize(row r: Int, into output: UnsafeMutablePointer<Float>) {
+        guard case .rowTiles16 = layout else {
+            dequantizeRow(type, row(r), into: output, count: columns)
+            return
+        }
+        withUnsafeTemporaryAllocation(byteCount: rowBytes, alignment: 64) { buffer in
+            unpackTiledRows(self, r..<r + 1, into: buffer.baseAddress!)
+            dequantizeRow(type, UnsafeRawPointer(buffer.baseAddress!), into: output, count: columns)
+        }
+    }
+}
