@@ -321,19 +321,29 @@ func attendHeadRowChunk(keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: 
 /// llama.cpp's CPU backend runs when a micro-batch holds at least this many tokens.
 let attentionTile = 64
 
-/// Scratch of `attendHeadTile`: per query row an F32 accumulator, max and sum; one K tile
-/// transposed and one V tile, in float.
+/// Scratch of `attendHeadTile`: per query row an F32 accumulator, max, sum, scores and visible
+/// range; one K tile transposed and one V tile, in float.
 struct TileScratch {
     let acc, maxima, sums, keys, values, scores: UnsafeMutablePointer<Float>
+    /// Per row of the tile: its first and one-past-last visible position, relative to the tile.
+    let bounds: UnsafeMutablePointer<Int>
+    /// A zero key, read for the positions past the cache in the tile's last group of 8.
+    let zeroKey: UnsafeMutablePointer<Float16>
     init(headDimension: Int, valueDimension: Int) {
         acc = .allocate(capacity: attentionTile * valueDimension)
         maxima = .allocate(capacity: attentionTile)
         sums = .allocate(capacity: attentionTile)
         keys = .allocate(capacity: headDimension * attentionTile)
         values = .allocate(capacity: attentionTile * valueDimension)
-        scores = .allocate(capacity: attentionTile)
+        scores = .allocate(capacity: attentionTile * attentionTile)
+        bounds = .allocate(capacity: 2 * attentionTile)
+        zeroKey = .allocate(capacity: headDimension)
+        zeroKey.initialize(repeating: 0, count: headDimension)
     }
-    func deallocate() { for p in [acc, maxima, sums, keys, values, scores] { p.deallocate() } }
+    func deallocate() {
+        for p in [acc, maxima, sums, keys, values, scores] { p.deallocate() }
+        bounds.deallocate(); zeroKey.deallocate()
+    }
 }
 
 /// softmax(q·Kᵀ·scale)·V for `rows` (≤ 64) consecutive query rows of one head, with the floats
@@ -343,6 +353,13 @@ struct TileScratch {
 /// e^(s − max) by `ggmlExp8` summed 16 at a time into a double, and the output accumulated in
 /// float as one fused chain over the positions; finally out = acc · (1/S).
 /// Row i sits at cache position `firstPosition + i` and sees `visible(position)` positions.
+///
+/// Work ggml does on masked positions is skipped where its result provably is not used: a
+/// masked score is −∞, which changes no max, has weight exactly +0 (adding +0 changes no sum
+/// of these non-negative weights) and is not accumulated. So scores are computed only for the
+/// 8-lane groups holding a visible position, and 16-weight groups with none add nothing.
+/// Scores are computed 4 query rows × 16 positions at a time and V is accumulated 2 rows ×
+/// 32 lanes at a time (each K/V load feeds several rows); every row's chains keep their order.
 @inline(__always)
 func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, firstPosition: Int, window: Int?,
                     keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
@@ -355,40 +372,91 @@ func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, fi
     t.sums.initialize(repeating: 0, count: rows)
     let lastPosition = firstPosition + rows - 1
     let lowest = window.map { max(0, firstPosition - $0 + 1) } ?? 0
+    let lanes = Float8(0, 1, 2, 3, 4, 5, 6, 7)
     for tileStart in stride(from: lowest / T * T, through: lastPosition, by: T) {
         let count = min(T, lastPosition + 1 - tileStart)
-        // K tile transposed (dimension-major) and V tile, in float
+        // K tile transposed (dimension-major, positions in lanes) and V tile, in float
+        transposeKeys(keys + tileStart, keyOffset: keyOffset, count: count, headDimension: headDimension,
+                      zero: t.zeroKey, into: t.keys)
         for k in 0..<count {
-            let key = keys[tileStart + k] + keyOffset
-            for d in 0..<headDimension { t.keys[d * T + k] = Float(key[d]) }
             let value = values[tileStart + k] + valueOffset
             var d = 0
             while d + 8 <= valueDimension { store8(load8(value + d), t.values + k * valueDimension + d); d += 8 }
             while d < valueDimension { t.values[k * valueDimension + d] = Float(value[d]); d += 1 }
         }
-        for k in count..<T { for d in 0..<headDimension { t.keys[d * T + k] = 0 } }
+        // each row's visible positions in this tile: lo..<hi relative to tileStart, empty for
+        // a tile after the row's position or before its window
         for r in 0..<rows {
             let position = firstPosition + r
             let first = window.map { max(0, position - $0 + 1) } ?? 0
-            let (lo, hi) = (max(first, tileStart), min(position + 1, tileStart + count))
-            if lo >= hi { continue }  // (a tile after this row's position, or before its window)
-            let visible = lo..<hi
-            let q = query + r * queryStride
-            var s = (Float8(), Float8(), Float8(), Float8(), Float8(), Float8(), Float8(), Float8())
-            for d in 0..<headDimension {
-                let x = Float8(repeating: q[d]), k = t.keys + d * T
-                s.0 = s.0.addingProduct(x, load8(k)); s.1 = s.1.addingProduct(x, load8(k + 8))
-                s.2 = s.2.addingProduct(x, load8(k + 16)); s.3 = s.3.addingProduct(x, load8(k + 24))
-                s.4 = s.4.addingProduct(x, load8(k + 32)); s.5 = s.5.addingProduct(x, load8(k + 40))
-                s.6 = s.6.addingProduct(x, load8(k + 48)); s.7 = s.7.addingProduct(x, load8(k + 56))
+            t.bounds[2 * r] = max(first, tileStart) - tileStart
+            t.bounds[2 * r + 1] = max(t.bounds[2 * r], min(position + 1, tileStart + count) - tileStart)
+        }
+        // Scores of 4 rows at a time (rows past `rows` repeat the last query and are unused),
+        // over the 8-lane groups any of them sees.
+        for r0 in stride(from: 0, to: rows, by: 4) {
+            var gLo = T / 8, gHi = 0
+            for r in r0..<min(r0 + 4, rows) where t.bounds[2 * r] < t.bounds[2 * r + 1] {
+                gLo = min(gLo, t.bounds[2 * r] / 8); gHi = max(gHi, (t.bounds[2 * r + 1] + 7) / 8)
             }
-            let w = t.scores
-            store8(s.0 * scale, w); store8(s.1 * scale, w + 8); store8(s.2 * scale, w + 16); store8(s.3 * scale, w + 24)
-            store8(s.4 * scale, w + 32); store8(s.5 * scale, w + 40); store8(s.6 * scale, w + 48); store8(s.7 * scale, w + 56)
-            // masked (outside the window, in the future, past the cache) → −∞
-            for k in 0..<T where !visible.contains(tileStart + k) { w[k] = -.infinity }
+            let q0 = query + r0 * queryStride, q1 = query + min(r0 + 1, rows - 1) * queryStride
+            let q2 = query + min(r0 + 2, rows - 1) * queryStride, q3 = query + min(r0 + 3, rows - 1) * queryStride
+            let s = t.scores + r0 * T
+            var g = gLo
+            while g + 2 <= gHi {
+                var a0 = Float8(), a1 = Float8(), b0 = Float8(), b1 = Float8()
+                var c0 = Float8(), c1 = Float8(), e0 = Float8(), e1 = Float8()
+                var k = t.keys + g * 8
+                for d in 0..<headDimension {
+                    let k0 = load8(k), k1 = load8(k + 8)
+                    let x0 = Float8(repeating: q0[d]), x1 = Float8(repeating: q1[d])
+                    a0 = a0.addingProduct(x0, k0); a1 = a1.addingProduct(x0, k1)
+                    b0 = b0.addingProduct(x1, k0); b1 = b1.addingProduct(x1, k1)
+                    let x2 = Float8(repeating: q2[d]), x3 = Float8(repeating: q3[d])
+                    c0 = c0.addingProduct(x2, k0); c1 = c1.addingProduct(x2, k1)
+                    e0 = e0.addingProduct(x3, k0); e1 = e1.addingProduct(x3, k1)
+                    k += T
+                }
+                let o = s + g * 8
+                store8(a0 * scale, o); store8(a1 * scale, o + 8); store8(b0 * scale, o + T); store8(b1 * scale, o + T + 8)
+                store8(c0 * scale, o + 2 * T); store8(c1 * scale, o + 2 * T + 8)
+                store8(e0 * scale, o + 3 * T); store8(e1 * scale, o + 3 * T + 8)
+                g += 2
+            }
+            if g < gHi {
+                var a0 = Float8(), b0 = Float8(), c0 = Float8(), e0 = Float8()
+                var k = t.keys + g * 8
+                for d in 0..<headDimension {
+                    let k0 = load8(k)
+                    a0 = a0.addingProduct(Float8(repeating: q0[d]), k0); b0 = b0.addingProduct(Float8(repeating: q1[d]), k0)
+                    c0 = c0.addingProduct(Float8(repeating: q2[d]), k0); e0 = e0.addingProduct(Float8(repeating: q3[d]), k0)
+                    k += T
+                }
+                let o = s + g * 8
+                store8(a0 * scale, o); store8(b0 * scale, o + T); store8(c0 * scale, o + 2 * T); store8(e0 * scale, o + 3 * T)
+            }
+        }
+        // Per row: mask, max, rescale, weights and their sum.
+        for r in 0..<rows {
+            let (lo, hi) = (t.bounds[2 * r], t.bounds[2 * r + 1])
+            if lo >= hi { continue }
+            let w = t.scores + r * T
+            let (gLo, gHi) = (lo / 8, (hi + 7) / 8)
+            // masked lanes of the edge groups → −∞; the max lane by lane, then across lanes
+            // (the same value as ggml's scan: only the sign of a zero max could differ, and no
+            // result depends on it)
+            var laneMax = Float8(repeating: -.infinity)
+            for g in gLo..<gHi {
+                var x = load8(w + g * 8)
+                if g * 8 < lo || g * 8 + 8 > hi {
+                    let k = lanes + Float(g * 8)
+                    x = x.replacing(with: -.infinity, where: (k .< Float(lo)) .| (k .>= Float(hi)))
+                    store8(x, w + g * 8)
+                }
+                laneMax = laneMax.replacing(with: x, where: x .> laneMax)
+            }
             var tileMax = -Float.infinity
-            for k in 0..<T where w[k] > tileMax { tileMax = w[k] }
+            for i in 0..<8 where laneMax[i] > tileMax { tileMax = laneMax[i] }
             let old = t.maxima[r], new = max(old, tileMax)
             let acc = t.acc + r * valueDimension
             if new > old {
@@ -401,34 +469,29 @@ func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, fi
             t.maxima[r] = new
             var total: Double = 0
             let m = Float8(repeating: new)
-            for c in stride(from: 0, to: T, by: 16) {
-                let lo = ggmlExp8(load8(w + c) - m), hi = ggmlExp8(load8(w + c + 8) - m)
-                store8(lo, w + c); store8(hi, w + c + 8)
-                total += Double(reduceAdd16(lo, hi))
+            for c in stride(from: gLo / 2 * 16, to: gHi * 8, by: 16) {
+                // (a half outside the visible groups: all −∞ in ggml, weights +0)
+                let low = c >= gLo * 8 ? ggmlExp8(load8(w + c) - m) : Float8()
+                let high = c + 8 < gHi * 8 ? ggmlExp8(load8(w + c + 8) - m) : Float8()
+                store8(low, w + c); store8(high, w + c + 8)
+                total += Double(reduceAdd16(low, high))
             }
             t.sums[r] = Float(Double(t.sums[r]) + total)
-            // acc += Σ w_k · v_k, one fused chain per element (masked weights are 0: skipped)
-            // (32 lanes at a time: four independent chains keep the FMA units busy)
-            var d = 0
-            while d + 32 <= valueDimension {
-                var a0 = load8(acc + d), a1 = load8(acc + d + 8), a2 = load8(acc + d + 16), a3 = load8(acc + d + 24)
-                for k in visible {
-                    let x = Float8(repeating: w[k - tileStart]), v = t.values + (k - tileStart) * valueDimension + d
-                    a0 = a0.addingProduct(x, load8(v)); a1 = a1.addingProduct(x, load8(v + 8))
-                    a2 = a2.addingProduct(x, load8(v + 16)); a3 = a3.addingProduct(x, load8(v + 24))
-                }
-                store8(a0, acc + d); store8(a1, acc + d + 8); store8(a2, acc + d + 16); store8(a3, acc + d + 24)
-                d += 32
-            }
-            while d + 8 <= valueDimension {
-                var a = load8(acc + d)
-                for k in visible { a = a.addingProduct(Float8(repeating: w[k - tileStart]), load8(t.values + (k - tileStart) * valueDimension + d)) }
-                store8(a, acc + d)
-                d += 8
-            }
-            while d < valueDimension {
-                for k in visible { acc[d] = acc[d].addingProduct(w[k - tileStart], t.values[(k - tileStart) * valueDimension + d]) }
-                d += 1
+        }
+        // acc += Σ w_k · v_k over the visible positions, one fused chain per element.
+        var r = 0
+        while r < rows {
+            let (loA, hiA) = (t.bounds[2 * r], t.bounds[2 * r + 1])
+            if r + 1 < rows, loA < hiA, t.bounds[2 * r + 2] < t.bounds[2 * r + 3] {
+                let (loB, hiB) = (t.bounds[2 * r + 2], t.bounds[2 * r + 3])
+                accumulatePair(weights: t.scores + r * T, t.scores + (r + 1) * T, t.acc + r * valueDimension,
+                               t.acc + (r + 1) * valueDimension, values: t.values, valueDimension: valueDimension,
+                               loA..<hiA, loB..<hiB)
+                r += 2
+            } else {
+                accumulatePair(weights: t.scores + r * T, t.scores + r * T, t.acc + r * valueDimension,
+                               nil, values: t.values, valueDimension: valueDimension, loA..<hiA, 0..<0)
+                r += 1
             }
         }
     }
@@ -438,5 +501,125 @@ func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, fi
         var d = 0
         while d + 8 <= valueDimension { store8(load8(acc + d) * inverse, o + d); d += 8 }
         while d < valueDimension { o[d] = acc[d] * inverse; d += 1 }
+    }
+}
+
+/// dst[d · 64 + k] = float(keys[k][offset + d]) for the tile's `count` positions and those up
+/// to the next multiple of 8 as zero keys (masked, but scored with their 8-lane group).
+/// 8 positions × 8 dimensions at a time through registers: element by element, the strided
+/// stores took a third of the kernel for a 256-wide head.
+@inline(__always)
+func transposeKeys(_ keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int, count: Int, headDimension: Int,
+                   zero: UnsafePointer<Float16>, into dst: UnsafeMutablePointer<Float>) {
+    let T = attentionTile
+    for k0 in stride(from: 0, to: count, by: 8) {
+        @inline(__always) func row(_ i: Int) -> UnsafePointer<Float16> { k0 + i < count ? keys[k0 + i] + keyOffset : zero }
+        let (p0, p1, p2, p3, p4, p5, p6, p7) = (row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7))
+        var d = 0
+#if arch(x86_64)
+        @inline(__always) func unpackLow(_ a: Float8, _ b: Float8) -> Float8 {
+            unsafeBitCast(_mm256_unpacklo_pd(unsafeBitCast(a, to: SIMD4<Double>.self), unsafeBitCast(b, to: SIMD4<Double>.self)), to: Float8.self)
+        }
+        @inline(__always) func unpackHigh(_ a: Float8, _ b: Float8) -> Float8 {
+            unsafeBitCast(_mm256_unpackhi_pd(unsafeBitCast(a, to: SIMD4<Double>.self), unsafeBitCast(b, to: SIMD4<Double>.self)), to: Float8.self)
+        }
+        while d + 8 <= headDimension {
+            // rᵢ = position i's dimensions d..<d+8; t: pairs of positions interleaved per 128-bit
+            // half; u: 4 positions × (dimension j | j + 4); the halves then give the columns
+            let r0 = load8(p0 + d), r1 = load8(p1 + d), r2 = load8(p2 + d), r3 = load8(p3 + d)
+            let r4 = load8(p4 + d), r5 = load8(p5 + d), r6 = load8(p6 + d), r7 = load8(p7 + d)
+            let t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1)
+            let t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3)
+            let t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5)
+            let t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7)
+            let u0 = unpackLow(t0, t2), u1 = unpackHigh(t0, t2), u2 = unpackLow(t1, t3), u3 = unpackHigh(t1, t3)
+            let u4 = unpackLow(t4, t6), u5 = unpackHigh(t4, t6), u6 = unpackLow(t5, t7), u7 = unpackHigh(t5, t7)
+            let o = dst + d * T + k0
+            store8(Float8(lowHalf: u0.lowHalf, highHalf: u4.lowHalf), o)
+            store8(Float8(lowHalf: u1.lowHalf, highHalf: u5.lowHalf), o + T)
+            store8(Float8(lowHalf: u2.lowHalf, highHalf: u6.lowHalf), o + 2 * T)
+            store8(Float8(lowHalf: u3.lowHalf, highHalf: u7.lowHalf), o + 3 * T)
+            store8(Float8(lowHalf: u0.highHalf, highHalf: u4.highHalf), o + 4 * T)
+            store8(Float8(lowHalf: u1.highHalf, highHalf: u5.highHalf), o + 5 * T)
+            store8(Float8(lowHalf: u2.highHalf, highHalf: u6.highHalf), o + 6 * T)
+            store8(Float8(lowHalf: u3.highHalf, highHalf: u7.highHalf), o + 7 * T)
+            d += 8
+        }
+#endif
+        while d < headDimension {
+            let o = dst + d * T + k0
+            o[0] = Float(p0[d]); o[1] = Float(p1[d]); o[2] = Float(p2[d]); o[3] = Float(p3[d])
+            o[4] = Float(p4[d]); o[5] = Float(p5[d]); o[6] = Float(p6[d]); o[7] = Float(p7[d])
+            d += 1
+        }
+    }
+}
+
+/// accA += Σ_{k ∈ a} wA[k] · v_k and accB likewise over b (nil: row A alone), each element one
+/// fused chain over k in order. Where the ranges overlap a V load feeds both rows (32 lanes ×
+/// 2 rows: eight independent chains); the rest are the prefix and suffix of one row.
+@inline(__always)
+func accumulatePair(weights wA: UnsafePointer<Float>, _ wB: UnsafePointer<Float>,
+                    _ accA: UnsafeMutablePointer<Float>, _ accB: UnsafeMutablePointer<Float>?,
+                    values: UnsafePointer<Float>, valueDimension: Int, _ a: Range<Int>, _ b: Range<Int>) {
+    let common = max(a.lowerBound, b.lowerBound)..<max(max(a.lowerBound, b.lowerBound), min(a.upperBound, b.upperBound))
+    // prefix/suffix of one row: a 32-lane chain over `range` (same order as the shared loop)
+    @inline(__always)
+    func single(_ x: inout (Float8, Float8, Float8, Float8), _ w: UnsafePointer<Float>, _ v: UnsafePointer<Float>,
+                _ range: Range<Int>) {
+        for k in range {
+            let y = Float8(repeating: w[k]), p = v + k * valueDimension
+            x.0 = x.0.addingProduct(y, load8(p)); x.1 = x.1.addingProduct(y, load8(p + 8))
+            x.2 = x.2.addingProduct(y, load8(p + 16)); x.3 = x.3.addingProduct(y, load8(p + 24))
+        }
+    }
+    var d = 0
+    while d + 32 <= valueDimension {
+        let v = values + d
+        var x = (load8(accA + d), load8(accA + d + 8), load8(accA + d + 16), load8(accA + d + 24))
+        if let accB {
+            var y = (load8(accB + d), load8(accB + d + 8), load8(accB + d + 16), load8(accB + d + 24))
+            if common.isEmpty {
+                single(&x, wA, v, a); single(&y, wB, v, b)
+            } else {
+                single(&x, wA, v, a.lowerBound..<common.lowerBound)
+                single(&y, wB, v, b.lowerBound..<common.lowerBound)
+                for k in common {
+                    let p = v + k * valueDimension
+                    let v0 = load8(p), v1 = load8(p + 8), v2 = load8(p + 16), v3 = load8(p + 24)
+                    let s = Float8(repeating: wA[k]), u = Float8(repeating: wB[k])
+                    x.0 = x.0.addingProduct(s, v0); x.1 = x.1.addingProduct(s, v1)
+                    y.0 = y.0.addingProduct(u, v0); y.1 = y.1.addingProduct(u, v1)
+                    x.2 = x.2.addingProduct(s, v2); x.3 = x.3.addingProduct(s, v3)
+                    y.2 = y.2.addingProduct(u, v2); y.3 = y.3.addingProduct(u, v3)
+                }
+                single(&x, wA, v, common.upperBound..<a.upperBound)
+                single(&y, wB, v, common.upperBound..<b.upperBound)
+            }
+            store8(y.0, accB + d); store8(y.1, accB + d + 8); store8(y.2, accB + d + 16); store8(y.3, accB + d + 24)
+        } else {
+            single(&x, wA, v, a)
+        }
+        store8(x.0, accA + d); store8(x.1, accA + d + 8); store8(x.2, accA + d + 16); store8(x.3, accA + d + 24)
+        d += 32
+    }
+    // the last < 32 lanes row by row
+    @inline(__always)
+    func tail(_ w: UnsafePointer<Float>, _ acc: UnsafeMutablePointer<Float>, _ range: Range<Int>) {
+        var e = d
+        while e + 8 <= valueDimension {
+            var x = load8(acc + e)
+            for k in range { x = x.addingProduct(Float8(repeating: w[k]), load8(values + k * valueDimension + e)) }
+            store8(x, acc + e)
+            e += 8
+        }
+        while e < valueDimension {
+            for k in range { acc[e] = acc[e].addingProduct(w[k], values[k * valueDimension + e]) }
+            e += 1
+        }
+    }
+    if d < valueDimension {
+        tail(wA, accA, a)
+        if let accB { tail(wB, accB, b) }
     }
 }
