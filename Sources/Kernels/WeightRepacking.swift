@@ -19,22 +19,10 @@ public enum WeightRepacking {
     @TaskLocal public static var enabled: Bool = ProcessInfo.processInfo.environment["SWIFTLET_REPACK"] != "0"
 }
 
-/// Memory of a repacked matrix: its own anonymous mapping, asked for transparent huge pages
-/// (the kernels stream it once per token; 4 KB pages cost a TLB miss every 4 KB).
 final class TileStorage {
     let pointer: UnsafeMutableRawPointer
-    let bytes: Int
-    init(bytes: Int) {
-        self.bytes = max(bytes, 1)
-        guard let p = mmap(nil, self.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
-            fatalError("WeightRepacking: cannot map \(bytes) bytes for repacked weights")
-        }
-#if os(Linux)
-        _ = madvise(p, self.bytes, MADV_HUGEPAGE)
-#endif
-        pointer = p
-    }
-    deinit { munmap(pointer, bytes) }
+    init(bytes: Int) { pointer = .allocate(byteCount: max(bytes, 64), alignment: 64) }
+    deinit { pointer.deallocate() }
 }
 
 extension WeightMatrix {

@@ -76,14 +76,13 @@ public func packRowTiles(_ type: TensorType, source: UnsafeRawPointer, rows: Int
         let group = destination + g * t.groupBytes
         group.initializeMemory(as: UInt8.self, repeating: 0, count: t.groupBytes)
         for b in 0..<t.nb {
-            var masks = [UInt64](repeating: 0, count: 8)
+            var masks = SIMD8<UInt64>()
             for r in 0..<16 {
                 let p = source + (16 * g + r) * rowBytes + b * t.blockBytes
                 let q = group + t.quants(b) + 4 * r
-                if t.isQ8 {
-                    for i in 0..<32 { q.storeBytes(of: p.load(fromByteOffset: 2 + i, as: UInt8.self) ^ 0x80, toByteOffset: (i / 4) * 64 + i % 4, as: UInt8.self) }
-                } else {
-                    for i in 0..<16 { q.storeBytes(of: p.load(fromByteOffset: t.qsOffset + i, as: UInt8.self), toByteOffset: (i / 4) * 64 + i % 4, as: UInt8.self) }
+                for l in 0..<(t.isQ8 ? 8 : 4) {
+                    let dword = p.loadUnaligned(fromByteOffset: t.qsOffset + 4 * l, as: UInt32.self)
+                    q.storeBytes(of: t.isQ8 ? dword ^ 0x8080_8080 : dword, toByteOffset: 64 * l, as: UInt32.self)
                 }
                 if t.hasHigh {
                     let qh = UInt64(p.loadUnaligned(fromByteOffset: t.qsOffset - 4, as: UInt32.self))
@@ -95,9 +94,7 @@ public func packRowTiles(_ type: TensorType, source: UnsafeRawPointer, rows: Int
                                      toByteOffset: t.m(b) + 2 * r, as: UInt16.self)
                 }
             }
-            if t.hasHigh {
-                for l in 0..<8 { group.storeBytes(of: masks[l], toByteOffset: t.high(b) + 8 * l, as: UInt64.self) }
-            }
+            if t.hasHigh { (group + t.high(b)).storeBytes(of: masks, as: SIMD8<UInt64>.self) }
         }
     }
     return true
@@ -117,10 +114,9 @@ public func unpackRowTiles(_ type: TensorType, tiles: UnsafeRawPointer, columns:
             if t.hasMin {
                 p.storeBytes(of: group.load(fromByteOffset: t.m(b) + 2 * r, as: UInt16.self), toByteOffset: 2, as: UInt16.self)
             }
-            if t.isQ8 {
-                for i in 0..<32 { p.storeBytes(of: q.load(fromByteOffset: (i / 4) * 64 + i % 4, as: UInt8.self) ^ 0x80, toByteOffset: 2 + i, as: UInt8.self) }
-            } else {
-                for i in 0..<16 { p.storeBytes(of: q.load(fromByteOffset: (i / 4) * 64 + i % 4, as: UInt8.self), toByteOffset: t.qsOffset + i, as: UInt8.self) }
+            for l in 0..<(t.isQ8 ? 8 : 4) {
+                let dword = q.load(fromByteOffset: 64 * l, as: UInt32.self)
+                p.storeBytes(of: t.isQ8 ? dword ^ 0x8080_8080 : dword, toByteOffset: t.qsOffset + 4 * l, as: UInt32.self)
             }
             if t.hasHigh {
                 var qh: UInt32 = 0
