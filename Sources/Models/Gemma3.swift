@@ -58,12 +58,12 @@ public final class Gemma3: AttentionModel {
         x.scale(by: Float(config.embeddingLength).squareRoot())
         let gemmRows = llamaGemmRows(batch), lastGemmRows = llamaLastLayerGemmRows(batch)
         for (i, layer) in layers.enumerated() {
-            let attended = layer.attention(layer.attentionNorm(x), layer: i, batch: batch, pool: pool)
-            layer.postAttentionNorm.normalize(attended, into: attended)
+            let attended = layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
+            layer.postAttentionNorm.normalize(attended, into: attended, pool: pool)
             x += attended
-            let fed = layer.feedForward(layer.feedForwardNorm(x), pool,
+            let fed = layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
                                         gemmRows: i == layers.count - 1 ? lastGemmRows : gemmRows)
-            layer.postFeedForwardNorm.normalize(fed, into: fed)
+            layer.postFeedForwardNorm.normalize(fed, into: fed, pool: pool)
             x += fed
         }
         return head(x, batch: batch, pool: pool)

@@ -136,21 +136,28 @@ public struct RMSNorm: Sendable {
         self.epsilon = epsilon
     }
 
-    public func callAsFunction(_ x: Matrix) -> Matrix {
+    public func callAsFunction(_ x: Matrix, pool: ThreadPool? = nil) -> Matrix {
         let y = Matrix(rows: x.rows, columns: x.columns, zeroed: false)
-        normalize(x, into: y)
+        normalize(x, into: y, pool: pool)
         return y
     }
 
-    /// `y` may be `x` (in place).
-    public func normalize(_ x: Matrix, into y: Matrix) {
-        let group = weight.values.count
-        weight.values.withUnsafeBufferPointer { w in
-            for r in 0..<x.rows {
-                for start in stride(from: 0, to: x.columns, by: group) {
-                    rmsNormalize(x[r] + start, w.baseAddress!, count: group, epsilon: epsilon, into: y[r] + start)
-                }
+    /// `y` may be `x` (in place). With a pool, a large batch's rows are split across it.
+    public func normalize(_ x: Matrix, into y: Matrix, pool: ThreadPool? = nil) {
+        let length = weight.values.count
+        precondition(x.columns % length == 0 && y.columns == x.columns && y.rows == x.rows)
+        let slices = x.rows * x.columns / length
+        nonisolated(unsafe) let (src, dst) = (UnsafePointer(x.data), y.data)
+        let (w, epsilon) = (weight.values, self.epsilon)
+        let run: @Sendable (Range<Int>) -> Void = { range in
+            w.withUnsafeBufferPointer { w in
+                rmsNormalizeSlices(src, w.baseAddress!, length: length, slices: range, epsilon: epsilon, into: dst)
             }
+        }
+        if let pool, slices * length >= 1 << 14 {
+            pool.parallelChunks(slices, granularity: 8, run)
+        } else {
+            run(0..<slices)
         }
     }
 }
@@ -300,25 +307,13 @@ public struct Attention: Sendable {
     public func callAsFunction(_ x: Matrix, layer: Int, batch: [BatchSequence], pool: ThreadPool) -> Matrix {
         let qkv = project(x, [query, key, value], pool)
         let (q, k, v) = (qkv[0], qkv[1], qkv[2])
-        if let queryNorm { queryNorm.normalize(q, into: q) }
-        if let keyNorm { keyNorm.normalize(k, into: k) }
+        if let queryNorm { queryNorm.normalize(q, into: q, pool: pool) }
+        if let keyNorm { keyNorm.normalize(k, into: k, pool: pool) }
 
-        // Rotate q and k, and store this batch's keys and values in each sequence's cache.
         var row = 0
         var sequences: [AttentionSequence] = []
-        let angles = UnsafeMutablePointer<Float>.allocate(capacity: rope.dimensions)
-        defer { angles.deallocate() }
         for seq in batch {
             let cache = seq.cache as! any KVStore
-            for i in 0..<seq.tokens.count {
-                let position = seq.cache.count + i
-                rope.rotations(position: position, into: angles)
-                rope.apply(q[row + i], heads: heads, headDimension: headDimension, rotations: angles)
-                if let queryScale { for j in 0..<q.columns { q[row + i][j] *= queryScale } }
-                rope.apply(k[row + i], heads: kvHeads, headDimension: headDimension, rotations: angles)
-                storeHalf(k[row + i], cache.key(layer: layer, position: position), count: k.columns)
-                storeHalf(v[row + i], cache.value(layer: layer, position: position), count: v.columns)
-            }
             // llama.cpp's cache view: the used cells rounded up to 256 (at least 256), at most
             // the context; one token over 512 or more of them takes its split-KV kernel.
             let used = seq.cache.count + seq.tokens.count
@@ -329,10 +324,38 @@ public struct Attention: Sendable {
             row += seq.tokens.count
         }
         defer { for s in sequences { s.deallocate() } }
+        rotateAndStore(q: q, k: k, v: v, sequences, pool: pool)
 
         let out = Matrix(rows: x.rows, columns: heads * (v.columns / kvHeads), zeroed: false)
         attend(q, sequences, into: out, pool: pool)
         return output(out, pool, gemmRows: llamaGemmRows(batch))
+    }
+
+    /// Rotates q and k and stores the batch's keys and values in each sequence's cache; every
+    /// token is independent, so a long batch is split across the pool.
+    func rotateAndStore(q: Matrix, k: Matrix, v: Matrix, _ sequences: [AttentionSequence], pool: ThreadPool) {
+        let (rope, heads, kvHeads, headDimension, queryScale) = (rope, heads, kvHeads, headDimension, queryScale)
+        let run: @Sendable (Range<Int>) -> Void = { rows in
+            let angles = UnsafeMutablePointer<Float>.allocate(capacity: rope.dimensions)
+            defer { angles.deallocate() }
+            for seq in sequences {
+                let lo = max(rows.lowerBound, seq.firstRow), hi = min(rows.upperBound, seq.firstRow + seq.tokens)
+                for r in lo..<max(lo, hi) {
+                    let position = seq.firstPosition + r - seq.firstRow
+                    rope.rotations(position: position, into: angles)
+                    rope.apply(q[r], heads: heads, headDimension: headDimension, rotations: angles)
+                    if let queryScale { for j in 0..<q.columns { q[r][j] *= queryScale } }
+                    rope.apply(k[r], heads: kvHeads, headDimension: headDimension, rotations: angles)
+                    storeHalf(k[r], UnsafeMutablePointer(mutating: seq.keys[position]), count: k.columns)
+                    storeHalf(v[r], UnsafeMutablePointer(mutating: seq.values[position]), count: v.columns)
+                }
+            }
+        }
+        if q.rows >= 16 {
+            pool.parallelChunks(q.rows, run)
+        } else {
+            run(0..<q.rows)
+        }
     }
 
     /// Every query head of every token attends over its sequence's cached positions up to its
@@ -504,7 +527,7 @@ public struct OutputHead: Sendable {
         }
         let selected = Matrix(rows: picked.count, columns: x.columns, zeroed: false)
         for (i, r) in picked.enumerated() { selected[i].update(from: x[r], count: x.columns) }
-        norm.normalize(selected, into: selected)
+        norm.normalize(selected, into: selected, pool: pool)
         let logits = projection(selected, pool)
         return (0..<logits.rows).map { logits.rowArray($0) }
     }

@@ -42,8 +42,8 @@ public final class Llama: AttentionModel {
         let x = embedding(batch.flatMap(\.tokens))
         let gemmRows = llamaGemmRows(batch), lastGemmRows = llamaLastLayerGemmRows(batch)
         for (i, layer) in layers.enumerated() {
-            x += layer.attention(layer.attentionNorm(x), layer: i, batch: batch, pool: pool)
-            x += layer.feedForward(layer.feedForwardNorm(x), pool,
+            x += layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
+            x += layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
                                    gemmRows: i == layers.count - 1 ? lastGemmRows : gemmRows)
         }
         return head(x, batch: batch, pool: pool)

@@ -77,7 +77,7 @@ public final class Mamba: LanguageModel {
         let inner = ssm.innerSize, rank = ssm.timeStepRank, n = ssm.stateSize, kernel = ssm.convKernel
         let x = embedding(batch.flatMap(\.tokens))
         for (l, layer) in layers.enumerated() {
-            let xz = layer.inProjection(layer.norm(x), pool)
+            let xz = layer.inProjection(layer.norm(x, pool: pool), pool)
 
             // Causal depthwise conv over each sequence's x half, continuing from its saved window.
             let u = Matrix(rows: x.rows, columns: inner)

@@ -81,4 +81,24 @@ import Testing
             #expect(abs(g[i] - expected) <= 4 * max(abs(expected).ulp, Float.leastNormalMagnitude))
         }
     }
+    /// Eight slices at once (one per lane) give exactly the floats of the one-slice norm, for
+    /// slice counts that leave remainders and lengths that are not multiples of 8.
+    @Test func rmsNormOverSlicesEqualsOneSliceAtATime() {
+        var rng = SystemRandomNumberGenerator()
+        for (length, slices) in [(640, 21), (256, 8), (13, 17), (256, 3)] {
+            let src = (0..<length * slices).map { _ in Float.random(in: -4...4, using: &rng) * (Bool.random(using: &rng) ? 1e-3 : 10) }
+            let w = (0..<length).map { _ in Float.random(in: -2...2, using: &rng) }
+            var expected = [Float](repeating: 0, count: src.count), got = expected
+            for s in 0..<slices {
+                rmsNormalize(src.withUnsafeBufferPointer { $0.baseAddress! + s * length }, w, count: length, epsilon: 1e-6,
+                             into: expected.withUnsafeMutableBufferPointer { $0.baseAddress! + s * length })
+            }
+            // split as the pool would: the slices in two uneven ranges
+            for range in [0..<slices / 3, slices / 3..<slices] {
+                rmsNormalizeSlices(src, w, length: length, slices: range, epsilon: 1e-6,
+                                   into: got.withUnsafeMutableBufferPointer { $0.baseAddress! })
+            }
+            #expect(got.map(\.bitPattern) == expected.map(\.bitPattern), "length \(length), \(slices) slices")
+        }
+    }
 }
