@@ -14,11 +14,12 @@ import KernelsAVX512
 /// dropped after the copy), but it is anonymous memory rather than the zero-copy mapping:
 /// `--mem-budget` (weights paged from the file on demand) turns repacking off.
 public enum WeightRepacking {
-    /// Whether models loaded in this task repack their matrices (see `LoadedModel`).
-    /// Off unless `SWIFTLET_REPACK=1`: measured on the 2-vCPU Zen 4 (bench/compare), tiles made
-    /// 1-thread generation 17–28 % faster and 16-token batches ~30 % faster, but 2-thread
-    /// generation of SmolLM2 slower (≈110 vs ≈175 tok/s), which is not understood yet.
-    @TaskLocal public static var enabled: Bool = ProcessInfo.processInfo.environment["SWIFTLET_REPACK"] == "1"
+    /// Whether models loaded in this task repack their matrices (see `LoadedModel`). On unless
+    /// `SWIFTLET_REPACK=0`. Measured on the 2-vCPU Zen 4: 16-token batches (a 16-client decode
+    /// step) 25–40 % faster, 1-thread generation ~20 % faster; 2-thread generation is bound by
+    /// memory bandwidth either way and does not change (an earlier session's ≈110 vs ≈175 tok/s
+    /// did not reproduce: 4 alternating tg128 runs here were within noise of each other).
+    @TaskLocal public static var enabled: Bool = ProcessInfo.processInfo.environment["SWIFTLET_REPACK"] != "0"
 }
 
 final class TileStorage {

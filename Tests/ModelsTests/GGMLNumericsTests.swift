@@ -5,7 +5,7 @@ import Testing
 /// The element-wise pieces that reproduce llama.cpp's CPU arithmetic (checked bitwise against
 /// llama.cpp's own tensors when written; these tests pin down their properties).
 @Suite struct GGMLNumericsTests {
-    /// The float-arithmetic rounding to half equals a real half conversion, ties to even,
+    /// The vector rounding to half equals the scalar half conversion, ties to even,
     /// half subnormals, overflow, infinities, NaN and the sign of zero included.
     @Test func roundingToHalfEqualsHalfConversion() {
         var rng = SystemRandomNumberGenerator()
