@@ -728,6 +728,14 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
             for cp in 0..<4 {
                 let (w, s) = pair(b, cp, h)
                 let off = b * 256 + cp * 64
+                if !gemm {
+                    // integer sums: accumulating in place gives the same lanes, one add fewer
+                    i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off)), s)
+                    if nt > 1 { i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) }
+                    if nt > 2 { i2 = _mm512_dpwssd_epi32(i2, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 2 * cols)), s) }
+                    if nt > 3 { i3 = _mm512_dpwssd_epi32(i3, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 3 * cols)), s) }
+                    continue
+                }
                 let z = _mm512_setzero_si512()
                 let p0 = _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off)), s)
                 let p1 = nt > 1 ? _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) : z
