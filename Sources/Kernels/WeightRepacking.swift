@@ -35,8 +35,7 @@ extension WeightMatrix {
     public func withRowTiles(consumed: (UnsafeRawBufferPointer) -> Void = { _ in }) -> WeightMatrix? {
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
         guard layout == .rows, CPUDispatch.current == .avx512, rows % 16 == 0, rows > 0,
-              [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0].contains(type) else { return nil }
-        let groupBytes = rowTileGroupBytes(type, columns: columns)
+              let groupBytes = rowTileGroupBytes(type, columns: columns) else { return nil }
         let storage = TileStorage(bytes: rows / 16 * groupBytes)
         // in stretches of ~4 MB, so the source pages can go while the copy grows
         let step = max(16, (4 << 20) / max(rowBytes, 1) / 16 * 16)

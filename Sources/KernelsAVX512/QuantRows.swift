@@ -95,8 +95,13 @@ func pairRows<F: PairFormat>(_ f: F.Type, _ m: Mat, _ act: AVX512Activations, _ 
 @inline(__always)
 func superRows<F: SuperFormat>(_ f: F.Type, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
                                _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
-    if F.self == S4_K.self && tokens >= q4KTileMinTokens {
-        Q4KTiles.rows(m, act, tokens, range, y)
+    if F.self == S4_K.self {
+        // decoding a tile pays from a few tokens on; single tokens (decode) read rows directly
+        if tokens >= q4KTileMinTokens {
+            Q4KTiles.rows(m, act, tokens, range, y)
+        } else {
+            rowsLoop(SuperKernel<F>.self, m, act, tokens, range, y)
+        }
     } else if tokens > 8 {
         SuperKernel<F>.decodedRows(SuperKernel<F>.consts(), m, act, tokens, range, y)
     } else {

@@ -18,9 +18,11 @@
 import _Builtin_intrinsics.intel
 import GGUF
 
-/// Bytes of one 16-row group of a `type` matrix with `columns` columns.
-public func rowTileGroupBytes(_ type: TensorType, columns: Int) -> Int {
-    (16 * (columns / 32) * type.blockBytes + 63) / 64 * 64
+/// Bytes of one 16-row group of a `type` matrix with `columns` columns, or nil when `type`
+/// has no tile layout (the one list of tileable types: `TileLayout` and the loader ask here).
+public func rowTileGroupBytes(_ type: TensorType, columns: Int) -> Int? {
+    guard [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0].contains(type) else { return nil }
+    return (16 * (columns / 32) * type.blockBytes + 63) / 64 * 64
 }
 
 struct TileLayout {
@@ -35,6 +37,7 @@ struct TileLayout {
     let isQ8: Bool
 
     init?(_ type: TensorType, columns: Int) {
+        guard let groupBytes = rowTileGroupBytes(type, columns: columns) else { return nil }
         switch type {
         case .q4_0: (hasHigh, hasMin, isQ8, qsOffset) = (false, false, false, 2)
         case .q4_1: (hasHigh, hasMin, isQ8, qsOffset) = (false, true, false, 4)
@@ -47,7 +50,7 @@ struct TileLayout {
         blockBytes = type.blockBytes
         quantBytes = isQ8 ? 512 : 256
         highBytes = hasHigh ? 64 : 0
-        groupBytes = rowTileGroupBytes(type, columns: columns)
+        self.groupBytes = groupBytes
     }
 
     /// Offsets in a group of block b's parts (see the file comment).
