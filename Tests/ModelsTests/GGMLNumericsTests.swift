@@ -101,4 +101,21 @@ import Testing
             #expect(got.map(\.bitPattern) == expected.map(\.bitPattern), "length \(length), \(slices) slices")
         }
     }
+    /// The 8-wide GEGLU equals the element-by-element definition (table of half GELUs, the ±10
+    /// ends), on a length with a scalar tail and values around both ends.
+    @Test func gegluEqualsElementwiseDefinition() {
+        var rng = SystemRandomNumberGenerator()
+        let count = 8 * 37 + 5
+        var g = (0..<count).map { _ in Float.random(in: -14...14, using: &rng) }
+        g[0] = -10; g[1] = 10; g[2] = .nan; g[3] = -0.0; g[4] = 9.999; g[5] = -9.999
+        let u = (0..<count).map { _ in Float.random(in: -3...3, using: &rng) }
+        let expected = zip(g, u).map { x, v -> Float in
+            if x <= -10 { return 0 }
+            if x >= 10 { return x * v }
+            return geluHalfTable[Int(Float16(x).bitPattern)] * v
+        }
+        var got = g
+        got.withUnsafeMutableBufferPointer { geglu($0.baseAddress!, u, count: count) }
+        #expect(got.map(\.bitPattern) == expected.map(\.bitPattern))
+    }
 }
