@@ -96,7 +96,7 @@ func pairRows<F: PairFormat>(_ f: F.Type, _ m: Mat, _ act: AVX512Activations, _ 
 func superRows<F: SuperFormat>(_ f: F.Type, _ m: Mat, _ act: AVX512Activations, _ tokens: Int,
                                _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
     if F.self == S4_K.self {
-        // decoding a tile pays from a few tokens on; single tokens (decode) read rows directly
+        // decoding a tile pays from a few tokens on; 1–3 tokens (decode) read the rows directly
         if tokens >= q4KTileMinTokens {
             Q4KTiles.rows(m, act, tokens, range, y)
         } else {
@@ -734,7 +734,8 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
                 let (w, s) = pair(b, cp, h)
                 let off = b * 256 + cp * 64
                 if !gemm {
-                    // integer sums: accumulating in place gives the same lanes, one add fewer
+                    // integer sums (every K-quant outside llama.cpp's gemm form): accumulating in
+                    // place gives the same wrapping Int32 lanes, one add fewer
                     i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off)), s)
                     if nt > 1 { i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) }
                     if nt > 2 { i2 = _mm512_dpwssd_epi32(i2, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 2 * cols)), s) }

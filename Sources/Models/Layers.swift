@@ -145,7 +145,9 @@ public struct RMSNorm: Sendable {
     /// `y` may be `x` (in place). With a pool, a large batch's rows are split across it.
     public func normalize(_ x: Matrix, into y: Matrix, pool: ThreadPool? = nil) {
         let length = weight.values.count
-        precondition(x.columns % length == 0 && y.columns == x.columns && y.rows == x.rows)
+        guard x.columns % length == 0, y.columns == x.columns, y.rows == x.rows else {
+            fatalError("RMSNorm: \(x.rows)×\(x.columns) into \(y.rows)×\(y.columns) with weight length \(length)")
+        }
         let slices = x.rows * x.columns / length
         nonisolated(unsafe) let (src, dst) = (UnsafePointer(x.data), y.data)
         let (w, epsilon) = (weight.values, self.epsilon)

@@ -99,6 +99,12 @@ import Testing
                                    into: got.withUnsafeMutableBufferPointer { $0.baseAddress! })
             }
             #expect(got.map(\.bitPattern) == expected.map(\.bitPattern), "length \(length), \(slices) slices")
+            // in place, as the models call it
+            var inPlace = src
+            inPlace.withUnsafeMutableBufferPointer {
+                rmsNormalizeSlices($0.baseAddress!, w, length: length, slices: 0..<slices, epsilon: 1e-6, into: $0.baseAddress!)
+            }
+            #expect(inPlace.map(\.bitPattern) == expected.map(\.bitPattern), "in place, length \(length)")
         }
     }
     /// The 8-wide GEGLU equals the element-by-element definition (table of half GELUs, the ±10
