@@ -210,12 +210,13 @@ func storeHalf(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float16>
     while i < count { dst[i] = Float16(src[i]); i += 1 }
 }
 
-/// Σ k[i]·q[i] over two half-precision vectors as ggml_vec_dot_f16 sums on an AVX-512 build
+/// Σ k[i]·q[i] over two half-precision vectors (q given widened to float, see
+/// `storeRoundedToHalf`, so a query is converted once, not once per cache position) as ggml_vec_dot_f16 sums on an AVX-512 build
 /// without FP16 arithmetic: 64 elements per step into four 16-lane accumulators (the products
 /// of two halves are exact in float), accumulators combined (0+2) + (1+3), the 16 lanes reduced
 /// as _mm512_reduce_add_ps, and a tail of fewer than 64 elements added in double.
 @inline(__always)
-func dotHalfGGML(_ k: UnsafePointer<Float16>, _ q: UnsafePointer<Float16>, count: Int) -> Float {
+func dotHalfGGML(_ k: UnsafePointer<Float16>, _ q: UnsafePointer<Float>, count: Int) -> Float {
     var a0 = Float8(), b0 = Float8(), a1 = Float8(), b1 = Float8()
     var a2 = Float8(), b2 = Float8(), a3 = Float8(), b3 = Float8()
     var i = 0
@@ -227,14 +228,22 @@ func dotHalfGGML(_ k: UnsafePointer<Float16>, _ q: UnsafePointer<Float16>, count
         i += 64
     }
     var total = Double(reduceAdd16((a0 + a2) + (a1 + a3), (b0 + b2) + (b1 + b3)))
-    while i < count { total += Double(Float(k[i]) * Float(q[i])); i += 1 }
+    while i < count { total += Double(Float(k[i]) * q[i]); i += 1 }
     return Float(total)
 }
 
-/// Scratch for one attention head: the query in half precision, then per cache position two
-/// floats (the rescale factor and the weight of the online softmax).
+/// dst[i] = src[i] rounded to half precision, kept as float.
+@inline(__always)
+func storeRoundedToHalf(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, count: Int) {
+    var i = 0
+    while i + 8 <= count { store8(roundedToHalf(load8(src + i)), dst + i); i += 8 }
+    while i < count { dst[i] = Float(Float16(src[i])); i += 1 }
+}
+
+/// Scratch for one attention head: the query rounded to half precision (as float), then per
+/// cache position two floats (the rescale factor and the weight of the online softmax).
 struct HeadScratch {
-    let query: UnsafeMutablePointer<Float16>
+    let query: UnsafeMutablePointer<Float>
     let factors: UnsafeMutablePointer<Float>
     /// One chunk's output in the split-KV kernel.
     let partial: UnsafeMutablePointer<Float>
@@ -260,7 +269,7 @@ func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointe
                    values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
                    headDimension: Int, valueDimension: Int, scale: Float,
                    scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
-    storeHalf(query, scratch.query, count: headDimension)
+    storeRoundedToHalf(query, scratch.query, count: headDimension)
     _ = attendHeadRowChunk(keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
                            positions: positions, headDimension: headDimension, valueDimension: valueDimension,
                            scale: scale, normalize: true, scratch: scratch, into: out)
@@ -276,7 +285,7 @@ func attendHeadRowSplit(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafeP
                         values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
                         cells: Int, chunkSize: Int, headDimension: Int, valueDimension: Int, scale: Float,
                         scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
-    storeHalf(query, scratch.query, count: headDimension)
+    storeRoundedToHalf(query, scratch.query, count: headDimension)
     out.initialize(repeating: 0, count: valueDimension)
     let chunk = scratch.partial
     var mFinal = -Float.infinity, sFinal: Float = 0
@@ -305,10 +314,14 @@ func attendHeadRowChunk(keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: 
                         values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
                         headDimension: Int, valueDimension: Int, scale: Float, normalize: Bool,
                         scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) -> (max: Float, sum: Float) {
-    let q16 = scratch.query, factors = scratch.factors
+    let qHalf = scratch.query, factors = scratch.factors
     var S: Float = 0, M = -Float.infinity
+    // scores first (independent of each other), then the sequential softmax over them
     for (i, p) in positions.enumerated() {
-        let s = dotHalfGGML(keys[p] + keyOffset, q16, count: headDimension) * scale
+        factors[2 * i] = dotHalfGGML(keys[p] + keyOffset, qHalf, count: headDimension) * scale
+    }
+    for i in 0..<positions.count {
+        let s = factors[2 * i]
         var ms: Float = 1, vs: Float = 1
         if s > M {
             ms = expf(M - s)

@@ -54,7 +54,8 @@ import Testing
             let a = (0..<count).map { Float16(Float($0 % 7) - 3.25) }
             let b = (0..<count).map { Float16(Float($0 % 5) * 0.5 - 1) }
             let exact = zip(a, b).reduce(0.0) { $0 + Double(Float($1.0)) * Double(Float($1.1)) }
-            let dot = a.withUnsafeBufferPointer { x in b.withUnsafeBufferPointer { y in
+            let bWidened = b.map { Float($0) }
+            let dot = a.withUnsafeBufferPointer { x in bWidened.withUnsafeBufferPointer { y in
                 dotHalfGGML(x.baseAddress!, y.baseAddress!, count: count)
             } }
             #expect(dot == Float(exact))  // small integers and halves: every partial sum is exact
