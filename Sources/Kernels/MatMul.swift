@@ -48,7 +48,8 @@ public func matmul(_ weights: [WeightMatrix], input: UnsafePointer<Float>, token
     WeightAccess.willRead(weights)
     let needs32 = weights.contains { activationBlock($0.type) == 32 }
     let needs256 = weights.contains { activationBlock($0.type) == 256 }
-    let act32 = needs32 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 32) : nil
+    let slots = weights.reduce(UInt8(0)) { $0 | QuantizedActivations.offsetSlots(for: $1.type) }
+    let act32 = needs32 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 32, offsetSlots: slots) : nil
     let act256 = needs256 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 256, gemmRows: gemmRows) : nil
     defer { act32?.deallocate(); act256?.deallocate() }
     nonisolated(unsafe) let x = input

@@ -1,6 +1,7 @@
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
 #endif
+import GGUF
 
 /// Activations (the `tokens` input rows of a matmul) quantized once per call to 8 bits,
 /// so that every weight block can be multiplied with integer SIMD dot products.
@@ -44,9 +45,23 @@ struct QuantizedActivations: @unchecked Sendable {
 
     /// Tokens llama.cpp's repacked gemm kernel would multiply (see `matmul`'s `gemmRows`).
     let gemmRows: Int
+    /// Bit o set: `offsetSums` of offset o are computed (the others are left undefined).
+    let offsetSlots: UInt8
 
-    init(columns: Int, tokens: Int, blockSize: Int, gemmRows: Int = 0) {
+    /// The `offsetSums` slots a kernel for weights of `type` may read (Q4_0: 0, Q5_0: 1, Q8_0
+    /// read as q + 128: 2), so a matmul computes only the sums its weights use.
+    static func offsetSlots(for type: TensorType) -> UInt8 {
+        switch type {
+        case .q4_0: 1 << 0
+        case .q5_0: 1 << 1
+        case .q8_0: 1 << 2
+        default: 0
+        }
+    }
+
+    init(columns: Int, tokens: Int, blockSize: Int, gemmRows: Int = 0, offsetSlots: UInt8 = 0b111) {
         self.gemmRows = gemmRows
+        self.offsetSlots = offsetSlots
         precondition(columns % blockSize == 0)
         self.columns = columns
         self.tokens = tokens
@@ -111,13 +126,19 @@ struct QuantizedActivations: @unchecked Sendable {
                 bsums[bi * 16 + k / 2 + 1] = Int16(truncatingIfNeeded: g1)
             } else {
                 total = _mm256_add_epi32(total, _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)))
-                // hadd twice gives the 4-element sums as [L0 L2 L4 L6 | L1 L3 L5 L7]
-                let sums = _mm256_hadd_epi32(_mm256_hadd_epi32(i0, i1), _mm256_hadd_epi32(i2, i3))
-                let negated = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_permutevar8x32_epi32(sums, order))
-                let out = UnsafeMutableRawPointer(offsetSums + 8 * bi), stride = 4 * offsetStride
-                out.storeBytes(of: _mm256_slli_epi32(negated, 3), as: __m256i.self)
-                out.storeBytes(of: _mm256_slli_epi32(negated, 4), toByteOffset: stride, as: __m256i.self)
-                out.storeBytes(of: _mm256_slli_epi32(negated, 7), toByteOffset: 2 * stride, as: __m256i.self)
+                if offsetSlots != 0 {
+                    // hadd twice gives the 4-element sums as [L0 L2 L4 L6 | L1 L3 L5 L7]
+                    let sums = _mm256_hadd_epi32(_mm256_hadd_epi32(i0, i1), _mm256_hadd_epi32(i2, i3))
+                    let negated = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_permutevar8x32_epi32(sums, order))
+                    let out = UnsafeMutableRawPointer(offsetSums + 8 * bi), stride = 4 * offsetStride
+                    if offsetSlots & 1 != 0 { out.storeBytes(of: _mm256_slli_epi32(negated, 3), as: __m256i.self) }
+                    if offsetSlots & 2 != 0 {
+                        out.storeBytes(of: _mm256_slli_epi32(negated, 4), toByteOffset: stride, as: __m256i.self)
+                    }
+                    if offsetSlots & 4 != 0 {
+                        out.storeBytes(of: _mm256_slli_epi32(negated, 7), toByteOffset: 2 * stride, as: __m256i.self)
+                    }
+                }
             }
         }
         if blockSize != 256 {
@@ -148,7 +169,7 @@ struct QuantizedActivations: @unchecked Sendable {
             UnsafeMutableRawPointer(qb + 8 * k).storeBytes(of: SIMD8<Int8>(truncatingIfNeeded: iv), as: SIMD8<Int8>.self)
             total &+= iv
             if blockSize == 32 {
-                for (o, offset) in Self.offsets.enumerated() {
+                for (o, offset) in Self.offsets.enumerated() where offsetSlots & (1 << o) != 0 {
                     offsetSums[o * offsetStride + 8 * bi + 2 * k] = 0 &- offset &* (iv[0] &+ iv[1] &+ iv[2] &+ iv[3])
                     offsetSums[o * offsetStride + 8 * bi + 2 * k + 1] = 0 &- offset &* (iv[4] &+ iv[5] &+ iv[6] &+ iv[7])
                 }
