@@ -1,8 +1,8 @@
 import GGUF
 
 /// A 2-D weight tensor: `rows` output features, each a row of `columns` inputs encoded in
-/// `type`'s blocks. Either viewed in place in the memory-mapped file (`.rows`, owning
-/// nothing), or repacked at load into 16-row tiles for the AVX-512 kernels (`.rowTiles16`,
+/// `type`'s blocks. Either viewed in place in the memory-mapped file (`.rows`, keeping the file
+/// open when made from one), or repacked at load into 16-row tiles for the AVX-512 kernels (`.rowTiles16`,
 /// see `withRowTiles`), whose memory `owner` keeps alive.
 public struct WeightMatrix: @unchecked Sendable {
     public enum Layout: Sendable, Equatable {
@@ -23,6 +23,11 @@ public struct WeightMatrix: @unchecked Sendable {
     let owner: AnyObject?
 
     public init(type: TensorType, data: UnsafeRawPointer, rows: Int, columns: Int) {
+        self.init(type: type, data: data, rows: rows, columns: columns, owner: nil)
+    }
+
+    /// `owner`: what keeps `data` valid (the GGUF file for a view into its mapping).
+    public init(type: TensorType, data: UnsafeRawPointer, rows: Int, columns: Int, owner: AnyObject?) {
         self.type = type
         self.data = data
         self.rows = rows
@@ -33,7 +38,7 @@ public struct WeightMatrix: @unchecked Sendable {
         }
         self.rowBytes = rowBytes
         layout = .rows
-        owner = nil
+        self.owner = owner
     }
 
     init(tiledFrom source: WeightMatrix, data: UnsafeRawPointer, groupBytes: Int, owner: AnyObject) {
@@ -46,8 +51,10 @@ public struct WeightMatrix: @unchecked Sendable {
         self.owner = owner
     }
 
+    /// A view into `file`'s mapping, which the matrix keeps alive.
     public init(file: GGUFFile, tensor: TensorInfo) {
-        self.init(type: tensor.type, data: file.data(for: tensor), rows: tensor.rowCount, columns: tensor.rowLength)
+        self.init(type: tensor.type, data: file.data(for: tensor), rows: tensor.rowCount, columns: tensor.rowLength,
+                  owner: file)
     }
 
     /// Row r in GGUF order; only for `.rows` matrices.

@@ -28,7 +28,8 @@ public struct MixtureOfExperts: FeedForward {
                 throw ModelError.badTensorShape(name: prefix + name, expected: [inputs, outputs, experts], found: info.shape)
             }
             let base = file.data(for: info), bytesPerExpert = outputs * info.rowBytes
-            return (0..<experts).map { WeightMatrix(type: info.type, data: base + $0 * bytesPerExpert, rows: outputs, columns: inputs) }
+            return (0..<experts).map { WeightMatrix(type: info.type, data: base + $0 * bytesPerExpert, rows: outputs, columns: inputs,
+                                                  owner: file) }
         }
         gates = try experts3D("ffn_gate_exps.weight", inputs: dimension, outputs: hidden)
         ups = try experts3D("ffn_up_exps.weight", inputs: dimension, outputs: hidden)

@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import GGUF
 import Kernels
 import Models
 import Testing
@@ -108,6 +109,30 @@ enum RealModel: String, CaseIterable, Sendable, CustomTestStringConvertible {
         #expect(abs(result.ppl - expected) / expected < 0.01, "PPL \(result.ppl) is not within 1% of llama.cpp's \(expected)")
         let expectedStderr = reference["stderr"] as! Double
         #expect(abs(result.stderr - expectedStderr) / expectedStderr < 0.05)
+    }
+
+    /// The reference tests above run with the default load, which on AVX-512 machines repacks
+    /// the 32-element formats into tiles; the GGUF layout (AVX2 machines, `--mem-budget`) must
+    /// give the same logits bit for bit, for a prompt batch and for single-token steps.
+    @Test(arguments: RealModel.allCases)
+    func ggufLayoutGivesTheRepackedLogits(_ model: RealModel) throws {
+        let pool = ThreadPool(threads: 2)
+        // the files are not kept here: the models' matrices keep their mappings alive
+        let tiled = try ModelRegistry.load(GGUFFile(path: model.path), repackWeights: true)
+        let plain = try ModelRegistry.load(GGUFFile(path: model.path), repackWeights: false)
+        let prompt = try model.load().tokenizer.encode("The quick brown fox jumps over the lazy dog, and then",
+                                                       addSpecial: true, parseSpecial: false)
+        func logits(_ m: any LanguageModel) throws -> [[Float]] {
+            let cache = m.makeCache(capacity: 64)
+            var rows = try m.forward([BatchSequence(tokens: prompt, cache: cache, allLogits: true)], pool: pool)
+            for token: Int32 in [42, 7, 1000] {
+                rows += try m.forward([BatchSequence(tokens: [token], cache: cache)], pool: pool)
+            }
+            return rows
+        }
+        let a = try logits(tiled), b = try logits(plain)
+        #expect(a.count == prompt.count + 3)
+        #expect(a.map { $0.map(\.bitPattern) } == b.map { $0.map(\.bitPattern) })
     }
 
     @Test func promptLongerThanContextIsAClearError() throws {
