@@ -15,8 +15,8 @@ import KernelsAVX512
 /// `--mem-budget` (weights paged from the file on demand) turns repacking off.
 public enum WeightRepacking {
     /// Whether models loaded in this task repack their matrices (see `LoadedModel`). On unless
-    /// `SWIFTLET_REPACK=0` (or false/off/no). Measured on the 2-vCPU Zen 4: 16-token batches (a 16-client decode
-    /// step) 25–40 % faster, 1-thread generation ~20 % faster; 2-thread generation is bound by
+    /// `SWIFTLET_REPACK=0` (or false/off/no). Measured on the 2-vCPU Zen 4: 16-token batches
+    /// (a 16-client decode step) 25–40 % faster, 1-thread generation ~20 % faster; 2-thread generation is bound by
     /// memory bandwidth either way and does not change (an earlier session's ≈110 vs ≈175 tok/s
     /// did not reproduce: 4 alternating tg128 runs here were within noise of each other).
     @TaskLocal public static var enabled: Bool =

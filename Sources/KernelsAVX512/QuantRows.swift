@@ -733,30 +733,23 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
             for cp in 0..<4 {
                 let (w, s) = pair(b, cp, h)
                 let off = b * 256 + cp * 64
-                if !gemm {
-                    // integer sums (every K-quant outside llama.cpp's gemm form): accumulating in
-                    // place gives the same wrapping Int32 lanes, one add fewer
-                    i0 = _mm512_dpwssd_epi32(i0, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off)), s)
-                    if nt > 1 { i1 = _mm512_dpwssd_epi32(i1, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) }
-                    if nt > 2 { i2 = _mm512_dpwssd_epi32(i2, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 2 * cols)), s) }
-                    if nt > 3 { i3 = _mm512_dpwssd_epi32(i3, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 3 * cols)), s) }
-                    continue
+                // llama.cpp's gemm form needs each pair's own sum as well; otherwise the pair goes
+                // straight into the block's integer lanes (the same wrapping Int32 lanes, one add fewer)
+                @inline(__always)
+                func pairDot(_ j: Int, _ i: inout __m512i, _ g: inout SIMD4<Int32>) {
+                    let x = _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + j * cols))
+                    if gemm {
+                        let p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), x, s)
+                        g[cp] = pairSum(p)
+                        i = _mm512_add_epi32(i, p)
+                    } else {
+                        i = _mm512_dpwssd_epi32(i, x, s)
+                    }
                 }
-                let z = _mm512_setzero_si512()
-                let p0 = _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off)), s)
-                let p1 = nt > 1 ? _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + cols)), s) : z
-                let p2 = nt > 2 ? _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 2 * cols)), s) : z
-                let p3 = nt > 3 ? _mm512_dpwssd_epi32(z, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + 3 * cols)), s) : z
-                if gemm {
-                    g0s[cp] = pairSum(p0)
-                    if nt > 1 { g1s[cp] = pairSum(p1) }
-                    if nt > 2 { g2s[cp] = pairSum(p2) }
-                    if nt > 3 { g3s[cp] = pairSum(p3) }
-                }
-                i0 = _mm512_add_epi32(i0, p0)
-                if nt > 1 { i1 = _mm512_add_epi32(i1, p1) }
-                if nt > 2 { i2 = _mm512_add_epi32(i2, p2) }
-                if nt > 3 { i3 = _mm512_add_epi32(i3, p3) }
+                pairDot(0, &i0, &g0s)
+                if nt > 1 { pairDot(1, &i1, &g1s) }
+                if nt > 2 { pairDot(2, &i2, &g2s) }
+                if nt > 3 { pairDot(3, &i3, &g3s) }
             }
             let ws = h.d
             @inline(__always)

@@ -211,8 +211,8 @@ func storeHalf(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float16>
 }
 
 /// Σ k[i]·q[i] over two half-precision vectors (q given widened to float, see
-/// `storeRoundedToHalf`, so a query is converted once, not once per cache position) as ggml_vec_dot_f16 sums on an AVX-512 build
-/// without FP16 arithmetic: 64 elements per step into four 16-lane accumulators (the products
+/// `storeRoundedToHalf`, so a query is converted once, not once per cache position) as
+/// ggml_vec_dot_f16 sums on an AVX-512 build without FP16 arithmetic: 64 elements per step into four 16-lane accumulators (the products
 /// of two halves are exact in float), accumulators combined (0+2) + (1+3), the 16 lanes reduced
 /// as _mm512_reduce_add_ps, and a tail of fewer than 64 elements added in double.
 @inline(__always)
