@@ -97,13 +97,16 @@ public final class GGUFFile: @unchecked Sendable {
 
     /// Tell the kernel how the mapping will be read: `.willNeed` prefetches, `.dontNeed`
     /// drops resident pages (they are re-read from the page cache or disk on next touch).
-    public enum Advice: Sendable { case normal, sequential, random, willNeed, dontNeed }
+    public enum Advice: Sendable { case normal, sequential, random, willNeed, dontNeed, noHugePages }
 
     public func advise(_ advice: Advice, tensor: TensorInfo) {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let start = tensor.fileOffset / page * page
         advise(advice, offset: start, length: tensor.fileOffset + tensor.byteCount - start)
     }
+
+    /// `advice` for the whole mapping.
+    public func advise(_ advice: Advice) { advise(advice, offset: 0, length: fileSize) }
 
     /// `advice` for the whole pages inside `bytes` (a part of this file's mapping); partial
     /// pages at either end are left alone, since they hold neighbouring bytes.
@@ -122,6 +125,7 @@ public final class GGUFFile: @unchecked Sendable {
         case .random: flag = Int32(MADV_RANDOM)
         case .willNeed: flag = Int32(MADV_WILLNEED)
         case .dontNeed: flag = Int32(MADV_DONTNEED)
+        case .noHugePages: flag = Int32(MADV_NOHUGEPAGE)
         }
         _ = madvise(UnsafeMutableRawPointer(mutating: base + start), length, flag)
     }

@@ -22,6 +22,10 @@ public enum ModelRegistry {
         guard let build = builders[config.architecture] else {
             throw ModelError.unsupportedArchitecture(config.architecture)
         }
+        // Repacked tensors drop their file pages once copied; a large page-cache folio mapped whole
+        // (ext4 since Linux 6.16) when a neighbouring tensor used in place is read would count
+        // their bytes again (Gemma 3: +41 MiB resident), so the mapping takes small pages only.
+        if repackWeights { file.advise(.noHugePages) }
         return try WeightRepacking.$enabled.withValue(repackWeights) { try build(file, config) }
     }
 }
