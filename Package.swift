@@ -49,7 +49,9 @@ let package = Package(
         // quant formats, SIMD math, thread pool
         .target(name: "Kernels", dependencies: ["GGUF", "KernelsAVX512"], swiftSettings: kernelSettings),
         // AVX-512/VNNI matmul kernels, called only after CPUDispatch (in Kernels) checked the CPU (empty off x86-64)
-        .target(name: "KernelsAVX512", dependencies: ["GGUF"], swiftSettings: avx512Settings),
+        .target(name: "KernelsAVX512", dependencies: ["GGUF", "CPUPrefetch"], swiftSettings: avx512Settings),
+        // software prefetch, which Swift has no intrinsic for (a header with one inline function)
+        .target(name: "CPUPrefetch"),
         // text ↔ tokens, chat templates
         .target(name: "Tokenization", dependencies: [
             "GGUF", .product(name: "HeapModule", package: "swift-collections"),

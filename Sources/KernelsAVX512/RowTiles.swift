@@ -16,6 +16,7 @@
 // and float operations are exactly those of the GGUF-layout kernels (bitwise equal results).
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
+import CPUPrefetch
 import GGUF
 
 /// Bytes of one 16-row group of a `type` matrix with `columns` columns, or nil when `type`
@@ -151,6 +152,12 @@ public func avx512TiledRows(_ type: TensorType, tiles: UnsafeRawPointer, rows: I
     return true
 }
 
+/// How far ahead of a decoding step's tile stream the L2 prefetches run. On the 2-vCPU Sapphire
+/// Rapids (whose hardware prefetchers leave one core at ~6 GB/s on this stream, against ~10 GB/s
+/// for a plain read loop) 2 KiB made tg128 +20 % (Gemma 3: 41.9 -> 50.3 t/s, SmolLM2: 96.8 -> 119.4,
+/// medians of alternating runs); 1 KiB and 4 KiB gained less.
+let tilePrefetchDistance = 2048
+
 /// Token counts from which a group is unpacked once into scratch (8 vectors and the float
 /// scales per block) for all token pairs, rather than unpacked in registers for each pair.
 let tileScratchMinTokens = 5
@@ -220,6 +227,16 @@ func tiledRows<F: PairFormat>(_ f: F.Type, _ t: TileLayout, _ tiles: UnsafeRawPo
                     return (w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7])
                 } scales: { b in (sScales[2 * b], sScales[2 * b + 1]) }
             }
+        } else if tokens == 1 {
+            // Decoding streams the matrix from memory once per token: the stream runs
+            // `tilePrefetchDistance` bytes ahead, spread evenly over the group's blocks.
+            let chunk = (t.groupBytes / nb + 63) / 64 * 64
+            let ahead = group + tilePrefetchDistance
+            tileDot(F.self, nb, act, 0, 1, out, rows, storeMask, lanes: { b in
+                let p = ahead + b * chunk
+                for k in stride(from: 0, to: chunk, by: 64) { swiftlet_prefetch_l2(p + k) }
+                return lanes(b)
+            }, scales: scales)
         } else {
             forTokenPairs(tokens) { t0, nt in
                 tileDot(F.self, nb, act, t0, nt, out + t0 * rows, rows, storeMask, lanes: lanes, scales: scales)
