@@ -1,6 +1,10 @@
 import Foundation
+import Kernels
 #if arch(x86_64)
 import _Builtin_intrinsics.intel
+#endif
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+import KernelsAVX512
 #endif
 
 // SIMD loops for the element-wise parts of the forward pass (norms, activations, attention).
@@ -415,6 +419,13 @@ func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, fi
                     headDimension: Int, valueDimension: Int, scale: Float,
                     scratch t: TileScratch, into out: UnsafeMutablePointer<Float>, outStride: Int) {
     let T = attentionTile
+    // the product loops in 512-bit vectors where the CPU has them (the same chains, 16 lanes wide)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    let wide = CPUDispatch.current == .avx512
+    let accumulate = wide ? avx512AccumulatePair : accumulatePair
+#else
+    let accumulate = accumulatePair
+#endif
     t.acc.initialize(repeating: 0, count: rows * valueDimension)
     t.maxima.initialize(repeating: -.infinity, count: rows)
     t.sums.initialize(repeating: 0, count: rows)
@@ -450,6 +461,15 @@ func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, fi
             let q0 = query + r0 * queryStride, q1 = query + min(r0 + 1, rows - 1) * queryStride
             let q2 = query + min(r0 + 2, rows - 1) * queryStride, q3 = query + min(r0 + 3, rows - 1) * queryStride
             let s = t.scores + r0 * T
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+            if wide {
+                if gLo < gHi {
+                    avx512TileScores(q0, q1, q2, q3, keys: t.keys, tile: T, headDimension: headDimension,
+                                     positions: gLo * 8..<gHi * 8, scale: scale, scores: s)
+                }
+                continue
+            }
+#endif
             var g = gLo
             while g + 2 <= gHi {
                 var a0 = Float8(), a1 = Float8(), b0 = Float8(), b1 = Float8()
@@ -532,13 +552,12 @@ func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, fi
             let (loA, hiA) = (t.bounds[2 * r], t.bounds[2 * r + 1])
             if r + 1 < rows, loA < hiA, t.bounds[2 * r + 2] < t.bounds[2 * r + 3] {
                 let (loB, hiB) = (t.bounds[2 * r + 2], t.bounds[2 * r + 3])
-                accumulatePair(weights: t.scores + r * T, t.scores + (r + 1) * T, t.acc + r * valueDimension,
-                               t.acc + (r + 1) * valueDimension, values: t.values, valueDimension: valueDimension,
-                               loA..<hiA, loB..<hiB)
+                accumulate(t.scores + r * T, t.scores + (r + 1) * T, t.acc + r * valueDimension,
+                           t.acc + (r + 1) * valueDimension, t.values, valueDimension, loA..<hiA, loB..<hiB)
                 r += 2
             } else {
-                accumulatePair(weights: t.scores + r * T, t.scores + r * T, t.acc + r * valueDimension,
-                               nil, values: t.values, valueDimension: valueDimension, loA..<hiA, 0..<0)
+                accumulate(t.scores + r * T, t.scores + r * T, t.acc + r * valueDimension,
+                           nil, t.values, valueDimension, loA..<hiA, 0..<0)
                 r += 1
             }
         }
@@ -553,14 +572,15 @@ func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, fi
 }
 
 /// dst[d · 64 + k] = float(keys[k][offset + d]) for the tile's `count` positions and those up
-/// to the next multiple of 8 as zero keys (masked, but scored with their 8-lane group).
+/// to the next multiple of 16 as zero keys (masked, but scored with their 8- or 16-lane group).
 /// 8 positions × 8 dimensions at a time through registers: element by element, the strided
 /// stores took a third of the kernel for a 256-wide head.
 @inline(__always)
 func transposeKeys(_ keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int, count: Int, headDimension: Int,
                    zero: UnsafePointer<Float16>, into dst: UnsafeMutablePointer<Float>) {
     let T = attentionTile
-    for k0 in stride(from: 0, to: count, by: 8) {
+    // zero keys up to a multiple of 16 positions, so the 16-lane score loop reads no stale floats
+    for k0 in stride(from: 0, to: (count + 15) / 16 * 16, by: 8) {
         @inline(__always) func row(_ i: Int) -> UnsafePointer<Float16> { k0 + i < count ? keys[k0 + i] + keyOffset : zero }
         let (p0, p1, p2, p3, p4, p5, p6, p7) = (row(0), row(1), row(2), row(3), row(4), row(5), row(6), row(7))
         var d = 0

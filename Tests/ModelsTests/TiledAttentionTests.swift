@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 @testable import Models
 import Testing
 
@@ -29,14 +30,21 @@ import Testing
         for (firstPosition, rows, window) in [(0, 64, nil), (0, 37, nil), (64, 64, nil), (5, 64, nil), (150, 61, nil),
                                                (236, 64, nil), (200, 3, nil), (100, 64, 20), (180, 64, 70), (130, 50, 7),
                                                (236, 64, 1), (0, 64, 512)] as [(Int, Int, Int?)] {
-            var out = [Float](repeating: 0, count: rows * valueDimension)
+            // both kernel families: the AVX-512 product loops must give the AVX2 floats
+            var out = [KernelISA: [Float]]()
             var expected = [Float](repeating: 0, count: rows * valueDimension)
             keyRows.withUnsafeBufferPointer { k in valueRows.withUnsafeBufferPointer { v in query.withUnsafeBufferPointer { q in
-                out.withUnsafeMutableBufferPointer { o in
-                    attendHeadTile(query: q.baseAddress!, queryStride: headDimension, rows: rows, firstPosition: firstPosition,
-                                   window: window, keys: k.baseAddress!, keyOffset: 0, values: v.baseAddress!, valueOffset: 0,
-                                   headDimension: headDimension, valueDimension: valueDimension, scale: 0.125,
-                                   scratch: scratch, into: o.baseAddress!, outStride: valueDimension)
+                for isa in KernelISA.allCases {
+                    var o = [Float](repeating: 0, count: rows * valueDimension)
+                    o.withUnsafeMutableBufferPointer { o in
+                        CPUDispatch.with(isa) {
+                            attendHeadTile(query: q.baseAddress!, queryStride: headDimension, rows: rows, firstPosition: firstPosition,
+                                           window: window, keys: k.baseAddress!, keyOffset: 0, values: v.baseAddress!, valueOffset: 0,
+                                           headDimension: headDimension, valueDimension: valueDimension, scale: 0.125,
+                                           scratch: scratch, into: o.baseAddress!, outStride: valueDimension)
+                        }
+                    }
+                    out[isa] = o
                 }
                 expected.withUnsafeMutableBufferPointer { o in
                     attendHeadTileReference(query: q.baseAddress!, queryStride: headDimension, rows: rows, firstPosition: firstPosition,
@@ -45,7 +53,10 @@ import Testing
                                             scratch: referenceScratch, into: o.baseAddress!, outStride: valueDimension)
                 }
             } } }
-            #expect(out.map(\.bitPattern) == expected.map(\.bitPattern), "first \(firstPosition), rows \(rows), window \(String(describing: window))")
+            for (isa, o) in out {
+                #expect(o.map(\.bitPattern) == expected.map(\.bitPattern),
+                        "\(isa): first \(firstPosition), rows \(rows), window \(String(describing: window))")
+            }
             checked += 1
         }
         #expect(checked == 12)
