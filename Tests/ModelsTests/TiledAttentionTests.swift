@@ -169,3 +169,48 @@ func attendHeadTileReference(query: UnsafePointer<Float>, queryStride: Int, rows
         while d < valueDimension { o[d] = acc[d] * inverse; d += 1 }
     }
 }
+
+/// The row kernel (decoding, small batches) gives the floats of its element-by-element form:
+/// ggml's online softmax with the output accumulated in half precision.
+@Suite struct RowAttentionTests {
+    @Test(arguments: [(64, 64), (256, 256), (40, 72), (36, 20), (64, 136)])
+    func rowKernelEqualsScalarForm(headDimension: Int, valueDimension: Int) {
+        var rng = SystemRandomNumberGenerator()
+        let positions = 97
+        func rows(_ width: Int, _ range: ClosedRange<Float>) -> [UnsafePointer<Float16>] {
+            (0..<positions).map { _ in
+                let p = UnsafeMutablePointer<Float16>.allocate(capacity: width)
+                for d in 0..<width { p[d] = Float16(Float.random(in: range, using: &rng)) }
+                return UnsafePointer(p)
+            }
+        }
+        let keyRows = rows(headDimension, -2...2), valueRows = rows(valueDimension, -3...3)
+        defer { for p in keyRows + valueRows { p.deallocate() } }
+        let query = (0..<headDimension).map { _ in Float.random(in: -1.5...1.5, using: &rng) }
+        let scratch = HeadScratch(headDimension: headDimension, positions: positions, valueDimension: valueDimension)
+        defer { scratch.deallocate() }
+        for range in [0..<positions, 30..<31, 5..<70] {
+            var out = [Float](repeating: 0, count: valueDimension)
+            keyRows.withUnsafeBufferPointer { k in valueRows.withUnsafeBufferPointer { v in
+                attendHeadRow(query: query, keys: k.baseAddress!, keyOffset: 0, values: v.baseAddress!, valueOffset: 0,
+                              positions: range, headDimension: headDimension, valueDimension: valueDimension,
+                              scale: 0.125, scratch: scratch, into: &out)
+            } }
+            let qHalf = query.map { Float(Float16($0)) }
+            let scores = range.map { p in dotHalfGGML(keyRows[p], qHalf, count: headDimension) * 0.125 }
+            var acc = [Float](repeating: 0, count: valueDimension)
+            var (m, sum) = (-Float.infinity, Float(0))
+            for (i, p) in range.enumerated() {
+                var (ms, vs): (Float, Float) = (1, 1)
+                if scores[i] > m { ms = expf(m - scores[i]); m = scores[i] } else { vs = expf(scores[i] - m) }
+                sum = vs.addingProduct(sum, ms)
+                for d in 0..<valueDimension {
+                    if ms != 1 { acc[d] = Float(Float16(acc[d] * ms)) }
+                    acc[d] = Float(Float16(acc[d].addingProduct(Float(valueRows[p][d]), vs)))
+                }
+            }
+            let expected = acc.map { $0 * (1 / sum) }
+            #expect(out.map(\.bitPattern) == expected.map(\.bitPattern), "positions \(range)")
+        }
+    }
+}
