@@ -49,9 +49,9 @@ let package = Package(
         // quant formats, SIMD math, thread pool
         .target(name: "Kernels", dependencies: ["GGUF", "KernelsAVX512"], swiftSettings: kernelSettings),
         // AVX-512/VNNI matmul kernels, called only after CPUDispatch (in Kernels) checked the CPU (empty off x86-64)
-        .target(name: "KernelsAVX512", dependencies: ["GGUF", "CPUPrefetch"], swiftSettings: avx512Settings),
-        // software prefetch, which Swift has no intrinsic for (a header with one inline function)
-        .target(name: "CPUPrefetch"),
+        .target(name: "KernelsAVX512", dependencies: ["GGUF", "CIntrinsics"], swiftSettings: avx512Settings),
+        // intrinsics that are C macros, which Swift cannot import (a header of static inline functions)
+        .target(name: "CIntrinsics"),
         // text ↔ tokens, chat templates
         .target(name: "Tokenization", dependencies: [
             "GGUF", .product(name: "HeapModule", package: "swift-collections"),

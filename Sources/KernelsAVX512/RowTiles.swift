@@ -16,7 +16,7 @@
 // and float operations are exactly those of the GGUF-layout kernels (bitwise equal results).
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
-import CPUPrefetch
+import CIntrinsics
 import GGUF
 
 /// Bytes of one 16-row group of a `type` matrix with `columns` columns, or nil when `type`

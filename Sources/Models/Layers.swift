@@ -361,61 +361,61 @@ public struct Attention: Sendable {
     }
 
     /// Every query head of every token attends over its sequence's cached positions up to its
-    /// own (causal), restricted to the window if any. Jobs are (token, head) pairs dealt out
+    /// own (causal), restricted to the window if any. Jobs are (rows, heads) pairs dealt out
     /// round-robin to a few pool items, which balances the causal triangle's uneven rows.
     func attend(_ q: Matrix, _ sequences: [AttentionSequence], into out: Matrix, pool: ThreadPool) {
         let (heads, group, headDimension) = (self.heads, self.heads / kvHeads, self.headDimension)
         let valueDimension = out.columns / heads
         let (scale, window) = (self.scale, self.window)
+        let together = rowKernelHeads(group: group, valueDimension: valueDimension)
         // Jobs: a run of rows (one row, or a tile of up to 64 for the tiled kernel) of one
-        // sequence, for every head; dealt out round-robin, which balances the causal triangle.
-        var jobs: [(sequence: Int, row: Int, rows: Int)] = []
+        // sequence, and one head (or, for the grouped row kernel, `together` heads of a KV group).
+        var jobs: [(sequence: Int, row: Int, rows: Int, head: Int, heads: Int)] = []
         var work = 0, longest = 0
         for (s, seq) in sequences.enumerated() {
             longest = max(longest, seq.firstPosition + seq.tokens)
             let step = seq.tiled ? attentionTile : 1
+            let width = seq.tiled || seq.splitCells != nil ? 1 : together
             for i in stride(from: 0, to: seq.tokens, by: step) {
-                jobs.append((s, seq.firstRow + i, min(step, seq.tokens - i)))
-                work += (seq.firstPosition + i + 1) * min(step, seq.tokens - i) * heads * (headDimension + valueDimension)
+                let rows = min(step, seq.tokens - i)
+                for h in stride(from: 0, to: heads, by: width) { jobs.append((s, seq.firstRow + i, rows, h, width)) }
+                work += (seq.firstPosition + i + 1) * rows * heads * (headDimension + valueDimension)
             }
         }
-        let jobCount = jobs.count * heads
+        let jobCount = jobs.count
         let items = work < 1 << 15 ? 1 : min(jobCount, pool.threadCount * 8)
         let (qm, om, seqs, runs, longestRun) = (q, out, sequences, jobs, longest)
         let threads = pool.threadCount  // llama.cpp's split-KV chunks are one per thread
         pool.parallelFor(items) { item in
-            let scratch = HeadScratch(headDimension: headDimension, positions: longestRun, valueDimension: valueDimension)
+            let scratch = HeadScratch(headDimension: headDimension, positions: longestRun, valueDimension: valueDimension,
+                                      heads: together)
             let tile = TileScratch(headDimension: headDimension, valueDimension: valueDimension)
             defer { scratch.deallocate(); tile.deallocate() }
             for job in stride(from: item, to: jobCount, by: items) {
-                let (s, r, rows) = runs[job / heads]
-                let h = job % heads
+                let (s, r, rows, h, width) = runs[job]
                 let seq = seqs[s]
                 let position = seq.firstPosition + (r - seq.firstRow)
+                let first = window.map { max(0, position - $0 + 1) } ?? 0
+                let (keyOffset, valueOffset) = ((h / group) * headDimension, (h / group) * valueDimension)
                 if seq.tiled {
                     attendHeadTile(query: qm[r] + h * headDimension, queryStride: qm.columns, rows: rows,
                                    firstPosition: position, window: window,
-                                   keys: seq.keys, keyOffset: (h / group) * headDimension,
-                                   values: seq.values, valueOffset: (h / group) * valueDimension,
+                                   keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
                                    headDimension: headDimension, valueDimension: valueDimension, scale: scale,
                                    scratch: tile, into: om[r] + h * valueDimension, outStride: om.columns)
                 } else if let cells = seq.splitCells {
-                    let first = window.map { max(0, position - $0 + 1) } ?? 0
                     attendHeadRowSplit(query: qm[r] + h * headDimension,
-                                       keys: seq.keys, keyOffset: (h / group) * headDimension,
-                                       values: seq.values, valueOffset: (h / group) * valueDimension,
+                                       keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
                                        positions: first..<position + 1, cells: cells,
                                        chunkSize: (cells + threads - 1) / threads, headDimension: headDimension,
                                        valueDimension: valueDimension, scale: scale, scratch: scratch,
                                        into: om[r] + h * valueDimension)
                 } else {
-                    let first = window.map { max(0, position - $0 + 1) } ?? 0
-                    attendHeadRow(query: qm[r] + h * headDimension,
-                                  keys: seq.keys, keyOffset: (h / group) * headDimension,
-                                  values: seq.values, valueOffset: (h / group) * valueDimension,
-                                  positions: first..<position + 1, headDimension: headDimension,
-                                  valueDimension: valueDimension, scale: scale, scratch: scratch,
-                                  into: om[r] + h * valueDimension)
+                    attendHeadsRow(query: qm[r] + h * headDimension, heads: width,
+                                   keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
+                                   positions: first..<position + 1, headDimension: headDimension,
+                                   valueDimension: valueDimension, scale: scale, scratch: scratch,
+                                   into: om[r] + h * valueDimension)
                 }
             }
         }

@@ -251,9 +251,10 @@ struct HeadScratch {
     let factors: UnsafeMutablePointer<Float>
     /// One chunk's output in the split-KV kernel.
     let partial: UnsafeMutablePointer<Float>
-    init(headDimension: Int, positions: Int, valueDimension: Int = 0) {
-        query = .allocate(capacity: headDimension)
-        factors = .allocate(capacity: 2 * positions)
+    /// `heads`: how many heads `attendHeadsRow` attends at once.
+    init(headDimension: Int, positions: Int, valueDimension: Int = 0, heads: Int = 1) {
+        query = .allocate(capacity: headDimension * heads)
+        factors = .allocate(capacity: 2 * positions * heads)
         partial = .allocate(capacity: max(1, valueDimension))
     }
     func deallocate() { query.deallocate(); factors.deallocate(); partial.deallocate() }
@@ -277,6 +278,41 @@ func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointe
     _ = attendHeadRowChunk(keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
                            positions: positions, headDimension: headDimension, valueDimension: valueDimension,
                            scale: scale, normalize: true, scratch: scratch, into: out)
+}
+
+/// How many query heads of a KV group `attendHeadsRow` attends at once: with 512-bit vectors,
+/// the largest divisor of the group up to 4 (their chains interleave); else one.
+func rowKernelHeads(group: Int, valueDimension: Int) -> Int {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    if CPUDispatch.current == .avx512 && valueDimension % 64 == 0 {
+        return (1...min(4, group)).last { group % $0 == 0 }!
+    }
+#endif
+    return 1
+}
+
+/// `attendHeadRow` for `heads` consecutive query heads of one KV group (head j's query at
+/// `query + j · headDimension`, its output at `out + j · valueDimension`), the same floats per
+/// head; in 512-bit vectors with the heads side by side where `rowKernelHeads` allows.
+@inline(__always)
+func attendHeadsRow(query: UnsafePointer<Float>, heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                    values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
+                    headDimension: Int, valueDimension: Int, scale: Float,
+                    scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    if CPUDispatch.current == .avx512 && valueDimension % 64 == 0 {
+        storeRoundedToHalf(query, scratch.query, count: headDimension * heads)
+        avx512AttendRowGroup(queries: scratch.query, heads: heads, keys: keys, keyOffset: keyOffset,
+                             values: values, valueOffset: valueOffset, positions: positions,
+                             headDimension: headDimension, valueDimension: valueDimension, scale: scale,
+                             factors: scratch.factors, into: out, outStride: valueDimension)
+        return
+    }
+#endif
+    precondition(heads == 1)
+    attendHeadRow(query: query, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                  positions: positions, headDimension: headDimension, valueDimension: valueDimension, scale: scale,
+                  scratch: scratch, into: out)
 }
 
 /// llama.cpp's split-KV variant of the row kernel, which it runs for a single-token micro-batch

@@ -213,4 +213,45 @@ func attendHeadTileReference(query: UnsafePointer<Float>, queryStride: Int, rows
             #expect(out.map(\.bitPattern) == expected.map(\.bitPattern), "positions \(range)")
         }
     }
+    /// The grouped row kernel (several query heads of one KV group at once, in 512-bit vectors
+    /// where the CPU has them) gives each head the floats of the one-head kernel.
+    @Test(arguments: [(64, 64, 3), (256, 256, 4), (64, 64, 8), (40, 64, 2), (128, 128, 1)])
+    func groupedRowKernelEqualsOneHead(headDimension: Int, valueDimension: Int, group: Int) {
+        var rng = SystemRandomNumberGenerator()
+        let positions = 83
+        func rows(_ width: Int, _ range: ClosedRange<Float>) -> [UnsafePointer<Float16>] {
+            (0..<positions).map { _ in
+                let p = UnsafeMutablePointer<Float16>.allocate(capacity: width)
+                for d in 0..<width { p[d] = Float16(Float.random(in: range, using: &rng)) }
+                return UnsafePointer(p)
+            }
+        }
+        let keyRows = rows(headDimension, -2...2), valueRows = rows(valueDimension, -3...3)
+        defer { for p in keyRows + valueRows { p.deallocate() } }
+        let together = rowKernelHeads(group: group, valueDimension: valueDimension)
+        #expect(group % together == 0)
+        let queries = (0..<headDimension * together).map { _ in Float.random(in: -1.5...1.5, using: &rng) }
+        let grouped = HeadScratch(headDimension: headDimension, positions: positions, valueDimension: valueDimension,
+                                  heads: together)
+        let single = HeadScratch(headDimension: headDimension, positions: positions, valueDimension: valueDimension)
+        defer { grouped.deallocate(); single.deallocate() }
+        for range in [0..<positions, 30..<31, 5..<70] {
+            var out = [Float](repeating: 0, count: valueDimension * together)
+            var expected = out
+            keyRows.withUnsafeBufferPointer { k in valueRows.withUnsafeBufferPointer { v in
+                attendHeadsRow(query: queries, heads: together, keys: k.baseAddress!, keyOffset: 0,
+                               values: v.baseAddress!, valueOffset: 0, positions: range, headDimension: headDimension,
+                               valueDimension: valueDimension, scale: 0.125, scratch: grouped, into: &out)
+                queries.withUnsafeBufferPointer { q in expected.withUnsafeMutableBufferPointer { e in
+                    for j in 0..<together {
+                        attendHeadRow(query: q.baseAddress! + j * headDimension, keys: k.baseAddress!, keyOffset: 0,
+                                      values: v.baseAddress!, valueOffset: 0, positions: range,
+                                      headDimension: headDimension, valueDimension: valueDimension, scale: 0.125,
+                                      scratch: single, into: e.baseAddress! + j * valueDimension)
+                    }
+                } }
+            } }
+            #expect(out.map(\.bitPattern) == expected.map(\.bitPattern), "positions \(range), \(together) heads")
+        }
+    }
 }

@@ -1,2 +1,0 @@
-// The module is the header alone (include/CPUPrefetch.h); SwiftPM wants one source file.
-#include "CPUPrefetch.h"
