@@ -49,14 +49,16 @@ private func dotHalf(_ k: UnsafePointer<Float16>, _ q: UnsafePointer<Float>, cou
 /// floats of the one-head row kernel — scores by ggml's F16 dot, the online softmax in position
 /// order with libm expf (a new max: ms = e^(old − new), w = 1; else w = e^(s − max)), the output
 /// in half precision (acc = half(acc·ms) on a new max, then half(v·w + acc) fused), S = S·ms + w
-/// fused, out = float(acc) · (1/S). `factors` holds 2 · heads · positions.count floats;
-/// `valueDimension` is a multiple of 64.
+/// fused, out = float(acc) · (1/S) — or float(acc) unless `normalize`, for the split-KV form,
+/// which also reads each head's (max, S) from `stats[2h], stats[2h + 1]`. `factors` holds
+/// 2 · heads · positions.count floats; `valueDimension` is a multiple of 64.
 public func avx512AttendRowGroup(queries: UnsafePointer<Float>, heads: Int,
                                  keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
                                  values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
                                  positions: Range<Int>, headDimension: Int, valueDimension: Int, scale: Float,
                                  factors: UnsafeMutablePointer<Float>,
-                                 into out: UnsafeMutablePointer<Float>, outStride: Int) {
+                                 into out: UnsafeMutablePointer<Float>, outStride: Int,
+                                 normalize: Bool = true, stats: UnsafeMutablePointer<Float>? = nil) {
     precondition((1...4).contains(heads) && valueDimension % 64 == 0)
     let n = positions.count, first = positions.lowerBound
     // scores: factors of head h at factors + h · 2n, score i at 2i until the softmax pass
@@ -83,7 +85,9 @@ public func avx512AttendRowGroup(queries: UnsafePointer<Float>, heads: Int,
             f[2 * i + 1] = vs
             S = vs.addingProduct(S, ms)
         }
-        let inverse: Float = S == 0 ? 0 : 1 / S
+        stats?[2 * h] = M
+        stats?[2 * h + 1] = S
+        let inverse: Float = !normalize ? 1 : S == 0 ? 0 : 1 / S
         switch h {
         case 0: inverses.0 = inverse
         case 1: inverses.1 = inverse

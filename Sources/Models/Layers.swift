@@ -367,7 +367,16 @@ public struct Attention: Sendable {
         let (heads, group, headDimension) = (self.heads, self.heads / kvHeads, self.headDimension)
         let valueDimension = out.columns / heads
         let (scale, window) = (self.scale, self.window)
-        let together = rowKernelHeads(group: group, valueDimension: valueDimension)
+        // Heads per row-kernel job: as many as the kernel takes, while the jobs still spread
+        // evenly over the threads (a lone decoding sequence has only `heads` of them).
+        let rowRuns = sequences.reduce(0) { $0 + ($1.tiled ? 0 : $1.tokens) }
+        let threadCount = pool.threadCount
+        var together = rowKernelHeads(group: group, valueDimension: valueDimension)
+        while together > 1 {
+            let jobs = rowRuns * heads / together
+            if jobs >= 2 * threadCount || (jobs >= threadCount && jobs % threadCount == 0) { break }
+            together = (1..<together).last { group % $0 == 0 }!
+        }
         // Jobs: a run of rows (one row, or a tile of up to 64 for the tiled kernel) of one
         // sequence, and one head (or, for the grouped row kernel, `together` heads of a KV group).
         var jobs: [(sequence: Int, row: Int, rows: Int, head: Int, heads: Int)] = []
@@ -375,7 +384,7 @@ public struct Attention: Sendable {
         for (s, seq) in sequences.enumerated() {
             longest = max(longest, seq.firstPosition + seq.tokens)
             let step = seq.tiled ? attentionTile : 1
-            let width = seq.tiled || seq.splitCells != nil ? 1 : together
+            let width = seq.tiled ? 1 : together
             for i in stride(from: 0, to: seq.tokens, by: step) {
                 let rows = min(step, seq.tokens - i)
                 for h in stride(from: 0, to: heads, by: width) { jobs.append((s, seq.firstRow + i, rows, h, width)) }
@@ -384,11 +393,11 @@ public struct Attention: Sendable {
         }
         let jobCount = jobs.count
         let items = work < 1 << 15 ? 1 : min(jobCount, pool.threadCount * 8)
-        let (qm, om, seqs, runs, longestRun) = (q, out, sequences, jobs, longest)
+        let (qm, om, seqs, runs, longestRun, headsPerJob) = (q, out, sequences, jobs, longest, together)
         let threads = pool.threadCount  // llama.cpp's split-KV chunks are one per thread
         pool.parallelFor(items) { item in
             let scratch = HeadScratch(headDimension: headDimension, positions: longestRun, valueDimension: valueDimension,
-                                      heads: together)
+                                      heads: headsPerJob)
             let tile = TileScratch(headDimension: headDimension, valueDimension: valueDimension)
             defer { scratch.deallocate(); tile.deallocate() }
             for job in stride(from: item, to: jobCount, by: items) {
@@ -404,12 +413,12 @@ public struct Attention: Sendable {
                                    headDimension: headDimension, valueDimension: valueDimension, scale: scale,
                                    scratch: tile, into: om[r] + h * valueDimension, outStride: om.columns)
                 } else if let cells = seq.splitCells {
-                    attendHeadRowSplit(query: qm[r] + h * headDimension,
-                                       keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
-                                       positions: first..<position + 1, cells: cells,
-                                       chunkSize: (cells + threads - 1) / threads, headDimension: headDimension,
-                                       valueDimension: valueDimension, scale: scale, scratch: scratch,
-                                       into: om[r] + h * valueDimension)
+                    attendHeadsRowSplit(query: qm[r] + h * headDimension, heads: width,
+                                        keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
+                                        positions: first..<position + 1, cells: cells,
+                                        chunkSize: (cells + threads - 1) / threads, headDimension: headDimension,
+                                        valueDimension: valueDimension, scale: scale, scratch: scratch,
+                                        into: om[r] + h * valueDimension)
                 } else {
                     attendHeadsRow(query: qm[r] + h * headDimension, heads: width,
                                    keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,

@@ -255,7 +255,7 @@ struct HeadScratch {
     init(headDimension: Int, positions: Int, valueDimension: Int = 0, heads: Int = 1) {
         query = .allocate(capacity: headDimension * heads)
         factors = .allocate(capacity: 2 * positions * heads)
-        partial = .allocate(capacity: max(1, valueDimension))
+        partial = .allocate(capacity: max(1, valueDimension * heads))
     }
     func deallocate() { query.deallocate(); factors.deallocate(); partial.deallocate() }
 }
@@ -345,6 +345,54 @@ func attendHeadRowSplit(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafeP
         let inverse = 1 / sFinal
         for d in 0..<valueDimension { out[d] *= inverse }
     }
+}
+
+/// `attendHeadRowSplit` for `heads` consecutive query heads of one KV group (laid out as in
+/// `attendHeadsRow`), the same floats per head: each chunk runs the grouped row kernel.
+@inline(__always)
+func attendHeadsRowSplit(query: UnsafePointer<Float>, heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>,
+                         keyOffset: Int, values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
+                         positions: Range<Int>, cells: Int, chunkSize: Int, headDimension: Int, valueDimension: Int,
+                         scale: Float, scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    if CPUDispatch.current == .avx512 && valueDimension % 64 == 0 {
+        storeRoundedToHalf(query, scratch.query, count: headDimension * heads)
+        out.initialize(repeating: 0, count: valueDimension * heads)
+        let chunk = scratch.partial
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * heads) { buffer in
+            let stats = buffer.baseAddress!, final = stats + 2 * heads  // final: per head (M, S)
+            for h in 0..<heads { final[2 * h] = -.infinity; final[2 * h + 1] = 0 }
+            for start in stride(from: 0, to: cells, by: chunkSize) {
+                let (lo, hi) = (max(start, positions.lowerBound), min(start + chunkSize, positions.upperBound))
+                if lo >= hi { continue }
+                avx512AttendRowGroup(queries: scratch.query, heads: heads, keys: keys, keyOffset: keyOffset,
+                                     values: values, valueOffset: valueOffset, positions: lo..<hi,
+                                     headDimension: headDimension, valueDimension: valueDimension, scale: scale,
+                                     factors: scratch.factors, into: chunk, outStride: valueDimension,
+                                     normalize: false, stats: stats)
+                for h in 0..<heads {
+                    let (m, s) = (stats[2 * h], stats[2 * h + 1])
+                    let (mFinal, sFinal) = (final[2 * h], final[2 * h + 1])
+                    let mNew = max(mFinal, m)
+                    let scaleOld = expf(mFinal - mNew), scaleNew = expf(m - mNew)
+                    let o = out + h * valueDimension, c = chunk + h * valueDimension
+                    for d in 0..<valueDimension { o[d] = (c[d] * scaleNew).addingProduct(o[d], scaleOld) }
+                    final[2 * h + 1] = (s * scaleNew).addingProduct(sFinal, scaleOld)
+                    final[2 * h] = mNew
+                }
+            }
+            for h in 0..<heads where final[2 * h + 1] != 0 {
+                let inverse = 1 / final[2 * h + 1], o = out + h * valueDimension
+                for d in 0..<valueDimension { o[d] *= inverse }
+            }
+        }
+        return
+    }
+#endif
+    precondition(heads == 1)
+    attendHeadRowSplit(query: query, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                       positions: positions, cells: cells, chunkSize: chunkSize, headDimension: headDimension,
+                       valueDimension: valueDimension, scale: scale, scratch: scratch, into: out)
 }
 
 /// The row kernel over `positions` with the query already in `scratch.query`: writes

@@ -252,6 +252,26 @@ func attendHeadTileReference(query: UnsafePointer<Float>, queryStride: Int, rows
                 } }
             } }
             #expect(out.map(\.bitPattern) == expected.map(\.bitPattern), "positions \(range), \(together) heads")
+
+            // the split-KV form: chunks of 30 cells over 96, merged per head
+            var split = [Float](repeating: 0, count: valueDimension * together)
+            var splitExpected = split
+            keyRows.withUnsafeBufferPointer { k in valueRows.withUnsafeBufferPointer { v in
+                attendHeadsRowSplit(query: queries, heads: together, keys: k.baseAddress!, keyOffset: 0,
+                                    values: v.baseAddress!, valueOffset: 0, positions: range, cells: 96, chunkSize: 30,
+                                    headDimension: headDimension, valueDimension: valueDimension, scale: 0.125,
+                                    scratch: grouped, into: &split)
+                queries.withUnsafeBufferPointer { q in splitExpected.withUnsafeMutableBufferPointer { e in
+                    for j in 0..<together {
+                        attendHeadRowSplit(query: q.baseAddress! + j * headDimension, keys: k.baseAddress!, keyOffset: 0,
+                                           values: v.baseAddress!, valueOffset: 0, positions: range, cells: 96,
+                                           chunkSize: 30, headDimension: headDimension, valueDimension: valueDimension,
+                                           scale: 0.125, scratch: single, into: e.baseAddress! + j * valueDimension)
+                    }
+                } }
+            } }
+            #expect(split.map(\.bitPattern) == splitExpected.map(\.bitPattern), "split, positions \(range)")
+            #expect(!split.contains { $0.isNaN })
         }
     }
 }
