@@ -4,8 +4,8 @@
 // ~14 cycles; one head alone keeps the cores mostly waiting. Here the heads of a GQA group run
 // side by side over the same K and V loads (4 heads × 64 lanes: 16 independent chains). Every
 // head's floats are exactly those of the one-head kernel: the same chains in the same order.
+// The online softmax between the two passes is the one-head kernel's (`attendHeadsRowChunk`).
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-import Foundation
 import _Builtin_intrinsics.intel
 import CIntrinsics
 
@@ -44,57 +44,34 @@ private func dotHalf(_ k: UnsafePointer<Float16>, _ q: UnsafePointer<Float>, cou
     return Float(total)
 }
 
-/// For query heads h < `heads` (1...4; head h's query at `queries + h · headDimension`, already
-/// rounded to half) of one KV group: out_h = softmax(q_h·Kᵀ·scale)·V over `positions`, with the
-/// floats of the one-head row kernel — scores by ggml's F16 dot, the online softmax in position
-/// order with libm expf (a new max: ms = e^(old − new), w = 1; else w = e^(s − max)), the output
-/// in half precision (acc = half(acc·ms) on a new max, then half(v·w + acc) fused), S = S·ms + w
-/// fused, out = float(acc) · (1/S) — or float(acc) unless `normalize`, for the split-KV form,
-/// which also reads each head's (max, S) from `stats[2h], stats[2h + 1]`. `factors` holds
-/// 2 · heads · positions.count floats; `valueDimension` is a multiple of 64.
-public func avx512AttendRowGroup(queries: UnsafePointer<Float>, heads: Int,
-                                 keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
-                                 values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
-                                 positions: Range<Int>, headDimension: Int, valueDimension: Int, scale: Float,
-                                 factors: UnsafeMutablePointer<Float>,
-                                 into out: UnsafeMutablePointer<Float>, outStride: Int,
-                                 normalize: Bool = true, stats: UnsafeMutablePointer<Float>? = nil) {
+/// Scores of query heads h < `heads` (1...4; head h's query at `queries + h · headDimension`,
+/// already rounded to half) of one KV group: scale · ggml's F16 dot with the key at each of
+/// `positions`, score i of head h at `scores[h · headStride + 2i]` (the odd slots are left for
+/// the softmax weights).
+public func avx512RowGroupScores(queries: UnsafePointer<Float>, heads: Int,
+                                 keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int, positions: Range<Int>,
+                                 headDimension: Int, scale: Float,
+                                 scores: UnsafeMutablePointer<Float>, headStride: Int) {
+    precondition((1...4).contains(heads))
+    for (i, p) in positions.enumerated() {
+        let k = keys[p] + keyOffset
+        for h in 0..<heads {
+            scores[h * headStride + 2 * i] = dotHalf(k, queries + h * headDimension, count: headDimension) * scale
+        }
+    }
+}
+
+/// The output of query heads h < `heads` (1...4) of one KV group over `positions`, from their
+/// online-softmax factors (head h's at `factors + h · headStride`: per position the rescale ms
+/// and the weight w), in half precision as ggml: acc = half(acc·ms) when ms ≠ 1, then
+/// acc = half(v·w + acc) fused; head h's output float(acc) · inverses[h] at `out + h · outStride`.
+/// `valueDimension` is a multiple of 64.
+public func avx512RowGroupAccumulate(heads: Int, values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
+                                     positions: Range<Int>, valueDimension: Int,
+                                     factors: UnsafePointer<Float>, headStride: Int, inverses: UnsafePointer<Float>,
+                                     into out: UnsafeMutablePointer<Float>, outStride: Int) {
     precondition((1...4).contains(heads) && valueDimension % 64 == 0)
     let n = positions.count, first = positions.lowerBound
-    // scores: factors of head h at factors + h · 2n, score i at 2i until the softmax pass
-    for i in 0..<n {
-        let k = keys[first + i] + keyOffset
-        for h in 0..<heads {
-            factors[h * 2 * n + 2 * i] = dotHalf(k, queries + h * headDimension, count: headDimension) * scale
-        }
-    }
-    var inverses: (Float, Float, Float, Float) = (0, 0, 0, 0)
-    for h in 0..<heads {
-        let f = factors + h * 2 * n
-        var S: Float = 0, M = -Float.infinity
-        for i in 0..<n {
-            let s = f[2 * i]
-            var ms: Float = 1, vs: Float = 1
-            if s > M {
-                ms = expf(M - s)
-                M = s
-            } else {
-                vs = expf(s - M)
-            }
-            f[2 * i] = ms
-            f[2 * i + 1] = vs
-            S = vs.addingProduct(S, ms)
-        }
-        stats?[2 * h] = M
-        stats?[2 * h + 1] = S
-        let inverse: Float = !normalize ? 1 : S == 0 ? 0 : 1 / S
-        switch h {
-        case 0: inverses.0 = inverse
-        case 1: inverses.1 = inverse
-        case 2: inverses.2 = inverse
-        default: inverses.3 = inverse
-        }
-    }
     @inline(__always) func step(_ x: inout Quad, _ f: UnsafePointer<Float>, _ v: Quad) {
         let ms = f[0]
         if ms != 1 {
@@ -106,12 +83,12 @@ public func avx512AttendRowGroup(queries: UnsafePointer<Float>, heads: Int,
         x = (roundedToHalf(_mm512_fmadd_ps(v.0, w, x.0)), roundedToHalf(_mm512_fmadd_ps(v.1, w, x.1)),
              roundedToHalf(_mm512_fmadd_ps(v.2, w, x.2)), roundedToHalf(_mm512_fmadd_ps(v.3, w, x.3)))
     }
-    @inline(__always) func store(_ x: Quad, _ inverse: Float, _ o: UnsafeMutablePointer<Float>) {
-        let s = _mm512_set1_ps(inverse)
+    @inline(__always) func store(_ x: Quad, _ h: Int, _ d: Int) {
+        let s = _mm512_set1_ps(inverses[h]), o = out + h * outStride + d
         store16(_mm512_mul_ps(x.0, s), o); store16(_mm512_mul_ps(x.1, s), o + 16)
         store16(_mm512_mul_ps(x.2, s), o + 32); store16(_mm512_mul_ps(x.3, s), o + 48)
     }
-    let (f0, f1, f2, f3) = (factors, factors + 2 * n, factors + 4 * n, factors + 6 * n)
+    let (f0, f1, f2, f3) = (factors, factors + headStride, factors + 2 * headStride, factors + 3 * headStride)
     var d = 0
     while d < valueDimension {
         let zero = _mm512_setzero_ps()
@@ -125,10 +102,10 @@ public func avx512AttendRowGroup(queries: UnsafePointer<Float>, heads: Int,
             if heads > 2 { step(&c, f2 + 2 * i, v) }
             if heads > 3 { step(&e, f3 + 2 * i, v) }
         }
-        store(a, inverses.0, out + d)
-        if heads > 1 { store(b, inverses.1, out + outStride + d) }
-        if heads > 2 { store(c, inverses.2, out + 2 * outStride + d) }
-        if heads > 3 { store(e, inverses.3, out + 3 * outStride + d) }
+        store(a, 0, d)
+        if heads > 1 { store(b, 1, d) }
+        if heads > 2 { store(c, 2, d) }
+        if heads > 3 { store(e, 3, d) }
         d += 64
     }
 }

@@ -280,15 +280,20 @@ func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointe
                            scale: scale, normalize: true, scratch: scratch, into: out)
 }
 
-/// How many query heads of a KV group `attendHeadsRow` attends at once: with 512-bit vectors,
-/// the largest divisor of the group up to 4 (their chains interleave); else one.
-func rowKernelHeads(group: Int, valueDimension: Int) -> Int {
+/// Whether the row kernels run as the grouped 512-bit kernel: an AVX-512 CPU, and outputs in
+/// whole 64-lane vectors.
+func groupedRowKernel(valueDimension: Int) -> Bool {
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-    if CPUDispatch.current == .avx512 && valueDimension % 64 == 0 {
-        return (1...min(4, group)).last { group % $0 == 0 }!
-    }
+    return CPUDispatch.current == .avx512 && valueDimension % 64 == 0
+#else
+    return false
 #endif
-    return 1
+}
+
+/// How many query heads of a KV group `attendHeadsRow` attends at once: for the grouped
+/// kernel, the largest divisor of the group up to 4 (their chains interleave); else one.
+func rowKernelHeads(group: Int, valueDimension: Int) -> Int {
+    groupedRowKernel(valueDimension: valueDimension) ? (1...min(4, group)).last { group % $0 == 0 }! : 1
 }
 
 /// `attendHeadRow` for `heads` consecutive query heads of one KV group (head j's query at
@@ -299,20 +304,19 @@ func attendHeadsRow(query: UnsafePointer<Float>, heads: Int, keys: UnsafePointer
                     values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
                     headDimension: Int, valueDimension: Int, scale: Float,
                     scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
-#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-    if CPUDispatch.current == .avx512 && valueDimension % 64 == 0 {
-        storeRoundedToHalf(query, scratch.query, count: headDimension * heads)
-        avx512AttendRowGroup(queries: scratch.query, heads: heads, keys: keys, keyOffset: keyOffset,
-                             values: values, valueOffset: valueOffset, positions: positions,
-                             headDimension: headDimension, valueDimension: valueDimension, scale: scale,
-                             factors: scratch.factors, into: out, outStride: valueDimension)
+    guard groupedRowKernel(valueDimension: valueDimension) else {
+        precondition(heads == 1)
+        attendHeadRow(query: query, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                      positions: positions, headDimension: headDimension, valueDimension: valueDimension, scale: scale,
+                      scratch: scratch, into: out)
         return
     }
-#endif
-    precondition(heads == 1)
-    attendHeadRow(query: query, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
-                  positions: positions, headDimension: headDimension, valueDimension: valueDimension, scale: scale,
-                  scratch: scratch, into: out)
+    storeRoundedToHalf(query, scratch.query, count: headDimension * heads)
+    withUnsafeTemporaryAllocation(of: (max: Float, sum: Float).self, capacity: heads) { stats in
+        attendHeadsRowChunk(heads: heads, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                            positions: positions, headDimension: headDimension, valueDimension: valueDimension,
+                            scale: scale, normalize: true, scratch: scratch, into: out, stats: stats.baseAddress!)
+    }
 }
 
 /// llama.cpp's split-KV variant of the row kernel, which it runs for a single-token micro-batch
@@ -326,24 +330,11 @@ func attendHeadRowSplit(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafeP
                         cells: Int, chunkSize: Int, headDimension: Int, valueDimension: Int, scale: Float,
                         scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
     storeRoundedToHalf(query, scratch.query, count: headDimension)
-    out.initialize(repeating: 0, count: valueDimension)
-    let chunk = scratch.partial
-    var mFinal = -Float.infinity, sFinal: Float = 0
-    for start in stride(from: 0, to: cells, by: chunkSize) {
-        let (lo, hi) = (max(start, positions.lowerBound), min(start + chunkSize, positions.upperBound))
-        if lo >= hi { continue }  // a chunk with every cell masked has S = 0 and is skipped
-        let (m, s) = attendHeadRowChunk(keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
-                                        positions: lo..<hi, headDimension: headDimension, valueDimension: valueDimension,
-                                        scale: scale, normalize: false, scratch: scratch, into: chunk)
-        let mNew = max(mFinal, m)
-        let scaleOld = expf(mFinal - mNew), scaleNew = expf(m - mNew)
-        for d in 0..<valueDimension { out[d] = (chunk[d] * scaleNew).addingProduct(out[d], scaleOld) }
-        sFinal = (s * scaleNew).addingProduct(sFinal, scaleOld)
-        mFinal = mNew
-    }
-    if sFinal != 0 {
-        let inverse = 1 / sFinal
-        for d in 0..<valueDimension { out[d] *= inverse }
+    splitKV(heads: 1, positions: positions, cells: cells, chunkSize: chunkSize, valueDimension: valueDimension,
+            partial: scratch.partial, into: out) { range, stats in
+        stats[0] = attendHeadRowChunk(keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                                      positions: range, headDimension: headDimension, valueDimension: valueDimension,
+                                      scale: scale, normalize: false, scratch: scratch, into: scratch.partial)
     }
 }
 
@@ -354,61 +345,87 @@ func attendHeadsRowSplit(query: UnsafePointer<Float>, heads: Int, keys: UnsafePo
                          keyOffset: Int, values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
                          positions: Range<Int>, cells: Int, chunkSize: Int, headDimension: Int, valueDimension: Int,
                          scale: Float, scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
-#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-    if CPUDispatch.current == .avx512 && valueDimension % 64 == 0 {
-        storeRoundedToHalf(query, scratch.query, count: headDimension * heads)
-        out.initialize(repeating: 0, count: valueDimension * heads)
-        let chunk = scratch.partial
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * heads) { buffer in
-            let stats = buffer.baseAddress!, final = stats + 2 * heads  // final: per head (M, S)
-            for h in 0..<heads { final[2 * h] = -.infinity; final[2 * h + 1] = 0 }
-            for start in stride(from: 0, to: cells, by: chunkSize) {
-                let (lo, hi) = (max(start, positions.lowerBound), min(start + chunkSize, positions.upperBound))
-                if lo >= hi { continue }
-                avx512AttendRowGroup(queries: scratch.query, heads: heads, keys: keys, keyOffset: keyOffset,
-                                     values: values, valueOffset: valueOffset, positions: lo..<hi,
-                                     headDimension: headDimension, valueDimension: valueDimension, scale: scale,
-                                     factors: scratch.factors, into: chunk, outStride: valueDimension,
-                                     normalize: false, stats: stats)
-                for h in 0..<heads {
-                    let (m, s) = (stats[2 * h], stats[2 * h + 1])
-                    let (mFinal, sFinal) = (final[2 * h], final[2 * h + 1])
-                    let mNew = max(mFinal, m)
-                    let scaleOld = expf(mFinal - mNew), scaleNew = expf(m - mNew)
-                    let o = out + h * valueDimension, c = chunk + h * valueDimension
-                    for d in 0..<valueDimension { o[d] = (c[d] * scaleNew).addingProduct(o[d], scaleOld) }
-                    final[2 * h + 1] = (s * scaleNew).addingProduct(sFinal, scaleOld)
-                    final[2 * h] = mNew
-                }
-            }
-            for h in 0..<heads where final[2 * h + 1] != 0 {
-                let inverse = 1 / final[2 * h + 1], o = out + h * valueDimension
-                for d in 0..<valueDimension { o[d] *= inverse }
-            }
-        }
+    guard groupedRowKernel(valueDimension: valueDimension) else {
+        precondition(heads == 1)
+        attendHeadRowSplit(query: query, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                           positions: positions, cells: cells, chunkSize: chunkSize, headDimension: headDimension,
+                           valueDimension: valueDimension, scale: scale, scratch: scratch, into: out)
         return
     }
-#endif
-    precondition(heads == 1)
-    attendHeadRowSplit(query: query, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
-                       positions: positions, cells: cells, chunkSize: chunkSize, headDimension: headDimension,
-                       valueDimension: valueDimension, scale: scale, scratch: scratch, into: out)
+    storeRoundedToHalf(query, scratch.query, count: headDimension * heads)
+    splitKV(heads: heads, positions: positions, cells: cells, chunkSize: chunkSize, valueDimension: valueDimension,
+            partial: scratch.partial, into: out) { range, stats in
+        attendHeadsRowChunk(heads: heads, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
+                            positions: range, headDimension: headDimension, valueDimension: valueDimension,
+                            scale: scale, normalize: false, scratch: scratch, into: scratch.partial, stats: stats)
+    }
 }
 
-/// The row kernel over `positions` with the query already in `scratch.query`: writes
-/// float(acc) · (1/S) (`normalize`) or float(acc), and returns the running max and sum.
+/// The split-KV merge for `heads` heads (outputs `valueDimension` apart): `chunk(range, stats)`
+/// writes each head's unnormalized output over `range` to `partial` and its (max, sum) to
+/// stats[h]; the chunks are merged as `attendHeadRowSplit` describes, then divided by S.
 @inline(__always)
-func attendHeadRowChunk(keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
-                        values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
-                        headDimension: Int, valueDimension: Int, scale: Float, normalize: Bool,
-                        scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) -> (max: Float, sum: Float) {
-    let qHalf = scratch.query, factors = scratch.factors
-    var S: Float = 0, M = -Float.infinity
-    // scores first (independent of each other), then the sequential softmax over them
-    for (i, p) in positions.enumerated() {
-        factors[2 * i] = dotHalfGGML(keys[p] + keyOffset, qHalf, count: headDimension) * scale
+func splitKV(heads: Int, positions: Range<Int>, cells: Int, chunkSize: Int, valueDimension: Int,
+             partial: UnsafeMutablePointer<Float>, into out: UnsafeMutablePointer<Float>,
+             chunk: (Range<Int>, UnsafeMutablePointer<(max: Float, sum: Float)>) -> Void) {
+    out.initialize(repeating: 0, count: valueDimension * heads)
+    withUnsafeTemporaryAllocation(of: (max: Float, sum: Float).self, capacity: 2 * heads) { buffer in
+        let stats = buffer.baseAddress!, final = stats + heads
+        final.initialize(repeating: (-.infinity, 0), count: heads)
+        for start in stride(from: 0, to: cells, by: chunkSize) {
+            let (lo, hi) = (max(start, positions.lowerBound), min(start + chunkSize, positions.upperBound))
+            if lo >= hi { continue }  // a chunk with every cell masked has S = 0 and is skipped
+            chunk(lo..<hi, stats)
+            for h in 0..<heads {
+                let (m, s) = stats[h], (mFinal, sFinal) = final[h]
+                let mNew = max(mFinal, m)
+                let scaleOld = expf(mFinal - mNew), scaleNew = expf(m - mNew)
+                let o = out + h * valueDimension, c = partial + h * valueDimension
+                for d in 0..<valueDimension { o[d] = (c[d] * scaleNew).addingProduct(o[d], scaleOld) }
+                final[h] = (mNew, (s * scaleNew).addingProduct(sFinal, scaleOld))
+            }
+        }
+        for h in 0..<heads where final[h].sum != 0 {
+            let inverse = 1 / final[h].sum, o = out + h * valueDimension
+            for d in 0..<valueDimension { o[d] *= inverse }
+        }
     }
-    for i in 0..<positions.count {
+}
+
+/// The grouped row kernel over `positions` for `heads` heads (queries already in
+/// `scratch.query`), in 512-bit vectors: the scores, then each head's online softmax exactly
+/// as the one-head kernel, then the outputs; writes each head's (max, sum) to stats[h].
+@inline(__always)
+func attendHeadsRowChunk(heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                         values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
+                         headDimension: Int, valueDimension: Int, scale: Float, normalize: Bool,
+                         scratch: HeadScratch, into out: UnsafeMutablePointer<Float>,
+                         stats: UnsafeMutablePointer<(max: Float, sum: Float)>) {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    let stride = 2 * positions.count
+    avx512RowGroupScores(queries: scratch.query, heads: heads, keys: keys, keyOffset: keyOffset, positions: positions,
+                         headDimension: headDimension, scale: scale, scores: scratch.factors, headStride: stride)
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: heads) { inverses in
+        for h in 0..<heads {
+            stats[h] = onlineSoftmaxFactors(scratch.factors + h * stride, count: positions.count)
+            inverses[h] = softmaxInverse(stats[h].sum, normalize: normalize)
+        }
+        avx512RowGroupAccumulate(heads: heads, values: values, valueOffset: valueOffset, positions: positions,
+                                 valueDimension: valueDimension, factors: scratch.factors, headStride: stride,
+                                 inverses: inverses.baseAddress!, into: out, outStride: valueDimension)
+    }
+#else
+    fatalError("the grouped row kernel needs AVX-512 (groupedRowKernel is false here)")
+#endif
+}
+
+/// ggml's online softmax over the scores at factors[2i], i < count, in order, with libm expf:
+/// on a new maximum ms = e^(old − new), w = 1, else ms = 1, w = e^(s − max); S = S·ms + w fused.
+/// Writes (ms, w) over each score and returns the final max and S.
+@inline(__always)
+func onlineSoftmaxFactors(_ factors: UnsafeMutablePointer<Float>, count: Int) -> (max: Float, sum: Float) {
+    var S: Float = 0, M = -Float.infinity
+    for i in 0..<count {
         let s = factors[2 * i]
         var ms: Float = 1, vs: Float = 1
         if s > M {
@@ -421,7 +438,28 @@ func attendHeadRowChunk(keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: 
         factors[2 * i + 1] = vs
         S = vs.addingProduct(S, ms)
     }
-    let inverse: Float = !normalize ? 1 : S == 0 ? 0 : 1 / S
+    return (M, S)
+}
+
+/// The factor the row kernels' accumulated output is multiplied by: 1/S, 0 for S = 0, or 1
+/// when the split-KV merge normalizes later.
+@inline(__always)
+func softmaxInverse(_ sum: Float, normalize: Bool) -> Float { !normalize ? 1 : sum == 0 ? 0 : 1 / sum }
+
+/// The row kernel over `positions` with the query already in `scratch.query`: writes
+/// float(acc) · (1/S) (`normalize`) or float(acc), and returns the running max and sum.
+@inline(__always)
+func attendHeadRowChunk(keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
+                        values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
+                        headDimension: Int, valueDimension: Int, scale: Float, normalize: Bool,
+                        scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) -> (max: Float, sum: Float) {
+    let qHalf = scratch.query, factors = scratch.factors
+    // scores first (independent of each other), then the sequential softmax over them
+    for (i, p) in positions.enumerated() {
+        factors[2 * i] = dotHalfGGML(keys[p] + keyOffset, qHalf, count: headDimension) * scale
+    }
+    let (M, S) = onlineSoftmaxFactors(factors, count: positions.count)
+    let inverse = softmaxInverse(S, normalize: normalize)
     let first = positions.lowerBound
     var d = 0
     while d + 32 <= valueDimension {

@@ -173,18 +173,22 @@ func attendHeadTileReference(query: UnsafePointer<Float>, queryStride: Int, rows
 /// The row kernel (decoding, small batches) gives the floats of its element-by-element form:
 /// ggml's online softmax with the output accumulated in half precision.
 @Suite struct RowAttentionTests {
+    /// `count` cache rows of `width` random halves in `range` (deallocated by the caller).
+    static func halfRows(_ count: Int, _ width: Int, _ range: ClosedRange<Float>,
+                         _ rng: inout SystemRandomNumberGenerator) -> [UnsafePointer<Float16>] {
+        (0..<count).map { _ in
+            let p = UnsafeMutablePointer<Float16>.allocate(capacity: width)
+            for d in 0..<width { p[d] = Float16(Float.random(in: range, using: &rng)) }
+            return UnsafePointer(p)
+        }
+    }
+
     @Test(arguments: [(64, 64), (256, 256), (40, 72), (36, 20), (64, 136)])
     func rowKernelEqualsScalarForm(headDimension: Int, valueDimension: Int) {
         var rng = SystemRandomNumberGenerator()
         let positions = 97
-        func rows(_ width: Int, _ range: ClosedRange<Float>) -> [UnsafePointer<Float16>] {
-            (0..<positions).map { _ in
-                let p = UnsafeMutablePointer<Float16>.allocate(capacity: width)
-                for d in 0..<width { p[d] = Float16(Float.random(in: range, using: &rng)) }
-                return UnsafePointer(p)
-            }
-        }
-        let keyRows = rows(headDimension, -2...2), valueRows = rows(valueDimension, -3...3)
+        let keyRows = Self.halfRows(positions, headDimension, -2...2, &rng)
+        let valueRows = Self.halfRows(positions, valueDimension, -3...3, &rng)
         defer { for p in keyRows + valueRows { p.deallocate() } }
         let query = (0..<headDimension).map { _ in Float.random(in: -1.5...1.5, using: &rng) }
         let scratch = HeadScratch(headDimension: headDimension, positions: positions, valueDimension: valueDimension)
@@ -213,20 +217,15 @@ func attendHeadTileReference(query: UnsafePointer<Float>, queryStride: Int, rows
             #expect(out.map(\.bitPattern) == expected.map(\.bitPattern), "positions \(range)")
         }
     }
+
     /// The grouped row kernel (several query heads of one KV group at once, in 512-bit vectors
     /// where the CPU has them) gives each head the floats of the one-head kernel.
     @Test(arguments: [(64, 64, 3), (256, 256, 4), (64, 64, 8), (40, 64, 2), (128, 128, 1)])
     func groupedRowKernelEqualsOneHead(headDimension: Int, valueDimension: Int, group: Int) {
         var rng = SystemRandomNumberGenerator()
         let positions = 83
-        func rows(_ width: Int, _ range: ClosedRange<Float>) -> [UnsafePointer<Float16>] {
-            (0..<positions).map { _ in
-                let p = UnsafeMutablePointer<Float16>.allocate(capacity: width)
-                for d in 0..<width { p[d] = Float16(Float.random(in: range, using: &rng)) }
-                return UnsafePointer(p)
-            }
-        }
-        let keyRows = rows(headDimension, -2...2), valueRows = rows(valueDimension, -3...3)
+        let keyRows = Self.halfRows(positions, headDimension, -2...2, &rng)
+        let valueRows = Self.halfRows(positions, valueDimension, -3...3, &rng)
         defer { for p in keyRows + valueRows { p.deallocate() } }
         let together = rowKernelHeads(group: group, valueDimension: valueDimension)
         #expect(group % together == 0)
