@@ -92,6 +92,17 @@ struct QuantizedActivations: @unchecked Sendable {
         }
     }
 
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    /// Σ of the 8 lanes (wrapping, as `wrappedSum`, which compiles to lane-by-lane extracts).
+    @inline(__always)
+    private func horizontalSum(_ v: __m256i) -> Int32 {
+        let halves = unsafeBitCast(v, to: (__m128i, __m128i).self)
+        let four = _mm_add_epi32(halves.0, halves.1)
+        let two = _mm_hadd_epi32(four, four)
+        return _mm_cvtsi128_si32(_mm_hadd_epi32(two, two))
+    }
+#endif
+
     @inline(__always)
     private func quantizeBlock(_ x: UnsafePointer<Float>, token t: Int, block b: Int) {
         let raw = UnsafeRawPointer(x)
@@ -104,9 +115,11 @@ struct QuantizedActivations: @unchecked Sendable {
         for k in 0..<n8 {
             amax = _mm256_max_ps(amax, _mm256_andnot_ps(signBit, raw.loadUnaligned(fromByteOffset: 32 * k, as: __m256.self)))
         }
-        let halves = unsafeBitCast(amax, to: (SIMD4<Float>, SIMD4<Float>).self)
-        let m4 = pointwiseMax(halves.0, halves.1)
-        let m = max(max(m4[0], m4[1]), max(m4[2], m4[3]))
+        // llama.cpp's reduction (branch-free; Swift's max would compare and branch per lane)
+        let halves = unsafeBitCast(amax, to: (__m128, __m128).self)
+        var m4 = _mm_max_ps(halves.1, halves.0)
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4))
+        let m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)))
         let scale = m / 127
         let inv = _mm256_set1_ps(m > 1e-30 ? 127 / m : 0)
         let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)
@@ -120,8 +133,8 @@ struct QuantizedActivations: @unchecked Sendable {
             let packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3))
             UnsafeMutableRawPointer(qb + 8 * k).storeBytes(of: _mm256_permutevar8x32_epi32(packed, order), as: __m256i.self)
             if blockSize == 256 {
-                let g0 = unsafeBitCast(_mm256_add_epi32(i0, i1), to: SIMD8<Int32>.self).wrappedSum()
-                let g1 = unsafeBitCast(_mm256_add_epi32(i2, i3), to: SIMD8<Int32>.self).wrappedSum()
+                let g0 = horizontalSum(_mm256_add_epi32(i0, i1))
+                let g1 = horizontalSum(_mm256_add_epi32(i2, i3))
                 bsums[bi * 16 + k / 2] = Int16(truncatingIfNeeded: g0)
                 bsums[bi * 16 + k / 2 + 1] = Int16(truncatingIfNeeded: g1)
             } else {
@@ -146,7 +159,7 @@ struct QuantizedActivations: @unchecked Sendable {
             // stored in half precision; Q8_K keeps a float scale.
             d[bi] = Float(Float16(scale))
             ds[2 * bi] = d[bi]
-            ds[2 * bi + 1] = Float(Float16(scale * Float(unsafeBitCast(total, to: SIMD8<Int32>.self).wrappedSum())))
+            ds[2 * bi + 1] = Float(Float16(scale * Float(horizontalSum(total))))
         } else {
             // as llama.cpp's quantize_row_q8_K: d = 1/iscale (not max/127)
             d[bi] = m > 1e-30 ? 1 / (127 / m) : 0
