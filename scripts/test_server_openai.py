@@ -8,15 +8,18 @@ failure. Run directly or through the Swift test ServerTests.OpenAIClientTests:
     python3 scripts/test_server_openai.py --bin .build/release/swiftlet [--model smollm2] [-k NAME]
 """
 import argparse
+import atexit
 import http.client
 import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -47,13 +50,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+# the servers' logs (read back when a check fails), removed when the script exits
+LOG_DIR = tempfile.mkdtemp(prefix="swiftlet-serve-")
+atexit.register(shutil.rmtree, LOG_DIR, ignore_errors=True)
+
+
 class Server:
     """A `swiftlet serve` process on a free loopback port."""
 
     def __init__(self, *flags):
         self.port = free_port()
         self.flags = list(flags)
-        self.log_path = f"/tmp/swiftlet-serve-{self.port}.log"
+        self.log_path = os.path.join(LOG_DIR, f"serve-{self.port}.log")
 
     def start(self):
         self.log = open(self.log_path, "w")

@@ -2,6 +2,25 @@ import Foundation
 
 /// Locations of the real models and of llama.cpp's reference outputs, shared by the test targets.
 public enum TestSupport {
+    /// This test process's scratch folder (under the system's temporary directory), removed
+    /// when the process exits, so runs leave no model files behind in /tmp.
+    public static let scratchRoot: URL = {
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-tests-\(getpid())")
+        try? FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+        atexit {
+            let root = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-tests-\(getpid())")
+            try? FileManager.default.removeItem(at: root)
+        }
+        return root
+    }()
+
+    /// A new, empty folder under `scratchRoot` whose name starts with `name`.
+    public static func scratchDirectory(_ name: String) throws -> URL {
+        let dir = scratchRoot.appendingPathComponent("\(name)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
     /// `$SWIFTLET_HOME` or `~/.cache/swiftlet`: where `swiftlet pull` and `.ci/run` put models.
     public static var home: URL {
         if let h = ProcessInfo.processInfo.environment["SWIFTLET_HOME"], !h.isEmpty {

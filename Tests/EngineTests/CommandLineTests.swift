@@ -94,7 +94,7 @@ struct CommandLine {
     }
 
     @Test func badInputsGiveClearErrorsAndNonZeroExit() throws {
-        let notGGUF = FileManager.default.temporaryDirectory.appendingPathComponent("not-a-model-\(getpid()).gguf")
+        let notGGUF = TestSupport.scratchRoot.appendingPathComponent("not-a-model.gguf")
         try Data("hello, not a model".utf8).write(to: notGGUF)
         let bad = try CommandLine.run(["info", notGGUF.path])
         #expect(bad.status != 0)
@@ -114,7 +114,7 @@ struct CommandLine {
     }
 
     @Test func writerOutputIsReadByThePythonGGUFPackage() throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("swift-written-\(getpid()).gguf").path
+        let path = TestSupport.scratchRoot.appendingPathComponent("swift-written.gguf").path
         let writer = GGUFWriterFixture.make()
         try writer.write(to: path)
         let out = try CommandLine.python("""

@@ -1,6 +1,7 @@
 import Foundation
 import GGUF
 import Kernels
+import TestSupport
 
 /// Writes random-weight llama-architecture GGUFs (dense or Mixtral-style experts) of any size,
 /// with a toy byte-level vocabulary so the `swiftlet` commands load them too.
@@ -18,7 +19,7 @@ struct SyntheticGGUF {
     var context = 256
 
     static let directory: URL = {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-synthetic-gguf-\(getpid())")
+        let dir = TestSupport.scratchRoot.appendingPathComponent("synthetic-gguf")
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         return dir
     }()

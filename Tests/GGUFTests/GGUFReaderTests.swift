@@ -5,8 +5,7 @@ import TestSupport
 
 /// Writes `bytes` to a fresh temporary file and returns its path.
 func temporaryFile(_ bytes: [UInt8], name: String = "test.gguf") throws -> String {
-    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-gguf-\(UUID().uuidString)")
-    try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    let dir = try TestSupport.scratchDirectory("gguf")
     let url = dir.appendingPathComponent(name)
     try Data(bytes).write(to: url)
     return url.path
@@ -88,8 +87,7 @@ func patch<T: FixedWidthInteger>(_ bytes: inout [UInt8], at offset: Int, _ value
     @Test func readsFilesWrittenByPythonGGUF() throws {
         // Written by the `gguf` package (scripts/test installs it); the reverse direction is
         // CommandLineTests.writerOutputIsReadByThePythonGGUFPackage.
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-py-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let dir = try TestSupport.scratchDirectory("py")
         let path = dir.appendingPathComponent("py.gguf").path
         let script = """
         import gguf, numpy as np, sys

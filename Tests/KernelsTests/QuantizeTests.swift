@@ -99,8 +99,7 @@ func relativeRMSError(_ a: [Float], _ b: [Float]) -> Double {
     /// Quantizes the inputs once in Swift and once with gguf-py.
     static let reference: Result<URL, Error> = {
         do {
-            let dir = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-quantize-\(getpid())")
-            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            let dir = try TestSupport.scratchDirectory("quantize")
             let input = dir.appendingPathComponent("input.f32")
             try QuantizeInput.values.withUnsafeBytes { try Data($0).write(to: input) }
             for type in [TensorType.q4_K, .q6_K] {

@@ -8,7 +8,7 @@ import TestSupport
 /// Runs scripts/synthetic_models.py once per test process and hands out its output folder.
 enum SyntheticModels {
     static let directory: Result<URL, Error> = {
-        let out = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-synthetic-\(getpid())")
+        let out = TestSupport.scratchRoot.appendingPathComponent("synthetic-models")
         let script = TestSupport.repositoryRoot().appendingPathComponent("scripts/synthetic_models.py").path
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
@@ -163,7 +163,7 @@ func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
         w.set("general.architecture", .string("rwkv9"))
         w.set("rwkv9.embedding_length", .uint32(8))
         w.set("rwkv9.block_count", .uint32(1))
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("unknown-arch-\(getpid()).gguf").path
+        let path = TestSupport.scratchRoot.appendingPathComponent("unknown-arch.gguf").path
         try w.write(to: path)
         #expect {
             try ModelRegistry.load(try GGUFFile(path: path))
