@@ -370,7 +370,7 @@ public struct Attention: Sendable {
         // Heads per row-kernel job: as many as the kernel takes, while the jobs still spread
         // evenly over the threads (a lone decoding sequence has only `heads` of them).
         let rowRuns = sequences.reduce(0) { $0 + ($1.tiled ? 0 : $1.tokens) }
-        let threadCount = pool.threadCount
+        let threadCount = pool.threadCount  // also llama.cpp's split-KV chunk count: one per thread
         var together = rowKernelHeads(group: group, valueDimension: valueDimension)
         while together > 1 {
             let jobs = rowRuns * heads / together
@@ -392,9 +392,8 @@ public struct Attention: Sendable {
             }
         }
         let jobCount = jobs.count
-        let items = work < 1 << 15 ? 1 : min(jobCount, pool.threadCount * 8)
+        let items = work < 1 << 15 ? 1 : min(jobCount, threadCount * 8)
         let (qm, om, seqs, runs, longestRun, headsPerJob) = (q, out, sequences, jobs, longest, together)
-        let threads = pool.threadCount  // llama.cpp's split-KV chunks are one per thread
         pool.parallelFor(items) { item in
             let scratch = HeadScratch(headDimension: headDimension, positions: longestRun, valueDimension: valueDimension,
                                       heads: headsPerJob)
@@ -416,7 +415,7 @@ public struct Attention: Sendable {
                     attendHeadsRowSplit(query: qm[r] + h * headDimension, heads: width,
                                         keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
                                         positions: first..<position + 1, cells: cells,
-                                        chunkSize: (cells + threads - 1) / threads, headDimension: headDimension,
+                                        chunkSize: (cells + threadCount - 1) / threadCount, headDimension: headDimension,
                                         valueDimension: valueDimension, scale: scale, scratch: scratch,
                                         into: om[r] + h * valueDimension)
                 } else {

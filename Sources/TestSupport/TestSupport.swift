@@ -7,10 +7,7 @@ public enum TestSupport {
     public static let scratchRoot: URL = {
         let root = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-tests-\(getpid())")
         try? FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
-        atexit {
-            let root = FileManager.default.temporaryDirectory.appendingPathComponent("swiftlet-tests-\(getpid())")
-            try? FileManager.default.removeItem(at: root)
-        }
+        atexit { try? FileManager.default.removeItem(at: TestSupport.scratchRoot) }
         return root
     }()
 
