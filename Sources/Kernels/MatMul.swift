@@ -186,6 +186,14 @@ func quantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedA
         decodedSuperRows(K.self, w, act, tokens, range, y)
         return
     }
+    if K.blockElements == 32 && tokens == 1 {
+        let quarter = range.count / 4
+        for r in range.lowerBound..<range.lowerBound + quarter {
+            smallDotFourRows(K.self, w, first: r, spacing: quarter, act, token: 0, y)
+        }
+        for r in range.lowerBound + 4 * quarter..<range.upperBound { smallRowDot(K.self, w.row(r), nb, act, 0, 1, y + r, rows) }
+        return
+    }
     var r0 = range.lowerBound
     while r0 < range.upperBound {
         let r1 = min(r0 + tile, range.upperBound)
@@ -274,9 +282,11 @@ func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
     let tile = rowTileSize(w.rowBytes)
     let chunks = UnsafeMutablePointer<K.Chunk>.allocate(capacity: tile * nb)
     let scales = UnsafeMutablePointer<SIMD2<Float>>.allocate(capacity: tile * nb)
+    let group = TokenGroupScales(blocks: nb)
     defer {
         chunks.deallocate()
         scales.deallocate()
+        group.deallocate()
     }
     var r0 = range.lowerBound
     while r0 < range.upperBound {
@@ -292,7 +302,17 @@ func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
         var t0 = 0
         while t0 < tokens {
             let nt = min(tokenTile, tokens - t0)
-            for r in r0..<r1 {
+            var r = r0
+            if nt == 4 {
+                group.gather(act, t0: t0, blocks: nb, withMins: K.hasMin)
+                while r + 2 <= r1 {
+                    let i = (r - r0) * nb
+                    smallDotTwoRowsFourTokens(K.self, nb, act, t0: t0, group, chunks: chunks + i, chunks + i + nb,
+                                              scales: scales + i, scales + i + nb, y + t0 * rows + r, rows)
+                    r += 2
+                }
+            }
+            for r in r..<r1 {
                 let c = chunks + (r - r0) * nb, sc = scales + (r - r0) * nb
                 withTokenCount(nt) { n in smallDot(K.self, nb, act, t0, n, y + t0 * rows + r, rows) { (c[$0], sc[$0]) } }
             }
@@ -407,10 +427,17 @@ func decodedSuperRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
     let headers = UnsafeMutablePointer<K.Header>.allocate(capacity: tile * nb)
     let lanes = UnsafeMutablePointer<K.Chunk>.allocate(capacity: tile * nb * nc)
     let multipliers = UnsafeMutablePointer<SIMD16<Int16>>.allocate(capacity: tile * nb * nc)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    let gemmGroups = K.superStyle == .rowSums && K.Header.self == KHeader.self && act.gemmRows >= 4
+#else
+    let gemmGroups = false
+#endif
+    let group = SuperTokenGroup(blocks: gemmGroups ? nb : 0)
     defer {
         headers.deallocate()
         lanes.deallocate()
         multipliers.deallocate()
+        group.deallocate()
     }
     var r0 = range.lowerBound
     while r0 < range.upperBound {
@@ -432,6 +459,19 @@ func decodedSuperRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
         var t0 = 0
         while t0 < tokens {
             let nt = min(tokenTile, tokens - t0)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+            if gemmGroups && nt == 4 && t0 + 4 <= act.gemmRows {
+                group.gather(act, t0: t0, blocks: nb)
+                for r in r0..<r1 {
+                    let i = (r - r0) * nb
+                    let h = UnsafeRawPointer(headers + i).assumingMemoryBound(to: KHeader.self)
+                    superGemmDotFourTokens(K.self, nb, act, t0: t0, group, headers: h, lanes: lanes + i * nc,
+                                           multipliers: multipliers + i * nc, y + t0 * rows + r, rows)
+                }
+                t0 += nt
+                continue
+            }
+#endif
             for r in r0..<r1 {
                 let i = (r - r0) * nb
                 let (h, l, m) = (headers + i, lanes + i * nc, multipliers + i * nc)
