@@ -283,10 +283,14 @@ func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
     let chunks = UnsafeMutablePointer<K.Chunk>.allocate(capacity: tile * nb)
     let scales = UnsafeMutablePointer<SIMD2<Float>>.allocate(capacity: tile * nb)
     let group = TokenGroupScales(blocks: nb)
+    let pairScales = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: tile / 2 * nb)
+    let pairMins = UnsafeMutablePointer<SIMD8<Float>>.allocate(capacity: K.hasMin ? tile / 2 * nb : 0)
     defer {
         chunks.deallocate()
         scales.deallocate()
         group.deallocate()
+        pairScales.deallocate()
+        pairMins.deallocate()
     }
     var r0 = range.lowerBound
     while r0 < range.upperBound {
@@ -299,6 +303,13 @@ func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
                 scales[(r - r0) * nb + b] = K.scales(p)
             }
         }
+        if tokens >= 4 {
+            for pair in 0..<(r1 - r0) / 2 {
+                let i = 2 * pair * nb
+                spreadPairScales(scales + i, scales + i + nb, blocks: nb, d: pairScales + pair * nb,
+                                 m: K.hasMin ? pairMins + pair * nb : nil)
+            }
+        }
         var t0 = 0
         while t0 < tokens {
             let nt = min(tokenTile, tokens - t0)
@@ -307,8 +318,10 @@ func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
                 group.gather(act, t0: t0, blocks: nb, withMins: K.hasMin)
                 while r + 2 <= r1 {
                     let i = (r - r0) * nb
+                    let pair = (r - r0) / 2 * nb
                     smallDotTwoRowsFourTokens(K.self, nb, act, t0: t0, group, chunks: chunks + i, chunks + i + nb,
-                                              scales: scales + i, scales + i + nb, y + t0 * rows + r, rows)
+                                              pairScales: pairScales + pair, pairMins: pairMins + pair,
+                                              y + t0 * rows + r, rows)
                     r += 2
                 }
             }

@@ -50,25 +50,22 @@ func smallDotFourRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, first: Int
 }
 
 /// Per-token-group data of `smallDotTwoRowsFourTokens`, gathered once per group of 4 tokens
-/// and shared by every row pair: block b's four d_x, and its four s_x twice (the min chains of
-/// two rows as one 8-lane FMA).
+/// and shared by every row pair: block b's four d_x and four s_x, each twice (a row pair's
+/// chains as the 8 lanes of one vector, row-major).
 struct TokenGroupScales {
-    let dx: UnsafeMutablePointer<SIMD4<Float>>
+    let dx: UnsafeMutablePointer<SIMD8<Float>>
     let sx: UnsafeMutablePointer<SIMD8<Float>>
     /// Scratch of the row pair: block b's eight d·d_x products, rows × tokens.
-    let products: UnsafeMutablePointer<Float>
-    /// Scratch of the row pair: block b's mins, [m_r ×4, m_r+1 ×4].
-    let mins: UnsafeMutablePointer<SIMD8<Float>>
+    let products: UnsafeMutablePointer<SIMD8<Float>>
 
     init(blocks nb: Int) {
         dx = .allocate(capacity: nb)
         sx = .allocate(capacity: nb)
-        products = .allocate(capacity: 8 * nb)
-        mins = .allocate(capacity: nb)
+        products = .allocate(capacity: nb)
     }
 
     func deallocate() {
-        dx.deallocate(); sx.deallocate(); products.deallocate(); mins.deallocate()
+        dx.deallocate(); sx.deallocate(); products.deallocate()
     }
 
     /// Gathers tokens t0..<t0+4.
@@ -77,7 +74,8 @@ struct TokenGroupScales {
         let ds = act.ds + 2 * t0 * nb, stride = 2 * nb
         for b in 0..<nb {
             let i = 2 * b
-            dx[b] = SIMD4(ds[i], ds[i + stride], ds[i + 2 * stride], ds[i + 3 * stride])
+            let d = SIMD4(ds[i], ds[i + stride], ds[i + 2 * stride], ds[i + 3 * stride])
+            dx[b] = SIMD8(lowHalf: d, highHalf: d)
             if withMins {
                 let s = SIMD4(ds[i + 1], ds[i + 1 + stride], ds[i + 1 + 2 * stride], ds[i + 1 + 3 * stride])
                 sx[b] = SIMD8(lowHalf: s, highHalf: s)
@@ -86,33 +84,41 @@ struct TokenGroupScales {
     }
 }
 
-/// Two rows × four tokens (t0..<t0+4) from unpacked blocks (`chunks`/`scales` of each row, as
-/// `decodedQuantRows` keeps them): eight chains sharing every weight and activation load.
+/// A row pair's block scales as `smallDotTwoRowsFourTokens` reads them: block b's d (and m)
+/// of row r four times, then those of row r+1 four times. Built once per row tile.
+@inline(__always)
+func spreadPairScales(_ scales0: UnsafePointer<SIMD2<Float>>, _ scales1: UnsafePointer<SIMD2<Float>>, blocks nb: Int,
+                      d: UnsafeMutablePointer<SIMD8<Float>>, m: UnsafeMutablePointer<SIMD8<Float>>?) {
+    for b in 0..<nb {
+        d[b] = SIMD8(lowHalf: SIMD4(repeating: scales0[b][0]), highHalf: SIMD4(repeating: scales1[b][0]))
+        m?[b] = SIMD8(lowHalf: SIMD4(repeating: scales0[b][1]), highHalf: SIMD4(repeating: scales1[b][1]))
+    }
+}
+
+/// Two rows × four tokens (t0..<t0+4) from unpacked blocks (`chunks` of each row, as
+/// `decodedQuantRows` keeps them, and the pair's `spreadPairScales`): eight chains sharing
+/// every weight and activation load.
 /// `out` is (row r, token t0); row r+1 is `out + 1`, token t0+j is `out + j·outStride`.
 @inline(__always)
 func smallDotTwoRowsFourTokens<K: QuantKernel>(
     _ k: K.Type, _ nb: Int, _ act: QuantizedActivations, t0: Int, _ g: TokenGroupScales,
     chunks c0: UnsafePointer<K.Chunk>, _ c1: UnsafePointer<K.Chunk>,
-    scales s0: UnsafePointer<SIMD2<Float>>, _ s1: UnsafePointer<SIMD2<Float>>,
+    pairScales: UnsafePointer<SIMD8<Float>>, pairMins: UnsafePointer<SIMD8<Float>>,
     _ out: UnsafeMutablePointer<Float>, _ outStride: Int
 ) {
     let cols = act.columns
     let q0 = UnsafeRawPointer(act.q + t0 * cols)
     let offsets = UnsafeRawPointer(act.offsetSums + max(K.offsetSlot, 0) * act.offsetStride + 8 * t0 * nb)
     let tokenOffsetBytes = 32 * nb
-    // d·d_x of both rows for every block: two 4-lane products each instead of eight scalar
-    // ones (the same roundings), read back below as broadcasts from memory.
-    for b in 0..<nb {
-        let p0 = SIMD4(repeating: s0[b][0]) * g.dx[b], p1 = SIMD4(repeating: s1[b][0]) * g.dx[b]
-        UnsafeMutableRawPointer(g.products + 8 * b).storeBytes(of: SIMD8(lowHalf: p0, highHalf: p1), as: SIMD8<Float>.self)
-        if K.hasMin { g.mins[b] = SIMD8(lowHalf: SIMD4(repeating: s0[b][1]), highHalf: SIMD4(repeating: s1[b][1])) }
-    }
+    // d·d_x of the eight chains for every block (one 8-lane product each, the roundings of
+    // the scalar ones), read back below as broadcasts from memory.
+    for b in 0..<nb { g.products[b] = pairScales[b] * g.dx[b] }
     var a00 = SIMD8<Float>(), a01 = SIMD8<Float>(), a02 = SIMD8<Float>(), a03 = SIMD8<Float>()
     var a10 = SIMD8<Float>(), a11 = SIMD8<Float>(), a12 = SIMD8<Float>(), a13 = SIMD8<Float>()
     var m = SIMD8<Float>()  // lane 4·row + token
     for b in 0..<nb {
         let w0 = c0[b], w1 = c1[b]
-        let p = g.products + 8 * b
+        let p = UnsafeRawPointer(g.products + b).assumingMemoryBound(to: Float.self)
         @inline(__always)
         func token(_ j: Int, _ a0: inout SIMD8<Float>, _ a1: inout SIMD8<Float>) {
             let x = q0.loadUnaligned(fromByteOffset: j * cols + 32 * b, as: SIMD32<Int8>.self)
@@ -129,7 +135,7 @@ func smallDotTwoRowsFourTokens<K: QuantKernel>(
         token(1, &a01, &a11)
         token(2, &a02, &a12)
         token(3, &a03, &a13)
-        if K.hasMin { m = m.addingProduct(g.mins[b], g.sx[b]) }
+        if K.hasMin { m = m.addingProduct(pairMins[b], g.sx[b]) }
     }
     @inline(__always)
     func result(_ a: SIMD8<Float>, _ lane: Int) -> Float { K.hasMin ? hsum(a) + m[lane] : hsum(a) }
