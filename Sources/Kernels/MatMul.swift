@@ -276,8 +276,9 @@ func smallDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
 
 /// Prompt-sized batches of the 32-element formats: each row tile's blocks are unpacked once
 /// (weight bytes and scales) into a scratch buffer that every token group then reads,
-/// instead of unpacking them again for each group of `tokenTile` tokens. Same operations
-/// in the same order as `smallRowDot`: bitwise the same results.
+/// instead of unpacking them again for each group of `tokenTile` tokens; whole groups run two
+/// rows at a time (`smallDotTwoRowsFourTokens`). Same operations in the same order as
+/// `smallRowDot`: bitwise the same results.
 func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int,
                                       _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
     let rows = w.rows, nb = w.columns / 32, bb = K.blockBytes
@@ -305,18 +306,16 @@ func decodedQuantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
                 scales[(r - r0) * nb + b] = K.scales(p)
             }
         }
-        if tokens >= 4 {
-            for pair in 0..<(r1 - r0) / 2 {
-                let i = 2 * pair * nb
-                spreadPairScales(scales + i, scales + i + nb, blocks: nb, d: pairScales + pair * nb,
-                                 m: K.hasMin ? pairMins + pair * nb : nil)
-            }
+        for pair in 0..<(r1 - r0) / 2 {
+            let i = 2 * pair * nb
+            spreadPairScales(scales + i, scales + i + nb, blocks: nb, d: pairScales + pair * nb,
+                             m: K.hasMin ? pairMins + pair * nb : nil)
         }
         var t0 = 0
         while t0 < tokens {
             let nt = min(tokenTile, tokens - t0)
             var r = r0
-            if nt == 4 {
+            if nt == tokenTile {
                 group.gather(act, t0: t0, blocks: nb, withMins: K.hasMin)
                 while r + 2 <= r1 {
                     let i = (r - r0) * nb
