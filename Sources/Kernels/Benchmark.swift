@@ -88,7 +88,75 @@ public func runKernelBenchmark(threads: Int? = nil, types: [TensorType] = suppor
         }
         out += line + "\n"
     }
+    let step1 = blockStepGMACs(pool: single, seconds: minSeconds), stepN = blockStepGMACs(pool: multi, seconds: minSeconds)
+    let int1 = blockStepGMACs(pool: single, seconds: minSeconds, floatStep: false)
+    let intN = blockStepGMACs(pool: multi, seconds: minSeconds, floatStep: false)
+    out += "\nthe block steps alone, on L1-resident operands (8 independent chains, no tiles, no memory "
+    out += "traffic): the arithmetic ceiling of the prefill rows above. 32-element formats (llama.cpp's "
+    out += "per-lane form: integer dot, conversion, FMA per block): "
+    out += String(format: "%.1f / %.1f GMAC/s; K-quants (integer dot into integer lanes): %.1f / %.1f GMAC/s\n\n",
+                  step1, stepN, int1, intN)
+    out += "| model | prefill MMAC per token (matmuls) | prefill tokens/s if every product ran at its block step's rate |\n"
+    out += "|---|---|---|\n"
+    for model in benchModels {
+        let shapes = model.layers.flatMap { _ in model.perLayer.joined() }
+        let macs = shapes.reduce(0.0) { $0 + Double($1.rows * $1.columns) }
+        let seconds = shapes.reduce(0.0) {
+            $0 + Double($1.rows * $1.columns) / 1e9 / ($1.type.blockSize == 32 ? stepN : intN)
+        }
+        out += String(format: "| %@ | %.1f | %.0f (%d threads) |\n", model.name, macs / 1e6, 1 / seconds,
+                      multi.threadCount)
+    }
     return out
+}
+
+/// Multiply-adds per second of the kernels' block step with nothing else: `dotU8I8` on 32
+/// weight and activation bytes, then (`floatStep`) llama.cpp's per-lane conversion and FMA, or
+/// (K-quants, whose float step comes once per 256 elements) an integer accumulate. Eight chains
+/// over L1-resident operands, so that neither latency nor memory limits it: no prompt kernel
+/// can beat it, and `swiftlet bench` results can be read against it.
+func blockStepGMACs(pool: ThreadPool, seconds: Double, floatStep: Bool = true) -> Double {
+    let threads = pool.threadCount
+    let operandBytes = 64 * 32
+    let operands = UnsafeMutableRawPointer.allocate(byteCount: threads * operandBytes, alignment: 64)
+    let sink = UnsafeMutablePointer<Float>.allocate(capacity: threads * 16)
+    defer { operands.deallocate(); sink.deallocate() }
+    for i in 0..<threads * operandBytes { operands.storeBytes(of: UInt8(truncatingIfNeeded: i &* 37 &+ 11) & 0x7F, toByteOffset: i, as: UInt8.self) }
+    nonisolated(unsafe) let ops = operands, out = sink
+    let steps = 1 << 18
+    func run() -> Double {
+        let t0 = monotonicNanos()
+        pool.parallelFor(threads) { t in
+            let base = UnsafeRawPointer(ops + t * operandBytes)
+            let w = base.load(as: SIMD32<UInt8>.self), ones = splat16(1)
+            var f0 = SIMD8<Float>(), f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0
+            var i0 = SIMD8<Int32>(), i1 = i0, i2 = i0, i3 = i0, i4 = i0, i5 = i0, i6 = i0, i7 = i0
+            let scale = SIMD8<Float>(repeating: 1e-9)
+            for s in 0..<steps {
+                // a different activation set per step, so the products cannot be hoisted
+                let x = base + 32 * (8 * (s & 7) % 64)
+                @inline(__always) func step(_ j: Int, _ f: inout SIMD8<Float>, _ i: inout SIMD8<Int32>) {
+                    let lanes = dotU8I8(w, x.load(fromByteOffset: 32 * j, as: SIMD32<Int8>.self), ones)
+                    if floatStep { f = f.addingProduct(scale, SIMD8<Float>(lanes)) } else { i &+= lanes }
+                }
+                step(0, &f0, &i0); step(1, &f1, &i1); step(2, &f2, &i2); step(3, &f3, &i3)
+                step(4, &f4, &i4); step(5, &f5, &i5); step(6, &f6, &i6); step(7, &f7, &i7)
+            }
+            let f = ((f0 + f1) + (f2 + f3)) + ((f4 + f5) + (f6 + f7))
+            let i = ((i0 &+ i1) &+ (i2 &+ i3)) &+ ((i4 &+ i5) &+ (i6 &+ i7))
+            out[16 * t] = f.sum() + Float(i.wrappedSum())
+        }
+        return Double(monotonicNanos() - t0) * 1e-9
+    }
+    _ = run()
+    var best = Double.infinity, total = 0.0, runs = 0
+    while total < seconds || runs < 3 {
+        let dt = run()
+        best = min(best, dt)
+        total += dt
+        runs += 1
+    }
+    return Double(threads * steps * 8 * 32) / best / 1e9
 }
 
 struct BenchShape {
