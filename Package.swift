@@ -57,7 +57,7 @@ let package = Package(
             "GGUF", .product(name: "HeapModule", package: "swift-collections"),
         ], swiftSettings: testableSettings),
         // forward passes: tokens → logits
-        .target(name: "Models", dependencies: ["GGUF", "Kernels", "KernelsAVX512"], swiftSettings: kernelSettings),
+        .target(name: "Models", dependencies: ["GGUF", "Kernels", "KernelsAVX512", "CIntrinsics"], swiftSettings: kernelSettings),
         // KV cache, sampler, generation loop
         .target(name: "Engine", dependencies: ["GGUF", "Kernels", "Models", "Tokenization"], swiftSettings: testableSettings),
         // `swiftlet serve`: OpenAI-compatible HTTP API over the continuous-batching scheduler

@@ -3,6 +3,7 @@ import Kernels
 #if arch(x86_64)
 import _Builtin_intrinsics.intel
 #endif
+import CIntrinsics
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import KernelsAVX512
 #endif
@@ -31,7 +32,13 @@ func load8(_ p: UnsafePointer<Float16>) -> Float8 {
 /// at every use (an earlier float-arithmetic emulation cost ~12 instructions per vector, 10 %
 /// of a 16-sequence decode step in the row attention kernel).
 @inline(__always)
-func roundedToHalf(_ v: Float8) -> Float8 { Float8(SIMD8<Float16>(v)) }
+func roundedToHalf(_ v: Float8) -> Float8 {
+#if arch(x86_64)
+    swiftlet_round_to_half8(v)
+#else
+    Float8(SIMD8<Float16>(v))
+#endif
+}
 
 @inline(__always)
 func sum(_ v: Float8) -> Float {
@@ -221,18 +228,29 @@ func storeHalf(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float16>
 /// as _mm512_reduce_add_ps, and a tail of fewer than 64 elements added in double.
 @inline(__always)
 func dotHalfGGML(_ k: UnsafePointer<Float16>, _ q: UnsafePointer<Float>, count: Int) -> Float {
+    dotGGML(q, count: count) { load8(k + $0) } element: { Float(k[$0]) }
+}
+
+/// `dotHalfGGML` with the key already widened to float (exactly, so the same result).
+@inline(__always)
+func dotHalfGGML(widened k: UnsafePointer<Float>, _ q: UnsafePointer<Float>, count: Int) -> Float {
+    dotGGML(q, count: count) { load8(k + $0) } element: { k[$0] }
+}
+
+@inline(__always)
+private func dotGGML(_ q: UnsafePointer<Float>, count: Int, key: (Int) -> Float8, element: (Int) -> Float) -> Float {
     var a0 = Float8(), b0 = Float8(), a1 = Float8(), b1 = Float8()
     var a2 = Float8(), b2 = Float8(), a3 = Float8(), b3 = Float8()
     var i = 0
     while i + 64 <= count {
-        a0 = a0.addingProduct(load8(k + i), load8(q + i)); b0 = b0.addingProduct(load8(k + i + 8), load8(q + i + 8))
-        a1 = a1.addingProduct(load8(k + i + 16), load8(q + i + 16)); b1 = b1.addingProduct(load8(k + i + 24), load8(q + i + 24))
-        a2 = a2.addingProduct(load8(k + i + 32), load8(q + i + 32)); b2 = b2.addingProduct(load8(k + i + 40), load8(q + i + 40))
-        a3 = a3.addingProduct(load8(k + i + 48), load8(q + i + 48)); b3 = b3.addingProduct(load8(k + i + 56), load8(q + i + 56))
+        a0 = a0.addingProduct(key(i), load8(q + i)); b0 = b0.addingProduct(key(i + 8), load8(q + i + 8))
+        a1 = a1.addingProduct(key(i + 16), load8(q + i + 16)); b1 = b1.addingProduct(key(i + 24), load8(q + i + 24))
+        a2 = a2.addingProduct(key(i + 32), load8(q + i + 32)); b2 = b2.addingProduct(key(i + 40), load8(q + i + 40))
+        a3 = a3.addingProduct(key(i + 48), load8(q + i + 48)); b3 = b3.addingProduct(key(i + 56), load8(q + i + 56))
         i += 64
     }
     var total = Double(reduceAdd16((a0 + a2) + (a1 + a3), (b0 + b2) + (b1 + b3)))
-    while i < count { total += Double(Float(k[i]) * q[i]); i += 1 }
+    while i < count { total += Double(element(i) * q[i]); i += 1 }
     return Float(total)
 }
 
@@ -280,13 +298,18 @@ func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointe
                            scale: scale, normalize: true, scratch: scratch, into: out)
 }
 
-/// Whether the row kernels run as the grouped 512-bit kernel: an AVX-512 CPU, and outputs in
-/// whole 64-lane vectors.
+/// Whether the row kernels run grouped (several query heads of a KV group side by side): the
+/// 512-bit kernel on AVX-512 CPUs for outputs in whole 64-lane vectors, else the 256-bit one
+/// (`rowGroupAccumulate`) for outputs in whole 32-lane vectors.
 func groupedRowKernel(valueDimension: Int) -> Bool {
+    avx512RowKernel ? valueDimension % 64 == 0 : valueDimension % 32 == 0
+}
+
+private var avx512RowKernel: Bool {
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-    return CPUDispatch.current == .avx512 && valueDimension % 64 == 0
+    CPUDispatch.current == .avx512
 #else
-    return false
+    false
 #endif
 }
 
@@ -298,7 +321,7 @@ func rowKernelHeads(group: Int, valueDimension: Int) -> Int {
 
 /// `attendHeadRow` for `heads` consecutive query heads of one KV group (head j's query at
 /// `query + j · headDimension`, its output at `out + j · valueDimension`), the same floats per
-/// head; in 512-bit vectors with the heads side by side where `rowKernelHeads` allows.
+/// head; with the heads side by side where `rowKernelHeads` allows.
 @inline(__always)
 func attendHeadsRow(query: UnsafePointer<Float>, heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
                     values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
@@ -393,30 +416,136 @@ func splitKV(heads: Int, positions: Range<Int>, cells: Int, chunkSize: Int, valu
 }
 
 /// The grouped row kernel over `positions` for `heads` heads (queries already in
-/// `scratch.query`), in 512-bit vectors: the scores, then each head's online softmax exactly
-/// as the one-head kernel, then the outputs; writes each head's (max, sum) to stats[h].
+/// `scratch.query`): the scores, then each head's online softmax exactly as the one-head
+/// kernel, then the outputs; writes each head's (max, sum) to stats[h].
 @inline(__always)
 func attendHeadsRowChunk(heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
                          values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
                          headDimension: Int, valueDimension: Int, scale: Float, normalize: Bool,
                          scratch: HeadScratch, into out: UnsafeMutablePointer<Float>,
                          stats: UnsafeMutablePointer<(max: Float, sum: Float)>) {
-#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let stride = 2 * positions.count
-    avx512RowGroupScores(queries: scratch.query, heads: heads, keys: keys, keyOffset: keyOffset, positions: positions,
-                         headDimension: headDimension, scale: scale, scores: scratch.factors, headStride: stride)
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    if avx512RowKernel {
+        avx512RowGroupScores(queries: scratch.query, heads: heads, keys: keys, keyOffset: keyOffset,
+                             positions: positions, headDimension: headDimension, scale: scale,
+                             scores: scratch.factors, headStride: stride)
+    }
+#endif
+    if !avx512RowKernel {
+        rowGroupScores(queries: scratch.query, heads: heads, keys: keys, keyOffset: keyOffset, positions: positions,
+                       headDimension: headDimension, scale: scale, scores: scratch.factors, headStride: stride)
+    }
     withUnsafeTemporaryAllocation(of: Float.self, capacity: heads) { inverses in
         for h in 0..<heads {
             stats[h] = onlineSoftmaxFactors(scratch.factors + h * stride, count: positions.count)
             inverses[h] = softmaxInverse(stats[h].sum, normalize: normalize)
         }
-        avx512RowGroupAccumulate(heads: heads, values: values, valueOffset: valueOffset, positions: positions,
-                                 valueDimension: valueDimension, factors: scratch.factors, headStride: stride,
-                                 inverses: inverses.baseAddress!, into: out, outStride: valueDimension)
-    }
-#else
-    fatalError("the grouped row kernel needs AVX-512 (groupedRowKernel is false here)")
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+        if avx512RowKernel {
+            avx512RowGroupAccumulate(heads: heads, values: values, valueOffset: valueOffset, positions: positions,
+                                     valueDimension: valueDimension, factors: scratch.factors, headStride: stride,
+                                     inverses: inverses.baseAddress!, into: out, outStride: valueDimension)
+            return
+        }
 #endif
+        rowGroupAccumulate(heads: heads, values: values, valueOffset: valueOffset, positions: positions,
+                           valueDimension: valueDimension, factors: scratch.factors, headStride: stride,
+                           inverses: inverses.baseAddress!, into: out, outStride: valueDimension)
+    }
+}
+
+/// Cache positions the row kernels prefetch ahead. Each position's K or V row is a short piece
+/// of a longer cache row (one KV head of one layer), so the hardware prefetchers see a strided
+/// pattern, and without help a decoding step at a few thousand positions waited on memory with
+/// only a handful of rows in flight.
+let rowPrefetchDistance = 24
+
+/// Prefetches `count` halves at `rows[position] + offset` into L1, if `position` is below `end`.
+@inline(__always)
+func prefetchRow(_ rows: UnsafePointer<UnsafePointer<Float16>>, _ position: Int, below end: Int, offset: Int, count: Int) {
+    guard position < end else { return }
+    let start = UnsafeRawPointer(rows[position] + offset)
+    var byte = 0
+    while byte < 2 * count { swiftlet_prefetch_l1(start + byte); byte += 64 }
+    swiftlet_prefetch_l1(start + 2 * count - 1)  // the last line, when the row is not line-aligned
+}
+
+/// Scores of the 256-bit grouped row kernel: each key widened to float once for all `heads`
+/// queries, then `dotHalfGGML`'s sums per head (same floats: the widening is exact).
+@inline(__always)
+func rowGroupScores(queries: UnsafePointer<Float>, heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>,
+                    keyOffset: Int, positions: Range<Int>, headDimension: Int, scale: Float,
+                    scores: UnsafeMutablePointer<Float>, headStride: Int) {
+    if heads == 1 {
+        for (i, p) in positions.enumerated() {
+            prefetchRow(keys, p + rowPrefetchDistance, below: positions.upperBound, offset: keyOffset, count: headDimension)
+            scores[2 * i] = dotHalfGGML(keys[p] + keyOffset, queries, count: headDimension) * scale
+        }
+        return
+    }
+    withUnsafeTemporaryAllocation(of: Float.self, capacity: headDimension) { buffer in
+        let key = buffer.baseAddress!
+        for (i, p) in positions.enumerated() {
+            prefetchRow(keys, p + rowPrefetchDistance, below: positions.upperBound, offset: keyOffset, count: headDimension)
+            let k = keys[p] + keyOffset
+            var d = 0
+            while d + 8 <= headDimension { store8(load8(k + d), key + d); d += 8 }
+            while d < headDimension { key[d] = Float(k[d]); d += 1 }
+            for h in 0..<heads {
+                scores[h * headStride + 2 * i] = dotHalfGGML(widened: key, queries + h * headDimension,
+                                                             count: headDimension) * scale
+            }
+        }
+    }
+}
+
+/// Outputs of the 256-bit grouped row kernel (as `avx512RowGroupAccumulate`: per position
+/// acc = half(acc·ms) when ms ≠ 1, then acc = half(v·w + acc) fused, for each head over the
+/// same V loads). Each pass takes 32 lanes of up to three heads, 12 half-precision chains in
+/// flight where one head has 4 (the chain, FMA → round to half → widen, is what limits
+/// decoding attention); four heads run as two pairs, within the 16 vector registers.
+@inline(__always)
+func rowGroupAccumulate(heads: Int, values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
+                        positions: Range<Int>, valueDimension: Int, factors: UnsafePointer<Float>, headStride: Int,
+                        inverses: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, outStride: Int) {
+    typealias Quad = (Float8, Float8, Float8, Float8)
+    let n = positions.count, first = positions.lowerBound
+    @inline(__always) func step(_ x: inout Quad, _ f: UnsafePointer<Float>, _ v: Quad) {
+        let ms = f[0]
+        if ms != 1 { x = (roundedToHalf(x.0 * ms), roundedToHalf(x.1 * ms), roundedToHalf(x.2 * ms), roundedToHalf(x.3 * ms)) }
+        let w = Float8(repeating: f[1])
+        x = (roundedToHalf(x.0.addingProduct(v.0, w)), roundedToHalf(x.1.addingProduct(v.1, w)),
+             roundedToHalf(x.2.addingProduct(v.2, w)), roundedToHalf(x.3.addingProduct(v.3, w)))
+    }
+    @inline(__always) func store(_ x: Quad, _ h: Int, _ d: Int) {
+        let s = inverses[h], o = out + h * outStride + d
+        store8(x.0 * s, o); store8(x.1 * s, o + 8); store8(x.2 * s, o + 16); store8(x.3 * s, o + 24)
+    }
+    let zero: Quad = (Float8(), Float8(), Float8(), Float8())
+    var h0 = 0
+    while h0 < heads {
+        let together = heads == 4 ? 2 : heads
+        let (f0, f1, f2) = (factors + h0 * headStride, factors + (h0 + 1) * headStride, factors + (h0 + 2) * headStride)
+        var d = 0
+        while d < valueDimension {
+            var (a, b, c) = (zero, zero, zero)
+            for i in 0..<n {
+                prefetchRow(values, first + i + rowPrefetchDistance, below: positions.upperBound,
+                            offset: valueOffset + d, count: 32)
+                let p = values[first + i] + valueOffset + d
+                let v = (load8(p), load8(p + 8), load8(p + 16), load8(p + 24))
+                step(&a, f0 + 2 * i, v)
+                if together > 1 { step(&b, f1 + 2 * i, v) }
+                if together > 2 { step(&c, f2 + 2 * i, v) }
+            }
+            store(a, h0, d)
+            if together > 1 { store(b, h0 + 1, d) }
+            if together > 2 { store(c, h0 + 2, d) }
+            d += 32
+        }
+        h0 += together
+    }
 }
 
 /// ggml's online softmax over the scores at factors[2i], i < count, in order, with libm expf:

@@ -17,6 +17,9 @@ struct Bench: ParsableCommand {
     var promptTokens = 512
     @Option(name: [.customShort("n"), .customLong("n-gen")], help: "Generated tokens for the tg test (0 skips it).")
     var generatedTokens = 128
+    @Option(name: [.customShort("d"), .customLong("n-depth")],
+            help: "Tokens already in the cache before each test (untimed), as llama-bench's -d.")
+    var depth = 0
     @Option(name: [.customShort("r"), .customLong("repetitions")], help: "Timed repetitions of each test.")
     var repetitions = 5
     @Option(name: .customLong("mem-budget"), help: "Keep resident weights under SIZE (e.g. 32M, 2G) to measure the slowdown.")
@@ -28,7 +31,7 @@ struct Bench: ParsableCommand {
 
     func validate() throws {
         guard repetitions > 0 else { throw ValidationError("--repetitions must be at least 1") }
-        guard promptTokens >= 0, generatedTokens >= 0 else { throw ValidationError("token counts cannot be negative") }
+        guard promptTokens >= 0, generatedTokens >= 0, depth >= 0 else { throw ValidationError("token counts cannot be negative") }
         if let memBudget, parseByteSize(memBudget) == nil {
             throw ValidationError("--mem-budget: cannot read '\(memBudget)' as a size (e.g. 512M, 2G)")
         }
@@ -41,10 +44,10 @@ struct Bench: ParsableCommand {
         }
         let path = try ModelLocator.resolve(model)
         let loaded = try LoadedModel(path: path, memoryBudget: memBudget.flatMap(parseByteSize))
-        let longest = max(promptTokens, generatedTokens)
+        let longest = depth + max(promptTokens, generatedTokens)
         try loaded.validateContext(longest)
         let results = try benchmark(model: loaded, promptTokens: promptTokens, generatedTokens: generatedTokens,
-                                    repetitions: repetitions, pool: ThreadPool(threads: threads))
+                                    depth: depth, repetitions: repetitions, pool: ThreadPool(threads: threads))
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
@@ -60,7 +63,8 @@ struct Bench: ParsableCommand {
         }
         if let budget = loaded.memoryBudget { print("\n" + budget.summary) }
         if let ttft = results.first(where: { $0.time_to_first_token_ms != nil })?.time_to_first_token_ms {
-            print(String(format: "\ntime to first token after a %d-token prompt: %.0f ms (median)", promptTokens, ttft))
+            print(String(format: "\ntime to first token after a %d-token prompt: %.0f ms (median)", promptTokens, ttft)
+                  + (depth > 0 ? " on top of \(depth) cached tokens" : ""))
         }
     }
 }

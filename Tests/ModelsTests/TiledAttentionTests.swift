@@ -218,8 +218,8 @@ func attendHeadTileReference(query: UnsafePointer<Float>, queryStride: Int, rows
         }
     }
 
-    /// The grouped row kernel (several query heads of one KV group at once, in 512-bit vectors
-    /// where the CPU has them) gives each head the floats of the one-head kernel.
+    /// The grouped row kernel (several query heads of one KV group at once, in 512-bit vectors on
+    /// AVX-512 CPUs, 256-bit ones elsewhere) gives each head the floats of the one-head kernel.
     @Test(arguments: [(64, 64, 3), (256, 256, 4), (64, 64, 8), (40, 64, 2), (128, 128, 1)])
     func groupedRowKernelEqualsOneHead(headDimension: Int, valueDimension: Int, group: Int) {
         var rng = SystemRandomNumberGenerator()
