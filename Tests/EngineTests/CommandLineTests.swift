@@ -38,6 +38,35 @@ struct CommandLine {
 }
 
 @Suite struct CommandLineTests {
+    /// `swiftlet bench --json`, the contract scripts rely on: one object per test with the
+    /// fields bench/compare reads; with `-d`, llama-bench's test names and the depth.
+    @Test func benchJSONContract() throws {
+        func rows(_ extra: [String]) throws -> [[String: Any]] {
+            let r = try CommandLine.run(["bench", TestSupport.smolLM2Path, "-t", "2", "-p", "16", "-n", "4", "-r", "2",
+                                         "--json"] + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+            return try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+        }
+        for (extra, suffix, depth) in [([String](), "", 0), (["-d", "40"], " @ d40", 40)] {
+            let results = try rows(extra)
+            #expect(results.map { $0["test"] as? String } == ["pp16" + suffix, "tg4" + suffix])
+            for row in results {
+                #expect((row["avg_ts"] as? Double ?? 0) > 0)
+                #expect(row["stddev_ts"] is Double)
+                #expect(row["n_threads"] as? Int == 2)
+                #expect((row["peak_rss_bytes"] as? Int ?? 0) > 1 << 20)
+                #expect(row["n_depth"] as? Int == depth)
+                #expect((row["samples_ts"] as? [Double])?.count == 2)
+            }
+        }
+        let negative = try CommandLine.run(["bench", TestSupport.smolLM2Path, "--n-depth=-5"])
+        #expect(negative.status != 0)
+        #expect(negative.stderr.contains("negative"))
+        let tooDeep = try CommandLine.run(["bench", TestSupport.smolLM2Path, "-p", "16", "-n", "0", "-d", "100000"])
+        #expect(tooDeep.status != 0)
+        #expect(!tooDeep.stderr.isEmpty)
+    }
+
     @Test(arguments: [TestSupport.smolLM2Path, TestSupport.gemma3Path])
     func infoAgreesWithThePythonGGUFReader(_ path: String) throws {
         let facts = try CommandLine.python("""
