@@ -212,7 +212,10 @@ func superGemmDotFourTokens<K: QuantKernel>(
         let dx = unsafeBitCast(g.dx[b], to: __m128.self)
         let scale = _mm_mul_ps(_mm_set1_ps(h.d), dx), minScale = _mm_mul_ps(_mm_set1_ps(h.dmin), dx)
         let mins = unsafeBitCast(h.mins, to: SIMD4<Int64>.self)
-        for pair in 0..<4 {
+        // Called with literal pairs: with a loop index, `mins[pair]` went through the stack
+        // every pair (a 32-byte store, then an 8-byte load inside it: a stalled forwarding).
+        @inline(__always)
+        func pairStep(_ pair: Int) {
             var p0 = SIMD8<Int32>(), p1 = SIMD8<Int32>(), p2 = SIMD8<Int32>(), p3 = SIMD8<Int32>()
             for half in 0..<2 {
                 let ci = 8 * b + 2 * pair + half
@@ -231,6 +234,7 @@ func superGemmDotFourTokens<K: QuantKernel>(
             let minSums = _mm_unpacklo_epi64(_mm256_castsi256_si128(halves), high128(halves))
             c = _mm_fmadd_ps(_mm_cvtepi32_ps(minSums), minScale, c)
         }
+        pairStep(0); pairStep(1); pairStep(2); pairStep(3)
     }
     let r = unsafeBitCast(_mm_sub_ps(s, c), to: SIMD4<Float>.self)
     out[0] = r[0]; out[outStride] = r[1]; out[2 * outStride] = r[2]; out[3 * outStride] = r[3]
