@@ -502,9 +502,10 @@ func rowGroupScores(queries: UnsafePointer<Float>, heads: Int, keys: UnsafePoint
 
 /// Outputs of the 256-bit grouped row kernel (as `avx512RowGroupAccumulate`: per position
 /// acc = half(acc·ms) when ms ≠ 1, then acc = half(v·w + acc) fused, for each head over the
-/// same V loads). Each pass takes 32 lanes of up to three heads, 12 half-precision chains in
-/// flight where one head has 4 (the chain, FMA → round to half → widen, is what limits
-/// decoding attention); four heads run as two pairs, within the 16 vector registers.
+/// same V loads). Each pass takes 32 lanes of up to three heads: 12 half-precision chains
+/// (FMA → round to half → widen, a long latency) in flight where one head has 4, and one V
+/// load and widening for all of them; four heads run as two pairs, within the 16 vector
+/// registers. The V rows are prefetched, as the K rows in `rowGroupScores`.
 @inline(__always)
 func rowGroupAccumulate(heads: Int, values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
                         positions: Range<Int>, valueDimension: Int, factors: UnsafePointer<Float>, headStride: Int,
