@@ -134,7 +134,7 @@ func blockStepGMACs(pool: ThreadPool, seconds: Double, floatStep: Bool = true) -
             let scale = SIMD8<Float>(repeating: 1e-9)
             for s in 0..<steps {
                 // a different activation set per step, so the products cannot be hoisted
-                let x = base + 32 * (8 * (s & 7) % 64)
+                let x = base + 256 * (s & 7)
                 @inline(__always) func step(_ j: Int, _ f: inout SIMD8<Float>, _ i: inout SIMD8<Int32>) {
                     let lanes = dotU8I8(w, x.load(fromByteOffset: 32 * j, as: SIMD32<Int8>.self), ones)
                     if floatStep { f = f.addingProduct(scale, SIMD8<Float>(lanes)) } else { i &+= lanes }
