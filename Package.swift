@@ -52,17 +52,21 @@ let package = Package(
         .target(name: "KernelsAVX512", dependencies: ["GGUF", "CIntrinsics"], swiftSettings: avx512Settings),
         // intrinsics that are C macros, which Swift cannot import (a header of static inline functions)
         .target(name: "CIntrinsics"),
+        // ordered JSON values: one parser and serializer (schemas, request bodies, chat templates)
+        .target(name: "JSON", dependencies: [
+            .product(name: "OrderedCollections", package: "swift-collections"),
+        ], swiftSettings: testableSettings),
         // text ↔ tokens, chat templates
         .target(name: "Tokenization", dependencies: [
-            "GGUF", .product(name: "HeapModule", package: "swift-collections"),
+            "GGUF", "JSON", .product(name: "HeapModule", package: "swift-collections"),
         ], swiftSettings: testableSettings),
         // forward passes: tokens → logits
         .target(name: "Models", dependencies: ["GGUF", "Kernels", "KernelsAVX512", "CIntrinsics"], swiftSettings: kernelSettings),
         // KV cache, sampler, generation loop
-        .target(name: "Engine", dependencies: ["GGUF", "Kernels", "Models", "Tokenization"], swiftSettings: testableSettings),
+        .target(name: "Engine", dependencies: ["GGUF", "JSON", "Kernels", "Models", "Tokenization"], swiftSettings: testableSettings),
         // `swiftlet serve`: OpenAI-compatible HTTP API over the continuous-batching scheduler
         .target(name: "Server", dependencies: [
-            "Engine", "Kernels", "Models", "Tokenization",
+            "Engine", "JSON", "Kernels", "Models", "Tokenization",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HTTPTypes", package: "swift-http-types"),
             .product(name: "NIOCore", package: "swift-nio"),
@@ -78,12 +82,13 @@ let package = Package(
         // model and reference-data locations for the tests
         .target(name: "TestSupport", swiftSettings: testableSettings),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),
+        .testTarget(name: "JSONTests", dependencies: ["JSON"]),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "GGUF", "TestSupport"], resources: [.copy("Fixtures")]),
-        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "GGUF", "TestSupport"], resources: [.copy("Fixtures")]),
+        .testTarget(name: "TokenizationTests", dependencies: ["Tokenization", "JSON", "GGUF", "TestSupport"], resources: [.copy("Fixtures")]),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "GGUF", "Kernels", "TestSupport"]),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Tokenization", "GGUF", "TestSupport", "swiftlet"]),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "JSON", "Models", "Tokenization", "GGUF", "TestSupport", "swiftlet"]),
         .testTarget(name: "ServerTests", dependencies: [
-            "Server", "Engine", "Models", "Kernels", "Tokenization", "TestSupport",
+            "Server", "Engine", "JSON", "Models", "Kernels", "Tokenization", "TestSupport",
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdTesting", package: "hummingbird"),
         ]),

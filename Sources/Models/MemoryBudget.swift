@@ -286,23 +286,6 @@ public final class BudgetedModel: LanguageModel {
     public func makeCache(capacity: Int) -> any SequenceState { inner.makeCache(capacity: capacity) }
 }
 
-/// Parses sizes such as `32M`, `2G`, `1.5GiB`, `500000` (bytes; K/M/G/T are powers of 1024).
-public func parseByteSize(_ text: String) -> Int? {
-    let s = text.trimmingCharacters(in: .whitespaces).uppercased()
-    var number = s
-    var multiplier = 1.0
-    for (suffixes, m) in [(["TIB", "TB", "T"], 1024.0 * 1024 * 1024 * 1024), (["GIB", "GB", "G"], 1024.0 * 1024 * 1024),
-                          (["MIB", "MB", "M"], 1024.0 * 1024), (["KIB", "KB", "K"], 1024.0), (["B"], 1.0)] {
-        if let suffix = suffixes.first(where: { s.hasSuffix($0) }) {
-            number = String(s.dropLast(suffix.count))
-            multiplier = m
-            break
-        }
-    }
-    guard let value = Double(number.trimmingCharacters(in: .whitespaces)), value >= 0, value.isFinite else { return nil }
-    return Int(value * multiplier)
-}
-
 extension MemoryBudget {
     /// The statistics as a JSON-ready dictionary (`swiftlet generate --json`).
     public func report() -> [String: Any] {

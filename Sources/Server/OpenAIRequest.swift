@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import JSON
 import Tokenization
 
 /// A request the API answers with an error: HTTP status, OpenAI error type, the offending
@@ -27,13 +28,13 @@ public struct APIError: Error, CustomStringConvertible {
         APIError(status: 400, message: message, param: param)
     }
 
-    var json: SchemaJSONValue {
-        .object([("error", .object([
-            ("message", .string(message)),
-            ("type", .string(type)),
-            ("param", param.map { .string($0) } ?? .null),
-            ("code", code.map { .string($0) } ?? .null),
-        ]))])
+    var json: JSONValue {
+        .object(["error": .object([
+            "message": .string(message),
+            "type": .string(type),
+            "param": param.map { .string($0) } ?? .null,
+            "code": code.map { .string($0) } ?? .null,
+        ])])
     }
 }
 
@@ -60,7 +61,7 @@ public struct CompletionRequest: Sendable {
     public var includeUsage = false
     /// nil: no logprobs; k: top-k alternatives per token.
     public var logprobs: Int?
-    public var responseFormat: SchemaJSONValue?
+    public var responseFormat: JSONValue?
     /// llama.cpp's `ignore_eos`: end-of-generation tokens are never sampled (their logits get a
     /// bias of -inf), so only `max_tokens`, stop strings or the context end a completion.
     public var ignoreEOS = false
@@ -69,8 +70,8 @@ public struct CompletionRequest: Sendable {
 
     /// Parses the JSON body of `/v1/chat/completions` (`chat` true) or `/v1/completions`.
     public init(body: [UInt8], chat: Bool) throws {
-        let root: SchemaJSONValue
-        do { root = try SchemaJSONValue(parsing: body) } catch {
+        let root: JSONValue
+        do { root = try JSONValue(parsing: body) } catch {
             throw APIError(status: 400, message: "the request body is not valid JSON: \(error)")
         }
         guard case .object = root else { throw APIError(status: 400, message: "the request body must be a JSON object") }
@@ -104,7 +105,7 @@ public struct CompletionRequest: Sendable {
         if let p = try f.double("repeat_penalty", in: 0...10) { sampling.repeatPenalty = Float(p) }
         if sampling.presencePenalty != 0 || sampling.frequencyPenalty != 0 { sampling.repeatLastN = -1 }
         if let seed = root["seed"], seed != .null {
-            guard case .number(let s) = seed, let v = Int64(s) else {
+            guard case .number(let s) = seed, let v = Int64(s.text) else {
                 throw APIError.invalid("seed", "'seed' must be an integer")
             }
             sampling.seed = UInt64(bitPattern: v)
@@ -172,7 +173,7 @@ public struct CompletionRequest: Sendable {
         }
     }
 
-    static func parseMessages(_ value: SchemaJSONValue) throws -> [ChatMessage] {
+    static func parseMessages(_ value: JSONValue) throws -> [ChatMessage] {
         guard let items = value.arrayValue, !items.isEmpty else {
             throw APIError.invalid("messages", "'messages' must be a non-empty array")
         }
@@ -203,8 +204,8 @@ public struct CompletionRequest: Sendable {
         }
     }
 
-    static func parsePrompt(_ value: SchemaJSONValue) throws -> [PromptInput] {
-        func tokens(_ items: [SchemaJSONValue], _ param: String) throws -> [TokenID] {
+    static func parsePrompt(_ value: JSONValue) throws -> [PromptInput] {
+        func tokens(_ items: [JSONValue], _ param: String) throws -> [TokenID] {
             try items.map {
                 guard let v = $0.intValue, v >= 0, v <= Int(Int32.max) else {
                     throw APIError.invalid(param, "'\(param)' must hold token ids (non-negative integers)")
@@ -234,10 +235,10 @@ public struct CompletionRequest: Sendable {
 
 /// Typed access to optional top-level fields; wrong types are 400s naming the field.
 struct Fields {
-    let root: SchemaJSONValue
-    init(_ root: SchemaJSONValue) { self.root = root }
+    let root: JSONValue
+    init(_ root: JSONValue) { self.root = root }
 
-    func value(_ key: String) -> SchemaJSONValue? {
+    func value(_ key: String) -> JSONValue? {
         guard let v = root[key], v != .null else { return nil }
         return v
     }
@@ -256,7 +257,8 @@ struct Fields {
 
     func int(_ key: String, in range: ClosedRange<Int>) throws -> Int? {
         guard let v = value(key) else { return nil }
-        guard case .number(let text) = v else { throw APIError.invalid(key, "'\(key)' must be an integer") }
+        guard case .number(let n) = v else { throw APIError.invalid(key, "'\(key)' must be an integer") }
+        let text = n.text
         let number: Int?
         if let i = Int(text) { number = i } else if let d = Double(text), d.rounded() == d, abs(d) < 1e15 { number = Int(d) } else { number = nil }
         guard let i = number else { throw APIError.invalid(key, "'\(key)' must be an integer") }

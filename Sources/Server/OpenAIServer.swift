@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import JSON
 import HTTPTypes
 import Hummingbird
 import Logging
@@ -90,22 +91,22 @@ public struct OpenAIServer: Sendable {
     // MARK: Endpoints
 
     func health() -> Response {
-        if state.engine != nil { return json(.object([("status", .string("ok"))])) }
+        if state.engine != nil { return json(.object(["status": .string("ok")])) }
         if let error = state.loadError {
-            return json(.object([("status", .string("error")), ("error", .string(error))]), status: .serviceUnavailable)
+            return json(.object(["status": .string("error"), "error": .string(error)]), status: .serviceUnavailable)
         }
-        return json(.object([("status", .string("loading"))]), status: .serviceUnavailable)
+        return json(.object(["status": .string("loading")]), status: .serviceUnavailable)
     }
 
     func models() throws -> Response {
         let engine = try loadedEngine()
-        let entry: SchemaJSONValue = .object([
-            ("id", .string(engine.model.name)),
-            ("object", .string("model")),
-            ("created", .number(String(created))),
-            ("owned_by", .string("swiftlet")),
+        let entry: JSONValue = .object([
+            "id": .string(engine.model.name),
+            "object": .string("model"),
+            "created": .number(JSONNumber(created)),
+            "owned_by": .string("swiftlet"),
         ])
-        return json(.object([("object", .string("list")), ("data", .array([entry]))]))
+        return json(.object(["object": .string("list"), "data": .array([entry])]))
     }
 
     func loadedEngine() throws -> InferenceEngine {
@@ -244,21 +245,21 @@ public struct OpenAIServer: Sendable {
         var object: String { chat ? "chat.completion" : "text_completion" }
         var chunkObject: String { chat ? "chat.completion.chunk" : "text_completion" }
 
-        func envelope(object: String, choices: [SchemaJSONValue], usage: SchemaJSONValue?) -> SchemaJSONValue {
-            var members: [(key: String, value: SchemaJSONValue)] = [
-                ("id", .string(id)), ("object", .string(object)), ("created", .number(String(created))),
-                ("model", .string(model)), ("system_fingerprint", .null), ("choices", .array(choices)),
+        func envelope(object: String, choices: [JSONValue], usage: JSONValue?) -> JSONValue {
+            var members: JSONObject = [
+                "id": .string(id), "object": .string(object), "created": .number(JSONNumber(created)),
+                "model": .string(model), "system_fingerprint": .null, "choices": .array(choices),
             ]
-            if let usage { members.append(("usage", usage)) }
+            if let usage { members["usage"] = usage }
             return .object(members)
         }
 
-        func usage(completion: Int, cached: Int) -> SchemaJSONValue {
+        func usage(completion: Int, cached: Int) -> JSONValue {
             .object([
-                ("prompt_tokens", .number(String(promptTokens))),
-                ("completion_tokens", .number(String(completion))),
-                ("total_tokens", .number(String(promptTokens + completion))),
-                ("prompt_tokens_details", .object([("cached_tokens", .number(String(cached)))])),
+                "prompt_tokens": .number(JSONNumber(promptTokens)),
+                "completion_tokens": .number(JSONNumber(completion)),
+                "total_tokens": .number(JSONNumber(promptTokens + completion)),
+                "prompt_tokens_details": .object(["cached_tokens": .number(JSONNumber(cached))]),
             ])
         }
 
@@ -269,36 +270,37 @@ public struct OpenAIServer: Sendable {
 
         /// OpenAI's logprobs object for these tokens (chat or legacy completions shape);
         /// `textOffset` is where the tokens' text starts in the choice's text.
-        func logprobsJSON(_ infos: [TokenLogprobInfo], textOffset: Int) -> SchemaJSONValue {
+        func logprobsJSON(_ infos: [TokenLogprobInfo], textOffset: Int) -> JSONValue {
             guard logprobs != nil else { return .null }
             if chat {
-                let content: [SchemaJSONValue] = infos.map { info in
+                let content: [JSONValue] = infos.map { info in
                     let (text, bytes) = tokenText(info.token)
                     return .object([
-                        ("token", .string(text)), ("logprob", number(info.logprob)),
-                        ("bytes", .array(bytes.map { .number(String($0)) })),
-                        ("top_logprobs", .array(info.top.map { alt in
+                        "token": .string(text), "logprob": number(info.logprob),
+                        "bytes": .array(bytes.map { .number(JSONNumber($0)) }),
+                        "top_logprobs": .array(info.top.map { alt in
                             let (t, b) = tokenText(alt.token)
-                            return .object([("token", .string(t)), ("logprob", number(alt.logprob)),
-                                            ("bytes", .array(b.map { .number(String($0)) }))])
-                        })),
+                            return .object(["token": .string(t), "logprob": number(alt.logprob),
+                                            "bytes": .array(b.map { .number(JSONNumber($0)) })])
+                        }),
                     ])
                 }
-                return .object([("content", .array(content)), ("refusal", .null)])
+                return .object(["content": .array(content), "refusal": .null])
             }
-            var offsets: [SchemaJSONValue] = []
+            var offsets: [JSONValue] = []
             var offset = textOffset
             for info in infos {
-                offsets.append(.number(String(offset)))
+                offsets.append(.number(JSONNumber(offset)))
                 offset += tokenText(info.token).0.utf8.count
             }
             return .object([
-                ("tokens", .array(infos.map { .string(tokenText($0.token).0) })),
-                ("token_logprobs", .array(infos.map { number($0.logprob) })),
-                ("top_logprobs", .array(infos.map { info in
-                    .object(info.top.map { (key: tokenText($0.token).0, value: number($0.logprob)) })
-                })),
-                ("text_offset", .array(offsets)),
+                "tokens": .array(infos.map { .string(tokenText($0.token).0) }),
+                "token_logprobs": .array(infos.map { number($0.logprob) }),
+                "top_logprobs": .array(infos.map { info in
+                    .object(JSONObject(info.top.map { (tokenText($0.token).0, number($0.logprob)) },
+                                       uniquingKeysWith: { _, last in last }))
+                }),
+                "text_offset": .array(offsets),
             ])
         }
     }
@@ -357,23 +359,23 @@ public struct OpenAIServer: Sendable {
                 event = await events.next()
             }
             metrics.requestFinished(.now - started)
-            let result: SchemaJSONValue
+            let result: JSONValue
             if let failure {
                 result = APIError(status: 500, message: failure, type: "server_error").json
             } else {
-                let body: [SchemaJSONValue] = choices.enumerated().map { i, c in
-                    let finish: SchemaJSONValue = c.finish.map { .string($0 == .cancelled ? "stop" : $0.rawValue) } ?? .null
+                let body: [JSONValue] = choices.enumerated().map { i, c in
+                    let finish: JSONValue = c.finish.map { .string($0 == .cancelled ? "stop" : $0.rawValue) } ?? .null
                     if ctx.chat {
                         return .object([
-                            ("index", .number(String(i))),
-                            ("message", .object([("role", .string("assistant")), ("content", .string(c.text)), ("refusal", .null)])),
-                            ("logprobs", ctx.logprobsJSON(c.logprobs, textOffset: 0)),
-                            ("finish_reason", finish),
+                            "index": .number(JSONNumber(i)),
+                            "message": .object(["role": .string("assistant"), "content": .string(c.text), "refusal": .null]),
+                            "logprobs": ctx.logprobsJSON(c.logprobs, textOffset: 0),
+                            "finish_reason": finish,
                         ])
                     }
                     return .object([
-                        ("text", .string(c.text)), ("index", .number(String(i))),
-                        ("logprobs", ctx.logprobsJSON(c.logprobs, textOffset: 0)), ("finish_reason", finish),
+                        "text": .string(c.text), "index": .number(JSONNumber(i)),
+                        "logprobs": ctx.logprobsJSON(c.logprobs, textOffset: 0), "finish_reason": finish,
                     ])
                 }
                 let completion = choices.reduce(0) { $0 + $1.completionTokens }
@@ -394,20 +396,20 @@ public struct OpenAIServer: Sendable {
             var completed = false
             defer { if !completed { handle.cancel() } }
             let choices = (0..<ctx.choices).map { _ in ChoiceState() }
-            let usageNull: SchemaJSONValue? = includeUsage ? .null : nil
-            func send(_ value: SchemaJSONValue) async throws {
+            let usageNull: JSONValue? = includeUsage ? .null : nil
+            func send(_ value: JSONValue) async throws {
                 try await writer.write(ByteBuffer(string: "data: " + value.compactText + "\n\n"))
             }
-            func chunk(_ choice: SchemaJSONValue) -> SchemaJSONValue {
+            func chunk(_ choice: JSONValue) -> JSONValue {
                 ctx.envelope(object: ctx.chunkObject, choices: [choice], usage: usageNull)
             }
             func roleChunkIfNeeded(_ i: Int) async throws {
                 guard ctx.chat, !choices[i].started else { return }
                 choices[i].started = true
                 try await send(chunk(.object([
-                    ("index", .number(String(i))),
-                    ("delta", .object([("role", .string("assistant")), ("content", .string(""))])),
-                    ("logprobs", .null), ("finish_reason", .null),
+                    "index": .number(JSONNumber(i)),
+                    "delta": .object(["role": .string("assistant"), "content": .string("")]),
+                    "logprobs": .null, "finish_reason": .null,
                 ])))
             }
             for await event in handle.events {
@@ -418,29 +420,29 @@ public struct OpenAIServer: Sendable {
                     choices[i].text += text
                     if ctx.chat {
                         try await send(chunk(.object([
-                            ("index", .number(String(i))), ("delta", .object([("content", .string(text))])),
-                            ("logprobs", logprobs), ("finish_reason", .null),
+                            "index": .number(JSONNumber(i)), "delta": .object(["content": .string(text)]),
+                            "logprobs": logprobs, "finish_reason": .null,
                         ])))
                     } else {
                         try await send(chunk(.object([
-                            ("text", .string(text)), ("index", .number(String(i))),
-                            ("logprobs", logprobs), ("finish_reason", .null),
+                            "text": .string(text), "index": .number(JSONNumber(i)),
+                            "logprobs": logprobs, "finish_reason": .null,
                         ])))
                     }
                 case .finished(let i, let reason, let usage):
                     try await roleChunkIfNeeded(i)
                     choices[i].completionTokens = usage.completionTokens
                     choices[i].cachedTokens = usage.cachedTokens
-                    let finish = SchemaJSONValue.string(reason == .cancelled ? "stop" : reason.rawValue)
+                    let finish = JSONValue.string(reason == .cancelled ? "stop" : reason.rawValue)
                     if ctx.chat {
                         try await send(chunk(.object([
-                            ("index", .number(String(i))), ("delta", .object([])),
-                            ("logprobs", .null), ("finish_reason", finish),
+                            "index": .number(JSONNumber(i)), "delta": .object([:]),
+                            "logprobs": .null, "finish_reason": finish,
                         ])))
                     } else {
                         try await send(chunk(.object([
-                            ("text", .string("")), ("index", .number(String(i))),
-                            ("logprobs", .null), ("finish_reason", finish),
+                            "text": .string(""), "index": .number(JSONNumber(i)),
+                            "logprobs": .null, "finish_reason": finish,
                         ])))
                     }
                 case .failed(_, let message):
@@ -464,9 +466,8 @@ public struct OpenAIServer: Sendable {
     }
 }
 
-func number(_ x: Float) -> SchemaJSONValue {
-    guard x.isFinite else { return .number("-9999.0") }
-    return .number("\(x)")
+func number(_ x: Float) -> JSONValue {
+    .number(JSONNumber(x.isFinite ? x : -9999.0))
 }
 
 func randomID() -> String {
@@ -474,7 +475,7 @@ func randomID() -> String {
     return (0..<3).map { _ in String(g.next() as UInt64, radix: 36) }.joined()
 }
 
-func json(_ value: SchemaJSONValue, status: HTTPResponse.Status = .ok, headers: [(String, String)] = []) -> Response {
+func json(_ value: JSONValue, status: HTTPResponse.Status = .ok, headers: [(String, String)] = []) -> Response {
     var fields: HTTPFields = [.contentType: "application/json"]
     for (k, v) in headers { if let name = HTTPField.Name(k) { fields[name] = v } }
     return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(string: value.compactText)))

@@ -5,28 +5,29 @@ import Logging
 import Models
 import ServiceLifecycle
 
-/// `--kv-cache`: a number of token positions ("8192", "8192t", "8k tokens") or of bytes
-/// ("512MB", "1GiB", "2G").
+/// `--kv-cache`: a number of token positions ("8192", "8192t", "8k tokens"; `k` here is 1024
+/// tokens) or of bytes, with a byte unit as `ByteCount` reads it ("512MB", "1GiB", "2G").
 public enum KVCacheSize: Sendable, Equatable {
     case tokens(Int)
     case bytes(Int)
 
-    public init?(parsing text: String) {
-        let s = text.trimmingCharacters(in: .whitespaces).lowercased().replacingOccurrences(of: " ", with: "")
-        let digits = s.prefix { $0.isNumber || $0 == "." }
-        guard let value = Double(digits), value > 0 else { return nil }
-        let unit = s.dropFirst(digits.count)
-        switch unit {
-        case "", "t", "tok", "tokens": self = .tokens(Int(value))
-        case "k", "kt", "ktokens": self = .tokens(Int(value * 1024))
-        case "b": self = .bytes(Int(value))
-        case "kb": self = .bytes(Int(value * 1e3))
-        case "kib": self = .bytes(Int(value * 1024))
-        case "m", "mb": self = .bytes(Int(value * 1e6))
-        case "mib": self = .bytes(Int(value * 1_048_576))
-        case "g", "gb": self = .bytes(Int(value * 1e9))
-        case "gib": self = .bytes(Int(value * 1_073_741_824))
-        default: return nil
+    static let tokenUnits = ["": 1, "t": 1, "tok": 1, "tokens": 1, "k": 1024, "kt": 1024, "ktokens": 1024]
+
+    public init(parsing text: String) throws {
+        let option = "--kv-cache"
+        let hint = "expected a token count (8192, 8k) or a size (512MB, 1GiB; K, M, G, T are powers of 1000, KiB, MiB, GiB, TiB powers of 1024)"
+        if let n = try? ByteCount.parse(text, units: Self.tokenUnits, option: option, hint: hint) {
+            self = .tokens(n)
+        } else {
+            do {
+                self = .bytes(try ByteCount.parse(text, option: option))
+            } catch var error as ByteCount.ParseError {
+                if error.kind == .malformed { error.reason = hint }
+                throw error
+            }
+        }
+        guard tokens(bytesPerToken: 1) > 0 else {
+            throw ByteCount.ParseError(.outOfRange, option: option, text: text, reason: "must be more than zero")
         }
     }
 

@@ -22,7 +22,7 @@ struct Bench: ParsableCommand {
     var depth = 0
     @Option(name: [.customShort("r"), .customLong("repetitions")], help: "Timed repetitions of each test.")
     var repetitions = 5
-    @Option(name: .customLong("mem-budget"), help: "Keep resident weights under SIZE (e.g. 32M, 2G) to measure the slowdown.")
+    @Option(name: .customLong("mem-budget"), help: memBudgetHelp)
     var memBudget: String?
     @Flag(help: "Print a JSON array, one object per test.")
     var json = false
@@ -32,9 +32,7 @@ struct Bench: ParsableCommand {
     func validate() throws {
         guard repetitions > 0 else { throw ValidationError("--repetitions must be at least 1") }
         guard promptTokens >= 0, generatedTokens >= 0, depth >= 0 else { throw ValidationError("token counts cannot be negative") }
-        if let memBudget, parseByteSize(memBudget) == nil {
-            throw ValidationError("--mem-budget: cannot read '\(memBudget)' as a size (e.g. 512M, 2G)")
-        }
+        _ = try parseMemBudget(memBudget)
     }
 
     func run() throws {
@@ -43,7 +41,7 @@ struct Bench: ParsableCommand {
             return
         }
         let path = try ModelLocator.resolve(model)
-        let loaded = try LoadedModel(path: path, memoryBudget: memBudget.flatMap(parseByteSize))
+        let loaded = try LoadedModel(path: path, memoryBudget: try parseMemBudget(memBudget))
         let longest = depth + max(promptTokens, generatedTokens)
         try loaded.validateContext(longest)
         let results = try benchmark(model: loaded, promptTokens: promptTokens, generatedTokens: generatedTokens,

@@ -47,17 +47,26 @@ struct RuntimeOptions: ParsableArguments {
     var contextLength: Int = 2048
     @Option(name: [.customShort("t"), .customLong("threads")], help: "Threads (default: all cores).")
     var threads: Int?
-    @Option(name: .customLong("mem-budget"), help: "Keep resident weights under SIZE (e.g. 32M, 2G); dropped pages are re-read from the page cache.")
+    @Option(name: .customLong("mem-budget"), help: memBudgetHelp)
     var memBudget: String?
 
     func makePool() -> ThreadPool { ThreadPool(threads: threads) }
 
-    /// `--mem-budget` in bytes.
-    var memoryBudget: Int? { memBudget.flatMap(parseByteSize) }
+    /// `--mem-budget` in bytes (after `validate`).
+    var memoryBudget: Int? { try? parseMemBudget(memBudget) }
 
-    func validate() throws {
-        if let memBudget, parseByteSize(memBudget) == nil {
-            throw ValidationError("--mem-budget: cannot read '\(memBudget)' as a size (e.g. 512M, 2G)")
-        }
-    }
+    func validate() throws { _ = try parseMemBudget(memBudget) }
+}
+
+/// The help of `--mem-budget`, which `run`, `generate`, `serve` and `bench` share.
+let memBudgetHelp = ArgumentHelp(
+    "Keep resident weights under SIZE; dropped pages are re-read from the page cache.",
+    discussion: "SIZE is bytes, or a number with a unit: K, M, G, T (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024), e.g. 32MB, 1.5GiB.",
+    valueName: "SIZE")
+
+/// `--mem-budget SIZE` in bytes (nil when not given); unreadable text is a usage error that
+/// names the option and the text.
+func parseMemBudget(_ text: String?) throws -> Int? {
+    guard let text else { return nil }
+    do { return try ByteCount.parse(text, option: "--mem-budget") } catch { throw ValidationError("\(error)") }
 }

@@ -27,7 +27,9 @@ struct Serve: AsyncParsableCommand {
     @Option(help: "Sequences decoded together in one batch.")
     var parallel = 4
     @Option(name: .customLong("kv-cache"),
-            help: "KV cache pool size: tokens (8192) or bytes (512MB, 1GiB). Default: ctx × parallel tokens.")
+            help: ArgumentHelp("KV cache pool size: tokens (8192, 8k = 8192) or bytes (512MB, 1GiB). Default: ctx × parallel tokens.",
+                               discussion: "A byte size takes a unit: B, K, M, G, T (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024); a number alone, or with t or k (× 1024), counts tokens.",
+                               valueName: "SIZE"))
     var kvCache: String?
     @Option(name: .customLong("queue"), help: "Requests waiting beyond the running batch before 429.")
     var maxQueue = 64
@@ -39,7 +41,7 @@ struct Serve: AsyncParsableCommand {
     var maxBody = 4 << 20
     @Option(name: [.customShort("t"), .customLong("threads")], help: "Threads (default: all cores).")
     var threads: Int?
-    @Option(name: .customLong("mem-budget"), help: "Keep resident weights under SIZE (e.g. 32M, 2G); dropped pages are re-read from the page cache.")
+    @Option(name: .customLong("mem-budget"), help: memBudgetHelp)
     var memBudget: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
@@ -48,13 +50,14 @@ struct Serve: AsyncParsableCommand {
         guard contextLength > 0 else { throw ValidationError("--ctx must be positive") }
         guard parallel > 0 else { throw ValidationError("--parallel must be positive") }
         guard (1...65535).contains(port) || port == 0 else { throw ValidationError("--port must be 0...65535") }
-        if let kvCache, KVCacheSize(parsing: kvCache) == nil {
-            throw ValidationError("--kv-cache: '\(kvCache)' is neither a token count (8192) nor a size (512MB, 1GiB)")
-        }
-        if let memBudget, parseByteSize(memBudget) == nil {
-            throw ValidationError("--mem-budget: cannot read '\(memBudget)' as a size (e.g. 512M, 2G)")
-        }
+        _ = try parseKVCache()
+        _ = try parseMemBudget(memBudget)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+    }
+
+    func parseKVCache() throws -> KVCacheSize? {
+        guard let kvCache else { return nil }
+        do { return try KVCacheSize(parsing: kvCache) } catch { throw ValidationError("\(error)") }
     }
 
     func run() async throws {
@@ -71,8 +74,8 @@ struct Serve: AsyncParsableCommand {
             contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,
             blockSize: blockSize, maxBatchTokens: batchTokens, threads: threads)
         var runner = ServerRunner(modelPath: path, configuration: config,
-                                  kvCache: kvCache.flatMap(KVCacheSize.init(parsing:)), logger: logger)
-        runner.memoryBudget = memBudget.flatMap(parseByteSize)
+                                  kvCache: try parseKVCache(), logger: logger)
+        runner.memoryBudget = try parseMemBudget(memBudget)
         try await runner.run()
     }
 }

@@ -143,8 +143,19 @@ import Testing
         }
     }
 
-    @Test(arguments: [TensorType.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q6_K])
+    static let types: [TensorType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q6_K]
+
+    @Test(arguments: types)
     func bitwiseEqualToLlamaCppArithmetic(_ type: TensorType) {
+        check(type, isa: .avx2)
+    }
+
+    @Test(.enabled(if: hasAVX512, needsAVX512), arguments: types)
+    func avx512BitwiseEqualToLlamaCppArithmetic(_ type: TensorType) {
+        check(type, isa: .avx512)
+    }
+
+    func check(_ type: TensorType, isa: KernelISA) {
         let shapes = type.blockSize == 256 ? [(37, 256, 1), (19, 768, 6), (45, 512, 22)]
                                            : [(37, 96, 1), (19, 800, 3), (45, 32, 20), (64, 96, 12)]
         for (rows, columns, tokens) in shapes {
@@ -153,21 +164,19 @@ import Testing
             var x = randomInput(tokens: tokens, columns: columns, seed: 7 &+ UInt64(tokens))
             for i in x.indices where x[i] != 0 && abs(x[i]) < 1e-30 { x[i] = Float(i % 7) - 3 }
             let expected = type.blockSize == 256 ? Self.referenceK(c, x, tokens: tokens) : Self.reference(c, x, tokens: tokens)
-            for isa in [KernelISA.avx2, .avx512] {
-                let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
-                if type == .q4_K {
-                    // the leading rows in llama.cpp's gemm form (as models pass them: whole groups
-                    // of 4), and odd counts that end the AVX-512 tiles' 4-token passes early
-                    for gemmRows in Set([tokens - tokens % 4, tokens / 2 | 1, min(2, tokens)]).sorted() {
-                        let g = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool, gemmRows: gemmRows) }
-                        let gemmExpected = Self.referenceK(c, x, tokens: tokens, gemmRows: gemmRows)
-                        let differing = zip(g, gemmExpected).filter { $0.bitPattern != $1.bitPattern }.count
-                        #expect(differing == 0, "Q4_K gemm rows \(gemmRows) of \(tokens) \(isa): \(differing) differ")
-                    }
+            let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
+            if type == .q4_K {
+                // the leading rows in llama.cpp's gemm form (as models pass them: whole groups
+                // of 4), and odd counts that end the AVX-512 tiles' 4-token passes early
+                for gemmRows in Set([tokens - tokens % 4, tokens / 2 | 1, min(2, tokens)]).sorted() {
+                    let g = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool, gemmRows: gemmRows) }
+                    let gemmExpected = Self.referenceK(c, x, tokens: tokens, gemmRows: gemmRows)
+                    let differing = zip(g, gemmExpected).filter { $0.bitPattern != $1.bitPattern }.count
+                    #expect(differing == 0, "Q4_K gemm rows \(gemmRows) of \(tokens) \(isa): \(differing) differ")
                 }
-                let differing = zip(y, expected).filter { $0.bitPattern != $1.bitPattern }.count
-                #expect(differing == 0, "\(type) \(rows)×\(columns) tokens \(tokens) \(isa): \(differing) of \(y.count) differ")
             }
+            let differing = zip(y, expected).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(differing == 0, "\(type) \(rows)×\(columns) tokens \(tokens) \(isa): \(differing) of \(y.count) differ")
         }
     }
 }

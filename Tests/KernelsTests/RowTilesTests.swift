@@ -4,16 +4,17 @@ import Testing
 @testable import Kernels
 
 /// Matrices repacked into 16-row tiles (`WeightMatrix.withRowTiles`) must give bitwise the
-/// outputs of the GGUF layout, under either kernel family, for any row split.
-@Suite(.serialized) struct RowTilesTests {
+/// outputs of the GGUF layout, under either kernel family, for any row split. Tiles exist only
+/// where the AVX-512 kernels run.
+@Suite(.serialized, .enabled(if: hasAVX512, needsAVX512)) struct RowTilesTests {
     static let types: [TensorType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0]
 
-    /// (untiled, tiled) outputs of `tokens` tokens; nil when this machine does not tile.
-    func outputs(_ c: MatMulCase, tokens: Int, pool: ThreadPool, isa: KernelISA) -> ([Float], [Float])? {
+    /// (untiled, tiled) outputs of `tokens` tokens.
+    func outputs(_ c: MatMulCase, tokens: Int, pool: ThreadPool, isa: KernelISA) throws -> ([Float], [Float]) {
         let x = randomInput(tokens: tokens, columns: c.columns, seed: 7 &+ UInt64(tokens))
-        return c.weights.withUnsafeBytes { wb -> ([Float], [Float])? in
+        return try c.weights.withUnsafeBytes { wb -> ([Float], [Float]) in
             let w = WeightMatrix(type: c.type, data: wb.baseAddress!, rows: c.rows, columns: c.columns)
-            guard let tiled = CPUDispatch.with(.avx512, { w.withRowTiles() }) else { return nil }
+            let tiled = try #require(CPUDispatch.with(.avx512, { w.withRowTiles() }), "\(c.type) \(c.rows)×\(c.columns) was not tiled")
             func run(_ m: WeightMatrix) -> [Float] {
                 var y = [Float](repeating: .nan, count: tokens * c.rows)
                 x.withUnsafeBufferPointer { xb in
@@ -29,9 +30,8 @@ import Testing
 
     @Test(arguments: types, [1, 2, 3, 4, 5, 16, 33])
     func tiledEqualsGGUFLayout(_ type: TensorType, tokens: Int) throws {
-        guard CPUDispatch.hardware == .avx512 else { return }  // tiles exist only with AVX-512
         for (c, pool) in [(MatMulCase(type, rows: 48, columns: 800), serialPool), (MatMulCase(type, rows: 160, columns: 1536), matmulPool)] {
-            let (a, b) = try #require(outputs(c, tokens: tokens, pool: pool, isa: .avx512))
+            let (a, b) = try outputs(c, tokens: tokens, pool: pool, isa: .avx512)
             let differ = zip(a, b).filter { $0.bitPattern != $1.bitPattern }.count
             #expect(differ == 0, "\(type) \(c.rows)×\(c.columns), \(tokens) tokens: \(differ) outputs differ")
             #expect(!b.contains { $0.isNaN })
@@ -41,15 +41,13 @@ import Testing
     /// AVX2 forced on a tiled matrix (tests, A/B benchmarks) reads its rows back in GGUF order.
     @Test(arguments: types)
     func tiledUnderAVX2(_ type: TensorType) throws {
-        guard CPUDispatch.hardware == .avx512 else { return }
-        let (a, b) = try #require(outputs(MatMulCase(type, rows: 64, columns: 512), tokens: 9, pool: matmulPool, isa: .avx2))
+        let (a, b) = try outputs(MatMulCase(type, rows: 64, columns: 512), tokens: 9, pool: matmulPool, isa: .avx2)
         #expect(zip(a, b).allSatisfy { $0.bitPattern == $1.bitPattern })
     }
 
     /// In one `matmul` with several matrices, a matrix whose rows are not a multiple of 16 shifts
     /// the row split: the tiled matrix after it gets ranges that start and end inside tiles.
     @Test func unalignedSegments() throws {
-        guard CPUDispatch.hardware == .avx512 else { return }
         let odd = MatMulCase(.q8_0, rows: 40 + 3, columns: 512), even = MatMulCase(.q5_0, rows: 256, columns: 512)
         let tokens = 6
         let x = randomInput(tokens: tokens, columns: 512, seed: 3)
@@ -81,7 +79,6 @@ import Testing
     /// Unpacking gives back the GGUF bytes, for every row range.
     @Test(arguments: types)
     func unpackRestoresBytes(_ type: TensorType) throws {
-        guard CPUDispatch.hardware == .avx512 else { return }
         let c = MatMulCase(type, rows: 32, columns: 96)
         try c.weights.withUnsafeBytes { wb in
             let w = WeightMatrix(type: type, data: wb.baseAddress!, rows: c.rows, columns: c.columns)
@@ -93,7 +90,7 @@ import Testing
             }
         }
         // not tiled: rows not a multiple of 16, or a type without a tile layout
-        try MatMulCase(type, rows: 24, columns: 96).weights.withUnsafeBytes { wb in
+        MatMulCase(type, rows: 24, columns: 96).weights.withUnsafeBytes { wb in
             #expect(CPUDispatch.with(.avx512) { WeightMatrix(type: type, data: wb.baseAddress!, rows: 24, columns: 96).withRowTiles() } == nil)
         }
         let k = MatMulCase(.q4_K, rows: 32, columns: 256)

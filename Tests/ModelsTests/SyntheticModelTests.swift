@@ -58,8 +58,8 @@ func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
     /// activations for quantized weights), so what is left is float32 rounding order.
     /// Gemma 3 rounds to half precision inside the layer (GeGLU's table, as llama.cpp): a
     /// last-bit difference in a float sum can move a value across a half rounding boundary,
-    /// and the flip then moves the whole logit row a little (measured: up to 0.08, mean 0.025,
-    /// at 4 of 12 positions, against logits of magnitude ~10). Its logits must agree to 0.1 at
+    /// and the flip then moves the whole logit row a little (up to 0.08, mean 0.025, at 4 of
+    /// 12 positions, against logits of magnitude ~10). Its logits must agree to 0.1 at
     /// worst and 0.03 on average per position (others: 2e-3 for both); the greedy tokens below
     /// must still be identical.
     static let cases: [(String, Float)] = [

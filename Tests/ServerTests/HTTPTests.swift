@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Logging
+import Engine
 @testable import Server
 import TestSupport
 import Testing
@@ -107,13 +108,22 @@ import Testing
         #expect(param(ok + #","ignore_eos":"yes"}"#) == "ignore_eos")
     }
 
-    @Test func kVCacheSizeParsing() {
-        #expect(KVCacheSize(parsing: "8192") == .tokens(8192))
-        #expect(KVCacheSize(parsing: "4k") == .tokens(4096))
-        #expect(KVCacheSize(parsing: "512MB") == .bytes(512_000_000))
-        #expect(KVCacheSize(parsing: "1GiB") == .bytes(1 << 30))
-        #expect(KVCacheSize(parsing: "lots") == nil)
-        #expect(KVCacheSize(parsing: "-5") == nil)
+    /// Token counts stay tokens (`k` = 1024 tokens); sizes follow `ByteCount` (M = 10^6, MiB = 2^20).
+    @Test func kVCacheSizeParsing() throws {
+        #expect(try KVCacheSize(parsing: "8192") == .tokens(8192))
+        #expect(try KVCacheSize(parsing: "8192t") == .tokens(8192))
+        #expect(try KVCacheSize(parsing: "4k") == .tokens(4096))
+        #expect(try KVCacheSize(parsing: "8k tokens") == .tokens(8192))
+        #expect(try KVCacheSize(parsing: "512MB") == .bytes(512_000_000))
+        #expect(try KVCacheSize(parsing: "512 M") == .bytes(512_000_000))
+        #expect(try KVCacheSize(parsing: "1GiB") == .bytes(1 << 30))
+        #expect(try KVCacheSize(parsing: "1.5gib") == .bytes(3 << 29))
+        #expect(try KVCacheSize(parsing: "1TB") == .bytes(1_000_000_000_000))
+        for bad in ["lots", "-5", "0", "0MB", "", "12XB", "99999999999999999999"] {
+            #expect(throws: ByteCount.ParseError.self, "\(bad)") { try KVCacheSize(parsing: bad) }
+        }
+        let error = try #require(throws: ByteCount.ParseError.self) { try KVCacheSize(parsing: "12XB") }
+        #expect(error.description.hasPrefix("--kv-cache: cannot read '12XB': expected a token count"))
         #expect(KVCacheSize.bytes(1 << 20).tokens(bytesPerToken: 1024) == 1024)
     }
 }

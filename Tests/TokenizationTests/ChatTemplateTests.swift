@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import JSON
 import TestSupport
 import Testing
 @testable import Tokenization
@@ -170,25 +171,6 @@ private func failure(_ source: String, _ context: [String: JSONValue] = [:]) -> 
             for try await o in group { outputs.append(o) }
             #expect(outputs.count == 8)
         }
-    }
-}
-
-@Suite struct JSONValueTests {
-    @Test func parsesKeepingOrderAndSerialisesLikePython() throws {
-        let v = try JSONValue(parsing: #"{"z": 1, "a": [true, null, 1.5, "é\n"], "m": {}, "e": 1e-5, "u": "\ud83d\ude00"}"#)
-        #expect(v.jsonString() == #"{"z": 1, "a": [true, null, 1.5, "é\n"], "m": {}, "e": 1e-05, "u": "😀"}"#)
-        #expect(JSONValue.array([1, ["k": "v"]]).jsonString(indent: 2) == "[\n  1,\n  {\n    \"k\": \"v\"\n  }\n]")
-        #expect(throws: JSONParseError.self) { try JSONValue(parsing: "{\"a\": }") }
-        #expect(throws: JSONParseError.self) { try JSONValue(parsing: "[1, 2") }
-    }
-
-    @Test func floatReprMatchesPython() {
-        #expect(pythonFloatRepr(1.0) == "1.0")
-        #expect(pythonFloatRepr(0.1 + 0.2) == "0.30000000000000004")
-        #expect(pythonFloatRepr(1e-5) == "1e-05")
-        #expect(pythonFloatRepr(1e16) == "1e+16")
-        #expect(pythonFloatRepr(123456789.0) == "123456789.0")
-        #expect(pythonFloatRepr(-2.5) == "-2.5")
     }
 }
 

@@ -1,4 +1,5 @@
 import Foundation
+import JSON
 
 /// Errors from building a `JSONGrammar`.
 public enum JSONGrammarError: Error, Sendable, Equatable, CustomStringConvertible {
@@ -25,11 +26,11 @@ public enum JSONGrammarError: Error, Sendable, Equatable, CustomStringConvertibl
 ///   Choice: when `properties` is given and `additionalProperties` is not, no other keys are
 ///   allowed (as OpenAI's strict mode requires); an object without `properties` allows any
 ///   keys. Properties may come in any order; `}` is allowed once every required one is present;
-///   keys never repeat. Keys must be written the way `SchemaJSONValue.encodeString` writes the name
+///   keys never repeat. Keys must be written the way `JSONValue.encodeString` writes the name
 ///   (the natural form: no gratuitous escapes). At most 64 properties per object.
 /// - `array`: `items` (one schema), `minItems`, `maxItems`.
 /// - `string`: `minLength`, `maxLength` (counted in Unicode scalars; an escape counts as one).
-/// - `enum` / `const`: the value must be written as its compact JSON text (`SchemaJSONValue.compactText`
+/// - `enum` / `const`: the value must be written as its compact JSON text (`JSONValue.compactText`
 ///   of the schema's value, numbers exactly as written in the schema). At most 64 values.
 /// - `anyOf` / `oneOf`: alternatives are chosen by their first character (the first alternative
 ///   that can start with it wins), so they should start differently (e.g. an object vs. null).
@@ -111,7 +112,7 @@ public struct JSONGrammar: Sendable {
     public static var anyJSON: JSONGrammar { JSONGrammar(nodes: baseNodes, root: anyNode) }
 
     /// A value matching `schema` (see the type's documentation for the supported subset).
-    public init(schema: SchemaJSONValue) throws {
+    public init(schema: JSONValue) throws {
         var compiler = SchemaCompiler(rootSchema: schema, nodes: Self.baseNodes)
         let root = try compiler.compile(schema, depth: 0)
         self.init(nodes: compiler.nodes, root: root)
@@ -119,15 +120,15 @@ public struct JSONGrammar: Sendable {
 
     /// A value matching the JSON schema in `schemaText`.
     public init(schemaText: String) throws {
-        let value: SchemaJSONValue
-        do { value = try SchemaJSONValue(parsing: schemaText) } catch { throw JSONGrammarError.invalidJSON("\(error)") }
+        let value: JSONValue
+        do { value = try JSONValue(parsing: schemaText) } catch { throw JSONGrammarError.invalidJSON("\(error)") }
         try self.init(schema: value)
     }
 
     /// The grammar for an OpenAI `response_format` object: nil for `{"type": "text"}` (or no
     /// type), `.jsonObject` for `json_object`, and for `json_schema` the schema in
     /// `json_schema.schema` (a bare `schema` member is accepted too).
-    public static func forResponseFormat(_ format: SchemaJSONValue) throws -> JSONGrammar? {
+    public static func forResponseFormat(_ format: JSONValue) throws -> JSONGrammar? {
         switch format["type"]?.stringValue {
         case nil, "text": return nil
         case "json_object":
@@ -145,11 +146,11 @@ public struct JSONGrammar: Sendable {
 }
 
 private struct SchemaCompiler {
-    let rootSchema: SchemaJSONValue
+    let rootSchema: JSONValue
     var nodes: [JSONGrammar.Node]
     var refs: [String: Int32] = [:]
 
-    init(rootSchema: SchemaJSONValue, nodes: [JSONGrammar.Node]) {
+    init(rootSchema: JSONValue, nodes: [JSONGrammar.Node]) {
         self.rootSchema = rootSchema
         self.nodes = nodes
     }
@@ -161,7 +162,7 @@ private struct SchemaCompiler {
 
     func unsupported(_ m: String) -> JSONGrammarError { .unsupportedSchema(m) }
 
-    mutating func compile(_ schema: SchemaJSONValue, depth: Int) throws -> Int32 {
+    mutating func compile(_ schema: JSONValue, depth: Int) throws -> Int32 {
         guard depth < 200 else { throw unsupported("schema nested too deeply") }
         switch schema {
         case .bool(true): return JSONGrammar.anyNode
@@ -248,7 +249,7 @@ private struct SchemaCompiler {
         return slot
     }
 
-    func integer(_ schema: SchemaJSONValue, _ key: String) throws -> Int? {
+    func integer(_ schema: JSONValue, _ key: String) throws -> Int? {
         guard let v = schema[key] else { return nil }
         guard let d = v.doubleValue, d >= 0, d == d.rounded(), d < 1e9 else {
             throw unsupported("\(key) must be a non-negative integer")
@@ -256,7 +257,7 @@ private struct SchemaCompiler {
         return Int(d)
     }
 
-    mutating func compileType(_ type: String, _ schema: SchemaJSONValue, depth: Int) throws -> Int32 {
+    mutating func compileType(_ type: String, _ schema: JSONValue, depth: Int) throws -> Int32 {
         switch type {
         case "string":
             let minLength = try integer(schema, "minLength") ?? 0
@@ -321,7 +322,7 @@ private struct SchemaCompiler {
             for name in required {
                 spec.requiredMask |= UInt64(1) << UInt64(spec.names.firstIndex(of: name)!)
             }
-            spec.encodedNames = spec.names.map { Array(SchemaJSONValue.encodeString($0).utf8.dropFirst().dropLast()) }
+            spec.encodedNames = spec.names.map { Array(JSONValue.encodeString($0).utf8.dropFirst().dropLast()) }
             if spec.names.isEmpty && spec.additional == JSONGrammar.anyNode { return JSONGrammar.anyObjectNode }
             return add(.object(spec))
         default:

@@ -1,3 +1,5 @@
+import JSON
+
 /// One message of a conversation, in the shape Hugging Face chat templates expect
 /// (`{"role": ..., "content": ..., "tool_calls": [...], "tool_call_id": ..., "name": ...}`).
 public struct ChatMessage: Sendable, Codable, Equatable {

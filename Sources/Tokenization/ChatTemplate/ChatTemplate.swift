@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import JSON
 
 /// A Jinja chat template (the `tokenizer.chat_template` of a GGUF / Hugging Face model),
 /// rendered the way transformers' `apply_chat_template` renders it: `trim_blocks` and

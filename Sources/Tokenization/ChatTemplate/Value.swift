@@ -1,4 +1,5 @@
 import Foundation
+import JSON
 
 /// An insertion-ordered dictionary of template values (Python dicts keep insertion order).
 struct ValueDict {
@@ -49,8 +50,9 @@ indirect enum Value {
         switch json {
         case .null: self = .none
         case .bool(let b): self = .bool(b)
-        case .int(let n): self = .int(n)
-        case .double(let d): self = .double(d)
+        case .number(let n):
+            // as Python's json.loads: integer text is an int, anything else a float
+            if n.isInteger, let i = n.intValue { self = .int(i) } else { self = .double(n.doubleValue ?? .nan) }
         case .string(let s): self = .string(s)
         case .array(let items): self = .array(items.map(Value.init))
         case .object(let o):
@@ -132,8 +134,8 @@ indirect enum Value {
         switch self {
         case .none: return .null
         case .bool(let b): return .bool(b)
-        case .int(let n): return .int(n)
-        case .double(let d): return .double(d)
+        case .int(let n): return .number(JSONNumber(n))
+        case .double(let d): return .number(JSONNumber(d))
         case .string(let s): return .string(s)
         case .array(let items): return .array(try items.map { try $0.json() })
         case .dict(let d):
