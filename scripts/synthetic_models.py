@@ -367,12 +367,14 @@ class Mamba:
 
 def add_toy_vocab(w):
     """A byte-level BPE vocabulary of printable characters, so the files load as full models."""
-    tokens = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(33, 33 + VOCAB - 3)]
+    # the last token is a merge of the first character with itself: a BPE vocabulary needs
+    # merges (gguf-py drops an empty list, and loaders refuse a file without the key)
+    tokens = ["<unk>", "<s>", "</s>"] + [chr(c) for c in range(33, 33 + VOCAB - 4)] + ["!!"]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_types([3, 3, 3] + [1] * (VOCAB - 3))
-    w.add_token_merges([])
+    w.add_token_merges(["! !"])
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_add_bos_token(False)

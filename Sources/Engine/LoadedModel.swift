@@ -62,12 +62,17 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
     case noChatTemplate(architecture: String)
     case promptTooLong(tokens: Int, context: Int)
     case emptyPrompt
+    case tokenOutOfRange(token: Int, vocabularySize: Int)
+    /// The forward pass failed while the sequence was running.
+    case generationFailed(String)
 
     public var description: String {
         switch self {
         case .noChatTemplate(let a): "the model has no chat template and there is no built-in one for '\(a)'"
         case .promptTooLong(let n, let ctx): "the prompt is \(n) tokens long, but the context holds \(ctx) (use a larger --ctx or a shorter prompt)"
         case .emptyPrompt: "the prompt is empty"
+        case .tokenOutOfRange(let t, let n): "token id \(t) is outside the vocabulary (\(n) tokens)"
+        case .generationFailed(let message): "generation failed: \(message)"
         }
     }
 }

@@ -14,7 +14,7 @@ public struct ServerConfiguration: Sendable {
     public var apiKey: String?
     /// Largest request body accepted (413 beyond).
     public var maxBodyBytes = 4 << 20
-    public var engine = InferenceEngine.Configuration()
+    public var engine = Generator.Configuration()
     /// Names the `model` field may use besides the model file's name.
     public var modelAliases: [String] = []
 
@@ -24,12 +24,12 @@ public struct ServerConfiguration: Sendable {
 /// The engine once the model is loaded (nil before), shared by the handlers.
 public final class ServerState: @unchecked Sendable {
     private let lock = NSLock()
-    private var _engine: InferenceEngine?
+    private var _engine: Generator?
     private var _loadError: String?
 
     public init() {}
 
-    public var engine: InferenceEngine? {
+    public var engine: Generator? {
         get { lock.lock(); defer { lock.unlock() }; return _engine }
         set { lock.lock(); _engine = newValue; lock.unlock() }
     }
@@ -109,14 +109,14 @@ public struct OpenAIServer: Sendable {
         return json(.object(["object": .string("list"), "data": .array([entry])]))
     }
 
-    func loadedEngine() throws -> InferenceEngine {
+    func loadedEngine() throws -> Generator {
         guard let engine = state.engine else {
             throw APIError(status: 503, message: "the model is still loading", type: "server_error", code: "model_loading")
         }
         return engine
     }
 
-    func knowsModel(_ name: String, engine: InferenceEngine) -> Bool {
+    func knowsModel(_ name: String, engine: Generator) -> Bool {
         let n = name.lowercased()
         let known = [engine.model.name, URL(fileURLWithPath: engine.model.path).lastPathComponent] + configuration.modelAliases
         return known.contains { $0.lowercased() == n }
@@ -137,7 +137,7 @@ public struct OpenAIServer: Sendable {
         }
         let job = try prepare(parsed, engine: engine)
         let handle: RequestHandle
-        do { handle = try engine.submit(job.specs, options: job.options) } catch {
+        do { handle = try engine.submit(job.specs, options: job.options) } catch let error as SubmitError {
             switch error {
             case .queueFull(let retry):
                 var e = APIError(status: 429, message: error.description, type: "rate_limit_error", code: "queue_full")
@@ -146,6 +146,8 @@ public struct OpenAIServer: Sendable {
             case .stopped:
                 throw APIError(status: 503, message: error.description, type: "server_error")
             }
+        } catch let error as EngineError {
+            throw APIError.invalid(parsed.isChat ? "messages" : "prompt", error.description)
         }
         // A client that hangs up cancels its sequences at once, streaming or not.
         context.channel?.closeFuture.whenComplete { _ in handle.cancel() }
@@ -169,7 +171,7 @@ public struct OpenAIServer: Sendable {
     }
 
     /// Tokenizes the prompts and checks them against the context.
-    func prepare(_ r: CompletionRequest, engine: InferenceEngine) throws -> Job {
+    func prepare(_ r: CompletionRequest, engine: Generator) throws -> Job {
         let model = engine.model
         let tokenizer = model.tokenizer
         let ctx = engine.configuration.contextLength
@@ -342,7 +344,7 @@ public struct OpenAIServer: Sendable {
             var event = first
             while let e = event {
                 switch e {
-                case .text(let i, let text, let lp):
+                case .text(let i, let text, _, let lp):
                     choices[i].text += text
                     choices[i].logprobs += lp
                 case .finished(let i, let reason, let usage):
@@ -414,7 +416,9 @@ public struct OpenAIServer: Sendable {
             }
             for await event in handle.events {
                 switch event {
-                case .text(let i, let text, let lp):
+                case .text(let i, let text, _, let lp):
+                    // a token whose text is held back (stop string, unfinished character) is sent with the text that completes it
+                    guard !text.isEmpty || !lp.isEmpty else { continue }
                     try await roleChunkIfNeeded(i)
                     let logprobs = ctx.logprobsJSON(lp, textOffset: choices[i].text.utf8.count)
                     choices[i].text += text

@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import Logging
 import Prometheus
 
 /// The server's Prometheus metrics (`GET /metrics`).
@@ -71,7 +72,7 @@ public final class ServerMetrics: Sendable {
                              help: "Finished sequences by finish reason.").increment()
     }
 
-    func updateScheduler(_ s: InferenceEngine.Snapshot) {
+    func updateScheduler(_ s: Generator.Snapshot) {
         running.set(Double(s.running))
         waiting.set(Double(s.waiting))
         blocksUsed.set(Double(s.blocksUsed))
@@ -86,4 +87,29 @@ public final class ServerMetrics: Sendable {
     func setModelLoaded(_ loaded: Bool) { modelLoaded.set(Double(loaded ? 1 : 0)) }
 
     public func render() -> String { registry.emitToString() }
+}
+
+/// The generator's events as metrics and log lines.
+struct ServerObserver: GeneratorObserver {
+    let metrics: ServerMetrics
+    let logger: Logger
+
+    func firstToken(after waiting: Duration) { metrics.timeToFirstToken(waiting) }
+    func nextToken(after interval: Duration) { metrics.interTokenLatency(interval) }
+    func stepFinished(_ snapshot: Generator.Snapshot) { metrics.updateScheduler(snapshot) }
+
+    func forwardPassFailed(_ error: any Error, sequences: Int) {
+        logger.error("forward pass failed", metadata: ["error": "\(error)", "sequences": "\(sequences)"])
+    }
+
+    func sequenceFinished(_ r: SequenceReport) {
+        metrics.generatedTokens(r.usage.completionTokens)
+        metrics.sequenceFinished(reason: r.reason, promptTokens: r.usage.promptTokens, cachedTokens: r.usage.cachedTokens)
+        logger.info("sequence finished", metadata: [
+            "request": "\(r.requestID)", "index": "\(r.index)", "reason": "\(r.reason.rawValue)",
+            "prompt_tokens": "\(r.usage.promptTokens)", "cached_tokens": "\(r.usage.cachedTokens)",
+            "completion_tokens": "\(r.usage.completionTokens)", "preemptions": "\(r.preemptions)",
+            "seconds": "\(String(format: "%.3f", r.duration.seconds))",
+        ])
+    }
 }

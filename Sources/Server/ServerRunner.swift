@@ -77,13 +77,14 @@ public struct ServerRunner: Sendable {
         logger.info("stopped")
     }
 
-    func loadEngine(metrics: ServerMetrics) throws -> InferenceEngine {
+    func loadEngine(metrics: ServerMetrics) throws -> Generator {
         let start = Date()
         let model = try LoadedModel(path: modelPath, memoryBudget: memoryBudget)
         var engineConfig = configuration.engine
         let perToken = KVBlockPool.bytesPerToken(config: model.config)
         if let kvCache { engineConfig.kvCacheTokens = kvCache.tokens(bytesPerToken: perToken) }
-        let engine = try InferenceEngine(model: model, configuration: engineConfig, metrics: metrics, logger: logger)
+        let engine = try Generator(model: model, configuration: engineConfig,
+                                   observer: ServerObserver(metrics: metrics, logger: logger))
         logger.info("model loaded", metadata: [
             "model": "\(model.name)", "seconds": "\(String(format: "%.2f", Date().timeIntervalSince(start)))",
             "ctx": "\(engineConfig.contextLength)", "parallel": "\(engineConfig.parallel)",

@@ -20,13 +20,12 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget)
-        let session = try GenerationSession(model: loaded, contextLength: runtime.contextLength, pool: runtime.makePool())
+        let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
+                                                                                     threads: runtime.threads))
+        defer { generator.shutdownAndWait() }
         let tokens = loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
-        guard tokens.count < runtime.contextLength else {
-            throw EngineError.promptTooLong(tokens: tokens.count, context: runtime.contextLength)
-        }
-        let result = try session.generate(prompt: tokens, maxTokens: maxTokens, sampling: sampling.parameters,
-                                          stop: sampling.stop) { piece in
+        let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters, stop: sampling.stop)
+        let result = try generator.generate(prompt: tokens, options: options) { piece in
             if !json { print(piece, terminator: ""); fflush(nil) }
             return true
         }

@@ -50,8 +50,6 @@ struct RuntimeOptions: ParsableArguments {
     @Option(name: .customLong("mem-budget"), help: memBudgetHelp)
     var memBudget: String?
 
-    func makePool() -> ThreadPool { ThreadPool(threads: threads) }
-
     /// `--mem-budget` in bytes (after `validate`).
     var memoryBudget: Int? { try? parseMemBudget(memBudget) }
 

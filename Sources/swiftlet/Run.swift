@@ -29,8 +29,10 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget)
-        let session = try GenerationSession(model: loaded, contextLength: runtime.contextLength, pool: runtime.makePool())
-        var chat = Conversation(model: loaded, session: session, system: system)
+        let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
+                                                                                     threads: runtime.threads))
+        defer { generator.shutdownAndWait() }
+        var chat = Conversation(model: loaded, generator: generator, system: system)
         installInterruptHandler()
 
         if let prompt {
@@ -75,33 +77,29 @@ struct Run: ParsableCommand {
 }
 
 /// A chat: the messages so far, rendered through the model's template on every turn; the
-/// session's cache keeps the shared prefix so only the new turn is evaluated.
+/// generator's prefix cache holds the conversation so far, so only the new turn is evaluated.
 struct Conversation {
     let model: LoadedModel
-    let session: GenerationSession
+    let generator: Generator
     var system: String?
     var messages: [ChatMessage] = []
 
-    init(model: LoadedModel, session: GenerationSession, system: String?) {
+    init(model: LoadedModel, generator: Generator, system: String?) {
         self.model = model
-        self.session = session
+        self.generator = generator
         self.system = system
     }
 
-    mutating func clear() {
-        messages = []
-        session.reset()
-    }
+    mutating func clear() { messages = [] }
 
     mutating func answer(_ text: String, maxTokens: Int, sampling: SamplingOptions) throws {
         var turn = messages + [ChatMessage(role: "user", content: text)]
         if let system, !system.isEmpty { turn.insert(ChatMessage(role: "system", content: system), at: 0) }
         let rendered = try model.renderChat(turn)
         let tokens = model.promptTokens(for: rendered)
-        let room = session.contextLength - tokens.count
-        guard room > 0 else { throw EngineError.promptTooLong(tokens: tokens.count, context: session.contextLength) }
-        let result = try session.generate(prompt: tokens, maxTokens: min(maxTokens, room), sampling: sampling.parameters,
-                                          stop: sampling.stop) { piece in
+        try generator.validate(prompt: tokens)
+        let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters, stop: sampling.stop)
+        let result = try generator.generate(prompt: tokens, options: options) { piece in
             print(piece, terminator: "")
             fflush(nil)
             return interruptRequested == 0

@@ -70,7 +70,7 @@ struct Serve: AsyncParsableCommand {
         config.apiKey = apiKey
         config.maxBodyBytes = maxBody
         config.modelAliases = [model]
-        config.engine = InferenceEngine.Configuration(
+        config.engine = Generator.Configuration(
             contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,
             blockSize: blockSize, maxBatchTokens: batchTokens, threads: threads)
         var runner = ServerRunner(modelPath: path, configuration: config,

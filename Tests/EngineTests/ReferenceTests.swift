@@ -40,9 +40,11 @@ enum RealModel: String, CaseIterable, Sendable, CustomTestStringConvertible {
         for c in cases {
             let prompt = c["prompt"] as! String
             let expected = c["completion"] as! String
-            let session = try GenerationSession(model: loaded, contextLength: 512, pool: pool)
+            // a generator per case: no prefix of an earlier prompt comes from the cache
+            let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: 512, threads: 2))
+            defer { generator.shutdownAndWait() }
             let promptTokens = loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
-            let result = try session.generate(prompt: promptTokens, maxTokens: c["n_predict"] as! Int, sampling: .greedy)
+            let result = try generator.generate(prompt: promptTokens, options: GenerationOptions(maxTokens: c["n_predict"] as! Int))
             if result.text == expected {
                 matches += 1
                 continue
@@ -139,17 +141,18 @@ enum RealModel: String, CaseIterable, Sendable, CustomTestStringConvertible {
 
     @Test func promptLongerThanContextIsAClearError() throws {
         let loaded = try RealModel.smollm2.load()
-        let session = try GenerationSession(model: loaded, contextLength: 8, pool: ThreadPool(threads: 1))
+        let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: 8, threads: 1))
+        defer { generator.shutdownAndWait() }
         let tokens = loaded.tokenizer.encode(String(repeating: "word ", count: 20), addSpecial: true, parseSpecial: false)
         #expect(throws: EngineError.promptTooLong(tokens: tokens.count, context: 8)) {
-            try session.generate(prompt: tokens, maxTokens: 4, sampling: SamplingParameters())
+            try generator.generate(prompt: tokens, options: GenerationOptions(maxTokens: 4, sampling: SamplingParameters()))
         }
     }
 
     @Test func contextLongerThanTheModelAllowsIsAClearError() throws {
         let loaded = try RealModel.smollm2.load()
         #expect(throws: (any Error).self) {
-            try GenerationSession(model: loaded, contextLength: 1 << 20, pool: ThreadPool(threads: 1))
+            try Generator(model: loaded, configuration: .singleSequence(contextLength: 1 << 20, threads: 1))
         }
     }
 }

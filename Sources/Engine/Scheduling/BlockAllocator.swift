@@ -39,7 +39,7 @@ public final class BlockAllocator {
     public private(set) var evictions = 0
 
     public init(blockCount: Int, blockSize: Int) {
-        precondition(blockCount > 0 && blockSize > 0)
+        precondition(blockCount >= 0 && blockSize > 0)  // 0 blocks: per-sequence storage
         self.blockCount = blockCount
         self.blockSize = blockSize
         refCount = Array(repeating: 0, count: blockCount)

@@ -1,7 +1,7 @@
 import Tokenization
 
 /// One sequence the scheduler runs: its tokens (prompt, then what was generated) and, while it
-/// is admitted, its paged KV store.
+/// is admitted, its store (paged KV blocks or a recurrent state).
 public final class ScheduledSequence {
     public enum Status: Sendable { case waiting, running, finished }
 
@@ -10,7 +10,7 @@ public final class ScheduledSequence {
     /// Prompt followed by the generated tokens.
     public private(set) var tokens: [TokenID]
     public internal(set) var status = Status.waiting
-    public internal(set) var store: PagedKVStore?
+    public internal(set) var store: (any SequenceStore)?
     /// Prompt positions found in the prefix cache at the first admission.
     public internal(set) var cachedPromptTokens = 0
     /// Times this sequence lost its blocks to make room and went back to waiting.
@@ -57,7 +57,15 @@ public struct ScheduledChunk {
 /// admitted other sequence is preempted: its blocks are released and it waits again at the
 /// head of the queue, to be recomputed (with its generated tokens) when readmitted.
 ///
-/// Not thread-safe: one owner (the engine thread).
+/// Invariants, after every public call:
+/// - a sequence is in exactly one of `waiting`, `running`, or neither (finished);
+/// - `running.count <= maxRunning`; every running sequence has a store, no waiting one does;
+/// - a planned chunk's positions are reserved in its store before `schedule` returns it, and
+///   a step's chunks hold at most `maxBatchTokens` tokens together;
+/// - blocks are held only by running sequences' stores and the prefix cache (`releaseAll` on
+///   removal and preemption gives them back).
+///
+/// Not thread-safe: one owner (the generator thread).
 public final class Scheduler {
     public struct Configuration: Sendable {
         /// Most sequences in the running set.
@@ -75,16 +83,37 @@ public final class Scheduler {
     }
 
     public let configuration: Configuration
+    public let storage: SequenceStorage
+    /// The block bookkeeping of the paged pool (no blocks with per-sequence storage).
     public let allocator: BlockAllocator
-    public let pool: KVBlockPool
     public private(set) var waiting: [ScheduledSequence] = []
     public private(set) var running: [ScheduledSequence] = []
     private var arrivals = 0
 
-    public init(configuration: Configuration, pool: KVBlockPool) {
+    public init(configuration: Configuration, storage: SequenceStorage) {
         self.configuration = configuration
-        self.pool = pool
-        allocator = BlockAllocator(blockCount: pool.blockCount, blockSize: pool.blockSize)
+        self.storage = storage
+        switch storage {
+        case .paged(let pool): allocator = BlockAllocator(blockCount: pool.blockCount, blockSize: pool.blockSize)
+        case .perSequence: allocator = BlockAllocator(blockCount: 0, blockSize: 1)
+        }
+    }
+
+    public convenience init(configuration: Configuration, pool: KVBlockPool) {
+        self.init(configuration: configuration, storage: .paged(pool))
+    }
+
+    /// Bytes of the paged KV pool; 0 with per-sequence storage.
+    public var kvCacheBytes: Int {
+        if case .paged(let pool) = storage { return pool.bytes }
+        return 0
+    }
+
+    private func makeStore() -> any SequenceStore {
+        switch storage {
+        case .paged(let pool): PagedKVStore(pool: pool, allocator: allocator, capacity: configuration.contextLength)
+        case .perSequence(let makeState): RecurrentStore(makeState())
+        }
     }
 
     public var hasWork: Bool { !waiting.isEmpty || !running.isEmpty }
@@ -125,7 +154,7 @@ public final class Scheduler {
 
         // Admit waiting sequences.
         while budget > 0, running.count < configuration.maxRunning, let seq = waiting.first {
-            let store = PagedKVStore(pool: pool, allocator: allocator, capacity: configuration.contextLength)
+            let store = makeStore()
             var cached = store.adoptCachedPrefix(seq.tokens)
             if cached >= seq.tokens.count {
                 // Everything is cached: the last token still has to run to give logits; its
@@ -135,9 +164,11 @@ public final class Scheduler {
             }
             let n = min(seq.tokens.count - cached, budget)
             // Keep one spare block per running sequence so that admitting does not force
-            // an immediate preemption at the next block boundary.
+            // an immediate preemption at the next block boundary (stores without blocks
+            // need none).
             let needed = store.blocksNeeded(for: n)
-            guard needed + running.count <= allocator.freeCount || running.isEmpty, store.prepareSlots(n) else {
+            guard needed == 0 || needed + running.count <= allocator.freeCount || running.isEmpty,
+                  store.prepareSlots(n) else {
                 store.releaseAll()
                 break
             }

@@ -1,4 +1,5 @@
 @testable import Engine
+import Models
 import Tokenization
 import Testing
 
@@ -17,7 +18,7 @@ import Testing
         for c in chunks {
             #expect(c.range.lowerBound == c.sequence.computedCount, "a chunk starts where the cache ends")
             // The store has room: the forward pass writes every position of the chunk.
-            let store = c.sequence.store!
+            let store = c.sequence.store as! PagedKVStore
             for p in c.range { store.key(layer: 0, position: p)[0] = KVElement(Float(c.sequence.tokens[p])) }
             store.advance(by: c.range.count)
         }
@@ -142,5 +143,39 @@ import Testing
         #expect(s.allocator.usedCount == 0)
         #expect(s.allocator.freeCount == 24)
         #expect(s.allocator.checkInvariants())
+    }
+
+    /// Per-sequence storage (recurrent models): no blocks, so admission is bounded by the
+    /// running set and the token budget only; each sequence gets a state of its own.
+    @Test func perSequenceStorageAdmitsWithoutBlocks() {
+        nonisolated(unsafe) var made = 0
+        let s = Scheduler(configuration: .init(maxRunning: 3, maxBatchTokens: 8, contextLength: 32),
+                          storage: .perSequence { made += 1; return KVCache(layers: 1, kvDimension: 1, capacity: 32) })
+        #expect(s.allocator.blockCount == 0 && s.kvCacheBytes == 0)
+        let seqs = (1...4).map { s.add(id: $0, prompt: [TokenID($0), 9]) }
+        var steps = 0
+        while s.hasWork {
+            let chunks = s.schedule()
+            #expect(!chunks.isEmpty, "with no blocks to run out of, every step has work")
+            #expect(chunks.reduce(0) { $0 + $1.range.count } <= 8)
+            #expect(s.running.count <= 3)
+            for c in chunks {
+                #expect(c.range.lowerBound == c.sequence.computedCount)
+                c.sequence.store!.modelState.advance(by: c.range.count)
+            }
+            s.didRun(chunks)
+            for c in chunks where c.producesToken {
+                c.sequence.append(7)
+                if c.sequence.generatedCount == 3 { s.remove(c.sequence) }
+            }
+            steps += 1
+        }
+        for seq in seqs {
+            #expect(seq.generatedCount == 3)
+            #expect(seq.status == .finished)
+            #expect(seq.store == nil)
+        }
+        #expect(made == 4, "one state per admitted sequence")
+        #expect(steps == 6, "three sequences, then the fourth, three tokens each")
     }
 }

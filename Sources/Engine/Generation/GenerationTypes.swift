@@ -1,0 +1,162 @@
+import Foundation
+import Models
+import Tokenization
+
+/// One completion to generate: a prompt and, for `n` > 1, its own seed.
+public struct SequenceSpec: Sendable {
+    public var prompt: [TokenID]
+    public var seed: UInt64?
+
+    public init(prompt: [TokenID], seed: UInt64? = nil) {
+        self.prompt = prompt
+        self.seed = seed
+    }
+}
+
+/// Settings shared by the sequences of one request.
+public struct GenerationOptions: Sendable {
+    public var maxTokens: Int
+    public var sampling: SamplingParameters
+    public var stop: [String]
+    /// Output constrained to this JSON grammar (`response_format`).
+    public var grammar: JSONGrammar?
+    /// nil: no logprobs; k: the sampled token's logprob and the k most likely alternatives.
+    public var logprobs: Int?
+
+    public init(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: [String] = [],
+                grammar: JSONGrammar? = nil, logprobs: Int? = nil) {
+        self.maxTokens = maxTokens
+        self.sampling = sampling
+        self.stop = stop
+        self.grammar = grammar
+        self.logprobs = logprobs
+    }
+}
+
+public enum FinishReason: String, Sendable, Codable {
+    /// End-of-generation token, a stop string, or the grammar's end.
+    case stop
+    /// `maxTokens` reached or the context is full.
+    case length
+    /// The caller asked to stop (Ctrl-C, client gone, shutdown) or the sequence failed.
+    case cancelled
+}
+
+public struct TokenLogprobInfo: Sendable {
+    public var token: TokenID
+    public var logprob: Float
+    public var top: [TokenLogprob]
+}
+
+public enum GenerationEvent: Sendable {
+    /// New text of sequence `index` (possibly empty when a stop string or an unfinished
+    /// character holds it back), the tokens sampled since the last event, and their logprobs
+    /// when they were asked for.
+    case text(index: Int, text: String, tokens: [TokenID], logprobs: [TokenLogprobInfo])
+    case finished(index: Int, reason: FinishReason, usage: SequenceUsage)
+    case failed(index: Int, message: String)
+}
+
+public struct SequenceUsage: Sendable {
+    public var promptTokens: Int
+    public var completionTokens: Int
+    /// Prompt tokens found in the prefix cache (not computed again).
+    public var cachedTokens: Int
+    public var timings: GenerationTimings
+}
+
+/// Where the time of one sequence went.
+public struct GenerationTimings: Sendable, Codable {
+    /// Prompt tokens computed (the cached prefix excluded).
+    public var promptTokens = 0
+    /// From admission to the first generated token.
+    public var promptSeconds = 0.0
+    public var generatedTokens = 0
+    /// From the first generated token to the last.
+    public var generationSeconds = 0.0
+    /// From submission to the first generated token (queueing included).
+    public var timeToFirstToken = 0.0
+
+    public init() {}
+
+    public var promptTokensPerSecond: Double { promptSeconds > 0 ? Double(promptTokens) / promptSeconds : 0 }
+    /// The first token comes out of the prompt pass, so rate the ones after it.
+    public var generationTokensPerSecond: Double {
+        generationSeconds > 0 ? Double(max(generatedTokens - 1, 0)) / generationSeconds : 0
+    }
+
+    public var summary: String {
+        String(format: "prompt: %d tokens, %.2f t/s | generation: %d tokens, %.2f t/s | time to first token: %.0f ms",
+               promptTokens, promptTokensPerSecond, generatedTokens, generationTokensPerSecond, timeToFirstToken * 1000)
+    }
+}
+
+/// A whole completion, as `Generator.generate` returns it.
+public struct GenerationResult: Sendable {
+    public var text: String
+    public var tokens: [TokenID]
+    public var finishReason: FinishReason
+    public var usage: SequenceUsage
+
+    public var timings: GenerationTimings { usage.timings }
+}
+
+public enum SubmitError: Error, Sendable, CustomStringConvertible {
+    case queueFull(retryAfter: Int)
+    case stopped
+
+    public var description: String {
+        switch self {
+        case .queueFull: "the server is busy: too many requests are queued"
+        case .stopped: "the server is shutting down"
+        }
+    }
+}
+
+/// A submitted request: its events, and a way to cancel it.
+public struct RequestHandle: Sendable {
+    public let id: Int
+    public let events: AsyncStream<GenerationEvent>
+    let generator: Generator
+
+    /// Stops every sequence of the request; their blocks are freed at the next step.
+    public func cancel() { generator.cancel(id) }
+}
+
+/// What the generator tells the world about a finished sequence (logs, metrics).
+public struct SequenceReport: Sendable {
+    public var requestID: Int
+    public var index: Int
+    public var reason: FinishReason
+    public var usage: SequenceUsage
+    /// Times the sequence lost its blocks to make room and was computed again.
+    public var preemptions: Int
+    /// From submission to the end.
+    public var duration: Duration
+}
+
+/// Hooks for observability; called on the generator's thread, so they must be quick.
+/// Every method has an empty default.
+public protocol GeneratorObserver: Sendable {
+    func firstToken(after waiting: Duration)
+    func nextToken(after interval: Duration)
+    func sequenceFinished(_ report: SequenceReport)
+    func forwardPassFailed(_ error: any Error, sequences: Int)
+    func stepFinished(_ snapshot: Generator.Snapshot)
+}
+
+extension GeneratorObserver {
+    public func firstToken(after waiting: Duration) {}
+    public func nextToken(after interval: Duration) {}
+    public func sequenceFinished(_ report: SequenceReport) {}
+    public func forwardPassFailed(_ error: any Error, sequences: Int) {}
+    public func stepFinished(_ snapshot: Generator.Snapshot) {}
+}
+
+extension Duration {
+    /// The duration in seconds, as a `Double`.
+    public var seconds: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) / 1e18
+    }
+}
