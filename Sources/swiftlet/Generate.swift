@@ -59,29 +59,62 @@ struct Generate: ParsableCommand {
 }
 
 struct Perplexity: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Perplexity of a text file, measured as llama.cpp's llama-perplexity does.")
+    static let configuration = CommandConfiguration(
+        abstract: "Perplexity of a text file, or KL divergence against a base model, measured as llama.cpp's llama-perplexity does.",
+        discussion: """
+            perplexity MODEL FILE                                   perplexity of FILE
+            perplexity MODEL FILE --kl-divergence-base BASE         also writes BASE: this model's log-probabilities
+            perplexity MODEL --kl-divergence-base BASE --kl-divergence
+                                                                    compares MODEL with the model that wrote BASE
+            BASE files are llama.cpp's format: llama-perplexity reads Swiftlet's and Swiftlet reads llama-perplexity's.
+            """)
 
     @Argument(help: "Path to a .gguf file or a model name from the cache.")
     var model: String
-    @Argument(help: "Text file to score.")
-    var file: String
+    @Argument(help: "Text file to score (not needed with --kl-divergence: the tokens come from the base file).")
+    var file: String?
     @Option(name: .customLong("ctx"), help: "Tokens per chunk; the second half of each is scored.")
     var contextLength = 512
     @Option(help: "Score at most this many chunks.")
     var chunks: Int?
     @Option(name: [.customShort("t"), .customLong("threads")], help: "Threads (default: all cores).")
     var threads: Int?
-    @Flag(help: "Print one JSON object with ppl and stderr.")
+    @Option(name: .customLong("kl-divergence-base"), help: "File of the base model's log-probabilities (written, or with --kl-divergence read).")
+    var klDivergenceBase: String?
+    @Flag(name: .customLong("kl-divergence"), help: "Compare with the model that wrote --kl-divergence-base: KLD, Δp, same top p, PPL ratio.")
+    var klDivergence = false
+    @Flag(help: "Print one JSON object with the results.")
     var json = false
+
+    func validate() throws {
+        if klDivergence {
+            guard klDivergenceBase != nil else { throw ValidationError("--kl-divergence needs --kl-divergence-base FILE") }
+        } else {
+            guard file != nil else { throw ValidationError("missing the text FILE to score") }
+        }
+        if let chunks, chunks < 1 { throw ValidationError("--chunks must be at least 1") }
+    }
 
     func run() throws {
         let loaded = try LoadedModel(path: ModelLocator.resolve(model))
-        guard let data = FileManager.default.contents(atPath: file) else {
-            throw ValidationError("cannot read '\(file)'")
+        let pool = ThreadPool(threads: threads)
+        if klDivergence, let base = klDivergenceBase {
+            let result = try Engine.klDivergence(model: loaded, basePath: base, maxChunks: chunks, pool: pool) { done, total, kld in
+                if !json { printError(String(format: "[%d/%d] mean KLD %.6f", done, total, kld)) }
+            }
+            if json {
+                print(String(decoding: try JSONEncoder().encode(result), as: UTF8.self))
+            } else {
+                print(result.summary)
+            }
+            return
+        }
+        guard let file, let data = FileManager.default.contents(atPath: file) else {
+            throw ValidationError("cannot read '\(file ?? "")'")
         }
         let text = String(decoding: data, as: UTF8.self)
         let result = try Engine.perplexity(model: loaded, text: text, context: contextLength, maxChunks: chunks,
-                                           pool: ThreadPool(threads: threads)) { done, total, ppl in
+                                           pool: pool, saveBase: klDivergenceBase) { done, total, ppl in
             if !json { printError(String(format: "[%d/%d] %.4f", done, total, ppl)) }
         }
         if json {
