@@ -85,3 +85,41 @@ extension TestSupport {
         return String(decoding: output, as: UTF8.self)
     }
 }
+
+extension TestSupport {
+    /// llama.cpp's binaries as `scripts/llama_cpp.py` builds them (scripts/test runs it before
+    /// the tests): `$SWIFTLET_HOME/llama.cpp/<version>/build-native-noamx/bin`.
+    public static var llamaCppBin: URL { home.appendingPathComponent("llama.cpp/0.3.36/build-native-noamx/bin") }
+
+    /// The path of llama.cpp's `tool` (e.g. `llama-perplexity`), or nil when it is not built.
+    public static func llamaCppTool(_ tool: String) -> String? {
+        let path = llamaCppBin.appendingPathComponent(tool).path
+        return FileManager.default.isExecutableFile(atPath: path) ? path : nil
+    }
+
+    /// Runs a program and returns its standard output; a non-zero exit is an error carrying
+    /// the end of its standard error.
+    @discardableResult
+    public static func run(_ executable: String, _ arguments: [String]) throws -> String {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        // read both pipes while the program runs, so neither can fill up and block it
+        nonisolated(unsafe) var errorData = Data()
+        let reading = DispatchGroup()
+        DispatchQueue.global().async(group: reading) { errorData = err.fileHandleForReading.readDataToEndOfFile() }
+        let output = out.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        reading.wait()
+        guard p.terminationStatus == 0 else {
+            let tail = String(decoding: errorData.suffix(2000), as: UTF8.self)
+            throw CocoaError(.executableLoad, userInfo: [NSLocalizedDescriptionKey:
+                "\(URL(fileURLWithPath: executable).lastPathComponent) exited with \(p.terminationStatus): \(tail)"])
+        }
+        return String(decoding: output, as: UTF8.self)
+    }
+}

@@ -44,7 +44,7 @@ extension Tokenizer {
 }
 
 /// Builds the tokenizer a GGUF file describes: byte-level BPE for `tokenizer.ggml.model`
-/// "gpt2", SentencePiece for "llama".
+/// "gpt2", SentencePiece for "llama", and llama.cpp's hashing test vocabulary for "test".
 public func loadTokenizer(from file: GGUFFile) throws -> any Tokenizer {
     guard let model = file["tokenizer.ggml.model"]?.string else {
         throw TokenizerError.missingKey("tokenizer.ggml.model")
@@ -52,6 +52,7 @@ public func loadTokenizer(from file: GGUFFile) throws -> any Tokenizer {
     switch model {
     case "gpt2": return try BPETokenizer(file: file)
     case "llama": return try SPMTokenizer(file: file)
+    case "test": return try TestTokenizer(file: file)
     default: throw TokenizerError.unknownModel(model)
     }
 }
