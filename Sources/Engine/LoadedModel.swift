@@ -65,6 +65,8 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
     case tokenOutOfRange(token: Int, vocabularySize: Int)
     /// The forward pass failed while the sequence was running.
     case generationFailed(String)
+    /// The model's output at this position holds NaN or infinity.
+    case nonFiniteLogits(position: Int)
 
     public var description: String {
         switch self {
@@ -73,6 +75,7 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
         case .emptyPrompt: "the prompt is empty"
         case .tokenOutOfRange(let t, let n): "token id \(t) is outside the vocabulary (\(n) tokens)"
         case .generationFailed(let message): "generation failed: \(message)"
+        case .nonFiniteLogits(let position): "the model produced non-finite logits (NaN or infinity) at position \(position)"
         }
     }
 }

@@ -196,6 +196,25 @@ import Testing
         #expect(generator.outstandingSequences == 0)
     }
 
+    /// NaN logits stop the sequence with the position, for the blocking call (the CLI exits
+    /// non-zero) and for a stream (the server answers 500), and the generator keeps serving.
+    @Test func nonFiniteLogitsStopTheSequenceWithAnError() async throws {
+        let path = try SyntheticGGUF(vocabulary: 64, poisonedToken: 20).write(name: "poisoned")
+        let m = try LoadedModel(path: path)
+        let generator = try Generator(model: m, configuration: .init(contextLength: 64, parallel: 2))
+        #expect(throws: EngineError.generationFailed(EngineError.nonFiniteLogits(position: 3).description)) {
+            try generator.generate(prompt: [5, 20, 7, 9], options: GenerationOptions(maxTokens: 4))
+        }
+        var failures: [String] = []
+        let handle = try generator.submit([SequenceSpec(prompt: [5, 20, 7, 9])], options: GenerationOptions(maxTokens: 4))
+        for await event in handle.events { if case .failed(_, let message) = event { failures.append(message) } }
+        #expect(failures == [EngineError.nonFiniteLogits(position: 3).description])
+        let healthy = try generator.generate(prompt: [5, 6, 7, 9], options: GenerationOptions(maxTokens: 4))
+        #expect(healthy.tokens.count == 4 || healthy.finishReason == .stop)
+        #expect(generator.currentSnapshot.blocksUsed == 0)
+        await generator.shutdown()
+    }
+
     @Test func submittingAfterShutdownIsRefused() async throws {
         let m = try model()
         let generator = try Generator(model: m, configuration: .singleSequence(contextLength: 64))

@@ -17,6 +17,8 @@ struct SyntheticGGUF {
     var type: TensorType = .f32
     var seed: UInt64 = 1
     var context = 256
+    /// A token whose embedding row is NaN (a broken file's forward pass).
+    var poisonedToken: Int?
 
     static let directory: URL = {
         let dir = TestSupport.scratchRoot.appendingPathComponent("synthetic-gguf")
@@ -64,11 +66,12 @@ struct SyntheticGGUF {
         w.set("tokenizer.ggml.eos_token_id", .uint32(2))
         w.set("tokenizer.ggml.add_bos_token", .bool(false))
 
-        func matrix(_ name: String, _ shape: [Int], scale: Float? = nil, keepF32: Bool = false) {
+        func matrix(_ name: String, _ shape: [Int], scale: Float? = nil, keepF32: Bool = false, nanRow: Int? = nil) {
             let count = shape.reduce(1, *)
             let s = scale ?? 1 / Float(shape[0]).squareRoot()
             var values = [Float](repeating: 0, count: count)
             for i in 0..<count { values[i] = normal() * s }
+            if let nanRow { for i in nanRow * shape[0]..<(nanRow + 1) * shape[0] { values[i] = .nan } }
             let t: TensorType = keepF32 ? .f32 : type
             var bytes = [UInt8](repeating: 0, count: t.byteCount(elements: count)!)
             let rowBytes = t.byteCount(elements: shape[0])!
@@ -85,7 +88,7 @@ struct SyntheticGGUF {
             w.addTensor(name: name, shape: [n], floats: (0..<n).map { _ in 1 + 0.1 * normal() })
         }
         let d = embedding, hd = embedding / heads
-        matrix("token_embd.weight", [d, vocabulary], scale: 1)
+        matrix("token_embd.weight", [d, vocabulary], scale: 1, keepF32: poisonedToken != nil, nanRow: poisonedToken)
         for i in 0..<layers {
             let p = "blk.\(i)."
             vector(p + "attn_norm.weight", d)

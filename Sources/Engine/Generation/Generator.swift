@@ -382,6 +382,12 @@ public final class Generator: @unchecked Sendable {
         var sampling: [(sequence: ActiveSequence, logits: [Float])] = []
         for (chunk, row) in zip(chunks, logits) where chunk.producesToken {
             guard let a = active[chunk.sequence.id] else { continue }
+            // NaN or infinity would sample an arbitrary token: stop with the position instead
+            guard row.allSatisfy(\.isFinite) else {
+                observer?.forwardPassFailed(EngineError.nonFiniteLogits(position: chunk.range.upperBound - 1), sequences: 1)
+                fail(a, message: EngineError.nonFiniteLogits(position: chunk.range.upperBound - 1).description)
+                continue
+            }
             sampling.append((a, row))
         }
         // Each sequence has its own sampler and random stream, so the plain draws (no grammar,
