@@ -32,6 +32,7 @@ public func matmul(_ weight: WeightMatrix, input: UnsafePointer<Float>, tokens: 
 /// `gemmRows`: the first `gemmRows` tokens are rows llama.cpp would multiply with its
 /// repacked gemm kernel (rows of its micro-batch in whole groups of 4), which rounds Q4_K
 /// differently from its gemv kernel (see `SuperStyle.rowSums`); the others take the gemv form.
+// Unchecked: each weight's data spans rows · rowBytes bytes (GGUFFile rejects a tensor that passes the end of the file).
 public func matmul(_ weights: [WeightMatrix], input: UnsafePointer<Float>, tokens: Int,
                    outputs: [UnsafeMutablePointer<Float>], pool: ThreadPool, gemmRows: Int = 0) {
     guard tokens > 0, !weights.isEmpty else { return }

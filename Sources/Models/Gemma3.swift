@@ -27,6 +27,10 @@ public final class Gemma3: AttentionModel {
     public init(file: GGUFFile, config: ModelConfig) throws {
         self.config = config
         let d = config.embeddingLength, eps = config.normEpsilon, headDim = config.keyLength
+        // the attention kernels build position ranges from the window unchecked
+        if let window = config.slidingWindow, window < 1 {
+            throw ModelError.inconsistentMetadata("gemma3.attention.sliding_window is \(window)")
+        }
         head = try OutputHead(file: file, config: config)
         embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
         layers = try (0..<config.blockCount).map { i in
