@@ -60,13 +60,13 @@ public final class Gemma3: AttentionModel {
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
         x.scale(by: Float(config.embeddingLength).squareRoot())
-        let gemmRows = llamaGemmRows(batch), lastGemmRows = llamaLastLayerGemmRows(batch)
+        let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
         for (i, layer) in layers.enumerated() {
             let attended = layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
             layer.postAttentionNorm.normalize(attended, into: attended, pool: pool)
             x += attended
             let fed = layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
-                                        gemmRows: i == layers.count - 1 ? lastGemmRows : gemmRows)
+                                        batching: i == layers.count - 1 ? lastBatching : batching)
             layer.postFeedForwardNorm.normalize(fed, into: fed, pool: pool)
             x += fed
         }

@@ -73,9 +73,10 @@ public struct Linear: Sendable {
 
     public var outputs: Int { weight.rows }
 
-    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, gemmRows: Int = 0) -> Matrix {
+    /// `batching`: see `matmul`.
+    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
         let y = Matrix(rows: x.rows, columns: weight.rows, zeroed: false)
-        matmul(weight, input: x.data, tokens: x.rows, output: y.data, pool: pool, gemmRows: gemmRows)
+        matmul(weight, input: x.data, tokens: x.rows, output: y.data, pool: pool, batching: batching)
         addBias(to: y)
         return y
     }
@@ -172,38 +173,30 @@ public struct BatchSequence {
     public var allLogits: Bool
     /// False for a piece of a longer sequence whose logits nobody asked for (see `forward`).
     var logitsNeeded = true
-    /// Tokens of this sequence that llama.cpp would put in the same micro-batch (of at most
-    /// `llamaMicroBatch`) as this piece: its attention kernel, and so its rounding, depends on it.
-    var llamaBatchTokens: Int
-    /// Where this piece starts within that micro-batch.
-    var llamaBatchOffset = 0
+    /// Where these tokens sit in the micro-batch llama.cpp would run them in: the kernels pick
+    /// their rounding by it.
+    var batching: ReferenceBatching
 
     public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false) {
         self.tokens = tokens
         self.cache = cache
         self.allLogits = allLogits
-        llamaBatchTokens = min(tokens.count, llamaMicroBatch)
+        batching = ReferenceBatching(from: 0, of: tokens.count)
     }
 }
 
-/// The leading rows of a pass that llama.cpp's repacked gemm kernel would multiply: the rows
-/// of its micro-batch in whole groups of 4 (the rest, and single tokens, go through its gemv
-/// kernel, which rounds Q4_K differently). Only a pass of one sequence maps onto one llama.cpp
-/// micro-batch; other passes take the gemv form throughout.
-func llamaGemmRows(_ batch: [BatchSequence]) -> Int {
-    guard batch.count == 1, let piece = batch.first else { return 0 }
-    let grouped = piece.llamaBatchTokens - piece.llamaBatchTokens % 4
-    return max(0, min(piece.tokens.count, grouped - piece.llamaBatchOffset))
+/// How the rows of a pass map onto llama.cpp's micro-batches for its matrix products: a pass of
+/// one sequence is (a piece of) one micro-batch; the rows of a pass of several sequences map
+/// onto none and take the single-token rounding throughout.
+func referenceBatching(_ batch: [BatchSequence]) -> ReferenceBatching {
+    batch.count == 1 ? batch[0].batching : .ungrouped
 }
 
 /// In the last layer llama.cpp keeps only the rows whose logits are wanted before the
-/// feed-forward, so when only the last token's are, that row goes through the gemv kernel.
-func llamaLastLayerGemmRows(_ batch: [BatchSequence]) -> Int {
-    batch.allSatisfy(\.allLogits) ? llamaGemmRows(batch) : 0
+/// feed-forward, so when only the last token's are, that row takes the single-token rounding.
+func lastLayerReferenceBatching(_ batch: [BatchSequence]) -> ReferenceBatching {
+    batch.allSatisfy(\.allLogits) ? referenceBatching(batch) : .ungrouped
 }
-
-/// llama.cpp's default micro-batch (n_ubatch).
-let llamaMicroBatch = 512
 
 /// Multi-head attention with grouped KV heads over each sequence's cache.
 public struct Attention: Sendable {
@@ -265,7 +258,7 @@ public struct Attention: Sendable {
             let cache = seq.cache as! any KVStore
             sequences.append(AttentionSequence(
                 firstRow: row, firstPosition: cache.count, tokens: seq.tokens.count, cacheCapacity: cache.capacity,
-                llamaBatchTokens: seq.llamaBatchTokens,
+                batching: seq.batching,
                 key: { UnsafePointer(cache.key(layer: layer, position: $0)) },
                 value: { UnsafePointer(cache.value(layer: layer, position: $0)) }))
             row += seq.tokens.count
@@ -277,7 +270,7 @@ public struct Attention: Sendable {
         let out = Matrix(rows: x.rows, columns: heads * valueDimension, zeroed: false)
         attend(queries: q.data, sequences, heads: heads, kvHeads: kvHeads, headDimension: headDimension,
                valueDimension: valueDimension, scale: scale, window: window, into: out.data, pool: pool)
-        return output(out, pool, gemmRows: llamaGemmRows(batch))
+        return output(out, pool, batching: referenceBatching(batch))
     }
 
     /// Rotates q and k and stores the batch's keys and values in each sequence's cache; every
@@ -327,7 +320,7 @@ public struct GatedFeedForward: Sendable {
     /// slices and the hidden-width activations stay small (peak memory of prompt prefill).
     static let slice = 64
 
-    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, gemmRows: Int = 0) -> Matrix {
+    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
         let y = Matrix(rows: x.rows, columns: down.outputs, zeroed: false)
         let rows = min(x.rows, Self.slice)
         let g = Matrix(rows: rows, columns: gate.outputs, zeroed: false)
@@ -350,8 +343,7 @@ public struct GatedFeedForward: Sendable {
             } else {
                 run(0..<count)
             }
-            matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool,
-                   gemmRows: max(0, min(n, gemmRows - start)))
+            matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool, batching: batching.dropping(start))
         }
         return y
     }

@@ -264,7 +264,8 @@ final class TileFixture {
         var rows = 0
         for ((cached, tokens, batchTokens), (keys, values)) in zip(layout, caches) {
             sequences.append(AttentionSequence(firstRow: rows, firstPosition: cached, tokens: tokens,
-                                               cacheCapacity: capacity, llamaBatchTokens: batchTokens,
+                                               cacheCapacity: capacity,
+                                               batching: ReferenceBatching(tokens: batchTokens, offset: 0),
                                                key: { keys.rows[$0] }, value: { values.rows[$0] }))
             rows += tokens
         }

@@ -124,7 +124,7 @@ func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
         #expect(maxAbsDifference(alone[1], together[1]) < 1e-4)
     }
 
-    /// Batches longer than `microBatchTokens` run as several passes: the same floats as
+    /// Batches longer than `activationMemoryPassTokens` run as several passes: the same floats as
     /// feeding the pieces by hand, for the last-token and the every-position logits, and
     /// for two sequences sharing passes.
     @Test(arguments: ["llama-q8_0", "gemma3-q8_0", "mamba-f32"])
@@ -132,7 +132,7 @@ func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
         let (file, ref) = try SyntheticModels.load(stem)
         let model = try ModelRegistry.load(file)
         let pool = ThreadPool(threads: 2)
-        let n = microBatchTokens + 75
+        let n = activationMemoryPassTokens + 75
         let tokens = (0..<n).map { ref.prompt[$0 % ref.prompt.count] }
         let pieces = [Array(tokens[..<100]), Array(tokens[100...])]
         var byHand: [[Float]] = []

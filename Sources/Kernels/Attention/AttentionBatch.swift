@@ -18,11 +18,11 @@ public struct AttentionSequence: @unchecked Sendable {
 
     /// `key(p)` and `value(p)`: the cache rows of position p, for every p below
     /// `firstPosition + tokens` (the new tokens' rows are written through `keys` and `values`
-    /// before `attend`). `cacheCapacity`: positions the sequence's cache holds;
-    /// `llamaBatchTokens`: the sequence's tokens in the llama.cpp micro-batch these rows belong
-    /// to. Those two pick llama.cpp's kernel, whose floats `attend` reproduces.
+    /// before `attend`). `cacheCapacity`: positions the sequence's cache holds; `batching`: the
+    /// llama.cpp micro-batch these rows belong to. Those two pick llama.cpp's kernel, whose
+    /// floats `attend` reproduces.
     @inlinable
-    public init(firstRow: Int, firstPosition: Int, tokens: Int, cacheCapacity: Int, llamaBatchTokens: Int,
+    public init(firstRow: Int, firstPosition: Int, tokens: Int, cacheCapacity: Int, batching: ReferenceBatching,
                 key: (Int) -> UnsafePointer<Float16>, value: (Int) -> UnsafePointer<Float16>) {
         let count = firstPosition + tokens
         let keys = UnsafeMutablePointer<UnsafePointer<Float16>>.allocate(capacity: count)
@@ -32,11 +32,11 @@ public struct AttentionSequence: @unchecked Sendable {
             values[p] = value(p)
         }
         self.init(firstRow: firstRow, firstPosition: firstPosition, tokens: tokens, cacheCapacity: cacheCapacity,
-                  llamaBatchTokens: llamaBatchTokens, keys: keys, values: values)
+                  batching: batching, keys: keys, values: values)
     }
 
     @usableFromInline
-    init(firstRow: Int, firstPosition: Int, tokens: Int, cacheCapacity: Int, llamaBatchTokens: Int,
+    init(firstRow: Int, firstPosition: Int, tokens: Int, cacheCapacity: Int, batching: ReferenceBatching,
          keys: UnsafeMutablePointer<UnsafePointer<Float16>>, values: UnsafeMutablePointer<UnsafePointer<Float16>>) {
         self.firstRow = firstRow
         self.firstPosition = firstPosition
@@ -46,8 +46,8 @@ public struct AttentionSequence: @unchecked Sendable {
         // llama.cpp's cache view: the used cells rounded up to 256 (at least 256), at most the
         // context; one token over 512 or more of them takes its split-KV kernel.
         let cells = min(cacheCapacity, max(256, (firstPosition + tokens + 255) / 256 * 256))
-        tiled = llamaBatchTokens >= attentionTile
-        splitCells = llamaBatchTokens == 1 && cells >= 512 ? cells : nil
+        tiled = batching.tokens >= attentionTile
+        splitCells = batching.tokens == 1 && cells >= 512 ? cells : nil
     }
 
     public func deallocate() {
