@@ -81,7 +81,7 @@ public enum CPUDispatch {
 
     /// Whether the matmul of `type` with `tokens` tokens goes to the AVX-512 kernel: `current`
     /// is `.avx512`, the type has one, and, unless `.avx512` is forced (tests, A/B benchmarks),
-    /// it measured faster than AVX2 for this case (`avx512Pays`).
+    /// it is the faster kernel for this case (`avx512Pays`).
     @inline(__always)
     public static func useAVX512(_ type: TensorType, tokens: Int) -> Bool {
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
@@ -124,10 +124,10 @@ public enum CPUDispatch {
 /// Types with an AVX-512 kernel.
 public let avx512Types: Set<TensorType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
 
-/// Where the AVX-512 kernel measured faster than AVX2 (Zen 4, 1 thread; bench/kernels-results.md).
-/// Q2_K–Q5_K matvec (1 token) measured equal or up to ~5 % slower than AVX2 and stays there
-/// below 4 tokens; their prefill is 17–30 % faster. The other types with a kernel are faster
-/// at 1 and at 64 tokens.
+/// Where the AVX-512 kernel is the faster one. For Q2_K–Q5_K a product with one token (a
+/// matrix-vector product, as in decoding) gains nothing from the wider vectors and can lose a
+/// little, so below 4 tokens they stay on AVX2; their prompt products gain. The other types'
+/// AVX-512 kernels are faster from one token on.
 @inline(__always)
 public func avx512Pays(_ type: TensorType, tokens: Int) -> Bool {
     switch type {

@@ -182,8 +182,8 @@ func quantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedA
                                _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
     let rows = w.rows, nb = w.columns / K.blockElements
     let tile = rowTileSize(w.rowBytes)
-    // from one whole token group on, the unpacked tile's 2-row × 4-token kernel pays for the
-    // unpacking (8-token batches, e.g. 8 serving clients: ~+25 % in alternating runs on a Zen 2)
+    // from one whole token group on (e.g. a decode step of several serving clients), the
+    // unpacked tile's 2-row × 4-token kernel pays for the unpacking, shared by every group
     if K.blockElements == 32 && tokens >= tokenTile {
         decodedQuantRows(K.self, w, act, tokens, range, y)
         return

@@ -71,9 +71,9 @@ public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequenc
     let group = heads / kvHeads
     let (queryStride, outStride) = (heads * headDimension, heads * valueDimension)
     // Heads per row-kernel job: as many as the kernel takes, while every thread still gets
-    // a job (a lone decoding sequence has only `heads` of them). Uneven is fine: SmolLM2's
-    // 3 grouped jobs on 2 threads decode faster than its 9 one-head jobs (tg64 @ d2048 on a
-    // Zen 2: 62–64 vs 57 t/s), the grouped kernel being that much faster per head.
+    // a job (a lone decoding sequence has only `heads` of them). An uneven split is fine: the
+    // grouped kernel is enough faster per head that fewer grouped jobs (SmolLM2: 3 on 2
+    // threads) beat more one-head jobs (9).
     let rowRuns = sequences.reduce(0) { $0 + ($1.tiled ? 0 : $1.tokens) }
     let threadCount = pool.threadCount  // also llama.cpp's split-KV chunk count: one per thread
     var together = rowKernelHeads(group: group, valueDimension: valueDimension)
