@@ -46,9 +46,9 @@ let package = Package(
     targets: [
         // file → weights
         .target(name: "GGUF", swiftSettings: testableSettings),
-        // quant formats, SIMD math, thread pool
-        .target(name: "Kernels", dependencies: ["GGUF", "KernelsAVX512"], swiftSettings: kernelSettings),
-        // AVX-512/VNNI matmul kernels, called only after CPUDispatch (in Kernels) checked the CPU (empty off x86-64)
+        // every CPU kernel (quant formats, matrix products, attention, norms, activations, RoPE), ISA dispatch, thread pool
+        .target(name: "Kernels", dependencies: ["GGUF", "KernelsAVX512", "CIntrinsics"], swiftSettings: kernelSettings),
+        // AVX-512/VNNI kernel bodies (matmul, attention), called only after CPUDispatch (in Kernels) checked the CPU (empty off x86-64)
         .target(name: "KernelsAVX512", dependencies: ["GGUF", "CIntrinsics"], swiftSettings: avx512Settings),
         // intrinsics that are C macros, which Swift cannot import (a header of static inline functions)
         .target(name: "CIntrinsics"),
@@ -61,7 +61,7 @@ let package = Package(
             "GGUF", "JSON", .product(name: "HeapModule", package: "swift-collections"),
         ], swiftSettings: testableSettings),
         // forward passes: tokens → logits
-        .target(name: "Models", dependencies: ["GGUF", "Kernels", "KernelsAVX512", "CIntrinsics"], swiftSettings: kernelSettings),
+        .target(name: "Models", dependencies: ["GGUF", "Kernels"], swiftSettings: kernelSettings),
         // KV cache, sampler, generation loop
         .target(name: "Engine", dependencies: ["GGUF", "JSON", "Kernels", "Models", "Tokenization"], swiftSettings: testableSettings),
         // `swiftlet serve`: OpenAI-compatible HTTP API over the continuous-batching scheduler

@@ -81,7 +81,7 @@ public enum CPUDispatch {
 
     /// Whether the matmul of `type` with `tokens` tokens goes to the AVX-512 kernel: `current`
     /// is `.avx512`, the type has one, and, unless `.avx512` is forced (tests, A/B benchmarks),
-    /// it measured faster than AVX2 for this case (`avx512Pays`).
+    /// it is the faster kernel for this case (`avx512Pays`).
     @inline(__always)
     public static func useAVX512(_ type: TensorType, tokens: Int) -> Bool {
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
@@ -124,10 +124,10 @@ public enum CPUDispatch {
 /// Types with an AVX-512 kernel.
 public let avx512Types: Set<TensorType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K]
 
-/// Where the AVX-512 kernel measured faster than AVX2 (Zen 4, 1 thread; bench/kernels-results.md).
-/// Q2_K–Q5_K matvec (1 token) measured equal or up to ~5 % slower than AVX2 and stays there
-/// below 4 tokens; their prefill is 17–30 % faster. The other types with a kernel are faster
-/// at 1 and at 64 tokens.
+/// Where the AVX-512 kernel is the faster one. For Q2_K–Q5_K a product with one token (a
+/// matrix-vector product, as in decoding) gains nothing from the wider vectors and can lose a
+/// little, so below 4 tokens they stay on AVX2; their prompt products gain. The other types'
+/// AVX-512 kernels are faster from one token on.
 @inline(__always)
 public func avx512Pays(_ type: TensorType, tokens: Int) -> Bool {
     switch type {
@@ -190,3 +190,92 @@ extension Substring {
         return s
     }
 }
+
+extension CPUDispatch {
+    /// Whether the attention kernels (`Kernels/Attention/`) take their 512-bit loops
+    /// (`KernelsAVX512/RowAttention.swift`, `TileAttention.swift`): whenever `current` is
+    /// `.avx512`. Those loops give the 256-bit loops' floats, so only the CPU decides.
+    @inline(__always)
+    static var avx512Attention: Bool {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+        current == .avx512
+#else
+        false
+#endif
+    }
+
+    /// Whether the row attention kernels run grouped (several query heads of a KV group side by
+    /// side): the 512-bit kernel for outputs in whole 64-lane vectors, else the 256-bit one
+    /// (`rowGroupAccumulate`) for outputs in whole 32-lane vectors.
+    static func groupedRowAttention(valueDimension: Int) -> Bool {
+        avx512Attention ? valueDimension % 64 == 0 : valueDimension % 32 == 0
+    }
+}
+
+// Run-time hooks of the attention kernels: when `CPUDispatch.avx512Attention`, each runs its
+// 512-bit loop (bitwise the same results as the 256-bit one) and returns true.
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+@inline(__always)
+func avx512RowGroupScoresIfEnabled(queries: UnsafePointer<Float>, heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>,
+                                   keyOffset: Int, positions: Range<Int>, headDimension: Int, scale: Float,
+                                   scores: UnsafeMutablePointer<Float>, headStride: Int) -> Bool {
+    guard CPUDispatch.avx512Attention else { return false }
+    avx512RowGroupScores(queries: queries, heads: heads, keys: keys, keyOffset: keyOffset, positions: positions,
+                         headDimension: headDimension, scale: scale, scores: scores, headStride: headStride)
+    return true
+}
+
+@inline(__always)
+func avx512RowGroupAccumulateIfEnabled(heads: Int, values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
+                                       positions: Range<Int>, valueDimension: Int, factors: UnsafePointer<Float>,
+                                       headStride: Int, inverses: UnsafePointer<Float>,
+                                       into out: UnsafeMutablePointer<Float>, outStride: Int) -> Bool {
+    guard CPUDispatch.avx512Attention else { return false }
+    avx512RowGroupAccumulate(heads: heads, values: values, valueOffset: valueOffset, positions: positions,
+                             valueDimension: valueDimension, factors: factors, headStride: headStride,
+                             inverses: inverses, into: out, outStride: outStride)
+    return true
+}
+
+@inline(__always)
+func avx512TileScoresIfEnabled(_ q0: UnsafePointer<Float>, _ q1: UnsafePointer<Float>, _ q2: UnsafePointer<Float>,
+                               _ q3: UnsafePointer<Float>, keys: UnsafePointer<Float>, tile: Int, headDimension: Int,
+                               positions: Range<Int>, scale: Float, scores: UnsafeMutablePointer<Float>) -> Bool {
+    guard CPUDispatch.avx512Attention else { return false }
+    avx512TileScores(q0, q1, q2, q3, keys: keys, tile: tile, headDimension: headDimension, positions: positions,
+                     scale: scale, scores: scores)
+    return true
+}
+
+@inline(__always)
+func avx512AccumulatePairIfEnabled(weights wA: UnsafePointer<Float>, _ wB: UnsafePointer<Float>,
+                                   _ accA: UnsafeMutablePointer<Float>, _ accB: UnsafeMutablePointer<Float>?,
+                                   values: UnsafePointer<Float>, valueDimension: Int,
+                                   _ a: Range<Int>, _ b: Range<Int>) -> Bool {
+    guard CPUDispatch.avx512Attention else { return false }
+    avx512AccumulatePair(weights: wA, wB, accA, accB, values: values, valueDimension: valueDimension, a, b)
+    return true
+}
+#else
+@inline(__always)
+func avx512RowGroupScoresIfEnabled(queries: UnsafePointer<Float>, heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>,
+                                   keyOffset: Int, positions: Range<Int>, headDimension: Int, scale: Float,
+                                   scores: UnsafeMutablePointer<Float>, headStride: Int) -> Bool { false }
+
+@inline(__always)
+func avx512RowGroupAccumulateIfEnabled(heads: Int, values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
+                                       positions: Range<Int>, valueDimension: Int, factors: UnsafePointer<Float>,
+                                       headStride: Int, inverses: UnsafePointer<Float>,
+                                       into out: UnsafeMutablePointer<Float>, outStride: Int) -> Bool { false }
+
+@inline(__always)
+func avx512TileScoresIfEnabled(_ q0: UnsafePointer<Float>, _ q1: UnsafePointer<Float>, _ q2: UnsafePointer<Float>,
+                               _ q3: UnsafePointer<Float>, keys: UnsafePointer<Float>, tile: Int, headDimension: Int,
+                               positions: Range<Int>, scale: Float, scores: UnsafeMutablePointer<Float>) -> Bool { false }
+
+@inline(__always)
+func avx512AccumulatePairIfEnabled(weights wA: UnsafePointer<Float>, _ wB: UnsafePointer<Float>,
+                                   _ accA: UnsafeMutablePointer<Float>, _ accB: UnsafeMutablePointer<Float>?,
+                                   values: UnsafePointer<Float>, valueDimension: Int,
+                                   _ a: Range<Int>, _ b: Range<Int>) -> Bool { false }
+#endif

@@ -19,8 +19,8 @@ import _Builtin_intrinsics.intel
 /// Results do not depend on the thread count or on how tokens are grouped: every (t, r)
 /// is accumulated in the same order by the same operations.
 public func matmul(_ weight: WeightMatrix, input: UnsafePointer<Float>, tokens: Int,
-                   output: UnsafeMutablePointer<Float>, pool: ThreadPool, gemmRows: Int = 0) {
-    matmul([weight], input: input, tokens: tokens, outputs: [output], pool: pool, gemmRows: gemmRows)
+                   output: UnsafeMutablePointer<Float>, pool: ThreadPool, batching: ReferenceBatching = .ungrouped) {
+    matmul([weight], input: input, tokens: tokens, outputs: [output], pool: pool, batching: batching)
 }
 
 /// Several weight matrices applied to the same input in one pass over the pool, e.g. the
@@ -29,11 +29,14 @@ public func matmul(_ weight: WeightMatrix, input: UnsafePointer<Float>, tokens: 
 /// `outputs[i]` receives `tokens` rows of `weights[i].rows` floats, exactly the floats the
 /// single-matrix `matmul` would produce.
 ///
-/// `gemmRows`: the first `gemmRows` tokens are rows llama.cpp would multiply with its
-/// repacked gemm kernel (rows of its micro-batch in whole groups of 4), which rounds Q4_K
-/// differently from its gemv kernel (see `SuperStyle.rowSums`); the others take the gemv form.
+/// `batching`: where the tokens sit in llama.cpp's micro-batch. Its leading
+/// `batching.gemmRows(tokens)` tokens are rows llama.cpp would multiply with its repacked gemm
+/// kernel, which rounds Q4_K differently from its gemv kernel (see `SuperStyle.rowSums`); the
+/// others take the gemv form.
+// Unchecked: each weight's data spans rows · rowBytes bytes (GGUFFile rejects a tensor that passes the end of the file).
 public func matmul(_ weights: [WeightMatrix], input: UnsafePointer<Float>, tokens: Int,
-                   outputs: [UnsafeMutablePointer<Float>], pool: ThreadPool, gemmRows: Int = 0) {
+                   outputs: [UnsafeMutablePointer<Float>], pool: ThreadPool,
+                   batching: ReferenceBatching = .ungrouped) {
     guard tokens > 0, !weights.isEmpty else { return }
     guard weights.count == outputs.count, let columns = weights.first?.columns,
           weights.allSatisfy({ $0.columns == columns }) else {
@@ -50,7 +53,8 @@ public func matmul(_ weights: [WeightMatrix], input: UnsafePointer<Float>, token
     let needs256 = weights.contains { activationBlock($0.type) == 256 }
     let slots = weights.reduce(UInt8(0)) { $0 | QuantizedActivations.offsetSlots(for: $1.type) }
     let act32 = needs32 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 32, offsetSlots: slots) : nil
-    let act256 = needs256 ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 256, gemmRows: gemmRows) : nil
+    let act256 = needs256
+        ? QuantizedActivations(columns: columns, tokens: tokens, blockSize: 256, gemmRows: batching.gemmRows(tokens)) : nil
     defer { act32?.deallocate(); act256?.deallocate() }
     nonisolated(unsafe) let x = input
     for act in [act32, act256].compactMap({ $0 }) {
@@ -178,8 +182,8 @@ func quantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedA
                                _ range: Range<Int>, _ y: UnsafeMutablePointer<Float>) {
     let rows = w.rows, nb = w.columns / K.blockElements
     let tile = rowTileSize(w.rowBytes)
-    // from one whole token group on, the unpacked tile's 2-row × 4-token kernel pays for the
-    // unpacking (8-token batches, e.g. 8 serving clients: ~+25 % in alternating runs on a Zen 2)
+    // from one whole token group on (e.g. a decode step of several serving clients), the
+    // unpacked tile's 2-row × 4-token kernel pays for the unpacking, shared by every group
     if K.blockElements == 32 && tokens >= tokenTile {
         decodedQuantRows(K.self, w, act, tokens, range, y)
         return

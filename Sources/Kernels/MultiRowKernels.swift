@@ -14,7 +14,7 @@ import _Builtin_intrinsics.intel
 /// Rows `first + i·spacing` (i < 4) × one token, straight from the GGUF rows (decoding); `y[r]`
 /// receives row r. Callers space the rows a quarter of their range apart, so that the weights
 /// are read as four sequential streams, which the hardware prefetchers follow (four adjacent
-/// rows read block by block were slower than one row at a time on a Zen 2).
+/// rows read block by block are slower than one row at a time).
 @inline(__always)
 func smallDotFourRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, first: Int, spacing: Int,
                                       _ act: QuantizedActivations, token t: Int, _ y: UnsafeMutablePointer<Float>) {

@@ -43,7 +43,7 @@ struct QuantizedActivations: @unchecked Sendable {
     var offsetStride: Int { tokens * blocksPerRow * 8 }
     private let base: UnsafeMutableRawPointer
 
-    /// Tokens llama.cpp's repacked gemm kernel would multiply (see `matmul`'s `gemmRows`).
+    /// Tokens llama.cpp's repacked gemm kernel would multiply (see `matmul`'s `batching`).
     let gemmRows: Int
     /// Bit o set: `offsetSums` of offset o are computed (the others are left undefined).
     let offsetSlots: UInt8

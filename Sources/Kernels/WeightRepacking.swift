@@ -15,10 +15,9 @@ import KernelsAVX512
 /// `--mem-budget` (weights paged from the file on demand) turns repacking off.
 public enum WeightRepacking {
     /// Whether models loaded in this task repack their matrices (see `LoadedModel`). On unless
-    /// `SWIFTLET_REPACK=0` (or false/off/no). Measured on the 2-vCPU Zen 4: 16-token batches
-    /// (a 16-client decode step) 25–40 % faster, 1-thread generation ~20 % faster; 2-thread generation is bound by
-    /// memory bandwidth either way and does not change (an earlier session's ≈110 vs ≈175 tok/s
-    /// did not reproduce: 4 alternating tg128 runs here were within noise of each other).
+    /// `SWIFTLET_REPACK=0` (or false/off/no). Repacking pays where decoding the rows was the
+    /// cost: batched decode steps (many sequences) and generation on one thread; generation on
+    /// all threads is bound by memory bandwidth either way.
     @TaskLocal public static var enabled: Bool =
         !["0", "false", "off", "no"].contains(ProcessInfo.processInfo.environment["SWIFTLET_REPACK"]?.lowercased() ?? "")
 }

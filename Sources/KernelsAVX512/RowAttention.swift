@@ -1,4 +1,4 @@
-// The row kernel of flash attention (`attendHeadRow` in Models: decoding and small batches) for
+// The row kernel of flash attention (`attendHeadRow` in Kernels: decoding and small batches) for
 // up to 4 query heads that share one KV head, in 512-bit vectors. Its output is accumulated in
 // half precision, so each position's update is FMA → round to half → widen, a latency chain of
 // ~14 cycles; one head alone keeps the cores mostly waiting. Here the heads of a GQA group run

@@ -1,4 +1,4 @@
-// The two product loops of the tiled flash-attention kernel (`attendHeadTile` in Models), in
+// The two product loops of the tiled flash-attention kernel (`attendHeadTile` in Kernels), in
 // 512-bit vectors: a Sapphire Rapids core has two 512-bit FMA units, so 16 lanes per FMA do
 // twice the work of the 8-lane loops (Zen 4 splits them, at no loss). Every score and every
 // output element is the same fused chain, in the same order, as in the 8-lane loops: the lanes

@@ -27,6 +27,10 @@ public final class Gemma3: AttentionModel {
     public init(file: GGUFFile, config: ModelConfig) throws {
         self.config = config
         let d = config.embeddingLength, eps = config.normEpsilon, headDim = config.keyLength
+        // the attention kernels build position ranges from the window unchecked
+        if let window = config.slidingWindow, window < 1 {
+            throw ModelError.inconsistentMetadata("gemma3.attention.sliding_window is \(window)")
+        }
         head = try OutputHead(file: file, config: config)
         embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
         layers = try (0..<config.blockCount).map { i in
@@ -56,13 +60,13 @@ public final class Gemma3: AttentionModel {
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
         x.scale(by: Float(config.embeddingLength).squareRoot())
-        let gemmRows = llamaGemmRows(batch), lastGemmRows = llamaLastLayerGemmRows(batch)
+        let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
         for (i, layer) in layers.enumerated() {
             let attended = layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
             layer.postAttentionNorm.normalize(attended, into: attended, pool: pool)
             x += attended
             let fed = layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
-                                        gemmRows: i == layers.count - 1 ? lastGemmRows : gemmRows)
+                                        batching: i == layers.count - 1 ? lastBatching : batching)
             layer.postFeedForwardNorm.normalize(fed, into: fed, pool: pool)
             x += fed
         }

@@ -73,9 +73,10 @@ public struct Linear: Sendable {
 
     public var outputs: Int { weight.rows }
 
-    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, gemmRows: Int = 0) -> Matrix {
+    /// `batching`: see `matmul`.
+    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
         let y = Matrix(rows: x.rows, columns: weight.rows, zeroed: false)
-        matmul(weight, input: x.data, tokens: x.rows, output: y.data, pool: pool, gemmRows: gemmRows)
+        matmul(weight, input: x.data, tokens: x.rows, output: y.data, pool: pool, batching: batching)
         addBias(to: y)
         return y
     }
@@ -164,69 +165,6 @@ public struct RMSNorm: Sendable {
     }
 }
 
-/// How rotary position embedding pairs up the dimensions of a head.
-public enum RoPEStyle: Sendable {
-    /// (x[2i], x[2i+1]) — llama.cpp's "normal" mode, used by llama-family GGUFs.
-    case interleaved
-    /// (x[i], x[i + d/2]) — GPT-NeoX mode, used by gemma, qwen2.
-    case halves
-}
-
-public struct RoPE: Sendable {
-    public let style: RoPEStyle
-    public let dimensions: Int
-    public let base: Float
-    /// Positions are divided by this (linear RoPE scaling).
-    public let positionScale: Float
-
-    public init(style: RoPEStyle, dimensions: Int, base: Float, positionScale: Float = 1) {
-        self.style = style
-        self.dimensions = dimensions
-        self.base = base
-        self.positionScale = positionScale
-    }
-
-    /// Rotates every head of one token's q or k vector in place.
-    public func apply(_ v: UnsafeMutablePointer<Float>, heads: Int, headDimension: Int, position: Int) {
-        var angles = [Float](repeating: 0, count: dimensions)
-        angles.withUnsafeMutableBufferPointer { a in
-            rotations(position: position, into: a.baseAddress!)
-            apply(v, heads: heads, headDimension: headDimension, rotations: a.baseAddress!)
-        }
-    }
-
-    /// (cos θᵢ, sin θᵢ) for i < dimensions/2 at `position`: `dimensions` floats. As ggml's rope
-    /// cache: θ₀ = position, θᵢ₊₁ = θᵢ · base^(-2/dimensions) by repeated multiplication, and
-    /// linear scaling multiplies each θᵢ by 1/scale (not the position first).
-    public func rotations(position: Int, into cs: UnsafeMutablePointer<Float>) {
-        let thetaScale = powf(base, -2 / Float(dimensions))
-        let frequencyScale = 1 / positionScale
-        var theta = Float(position)
-        for i in 0..<dimensions / 2 {
-            cs[2 * i] = cosf(frequencyScale * theta)
-            cs[2 * i + 1] = sinf(frequencyScale * theta)
-            theta *= thetaScale
-        }
-    }
-
-    /// Rotates every head of one token's q or k vector by precomputed `rotations(position:into:)`.
-    /// As ggml (compiled with FMA contraction): x0·c − x1·s and x0·s + x1·c each fuse the
-    /// first product and round the second.
-    public func apply(_ v: UnsafeMutablePointer<Float>, heads: Int, headDimension: Int, rotations cs: UnsafePointer<Float>) {
-        let half = dimensions / 2
-        for h in 0..<heads {
-            let head = v + h * headDimension
-            for i in 0..<half {
-                let c = cs[2 * i], s = cs[2 * i + 1]
-                let (a, b) = style == .interleaved ? (2 * i, 2 * i + 1) : (i, i + half)
-                let x0 = head[a], x1 = head[b]
-                head[a] = (-(x1 * s)).addingProduct(x0, c)
-                head[b] = (x1 * c).addingProduct(x0, s)
-            }
-        }
-    }
-}
-
 /// One sequence's share of a batch: its new tokens and the cache they extend.
 public struct BatchSequence {
     public var tokens: [Int32]
@@ -235,38 +173,30 @@ public struct BatchSequence {
     public var allLogits: Bool
     /// False for a piece of a longer sequence whose logits nobody asked for (see `forward`).
     var logitsNeeded = true
-    /// Tokens of this sequence that llama.cpp would put in the same micro-batch (of at most
-    /// `llamaMicroBatch`) as this piece: its attention kernel, and so its rounding, depends on it.
-    var llamaBatchTokens: Int
-    /// Where this piece starts within that micro-batch.
-    var llamaBatchOffset = 0
+    /// Where these tokens sit in the micro-batch llama.cpp would run them in: the kernels pick
+    /// their rounding by it.
+    var batching: ReferenceBatching
 
     public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false) {
         self.tokens = tokens
         self.cache = cache
         self.allLogits = allLogits
-        llamaBatchTokens = min(tokens.count, llamaMicroBatch)
+        batching = ReferenceBatching(from: 0, of: tokens.count)
     }
 }
 
-/// The leading rows of a pass that llama.cpp's repacked gemm kernel would multiply: the rows
-/// of its micro-batch in whole groups of 4 (the rest, and single tokens, go through its gemv
-/// kernel, which rounds Q4_K differently). Only a pass of one sequence maps onto one llama.cpp
-/// micro-batch; other passes take the gemv form throughout.
-func llamaGemmRows(_ batch: [BatchSequence]) -> Int {
-    guard batch.count == 1, let piece = batch.first else { return 0 }
-    let grouped = piece.llamaBatchTokens - piece.llamaBatchTokens % 4
-    return max(0, min(piece.tokens.count, grouped - piece.llamaBatchOffset))
+/// How the rows of a pass map onto llama.cpp's micro-batches for its matrix products: a pass of
+/// one sequence is (a piece of) one micro-batch; the rows of a pass of several sequences map
+/// onto none and take the single-token rounding throughout.
+func referenceBatching(_ batch: [BatchSequence]) -> ReferenceBatching {
+    batch.count == 1 ? batch[0].batching : .ungrouped
 }
 
 /// In the last layer llama.cpp keeps only the rows whose logits are wanted before the
-/// feed-forward, so when only the last token's are, that row goes through the gemv kernel.
-func llamaLastLayerGemmRows(_ batch: [BatchSequence]) -> Int {
-    batch.allSatisfy(\.allLogits) ? llamaGemmRows(batch) : 0
+/// feed-forward, so when only the last token's are, that row takes the single-token rounding.
+func lastLayerReferenceBatching(_ batch: [BatchSequence]) -> ReferenceBatching {
+    batch.allSatisfy(\.allLogits) ? referenceBatching(batch) : .ungrouped
 }
-
-/// llama.cpp's default micro-batch (n_ubatch).
-let llamaMicroBatch = 512
 
 /// Multi-head attention with grouped KV heads over each sequence's cache.
 public struct Attention: Sendable {
@@ -294,6 +224,16 @@ public struct Attention: Sendable {
         heads = config.headCount
         kvHeads = config.headCountKV
         headDimension = config.keyLength
+        // The kernels index by these without bounds checks: query head h reads KV head
+        // h / (heads / kvHeads), and RoPE rotates the first `rope.dimensions` floats of a head.
+        guard heads > 0, kvHeads > 0, heads % kvHeads == 0 else {
+            throw ModelError.inconsistentMetadata(
+                "\(config.architecture).attention.head_count (\(heads)) is not a multiple of head_count_kv (\(kvHeads))")
+        }
+        guard rope.dimensions <= headDimension else {
+            throw ModelError.inconsistentMetadata(
+                "\(config.architecture).rope.dimension_count (\(rope.dimensions)) exceeds the head size (\(headDimension))")
+        }
         query = try Linear(file: file, name: p + "attn_q.weight", inputs: d, outputs: heads * headDimension,
                            bias: biases ? p + "attn_q.bias" : nil)
         key = try Linear(file: file, name: p + "attn_k.weight", inputs: d, outputs: kvHeads * headDimension,
@@ -316,21 +256,21 @@ public struct Attention: Sendable {
         var sequences: [AttentionSequence] = []
         for seq in batch {
             let cache = seq.cache as! any KVStore
-            // llama.cpp's cache view: the used cells rounded up to 256 (at least 256), at most
-            // the context; one token over 512 or more of them takes its split-KV kernel.
-            let used = seq.cache.count + seq.tokens.count
-            let cells = min(seq.cache.capacity, max(256, (used + 255) / 256 * 256))
-            sequences.append(AttentionSequence(cache: cache, layer: layer, firstRow: row, firstPosition: seq.cache.count,
-                                               tokens: seq.tokens.count, tiled: seq.llamaBatchTokens >= attentionTile,
-                                               splitCells: seq.llamaBatchTokens == 1 && cells >= 512 ? cells : nil))
+            sequences.append(AttentionSequence(
+                firstRow: row, firstPosition: cache.count, tokens: seq.tokens.count, cacheCapacity: cache.capacity,
+                batching: seq.batching,
+                key: { UnsafePointer(cache.key(layer: layer, position: $0)) },
+                value: { UnsafePointer(cache.value(layer: layer, position: $0)) }))
             row += seq.tokens.count
         }
         defer { for s in sequences { s.deallocate() } }
         rotateAndStore(q: q, k: k, v: v, sequences, pool: pool)
 
-        let out = Matrix(rows: x.rows, columns: heads * (v.columns / kvHeads), zeroed: false)
-        attend(q, sequences, into: out, pool: pool)
-        return output(out, pool, gemmRows: llamaGemmRows(batch))
+        let valueDimension = v.columns / kvHeads
+        let out = Matrix(rows: x.rows, columns: heads * valueDimension, zeroed: false)
+        attend(queries: q.data, sequences, heads: heads, kvHeads: kvHeads, headDimension: headDimension,
+               valueDimension: valueDimension, scale: scale, window: window, into: out.data, pool: pool)
+        return output(out, pool, batching: referenceBatching(batch))
     }
 
     /// Rotates q and k and stores the batch's keys and values in each sequence's cache; every
@@ -359,111 +299,6 @@ public struct Attention: Sendable {
             run(0..<q.rows)
         }
     }
-
-    /// Every query head of every token attends over its sequence's cached positions up to its
-    /// own (causal), restricted to the window if any. Jobs are (rows, heads) pairs dealt out
-    /// round-robin to a few pool items, which balances the causal triangle's uneven rows.
-    func attend(_ q: Matrix, _ sequences: [AttentionSequence], into out: Matrix, pool: ThreadPool) {
-        let (heads, group, headDimension) = (self.heads, self.heads / kvHeads, self.headDimension)
-        let valueDimension = out.columns / heads
-        let (scale, window) = (self.scale, self.window)
-        // Heads per row-kernel job: as many as the kernel takes, while every thread still gets
-        // a job (a lone decoding sequence has only `heads` of them). Uneven is fine: SmolLM2's
-        // 3 grouped jobs on 2 threads decode faster than its 9 one-head jobs (tg64 @ d2048 on a
-        // Zen 2: 62–64 vs 57 t/s), the grouped kernel being that much faster per head.
-        let rowRuns = sequences.reduce(0) { $0 + ($1.tiled ? 0 : $1.tokens) }
-        let threadCount = pool.threadCount  // also llama.cpp's split-KV chunk count: one per thread
-        var together = rowKernelHeads(group: group, valueDimension: valueDimension)
-        while together > 1 {
-            let jobs = rowRuns * heads / together
-            if jobs >= threadCount { break }
-            together = (1..<together).last { group % $0 == 0 }!
-        }
-        // Jobs: a run of rows (one row, or a tile of up to 64 for the tiled kernel) of one
-        // sequence, and one head (or, for the grouped row kernel, `together` heads of a KV group).
-        var jobs: [(sequence: Int, row: Int, rows: Int, head: Int, heads: Int)] = []
-        var work = 0, longest = 0
-        for (s, seq) in sequences.enumerated() {
-            longest = max(longest, seq.firstPosition + seq.tokens)
-            let step = seq.tiled ? attentionTile : 1
-            let width = seq.tiled ? 1 : together
-            for i in stride(from: 0, to: seq.tokens, by: step) {
-                let rows = min(step, seq.tokens - i)
-                for h in stride(from: 0, to: heads, by: width) { jobs.append((s, seq.firstRow + i, rows, h, width)) }
-                work += (seq.firstPosition + i + 1) * rows * heads * (headDimension + valueDimension)
-            }
-        }
-        let jobCount = jobs.count
-        let items = work < 1 << 15 ? 1 : min(jobCount, threadCount * 8)
-        let (qm, om, seqs, runs, longestRun, headsPerJob) = (q, out, sequences, jobs, longest, together)
-        pool.parallelFor(items) { item in
-            let scratch = HeadScratch(headDimension: headDimension, positions: longestRun, valueDimension: valueDimension,
-                                      heads: headsPerJob)
-            let tile = TileScratch(headDimension: headDimension, valueDimension: valueDimension)
-            defer { scratch.deallocate(); tile.deallocate() }
-            for job in stride(from: item, to: jobCount, by: items) {
-                let (s, r, rows, h, width) = runs[job]
-                let seq = seqs[s]
-                let position = seq.firstPosition + (r - seq.firstRow)
-                let first = window.map { max(0, position - $0 + 1) } ?? 0
-                let (keyOffset, valueOffset) = ((h / group) * headDimension, (h / group) * valueDimension)
-                if seq.tiled {
-                    attendHeadTile(query: qm[r] + h * headDimension, queryStride: qm.columns, rows: rows,
-                                   firstPosition: position, window: window,
-                                   keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
-                                   headDimension: headDimension, valueDimension: valueDimension, scale: scale,
-                                   scratch: tile, into: om[r] + h * valueDimension, outStride: om.columns)
-                } else if let cells = seq.splitCells {
-                    attendHeadsRowSplit(query: qm[r] + h * headDimension, heads: width,
-                                        keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
-                                        positions: first..<position + 1, cells: cells,
-                                        chunkSize: (cells + threadCount - 1) / threadCount, headDimension: headDimension,
-                                        valueDimension: valueDimension, scale: scale, scratch: scratch,
-                                        into: om[r] + h * valueDimension)
-                } else {
-                    attendHeadsRow(query: qm[r] + h * headDimension, heads: width,
-                                   keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
-                                   positions: first..<position + 1, headDimension: headDimension,
-                                   valueDimension: valueDimension, scale: scale, scratch: scratch,
-                                   into: om[r] + h * valueDimension)
-                }
-            }
-        }
-    }
-}
-
-/// One sequence's rows in the batch and its cache rows for one layer, looked up once per
-/// layer (the store is per position, so that it may be paged).
-struct AttentionSequence: @unchecked Sendable {
-    let firstRow: Int
-    let firstPosition: Int
-    let tokens: Int
-    /// As llama.cpp: the tiled kernel for micro-batches of at least 64 tokens, else row by row.
-    let tiled: Bool
-    /// llama.cpp's cache cells when it would run its split-KV kernel (one token, 512+ cells).
-    let splitCells: Int?
-    let keys: UnsafeMutablePointer<UnsafePointer<Float16>>
-    let values: UnsafeMutablePointer<UnsafePointer<Float16>>
-
-    init(cache: any KVStore, layer: Int, firstRow: Int, firstPosition: Int, tokens: Int, tiled: Bool, splitCells: Int?) {
-        self.tiled = tiled
-        self.splitCells = splitCells
-        self.firstRow = firstRow
-        self.firstPosition = firstPosition
-        self.tokens = tokens
-        let count = firstPosition + tokens
-        keys = .allocate(capacity: count)
-        values = .allocate(capacity: count)
-        for p in 0..<count {
-            keys[p] = UnsafePointer(cache.key(layer: layer, position: p))
-            values[p] = UnsafePointer(cache.value(layer: layer, position: p))
-        }
-    }
-
-    func deallocate() {
-        keys.deallocate()
-        values.deallocate()
-    }
 }
 
 /// Gated feed-forward: down(act(gate·x) ⊙ up·x) — SwiGLU with SiLU, GeGLU with GELU.
@@ -485,7 +320,7 @@ public struct GatedFeedForward: Sendable {
     /// slices and the hidden-width activations stay small (peak memory of prompt prefill).
     static let slice = 64
 
-    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, gemmRows: Int = 0) -> Matrix {
+    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
         let y = Matrix(rows: x.rows, columns: down.outputs, zeroed: false)
         let rows = min(x.rows, Self.slice)
         let g = Matrix(rows: rows, columns: gate.outputs, zeroed: false)
@@ -508,8 +343,7 @@ public struct GatedFeedForward: Sendable {
             } else {
                 run(0..<count)
             }
-            matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool,
-                   gemmRows: max(0, min(n, gemmRows - start)))
+            matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool, batching: batching.dropping(start))
         }
         return y
     }

@@ -40,11 +40,11 @@ public final class Llama: AttentionModel {
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
-        let gemmRows = llamaGemmRows(batch), lastGemmRows = llamaLastLayerGemmRows(batch)
+        let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
         for (i, layer) in layers.enumerated() {
             x += layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
             x += layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
-                                   gemmRows: i == layers.count - 1 ? lastGemmRows : gemmRows)
+                                   batching: i == layers.count - 1 ? lastBatching : batching)
         }
         return head(x, batch: batch, pool: pool)
     }

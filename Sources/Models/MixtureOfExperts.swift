@@ -4,8 +4,8 @@ import Kernels
 
 /// The feed-forward half of a decoder layer: dense (one gated MLP) or sparse (experts).
 public protocol FeedForward: Sendable {
-    /// `gemmRows`: see `matmul` (the leading rows llama.cpp multiplies with its gemm kernel).
-    func callAsFunction(_ x: Matrix, _ pool: ThreadPool, gemmRows: Int) -> Matrix
+    /// `batching`: see `matmul` (which rows llama.cpp multiplies with its gemm kernel).
+    func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching) -> Matrix
 }
 
 extension GatedFeedForward: FeedForward {}
@@ -50,7 +50,7 @@ public struct MixtureOfExperts: FeedForward {
         }
     }
 
-    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, gemmRows: Int = 0) -> Matrix {
+    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
         let routes = route(x, pool)
         var tokensOf = [[(token: Int, weight: Float)]](repeating: [], count: gates.count)
         for (t, choices) in routes.enumerated() {

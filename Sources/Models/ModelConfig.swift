@@ -55,6 +55,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     case badTensorShape(name: String, expected: [Int], found: [Int])
     case unsupportedArchitecture(String)
     case contextTooLong(requested: Int, maximum: Int)
+    /// Metadata values that contradict each other or the tensors (e.g. heads not a multiple of KV heads).
+    case inconsistentMetadata(String)
 
     public var description: String {
         switch self {
@@ -63,6 +65,7 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         case .badTensorShape(let n, let e, let f): "tensor '\(n)' has shape \(f), expected \(e)"
         case .unsupportedArchitecture(let a): "unsupported architecture '\(a)' (supported: \(ModelRegistry.supported.joined(separator: ", ")))"
         case .contextTooLong(let r, let m): "context length \(r) is longer than the model allows (\(m))"
+        case .inconsistentMetadata(let m): "model metadata is inconsistent: \(m)"
         }
     }
 }

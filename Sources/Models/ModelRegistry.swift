@@ -50,9 +50,9 @@ extension AttentionModel {
 
 extension LanguageModel {
     /// The forward pass: checks the caches have room, computes, then advances them.
-    /// A batch of more than `microBatchTokens` tokens runs as several passes of at most that
-    /// many (a sequence's later tokens in later passes, seeing the earlier ones through its
-    /// cache), so activation memory stays bounded; the logits are the same floats.
+    /// A batch of more than `activationMemoryPassTokens` tokens runs as several passes of at
+    /// most that many (a sequence's later tokens in later passes, seeing the earlier ones
+    /// through its cache), so activation memory stays bounded; the logits are the same floats.
     public func forward(_ batch: [BatchSequence], pool: ThreadPool) throws -> [[Float]] {
         for seq in batch { try seq.cache.reserve(seq.tokens.count) }
         var logits: [[Float]] = []
@@ -70,10 +70,12 @@ extension LanguageModel {
     }
 }
 
-/// Most tokens one `computeLogits` call processes (llama.cpp's micro-batch, "ubatch").
-public let microBatchTokens = 128
+/// Most tokens one `computeLogits` pass processes: a bound on activation memory (each layer
+/// holds a few pass-rows × layer-width matrices). Not a numerical choice: the kernels round
+/// by llama.cpp's micro-batches (`ReferenceBatching`), whatever the pass size.
+public let activationMemoryPassTokens = 128
 
-/// Splits a batch into passes of at most `microBatchTokens` tokens, in order; only a
+/// Splits a batch into passes of at most `activationMemoryPassTokens` tokens, in order; only a
 /// sequence's final piece computes logits unless all positions' logits are asked for.
 func microBatches(_ batch: [BatchSequence]) -> [[BatchSequence]] {
     var passes: [[BatchSequence]] = [[]]
@@ -81,17 +83,14 @@ func microBatches(_ batch: [BatchSequence]) -> [[BatchSequence]] {
     for seq in batch {
         var start = 0
         repeat {
-            if count == microBatchTokens {
+            if count == activationMemoryPassTokens {
                 passes.append([])
                 count = 0
             }
-            let n = min(seq.tokens.count - start, microBatchTokens - count)
+            let n = min(seq.tokens.count - start, activationMemoryPassTokens - count)
             var piece = BatchSequence(tokens: Array(seq.tokens[start..<start + n]), cache: seq.cache, allLogits: seq.allLogits)
             piece.logitsNeeded = seq.allLogits || start + n == seq.tokens.count
-            // the llama.cpp micro-batch this piece's first token falls in
-            let llamaStart = start / llamaMicroBatch * llamaMicroBatch
-            piece.llamaBatchTokens = min(llamaMicroBatch, seq.tokens.count - llamaStart)
-            piece.llamaBatchOffset = start - llamaStart
+            piece.batching = ReferenceBatching(from: start, of: seq.tokens.count)
             passes[passes.count - 1].append(piece)
             count += n
             start += n

@@ -166,10 +166,14 @@ import Testing
             let expected = type.blockSize == 256 ? Self.referenceK(c, x, tokens: tokens) : Self.reference(c, x, tokens: tokens)
             let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
             if type == .q4_K {
-                // the leading rows in llama.cpp's gemm form (as models pass them: whole groups
-                // of 4), and odd counts that end the AVX-512 tiles' 4-token passes early
+                // the leading rows in llama.cpp's gemm form: a whole micro-batch (its tokens in
+                // whole groups of 4), and passes that start into one, whose odd counts end the
+                // AVX-512 tiles' 4-token passes early
                 for gemmRows in Set([tokens - tokens % 4, tokens / 2 | 1, min(2, tokens)]).sorted() {
-                    let g = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool, gemmRows: gemmRows) }
+                    let groups = (gemmRows + 3) / 4 * 4
+                    let batching = ReferenceBatching(tokens: groups, offset: groups - gemmRows)
+                    #expect(batching.gemmRows(tokens) == gemmRows)
+                    let g = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool, batching: batching) }
                     let gemmExpected = Self.referenceK(c, x, tokens: tokens, gemmRows: gemmRows)
                     let differing = zip(g, gemmExpected).filter { $0.bitPattern != $1.bitPattern }.count
                     #expect(differing == 0, "Q4_K gemm rows \(gemmRows) of \(tokens) \(isa): \(differing) differ")

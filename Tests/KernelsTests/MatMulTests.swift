@@ -95,14 +95,14 @@ struct MatMulCase {
         weights = randomWeights(type, rows: rows, columns: columns, seed: UInt64(type.rawValue) &* 7919 &+ 1)
     }
 
-    func run(_ x: [Float], tokens: Int, pool: ThreadPool, gemmRows: Int = 0) -> [Float] {
+    func run(_ x: [Float], tokens: Int, pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> [Float] {
         var y = [Float](repeating: .nan, count: tokens * rows)
         weights.withUnsafeBytes { wb in
             let w = WeightMatrix(type: type, data: wb.baseAddress!, rows: rows, columns: columns)
             x.withUnsafeBufferPointer { xb in
                 y.withUnsafeMutableBufferPointer { yb in
                     matmul(w, input: xb.baseAddress!, tokens: tokens, output: yb.baseAddress!, pool: pool,
-                           gemmRows: gemmRows)
+                           batching: batching)
                 }
             }
         }

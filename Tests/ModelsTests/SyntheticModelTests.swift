@@ -124,7 +124,7 @@ func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
         #expect(maxAbsDifference(alone[1], together[1]) < 1e-4)
     }
 
-    /// Batches longer than `microBatchTokens` run as several passes: the same floats as
+    /// Batches longer than `activationMemoryPassTokens` run as several passes: the same floats as
     /// feeding the pieces by hand, for the last-token and the every-position logits, and
     /// for two sequences sharing passes.
     @Test(arguments: ["llama-q8_0", "gemma3-q8_0", "mamba-f32"])
@@ -132,7 +132,7 @@ func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
         let (file, ref) = try SyntheticModels.load(stem)
         let model = try ModelRegistry.load(file)
         let pool = ThreadPool(threads: 2)
-        let n = microBatchTokens + 75
+        let n = activationMemoryPassTokens + 75
         let tokens = (0..<n).map { ref.prompt[$0 % ref.prompt.count] }
         let pieces = [Array(tokens[..<100]), Array(tokens[100...])]
         var byHand: [[Float]] = []
@@ -169,6 +169,34 @@ func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
             try ModelRegistry.load(try GGUFFile(path: path))
         } throws: { error in
             "\(error)".contains("unsupported architecture 'rwkv9'")
+        }
+    }
+
+    /// Head counts and RoPE sizes the attention kernels would index out of bounds with (they
+    /// run unchecked) are load errors. A llama model up to its first attention layer: the
+    /// check comes before the layer's tensors are read.
+    @Test(arguments: [(6, 4, 8, "llama.attention.head_count (6) is not a multiple of head_count_kv (4)"),
+                      (4, 0, 8, "llama.attention.head_count (4) is not a multiple of head_count_kv (0)"),
+                      (4, 2, 12, "llama.rope.dimension_count (12) exceeds the head size (8)")])
+    func attentionShapesTheKernelsCannotTakeAreLoadErrors(heads: Int, kvHeads: Int, ropeDimensions: Int,
+                                                          message: String) throws {
+        let (d, vocabulary) = (heads * 8, 16)
+        var w = GGUFWriter()
+        w.set("general.architecture", .string("llama"))
+        w.set("llama.embedding_length", .uint32(UInt32(d)))
+        w.set("llama.block_count", .uint32(1))
+        w.set("llama.feed_forward_length", .uint32(16))
+        w.set("llama.attention.head_count", .uint32(UInt32(heads)))
+        w.set("llama.attention.head_count_kv", .uint32(UInt32(kvHeads)))
+        w.set("llama.rope.dimension_count", .uint32(UInt32(ropeDimensions)))
+        w.set("llama.vocab_size", .uint32(UInt32(vocabulary)))
+        w.addTensor(name: "token_embd.weight", shape: [d, vocabulary], floats: [Float](repeating: 0.5, count: d * vocabulary))
+        w.addTensor(name: "output_norm.weight", shape: [d], floats: [Float](repeating: 1, count: d))
+        w.addTensor(name: "blk.0.attn_norm.weight", shape: [d], floats: [Float](repeating: 1, count: d))
+        let path = TestSupport.scratchRoot.appendingPathComponent("attention-shape-\(heads)-\(kvHeads)-\(ropeDimensions).gguf").path
+        try w.write(to: path)
+        #expect(throws: ModelError.inconsistentMetadata(message)) {
+            try ModelRegistry.load(try GGUFFile(path: path))
         }
     }
 }

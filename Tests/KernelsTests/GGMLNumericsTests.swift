@@ -1,5 +1,5 @@
 import Foundation
-@testable import Models
+@testable import Kernels
 import Testing
 
 /// The element-wise pieces that reproduce llama.cpp's CPU arithmetic (checked bitwise against
