@@ -14,10 +14,9 @@ public final class Gemma3: AttentionModel {
         let postFeedForwardNorm: RMSNorm
     }
 
-    /// Every `slidingWindowPattern`-th layer attends globally; the others see a window.
-    static let slidingWindowPattern = 6
-    /// RoPE base of the sliding-window layers (the metadata's freq_base is the global layers').
-    static let localRoPEBase: Float = 10_000
+    /// Without `attention.sliding_window_pattern`, every 6th layer attends globally and the
+    /// others see a window.
+    static let defaultSlidingWindowPattern = 6
 
     public let config: ModelConfig
     let embedding: Embedding
@@ -27,19 +26,24 @@ public final class Gemma3: AttentionModel {
     public init(file: GGUFFile, config: ModelConfig) throws {
         self.config = config
         let d = config.embeddingLength, eps = config.normEpsilon, headDim = config.keyLength
-        // the attention kernels build position ranges from the window unchecked
-        if let window = config.slidingWindow, window < 1 {
+        // the attention kernels build position ranges from the window unchecked (0: no window)
+        if let window = config.slidingWindow, window < 0 {
             throw ModelError.inconsistentMetadata("gemma3.attention.sliding_window is \(window)")
         }
-        head = try OutputHead(file: file, config: config)
+        var head = try OutputHead(file: file, config: config)
+        head.softCap = file.arch("final_logit_softcapping")?.float
+        self.head = head
         embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
+        let isSlidingWindow = try Gemma3.slidingWindowLayers(file: file, config: config)
+        // the metadata's freq_base is the global layers'; sliding-window layers have their own
+        let localBase = file.arch("rope.freq_base_swa")?.float ?? 10_000
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
-            let isLocal = (i + 1) % Gemma3.slidingWindowPattern != 0
+            let isLocal = isSlidingWindow[i]
             let rope = RoPE(style: .halves, dimensions: config.ropeDimensionCount,
-                            base: isLocal ? Gemma3.localRoPEBase : config.ropeFreqBase,
+                            base: isLocal ? localBase : config.ropeFreqBase,
                             positionScale: isLocal ? 1 : config.ropeLinearScale)
-            var attention = try Attention(file: file, layer: i, config: config, rope: rope)
+            var attention = try Attention(file: file, layer: i, config: config, rope: rope, outputBias: false)
             attention.queryNorm = try RMSNorm(file: file, name: p + "attn_q_norm.weight", count: headDim, epsilon: eps)
             attention.keyNorm = try RMSNorm(file: file, name: p + "attn_k_norm.weight", count: headDim, epsilon: eps)
             attention.window = isLocal ? config.slidingWindow : nil
@@ -52,9 +56,26 @@ public final class Gemma3: AttentionModel {
                 postAttentionNorm: try RMSNorm(file: file, name: p + "post_attention_norm.weight", count: d, epsilon: eps),
                 feedForwardNorm: try RMSNorm(file: file, name: p + "ffn_norm.weight", count: d, epsilon: eps),
                 feedForward: try GatedFeedForward(file: file, prefix: p, dimension: d,
-                                                  hidden: config.feedForwardLength, activation: .gelu),
+                                                  hidden: config.feedForwardLength, activation: .gelu,
+                                                  optionalTensors: false),
                 postFeedForwardNorm: try RMSNorm(file: file, name: p + "post_ffw_norm.weight", count: d, epsilon: eps))
         }
+    }
+
+    /// Which layers see a window, as llama.cpp reads it: none without a positive
+    /// `sliding_window`; else per layer from an array `sliding_window_pattern` (1 = window), or
+    /// from a period n (every n-th layer global; 0: all windowed).
+    static func slidingWindowLayers(file: GGUFFile, config: ModelConfig) throws -> [Bool] {
+        guard let window = config.slidingWindow, window > 0 else { return Array(repeating: false, count: config.blockCount) }
+        let key = "\(config.architecture).attention.sliding_window_pattern"
+        if let values = file.arch("attention.sliding_window_pattern")?.array {
+            guard values.count == config.blockCount else {
+                throw ModelError.inconsistentMetadata("\(key) has \(values.count) entries for \(config.blockCount) layers")
+            }
+            return values.map { ($0.int ?? 0) != 0 }
+        }
+        let n = file.arch("attention.sliding_window_pattern")?.int ?? defaultSlidingWindowPattern
+        return (0..<config.blockCount).map { n == 0 || $0 % n < n - 1 }
     }
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {

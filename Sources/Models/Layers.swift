@@ -51,24 +51,41 @@ public struct Vector: Sendable {
     }
 }
 
-/// A weight matrix applied to every token of a batch: y = W·x (+ b).
+/// A weight matrix applied to every token of a batch: y = s·(W·x) + b, with the optional bias
+/// `NAME.bias` and per-tensor scale `NAME.scale` that llama.cpp reads beside `NAME.weight`.
+/// (`NAME.input_scale` only matters to llama.cpp for NVFP4 weights, which Swiftlet refuses,
+/// so it is read by no one.)
 public struct Linear: Sendable {
+    /// Where the scale goes relative to the bias, as llama.cpp's graphs put it.
+    public enum ScaleOrder: Sendable {
+        /// s·(W·x) + b: projections built with `build_lora_mm` (attention, SSM).
+        case beforeBias
+        /// s·(W·x + b): the feed-forward's up, gate and down (`build_ffn`).
+        case afterBias
+    }
+
     public let weight: WeightMatrix
-    public let bias: Vector?
+    public var bias: Vector?
+    public var scale: Float?
+    public let scaleOrder: ScaleOrder
     public let name: String
 
-    public init(file: GGUFFile, name: String, inputs: Int, outputs: Int, bias biasName: String? = nil) throws {
+    /// `optionalTensors`: false for a projection whose architecture's graph (in llama.cpp) ignores
+    /// a bias or scale the file may carry.
+    public init(file: GGUFFile, name: String, inputs: Int, outputs: Int, scaleOrder: ScaleOrder = .beforeBias,
+                optionalTensors: Bool = true) throws {
         guard let info = file.tensor(named: name) else { throw ModelError.missingTensor(name) }
         guard info.shape.count <= 2, info.rowLength == inputs, info.rowCount == outputs else {
             throw ModelError.badTensorShape(name: name, expected: [inputs, outputs], found: info.shape)
         }
         weight = WeightMatrix(file: file, tensor: info).repackedForCPU { file.advise(.dontNeed, bytes: $0) }
         self.name = name
-        if let biasName, file.tensor(named: biasName) != nil {
-            bias = try Vector(file: file, name: biasName, count: outputs)
-        } else {
-            bias = nil
-        }
+        let stem = name.hasSuffix(".weight") ? String(name.dropLast(".weight".count)) : name
+        let hasBias = optionalTensors && file.tensor(named: stem + ".bias") != nil
+        let hasScale = optionalTensors && file.tensor(named: stem + ".scale") != nil
+        bias = hasBias ? try Vector(file: file, name: stem + ".bias", count: outputs) : nil
+        scale = hasScale ? try Vector(file: file, name: stem + ".scale", count: 1).values[0] : nil
+        self.scaleOrder = scaleOrder
     }
 
     public var outputs: Int { weight.rows }
@@ -77,14 +94,19 @@ public struct Linear: Sendable {
     public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
         let y = Matrix(rows: x.rows, columns: weight.rows, zeroed: false)
         matmul(weight, input: x.data, tokens: x.rows, output: y.data, pool: pool, batching: batching)
-        addBias(to: y)
+        finish(y.data, rows: y.rows)
         return y
     }
 
-    func addBias(to y: Matrix) {
-        guard let bias else { return }
-        bias.values.withUnsafeBufferPointer { b in
-            for t in 0..<y.rows { addInPlace(y[t], b.baseAddress!, count: y.columns) }
+    /// Applies the scale and the bias to `rows` rows of W·x at `y`.
+    func finish(_ y: UnsafeMutablePointer<Float>, rows: Int) {
+        guard bias != nil || scale != nil else { return }
+        let columns = weight.rows
+        for t in 0..<rows {
+            let row = y + t * columns
+            if scaleOrder == .beforeBias, let scale { for j in 0..<columns { row[j] *= scale } }
+            if let bias { bias.values.withUnsafeBufferPointer { addInPlace(row, $0.baseAddress!, count: columns) } }
+            if scaleOrder == .afterBias, let scale { for j in 0..<columns { row[j] *= scale } }
         }
     }
 }
@@ -94,7 +116,7 @@ public struct Linear: Sendable {
 func project(_ x: Matrix, _ linears: [Linear], _ pool: ThreadPool) -> [Matrix] {
     let ys = linears.map { Matrix(rows: x.rows, columns: $0.outputs, zeroed: false) }
     matmul(linears.map(\.weight), input: x.data, tokens: x.rows, outputs: ys.map(\.data), pool: pool)
-    for (linear, y) in zip(linears, ys) { linear.addBias(to: y) }
+    for (linear, y) in zip(linears, ys) { linear.finish(y.data, rows: y.rows) }
     return ys
 }
 
@@ -203,7 +225,7 @@ public struct Attention: Sendable {
     public let query: Linear
     public let key: Linear
     public let value: Linear
-    public let output: Linear
+    public var output: Linear
     public let heads: Int
     public let kvHeads: Int
     public let headDimension: Int
@@ -218,7 +240,8 @@ public struct Attention: Sendable {
     /// the same floats as scaling the scores, since q is rounded to half in the attention kernel.
     public var queryScale: Float?
 
-    public init(file: GGUFFile, layer: Int, config: ModelConfig, rope: RoPE, biases: Bool = false) throws {
+    /// `outputBias`: whether the architecture adds `attn_output.bias` (its scale always applies).
+    public init(file: GGUFFile, layer: Int, config: ModelConfig, rope: RoPE, outputBias: Bool = true) throws {
         let p = "blk.\(layer)."
         let d = config.embeddingLength
         heads = config.headCount
@@ -234,13 +257,11 @@ public struct Attention: Sendable {
             throw ModelError.inconsistentMetadata(
                 "\(config.architecture).rope.dimension_count (\(rope.dimensions)) exceeds the head size (\(headDimension))")
         }
-        query = try Linear(file: file, name: p + "attn_q.weight", inputs: d, outputs: heads * headDimension,
-                           bias: biases ? p + "attn_q.bias" : nil)
-        key = try Linear(file: file, name: p + "attn_k.weight", inputs: d, outputs: kvHeads * headDimension,
-                         bias: biases ? p + "attn_k.bias" : nil)
-        value = try Linear(file: file, name: p + "attn_v.weight", inputs: d, outputs: kvHeads * config.valueLength,
-                           bias: biases ? p + "attn_v.bias" : nil)
+        query = try Linear(file: file, name: p + "attn_q.weight", inputs: d, outputs: heads * headDimension)
+        key = try Linear(file: file, name: p + "attn_k.weight", inputs: d, outputs: kvHeads * headDimension)
+        value = try Linear(file: file, name: p + "attn_v.weight", inputs: d, outputs: kvHeads * config.valueLength)
         output = try Linear(file: file, name: p + "attn_output.weight", inputs: heads * config.valueLength, outputs: d)
+        if !outputBias { output.bias = nil }
         self.rope = rope
         scale = 1 / Float(headDimension).squareRoot()
     }
@@ -309,10 +330,17 @@ public struct GatedFeedForward: Sendable {
     public let down: Linear
     public let activation: Activation
 
-    public init(file: GGUFFile, prefix: String, dimension: Int, hidden: Int, activation: Activation) throws {
-        gate = try Linear(file: file, name: prefix + "ffn_gate.weight", inputs: dimension, outputs: hidden)
-        up = try Linear(file: file, name: prefix + "ffn_up.weight", inputs: dimension, outputs: hidden)
-        down = try Linear(file: file, name: prefix + "ffn_down.weight", inputs: hidden, outputs: dimension)
+    /// `optionalTensors`: whether the architecture applies the projections' biases and scales
+    /// (llama does; qwen2 and gemma3 ignore them).
+    public init(file: GGUFFile, prefix: String, dimension: Int, hidden: Int, activation: Activation,
+                optionalTensors: Bool = true) throws {
+        func linear(_ name: String, _ inputs: Int, _ outputs: Int) throws -> Linear {
+            try Linear(file: file, name: prefix + name, inputs: inputs, outputs: outputs, scaleOrder: .afterBias,
+                       optionalTensors: optionalTensors)
+        }
+        gate = try linear("ffn_gate.weight", dimension, hidden)
+        up = try linear("ffn_up.weight", dimension, hidden)
+        down = try linear("ffn_down.weight", hidden, dimension)
         self.activation = activation
     }
 
@@ -328,6 +356,8 @@ public struct GatedFeedForward: Sendable {
         for start in stride(from: 0, to: x.rows, by: rows) {
             let n = min(rows, x.rows - start)
             matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
+            gate.finish(g.data, rows: n)
+            up.finish(u.data, rows: n)
             // Element-wise, so split across the pool (8-element aligned pieces; each element's
             // arithmetic depends only on its value and its column, so the split changes nothing).
             let count = n * g.columns, columns = g.columns, silu = activation == .silu
@@ -344,6 +374,7 @@ public struct GatedFeedForward: Sendable {
                 run(0..<count)
             }
             matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool, batching: batching.dropping(start))
+            down.finish(y[start], rows: n)
         }
         return y
     }
@@ -353,6 +384,8 @@ public struct GatedFeedForward: Sendable {
 public struct OutputHead: Sendable {
     public let norm: RMSNorm
     public let projection: Linear
+    /// Logits become c·tanh(logit / c) (`final_logit_softcapping`; nil or 0: none).
+    public var softCap: Float?
 
     public init(file: GGUFFile, config: ModelConfig) throws {
         let d = config.embeddingLength
@@ -375,6 +408,9 @@ public struct OutputHead: Sendable {
         for (i, r) in picked.enumerated() { selected[i].update(from: x[r], count: x.columns) }
         norm.normalize(selected, into: selected, pool: pool)
         let logits = projection(selected, pool)
+        if let softCap, softCap != 0 {
+            for i in 0..<logits.rows * logits.columns { logits.data[i] = tanhf(logits.data[i] / softCap) * softCap }
+        }
         return (0..<logits.rows).map { logits.rowArray($0) }
     }
 }

@@ -3,7 +3,8 @@ import Kernels
 
 /// Llama 2/3, Mistral, SmolLM: pre-norm decoder with RMSNorm, RoPE, grouped-query attention
 /// and a SwiGLU feed-forward — or, when the file declares experts (Mixtral), a sparse mixture
-/// of SwiGLU experts. Qwen2 is the same network with q/k/v biases and GPT-NeoX RoPE.
+/// of SwiGLU experts. Qwen2 is the same network with GPT-NeoX RoPE (its q/k/v biases, like any
+/// projection's optional bias and scale, are read by `Linear`).
 public final class Llama: AttentionModel {
     struct Layer: Sendable {
         let attentionNorm: RMSNorm
@@ -17,24 +18,29 @@ public final class Llama: AttentionModel {
     let layers: [Layer]
     let head: OutputHead
 
-    public init(file: GGUFFile, config: ModelConfig, biases: Bool = false, ropeStyle: RoPEStyle = .interleaved) throws {
+    /// `feedForwardExtras`: whether the dense feed-forward applies the optional biases and
+    /// scales of its projections (llama's graph does, qwen2's does not).
+    public init(file: GGUFFile, config: ModelConfig, ropeStyle: RoPEStyle = .interleaved, feedForwardExtras: Bool = true) throws {
         self.config = config
         let d = config.embeddingLength, eps = config.normEpsilon
+        // Llama 3.1+ files carry per-frequency divisors of the RoPE angles (rope_freqs.weight)
+        let frequencyFactors = file.tensor(named: "rope_freqs.weight") != nil
+            ? try Vector(file: file, name: "rope_freqs.weight", count: config.ropeDimensionCount / 2).values : nil
         let rope = RoPE(style: ropeStyle, dimensions: config.ropeDimensionCount, base: config.ropeFreqBase,
-                        positionScale: config.ropeLinearScale)
+                        positionScale: config.ropeLinearScale, frequencyFactors: frequencyFactors)
         head = try OutputHead(file: file, config: config)
         embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
             return Layer(
                 attentionNorm: try RMSNorm(file: file, name: p + "attn_norm.weight", count: d, epsilon: eps),
-                attention: try Attention(file: file, layer: i, config: config, rope: rope, biases: biases),
+                attention: try Attention(file: file, layer: i, config: config, rope: rope),
                 feedForwardNorm: try RMSNorm(file: file, name: p + "ffn_norm.weight", count: d, epsilon: eps),
                 feedForward: config.expertCount > 0
                     ? try MixtureOfExperts(file: file, prefix: p, dimension: d, hidden: config.feedForwardLength,
                                            experts: config.expertCount, used: config.expertUsedCount)
-                    : try GatedFeedForward(file: file, prefix: p, dimension: d,
-                                           hidden: config.feedForwardLength, activation: .silu))
+                    : try GatedFeedForward(file: file, prefix: p, dimension: d, hidden: config.feedForwardLength,
+                                           activation: .silu, optionalTensors: feedForwardExtras))
         }
     }
 

@@ -60,7 +60,7 @@ public final class Mamba: LanguageModel {
                 convWeight: try Vector(file: file, name: p + "ssm_conv1d.weight", count: inner * ssm.convKernel),
                 convBias: try Vector(file: file, name: p + "ssm_conv1d.bias", count: inner),
                 xProjection: try Linear(file: file, name: p + "ssm_x.weight", inputs: inner, outputs: rank + 2 * state),
-                dtProjection: try Linear(file: file, name: p + "ssm_dt.weight", inputs: rank, outputs: inner, bias: p + "ssm_dt.bias"),
+                dtProjection: try Linear(file: file, name: p + "ssm_dt.weight", inputs: rank, outputs: inner),
                 a: try Vector(file: file, name: p + "ssm_a", count: inner * state),
                 d: try Vector(file: file, name: p + "ssm_d", count: inner),
                 outProjection: try Linear(file: file, name: p + "ssm_out.weight", inputs: inner, outputs: d))

@@ -18,6 +18,10 @@ public struct MixtureOfExperts: FeedForward {
     public let gates: [WeightMatrix]
     public let ups: [WeightMatrix]
     public let downs: [WeightMatrix]
+    /// Optional per-expert scales of each projection's output (`ffn_*_exps.scale`).
+    public let gateScales: [Float]?
+    public let upScales: [Float]?
+    public let downScales: [Float]?
     public let used: Int
 
     public init(file: GGUFFile, prefix: String, dimension: Int, hidden: Int, experts: Int, used: Int) throws {
@@ -34,6 +38,12 @@ public struct MixtureOfExperts: FeedForward {
         gates = try experts3D("ffn_gate_exps.weight", inputs: dimension, outputs: hidden)
         ups = try experts3D("ffn_up_exps.weight", inputs: dimension, outputs: hidden)
         downs = try experts3D("ffn_down_exps.weight", inputs: hidden, outputs: dimension)
+        func scales(_ name: String) throws -> [Float]? {
+            file.tensor(named: prefix + name) != nil ? try Vector(file: file, name: prefix + name, count: experts).values : nil
+        }
+        gateScales = try scales("ffn_gate_exps.scale")
+        upScales = try scales("ffn_up_exps.scale")
+        downScales = try scales("ffn_down_exps.scale")
         self.used = min(used, experts)
     }
 
@@ -65,9 +75,12 @@ public struct MixtureOfExperts: FeedForward {
             let u = Matrix(rows: assigned.count, columns: ups[e].rows)
             matmul(gates[e], input: input.data, tokens: assigned.count, output: g.data, pool: pool)
             matmul(ups[e], input: input.data, tokens: assigned.count, output: u.data, pool: pool)
+            if let gateScales { g.scale(by: gateScales[e]) }
+            if let upScales { u.scale(by: upScales[e]) }
             swiglu(g.data, u.data, elements: 0..<g.rows * g.columns, columns: g.columns)
             let y = Matrix(rows: assigned.count, columns: x.columns)
             matmul(downs[e], input: g.data, tokens: assigned.count, output: y.data, pool: pool)
+            if let downScales { y.scale(by: downScales[e]) }
             for (i, a) in assigned.enumerated() {
                 for j in 0..<x.columns { out[a.token][j] += a.weight * y[i][j] }
             }

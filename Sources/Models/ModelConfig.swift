@@ -45,7 +45,9 @@ public struct ModelConfig: Sendable {
         expertCount = file.arch("expert_count")?.int ?? 0
         expertUsedCount = file.arch("expert_used_count")?.int ?? 0
         let scalingType = file.arch("rope.scaling.type")?.string
-        ropeLinearScale = scalingType == "linear" ? (file.arch("rope.scaling.factor")?.float ?? 1) : 1
+        // a factor of 0 means none, as llama.cpp reads it
+        let factor = file.arch("rope.scaling.factor")?.float ?? 0
+        ropeLinearScale = scalingType == "linear" && factor != 0 ? factor : 1
     }
 }
 

@@ -7,7 +7,7 @@ public enum ModelRegistry {
 
     static let builders: [String: Builder] = [
         "llama": { try Llama(file: $0, config: $1) },
-        "qwen2": { try Llama(file: $0, config: $1, biases: true, ropeStyle: .halves) },
+        "qwen2": { try Llama(file: $0, config: $1, ropeStyle: .halves, feedForwardExtras: false) },
         "gemma3": { try Gemma3(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
     ]

@@ -37,31 +37,13 @@ enum LlamaArchModels {
     /// The architectures Swiftlet runs, as test-llama-archs names its files.
     static let models = ["llama-dense", "llama-moe", "qwen2-dense", "gemma3-dense", "mamba-dense"]
 
-    /// Models whose forward pass does not yet follow llama.cpp's, and why. A model listed here
-    /// that passes fails the test, so the list cannot go stale.
-    static let knownDifferences: [String: String] = [
-        "llama-dense": "projection biases, per-tensor output scales (.scale) and rope_freqs are not applied",
-        "llama-moe": "projection biases, per-tensor output scales (.scale) and rope_freqs are not applied",
-        "qwen2-dense": "per-tensor output scales (.scale) and the output projection's bias are not applied",
-        "gemma3-dense": "q/k/v biases and per-tensor output scales (.scale) are not applied",
-        "mamba-dense": "per-tensor output scales (.scale) of ssm_in/ssm_out are not applied",
-    ]
-
     @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason), arguments: models)
     func distributionsMatchLlamaCpp(_ model: String) throws {
         let base = try LlamaArchModels.base(for: model)
-        let path = try LlamaArchModels.directory.get().appendingPathComponent("\(model).gguf").path
-        let check = {
-            let loaded = try LoadedModel(path: path)
-            let result = try klDivergence(model: loaded, basePath: base, pool: ThreadPool(threads: 2))
-            print("[\(model)] mean KLD \(result.kld.mean), max \(result.kld.max), same top p \(result.sameTopP.value), PPL \(result.ppl.value) vs llama.cpp \(result.pplBase.value)")
-            #expect(result.kld.mean <= 1e-4, "\(model): mean KLD \(result.kld.mean)")
-            #expect(result.sameTopP.value >= 0.99, "\(model): same top p \(result.sameTopP.value)")
-        }
-        if let reason = Self.knownDifferences[model] {
-            try withKnownIssue(Comment(rawValue: reason)) { try check() }
-        } else {
-            try check()
-        }
+        let loaded = try LoadedModel(path: try LlamaArchModels.directory.get().appendingPathComponent("\(model).gguf").path)
+        let result = try klDivergence(model: loaded, basePath: base, pool: ThreadPool(threads: 2))
+        print("[\(model)] mean KLD \(result.kld.mean), max \(result.kld.max), same top p \(result.sameTopP.value), PPL \(result.ppl.value) vs llama.cpp \(result.pplBase.value)")
+        #expect(result.kld.mean <= 1e-4, "\(model): mean KLD \(result.kld.mean)")
+        #expect(result.sameTopP.value >= 0.99, "\(model): same top p \(result.sameTopP.value)")
     }
 }
