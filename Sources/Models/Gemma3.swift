@@ -57,7 +57,7 @@ public final class Gemma3: AttentionModel {
                 feedForwardNorm: try RMSNorm(file: file, name: p + "ffn_norm.weight", count: d, epsilon: eps),
                 feedForward: try GatedFeedForward(file: file, prefix: p, dimension: d,
                                                   hidden: config.feedForwardLength, activation: .gelu,
-                                                  optionalTensors: false),
+                                                  biases: false, scales: false),
                 postFeedForwardNorm: try RMSNorm(file: file, name: p + "post_ffw_norm.weight", count: d, epsilon: eps))
         }
     }

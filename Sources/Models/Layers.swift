@@ -70,10 +70,10 @@ public struct Linear: Sendable {
     public let scaleOrder: ScaleOrder
     public let name: String
 
-    /// `optionalTensors`: false for a projection whose architecture's graph (in llama.cpp) ignores
-    /// a bias or scale the file may carry.
+    /// `bias`/`scale`: false for a projection whose architecture's graph (in llama.cpp) ignores
+    /// that tensor when the file carries it.
     public init(file: GGUFFile, name: String, inputs: Int, outputs: Int, scaleOrder: ScaleOrder = .beforeBias,
-                optionalTensors: Bool = true) throws {
+                bias useBias: Bool = true, scale useScale: Bool = true) throws {
         guard let info = file.tensor(named: name) else { throw ModelError.missingTensor(name) }
         guard info.shape.count <= 2, info.rowLength == inputs, info.rowCount == outputs else {
             throw ModelError.badTensorShape(name: name, expected: [inputs, outputs], found: info.shape)
@@ -81,8 +81,8 @@ public struct Linear: Sendable {
         weight = WeightMatrix(file: file, tensor: info).repackedForCPU { file.advise(.dontNeed, bytes: $0) }
         self.name = name
         let stem = name.hasSuffix(".weight") ? String(name.dropLast(".weight".count)) : name
-        let hasBias = optionalTensors && file.tensor(named: stem + ".bias") != nil
-        let hasScale = optionalTensors && file.tensor(named: stem + ".scale") != nil
+        let hasBias = useBias && file.tensor(named: stem + ".bias") != nil
+        let hasScale = useScale && file.tensor(named: stem + ".scale") != nil
         bias = hasBias ? try Vector(file: file, name: stem + ".bias", count: outputs) : nil
         scale = hasScale ? try Vector(file: file, name: stem + ".scale", count: 1).values[0] : nil
         self.scaleOrder = scaleOrder
@@ -330,13 +330,13 @@ public struct GatedFeedForward: Sendable {
     public let down: Linear
     public let activation: Activation
 
-    /// `optionalTensors`: whether the architecture applies the projections' biases and scales
-    /// (llama does; qwen2 and gemma3 ignore them).
+    /// `biases`, `scales`: whether the architecture applies the projections' optional biases
+    /// and scales (llama both, qwen3 scales only, qwen2 and gemma3 neither).
     public init(file: GGUFFile, prefix: String, dimension: Int, hidden: Int, activation: Activation,
-                optionalTensors: Bool = true) throws {
+                biases: Bool = true, scales: Bool = true) throws {
         func linear(_ name: String, _ inputs: Int, _ outputs: Int) throws -> Linear {
             try Linear(file: file, name: prefix + name, inputs: inputs, outputs: outputs, scaleOrder: .afterBias,
-                       optionalTensors: optionalTensors)
+                       bias: biases, scale: scales)
         }
         gate = try linear("ffn_gate.weight", dimension, hidden)
         up = try linear("ffn_up.weight", dimension, hidden)

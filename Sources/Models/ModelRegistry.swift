@@ -7,7 +7,8 @@ public enum ModelRegistry {
 
     static let builders: [String: Builder] = [
         "llama": { try Llama(file: $0, config: $1) },
-        "qwen2": { try Llama(file: $0, config: $1, ropeStyle: .halves, feedForwardExtras: false) },
+        "qwen2": { try Llama(file: $0, config: $1, variant: .qwen2) },
+        "qwen3": { try Llama(file: $0, config: $1, variant: .qwen3) },
         "gemma3": { try Gemma3(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
     ]
