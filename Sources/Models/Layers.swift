@@ -233,6 +233,8 @@ public struct Attention: Sendable {
     public var queryNorm: RMSNorm?
     public var keyNorm: RMSNorm?
     public var rope: RoPE
+    /// False in layers without positional rotation (smollm3's NoPE layers).
+    public var appliesRoPE = true
     /// Keys further back than this are masked (sliding-window layers).
     public var window: Int?
     public var scale: Float
@@ -298,6 +300,7 @@ public struct Attention: Sendable {
     /// token is independent, so a long batch is split across the pool.
     func rotateAndStore(q: Matrix, k: Matrix, v: Matrix, _ sequences: [AttentionSequence], pool: ThreadPool) {
         let (rope, heads, kvHeads, headDimension, queryScale) = (rope, heads, kvHeads, headDimension, queryScale)
+        let appliesRoPE = appliesRoPE
         let run: @Sendable (Range<Int>) -> Void = { rows in
             let angles = UnsafeMutablePointer<Float>.allocate(capacity: rope.dimensions)
             defer { angles.deallocate() }
@@ -305,10 +308,12 @@ public struct Attention: Sendable {
                 let lo = max(rows.lowerBound, seq.firstRow), hi = min(rows.upperBound, seq.firstRow + seq.tokens)
                 for r in lo..<max(lo, hi) {
                     let position = seq.firstPosition + r - seq.firstRow
-                    rope.rotations(position: position, into: angles)
-                    rope.apply(q[r], heads: heads, headDimension: headDimension, rotations: angles)
+                    if appliesRoPE {
+                        rope.rotations(position: position, into: angles)
+                        rope.apply(q[r], heads: heads, headDimension: headDimension, rotations: angles)
+                    }
                     if let queryScale { for j in 0..<q.columns { q[r][j] *= queryScale } }
-                    rope.apply(k[r], heads: kvHeads, headDimension: headDimension, rotations: angles)
+                    if appliesRoPE { rope.apply(k[r], heads: kvHeads, headDimension: headDimension, rotations: angles) }
                     storeHalf(k[r], UnsafeMutablePointer(mutating: seq.keys[position]), count: k.columns)
                     storeHalf(v[r], UnsafeMutablePointer(mutating: seq.values[position]), count: v.columns)
                 }

@@ -4,7 +4,8 @@ import Kernels
 /// Llama 2/3, Mistral, SmolLM: pre-norm decoder with RMSNorm, RoPE, grouped-query attention
 /// and a SwiGLU feed-forward — or, when the file declares experts (Mixtral), a sparse mixture
 /// of SwiGLU experts. Qwen2 is the same network with GPT-NeoX RoPE (its q/k/v biases, like any
-/// projection's optional bias and scale, are read by `Linear`); Qwen3 adds per-head q/k RMSNorm.
+/// projection's optional bias and scale, are read by `Linear`); Qwen3 adds per-head q/k RMSNorm;
+/// SmolLM3 leaves RoPE out of every 4th layer.
 public final class Llama: AttentionModel {
     struct Layer: Sendable {
         let attentionNorm: RMSNorm
@@ -27,10 +28,13 @@ public final class Llama: AttentionModel {
         public var feedForwardScales = true
         /// Per-head RMSNorm of q and k before RoPE (qwen3).
         public var queryKeyNorm = false
+        /// Every n-th layer has no RoPE (smollm3: 4).
+        public var noRoPELayerStep: Int?
 
         public static let llama = Variant()
         public static let qwen2 = Variant(ropeStyle: .halves, feedForwardBiases: false, feedForwardScales: false)
         public static let qwen3 = Variant(ropeStyle: .halves, feedForwardBiases: false, queryKeyNorm: true)
+        public static let smollm3 = Variant(feedForwardScales: false, noRoPELayerStep: 4)
     }
 
     public init(file: GGUFFile, config: ModelConfig, variant: Variant = .llama) throws {
@@ -46,6 +50,7 @@ public final class Llama: AttentionModel {
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
             var attention = try Attention(file: file, layer: i, config: config, rope: rope)
+            if let step = variant.noRoPELayerStep, (i + 1) % step == 0 { attention.appliesRoPE = false }
             if variant.queryKeyNorm {
                 attention.queryNorm = try RMSNorm(file: file, name: p + "attn_q_norm.weight", count: config.keyLength, epsilon: eps)
                 attention.keyNorm = try RMSNorm(file: file, name: p + "attn_k_norm.weight", count: config.keyLength, epsilon: eps)

@@ -9,6 +9,7 @@ public enum ModelRegistry {
         "llama": { try Llama(file: $0, config: $1) },
         "qwen2": { try Llama(file: $0, config: $1, variant: .qwen2) },
         "qwen3": { try Llama(file: $0, config: $1, variant: .qwen3) },
+        "smollm3": { try Llama(file: $0, config: $1, variant: .smollm3) },
         "gemma3": { try Gemma3(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
     ]
