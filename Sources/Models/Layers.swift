@@ -391,6 +391,8 @@ public struct OutputHead: Sendable {
     public let projection: Linear
     /// Logits become c·tanh(logit / c) (`final_logit_softcapping`; nil or 0: none).
     public var softCap: Float?
+    /// Logits are multiplied by this (granite: 1 / `logit_scale`).
+    public var logitScale: Float?
 
     public init(file: GGUFFile, config: ModelConfig) throws {
         let d = config.embeddingLength
@@ -413,6 +415,7 @@ public struct OutputHead: Sendable {
         for (i, r) in picked.enumerated() { selected[i].update(from: x[r], count: x.columns) }
         norm.normalize(selected, into: selected, pool: pool)
         let logits = projection(selected, pool)
+        if let logitScale { logits.scale(by: logitScale) }
         if let softCap, softCap != 0 {
             for i in 0..<logits.rows * logits.columns { logits.data[i] = tanhf(logits.data[i] / softCap) * softCap }
         }

@@ -5,7 +5,8 @@ import Kernels
 /// and a SwiGLU feed-forward — or, when the file declares experts (Mixtral), a sparse mixture
 /// of SwiGLU experts. Qwen2 is the same network with GPT-NeoX RoPE (its q/k/v biases, like any
 /// projection's optional bias and scale, are read by `Linear`); Qwen3 adds per-head q/k RMSNorm;
-/// SmolLM3 leaves RoPE out of every 4th layer.
+/// SmolLM3 leaves RoPE out of every 4th layer; Granite multiplies embeddings, residual branches,
+/// scores and logits by metadata constants.
 public final class Llama: AttentionModel {
     struct Layer: Sendable {
         let attentionNorm: RMSNorm
@@ -18,6 +19,9 @@ public final class Llama: AttentionModel {
     let embedding: Embedding
     let layers: [Layer]
     let head: OutputHead
+    /// Multipliers of the embeddings and of each sub-layer's output (granite; nil: none).
+    let embeddingScale: Float?
+    let residualScale: Float?
 
     /// The variants llama.cpp builds on this graph.
     public struct Variant: Sendable {
@@ -30,11 +34,16 @@ public final class Llama: AttentionModel {
         public var queryKeyNorm = false
         /// Every n-th layer has no RoPE (smollm3: 4).
         public var noRoPELayerStep: Int?
+        /// Granite's multipliers from the metadata: embeddings × `embedding_scale`, each
+        /// sub-layer's output × `residual_scale` before the residual add, logits ÷ `logit_scale`,
+        /// attention scores × `attention.scale`, RoPE only when `rope.scaling.finetuned`.
+        public var graniteMultipliers = false
 
         public static let llama = Variant()
         public static let qwen2 = Variant(ropeStyle: .halves, feedForwardBiases: false, feedForwardScales: false)
         public static let qwen3 = Variant(ropeStyle: .halves, feedForwardBiases: false, queryKeyNorm: true)
         public static let smollm3 = Variant(feedForwardScales: false, noRoPELayerStep: 4)
+        public static let granite = Variant(feedForwardScales: false, graniteMultipliers: true)
     }
 
     public init(file: GGUFFile, config: ModelConfig, variant: Variant = .llama) throws {
@@ -45,11 +54,29 @@ public final class Llama: AttentionModel {
             ? try Vector(file: file, name: "rope_freqs.weight", count: config.ropeDimensionCount / 2).values : nil
         let rope = RoPE(style: variant.ropeStyle, dimensions: config.ropeDimensionCount, base: config.ropeFreqBase,
                         positionScale: config.ropeLinearScale, frequencyFactors: frequencyFactors)
-        head = try OutputHead(file: file, config: config)
+        var head = try OutputHead(file: file, config: config)
+        var attentionScale: Float?, appliesRoPE = true
+        if variant.graniteMultipliers {
+            guard config.expertCount == 0 else {
+                throw ModelError.unsupportedArchitecture("\(config.architecture) with experts (GraniteMoE)")
+            }
+            func multiplier(_ key: String) -> Float? { file.arch(key)?.float.flatMap { $0 == 0 ? nil : $0 } }
+            embeddingScale = multiplier("embedding_scale")
+            residualScale = multiplier("residual_scale")
+            attentionScale = multiplier("attention.scale")
+            head.logitScale = multiplier("logit_scale").map { 1 / $0 }
+            appliesRoPE = file.arch("rope.scaling.finetuned")?.bool ?? true
+        } else {
+            embeddingScale = nil
+            residualScale = nil
+        }
+        self.head = head
         embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
             var attention = try Attention(file: file, layer: i, config: config, rope: rope)
+            attention.appliesRoPE = appliesRoPE
+            if let attentionScale { attention.scale = attentionScale }
             if let step = variant.noRoPELayerStep, (i + 1) % step == 0 { attention.appliesRoPE = false }
             if variant.queryKeyNorm {
                 attention.queryNorm = try RMSNorm(file: file, name: p + "attn_q_norm.weight", count: config.keyLength, epsilon: eps)
@@ -70,11 +97,16 @@ public final class Llama: AttentionModel {
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
+        if let embeddingScale { x.scale(by: embeddingScale) }
         let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
         for (i, layer) in layers.enumerated() {
-            x += layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
-            x += layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
-                                   batching: i == layers.count - 1 ? lastBatching : batching)
+            let attended = layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
+            if let residualScale { attended.scale(by: residualScale) }
+            x += attended
+            let fed = layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
+                                        batching: i == layers.count - 1 ? lastBatching : batching)
+            if let residualScale { fed.scale(by: residualScale) }
+            x += fed
         }
         return head(x, batch: batch, pool: pool)
     }

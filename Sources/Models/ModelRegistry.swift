@@ -10,6 +10,7 @@ public enum ModelRegistry {
         "qwen2": { try Llama(file: $0, config: $1, variant: .qwen2) },
         "qwen3": { try Llama(file: $0, config: $1, variant: .qwen3) },
         "smollm3": { try Llama(file: $0, config: $1, variant: .smollm3) },
+        "granite": { try Llama(file: $0, config: $1, variant: .granite) },
         "gemma3": { try Gemma3(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
     ]

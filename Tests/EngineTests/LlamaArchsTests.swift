@@ -1,6 +1,7 @@
 import Engine
 import Foundation
 import Kernels
+import Models
 import TestSupport
 import Testing
 
@@ -35,7 +36,7 @@ enum LlamaArchModels {
 
 @Suite(.serialized) struct LlamaArchsTests {
     /// The architectures Swiftlet runs, as test-llama-archs names its files.
-    static let models = ["llama-dense", "llama-moe", "qwen2-dense", "qwen3-dense", "smollm3-dense", "gemma3-dense", "mamba-dense"]
+    static let models = ["llama-dense", "llama-moe", "qwen2-dense", "qwen3-dense", "smollm3-dense", "granite-dense", "gemma3-dense", "mamba-dense"]
 
     @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason), arguments: models)
     func distributionsMatchLlamaCpp(_ model: String) throws {
@@ -45,5 +46,17 @@ enum LlamaArchModels {
         print("[\(model)] mean KLD \(result.kld.mean), max \(result.kld.max), same top p \(result.sameTopP.value), PPL \(result.ppl.value) vs llama.cpp \(result.pplBase.value)")
         #expect(result.kld.mean <= 1e-4, "\(model): mean KLD \(result.kld.mean)")
         #expect(result.sameTopP.value >= 0.99, "\(model): same top p \(result.sameTopP.value)")
+    }
+
+    /// What Swiftlet does not run is refused by name, before any kernel runs.
+    @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason))
+    func unsupportedModelsAreRefusedByName() throws {
+        let dir = try LlamaArchModels.directory.get()
+        #expect(throws: ModelError.unsupportedArchitecture("phi3")) {
+            try LoadedModel(path: dir.appendingPathComponent("phi3-dense.gguf").path)
+        }
+        #expect(throws: ModelError.unsupportedArchitecture("granite with experts (GraniteMoE)")) {
+            try LoadedModel(path: dir.appendingPathComponent("granite-moe.gguf").path)
+        }
     }
 }
