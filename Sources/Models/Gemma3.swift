@@ -34,7 +34,7 @@ public final class Gemma3: AttentionModel {
         head.softCap = file.arch("final_logit_softcapping")?.float
         self.head = head
         embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
-        let isSlidingWindow = try Gemma3.slidingWindowLayers(file: file, config: config)
+        let isSlidingWindow = try slidingWindowLayers(file: file, config: config, defaultPattern: Gemma3.defaultSlidingWindowPattern)
         // the metadata's freq_base is the global layers'; sliding-window layers have their own
         let localBase = file.arch("rope.freq_base_swa")?.float ?? 10_000
         layers = try (0..<config.blockCount).map { i in
@@ -60,22 +60,6 @@ public final class Gemma3: AttentionModel {
                                                   biases: false, scales: false),
                 postFeedForwardNorm: try RMSNorm(file: file, name: p + "post_ffw_norm.weight", count: d, epsilon: eps))
         }
-    }
-
-    /// Which layers see a window, as llama.cpp reads it: none without a positive
-    /// `sliding_window`; else per layer from an array `sliding_window_pattern` (1 = window), or
-    /// from a period n (every n-th layer global; 0: all windowed).
-    static func slidingWindowLayers(file: GGUFFile, config: ModelConfig) throws -> [Bool] {
-        guard let window = config.slidingWindow, window > 0 else { return Array(repeating: false, count: config.blockCount) }
-        let key = "\(config.architecture).attention.sliding_window_pattern"
-        if let values = file.arch("attention.sliding_window_pattern")?.array {
-            guard values.count == config.blockCount else {
-                throw ModelError.inconsistentMetadata("\(key) has \(values.count) entries for \(config.blockCount) layers")
-            }
-            return values.map { ($0.int ?? 0) != 0 }
-        }
-        let n = file.arch("attention.sliding_window_pattern")?.int ?? defaultSlidingWindowPattern
-        return (0..<config.blockCount).map { n == 0 || $0 % n < n - 1 }
     }
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {

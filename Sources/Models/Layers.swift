@@ -422,3 +422,19 @@ public struct OutputHead: Sendable {
         return (0..<logits.rows).map { logits.rowArray($0) }
     }
 }
+
+/// Which layers see a window, as llama.cpp reads it: none without a positive
+/// `sliding_window`; else per layer from an array `sliding_window_pattern` (1 = window), or
+/// from a period n (every n-th layer global; 0: all windowed; `defaultPattern` without the key).
+func slidingWindowLayers(file: GGUFFile, config: ModelConfig, defaultPattern: Int) throws -> [Bool] {
+    guard let window = config.slidingWindow, window > 0 else { return Array(repeating: false, count: config.blockCount) }
+    let key = "\(config.architecture).attention.sliding_window_pattern"
+    if let values = file.arch("attention.sliding_window_pattern")?.array {
+        guard values.count == config.blockCount else {
+            throw ModelError.inconsistentMetadata("\(key) has \(values.count) entries for \(config.blockCount) layers")
+        }
+        return values.map { ($0.int ?? 0) != 0 }
+    }
+    let n = file.arch("attention.sliding_window_pattern")?.int ?? defaultPattern
+    return (0..<config.blockCount).map { n == 0 || $0 % n < n - 1 }
+}

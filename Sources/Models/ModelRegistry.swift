@@ -12,6 +12,7 @@ public enum ModelRegistry {
         "smollm3": { try Llama(file: $0, config: $1, variant: .smollm3) },
         "granite": { try Llama(file: $0, config: $1, variant: .granite) },
         "gemma3": { try Gemma3(file: $0, config: $1) },
+        "olmo2": { try Olmo2(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
     ]
 
