@@ -40,7 +40,9 @@ def fetch_source():
     sdist = LLAMA_DIR / f"llama_cpp_python-{LLAMA_VERSION}.tar.gz"
     if not sdist.exists():
         log("downloading the llama-cpp-python sdist (llama.cpp's source) from PyPI")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "scikit-build-core"], check=True)
+        # pip prepares the sdist's metadata through scikit-build-core, which needs cmake
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "scikit-build-core"]
+                       + ([] if shutil.which("cmake") else ["cmake"]), check=True)
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--no-binary", ":all:",
                         "--no-build-isolation", f"llama-cpp-python=={LLAMA_VERSION}", "-d", str(LLAMA_DIR)], check=True)
     with tarfile.open(sdist) as tar:
