@@ -95,8 +95,8 @@ struct SpecialTokenTests {
         #expect(throws: TokenizerError.missingKey("tokenizer.ggml.model")) {
             _ = try loadTokenizer(from: SyntheticGGUF.open([("general.name", .string("x"))]))
         }
-        #expect(throws: TokenizerError.unknownModel("bert")) {
-            _ = try loadTokenizer(from: SyntheticGGUF.open([("tokenizer.ggml.model", .string("bert"))]))
+        #expect(throws: TokenizerError.unknownModel("t5")) {
+            _ = try loadTokenizer(from: SyntheticGGUF.open([("tokenizer.ggml.model", .string("t5"))]))
         }
         let tokens: [(String, MetadataValue)] = [("tokenizer.ggml.tokens", .array(.string, [.string("a"), .string("b")]))]
         #expect(throws: TokenizerError.missingKey("tokenizer.ggml.merges")) {
@@ -111,8 +111,8 @@ struct SpecialTokenTests {
         #expect(throws: TokenizerError.missingKey("tokenizer.ggml.tokens")) {
             _ = try loadTokenizer(from: SyntheticGGUF.open([("tokenizer.ggml.model", .string("llama"))]))
         }
-        let message = "\(TokenizerError.unknownModel("bert"))"
-        #expect(message.contains("bert") && message.contains("gpt2"))
+        let message = "\(TokenizerError.unknownModel("t5"))"
+        #expect(message.contains("t5") && message.contains("gpt2"))
     }
 
     /// A tiny byte-level BPE vocabulary: merges apply lowest rank first.
