@@ -239,7 +239,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
 
     public func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [TokenID] {
         var scratch = MergeScratch()
-        var local: [String: [TokenID]] = [:]
+        var local: [WordKey: [TokenID]] = [:]
         return vocab.encode(text, addSpecial: addSpecial, parseSpecial: parseSpecial) { bytes, range, _, out in
             switch spelling {
             case .byteLevel:
@@ -253,7 +253,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     }
 
     private func encodeFragment(_ bytes: UnsafeBufferPointer<UInt8>, into out: inout [TokenID],
-                                scratch: inout MergeScratch, local: inout [String: [TokenID]]) {
+                                scratch: inout MergeScratch, local: inout [WordKey: [TokenID]]) {
         let (cps, offsets) = UTF8Scanner.scalars(bytes, 0..<bytes.count)
         var start = 0
         for end in preTokenizer.split(cps) {
@@ -286,7 +286,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     // MARK: merging
 
     private func encodeWord(_ word: UnsafeBufferPointer<UInt8>, into out: inout [TokenID],
-                            scratch: inout MergeScratch, local: inout [String: [TokenID]]) {
+                            scratch: inout MergeScratch, local: inout [WordKey: [TokenID]]) {
         let n = word.count
         guard n > 0 else { return }
         if ignoreMerges || (newlineRunsWhole && word.allSatisfy { $0 == 0x0A }),
@@ -421,19 +421,32 @@ struct MergeScratch {
     var heap = Heap<Bigram>()
 }
 
+/// A word's UTF-8 bytes as a dictionary key. A `String` key would be wrong: strings compare
+/// by canonical equivalence, so "ά" (U+1F71) and "ά" (U+03AC) would share an entry although
+/// their tokens differ.
+struct WordKey: Hashable {
+    let bytes: [UInt8]
+
+    init(_ word: UnsafeBufferPointer<UInt8>) { bytes = Array(word) }
+
+    func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+}
+
 /// Word → tokens, shared by all encode calls on one tokenizer (bounded; cleared when full).
 final class WordCache: @unchecked Sendable {
     private let lock = NSLock()
-    private var entries: [String: [TokenID]] = [:]
+    private var entries: [WordKey: [TokenID]] = [:]
     private let limit = 100_000
 
-    func get(_ key: String) -> [TokenID]? {
+    func get(_ key: WordKey) -> [TokenID]? {
         lock.lock()
         defer { lock.unlock() }
         return entries[key]
     }
 
-    func put(_ key: String, _ value: [TokenID]) {
+    func put(_ key: WordKey, _ value: [TokenID]) {
         lock.lock()
         defer { lock.unlock() }
         if entries.count >= limit { entries.removeAll(keepingCapacity: true) }
@@ -442,9 +455,9 @@ final class WordCache: @unchecked Sendable {
 
     /// Appends the tokens of `word` from the per-call `local` map, this shared cache, or, on a
     /// miss, `encode` (whose output is then remembered in both).
-    func append(_ word: UnsafeBufferPointer<UInt8>, to out: inout [TokenID], local: inout [String: [TokenID]],
+    func append(_ word: UnsafeBufferPointer<UInt8>, to out: inout [TokenID], local: inout [WordKey: [TokenID]],
                 encode: (inout [TokenID]) -> Void) {
-        let key = String(decoding: word, as: UTF8.self)
+        let key = WordKey(word)
         if let hit = local[key] ?? get(key) {
             local[key] = hit
             out.append(contentsOf: hit)

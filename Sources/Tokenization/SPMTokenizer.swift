@@ -100,7 +100,7 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
     /// `splitWords: false` merges each fragment in one pass, exactly as llama.cpp does (for tests).
     func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool, splitWords: Bool) -> [TokenID] {
         var scratch = SPMScratch()
-        var local: [String: [TokenID]] = [:]
+        var local: [WordKey: [TokenID]] = [:]
         return vocab.encode(text, addSpecial: addSpecial, parseSpecial: parseSpecial) { bytes, range, afterSpecial, out in
             // Escape whitespace: ' ' → U+2581 '▁', with the optional leading space.
             var text: [UInt8] = []
@@ -144,7 +144,7 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
     }
 
     private func tokenizeCached(_ word: UnsafeBufferPointer<UInt8>, into out: inout [TokenID],
-                                scratch: inout SPMScratch, local: inout [String: [TokenID]]) {
+                                scratch: inout SPMScratch, local: inout [WordKey: [TokenID]]) {
         if word.count > 64 {  // long runs are rarely repeated: do not cache them
             tokenize(word, into: &out, scratch: &scratch)
             return

@@ -156,3 +156,18 @@ struct SpecialSplittingScaleTests {
         #expect(seconds < 10)
     }
 }
+
+@Suite("Word cache")
+struct WordCacheTests {
+    /// Words are cached by their bytes: canonically equivalent spellings (equal as Swift strings)
+    /// are different text to the vocabulary.
+    @Test func canonicallyEquivalentWordsKeepTheirTokens() throws {
+        let oxia = "\u{1F71}", tonos = "\u{03AC}"  // "ά" twice, as two different code points
+        #expect(oxia == tonos)
+        let file = try SyntheticGGUF.spm([("<unk>", 2, 0), ("<s>", 3, 0), ("</s>", 3, 0), (oxia, 1, -1), (tonos, 1, -1)],
+                                         extra: [("tokenizer.ggml.add_space_prefix", .bool(false))])
+        let t = try loadTokenizer(from: file)
+        #expect(t.encode(oxia, addSpecial: false, parseSpecial: false) == [3])
+        #expect(t.encode(tonos, addSpecial: false, parseSpecial: false) == [4])
+    }
+}
