@@ -73,7 +73,7 @@ struct PreTokenizer: Sendable {
             return Config(preTokenizer: PreTokenizer(passes: [.llama3(digitsPerWord: 1, marksInWords: true)]))
         case "gemma4", "granite-embed-multi-311m":
             // SentencePiece-style BPE: merges run over whole lines of raw UTF-8 with spaces as "▁".
-            return Config(preTokenizer: PreTokenizer(passes: [.newlineRuns]), addBOS: true,
+            return Config(preTokenizer: PreTokenizer(passes: [.newlineRuns]),
                           spelling: .sentencePiece, newlineRunsWhole: true, forcesBOS: true)
         case "starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2":
             return Config(preTokenizer: PreTokenizer(passes: [.eachNumber, .gpt2]))
