@@ -44,7 +44,8 @@ public final class GptOss: AttentionModel {
             let p = "blk.\(i)."
             let rope = RoPE(style: .halves, dimensions: config.ropeDimensionCount,
                             base: isSlidingWindow[i] ? windowBase : config.ropeFreqBase,
-                            positionScale: config.ropeLinearScale)
+                            positionScale: config.ropeLinearScale, yarn: config.ropeYaRN,
+                            attentionFactor: config.ropeAttentionFactor)
             var attention = try Attention(file: file, layer: i, config: config, rope: rope)
             attention.window = isSlidingWindow[i] ? config.slidingWindow : nil
             attention.sinks = try Vector(file: file, name: p + "attn_sinks.weight", count: config.headCount).values

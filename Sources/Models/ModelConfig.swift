@@ -22,8 +22,12 @@ public struct ModelConfig: Sendable {
     public var slidingWindow: Int?
     public var expertCount: Int
     public var expertUsedCount: Int
-    /// Linear RoPE scaling: positions are divided by this factor.
+    /// Linear RoPE scaling: positions are divided by this factor (YaRN interpolates with it).
     public var ropeLinearScale: Float
+    /// YaRN's blend of interpolated and extrapolated frequencies (`rope.scaling.type` yarn).
+    public var ropeYaRN: YaRNScaling?
+    /// Multiplies the rotations' magnitude (`rope.scaling.attn_factor`, 1 by default).
+    public var ropeAttentionFactor: Float
 
     public init(file: GGUFFile) throws(ModelError) {
         guard let arch = file.architecture else { throw ModelError.missingMetadata("general.architecture") }
@@ -55,14 +59,34 @@ public struct ModelConfig: Sendable {
         slidingWindow = file.arch("attention.sliding_window")?.int
         expertCount = file.arch("expert_count")?.int ?? 0
         expertUsedCount = file.arch("expert_used_count")?.int ?? 0
-        let scalingType = file.arch("rope.scaling.type")?.string
-        // a factor of 0 means none, as llama.cpp reads it
-        let factor = file.arch("rope.scaling.factor")?.float ?? 0
-        ropeLinearScale = scalingType == "linear" && factor != 0 ? factor : 1
-        // YaRN changes the rotation angles and their magnitude: running such a file with plain
-        // RoPE would be a wrong answer, so it is refused until the RoPE kernels implement it
-        if scalingType == "yarn" && factor != 0 && factor != 1 {
-            throw ModelError.unsupportedArchitecture("\(arch) with rope.scaling.type 'yarn' (factor \(factor))")
+        // As llama.cpp reads them: the scaling type defaults to linear, a factor of 0 means
+        // none, and "none" ignores the factor.
+        let scalingType = file.arch("rope.scaling.type")?.string ?? "linear"
+        guard ["none", "linear", "yarn", "longrope"].contains(scalingType) else {
+            throw ModelError.unsupportedArchitecture("\(arch) with rope.scaling.type '\(scalingType)'")
+        }
+        let factor = file.arch("rope.scaling.factor")?.float ?? file.arch("rope.scale_linear")?.float ?? 0
+        guard factor.isFinite, factor >= 0 else {
+            throw ModelError.inconsistentMetadata("\(arch).rope.scaling.factor is \(factor)")
+        }
+        ropeLinearScale = scalingType != "none" && factor != 0 ? factor : 1
+        ropeAttentionFactor = file.arch("rope.scaling.attn_factor")?.float ?? 1
+        guard ropeAttentionFactor.isFinite, ropeAttentionFactor > 0 else {
+            throw ModelError.inconsistentMetadata("\(arch).rope.scaling.attn_factor is \(ropeAttentionFactor)")
+        }
+        if scalingType == "yarn" {
+            let originalContext = file.arch("rope.scaling.original_context_length")?.int ?? contextLength
+            guard originalContext > 0 else {
+                throw ModelError.inconsistentMetadata("\(arch).rope.scaling.original_context_length is \(originalContext)")
+            }
+            if let logMultiplier = file.arch("rope.scaling.yarn_log_multiplier")?.float, logMultiplier != 0 {
+                throw ModelError.unsupportedArchitecture("\(arch) with rope.scaling.yarn_log_multiplier \(logMultiplier)")
+            }
+            ropeYaRN = YaRNScaling(originalContext: originalContext,
+                                   betaFast: file.arch("rope.scaling.yarn_beta_fast")?.float ?? 32,
+                                   betaSlow: file.arch("rope.scaling.yarn_beta_slow")?.float ?? 1)
+        } else {
+            ropeYaRN = nil
         }
     }
 }

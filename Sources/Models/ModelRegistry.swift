@@ -24,6 +24,12 @@ public enum ModelRegistry {
 
     public static var supported: [String] { builders.keys.sorted() }
 
+    /// The architectures whose graphs here apply YaRN and `rope.scaling.attn_factor` as
+    /// llama.cpp does; the others refuse files that set them rather than ignore them.
+    static let appliesRoPEScaling: Set<String> = [
+        "llama", "qwen2", "qwen3", "qwen3moe", "mistral3", "smollm3", "granite", "granitemoe", "olmo2", "exaone4", "gpt-oss",
+    ]
+
     /// `repackWeights`: whether matrices may leave the file's mapping for a layout the CPU's
     /// kernels read faster (`WeightRepacking`); false keeps every weight in the mapping, as
     /// `MemoryBudget` needs.
@@ -31,6 +37,10 @@ public enum ModelRegistry {
         let config = try ModelConfig(file: file)
         guard let build = builders[config.architecture] else {
             throw ModelError.unsupportedArchitecture(config.architecture)
+        }
+        if config.ropeYaRN != nil || config.ropeAttentionFactor != 1, !appliesRoPEScaling.contains(config.architecture) {
+            throw ModelError.unsupportedArchitecture(
+                "\(config.architecture) with YaRN or a RoPE attention factor (rope.scaling.type/attn_factor)")
         }
         let unsupported = unsupportedTensorTypes(file)
         guard unsupported.isEmpty else { throw ModelError.unsupportedTensorTypes(unsupported) }

@@ -51,7 +51,8 @@ public final class Olmo2: AttentionModel {
             // sliding-window layers rotate without the file's RoPE scaling, as llama.cpp
             let rope = RoPE(style: .halves, dimensions: config.ropeDimensionCount, base: config.ropeFreqBase,
                             positionScale: windows[i] != nil ? 1 : config.ropeLinearScale,
-                            frequencyFactors: frequencyFactors)
+                            frequencyFactors: frequencyFactors, yarn: windows[i] != nil ? nil : config.ropeYaRN,
+                            attentionFactor: config.ropeAttentionFactor)
             var attention = try Attention(file: file, layer: i, config: config, rope: rope, outputBias: false)
             let (queryNormWidth, keyNormWidth) = variant.queryKeyNormPerHead
                 ? (config.keyLength, config.keyLength)
