@@ -241,6 +241,8 @@ public struct Attention: Sendable {
     /// Multiplies q after RoPE (and `scale` is then 1), as llama.cpp's gemma3 graph does; not
     /// the same floats as scaling the scores, since q is rounded to half in the attention kernel.
     public var queryScale: Float?
+    /// Scores become c·tanh(score / c) (gemma2's `attn_logit_softcapping`; nil: none).
+    public var softCap: Float?
 
     /// `outputBias`: whether the architecture adds `attn_output.bias` (its scale always applies).
     public init(file: GGUFFile, layer: Int, config: ModelConfig, rope: RoPE, outputBias: Bool = true) throws {
@@ -292,7 +294,8 @@ public struct Attention: Sendable {
         let valueDimension = v.columns / kvHeads
         let out = Matrix(rows: x.rows, columns: heads * valueDimension, zeroed: false)
         attend(queries: q.data, sequences, heads: heads, kvHeads: kvHeads, headDimension: headDimension,
-               valueDimension: valueDimension, scale: scale, window: window, into: out.data, pool: pool)
+               valueDimension: valueDimension, scale: scale, softCap: softCap, window: window, into: out.data,
+               pool: pool)
         return output(out, pool, batching: referenceBatching(batch))
     }
 
@@ -394,11 +397,13 @@ public struct OutputHead: Sendable {
     /// Logits are multiplied by this (granite: 1 / `logit_scale`).
     public var logitScale: Float?
 
-    public init(file: GGUFFile, config: ModelConfig) throws {
+    /// `tiedEmbeddings`: the architecture always projects with the embedding table (gemma2),
+    /// never `output.weight`.
+    public init(file: GGUFFile, config: ModelConfig, tiedEmbeddings: Bool = false) throws {
         let d = config.embeddingLength
         norm = try RMSNorm(file: file, name: "output_norm.weight", count: d, epsilon: config.normEpsilon)
         // Tied embeddings: no output.weight means the embedding table doubles as the head.
-        let name = file.tensor(named: "output.weight") != nil ? "output.weight" : "token_embd.weight"
+        let name = !tiedEmbeddings && file.tensor(named: "output.weight") != nil ? "output.weight" : "token_embd.weight"
         let vocab = file.tensor(named: name)?.rowCount ?? config.vocabularySize
         projection = try Linear(file: file, name: name, inputs: d, outputs: vocab)
     }
@@ -417,7 +422,9 @@ public struct OutputHead: Sendable {
         let logits = projection(selected, pool)
         if let logitScale { logits.scale(by: logitScale) }
         if let softCap, softCap != 0 {
-            for i in 0..<logits.rows * logits.columns { logits.data[i] = tanhf(logits.data[i] / softCap) * softCap }
+            // as ggml: × (1/c), tanh, × c
+            let inverse = 1 / softCap
+            for i in 0..<logits.rows * logits.columns { logits.data[i] = tanhf(logits.data[i] * inverse) * softCap }
         }
         return (0..<logits.rows).map { logits.rowArray($0) }
     }

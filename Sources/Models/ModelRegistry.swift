@@ -11,7 +11,8 @@ public enum ModelRegistry {
         "qwen3": { try Llama(file: $0, config: $1, variant: .qwen3) },
         "smollm3": { try Llama(file: $0, config: $1, variant: .smollm3) },
         "granite": { try Llama(file: $0, config: $1, variant: .granite) },
-        "gemma3": { try Gemma3(file: $0, config: $1) },
+        "gemma2": { try Gemma(file: $0, config: $1, variant: .gemma2) },
+        "gemma3": { try Gemma(file: $0, config: $1, variant: .gemma3) },
         "olmo2": { try Olmo2(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
     ]
