@@ -16,16 +16,22 @@ public struct RoPE: Sendable {
     public let base: Float
     /// Positions are divided by this (linear RoPE scaling).
     public let positionScale: Float
-    /// Per-frequency divisors of the angles (`rope_freqs.weight`, Llama 3.1+), `dimensions / 2` of them.
+    /// Per-frequency divisors of the angles (`rope_freqs.weight`, Llama 3.1+; phi3's
+    /// `rope_factors_long`/`_short`), `dimensions / 2` of them.
     public let frequencyFactors: [Float]?
+    /// Multiplies every cos and sin (`rope.scaling.attn_factor`, phi3's long-context models),
+    /// so rotated q and k both grow by it.
+    public let attentionFactor: Float
 
-    public init(style: RoPEStyle, dimensions: Int, base: Float, positionScale: Float = 1, frequencyFactors: [Float]? = nil) {
+    public init(style: RoPEStyle, dimensions: Int, base: Float, positionScale: Float = 1, frequencyFactors: [Float]? = nil,
+                attentionFactor: Float = 1) {
         precondition(frequencyFactors == nil || frequencyFactors!.count == dimensions / 2)
         self.style = style
         self.dimensions = dimensions
         self.base = base
         self.positionScale = positionScale
         self.frequencyFactors = frequencyFactors
+        self.attentionFactor = attentionFactor
     }
 
     /// Rotates every head of one token's q or k vector in place.
@@ -39,15 +45,16 @@ public struct RoPE: Sendable {
 
     /// (cos θᵢ, sin θᵢ) for i < dimensions/2 at `position`: `dimensions` floats. As ggml's rope
     /// cache: θ₀ = position, θᵢ₊₁ = θᵢ · base^(-2/dimensions) by repeated multiplication, and
-    /// frequency factors divide θᵢ and linear scaling multiplies it by 1/scale (not the position first).
+    /// frequency factors divide θᵢ and linear scaling multiplies it by 1/scale (not the position first);
+    /// cos and sin are then multiplied by the attention factor.
     public func rotations(position: Int, into cs: UnsafeMutablePointer<Float>) {
         let thetaScale = powf(base, -2 / Float(dimensions))
         let frequencyScale = 1 / positionScale
         var theta = Float(position)
         for i in 0..<dimensions / 2 {
             let angle = frequencyScale * (frequencyFactors.map { theta / $0[i] } ?? theta)
-            cs[2 * i] = cosf(angle)
-            cs[2 * i + 1] = sinf(angle)
+            cs[2 * i] = cosf(angle) * attentionFactor
+            cs[2 * i + 1] = sinf(angle) * attentionFactor
             theta *= thetaScale
         }
     }

@@ -57,6 +57,7 @@ public final class Gemma: AttentionModel {
         config.slidingWindow = config.slidingWindow ?? variant.defaultSlidingWindow
         self.config = config
         let d = config.embeddingLength, eps = config.normEpsilon, headDim = config.keyLength
+        try checkRoPEScaling(config)
         // the attention kernels build position ranges from the window unchecked; gemma2 windows
         // every layer the pattern names, so it needs a positive one (gemma3: 0 means none)
         if let window = config.slidingWindow, window < 0 || (window == 0 && variant.defaultSlidingWindow != nil) {
@@ -77,7 +78,8 @@ public final class Gemma: AttentionModel {
             let isLocal = isSlidingWindow[i]
             let rope = RoPE(style: .halves, dimensions: config.ropeDimensionCount,
                             base: isLocal ? localBase : config.ropeFreqBase,
-                            positionScale: isLocal && !variant.slidingWindowRoPEScaled ? 1 : config.ropeLinearScale)
+                            positionScale: isLocal && !variant.slidingWindowRoPEScaled ? 1 : config.ropeLinearScale,
+                            attentionFactor: config.ropeAttentionFactor)
             var attention = try Attention(file: file, layer: i, config: config, rope: rope, outputBias: false)
             if variant.queryKeyNorm {
                 attention.queryNorm = try RMSNorm(file: file, name: p + "attn_q_norm.weight", count: headDim, epsilon: eps)

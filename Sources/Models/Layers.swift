@@ -49,6 +49,9 @@ public struct Vector: Sendable {
         values.withUnsafeMutableBufferPointer { dequantizeRow(info.type, file.data(for: info), into: $0.baseAddress!, count: count) }
         self.values = values
     }
+
+    /// Values computed at load (e.g. several biases concatenated).
+    public init(values: [Float]) { self.values = values }
 }
 
 /// A weight matrix applied to every token of a batch: y = s·(W·x) + b, with the optional bias
@@ -222,9 +225,26 @@ func lastLayerReferenceBatching(_ batch: [BatchSequence]) -> ReferenceBatching {
 
 /// Multi-head attention with grouped KV heads over each sequence's cache.
 public struct Attention: Sendable {
-    public let query: Linear
-    public let key: Linear
-    public let value: Linear
+    /// q, k and v from the normalized input: three matrices, or one fused `attn_qkv` whose
+    /// output rows are q's, then k's, then v's (as llama.cpp loads either for any architecture).
+    public enum Projection: Sendable {
+        case separate(query: Linear, key: Linear, value: Linear)
+        case fused(Linear)
+    }
+
+    /// RoPE for sequences whose context is longer than the model's original one (phi3's
+    /// `rope_factors_long`; `rope` then holds the short factors). llama.cpp picks the factors
+    /// by its per-sequence context, rounded up to a multiple of 256; here the sequence's cache
+    /// capacity, rounded the same way.
+    public struct LongContextRoPE: Sendable {
+        public var rope: RoPE
+        /// Sequences whose rounded capacity exceeds this take `rope`.
+        public var originalContextLength: Int
+
+        func applies(toCapacity capacity: Int) -> Bool { (capacity + 255) / 256 * 256 > originalContextLength }
+    }
+
+    public let projection: Projection
     public var output: Linear
     public let heads: Int
     public let kvHeads: Int
@@ -233,6 +253,7 @@ public struct Attention: Sendable {
     public var queryNorm: RMSNorm?
     public var keyNorm: RMSNorm?
     public var rope: RoPE
+    public var longContextRoPE: LongContextRoPE?
     /// False in layers without positional rotation (smollm3's NoPE layers).
     public var appliesRoPE = true
     /// Keys further back than this are masked (sliding-window layers).
@@ -261,24 +282,62 @@ public struct Attention: Sendable {
             throw ModelError.inconsistentMetadata(
                 "\(config.architecture).rope.dimension_count (\(rope.dimensions)) exceeds the head size (\(headDimension))")
         }
-        query = try Linear(file: file, name: p + "attn_q.weight", inputs: d, outputs: heads * headDimension)
-        key = try Linear(file: file, name: p + "attn_k.weight", inputs: d, outputs: kvHeads * headDimension)
-        value = try Linear(file: file, name: p + "attn_v.weight", inputs: d, outputs: kvHeads * config.valueLength)
+        let widths = [heads * headDimension, kvHeads * headDimension, kvHeads * config.valueLength]
+        if file.tensor(named: p + "attn_qkv.weight") != nil {
+            var fused = try Linear(file: file, name: p + "attn_qkv.weight", inputs: d, outputs: widths.reduce(0, +))
+            // Older conversions pair the fused weight with separate biases: llama.cpp adds them
+            // when all three are there.
+            let biases = ["attn_q.bias", "attn_k.bias", "attn_v.bias"].map { p + $0 }
+            if fused.bias == nil, biases.allSatisfy({ file.tensor(named: $0) != nil }) {
+                fused.bias = Vector(values: try zip(biases, widths).flatMap {
+                    try Vector(file: file, name: $0, count: $1).values
+                })
+            }
+            projection = .fused(fused)
+        } else {
+            projection = .separate(
+                query: try Linear(file: file, name: p + "attn_q.weight", inputs: d, outputs: widths[0]),
+                key: try Linear(file: file, name: p + "attn_k.weight", inputs: d, outputs: widths[1]),
+                value: try Linear(file: file, name: p + "attn_v.weight", inputs: d, outputs: widths[2]))
+        }
         output = try Linear(file: file, name: p + "attn_output.weight", inputs: heads * config.valueLength, outputs: d)
         if !outputBias { output.bias = nil }
         self.rope = rope
         scale = 1 / Float(headDimension).squareRoot()
     }
 
+    /// q, k and v for every row of `x`: a fused projection's columns are copied apart.
+    func projectQueryKeyValue(_ x: Matrix, pool: ThreadPool) -> (q: Matrix, k: Matrix, v: Matrix) {
+        switch projection {
+        case .separate(let query, let key, let value):
+            let qkv = project(x, [query, key, value], pool)
+            return (qkv[0], qkv[1], qkv[2])
+        case .fused(let linear):
+            let qkv = project(x, [linear], pool)[0]
+            let valueWidth = qkv.columns - (heads + kvHeads) * headDimension
+            let parts = [heads * headDimension, kvHeads * headDimension, valueWidth].map {
+                Matrix(rows: x.rows, columns: $0, zeroed: false)
+            }
+            for r in 0..<x.rows {
+                var column = 0
+                for part in parts {
+                    part[r].update(from: qkv[r] + column, count: part.columns)
+                    column += part.columns
+                }
+            }
+            return (parts[0], parts[1], parts[2])
+        }
+    }
+
     /// `x` holds the batch's normalized hidden states, sequences back to back.
     public func callAsFunction(_ x: Matrix, layer: Int, batch: [BatchSequence], pool: ThreadPool) -> Matrix {
-        let qkv = project(x, [query, key, value], pool)
-        let (q, k, v) = (qkv[0], qkv[1], qkv[2])
+        let (q, k, v) = projectQueryKeyValue(x, pool: pool)
         if let queryNorm { queryNorm.normalize(q, into: q, pool: pool) }
         if let keyNorm { keyNorm.normalize(k, into: k, pool: pool) }
 
         var row = 0
         var sequences: [AttentionSequence] = []
+        var ropes: [RoPE] = []
         for seq in batch {
             let cache = seq.cache as! any KVStore
             sequences.append(AttentionSequence(
@@ -286,10 +345,15 @@ public struct Attention: Sendable {
                 batching: seq.batching,
                 key: { UnsafePointer(cache.key(layer: layer, position: $0)) },
                 value: { UnsafePointer(cache.value(layer: layer, position: $0)) }))
+            if let longContextRoPE, longContextRoPE.applies(toCapacity: cache.capacity) {
+                ropes.append(longContextRoPE.rope)
+            } else {
+                ropes.append(rope)
+            }
             row += seq.tokens.count
         }
         defer { for s in sequences { s.deallocate() } }
-        rotateAndStore(q: q, k: k, v: v, sequences, pool: pool)
+        rotateAndStore(q: q, k: k, v: v, sequences, ropes: ropes, pool: pool)
 
         let valueDimension = v.columns / kvHeads
         let out = Matrix(rows: x.rows, columns: heads * valueDimension, zeroed: false)
@@ -299,15 +363,16 @@ public struct Attention: Sendable {
         return output(out, pool, batching: referenceBatching(batch))
     }
 
-    /// Rotates q and k and stores the batch's keys and values in each sequence's cache; every
-    /// token is independent, so a long batch is split across the pool.
-    func rotateAndStore(q: Matrix, k: Matrix, v: Matrix, _ sequences: [AttentionSequence], pool: ThreadPool) {
-        let (rope, heads, kvHeads, headDimension, queryScale) = (rope, heads, kvHeads, headDimension, queryScale)
+    /// Rotates q and k (sequence i by `ropes[i]`) and stores the batch's keys and values in each
+    /// sequence's cache; every token is independent, so a long batch is split across the pool.
+    func rotateAndStore(q: Matrix, k: Matrix, v: Matrix, _ sequences: [AttentionSequence], ropes: [RoPE],
+                        pool: ThreadPool) {
+        let (heads, kvHeads, headDimension, queryScale) = (heads, kvHeads, headDimension, queryScale)
         let appliesRoPE = appliesRoPE
         let run: @Sendable (Range<Int>) -> Void = { rows in
-            let angles = UnsafeMutablePointer<Float>.allocate(capacity: rope.dimensions)
+            let angles = UnsafeMutablePointer<Float>.allocate(capacity: ropes.map(\.dimensions).max() ?? 0)
             defer { angles.deallocate() }
-            for seq in sequences {
+            for (seq, rope) in zip(sequences, ropes) {
                 let lo = max(rows.lowerBound, seq.firstRow), hi = min(rows.upperBound, seq.firstRow + seq.tokens)
                 for r in lo..<max(lo, hi) {
                     let position = seq.firstPosition + r - seq.firstRow
@@ -330,26 +395,32 @@ public struct Attention: Sendable {
     }
 }
 
-/// Gated feed-forward: down(act(gate·x) ⊙ up·x) — SwiGLU with SiLU, GeGLU with GELU.
+/// Gated feed-forward: down(act(gate·x) ⊙ up·x) — SwiGLU with SiLU, GeGLU with GELU. The gate
+/// may be fused into `ffn_up` (phi3): its first half of outputs is the gate, the second the up.
 public struct GatedFeedForward: Sendable {
     public enum Activation: Sendable { case silu, gelu }
-    public let gate: Linear
+    /// nil when fused into `up`.
+    public let gate: Linear?
     public let up: Linear
     public let down: Linear
     public let activation: Activation
+    /// Width of the gated hidden layer.
+    public let hidden: Int
 
     /// `biases`, `scales`: whether the architecture applies the projections' optional biases
-    /// and scales (llama both, qwen3 scales only, qwen2 and gemma3 neither).
+    /// and scales (llama both, qwen3 scales only, qwen2 and gemma3 neither). `fusedGate`: no
+    /// `ffn_gate`, `ffn_up` holds gate and up (2 × `hidden` outputs).
     public init(file: GGUFFile, prefix: String, dimension: Int, hidden: Int, activation: Activation,
-                biases: Bool = true, scales: Bool = true) throws {
+                biases: Bool = true, scales: Bool = true, fusedGate: Bool = false) throws {
         func linear(_ name: String, _ inputs: Int, _ outputs: Int) throws -> Linear {
             try Linear(file: file, name: prefix + name, inputs: inputs, outputs: outputs, scaleOrder: .afterBias,
                        bias: biases, scale: scales)
         }
-        gate = try linear("ffn_gate.weight", dimension, hidden)
-        up = try linear("ffn_up.weight", dimension, hidden)
+        gate = fusedGate ? nil : try linear("ffn_gate.weight", dimension, hidden)
+        up = try linear("ffn_up.weight", dimension, fusedGate ? 2 * hidden : hidden)
         down = try linear("ffn_down.weight", hidden, dimension)
         self.activation = activation
+        self.hidden = hidden
     }
 
     /// Tokens per pass: every token is independent here, so a long batch goes through in
@@ -359,16 +430,26 @@ public struct GatedFeedForward: Sendable {
     public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
         let y = Matrix(rows: x.rows, columns: down.outputs, zeroed: false)
         let rows = min(x.rows, Self.slice)
-        let g = Matrix(rows: rows, columns: gate.outputs, zeroed: false)
-        let u = Matrix(rows: rows, columns: up.outputs, zeroed: false)
+        let g = Matrix(rows: rows, columns: hidden, zeroed: false)
+        let u = Matrix(rows: rows, columns: hidden, zeroed: false)
+        let fused = gate == nil ? Matrix(rows: rows, columns: up.outputs, zeroed: false) : nil
         for start in stride(from: 0, to: x.rows, by: rows) {
             let n = min(rows, x.rows - start)
-            matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
-            gate.finish(g.data, rows: n)
-            up.finish(u.data, rows: n)
+            if let gate {
+                matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
+                gate.finish(g.data, rows: n)
+                up.finish(u.data, rows: n)
+            } else if let fused {
+                matmul(up.weight, input: x[start], tokens: n, output: fused.data, pool: pool)
+                up.finish(fused.data, rows: n)
+                for r in 0..<n {
+                    g[r].update(from: fused[r], count: hidden)
+                    u[r].update(from: fused[r] + hidden, count: hidden)
+                }
+            }
             // Element-wise, so split across the pool (8-element aligned pieces; each element's
             // arithmetic depends only on its value and its column, so the split changes nothing).
-            let count = n * g.columns, columns = g.columns, silu = activation == .silu
+            let count = n * hidden, columns = hidden, silu = activation == .silu
             let run: @Sendable (Range<Int>) -> Void = { range in
                 if silu {
                     swiglu(g.data, u.data, elements: range, columns: columns)
@@ -444,4 +525,12 @@ func slidingWindowLayers(file: GGUFFile, config: ModelConfig, defaultPattern: In
     }
     let n = file.arch("attention.sliding_window_pattern")?.int ?? defaultPattern
     return (0..<config.blockCount).map { n == 0 || $0 % n < n - 1 }
+}
+
+/// RoPE scaling types beyond none and linear (yarn, longrope) change the rotation in ways
+/// `RoPE` does not compute, so a file that names one is refused.
+func checkRoPEScaling(_ config: ModelConfig) throws {
+    if let type = config.ropeScalingType, type != "none", type != "linear" {
+        throw ModelError.unsupportedMetadata("\(config.architecture).rope.scaling.type '\(type)'")
+    }
 }

@@ -53,7 +53,8 @@ public final class Llama: AttentionModel {
         let frequencyFactors = file.tensor(named: "rope_freqs.weight") != nil
             ? try Vector(file: file, name: "rope_freqs.weight", count: config.ropeDimensionCount / 2).values : nil
         let rope = RoPE(style: variant.ropeStyle, dimensions: config.ropeDimensionCount, base: config.ropeFreqBase,
-                        positionScale: config.ropeLinearScale, frequencyFactors: frequencyFactors)
+                        positionScale: config.ropeLinearScale, frequencyFactors: frequencyFactors,
+                        attentionFactor: config.ropeAttentionFactor)
         var head = try OutputHead(file: file, config: config)
         var attentionScale: Float?, appliesRoPE = true
         if variant.graniteMultipliers {

@@ -20,6 +20,13 @@ public struct ModelConfig: Sendable {
     public var expertUsedCount: Int
     /// Linear RoPE scaling: positions are divided by this factor.
     public var ropeLinearScale: Float
+    /// `rope.scaling.type` as the file states it (nil: absent, which llama.cpp reads as linear).
+    public var ropeScalingType: String?
+    /// Multiplies RoPE's cos and sin (`rope.scaling.attn_factor`; 1 without it).
+    public var ropeAttentionFactor: Float
+    /// The context the model was trained for before any RoPE extension
+    /// (`rope.scaling.original_context_length`, else `context_length`).
+    public var ropeOriginalContextLength: Int
 
     public init(file: GGUFFile) throws(ModelError) {
         guard let arch = file.architecture else { throw ModelError.missingMetadata("general.architecture") }
@@ -48,6 +55,9 @@ public struct ModelConfig: Sendable {
         // a factor of 0 means none, as llama.cpp reads it
         let factor = file.arch("rope.scaling.factor")?.float ?? 0
         ropeLinearScale = scalingType == "linear" && factor != 0 ? factor : 1
+        ropeScalingType = scalingType
+        ropeAttentionFactor = file.arch("rope.scaling.attn_factor")?.float ?? 1
+        ropeOriginalContextLength = file.arch("rope.scaling.original_context_length")?.int ?? contextLength
     }
 }
 
@@ -59,6 +69,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     case contextTooLong(requested: Int, maximum: Int)
     /// Metadata values that contradict each other or the tensors (e.g. heads not a multiple of KV heads).
     case inconsistentMetadata(String)
+    /// A metadata value that selects computation Swiftlet does not implement (e.g. YaRN RoPE scaling).
+    case unsupportedMetadata(String)
 
     public var description: String {
         switch self {
@@ -68,6 +80,7 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         case .unsupportedArchitecture(let a): "unsupported architecture '\(a)' (supported: \(ModelRegistry.supported.joined(separator: ", ")))"
         case .contextTooLong(let r, let m): "context length \(r) is longer than the model allows (\(m))"
         case .inconsistentMetadata(let m): "model metadata is inconsistent: \(m)"
+        case .unsupportedMetadata(let m): "model metadata is not supported: \(m)"
         }
     }
 }

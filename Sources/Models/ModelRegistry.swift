@@ -14,6 +14,7 @@ public enum ModelRegistry {
         "gemma2": { try Gemma(file: $0, config: $1, variant: .gemma2) },
         "gemma3": { try Gemma(file: $0, config: $1, variant: .gemma3) },
         "olmo2": { try Olmo2(file: $0, config: $1) },
+        "phi3": { try Phi3(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
     ]
 

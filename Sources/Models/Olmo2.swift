@@ -30,7 +30,8 @@ public final class Olmo2: AttentionModel {
             let p = "blk.\(i)."
             // sliding-window layers rotate without the file's RoPE scaling, as llama.cpp
             let rope = RoPE(style: .halves, dimensions: config.ropeDimensionCount, base: config.ropeFreqBase,
-                            positionScale: isSlidingWindow[i] ? 1 : config.ropeLinearScale)
+                            positionScale: isSlidingWindow[i] ? 1 : config.ropeLinearScale,
+                            attentionFactor: config.ropeAttentionFactor)
             var attention = try Attention(file: file, layer: i, config: config, rope: rope, outputBias: false)
             attention.queryNorm = try RMSNorm(file: file, name: p + "attn_q_norm.weight",
                                               count: config.headCount * config.keyLength, epsilon: eps)
