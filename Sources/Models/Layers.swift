@@ -152,20 +152,28 @@ public struct Embedding: Sendable {
     }
 }
 
+/// A normalization of each row with learned weights: RMSNorm or LayerNorm.
+public protocol RowNormalization: Sendable {
+    /// `y` may be `x` (in place). With a pool, a large batch's rows are split across it.
+    func normalize(_ x: Matrix, into y: Matrix, pool: ThreadPool?)
+}
+
+extension RowNormalization {
+    public func callAsFunction(_ x: Matrix, pool: ThreadPool? = nil) -> Matrix {
+        let y = Matrix(rows: x.rows, columns: x.columns, zeroed: false)
+        normalize(x, into: y, pool: pool)
+        return y
+    }
+}
+
 /// RMSNorm over each row (or over each `groupSize` slice of a row, for per-head q/k norms).
-public struct RMSNorm: Sendable {
+public struct RMSNorm: RowNormalization {
     public let weight: Vector
     public let epsilon: Float
 
     public init(file: GGUFFile, name: String, count: Int, epsilon: Float) throws {
         weight = try Vector(file: file, name: name, count: count)
         self.epsilon = epsilon
-    }
-
-    public func callAsFunction(_ x: Matrix, pool: ThreadPool? = nil) -> Matrix {
-        let y = Matrix(rows: x.rows, columns: x.columns, zeroed: false)
-        normalize(x, into: y, pool: pool)
-        return y
     }
 
     /// `y` may be `x` (in place). With a pool, a large batch's rows are split across it.
@@ -186,6 +194,47 @@ public struct RMSNorm: Sendable {
             pool.parallelChunks(slices, granularity: 8, run)
         } else {
             run(0..<slices)
+        }
+    }
+}
+
+/// LayerNorm over each row: centered, divided by the standard deviation, times `NAME.weight`,
+/// plus `NAME.bias` where the architecture has one (starcoder2; cohere2 has none).
+public struct LayerNorm: RowNormalization {
+    public let weight: Vector
+    public let bias: Vector?
+    public let epsilon: Float
+
+    /// `name`: the tensors' stem (`blk.0.attn_norm`); `bias`: whether `NAME.bias` is required
+    /// (true) or not part of the architecture (false).
+    public init(file: GGUFFile, name: String, count: Int, epsilon: Float, bias: Bool) throws {
+        weight = try Vector(file: file, name: name + ".weight", count: count)
+        self.bias = bias ? try Vector(file: file, name: name + ".bias", count: count) : nil
+        self.epsilon = epsilon
+    }
+
+    public func normalize(_ x: Matrix, into y: Matrix, pool: ThreadPool? = nil) {
+        let length = weight.values.count
+        guard x.columns == length, y.columns == x.columns, y.rows == x.rows else {
+            fatalError("LayerNorm: \(x.rows)×\(x.columns) into \(y.rows)×\(y.columns) with weight length \(length)")
+        }
+        nonisolated(unsafe) let (src, dst) = (UnsafePointer(x.data), y.data)
+        let (w, b, epsilon) = (weight.values, bias?.values, self.epsilon)
+        let run: @Sendable (Range<Int>) -> Void = { rows in
+            w.withUnsafeBufferPointer { w in
+                func normalizeRows(_ b: UnsafePointer<Float>?) {
+                    for r in rows {
+                        layerNormalize(src + r * length, w.baseAddress!, b, count: length, epsilon: epsilon,
+                                       into: dst + r * length)
+                    }
+                }
+                if let b { b.withUnsafeBufferPointer { normalizeRows($0.baseAddress!) } } else { normalizeRows(nil) }
+            }
+        }
+        if let pool, x.rows * length >= 1 << 14 {
+            pool.parallelChunks(x.rows, run)
+        } else {
+            run(0..<x.rows)
         }
     }
 }
@@ -469,20 +518,60 @@ public struct GatedFeedForward: Sendable {
     }
 }
 
+/// Feed-forward without a gate: down(gelu(up·x + b) ) + b (starcoder2), each bias required.
+/// (llama.cpp's graph applies no scales here.)
+public struct UngatedFeedForward: FeedForward {
+    public let up: Linear
+    public let down: Linear
+
+    public init(file: GGUFFile, prefix: String, dimension: Int, hidden: Int) throws {
+        up = try Linear(file: file, name: prefix + "ffn_up.weight", inputs: dimension, outputs: hidden,
+                        scaleOrder: .afterBias, scale: false)
+        down = try Linear(file: file, name: prefix + "ffn_down.weight", inputs: hidden, outputs: dimension,
+                          scaleOrder: .afterBias, scale: false)
+        for (linear, stem) in [(up, "ffn_up"), (down, "ffn_down")] where linear.bias == nil {
+            throw ModelError.missingTensor(prefix + stem + ".bias")
+        }
+    }
+
+    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
+        let y = Matrix(rows: x.rows, columns: down.outputs, zeroed: false)
+        let rows = min(x.rows, GatedFeedForward.slice)
+        let h = Matrix(rows: rows, columns: up.outputs, zeroed: false)
+        for start in stride(from: 0, to: x.rows, by: rows) {
+            let n = min(rows, x.rows - start)
+            matmul(up.weight, input: x[start], tokens: n, output: h.data, pool: pool)
+            up.finish(h.data, rows: n)
+            // element-wise: split across the pool, as in GatedFeedForward
+            let count = n * h.columns
+            let run: @Sendable (Range<Int>) -> Void = { range in gelu(h.data + range.lowerBound, count: range.count) }
+            if count >= 4096 {
+                pool.parallelChunks(count, granularity: 8, run)
+            } else {
+                run(0..<count)
+            }
+            matmul(down.weight, input: h.data, tokens: n, output: y[start], pool: pool, batching: batching.dropping(start))
+            down.finish(y[start], rows: n)
+        }
+        return y
+    }
+}
+
 /// Final norm and projection to vocabulary logits, for the rows that need them.
 public struct OutputHead: Sendable {
-    public let norm: RMSNorm
+    public let norm: any RowNormalization
     public let projection: Linear
     /// Logits become c·tanh(logit / c) (`final_logit_softcapping`; nil or 0: none).
     public var softCap: Float?
-    /// Logits are multiplied by this (granite: 1 / `logit_scale`).
+    /// Logits are multiplied by this (granite: 1 / `logit_scale`, cohere2: `logit_scale`).
     public var logitScale: Float?
 
-    /// `tiedEmbeddings`: the architecture always projects with the embedding table (gemma2),
-    /// never `output.weight`.
-    public init(file: GGUFFile, config: ModelConfig, tiedEmbeddings: Bool = false) throws {
+    /// `norm`: the final norm, if not RMSNorm of `output_norm.weight`. `tiedEmbeddings`: the
+    /// architecture always projects with the embedding table (gemma2, cohere2), never `output.weight`.
+    public init(file: GGUFFile, config: ModelConfig, norm: (any RowNormalization)? = nil,
+                tiedEmbeddings: Bool = false) throws {
         let d = config.embeddingLength
-        norm = try RMSNorm(file: file, name: "output_norm.weight", count: d, epsilon: config.normEpsilon)
+        self.norm = try norm ?? RMSNorm(file: file, name: "output_norm.weight", count: d, epsilon: config.normEpsilon)
         // Tied embeddings: no output.weight means the embedding table doubles as the head.
         let name = !tiedEmbeddings && file.tensor(named: "output.weight") != nil ? "output.weight" : "token_embd.weight"
         let vocab = file.tensor(named: name)?.rowCount ?? config.vocabularySize
@@ -525,6 +614,12 @@ func slidingWindowLayers(file: GGUFFile, config: ModelConfig, defaultPattern: In
     }
     let n = file.arch("attention.sliding_window_pattern")?.int ?? defaultPattern
     return (0..<config.blockCount).map { n == 0 || $0 % n < n - 1 }
+}
+
+/// A float hyper-parameter llama.cpp requires for the architecture (e.g. `attention.layer_norm_epsilon`).
+func requiredFloat(_ file: GGUFFile, _ config: ModelConfig, _ key: String) throws -> Float {
+    guard let value = file.arch(key)?.float else { throw ModelError.missingMetadata("\(config.architecture).\(key)") }
+    return value
 }
 
 /// RoPE scaling types beyond none and linear (yarn, longrope) change the rotation in ways

@@ -15,6 +15,7 @@ public enum ModelRegistry {
         "gemma3": { try Gemma(file: $0, config: $1, variant: .gemma3) },
         "olmo2": { try Olmo2(file: $0, config: $1) },
         "phi3": { try Phi3(file: $0, config: $1) },
+        "starcoder2": { try StarCoder2(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
     ]
 
