@@ -16,6 +16,7 @@ public enum ModelRegistry {
         "olmo2": { try Olmo2(file: $0, config: $1) },
         "phi3": { try Phi3(file: $0, config: $1) },
         "starcoder2": { try StarCoder2(file: $0, config: $1) },
+        "cohere2": { try Cohere2(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
     ]
 

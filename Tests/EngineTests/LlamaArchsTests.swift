@@ -37,7 +37,7 @@ enum LlamaArchModels {
 @Suite(.serialized) struct LlamaArchsTests {
     /// The architectures Swiftlet runs, as test-llama-archs names its files.
     static let models = ["llama-dense", "llama-moe", "qwen2-dense", "qwen3-dense", "smollm3-dense", "granite-dense", "gemma2-dense",
-                          "gemma3-dense", "olmo2-dense", "phi3-dense", "starcoder2-dense", "mamba-dense"]
+                          "gemma3-dense", "olmo2-dense", "phi3-dense", "starcoder2-dense", "cohere2-dense", "mamba-dense"]
 
     @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason), arguments: models)
     func distributionsMatchLlamaCpp(_ model: String) throws {
