@@ -1,10 +1,14 @@
 import GGUF
+import Kernels
 
 /// Hyper-parameters of a transformer, read from `ARCH.*` GGUF metadata.
 public struct ModelConfig: Sendable {
     public var architecture: String
     public var embeddingLength: Int
+    /// Decoder blocks of the forward pass (`block_count` less the prediction layers).
     public var blockCount: Int
+    /// Multi-token-prediction blocks after them, which Swiftlet does not run (nor load).
+    public var predictionLayerCount: Int
     public var feedForwardLength: Int
     public var headCount: Int
     public var headCountKV: Int
@@ -36,7 +40,14 @@ public struct ModelConfig: Sendable {
             return v
         }
         embeddingLength = try required("embedding_length")
-        blockCount = try required("block_count")
+        // the last `nextn_predict_layers` blocks predict further tokens for speculative decoding
+        // (DeepSeek-V3, GLM-4.5, EXAONE 4); the model's own forward pass ends before them
+        let allBlocks = try required("block_count")
+        predictionLayerCount = file.arch("nextn_predict_layers")?.int ?? 0
+        guard predictionLayerCount >= 0, predictionLayerCount < allBlocks else {
+            throw ModelError.inconsistentMetadata("\(arch).nextn_predict_layers (\(predictionLayerCount)) with block_count \(allBlocks)")
+        }
+        blockCount = allBlocks - predictionLayerCount
         feedForwardLength = file.arch("feed_forward_length")?.int ?? 0
         headCount = file.arch("attention.head_count")?.int ?? 0
         headCountKV = file.arch("attention.head_count_kv")?.int ?? headCount
@@ -52,12 +63,30 @@ public struct ModelConfig: Sendable {
         expertCount = file.arch("expert_count")?.int ?? 0
         expertUsedCount = file.arch("expert_used_count")?.int ?? 0
         let scalingType = file.arch("rope.scaling.type")?.string
-        // a factor of 0 means none, as llama.cpp reads it
+        // a factor of 0 means none, as llama.cpp reads it; it divides the positions for every
+        // scaling type but "none" (an absent type is linear)
         let factor = file.arch("rope.scaling.factor")?.float ?? 0
-        ropeLinearScale = scalingType == "linear" && factor != 0 ? factor : 1
+        ropeLinearScale = scalingType != "none" && factor != 0 ? factor : 1
         ropeScalingType = scalingType
         ropeAttentionFactor = file.arch("rope.scaling.attn_factor")?.float ?? 1
         ropeOriginalContextLength = file.arch("rope.scaling.original_context_length")?.int ?? contextLength
+        // YaRN changes the rotation angles and their magnitude: running such a file with plain
+        // RoPE would be a wrong answer, so it is refused until the RoPE kernels implement it
+        if scalingType == "yarn" && factor != 0 && factor != 1 {
+            throw ModelError.unsupportedArchitecture("\(arch) with rope.scaling.type 'yarn' (factor \(factor))")
+        }
+    }
+}
+
+public struct UnsupportedTensorType: Sendable, Equatable {
+    public let type: TensorType
+    public let count: Int
+    public let example: String
+
+    public init(type: TensorType, count: Int, example: String) {
+        self.type = type
+        self.count = count
+        self.example = example
     }
 }
 
@@ -71,6 +100,11 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     case inconsistentMetadata(String)
     /// A metadata value that selects computation Swiftlet does not implement (e.g. YaRN RoPE scaling).
     case unsupportedMetadata(String)
+    /// Tensors in the file that the architecture's graph does not use (llama.cpp refuses such a
+    /// file too: silently skipping a weight would be a wrong answer).
+    case unusedTensors(architecture: String, names: [String])
+    /// Tensors of a type without kernels: the type, how many tensors have it, one of them.
+    case unsupportedTensorTypes([UnsupportedTensorType])
 
     public var description: String {
         switch self {
@@ -81,6 +115,12 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         case .contextTooLong(let r, let m): "context length \(r) is longer than the model allows (\(m))"
         case .inconsistentMetadata(let m): "model metadata is inconsistent: \(m)"
         case .unsupportedMetadata(let m): "model metadata is not supported: \(m)"
+        case .unsupportedTensorTypes(let types):
+            types.map { "tensor type \($0.type) (\($0.count) tensors, e.g. '\($0.example)')" }.joined(separator: ", ")
+                + " has no kernels in Swiftlet (supported: "
+                + TensorType.allCases.filter(\.hasWeightKernels).map(\.description).joined(separator: ", ") + ")"
+        case .unusedTensors(let arch, let names):
+            "tensor '\(names[0])'\(names.count > 1 ? " (and \(names.count - 1) more: \(names.dropFirst().prefix(4).joined(separator: ", "))\(names.count > 5 ? ", …" : ""))" : "") is not used by Swiftlet's \(arch) graph"
         }
     }
 }

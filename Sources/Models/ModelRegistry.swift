@@ -9,11 +9,17 @@ public enum ModelRegistry {
         "llama": { try Llama(file: $0, config: $1) },
         "qwen2": { try Llama(file: $0, config: $1, variant: .qwen2) },
         "qwen3": { try Llama(file: $0, config: $1, variant: .qwen3) },
+        "qwen3moe": { try Llama(file: $0, config: $1, variant: .qwen3moe) },
+        "mistral3": { try Llama(file: $0, config: $1, variant: .mistral3) },
         "smollm3": { try Llama(file: $0, config: $1, variant: .smollm3) },
         "granite": { try Llama(file: $0, config: $1, variant: .granite) },
+        "granitemoe": { try Llama(file: $0, config: $1, variant: .granitemoe) },
+        "deepseek2": { try DeepSeek2(file: $0, config: $1) },
+        "gpt-oss": { try GptOss(file: $0, config: $1) },
         "gemma2": { try Gemma(file: $0, config: $1, variant: .gemma2) },
         "gemma3": { try Gemma(file: $0, config: $1, variant: .gemma3) },
         "olmo2": { try Olmo2(file: $0, config: $1) },
+        "exaone4": { try Olmo2(file: $0, config: $1, variant: .exaone4) },
         "phi3": { try Phi3(file: $0, config: $1) },
         "starcoder2": { try StarCoder2(file: $0, config: $1) },
         "cohere2": { try Cohere2(file: $0, config: $1) },
@@ -30,12 +36,40 @@ public enum ModelRegistry {
         guard let build = builders[config.architecture] else {
             throw ModelError.unsupportedArchitecture(config.architecture)
         }
+        let unsupported = unsupportedTensorTypes(file)
+        guard unsupported.isEmpty else { throw ModelError.unsupportedTensorTypes(unsupported) }
         // Repacked tensors drop their file pages once copied; a large page-cache folio mapped whole
         // (ext4 since Linux 6.16) when a neighbouring tensor used in place is read would count
         // their bytes again (Gemma 3: +41 MiB resident), so the mapping takes small pages only.
         if repackWeights { file.advise(.noHugePages) }
-        return try WeightRepacking.$enabled.withValue(repackWeights) { try build(file, config) }
+        let model = try WeightRepacking.$enabled.withValue(repackWeights) { try build(file, config) }
+        let predictionLayers = Set((config.blockCount..<config.blockCount + config.predictionLayerCount).map { "blk.\($0)." })
+        let unused = file.unreadTensors.filter { tensor in
+            // llama.cpp loads every projection's optional `.scale` and `.input_scale` for every
+            // architecture and applies them only where its graph does (input scales only for
+            // NVFP4 weights, which are refused above); the graphs here apply the same ones.
+            // A classifier head (`cls.*`) only scores in llama.cpp's reranking mode.
+            !predictionLayers.contains { tensor.name.hasPrefix($0) } && !tensor.name.hasPrefix("cls.")
+                && !tensor.name.hasSuffix(".scale") && !tensor.name.hasSuffix(".input_scale")
+        }
+        guard unused.isEmpty else {
+            throw ModelError.unusedTensors(architecture: config.architecture, names: unused.map(\.name))
+        }
+        return model
     }
+}
+
+/// The weight types in `file` that Swiftlet has no kernels for, in file order of first use.
+public func unsupportedTensorTypes(_ file: GGUFFile) -> [UnsupportedTensorType] {
+    var found: [(type: TensorType, count: Int, example: String)] = []
+    for tensor in file.tensors where !tensor.type.hasWeightKernels {
+        if let i = found.firstIndex(where: { $0.type == tensor.type }) {
+            found[i].count += 1
+        } else {
+            found.append((tensor.type, 1, tensor.name))
+        }
+    }
+    return found.map { UnsupportedTensorType(type: $0.type, count: $0.count, example: $0.example) }
 }
 
 /// A model turns a batch of token sequences into next-token logits.
