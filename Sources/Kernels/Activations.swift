@@ -30,6 +30,18 @@ public func geglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, c
     }
 }
 
+/// x[i] = gelu(x[i]) as ggml's gelu (non-gated, starcoder2's MLP): 0 for x ≤ −10, x for
+/// x ≥ 10, otherwise the tanh-GELU of x rounded to half, from the same table as `geglu`.
+/// Needs: `x` holds `count` floats.
+public func gelu(_ x: UnsafeMutablePointer<Float>, count: Int) {
+    geluHalfTable.withUnsafeBufferPointer { table in
+        for i in 0..<count {
+            let v = x[i]
+            if v <= -10 { x[i] = 0 } else if v < 10 { x[i] = table[Int(Float16(v).bitPattern)] }
+        }
+    }
+}
+
 /// gelu(h) rounded to half for every half h (by bit pattern), as float. The formula is ggml's
 /// 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))) with its compiler's fusion of 0.044715·x·x + 1.
 let geluHalfTable: [Float] = (0..<65536).map { bits in

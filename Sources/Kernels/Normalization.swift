@@ -54,3 +54,43 @@ public func rmsNormalizeSlices(_ src: UnsafePointer<Float>, _ w: UnsafePointer<F
         s += 1
     }
 }
+
+/// dst = (src − mean) / √(variance + ε) · w + b over one row, as ggml's norm followed by its
+/// mul and add: the mean from a double sum rounded to float, divided by n in float; the
+/// variance of the centered values from their squares, 16 at a time summed as
+/// _mm512_reduce_add_ps into a double (the last n mod 16 one by one), divided by n and rounded;
+/// then each value × 1/sqrtf(variance + ε), × w, + b, three roundings. `b` nil: no bias.
+/// Needs: `src` and `dst` (which may be `src`) hold `count` floats, `w` and `b` as many.
+public func layerNormalize(_ src: UnsafePointer<Float>, _ w: UnsafePointer<Float>, _ b: UnsafePointer<Float>?,
+                           count: Int, epsilon: Float, into dst: UnsafeMutablePointer<Float>) {
+    var sum: Double = 0
+    for i in 0..<count { sum += Double(src[i]) }
+    let mean = Float(sum) / Float(count)
+    var squares: Double = 0
+    var i = 0
+    while i + 16 <= count {
+        let lo = load8(src + i) - mean, hi = load8(src + i + 8) - mean
+        store8(lo, dst + i); store8(hi, dst + i + 8)
+        squares += Double(reduceAdd16(lo * lo, hi * hi))
+        i += 16
+    }
+    while i < count {
+        let centered = src[i] - mean
+        dst[i] = centered
+        squares += Double(centered * centered)
+        i += 1
+    }
+    let variance = Float(squares / Double(count))
+    let scale = 1 / (variance + epsilon).squareRoot()
+    i = 0
+    while i + 8 <= count {
+        var y = load8(dst + i) * scale * load8(w + i)
+        if let b { y += load8(b + i) }
+        store8(y, dst + i)
+        i += 8
+    }
+    while i < count {
+        dst[i] = dst[i] * scale * w[i] + (b?[i] ?? 0)
+        i += 1
+    }
+}

@@ -40,7 +40,8 @@ public struct RoPE: Sendable {
     public let base: Float
     /// Positions are divided by this (linear RoPE scaling).
     public let positionScale: Float
-    /// Per-frequency divisors of the angles (`rope_freqs.weight`, Llama 3.1+), `dimensions / 2` of them.
+    /// Per-frequency divisors of the angles (`rope_freqs.weight`, Llama 3.1+; phi3's
+    /// `rope_factors_long`/`_short`), `dimensions / 2` of them.
     public let frequencyFactors: [Float]?
     /// YaRN's correction dimensions, when it blends (see `YaRNScaling`).
     let yarnCorrection: (low: Float, high: Float)?
@@ -80,7 +81,8 @@ public struct RoPE: Sendable {
 
     /// (cos θᵢ, sin θᵢ) for i < dimensions/2 at `position`: `dimensions` floats. As ggml's rope
     /// cache: θ₀ = position, θᵢ₊₁ = θᵢ · base^(-2/dimensions) by repeated multiplication, and
-    /// frequency factors divide θᵢ and linear scaling multiplies it by 1/scale (not the position first).
+    /// frequency factors divide θᵢ and linear scaling multiplies it by 1/scale (not the position first);
+    /// cos and sin are then multiplied by the attention factor.
     public func rotations(position: Int, into cs: UnsafeMutablePointer<Float>) {
         let thetaScale = powf(base, -2 / Float(dimensions))
         let frequencyScale = 1 / positionScale

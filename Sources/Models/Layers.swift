@@ -57,6 +57,9 @@ public struct Vector: Sendable {
         values.withUnsafeMutableBufferPointer { dequantizeRow(info.type, file.data(for: info), into: $0.baseAddress!, count: count) }
         self.values = values
     }
+
+    /// Values computed at load (e.g. several biases concatenated).
+    public init(values: [Float]) { self.values = values }
 }
 
 /// A weight matrix applied to every token of a batch: y = s·(W·x) + b, with the optional bias
@@ -157,20 +160,28 @@ public struct Embedding: Sendable {
     }
 }
 
+/// A normalization of each row with learned weights: RMSNorm or LayerNorm.
+public protocol RowNormalization: Sendable {
+    /// `y` may be `x` (in place). With a pool, a large batch's rows are split across it.
+    func normalize(_ x: Matrix, into y: Matrix, pool: ThreadPool?)
+}
+
+extension RowNormalization {
+    public func callAsFunction(_ x: Matrix, pool: ThreadPool? = nil) -> Matrix {
+        let y = Matrix(rows: x.rows, columns: x.columns, zeroed: false)
+        normalize(x, into: y, pool: pool)
+        return y
+    }
+}
+
 /// RMSNorm over each row (or over each `groupSize` slice of a row, for per-head q/k norms).
-public struct RMSNorm: Sendable {
+public struct RMSNorm: RowNormalization {
     public let weight: Vector
     public let epsilon: Float
 
     public init(file: GGUFFile, name: String, count: Int, epsilon: Float) throws {
         weight = try Vector(file: file, name: name, count: count)
         self.epsilon = epsilon
-    }
-
-    public func callAsFunction(_ x: Matrix, pool: ThreadPool? = nil) -> Matrix {
-        let y = Matrix(rows: x.rows, columns: x.columns, zeroed: false)
-        normalize(x, into: y, pool: pool)
-        return y
     }
 
     /// `y` may be `x` (in place). With a pool, a large batch's rows are split across it.
@@ -191,6 +202,47 @@ public struct RMSNorm: Sendable {
             pool.parallelChunks(slices, granularity: 8, run)
         } else {
             run(0..<slices)
+        }
+    }
+}
+
+/// LayerNorm over each row: centered, divided by the standard deviation, times `NAME.weight`,
+/// plus `NAME.bias` where the architecture has one (starcoder2; cohere2 has none).
+public struct LayerNorm: RowNormalization {
+    public let weight: Vector
+    public let bias: Vector?
+    public let epsilon: Float
+
+    /// `name`: the tensors' stem (`blk.0.attn_norm`); `bias`: whether `NAME.bias` is required
+    /// (true) or not part of the architecture (false).
+    public init(file: GGUFFile, name: String, count: Int, epsilon: Float, bias: Bool) throws {
+        weight = try Vector(file: file, name: name + ".weight", count: count)
+        self.bias = bias ? try Vector(file: file, name: name + ".bias", count: count) : nil
+        self.epsilon = epsilon
+    }
+
+    public func normalize(_ x: Matrix, into y: Matrix, pool: ThreadPool? = nil) {
+        let length = weight.values.count
+        guard x.columns == length, y.columns == x.columns, y.rows == x.rows else {
+            fatalError("LayerNorm: \(x.rows)×\(x.columns) into \(y.rows)×\(y.columns) with weight length \(length)")
+        }
+        nonisolated(unsafe) let (src, dst) = (UnsafePointer(x.data), y.data)
+        let (w, b, epsilon) = (weight.values, bias?.values, self.epsilon)
+        let run: @Sendable (Range<Int>) -> Void = { rows in
+            w.withUnsafeBufferPointer { w in
+                func normalizeRows(_ b: UnsafePointer<Float>?) {
+                    for r in rows {
+                        layerNormalize(src + r * length, w.baseAddress!, b, count: length, epsilon: epsilon,
+                                       into: dst + r * length)
+                    }
+                }
+                if let b { b.withUnsafeBufferPointer { normalizeRows($0.baseAddress!) } } else { normalizeRows(nil) }
+            }
+        }
+        if let pool, x.rows * length >= 1 << 14 {
+            pool.parallelChunks(x.rows, run)
+        } else {
+            run(0..<x.rows)
         }
     }
 }
@@ -230,9 +282,26 @@ func lastLayerReferenceBatching(_ batch: [BatchSequence]) -> ReferenceBatching {
 
 /// Multi-head attention with grouped KV heads over each sequence's cache.
 public struct Attention: Sendable {
-    public let query: Linear
-    public let key: Linear
-    public let value: Linear
+    /// q, k and v from the normalized input: three matrices, or one fused `attn_qkv` whose
+    /// output rows are q's, then k's, then v's (as llama.cpp loads either for any architecture).
+    public enum Projection: Sendable {
+        case separate(query: Linear, key: Linear, value: Linear)
+        case fused(Linear)
+    }
+
+    /// RoPE for sequences whose context is longer than the model's original one (phi3's
+    /// `rope_factors_long`; `rope` then holds the short factors). llama.cpp picks the factors
+    /// by its per-sequence context, rounded up to a multiple of 256; here the sequence's cache
+    /// capacity, rounded the same way.
+    public struct LongContextRoPE: Sendable {
+        public var rope: RoPE
+        /// Sequences whose rounded capacity exceeds this take `rope`.
+        public var originalContextLength: Int
+
+        func applies(toCapacity capacity: Int) -> Bool { (capacity + 255) / 256 * 256 > originalContextLength }
+    }
+
+    public let projection: Projection
     public var output: Linear
     public let heads: Int
     public let kvHeads: Int
@@ -241,6 +310,7 @@ public struct Attention: Sendable {
     public var queryNorm: RMSNorm?
     public var keyNorm: RMSNorm?
     public var rope: RoPE
+    public var longContextRoPE: LongContextRoPE?
     /// False in layers without positional rotation (smollm3's NoPE layers).
     public var appliesRoPE = true
     /// Keys further back than this are masked (sliding-window layers).
@@ -249,6 +319,8 @@ public struct Attention: Sendable {
     /// Multiplies q after RoPE (and `scale` is then 1), as llama.cpp's gemma3 graph does; not
     /// the same floats as scaling the scores, since q is rounded to half in the attention kernel.
     public var queryScale: Float?
+    /// Scores become c·tanh(score / c) (gemma2's `attn_logit_softcapping`; nil: none).
+    public var softCap: Float?
     /// Multiplies q after RoPE by a factor that grows with the position (Llama 4, Mistral 3).
     public var queryTemperature: AttentionTemperature?
     /// A learned logit per query head that joins the softmax without a value (gpt-oss).
@@ -271,30 +343,73 @@ public struct Attention: Sendable {
             throw ModelError.inconsistentMetadata(
                 "\(config.architecture).rope.dimension_count (\(rope.dimensions)) exceeds the head size (\(headDimension))")
         }
-        query = try Linear(file: file, name: p + "attn_q.weight", inputs: d, outputs: heads * headDimension)
-        key = try Linear(file: file, name: p + "attn_k.weight", inputs: d, outputs: kvHeads * headDimension)
-        value = try Linear(file: file, name: p + "attn_v.weight", inputs: d, outputs: kvHeads * config.valueLength)
+        let widths = [heads * headDimension, kvHeads * headDimension, kvHeads * config.valueLength]
+        if file.tensor(named: p + "attn_qkv.weight") != nil {
+            var fused = try Linear(file: file, name: p + "attn_qkv.weight", inputs: d, outputs: widths.reduce(0, +))
+            // Older conversions pair the fused weight with separate biases: llama.cpp adds them
+            // when all three are there.
+            let biases = ["attn_q.bias", "attn_k.bias", "attn_v.bias"].map { p + $0 }
+            if fused.bias == nil, biases.allSatisfy({ file.tensor(named: $0) != nil }) {
+                fused.bias = Vector(values: try zip(biases, widths).flatMap {
+                    try Vector(file: file, name: $0, count: $1).values
+                })
+            }
+            projection = .fused(fused)
+        } else {
+            projection = .separate(
+                query: try Linear(file: file, name: p + "attn_q.weight", inputs: d, outputs: widths[0]),
+                key: try Linear(file: file, name: p + "attn_k.weight", inputs: d, outputs: widths[1]),
+                value: try Linear(file: file, name: p + "attn_v.weight", inputs: d, outputs: widths[2]))
+        }
         output = try Linear(file: file, name: p + "attn_output.weight", inputs: heads * config.valueLength, outputs: d)
         if !outputBias { output.bias = nil }
         self.rope = rope
         scale = 1 / Float(headDimension).squareRoot()
     }
 
+    /// q, k and v for every row of `x`: a fused projection's columns are copied apart.
+    func projectQueryKeyValue(_ x: Matrix, pool: ThreadPool) -> (q: Matrix, k: Matrix, v: Matrix) {
+        switch projection {
+        case .separate(let query, let key, let value):
+            let qkv = project(x, [query, key, value], pool)
+            return (qkv[0], qkv[1], qkv[2])
+        case .fused(let linear):
+            let qkv = project(x, [linear], pool)[0]
+            let valueWidth = qkv.columns - (heads + kvHeads) * headDimension
+            let parts = [heads * headDimension, kvHeads * headDimension, valueWidth].map {
+                Matrix(rows: x.rows, columns: $0, zeroed: false)
+            }
+            for r in 0..<x.rows {
+                var column = 0
+                for part in parts {
+                    part[r].update(from: qkv[r] + column, count: part.columns)
+                    column += part.columns
+                }
+            }
+            return (parts[0], parts[1], parts[2])
+        }
+    }
+
     /// `x` holds the batch's normalized hidden states, sequences back to back.
     public func callAsFunction(_ x: Matrix, layer: Int, batch: [BatchSequence], pool: ThreadPool) -> Matrix {
-        let qkv = project(x, [query, key, value], pool)
-        let (q, k, v) = (qkv[0], qkv[1], qkv[2])
+        let (q, k, v) = projectQueryKeyValue(x, pool: pool)
         if let queryNorm { queryNorm.normalize(q, into: q, pool: pool) }
         if let keyNorm { keyNorm.normalize(k, into: k, pool: pool) }
 
         let sequences = attentionSequences(batch, layer: layer)
+        let ropes = batch.map { seq -> RoPE in
+            let capacity = (seq.cache as! any KVStore).capacity
+            if let longContextRoPE, longContextRoPE.applies(toCapacity: capacity) { return longContextRoPE.rope }
+            return rope
+        }
         defer { for s in sequences { s.deallocate() } }
-        rotateAndStore(q: q, k: k, v: v, sequences, pool: pool)
+        rotateAndStore(q: q, k: k, v: v, sequences, ropes: ropes, pool: pool)
 
         let valueDimension = v.columns / kvHeads
         let out = Matrix(rows: x.rows, columns: heads * valueDimension, zeroed: false)
         attend(queries: q.data, sequences, heads: heads, kvHeads: kvHeads, headDimension: headDimension,
-               valueDimension: valueDimension, scale: scale, window: window, into: out.data, pool: pool)
+               valueDimension: valueDimension, scale: scale, softCap: softCap, window: window, into: out.data,
+               pool: pool)
         if let sinks {
             applyAttentionSinks(sinks, queries: q.data, sequences, heads: heads, kvHeads: kvHeads,
                                 headDimension: headDimension, valueDimension: valueDimension, scale: scale,
@@ -303,16 +418,17 @@ public struct Attention: Sendable {
         return output(out, pool, batching: referenceBatching(batch))
     }
 
-    /// Rotates q and k and stores the batch's keys and values in each sequence's cache; every
-    /// token is independent, so a long batch is split across the pool.
-    func rotateAndStore(q: Matrix, k: Matrix, v: Matrix, _ sequences: [AttentionSequence], pool: ThreadPool) {
-        let (rope, heads, kvHeads, headDimension, queryScale) = (rope, heads, kvHeads, headDimension, queryScale)
+    /// Rotates q and k (sequence i by `ropes[i]`) and stores the batch's keys and values in each
+    /// sequence's cache; every token is independent, so a long batch is split across the pool.
+    func rotateAndStore(q: Matrix, k: Matrix, v: Matrix, _ sequences: [AttentionSequence], ropes: [RoPE],
+                        pool: ThreadPool) {
+        let (heads, kvHeads, headDimension, queryScale) = (heads, kvHeads, headDimension, queryScale)
         let queryTemperature = queryTemperature
         let appliesRoPE = appliesRoPE
         let run: @Sendable (Range<Int>) -> Void = { rows in
-            let angles = UnsafeMutablePointer<Float>.allocate(capacity: rope.dimensions)
+            let angles = UnsafeMutablePointer<Float>.allocate(capacity: ropes.map(\.dimensions).max() ?? 0)
             defer { angles.deallocate() }
-            for seq in sequences {
+            for (seq, rope) in zip(sequences, ropes) {
                 let lo = max(rows.lowerBound, seq.firstRow), hi = min(rows.upperBound, seq.firstRow + seq.tokens)
                 for r in lo..<max(lo, hi) {
                     let position = seq.firstPosition + r - seq.firstRow
@@ -387,27 +503,33 @@ public struct AttentionTemperature: Sendable {
     }
 }
 
-/// Gated feed-forward: down(act(gate·x) ⊙ up·x) — SwiGLU with SiLU, GeGLU with GELU.
+/// Gated feed-forward: down(act(gate·x) ⊙ up·x) — SwiGLU with SiLU, GeGLU with GELU. The gate
+/// may be fused into `ffn_up` (phi3): its first half of outputs is the gate, the second the up.
 public struct GatedFeedForward: Sendable {
     public enum Activation: Sendable { case silu, gelu }
-    public let gate: Linear
+    /// nil when fused into `up`.
+    public let gate: Linear?
     public let up: Linear
     public let down: Linear
     public let activation: Activation
+    /// Width of the gated hidden layer.
+    public let hidden: Int
 
     /// `biases`, `scales`: whether the architecture applies the projections' optional biases
     /// and scales (llama both, qwen3 scales only, qwen2 and gemma3 neither).
-    /// `suffix`: of the tensor names' stems (`ffn_gate_shexp` for a shared expert).
+    /// `suffix`: of the tensor names' stems (`ffn_gate_shexp` for a shared expert). `fusedGate`:
+    /// no `ffn_gate`, `ffn_up` holds gate and up (2 × `hidden` outputs).
     public init(file: GGUFFile, prefix: String, suffix: String = "", dimension: Int, hidden: Int, activation: Activation,
-                biases: Bool = true, scales: Bool = true) throws {
+                biases: Bool = true, scales: Bool = true, fusedGate: Bool = false) throws {
         func linear(_ stem: String, _ inputs: Int, _ outputs: Int) throws -> Linear {
             try Linear(file: file, name: prefix + stem + suffix + ".weight", inputs: inputs, outputs: outputs,
                        scaleOrder: .afterBias, bias: biases, scale: scales)
         }
-        gate = try linear("ffn_gate", dimension, hidden)
-        up = try linear("ffn_up", dimension, hidden)
+        gate = fusedGate ? nil : try linear("ffn_gate", dimension, hidden)
+        up = try linear("ffn_up", dimension, fusedGate ? 2 * hidden : hidden)
         down = try linear("ffn_down", hidden, dimension)
         self.activation = activation
+        self.hidden = hidden
     }
 
     /// Tokens per pass: every token is independent here, so a long batch goes through in
@@ -417,16 +539,26 @@ public struct GatedFeedForward: Sendable {
     public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
         let y = Matrix(rows: x.rows, columns: down.outputs, zeroed: false)
         let rows = min(x.rows, Self.slice)
-        let g = Matrix(rows: rows, columns: gate.outputs, zeroed: false)
-        let u = Matrix(rows: rows, columns: up.outputs, zeroed: false)
+        let g = Matrix(rows: rows, columns: hidden, zeroed: false)
+        let u = Matrix(rows: rows, columns: hidden, zeroed: false)
+        let fused = gate == nil ? Matrix(rows: rows, columns: up.outputs, zeroed: false) : nil
         for start in stride(from: 0, to: x.rows, by: rows) {
             let n = min(rows, x.rows - start)
-            matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
-            gate.finish(g.data, rows: n)
-            up.finish(u.data, rows: n)
+            if let gate {
+                matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
+                gate.finish(g.data, rows: n)
+                up.finish(u.data, rows: n)
+            } else if let fused {
+                matmul(up.weight, input: x[start], tokens: n, output: fused.data, pool: pool)
+                up.finish(fused.data, rows: n)
+                for r in 0..<n {
+                    g[r].update(from: fused[r], count: hidden)
+                    u[r].update(from: fused[r] + hidden, count: hidden)
+                }
+            }
             // Element-wise, so split across the pool (8-element aligned pieces; each element's
             // arithmetic depends only on its value and its column, so the split changes nothing).
-            let count = n * g.columns, columns = g.columns, silu = activation == .silu
+            let count = n * hidden, columns = hidden, silu = activation == .silu
             let run: @Sendable (Range<Int>) -> Void = { range in
                 if silu {
                     swiglu(g.data, u.data, elements: range, columns: columns)
@@ -446,20 +578,62 @@ public struct GatedFeedForward: Sendable {
     }
 }
 
+/// Feed-forward without a gate: down(gelu(up·x + b) ) + b (starcoder2), each bias required.
+/// (llama.cpp's graph applies no scales here.)
+public struct UngatedFeedForward: FeedForward {
+    public let up: Linear
+    public let down: Linear
+
+    public init(file: GGUFFile, prefix: String, dimension: Int, hidden: Int) throws {
+        up = try Linear(file: file, name: prefix + "ffn_up.weight", inputs: dimension, outputs: hidden,
+                        scaleOrder: .afterBias, scale: false)
+        down = try Linear(file: file, name: prefix + "ffn_down.weight", inputs: hidden, outputs: dimension,
+                          scaleOrder: .afterBias, scale: false)
+        for (linear, stem) in [(up, "ffn_up"), (down, "ffn_down")] where linear.bias == nil {
+            throw ModelError.missingTensor(prefix + stem + ".bias")
+        }
+    }
+
+    public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
+        let y = Matrix(rows: x.rows, columns: down.outputs, zeroed: false)
+        let rows = min(x.rows, GatedFeedForward.slice)
+        let h = Matrix(rows: rows, columns: up.outputs, zeroed: false)
+        for start in stride(from: 0, to: x.rows, by: rows) {
+            let n = min(rows, x.rows - start)
+            matmul(up.weight, input: x[start], tokens: n, output: h.data, pool: pool)
+            up.finish(h.data, rows: n)
+            // element-wise: split across the pool, as in GatedFeedForward
+            let count = n * h.columns
+            let run: @Sendable (Range<Int>) -> Void = { range in gelu(h.data + range.lowerBound, count: range.count) }
+            if count >= 4096 {
+                pool.parallelChunks(count, granularity: 8, run)
+            } else {
+                run(0..<count)
+            }
+            matmul(down.weight, input: h.data, tokens: n, output: y[start], pool: pool, batching: batching.dropping(start))
+            down.finish(y[start], rows: n)
+        }
+        return y
+    }
+}
+
 /// Final norm and projection to vocabulary logits, for the rows that need them.
 public struct OutputHead: Sendable {
-    public let norm: RMSNorm
+    public let norm: any RowNormalization
     public let projection: Linear
     /// Logits become c·tanh(logit / c) (`final_logit_softcapping`; nil or 0: none).
     public var softCap: Float?
-    /// Logits are multiplied by this (granite: 1 / `logit_scale`).
+    /// Logits are multiplied by this (granite: 1 / `logit_scale`, cohere2: `logit_scale`).
     public var logitScale: Float?
 
-    public init(file: GGUFFile, config: ModelConfig) throws {
+    /// `norm`: the final norm, if not RMSNorm of `output_norm.weight`. `tiedEmbeddings`: the
+    /// architecture always projects with the embedding table (gemma2, cohere2), never `output.weight`.
+    public init(file: GGUFFile, config: ModelConfig, norm: (any RowNormalization)? = nil,
+                tiedEmbeddings: Bool = false) throws {
         let d = config.embeddingLength
-        norm = try RMSNorm(file: file, name: "output_norm.weight", count: d, epsilon: config.normEpsilon)
+        self.norm = try norm ?? RMSNorm(file: file, name: "output_norm.weight", count: d, epsilon: config.normEpsilon)
         // Tied embeddings: no output.weight means the embedding table doubles as the head.
-        let name = file.tensor(named: "output.weight") != nil ? "output.weight" : "token_embd.weight"
+        let name = !tiedEmbeddings && file.tensor(named: "output.weight") != nil ? "output.weight" : "token_embd.weight"
         let vocab = file.tensor(named: name)?.rowCount ?? config.vocabularySize
         projection = try Linear(file: file, name: name, inputs: d, outputs: vocab)
     }
@@ -478,7 +652,9 @@ public struct OutputHead: Sendable {
         let logits = projection(selected, pool)
         if let logitScale { logits.scale(by: logitScale) }
         if let softCap, softCap != 0 {
-            for i in 0..<logits.rows * logits.columns { logits.data[i] = tanhf(logits.data[i] / softCap) * softCap }
+            // as ggml: × (1/c), tanh, × c
+            let inverse = 1 / softCap
+            for i in 0..<logits.rows * logits.columns { logits.data[i] = tanhf(logits.data[i] * inverse) * softCap }
         }
         return (0..<logits.rows).map { logits.rowArray($0) }
     }
@@ -499,4 +675,18 @@ func slidingWindowLayers(file: GGUFFile, config: ModelConfig, defaultPattern: In
     }
     let n = file.arch("attention.sliding_window_pattern")?.int ?? defaultPattern
     return (0..<config.blockCount).map { n == 0 || $0 % n < n - 1 }
+}
+
+/// A float hyper-parameter llama.cpp requires for the architecture (e.g. `attention.layer_norm_epsilon`).
+func requiredFloat(_ file: GGUFFile, _ config: ModelConfig, _ key: String) throws -> Float {
+    guard let value = file.arch(key)?.float else { throw ModelError.missingMetadata("\(config.architecture).\(key)") }
+    return value
+}
+
+/// A RoPE scaling type llama.cpp does not know (it asserts on one) is refused by name. (longrope
+/// scales like linear there.)
+func checkRoPEScaling(_ config: ModelConfig) throws {
+    if let type = config.ropeScalingType, !["none", "linear", "yarn", "longrope"].contains(type) {
+        throw ModelError.unsupportedMetadata("\(config.architecture).rope.scaling.type '\(type)'")
+    }
 }

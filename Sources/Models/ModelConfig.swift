@@ -28,6 +28,11 @@ public struct ModelConfig: Sendable {
     public var ropeYaRN: YaRNScaling?
     /// Multiplies the rotations' magnitude (`rope.scaling.attn_factor`, 1 by default).
     public var ropeAttentionFactor: Float
+    /// `rope.scaling.type` as the file states it (nil: absent, which llama.cpp reads as linear).
+    public var ropeScalingType: String?
+    /// The context the model was trained for before any RoPE extension
+    /// (`rope.scaling.original_context_length`, else `context_length`).
+    public var ropeOriginalContextLength: Int
 
     public init(file: GGUFFile) throws(ModelError) {
         guard let arch = file.architecture else { throw ModelError.missingMetadata("general.architecture") }
@@ -61,7 +66,9 @@ public struct ModelConfig: Sendable {
         expertUsedCount = file.arch("expert_used_count")?.int ?? 0
         // As llama.cpp reads them: the scaling type defaults to linear, a factor of 0 means
         // none, and "none" ignores the factor.
-        let scalingType = file.arch("rope.scaling.type")?.string ?? "linear"
+        ropeScalingType = file.arch("rope.scaling.type")?.string
+        ropeOriginalContextLength = file.arch("rope.scaling.original_context_length")?.int ?? contextLength
+        let scalingType = ropeScalingType ?? "linear"
         guard ["none", "linear", "yarn", "longrope"].contains(scalingType) else {
             throw ModelError.unsupportedArchitecture("\(arch) with rope.scaling.type '\(scalingType)'")
         }
@@ -111,6 +118,8 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     case contextTooLong(requested: Int, maximum: Int)
     /// Metadata values that contradict each other or the tensors (e.g. heads not a multiple of KV heads).
     case inconsistentMetadata(String)
+    /// A metadata value that selects computation Swiftlet does not implement (e.g. YaRN RoPE scaling).
+    case unsupportedMetadata(String)
     /// Tensors in the file that the architecture's graph does not use (llama.cpp refuses such a
     /// file too: silently skipping a weight would be a wrong answer).
     case unusedTensors(architecture: String, names: [String])
@@ -125,6 +134,7 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         case .unsupportedArchitecture(let a): "unsupported architecture '\(a)' (supported: \(ModelRegistry.supported.joined(separator: ", ")))"
         case .contextTooLong(let r, let m): "context length \(r) is longer than the model allows (\(m))"
         case .inconsistentMetadata(let m): "model metadata is inconsistent: \(m)"
+        case .unsupportedMetadata(let m): "model metadata is not supported: \(m)"
         case .unsupportedTensorTypes(let types):
             types.map { "tensor type \($0.type) (\($0.count) tensors, e.g. '\($0.example)')" }.joined(separator: ", ")
                 + " has no kernels in Swiftlet (supported: "

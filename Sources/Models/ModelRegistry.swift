@@ -16,19 +16,21 @@ public enum ModelRegistry {
         "granitemoe": { try Llama(file: $0, config: $1, variant: .granitemoe) },
         "deepseek2": { try DeepSeek2(file: $0, config: $1) },
         "gpt-oss": { try GptOss(file: $0, config: $1) },
-        "gemma3": { try Gemma3(file: $0, config: $1) },
+        "gemma2": { try Gemma(file: $0, config: $1, variant: .gemma2) },
+        "gemma3": { try Gemma(file: $0, config: $1, variant: .gemma3) },
         "olmo2": { try Olmo2(file: $0, config: $1) },
         "exaone4": { try Olmo2(file: $0, config: $1, variant: .exaone4) },
+        "phi3": { try Phi3(file: $0, config: $1) },
+        "starcoder2": { try StarCoder2(file: $0, config: $1) },
+        "cohere2": { try Cohere2(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
     ]
 
     public static var supported: [String] { builders.keys.sorted() }
 
-    /// The architectures whose graphs here apply YaRN and `rope.scaling.attn_factor` as
-    /// llama.cpp does; the others refuse files that set them rather than ignore them.
-    static let appliesRoPEScaling: Set<String> = [
-        "llama", "qwen2", "qwen3", "qwen3moe", "mistral3", "smollm3", "granite", "granitemoe", "olmo2", "exaone4", "gpt-oss",
-    ]
+    /// DeepSeek-V2/V3's graph folds YaRN's magnitude into its attention scale too, which is
+    /// not implemented here: such files are refused rather than run with half the scaling.
+    static let refusesRoPEScaling: Set<String> = ["deepseek2"]
 
     /// `repackWeights`: whether matrices may leave the file's mapping for a layout the CPU's
     /// kernels read faster (`WeightRepacking`); false keeps every weight in the mapping, as
@@ -38,7 +40,7 @@ public enum ModelRegistry {
         guard let build = builders[config.architecture] else {
             throw ModelError.unsupportedArchitecture(config.architecture)
         }
-        if config.ropeYaRN != nil || config.ropeAttentionFactor != 1, !appliesRoPEScaling.contains(config.architecture) {
+        if config.ropeYaRN != nil || config.ropeAttentionFactor != 1, refusesRoPEScaling.contains(config.architecture) {
             throw ModelError.unsupportedArchitecture(
                 "\(config.architecture) with YaRN or a RoPE attention factor (rope.scaling.type/attn_factor)")
         }

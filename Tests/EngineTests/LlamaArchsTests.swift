@@ -52,8 +52,9 @@ enum LlamaArchModels {
     /// The architectures Swiftlet runs, as test-llama-archs names its files.
     static let models = [
         "llama-dense", "llama-moe", "qwen2-dense", "qwen3-dense", "qwen3moe-moe", "mistral3-dense", "mistral3-moe",
-        "smollm3-dense", "granite-dense", "granite-moe", "granitemoe-dense", "granitemoe-moe", "gemma3-dense",
-        "olmo2-dense", "exaone4-dense", "deepseek2-moe", "gpt-oss-moe", "mamba-dense",
+        "smollm3-dense", "granite-dense", "granite-moe", "granitemoe-dense", "granitemoe-moe", "gemma2-dense",
+        "gemma3-dense", "olmo2-dense", "exaone4-dense", "phi3-dense", "starcoder2-dense", "cohere2-dense",
+        "deepseek2-moe", "gpt-oss-moe", "mamba-dense",
     ]
 
     @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason), arguments: models)

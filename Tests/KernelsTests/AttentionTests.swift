@@ -20,13 +20,15 @@ struct HalfRows {
 /// softmax(q·Kᵀ·scale)·V for one query row over `positions`, from the definition in double:
 /// every score first, then their maximum, the weights e^(s − max), and Σ w·v / Σ w. It shares
 /// nothing with the kernels (no online softmax, no tiles, no half-precision accumulator, no
-/// summation order of theirs). No positions give zeros, as the kernels do.
+/// summation order of theirs). No positions give zeros, as the kernels do. With a `softCap` c,
+/// each score s becomes c·tanh(s / c).
 func twoPassAttention(query: [Float], keys: [UnsafePointer<Float16>], keyOffset: Int = 0,
                       values: [UnsafePointer<Float16>], valueOffset: Int = 0, positions: Range<Int>,
-                      valueDimension: Int, scale: Float) -> [Double] {
+                      valueDimension: Int, scale: Float, softCap: Float? = nil) -> [Double] {
     guard !positions.isEmpty else { return [Double](repeating: 0, count: valueDimension) }
     let scores = positions.map { p in
-        Double(scale) * query.indices.reduce(0.0) { $0 + Double(query[$1]) * Double(Float(keys[p][keyOffset + $1])) }
+        let s = Double(scale) * query.indices.reduce(0.0) { $0 + Double(query[$1]) * Double(Float(keys[p][keyOffset + $1])) }
+        return softCap.map { Double($0) * tanh(s / Double($0)) } ?? s
     }
     let top = scores.max()!
     let weights = scores.map { exp($0 - top) }
@@ -246,10 +248,11 @@ final class TileFixture {
 /// (tiled, row, split-KV), query heads share KV heads in groups, rows and heads are spread
 /// over the pool; every (row, head) output must match the definition over its own positions
 /// (tiled rows within the tiled kernel's tolerance; row-kernel rows bitwise equal to the
-/// one-head row kernel over those positions, and loosely near the definition).
+/// one-head row kernel over those positions, and loosely near the definition). With a soft
+/// cap (gemma2), every kernel caps the scores.
 @Suite struct AttentionBatchTests {
-    @Test(arguments: [nil, 40] as [Int?])
-    func batchMatchesTwoPassSoftmax(window: Int?) {
+    @Test(arguments: [(nil, nil), (40, nil), (nil, 4), (40, 4)] as [(Int?, Float?)])
+    func batchMatchesTwoPassSoftmax(window: Int?, softCap: Float?) {
         var rng = SplitMix(state: 11)
         let (heads, kvHeads, headDimension, valueDimension, scale) = (6, 2, 64, 64, Float(0.125))
         let capacity = 1024
@@ -277,8 +280,8 @@ final class TileFixture {
         var out = [Float](repeating: .nan, count: rows * heads * valueDimension)
         out.withUnsafeMutableBufferPointer { o in
             attend(queries: queries, sequences, heads: heads, kvHeads: kvHeads, headDimension: headDimension,
-                   valueDimension: valueDimension, scale: scale, window: window, into: o.baseAddress!,
-                   pool: ThreadPool(threads: threads))
+                   valueDimension: valueDimension, scale: scale, softCap: softCap, window: window,
+                   into: o.baseAddress!, pool: ThreadPool(threads: threads))
         }
         let scratch = HeadScratch(headDimension: headDimension, positions: capacity, valueDimension: valueDimension)
         defer { scratch.deallocate() }
@@ -294,20 +297,23 @@ final class TileFixture {
                     let expected = twoPassAttention(
                         query: seq.tiled ? query : query.map { Float(Float16($0)) }, keys: caches[s].0.rows,
                         keyOffset: kv * headDimension, values: caches[s].1.rows, valueOffset: kv * valueDimension,
-                        positions: positions, valueDimension: valueDimension, scale: scale)
+                        positions: positions, valueDimension: valueDimension, scale: scale, softCap: softCap)
                     #expect(maxDifference(got, expected) <= tolerance, "sequence \(s), token \(t), head \(h)")
                     if seq.tiled { continue }
+                    // the kernels take the scale with 1/cap folded in, as `attend` passes it
+                    let (cap, kernelScale) = (softCap ?? 0, softCap.map { scale / $0 } ?? scale)
                     var one = [Float](repeating: .nan, count: valueDimension)
                     if let cells = seq.splitCells {
                         attendHeadRowSplit(query: query, keys: seq.keys, keyOffset: kv * headDimension, values: seq.values,
                                            valueOffset: kv * valueDimension, positions: positions, cells: cells,
                                            chunkSize: (cells + threads - 1) / threads, headDimension: headDimension,
-                                           valueDimension: valueDimension, scale: scale, scratch: scratch, into: &one)
+                                           valueDimension: valueDimension, scale: kernelScale, softCap: cap,
+                                           scratch: scratch, into: &one)
                     } else {
                         attendHeadRow(query: query, keys: seq.keys, keyOffset: kv * headDimension, values: seq.values,
                                       valueOffset: kv * valueDimension, positions: positions,
-                                      headDimension: headDimension, valueDimension: valueDimension, scale: scale,
-                                      scratch: scratch, into: &one)
+                                      headDimension: headDimension, valueDimension: valueDimension, scale: kernelScale,
+                                      softCap: cap, scratch: scratch, into: &one)
                     }
                     #expect(got.map(\.bitPattern) == one.map(\.bitPattern), "sequence \(s), token \(t), head \(h)")
                 }

@@ -125,4 +125,41 @@ import Testing
         got.withUnsafeMutableBufferPointer { geglu($0.baseAddress!, u, count: count) }
         #expect(got.map(\.bitPattern) == expected.map(\.bitPattern))
     }
+
+    /// GELU without a gate is GEGLU with an up of 1: the same table and ends (x ≥ 10 passes x).
+    @Test func geluEqualsGegluWithUnitUp() {
+        var rng = SystemRandomNumberGenerator()
+        let count = 8 * 11 + 3
+        var x = (0..<count).map { _ in Float.random(in: -14...14, using: &rng) }
+        x[0] = -10; x[1] = 10; x[2] = -0.0; x[3] = 9.999
+        var expected = x
+        expected.withUnsafeMutableBufferPointer { geglu($0.baseAddress!, [Float](repeating: 1, count: count), count: count) }
+        var got = x
+        got.withUnsafeMutableBufferPointer { gelu($0.baseAddress!, count: count) }
+        #expect(got.map(\.bitPattern) == expected.map(\.bitPattern))
+    }
+
+    /// LayerNorm: near the definition in double (mean 0 and unit variance before the weight and
+    /// bias), the same floats in place, and a missing bias is a zero bias.
+    @Test func layerNormMatchesTheDefinition() {
+        var rng = SystemRandomNumberGenerator()
+        for count in [7, 16, 40, 256] {
+            let x = (0..<count).map { _ in Float.random(in: -3...5, using: &rng) }
+            let w = (0..<count).map { _ in Float.random(in: 0.5...1.5, using: &rng) }
+            let b = (0..<count).map { _ in Float.random(in: -1...1, using: &rng) }
+            let mean = x.reduce(0.0) { $0 + Double($1) } / Double(count)
+            let variance = x.reduce(0.0) { $0 + (Double($1) - mean) * (Double($1) - mean) } / Double(count)
+            let expected = (0..<count).map { (Double(x[$0]) - mean) / (variance + 1e-5).squareRoot() * Double(w[$0]) + Double(b[$0]) }
+            var out = [Float](repeating: .nan, count: count)
+            layerNormalize(x, w, b, count: count, epsilon: 1e-5, into: &out)
+            #expect(zip(out, expected).allSatisfy { abs(Double($0) - $1) <= 1e-5 }, "count \(count)")
+            var inPlace = x
+            inPlace.withUnsafeMutableBufferPointer { layerNormalize($0.baseAddress!, w, b, count: count, epsilon: 1e-5, into: $0.baseAddress!) }
+            #expect(inPlace.map(\.bitPattern) == out.map(\.bitPattern), "in place, count \(count)")
+            var unbiased = [Float](repeating: .nan, count: count), zeroBias = unbiased
+            layerNormalize(x, w, nil, count: count, epsilon: 1e-5, into: &unbiased)
+            layerNormalize(x, w, [Float](repeating: 0, count: count), count: count, epsilon: 1e-5, into: &zeroBias)
+            #expect(unbiased == zeroBias, "no bias, count \(count)")
+        }
+    }
 }

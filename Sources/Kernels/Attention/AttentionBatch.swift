@@ -61,14 +61,18 @@ public struct AttentionSequence: @unchecked Sendable {
 /// to the last `window` positions if any, with the kernel `AttentionSequence` picked.
 /// `queries`: one row of `heads · headDimension` floats per batch row, rotated; `out`: one row
 /// of `heads · valueDimension`. Query head h reads KV head h / (heads / kvHeads).
+/// `softCap`: attention logit soft-capping (gemma2): scores become c·tanh(q·k·scale / c), with
+/// the 1/c folded into the scale as ggml does (nil or 0: none).
 /// Jobs are (rows, heads) pairs dealt out round-robin to a few pool items, which balances the
 /// causal triangle's uneven rows.
-// Unchecked: heads % kvHeads == 0 and window ≥ 1 (Models' Attention.init and Gemma3.init check the metadata at load).
+// Unchecked: heads % kvHeads == 0 and window ≥ 1 (Models' Attention.init checks the heads; windows come only from slidingWindowLayers, which yields none below 1).
 // Unchecked: K rows hold kvHeads·headDimension halves, V rows kvHeads·valueDimension (caches are sized kvHeads·max(key, value length) from ModelConfig; Linear.init checks the K/V widths).
 public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequence], heads: Int, kvHeads: Int,
-                   headDimension: Int, valueDimension: Int, scale: Float, window: Int?,
+                   headDimension: Int, valueDimension: Int, scale: Float, softCap: Float? = nil, window: Int?,
                    into out: UnsafeMutablePointer<Float>, pool: ThreadPool) {
     let group = heads / kvHeads
+    let softCap = softCap ?? 0
+    let scale = softCap != 0 ? scale / softCap : scale
     let (queryStride, outStride) = (heads * headDimension, heads * valueDimension)
     // Heads per row-kernel job: as many as the kernel takes, while every thread still gets
     // a job (a lone decoding sequence has only `heads` of them). An uneven split is fine: the
@@ -116,18 +120,20 @@ public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequenc
                 attendHeadTile(query: query, queryStride: queryStride, rows: rows, firstPosition: position, window: window,
                                keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
                                headDimension: headDimension, valueDimension: valueDimension, scale: scale,
-                               scratch: tile, into: output, outStride: outStride)
+                               softCap: softCap, scratch: tile, into: output, outStride: outStride)
             } else if let cells = seq.splitCells {
                 attendHeadsRowSplit(query: query, heads: width,
                                     keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
                                     positions: first..<position + 1, cells: cells,
                                     chunkSize: (cells + threadCount - 1) / threadCount, headDimension: headDimension,
-                                    valueDimension: valueDimension, scale: scale, scratch: scratch, into: output)
+                                    valueDimension: valueDimension, scale: scale, softCap: softCap, scratch: scratch,
+                                    into: output)
             } else {
                 attendHeadsRow(query: query, heads: width,
                                keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
                                positions: first..<position + 1, headDimension: headDimension,
-                               valueDimension: valueDimension, scale: scale, scratch: scratch, into: output)
+                               valueDimension: valueDimension, scale: scale, softCap: softCap, scratch: scratch,
+                               into: output)
             }
         }
     }

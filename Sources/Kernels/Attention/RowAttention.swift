@@ -27,18 +27,19 @@ struct HeadScratch {
 /// softmax over the positions in order with libm expf — on a new maximum ms = e^(old − new),
 /// w = 1, else ms = 1, w = e^(s − max) — and the output accumulated *in half precision*:
 /// acc = half(acc·ms) on a new maximum, then acc = half(v·w + acc) fused; the running sum
-/// S = S·ms + w fused; finally out = float(acc) · (1/S).
+/// S = S·ms + w fused; finally out = float(acc) · (1/S). A `softCap` (≠ 0) caps the scores
+/// first (`capScores`).
 /// (Two passes: the factors first, then the accumulation 32 lanes at a time in registers; the
 /// per-element arithmetic and order are ggml's.)
 @inline(__always)
 func attendHeadRow(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
                    values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
-                   headDimension: Int, valueDimension: Int, scale: Float,
+                   headDimension: Int, valueDimension: Int, scale: Float, softCap: Float = 0,
                    scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
     storeRoundedToHalf(query, scratch.query, count: headDimension)
     _ = attendHeadRowChunk(keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
                            positions: positions, headDimension: headDimension, valueDimension: valueDimension,
-                           scale: scale, normalize: true, scratch: scratch, into: out)
+                           scale: scale, softCap: softCap, normalize: true, scratch: scratch, into: out)
 }
 
 /// How many query heads of a KV group `attendHeadsRow` attends at once: for the grouped
@@ -53,20 +54,21 @@ func rowKernelHeads(group: Int, valueDimension: Int) -> Int {
 @inline(__always)
 func attendHeadsRow(query: UnsafePointer<Float>, heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
                     values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
-                    headDimension: Int, valueDimension: Int, scale: Float,
+                    headDimension: Int, valueDimension: Int, scale: Float, softCap: Float = 0,
                     scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
     guard CPUDispatch.groupedRowAttention(valueDimension: valueDimension) else {
         precondition(heads == 1)
         attendHeadRow(query: query, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
                       positions: positions, headDimension: headDimension, valueDimension: valueDimension, scale: scale,
-                      scratch: scratch, into: out)
+                      softCap: softCap, scratch: scratch, into: out)
         return
     }
     storeRoundedToHalf(query, scratch.query, count: headDimension * heads)
     withUnsafeTemporaryAllocation(of: (max: Float, sum: Float).self, capacity: heads) { stats in
         attendHeadsRowChunk(heads: heads, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
                             positions: positions, headDimension: headDimension, valueDimension: valueDimension,
-                            scale: scale, normalize: true, scratch: scratch, into: out, stats: stats.baseAddress!)
+                            scale: scale, softCap: softCap, normalize: true, scratch: scratch, into: out,
+                            stats: stats.baseAddress!)
     }
 }
 
@@ -79,13 +81,14 @@ func attendHeadsRow(query: UnsafePointer<Float>, heads: Int, keys: UnsafePointer
 func attendHeadRowSplit(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
                         values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
                         cells: Int, chunkSize: Int, headDimension: Int, valueDimension: Int, scale: Float,
-                        scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
+                        softCap: Float = 0, scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
     storeRoundedToHalf(query, scratch.query, count: headDimension)
     splitKV(heads: 1, positions: positions, cells: cells, chunkSize: chunkSize, valueDimension: valueDimension,
             partial: scratch.partial, into: out) { range, stats in
         stats[0] = attendHeadRowChunk(keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
                                       positions: range, headDimension: headDimension, valueDimension: valueDimension,
-                                      scale: scale, normalize: false, scratch: scratch, into: scratch.partial)
+                                      scale: scale, softCap: softCap, normalize: false, scratch: scratch,
+                                      into: scratch.partial)
     }
 }
 
@@ -95,12 +98,12 @@ func attendHeadRowSplit(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafeP
 func attendHeadsRowSplit(query: UnsafePointer<Float>, heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>,
                          keyOffset: Int, values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
                          positions: Range<Int>, cells: Int, chunkSize: Int, headDimension: Int, valueDimension: Int,
-                         scale: Float, scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
+                         scale: Float, softCap: Float = 0, scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) {
     guard CPUDispatch.groupedRowAttention(valueDimension: valueDimension) else {
         precondition(heads == 1)
         attendHeadRowSplit(query: query, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
                            positions: positions, cells: cells, chunkSize: chunkSize, headDimension: headDimension,
-                           valueDimension: valueDimension, scale: scale, scratch: scratch, into: out)
+                           valueDimension: valueDimension, scale: scale, softCap: softCap, scratch: scratch, into: out)
         return
     }
     storeRoundedToHalf(query, scratch.query, count: headDimension * heads)
@@ -108,7 +111,8 @@ func attendHeadsRowSplit(query: UnsafePointer<Float>, heads: Int, keys: UnsafePo
             partial: scratch.partial, into: out) { range, stats in
         attendHeadsRowChunk(heads: heads, keys: keys, keyOffset: keyOffset, values: values, valueOffset: valueOffset,
                             positions: range, headDimension: headDimension, valueDimension: valueDimension,
-                            scale: scale, normalize: false, scratch: scratch, into: scratch.partial, stats: stats)
+                            scale: scale, softCap: softCap, normalize: false, scratch: scratch, into: scratch.partial,
+                            stats: stats)
     }
 }
 
@@ -149,7 +153,7 @@ func splitKV(heads: Int, positions: Range<Int>, cells: Int, chunkSize: Int, valu
 @inline(__always)
 func attendHeadsRowChunk(heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
                          values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
-                         headDimension: Int, valueDimension: Int, scale: Float, normalize: Bool,
+                         headDimension: Int, valueDimension: Int, scale: Float, softCap: Float, normalize: Bool,
                          scratch: HeadScratch, into out: UnsafeMutablePointer<Float>,
                          stats: UnsafeMutablePointer<(max: Float, sum: Float)>) {
     let stride = 2 * positions.count
@@ -159,6 +163,7 @@ func attendHeadsRowChunk(heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>
         rowGroupScores(queries: scratch.query, heads: heads, keys: keys, keyOffset: keyOffset, positions: positions,
                        headDimension: headDimension, scale: scale, scores: scratch.factors, headStride: stride)
     }
+    for h in 0..<heads { capScores(scratch.factors + h * stride, count: positions.count, stride: 2, cap: softCap) }
     withUnsafeTemporaryAllocation(of: Float.self, capacity: heads) { inverses in
         for h in 0..<heads {
             stats[h] = onlineSoftmaxFactors(scratch.factors + h * stride, count: positions.count)
@@ -291,6 +296,15 @@ func onlineSoftmaxFactors(_ factors: UnsafeMutablePointer<Float>, count: Int) ->
     return (M, S)
 }
 
+/// Attention logit soft-capping (gemma2) as ggml applies it: each score, already multiplied by
+/// scale / cap, becomes cap · tanhf(score), before the mask. `count` scores `stride` floats
+/// apart; a cap of 0 leaves them.
+@inline(__always)
+func capScores(_ scores: UnsafeMutablePointer<Float>, count: Int, stride: Int, cap: Float) {
+    guard cap != 0 else { return }
+    for i in 0..<count { scores[i * stride] = cap * tanhf(scores[i * stride]) }
+}
+
 /// The factor the row kernels' accumulated output is multiplied by: 1/S, 0 for S = 0, or 1
 /// when the split-KV merge normalizes later.
 @inline(__always)
@@ -301,13 +315,14 @@ func softmaxInverse(_ sum: Float, normalize: Bool) -> Float { !normalize ? 1 : s
 @inline(__always)
 func attendHeadRowChunk(keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
                         values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int, positions: Range<Int>,
-                        headDimension: Int, valueDimension: Int, scale: Float, normalize: Bool,
+                        headDimension: Int, valueDimension: Int, scale: Float, softCap: Float, normalize: Bool,
                         scratch: HeadScratch, into out: UnsafeMutablePointer<Float>) -> (max: Float, sum: Float) {
     let qHalf = scratch.query, factors = scratch.factors
     // scores first (independent of each other), then the sequential softmax over them
     for (i, p) in positions.enumerated() {
         factors[2 * i] = dotHalfGGML(keys[p] + keyOffset, qHalf, count: headDimension) * scale
     }
+    capScores(factors, count: positions.count, stride: 2, cap: softCap)
     let (M, S) = onlineSoftmaxFactors(factors, count: positions.count)
     let inverse = softmaxInverse(S, normalize: normalize)
     let first = positions.lowerBound

@@ -41,6 +41,7 @@ struct TileScratch {
 /// dimension; per tile, the row's max, a rescale by expf(old − new max) when it grows, weights
 /// e^(s − max) by `ggmlExp8` summed 16 at a time into a double, and the output accumulated in
 /// float as one fused chain over the positions; finally out = acc · (1/S).
+/// With a `softCap` (≠ 0), scores become softCap · tanh(score) before the mask (`capScores`).
 /// Row i sits at cache position `firstPosition + i` and sees `visible(position)` positions.
 ///
 /// Work ggml does on masked positions is skipped where its result provably is not used: a
@@ -53,7 +54,7 @@ struct TileScratch {
 func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, firstPosition: Int, window: Int?,
                     keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
                     values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
-                    headDimension: Int, valueDimension: Int, scale: Float,
+                    headDimension: Int, valueDimension: Int, scale: Float, softCap: Float = 0,
                     scratch t: TileScratch, into out: UnsafeMutablePointer<Float>, outStride: Int) {
     let T = attentionTile
     // the V products in 512-bit vectors where the CPU has them (the same chains, 16 lanes wide)
@@ -145,6 +146,7 @@ func attendHeadTile(query: UnsafePointer<Float>, queryStride: Int, rows: Int, fi
             if lo >= hi { continue }
             let w = t.scores + r * T
             let (gLo, gHi) = (lo / 8, (hi + 7) / 8)
+            capScores(w + gLo * 8, count: (gHi - gLo) * 8, stride: 1, cap: softCap)
             // masked lanes of the edge groups → −∞; the max lane by lane, then across lanes
             // (the same value as ggml's scan: only the sign of a zero max could differ, and no
             // result depends on it)
