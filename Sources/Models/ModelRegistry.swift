@@ -15,6 +15,7 @@ public enum ModelRegistry {
         "granite": { try Llama(file: $0, config: $1, variant: .granite) },
         "granitemoe": { try Llama(file: $0, config: $1, variant: .granitemoe) },
         "deepseek2": { try DeepSeek2(file: $0, config: $1) },
+        "glm4": { try GLM4(file: $0, config: $1) },
         "gpt-oss": { try GptOss(file: $0, config: $1) },
         "gemma2": { try Gemma(file: $0, config: $1, variant: .gemma2) },
         "gemma3": { try Gemma(file: $0, config: $1, variant: .gemma3) },

@@ -54,7 +54,7 @@ enum LlamaArchModels {
         "llama-dense", "llama-moe", "qwen2-dense", "qwen3-dense", "qwen3moe-moe", "mistral3-dense", "mistral3-moe",
         "smollm3-dense", "granite-dense", "granite-moe", "granitemoe-dense", "granitemoe-moe", "gemma2-dense",
         "gemma3-dense", "olmo2-dense", "exaone4-dense", "phi3-dense", "starcoder2-dense", "cohere2-dense",
-        "deepseek2-moe", "gpt-oss-moe", "mamba-dense",
+        "glm4-dense", "deepseek2-moe", "gpt-oss-moe", "mamba-dense",
     ]
 
     @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason), arguments: models)
@@ -97,6 +97,22 @@ enum LlamaArchModels {
         let ignored = try klDivergence(model: unscaled, basePath: base, pool: ThreadPool(threads: 2))
         print("[\(name)] without the scaling: mean KLD \(ignored.kld.mean), same top p \(ignored.sameTopP.value)")
         #expect(10 * result.kld.mean < ignored.kld.mean, "\(name): \(result.kld.mean) scaled vs \(ignored.kld.mean) unscaled")
+    }
+
+    /// Metadata the generated models leave at one setting, rewritten: GLM-4 without M-RoPE
+    /// sections (interleaved pairs) and with half the head rotated, as GLM-4-0414 files are.
+    @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason), arguments: [
+        ("glm4-dense", "glm4-partial-rotary", ["glm4.rope.dimension_sections": .array(.int32, [.int32(0), .int32(0), .int32(0), .int32(0)]),
+                                               "glm4.rope.dimension_count": .uint32(64)]),
+    ] as [(String, String, [String: MetadataValue])])
+    func metadataVariantsMatchLlamaCpp(_ model: String, _ name: String, _ metadata: [String: MetadataValue]) throws {
+        try LlamaArchModels.variant(of: model, name: name, metadata: metadata)
+        let base = try LlamaArchModels.base(for: name)
+        let loaded = try LoadedModel(path: try LlamaArchModels.directory.get().appendingPathComponent("\(name).gguf").path)
+        let result = try klDivergence(model: loaded, basePath: base, pool: ThreadPool(threads: 2))
+        print("[\(name)] mean KLD \(result.kld.mean), same top p \(result.sameTopP.value)")
+        #expect(result.kld.mean <= 1e-4, "\(name): mean KLD \(result.kld.mean)")
+        #expect(result.sameTopP.value >= 0.99, "\(name): same top p \(result.sameTopP.value)")
     }
 
     /// What Swiftlet does not run is refused by name, before any kernel runs.
