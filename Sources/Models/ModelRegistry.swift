@@ -14,6 +14,7 @@ public enum ModelRegistry {
         "gemma3": { try Gemma3(file: $0, config: $1) },
         "olmo2": { try Olmo2(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
+        "mamba2": { try Mamba2(file: $0, config: $1) },
     ]
 
     public static var supported: [String] { builders.keys.sorted() }
