@@ -508,9 +508,10 @@ public struct OutputHead: Sendable {
     /// Logits are multiplied by this (granite: 1 / `logit_scale`).
     public var logitScale: Float?
 
-    public init(file: GGUFFile, config: ModelConfig) throws {
+    /// `normName`: the final norm's tensor (LFM2's files call it `token_embd_norm.weight`).
+    public init(file: GGUFFile, config: ModelConfig, normName: String = "output_norm.weight") throws {
         let d = config.embeddingLength
-        norm = try RMSNorm(file: file, name: "output_norm.weight", count: d, epsilon: config.normEpsilon)
+        norm = try RMSNorm(file: file, name: normName, count: d, epsilon: config.normEpsilon)
         // Tied embeddings: no output.weight means the embedding table doubles as the head.
         let name = file.tensor(named: "output.weight") != nil ? "output.weight" : "token_embd.weight"
         let vocab = file.tensor(named: name)?.rowCount ?? config.vocabularySize

@@ -15,6 +15,7 @@ public enum ModelRegistry {
         "olmo2": { try Olmo2(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
         "mamba2": { try Mamba2(file: $0, config: $1) },
+        "lfm2": { try LFM2(file: $0, config: $1) },
     ]
 
     public static var supported: [String] { builders.keys.sorted() }

@@ -47,3 +47,51 @@ public final class RecurrentState: SequenceState, @unchecked Sendable {
         if position < count { reset() }
     }
 }
+
+/// A hybrid model's per-sequence memory (LFM2): a KV cache for its attention layers and a
+/// recurrent state for the others, filled by the same passes. Attention reads it as any
+/// `KVStore`, by model layer.
+public final class HybridState: KVStore, @unchecked Sendable {
+    public let recurrent: RecurrentState
+    private let attention: KVCache
+    /// Model layer → its layer in `attention` (only attention layers are looked up).
+    private let cacheLayer: [Int]
+
+    /// `attentionLayers`: which model layers attend; `kvDimension`: floats of one position's
+    /// key (or value) in the widest of them; `convCount`: floats of a recurrent layer's window.
+    public init(attentionLayers: [Bool], kvDimension: Int, convCount: Int, capacity: Int) {
+        var next = 0
+        cacheLayer = attentionLayers.map { attends in
+            defer { if attends { next += 1 } }
+            return attends ? next : -1
+        }
+        attention = KVCache(layers: next, kvDimension: kvDimension, capacity: capacity)
+        recurrent = RecurrentState(layers: attentionLayers.count, convCount: convCount, ssmCount: 0, capacity: capacity)
+    }
+
+    public var count: Int { attention.count }
+    public var capacity: Int { attention.capacity }
+
+    public func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float16> {
+        attention.key(layer: cacheLayer[layer], position: position)
+    }
+
+    public func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float16> {
+        attention.value(layer: cacheLayer[layer], position: position)
+    }
+
+    public func reserve(_ tokens: Int) throws { try attention.reserve(tokens) }
+
+    public func advance(by tokens: Int) {
+        attention.advance(by: tokens)
+        recurrent.advance(by: tokens)
+    }
+
+    /// The recurrent layers cannot forget tokens, so neither part does: anything short of
+    /// keeping all of it starts both over (the two always hold the same positions).
+    public func truncate(to position: Int) {
+        guard position < count else { return }
+        attention.truncate(to: 0)
+        recurrent.truncate(to: 0)
+    }
+}

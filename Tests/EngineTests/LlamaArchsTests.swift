@@ -36,7 +36,7 @@ enum LlamaArchModels {
 
 @Suite(.serialized) struct LlamaArchsTests {
     /// The architectures Swiftlet runs, as test-llama-archs names its files.
-    static let models = ["llama-dense", "llama-moe", "qwen2-dense", "qwen3-dense", "smollm3-dense", "granite-dense", "gemma3-dense", "olmo2-dense", "mamba-dense", "mamba2-dense"]
+    static let models = ["llama-dense", "llama-moe", "qwen2-dense", "qwen3-dense", "smollm3-dense", "granite-dense", "gemma3-dense", "olmo2-dense", "mamba-dense", "mamba2-dense", "lfm2-dense"]
 
     @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason), arguments: models)
     func distributionsMatchLlamaCpp(_ model: String) throws {
