@@ -35,6 +35,9 @@ public final class GGUFFile: @unchecked Sendable {
 
     private let base: UnsafeRawPointer
     private let tensorIndex: [String: Int]
+    /// Indexes of the tensors whose bytes were asked for (`data(for:)`, `bytes(for:)`): after a
+    /// model is built, the ones never asked for are the tensors its graph does not use.
+    private let readTensors = LockedIndexSet()
 
     public static let magic: UInt32 = 0x4655_4747  // "GGUF" little-endian
 
@@ -88,11 +91,27 @@ public final class GGUFFile: @unchecked Sendable {
 
     /// Pointer to a tensor's bytes inside the mapping (valid while `self` lives).
     public func data(for tensor: TensorInfo) -> UnsafeRawPointer {
-        base + tensor.fileOffset
+        markRead(tensor)
+        return base + tensor.fileOffset
     }
 
     public func bytes(for tensor: TensorInfo) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: base + tensor.fileOffset, count: tensor.byteCount)
+        markRead(tensor)
+        return UnsafeRawBufferPointer(start: base + tensor.fileOffset, count: tensor.byteCount)
+    }
+
+    /// The start of the mapping (tensor data lies at `mappingBase + fileOffset`).
+    public var mappingBase: UnsafeRawPointer { base }
+
+    /// Tensors whose bytes nothing has asked for yet, in file order.
+    public var unreadTensors: [TensorInfo] {
+        let read = readTensors.snapshot
+        return tensors.indices.filter { !read.contains($0) }.map { tensors[$0] }
+    }
+
+    private func markRead(_ tensor: TensorInfo) {
+        guard let index = tensorIndex[tensor.name] else { return }
+        readTensors.insert(index)
     }
 
     /// Tell the kernel how the mapping will be read: `.willNeed` prefetches, `.dontNeed`
@@ -326,5 +345,30 @@ struct Parser {
             throw error(.overlaps(other: a.name), at: b.fileOffset, tensor: b.name)
         }
         return result
+    }
+}
+
+/// A set of indexes behind a pthread mutex (Synchronization's `Mutex` needs macOS 15).
+private final class LockedIndexSet: @unchecked Sendable {
+    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private var indexes = Set<Int>()
+
+    init() { pthread_mutex_init(mutex, nil) }
+
+    deinit {
+        pthread_mutex_destroy(mutex)
+        mutex.deallocate()
+    }
+
+    func insert(_ index: Int) {
+        pthread_mutex_lock(mutex)
+        indexes.insert(index)
+        pthread_mutex_unlock(mutex)
+    }
+
+    var snapshot: Set<Int> {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return indexes
     }
 }

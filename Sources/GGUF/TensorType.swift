@@ -15,19 +15,36 @@ public enum TensorType: UInt32, Sendable, CaseIterable, CustomStringConvertible 
     case q5_K = 13
     case q6_K = 14
     case q8_K = 15
+    case iq2_XXS = 16
+    case iq2_XS = 17
+    case iq3_XXS = 18
+    case iq1_S = 19
+    case iq4_NL = 20
+    case iq3_S = 21
+    case iq2_S = 22
+    case iq4_XS = 23
     case i8 = 24
     case i16 = 25
     case i32 = 26
     case i64 = 27
     case f64 = 28
+    case iq1_M = 29
     case bf16 = 30
+    case tq1_0 = 34
+    case tq2_0 = 35
+    case mxfp4 = 39
+    case nvfp4 = 40
+    case q1_0 = 41
 
     /// Elements per block: quantized formats store weights in fixed-size blocks along a row.
     public var blockSize: Int {
         switch self {
         case .f32, .f16, .bf16, .i8, .i16, .i32, .i64, .f64: return 1
-        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q8_1: return 32
-        case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .q8_K: return 256
+        case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q8_1, .iq4_NL, .mxfp4: return 32
+        case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K, .q8_K, .iq2_XXS, .iq2_XS, .iq2_S, .iq3_XXS, .iq3_S, .iq1_S, .iq1_M,
+             .iq4_XS, .tq1_0, .tq2_0: return 256
+        case .nvfp4: return 64
+        case .q1_0: return 128
         }
     }
 
@@ -52,6 +69,21 @@ public enum TensorType: UInt32, Sendable, CaseIterable, CustomStringConvertible 
         case .q5_K: return 2 + 2 + 12 + 32 + 128
         case .q6_K: return 128 + 64 + 16 + 2
         case .q8_K: return 4 + 256 + 32
+        // ggml's block layouts (gguf-py's GGML_QUANT_SIZES)
+        case .iq2_XXS: return 66
+        case .iq2_XS: return 74
+        case .iq2_S: return 82
+        case .iq3_XXS: return 98
+        case .iq3_S: return 110
+        case .iq1_S: return 50
+        case .iq1_M: return 56
+        case .iq4_NL: return 18
+        case .iq4_XS: return 136
+        case .tq1_0: return 54
+        case .tq2_0: return 66
+        case .mxfp4: return 17
+        case .nvfp4: return 36
+        case .q1_0: return 18
         }
     }
 
@@ -79,6 +111,20 @@ public enum TensorType: UInt32, Sendable, CaseIterable, CustomStringConvertible 
         case .i32: "I32"
         case .i64: "I64"
         case .f64: "F64"
+        case .iq2_XXS: "IQ2_XXS"
+        case .iq2_XS: "IQ2_XS"
+        case .iq2_S: "IQ2_S"
+        case .iq3_XXS: "IQ3_XXS"
+        case .iq3_S: "IQ3_S"
+        case .iq1_S: "IQ1_S"
+        case .iq1_M: "IQ1_M"
+        case .iq4_NL: "IQ4_NL"
+        case .iq4_XS: "IQ4_XS"
+        case .tq1_0: "TQ1_0"
+        case .tq2_0: "TQ2_0"
+        case .mxfp4: "MXFP4"
+        case .nvfp4: "NVFP4"
+        case .q1_0: "Q1_0"
         }
     }
 

@@ -87,6 +87,17 @@ public func silu(_ x: UnsafeMutablePointer<Float>, elements: Range<Int>, columns
     }
 }
 
+/// g[i] = x·σ(α·x)·(y + 1) with x = min(g[i], limit), y = clamp(u[i], −limit, limit): gpt-oss's
+/// clamped SwiGLU, with ggml's scalar arithmetic (`swiglu_oai`: x / (1 + e^(α·(−x))), libm expf).
+/// Needs: `g` and `u` hold `count` floats.
+public func clampedSwiGLU(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, count: Int, alpha: Float, limit: Float) {
+    for i in 0..<count {
+        let x = min(g[i], limit)
+        let y = min(max(u[i], -limit), limit)
+        g[i] = x / (1 + expf(alpha * -x)) * (y + 1)
+    }
+}
+
 /// e^x for 8 lanes with ggml's SIMD expf (`ggml_v_expf`, the AVX-512 variant, which
 /// llama.cpp's CPU backend uses for SiLU and for softmax on this hardware): n = round(x/ln2)
 /// by the 1.5·2²³ shift, b = x − n·ln2 in two fused steps, a degree-5 polynomial (ARM

@@ -24,6 +24,17 @@ func byte(_ p: UnsafeRawPointer, _ offset: Int) -> UInt8 {
     p.load(fromByteOffset: offset, as: UInt8.self)
 }
 
+extension TensorType {
+    /// Whether weights of this type can be multiplied and dequantized (`matmul`,
+    /// `dequantizeRow`); models refuse files with other weight types at load.
+    public var hasWeightKernels: Bool {
+        switch self {
+        case .f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: true
+        default: false
+        }
+    }
+}
+
 /// Expands `count` elements (a whole number of blocks) of `type` at `source` into floats.
 ///
 /// The results are bit-identical to the reference decoder (the `gguf` Python package's

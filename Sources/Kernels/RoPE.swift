@@ -8,6 +8,30 @@ public enum RoPEStyle: Sendable {
     case halves
 }
 
+/// YaRN ("Yet another RoPE extension"): high frequencies keep their trained angles, low ones
+/// are interpolated by the linear scale, with a linear ramp between the correction dimensions
+/// that `betaFast`/`betaSlow` rotations over the original context length give; rotations grow
+/// by 1 + 0.1·ln(scale).
+public struct YaRNScaling: Sendable, Equatable {
+    public var originalContext: Int
+    public var betaFast: Float
+    public var betaSlow: Float
+
+    public init(originalContext: Int, betaFast: Float, betaSlow: Float) {
+        self.originalContext = originalContext
+        self.betaFast = betaFast
+        self.betaSlow = betaSlow
+    }
+
+    /// ggml's correction dimensions (`ggml_rope_yarn_corr_dims`) for one RoPE.
+    func correctionDimensions(dimensions: Int, base: Float) -> (low: Float, high: Float) {
+        func dimension(_ rotations: Float) -> Float {
+            Float(dimensions) * logf(Float(originalContext) / (rotations * 2 * Float.pi)) / (2 * logf(base))
+        }
+        return (max(0, dimension(betaFast).rounded(.down)), min(Float(dimensions - 1), dimension(betaSlow).rounded(.up)))
+    }
+}
+
 /// Rotary position embedding: rotates pairs of a head's first `dimensions` dimensions by
 /// angles that grow with the token's position, at `dimensions / 2` frequencies from `base`.
 public struct RoPE: Sendable {
@@ -18,14 +42,31 @@ public struct RoPE: Sendable {
     public let positionScale: Float
     /// Per-frequency divisors of the angles (`rope_freqs.weight`, Llama 3.1+), `dimensions / 2` of them.
     public let frequencyFactors: [Float]?
+    /// YaRN's correction dimensions, when it blends (see `YaRNScaling`).
+    let yarnCorrection: (low: Float, high: Float)?
+    /// Multiplies cos and sin (the attention factor, and YaRN's magnitude correction).
+    let magnitude: Float
 
-    public init(style: RoPEStyle, dimensions: Int, base: Float, positionScale: Float = 1, frequencyFactors: [Float]? = nil) {
+    /// `attentionFactor`: `rope.scaling.attn_factor`; with `yarn`, as llama.cpp sets it up.
+    public init(style: RoPEStyle, dimensions: Int, base: Float, positionScale: Float = 1, frequencyFactors: [Float]? = nil,
+                yarn: YaRNScaling? = nil, attentionFactor: Float = 1) {
         precondition(frequencyFactors == nil || frequencyFactors!.count == dimensions / 2)
         self.style = style
         self.dimensions = dimensions
         self.base = base
         self.positionScale = positionScale
         self.frequencyFactors = frequencyFactors
+        if let yarn, positionScale != 1 {
+            yarnCorrection = yarn.correctionDimensions(dimensions: dimensions, base: base)
+            // llama.cpp cancels its own attention-factor correction (get_mscale / (1 + 0.1·ln s))
+            // and ggml's rope then multiplies by 1 + 0.1·ln(1 / freq_scale)
+            let frequencyScale = 1 / positionScale, factor = 1 / frequencyScale
+            let attention = (0.1 * logf(factor) + 1) * (1 / (1 + 0.1 * logf(factor))) * attentionFactor
+            magnitude = attention * (1 + 0.1 * logf(1 / frequencyScale))
+        } else {
+            yarnCorrection = nil
+            magnitude = attentionFactor
+        }
     }
 
     /// Rotates every head of one token's q or k vector in place.
@@ -45,9 +86,16 @@ public struct RoPE: Sendable {
         let frequencyScale = 1 / positionScale
         var theta = Float(position)
         for i in 0..<dimensions / 2 {
-            let angle = frequencyScale * (frequencyFactors.map { theta / $0[i] } ?? theta)
-            cs[2 * i] = cosf(angle)
-            cs[2 * i + 1] = sinf(angle)
+            let extrapolated = frequencyFactors.map { theta / $0[i] } ?? theta
+            var angle = frequencyScale * extrapolated
+            if let (low, high) = yarnCorrection {
+                // ggml's rope_yarn_ramp, then the blend (ext_factor 1)
+                let y = (Float(i) - low) / max(0.001, high - low)
+                let mix = 1 - min(1, max(0, y))
+                angle = angle * (1 - mix) + extrapolated * mix
+            }
+            cs[2 * i] = cosf(angle) * magnitude
+            cs[2 * i + 1] = sinf(angle) * magnitude
             theta *= thetaScale
         }
     }

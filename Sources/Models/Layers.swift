@@ -34,6 +34,14 @@ public final class Matrix: @unchecked Sendable {
     public func scale(by factor: Float) {
         for i in 0..<rows * columns { data[i] *= factor }
     }
+
+    /// Adds `bias` (`columns` floats) to every row.
+    public func addToEachRow(_ bias: [Float]) {
+        for r in 0..<rows {
+            let row = self[r]
+            for j in 0..<columns { row[j] += bias[j] }
+        }
+    }
 }
 
 /// A float vector stored in the model file (norm weights, biases), dequantized once at load.
@@ -355,6 +363,10 @@ public struct Attention: Sendable {
     /// Multiplies q after RoPE (and `scale` is then 1), as llama.cpp's gemma3 graph does; not
     /// the same floats as scaling the scores, since q is rounded to half in the attention kernel.
     public var queryScale: Float?
+    /// Multiplies q after RoPE by a factor that grows with the position (Llama 4, Mistral 3).
+    public var queryTemperature: AttentionTemperature?
+    /// A learned logit per query head that joins the softmax without a value (gpt-oss).
+    public var sinks: [Float]?
 
     /// `outputBias`: whether the architecture adds `attn_output.bias` (its scale always applies).
     public init(file: GGUFFile, layer: Int, config: ModelConfig, rope: RoPE, outputBias: Bool = true) throws {
@@ -389,17 +401,7 @@ public struct Attention: Sendable {
         if let queryNorm { queryNorm.normalize(q, into: q, pool: pool) }
         if let keyNorm { keyNorm.normalize(k, into: k, pool: pool) }
 
-        var row = 0
-        var sequences: [AttentionSequence] = []
-        for seq in batch {
-            let cache = seq.cache as! any KVStore
-            sequences.append(AttentionSequence(
-                firstRow: row, firstPosition: cache.count, tokens: seq.tokens.count, cacheCapacity: cache.capacity,
-                batching: seq.batching,
-                key: { UnsafePointer(cache.key(layer: layer, position: $0)) },
-                value: { UnsafePointer(cache.value(layer: layer, position: $0)) }))
-            row += seq.tokens.count
-        }
+        let sequences = attentionSequences(batch, layer: layer)
         defer { for s in sequences { s.deallocate() } }
         rotateAndStore(q: q, k: k, v: v, sequences, pool: pool)
 
@@ -407,6 +409,11 @@ public struct Attention: Sendable {
         let out = Matrix(rows: x.rows, columns: heads * valueDimension, zeroed: false)
         attend(queries: q.data, sequences, heads: heads, kvHeads: kvHeads, headDimension: headDimension,
                valueDimension: valueDimension, scale: scale, window: window, into: out.data, pool: pool)
+        if let sinks {
+            applyAttentionSinks(sinks, queries: q.data, sequences, heads: heads, kvHeads: kvHeads,
+                                headDimension: headDimension, valueDimension: valueDimension, scale: scale,
+                                window: window, output: out.data, pool: pool)
+        }
         return output(out, pool, batching: referenceBatching(batch))
     }
 
@@ -414,6 +421,7 @@ public struct Attention: Sendable {
     /// token is independent, so a long batch is split across the pool.
     func rotateAndStore(q: Matrix, k: Matrix, v: Matrix, _ sequences: [AttentionSequence], pool: ThreadPool) {
         let (rope, heads, kvHeads, headDimension, queryScale) = (rope, heads, kvHeads, headDimension, queryScale)
+        let queryTemperature = queryTemperature
         let appliesRoPE = appliesRoPE
         let run: @Sendable (Range<Int>) -> Void = { rows in
             let angles = UnsafeMutablePointer<Float>.allocate(capacity: rope.dimensions)
@@ -427,6 +435,10 @@ public struct Attention: Sendable {
                         rope.apply(q[r], heads: heads, headDimension: headDimension, rotations: angles)
                     }
                     if let queryScale { for j in 0..<q.columns { q[r][j] *= queryScale } }
+                    if let queryTemperature {
+                        let factor = queryTemperature.factor(position: position)
+                        for j in 0..<q.columns { q[r][j] *= factor }
+                    }
                     if appliesRoPE { rope.apply(k[r], heads: kvHeads, headDimension: headDimension, rotations: angles) }
                     storeHalf(k[r], UnsafeMutablePointer(mutating: seq.keys[position]), count: k.columns)
                     storeHalf(v[r], UnsafeMutablePointer(mutating: seq.values[position]), count: v.columns)
@@ -441,6 +453,54 @@ public struct Attention: Sendable {
     }
 }
 
+/// The `count` matrices of a 3-D tensor (`[inputs, outputs, count]`: one per expert or per head).
+func matrixStack(file: GGUFFile, name: String, inputs: Int, outputs: Int, count: Int) throws -> [WeightMatrix] {
+    guard let info = file.tensor(named: name) else { throw ModelError.missingTensor(name) }
+    // a trailing dimension of 1 is not written to the file
+    guard info.shape == [inputs, outputs, count] || (count == 1 && info.shape == [inputs, outputs]) else {
+        throw ModelError.badTensorShape(name: name, expected: [inputs, outputs, count], found: info.shape)
+    }
+    let base = file.data(for: info), bytesPerMatrix = outputs * info.rowBytes
+    return (0..<count).map {
+        WeightMatrix(type: info.type, data: base + $0 * bytesPerMatrix, rows: outputs, columns: inputs, owner: file)
+    }
+}
+
+/// Each sequence's rows in the batch and its cache rows of `layer` (deallocate them after use).
+func attentionSequences(_ batch: [BatchSequence], layer: Int) -> [AttentionSequence] {
+    var row = 0
+    var sequences: [AttentionSequence] = []
+    for seq in batch {
+        let cache = seq.cache as! any KVStore
+        sequences.append(AttentionSequence(
+            firstRow: row, firstPosition: cache.count, tokens: seq.tokens.count, cacheCapacity: cache.capacity,
+            batching: seq.batching,
+            key: { UnsafePointer(cache.key(layer: layer, position: $0)) },
+            value: { UnsafePointer(cache.value(layer: layer, position: $0)) }))
+        row += seq.tokens.count
+    }
+    return sequences
+}
+
+/// Llama 4's attention temperature tuning: q × (1 + scale · ln(⌊(position + offset) / floor⌋ + 1)),
+/// so far-away tokens keep sharp attention in long contexts.
+public struct AttentionTemperature: Sendable {
+    public let scale: Float
+    /// Positions per step of the logarithm (the original context length); > 0.
+    public let floorScale: Int
+    public var offset: Float = 0
+
+    public init(scale: Float, floorScale: Int) {
+        self.scale = scale
+        self.floorScale = floorScale
+    }
+
+    func factor(position: Int) -> Float {
+        let steps = ((Float(position) + offset) / Float(floorScale)).rounded(.down)
+        return Float(log(Double(steps) + 1) * Double(scale) + 1)
+    }
+}
+
 /// Gated feed-forward: down(act(gate·x) ⊙ up·x) — SwiGLU with SiLU, GeGLU with GELU.
 public struct GatedFeedForward: Sendable {
     public enum Activation: Sendable { case silu, gelu }
@@ -451,15 +511,16 @@ public struct GatedFeedForward: Sendable {
 
     /// `biases`, `scales`: whether the architecture applies the projections' optional biases
     /// and scales (llama both, qwen3 scales only, qwen2 and gemma3 neither).
-    public init(file: GGUFFile, prefix: String, dimension: Int, hidden: Int, activation: Activation,
+    /// `suffix`: of the tensor names' stems (`ffn_gate_shexp` for a shared expert).
+    public init(file: GGUFFile, prefix: String, suffix: String = "", dimension: Int, hidden: Int, activation: Activation,
                 biases: Bool = true, scales: Bool = true) throws {
-        func linear(_ name: String, _ inputs: Int, _ outputs: Int) throws -> Linear {
-            try Linear(file: file, name: prefix + name, inputs: inputs, outputs: outputs, scaleOrder: .afterBias,
-                       bias: biases, scale: scales)
+        func linear(_ stem: String, _ inputs: Int, _ outputs: Int) throws -> Linear {
+            try Linear(file: file, name: prefix + stem + suffix + ".weight", inputs: inputs, outputs: outputs,
+                       scaleOrder: .afterBias, bias: biases, scale: scales)
         }
-        gate = try linear("ffn_gate.weight", dimension, hidden)
-        up = try linear("ffn_up.weight", dimension, hidden)
-        down = try linear("ffn_down.weight", hidden, dimension)
+        gate = try linear("ffn_gate", dimension, hidden)
+        up = try linear("ffn_up", dimension, hidden)
+        down = try linear("ffn_down", hidden, dimension)
         self.activation = activation
     }
 
@@ -545,10 +606,11 @@ func slidingWindowLayers(file: GGUFFile, config: ModelConfig, defaultPattern: In
     guard let window = config.slidingWindow, window > 0 else { return Array(repeating: false, count: config.blockCount) }
     let key = "\(config.architecture).attention.sliding_window_pattern"
     if let values = file.arch("attention.sliding_window_pattern")?.array {
-        guard values.count == config.blockCount else {
+        // the prediction layers (nextn), when the file has them, may have entries too
+        guard values.count == config.blockCount || values.count == config.blockCount + config.predictionLayerCount else {
             throw ModelError.inconsistentMetadata("\(key) has \(values.count) entries for \(config.blockCount) layers")
         }
-        return values.map { ($0.int ?? 0) != 0 }
+        return values.prefix(config.blockCount).map { ($0.int ?? 0) != 0 }
     }
     let n = file.arch("attention.sliding_window_pattern")?.int ?? defaultPattern
     return (0..<config.blockCount).map { n == 0 || $0 % n < n - 1 }

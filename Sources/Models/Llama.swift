@@ -4,8 +4,9 @@ import Kernels
 /// Llama 2/3, Mistral, SmolLM: pre-norm decoder with RMSNorm, RoPE, grouped-query attention
 /// and a SwiGLU feed-forward — or, when the file declares experts (Mixtral), a sparse mixture
 /// of SwiGLU experts. Qwen2 is the same network with GPT-NeoX RoPE (its q/k/v biases, like any
-/// projection's optional bias and scale, are read by `Linear`); Qwen3 adds per-head q/k RMSNorm;
-/// SmolLM3 leaves RoPE out of every 4th layer; Granite multiplies embeddings, residual branches,
+/// projection's optional bias and scale, are read by `Linear`); Qwen3 (and Qwen3-MoE) adds
+/// per-head q/k RMSNorm; SmolLM3 leaves RoPE out of every 4th layer; Granite (and
+/// GraniteMoE, with an optional shared expert) multiplies embeddings, residual branches,
 /// scores and logits by metadata constants.
 public final class Llama: AttentionModel {
     struct Layer: Sendable {
@@ -38,12 +39,29 @@ public final class Llama: AttentionModel {
         /// sub-layer's output × `residual_scale` before the residual add, logits ÷ `logit_scale`,
         /// attention scores × `attention.scale`, RoPE only when `rope.scaling.finetuned`.
         public var graniteMultipliers = false
+        /// The experts' width is `expert_feed_forward_length`, else n_ff / n_expert_used (qwen3moe);
+        /// otherwise it is n_ff.
+        public var expertWidthKey = false
+        /// A shared expert of width `expert_shared_feed_forward_length` when that is > 0 (granitemoe).
+        public var sharedExpert = false
+        /// RoPE only when `rope.scaling.finetuned` (default true) says so: granite's switch,
+        /// which granitemoe does not read.
+        public var ropeSwitchedByFinetuned = false
+        /// Whether the experts' optional per-expert scales apply (granite's MoE call passes none).
+        public var expertScales = true
+        /// Llama 4's attention temperature tuning when `attention.temperature_scale` ≠ 0 (mistral3).
+        public var attentionTemperature = false
 
         public static let llama = Variant()
         public static let qwen2 = Variant(ropeStyle: .halves, feedForwardBiases: false, feedForwardScales: false)
         public static let qwen3 = Variant(ropeStyle: .halves, feedForwardBiases: false, queryKeyNorm: true)
         public static let smollm3 = Variant(feedForwardScales: false, noRoPELayerStep: 4)
-        public static let granite = Variant(feedForwardScales: false, graniteMultipliers: true)
+        public static let qwen3moe = Variant(ropeStyle: .halves, queryKeyNorm: true, expertWidthKey: true)
+        public static let granite = Variant(feedForwardScales: false, graniteMultipliers: true, sharedExpert: true,
+                                           ropeSwitchedByFinetuned: true, expertScales: false)
+        public static let granitemoe = Variant(feedForwardScales: false, graniteMultipliers: true, sharedExpert: true,
+                                              expertScales: false)
+        public static let mistral3 = Variant(attentionTemperature: true)
     }
 
     public init(file: GGUFFile, config: ModelConfig, variant: Variant = .llama) throws {
@@ -53,29 +71,43 @@ public final class Llama: AttentionModel {
         let frequencyFactors = file.tensor(named: "rope_freqs.weight") != nil
             ? try Vector(file: file, name: "rope_freqs.weight", count: config.ropeDimensionCount / 2).values : nil
         let rope = RoPE(style: variant.ropeStyle, dimensions: config.ropeDimensionCount, base: config.ropeFreqBase,
-                        positionScale: config.ropeLinearScale, frequencyFactors: frequencyFactors)
+                        positionScale: config.ropeLinearScale, frequencyFactors: frequencyFactors,
+                        yarn: config.ropeYaRN, attentionFactor: config.ropeAttentionFactor)
         var head = try OutputHead(file: file, config: config)
         var attentionScale: Float?, appliesRoPE = true
         if variant.graniteMultipliers {
-            guard config.expertCount == 0 else {
-                throw ModelError.unsupportedArchitecture("\(config.architecture) with experts (GraniteMoE)")
-            }
             func multiplier(_ key: String) -> Float? { file.arch(key)?.float.flatMap { $0 == 0 ? nil : $0 } }
             embeddingScale = multiplier("embedding_scale")
             residualScale = multiplier("residual_scale")
             attentionScale = multiplier("attention.scale")
             head.logitScale = multiplier("logit_scale").map { 1 / $0 }
-            appliesRoPE = file.arch("rope.scaling.finetuned")?.bool ?? true
+            if variant.ropeSwitchedByFinetuned { appliesRoPE = file.arch("rope.scaling.finetuned")?.bool ?? true }
         } else {
             embeddingScale = nil
             residualScale = nil
         }
         self.head = head
+        if variant.expertWidthKey && config.expertCount == 0 {
+            throw ModelError.inconsistentMetadata("\(config.architecture).expert_count is 0: this architecture is a mixture of experts")
+        }
+        let expertWidth = variant.expertWidthKey
+            ? file.arch("expert_feed_forward_length")?.int ?? config.feedForwardLength / max(1, config.expertUsedCount)
+            : config.feedForwardLength
+        let sharedExpertWidth = variant.sharedExpert ? file.arch("expert_shared_feed_forward_length")?.int.flatMap { $0 > 0 ? $0 : nil } : nil
+        var temperature: AttentionTemperature?
+        if variant.attentionTemperature, let scale = file.arch("attention.temperature_scale")?.float, scale != 0 {
+            let originalContext = file.arch("rope.scaling.original_context_length")?.int ?? config.contextLength
+            guard originalContext > 0 else {
+                throw ModelError.inconsistentMetadata("\(config.architecture).rope.scaling.original_context_length is \(originalContext): attention temperature scaling divides by it")
+            }
+            temperature = AttentionTemperature(scale: scale, floorScale: originalContext)
+        }
         embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
             var attention = try Attention(file: file, layer: i, config: config, rope: rope)
             attention.appliesRoPE = appliesRoPE
+            attention.queryTemperature = temperature
             if let attentionScale { attention.scale = attentionScale }
             if let step = variant.noRoPELayerStep, (i + 1) % step == 0 { attention.appliesRoPE = false }
             if variant.queryKeyNorm {
@@ -87,8 +119,9 @@ public final class Llama: AttentionModel {
                 attention: attention,
                 feedForwardNorm: try RMSNorm(file: file, name: p + "ffn_norm.weight", count: d, epsilon: eps),
                 feedForward: config.expertCount > 0
-                    ? try MixtureOfExperts(file: file, prefix: p, dimension: d, hidden: config.feedForwardLength,
-                                           experts: config.expertCount, used: config.expertUsedCount)
+                    ? try MixtureOfExperts(file: file, prefix: p, dimension: d, hidden: expertWidth,
+                                           experts: config.expertCount, used: config.expertUsedCount,
+                                           expertScales: variant.expertScales, sharedHidden: sharedExpertWidth)
                     : try GatedFeedForward(file: file, prefix: p, dimension: d, hidden: config.feedForwardLength,
                                            activation: .silu, biases: variant.feedForwardBiases,
                                            scales: variant.feedForwardScales))

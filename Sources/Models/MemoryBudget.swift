@@ -81,11 +81,7 @@ public final class MemoryBudget: WeightAccessObserver, @unchecked Sendable {
     public init(file: GGUFFile, budget: Int) {
         self.file = file
         self.budget = budget
-        if let t = file.tensors.first {
-            base = file.data(for: t) - t.fileOffset
-        } else {
-            fatalError("MemoryBudget: \(file.path) has no tensors")
-        }
+        base = file.mappingBase
         dropUntracked()
         stats.baselineFileRSS = MemoryBudget.fileRSS()
         stats.peakFileRSS = stats.baselineFileRSS

@@ -1,10 +1,14 @@
 import GGUF
+import Kernels
 
 /// Hyper-parameters of a transformer, read from `ARCH.*` GGUF metadata.
 public struct ModelConfig: Sendable {
     public var architecture: String
     public var embeddingLength: Int
+    /// Decoder blocks of the forward pass (`block_count` less the prediction layers).
     public var blockCount: Int
+    /// Multi-token-prediction blocks after them, which Swiftlet does not run (nor load).
+    public var predictionLayerCount: Int
     public var feedForwardLength: Int
     /// Layer 0's head counts (llama.cpp's `n_head()`), which the head size defaults from.
     public var headCount: Int
@@ -23,8 +27,12 @@ public struct ModelConfig: Sendable {
     public var slidingWindow: Int?
     public var expertCount: Int
     public var expertUsedCount: Int
-    /// Linear RoPE scaling: positions are divided by this factor.
+    /// Linear RoPE scaling: positions are divided by this factor (YaRN interpolates with it).
     public var ropeLinearScale: Float
+    /// YaRN's blend of interpolated and extrapolated frequencies (`rope.scaling.type` yarn).
+    public var ropeYaRN: YaRNScaling?
+    /// Multiplies the rotations' magnitude (`rope.scaling.attn_factor`, 1 by default).
+    public var ropeAttentionFactor: Float
 
     public init(file: GGUFFile) throws(ModelError) {
         guard let arch = file.architecture else { throw ModelError.missingMetadata("general.architecture") }
@@ -34,11 +42,20 @@ public struct ModelConfig: Sendable {
             return v
         }
         embeddingLength = try required("embedding_length")
-        blockCount = try required("block_count")
+        // the last `nextn_predict_layers` blocks predict further tokens for speculative decoding
+        // (DeepSeek-V3, GLM-4.5, EXAONE 4); the model's own forward pass ends before them
+        let allBlocks = try required("block_count")
+        predictionLayerCount = file.arch("nextn_predict_layers")?.int ?? 0
+        guard predictionLayerCount >= 0, predictionLayerCount < allBlocks else {
+            throw ModelError.inconsistentMetadata("\(arch).nextn_predict_layers (\(predictionLayerCount)) with block_count \(allBlocks)")
+        }
+        blockCount = allBlocks - predictionLayerCount
         feedForwardLength = file.arch("feed_forward_length")?.int ?? 0
-        layerHeadCounts = try Self.perLayer(file, arch, "attention.head_count", layers: blockCount)
+        // per-layer arrays cover the prediction blocks too
+        layerHeadCounts = try Self.perLayer(file, arch, "attention.head_count", layers: allBlocks)?.prefix(blockCount).map { $0 }
             ?? Array(repeating: 0, count: blockCount)
-        layerHeadCountsKV = try Self.perLayer(file, arch, "attention.head_count_kv", layers: blockCount) ?? layerHeadCounts
+        layerHeadCountsKV = try Self.perLayer(file, arch, "attention.head_count_kv", layers: allBlocks)?.prefix(blockCount).map { $0 }
+            ?? layerHeadCounts
         headCount = layerHeadCounts.first ?? 0
         headCountKV = layerHeadCountsKV.first ?? 0
         let defaultHead = headCount > 0 ? embeddingLength / headCount : 0
@@ -52,10 +69,47 @@ public struct ModelConfig: Sendable {
         slidingWindow = file.arch("attention.sliding_window")?.int
         expertCount = file.arch("expert_count")?.int ?? 0
         expertUsedCount = file.arch("expert_used_count")?.int ?? 0
-        let scalingType = file.arch("rope.scaling.type")?.string
-        // a factor of 0 means none, as llama.cpp reads it
-        let factor = file.arch("rope.scaling.factor")?.float ?? 0
-        ropeLinearScale = scalingType == "linear" && factor != 0 ? factor : 1
+        // As llama.cpp reads them: the scaling type defaults to linear, a factor of 0 means
+        // none, and "none" ignores the factor.
+        let scalingType = file.arch("rope.scaling.type")?.string ?? "linear"
+        guard ["none", "linear", "yarn", "longrope"].contains(scalingType) else {
+            throw ModelError.unsupportedArchitecture("\(arch) with rope.scaling.type '\(scalingType)'")
+        }
+        let factor = file.arch("rope.scaling.factor")?.float ?? file.arch("rope.scale_linear")?.float ?? 0
+        guard factor.isFinite, factor >= 0 else {
+            throw ModelError.inconsistentMetadata("\(arch).rope.scaling.factor is \(factor)")
+        }
+        ropeLinearScale = scalingType != "none" && factor != 0 ? factor : 1
+        ropeAttentionFactor = file.arch("rope.scaling.attn_factor")?.float ?? 1
+        guard ropeAttentionFactor.isFinite, ropeAttentionFactor > 0 else {
+            throw ModelError.inconsistentMetadata("\(arch).rope.scaling.attn_factor is \(ropeAttentionFactor)")
+        }
+        if scalingType == "yarn" {
+            let originalContext = file.arch("rope.scaling.original_context_length")?.int ?? contextLength
+            guard originalContext > 0 else {
+                throw ModelError.inconsistentMetadata("\(arch).rope.scaling.original_context_length is \(originalContext)")
+            }
+            if let logMultiplier = file.arch("rope.scaling.yarn_log_multiplier")?.float, logMultiplier != 0 {
+                throw ModelError.unsupportedArchitecture("\(arch) with rope.scaling.yarn_log_multiplier \(logMultiplier)")
+            }
+            ropeYaRN = YaRNScaling(originalContext: originalContext,
+                                   betaFast: file.arch("rope.scaling.yarn_beta_fast")?.float ?? 32,
+                                   betaSlow: file.arch("rope.scaling.yarn_beta_slow")?.float ?? 1)
+        } else {
+            ropeYaRN = nil
+        }
+    }
+}
+
+public struct UnsupportedTensorType: Sendable, Equatable {
+    public let type: TensorType
+    public let count: Int
+    public let example: String
+
+    public init(type: TensorType, count: Int, example: String) {
+        self.type = type
+        self.count = count
+        self.example = example
     }
 }
 
@@ -80,6 +134,11 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     case contextTooLong(requested: Int, maximum: Int)
     /// Metadata values that contradict each other or the tensors (e.g. heads not a multiple of KV heads).
     case inconsistentMetadata(String)
+    /// Tensors in the file that the architecture's graph does not use (llama.cpp refuses such a
+    /// file too: silently skipping a weight would be a wrong answer).
+    case unusedTensors(architecture: String, names: [String])
+    /// Tensors of a type without kernels: the type, how many tensors have it, one of them.
+    case unsupportedTensorTypes([UnsupportedTensorType])
 
     public var description: String {
         switch self {
@@ -89,6 +148,12 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         case .unsupportedArchitecture(let a): "unsupported architecture '\(a)' (supported: \(ModelRegistry.supported.joined(separator: ", ")))"
         case .contextTooLong(let r, let m): "context length \(r) is longer than the model allows (\(m))"
         case .inconsistentMetadata(let m): "model metadata is inconsistent: \(m)"
+        case .unsupportedTensorTypes(let types):
+            types.map { "tensor type \($0.type) (\($0.count) tensors, e.g. '\($0.example)')" }.joined(separator: ", ")
+                + " has no kernels in Swiftlet (supported: "
+                + TensorType.allCases.filter(\.hasWeightKernels).map(\.description).joined(separator: ", ") + ")"
+        case .unusedTensors(let arch, let names):
+            "tensor '\(names[0])'\(names.count > 1 ? " (and \(names.count - 1) more: \(names.dropFirst().prefix(4).joined(separator: ", "))\(names.count > 5 ? ", …" : ""))" : "") is not used by Swiftlet's \(arch) graph"
         }
     }
 }

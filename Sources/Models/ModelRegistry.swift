@@ -9,16 +9,28 @@ public enum ModelRegistry {
         "llama": { try Llama(file: $0, config: $1) },
         "qwen2": { try Llama(file: $0, config: $1, variant: .qwen2) },
         "qwen3": { try Llama(file: $0, config: $1, variant: .qwen3) },
+        "qwen3moe": { try Llama(file: $0, config: $1, variant: .qwen3moe) },
+        "mistral3": { try Llama(file: $0, config: $1, variant: .mistral3) },
         "smollm3": { try Llama(file: $0, config: $1, variant: .smollm3) },
         "granite": { try Llama(file: $0, config: $1, variant: .granite) },
+        "granitemoe": { try Llama(file: $0, config: $1, variant: .granitemoe) },
+        "deepseek2": { try DeepSeek2(file: $0, config: $1) },
+        "gpt-oss": { try GptOss(file: $0, config: $1) },
         "gemma3": { try Gemma3(file: $0, config: $1) },
         "olmo2": { try Olmo2(file: $0, config: $1) },
+        "exaone4": { try Olmo2(file: $0, config: $1, variant: .exaone4) },
         "mamba": { try Mamba(file: $0, config: $1) },
         "mamba2": { try Mamba2(file: $0, config: $1) },
         "lfm2": { try LFM2(file: $0, config: $1) },
     ]
 
     public static var supported: [String] { builders.keys.sorted() }
+
+    /// The architectures whose graphs here apply YaRN and `rope.scaling.attn_factor` as
+    /// llama.cpp does; the others refuse files that set them rather than ignore them.
+    static let appliesRoPEScaling: Set<String> = [
+        "llama", "qwen2", "qwen3", "qwen3moe", "mistral3", "smollm3", "granite", "granitemoe", "olmo2", "exaone4", "gpt-oss",
+    ]
 
     /// `repackWeights`: whether matrices may leave the file's mapping for a layout the CPU's
     /// kernels read faster (`WeightRepacking`); false keeps every weight in the mapping, as
@@ -28,12 +40,44 @@ public enum ModelRegistry {
         guard let build = builders[config.architecture] else {
             throw ModelError.unsupportedArchitecture(config.architecture)
         }
+        if config.ropeYaRN != nil || config.ropeAttentionFactor != 1, !appliesRoPEScaling.contains(config.architecture) {
+            throw ModelError.unsupportedArchitecture(
+                "\(config.architecture) with YaRN or a RoPE attention factor (rope.scaling.type/attn_factor)")
+        }
+        let unsupported = unsupportedTensorTypes(file)
+        guard unsupported.isEmpty else { throw ModelError.unsupportedTensorTypes(unsupported) }
         // Repacked tensors drop their file pages once copied; a large page-cache folio mapped whole
         // (ext4 since Linux 6.16) when a neighbouring tensor used in place is read would count
         // their bytes again (Gemma 3: +41 MiB resident), so the mapping takes small pages only.
         if repackWeights { file.advise(.noHugePages) }
-        return try WeightRepacking.$enabled.withValue(repackWeights) { try build(file, config) }
+        let model = try WeightRepacking.$enabled.withValue(repackWeights) { try build(file, config) }
+        let predictionLayers = Set((config.blockCount..<config.blockCount + config.predictionLayerCount).map { "blk.\($0)." })
+        let unused = file.unreadTensors.filter { tensor in
+            // llama.cpp loads every projection's optional `.scale` and `.input_scale` for every
+            // architecture and applies them only where its graph does (input scales only for
+            // NVFP4 weights, which are refused above); the graphs here apply the same ones.
+            // A classifier head (`cls.*`) only scores in llama.cpp's reranking mode.
+            !predictionLayers.contains { tensor.name.hasPrefix($0) } && !tensor.name.hasPrefix("cls.")
+                && !tensor.name.hasSuffix(".scale") && !tensor.name.hasSuffix(".input_scale")
+        }
+        guard unused.isEmpty else {
+            throw ModelError.unusedTensors(architecture: config.architecture, names: unused.map(\.name))
+        }
+        return model
     }
+}
+
+/// The weight types in `file` that Swiftlet has no kernels for, in file order of first use.
+public func unsupportedTensorTypes(_ file: GGUFFile) -> [UnsupportedTensorType] {
+    var found: [(type: TensorType, count: Int, example: String)] = []
+    for tensor in file.tensors where !tensor.type.hasWeightKernels {
+        if let i = found.firstIndex(where: { $0.type == tensor.type }) {
+            found[i].count += 1
+        } else {
+            found.append((tensor.type, 1, tensor.name))
+        }
+    }
+    return found.map { UnsupportedTensorType(type: $0.type, count: $0.count, example: $0.example) }
 }
 
 /// A model turns a batch of token sequences into next-token logits.

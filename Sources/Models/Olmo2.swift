@@ -3,8 +3,25 @@ import Kernels
 
 /// OLMo 2 (and OLMo 3's sliding-window layers): no norms before attention and feed-forward,
 /// RMSNorm after them instead, and q/k RMSNorm over the whole projection (not per head),
-/// GPT-NeoX RoPE, a SwiGLU feed-forward.
+/// GPT-NeoX RoPE, a SwiGLU feed-forward. EXAONE 4 is a variant (Exaone4.swift).
 public final class Olmo2: AttentionModel {
+    /// What the architectures built on this graph change.
+    public struct Variant: Sendable {
+        /// q/k RMSNorm per head (exaone4) instead of over the whole projection.
+        var queryKeyNormPerHead = false
+        /// Each layer's sliding window (nil: the layer attends globally).
+        var slidingWindows: @Sendable (GGUFFile, ModelConfig) throws -> [Int?] = { file, config in
+            try slidingWindowLayers(file: file, config: config, defaultPattern: Olmo2.defaultSlidingWindowPattern)
+                .map { $0 ? config.slidingWindow : nil }
+        }
+        /// With sliding-window layers present, only they rotate q and k (exaone4).
+        var ropeOnlyInWindowLayers = false
+        /// Llama 3-style per-frequency RoPE divisors (`rope_freqs.weight`), when the file has them.
+        var ropeFrequencyFactors = false
+
+        public static let olmo2 = Variant()
+    }
+
     struct Layer: Sendable {
         let attention: Attention
         let postAttentionNorm: RMSNorm
@@ -20,23 +37,30 @@ public final class Olmo2: AttentionModel {
     let layers: [Layer]
     let head: OutputHead
 
-    public init(file: GGUFFile, config: ModelConfig) throws {
+    public init(file: GGUFFile, config: ModelConfig, variant: Variant = .olmo2) throws {
         self.config = config
         let d = config.embeddingLength, eps = config.normEpsilon
         head = try OutputHead(file: file, config: config)
         embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
-        let isSlidingWindow = try slidingWindowLayers(file: file, config: config, defaultPattern: Olmo2.defaultSlidingWindowPattern)
+        let windows = try variant.slidingWindows(file, config)
+        let hasWindows = windows.contains { $0 != nil }
+        let frequencyFactors = variant.ropeFrequencyFactors && file.tensor(named: "rope_freqs.weight") != nil
+            ? try Vector(file: file, name: "rope_freqs.weight", count: config.ropeDimensionCount / 2).values : nil
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
             // sliding-window layers rotate without the file's RoPE scaling, as llama.cpp
             let rope = RoPE(style: .halves, dimensions: config.ropeDimensionCount, base: config.ropeFreqBase,
-                            positionScale: isSlidingWindow[i] ? 1 : config.ropeLinearScale)
+                            positionScale: windows[i] != nil ? 1 : config.ropeLinearScale,
+                            frequencyFactors: frequencyFactors, yarn: windows[i] != nil ? nil : config.ropeYaRN,
+                            attentionFactor: config.ropeAttentionFactor)
             var attention = try Attention(file: file, layer: i, config: config, rope: rope, outputBias: false)
-            attention.queryNorm = try RMSNorm(file: file, name: p + "attn_q_norm.weight",
-                                              count: config.headCount * config.keyLength, epsilon: eps)
-            attention.keyNorm = try RMSNorm(file: file, name: p + "attn_k_norm.weight",
-                                            count: config.headCountKV * config.keyLength, epsilon: eps)
-            attention.window = isSlidingWindow[i] ? config.slidingWindow : nil
+            let (queryNormWidth, keyNormWidth) = variant.queryKeyNormPerHead
+                ? (config.keyLength, config.keyLength)
+                : (config.headCount * config.keyLength, config.headCountKV * config.keyLength)
+            attention.queryNorm = try RMSNorm(file: file, name: p + "attn_q_norm.weight", count: queryNormWidth, epsilon: eps)
+            attention.keyNorm = try RMSNorm(file: file, name: p + "attn_k_norm.weight", count: keyNormWidth, epsilon: eps)
+            attention.window = windows[i]
+            if variant.ropeOnlyInWindowLayers && hasWindows { attention.appliesRoPE = windows[i] != nil }
             return Layer(
                 attention: attention,
                 postAttentionNorm: try RMSNorm(file: file, name: p + "post_attention_norm.weight", count: d, epsilon: eps),

@@ -87,9 +87,39 @@ extension TestSupport {
 }
 
 extension TestSupport {
+    /// The llama-cpp-python release whose vendored llama.cpp `scripts/llama_cpp.py` fetches and builds.
+    public static let llamaCppVersion = "0.3.36"
+
+    /// `$SWIFTLET_HOME/llama.cpp/<version>`: where `scripts/llama_cpp.py` keeps llama.cpp.
+    public static var llamaCppRoot: URL { home.appendingPathComponent("llama.cpp/\(llamaCppVersion)") }
+
+    /// llama.cpp's source tree as `scripts/llama_cpp.py` unpacks it (its `fetch_source()`).
+    public static var llamaCppSource: URL {
+        llamaCppRoot.appendingPathComponent("llama_cpp_python-\(llamaCppVersion)/vendor/llama.cpp")
+    }
+
+    /// The names (`bert-bge`, `llama-spm`, ...) of llama.cpp's tokenizer test vocabularies: the
+    /// `models/ggml-vocab-NAME.gguf` files of its source that come with `.inp` and `.out` files
+    /// (inputs and expected token ids, read by its `tests/test-tokenizer-0`). Empty when the
+    /// source has not been fetched.
+    public static func llamaCppVocabularyNames() -> [String] {
+        let models = llamaCppSource.appendingPathComponent("models")
+        guard let files = try? FileManager.default.contentsOfDirectory(atPath: models.path) else { return [] }
+        let prefix = "ggml-vocab-", suffix = ".gguf"
+        return files.filter { $0.hasPrefix(prefix) && $0.hasSuffix(suffix) }
+            .filter { files.contains($0 + ".inp") && files.contains($0 + ".out") }
+            .map { String($0.dropFirst(prefix.count).dropLast(suffix.count)) }
+            .sorted()
+    }
+
+    /// `models/ggml-vocab-NAME.gguf` in llama.cpp's source.
+    public static func llamaCppVocabulary(_ name: String) -> URL {
+        llamaCppSource.appendingPathComponent("models/ggml-vocab-\(name).gguf")
+    }
+
     /// llama.cpp's binaries as `scripts/llama_cpp.py` builds them (scripts/test runs it before
     /// the tests): `$SWIFTLET_HOME/llama.cpp/<version>/build-native-noamx/bin`.
-    public static var llamaCppBin: URL { home.appendingPathComponent("llama.cpp/0.3.36/build-native-noamx/bin") }
+    public static var llamaCppBin: URL { llamaCppRoot.appendingPathComponent("build-native-noamx/bin") }
 
     /// The path of llama.cpp's `tool` (e.g. `llama-perplexity`), or nil when it is not built.
     public static func llamaCppTool(_ tool: String) -> String? {

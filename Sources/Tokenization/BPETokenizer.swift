@@ -88,43 +88,66 @@ enum UTF8Scanner {
     }
 }
 
-/// Byte-level BPE (`tokenizer.ggml.model == "gpt2"`): pre-tokenize into words, then merge the
-/// bytes of each word by merge rank, exactly as llama.cpp does.
+/// How a BPE vocabulary spells text in its token texts and merges.
+enum BPESpelling: Sendable {
+    /// GPT-2's byte-level mapping: every byte of the UTF-8 text is one character of a token.
+    case byteLevel
+    /// Raw UTF-8 with spaces written as "▁", and `<0xXX>` tokens for bytes no token covers
+    /// (SentencePiece-style BPE, as Gemma 4's vocabulary is).
+    case sentencePiece
+}
+
+/// BPE (`tokenizer.ggml.model` "gpt2", and "gemma4"): pre-tokenize into words, then merge the
+/// symbols of each word (bytes, or characters for SentencePiece spelling) by merge rank,
+/// exactly as llama.cpp does.
 public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     let vocab: Vocabulary
     let preTokenizer: PreTokenizer
     let ignoreMerges: Bool
+    let spelling: BPESpelling
+    let newlineRunsWhole: Bool
     public let preTokenizerName: String
 
-    /// Raw bytes of every token (byte-level mapping undone) for decoding.
+    /// Raw bytes of every token (spelling undone) for decoding.
     private let rawBytes: [UInt8]
     private let rawOffsets: [Int32]
-    /// Raw byte string → symbol id. Ids below the vocabulary size are tokens; ids above are
-    /// merge intermediates that are not tokens themselves.
-    private let rawTable: ByteStringTable
+    /// Symbol text → symbol id, in the spelling of the input after escaping (raw bytes for
+    /// byte-level vocabularies, "▁" for spaces otherwise). Ids below the vocabulary size are
+    /// tokens; ids above are merge intermediates that are not tokens themselves.
+    private let symbolTable: ByteStringTable
     /// Token for each single byte, or -1 (some vocabularies lack a few bytes; llama.cpp then
     /// drops such bytes, so text containing them cannot round-trip).
     let byteTokens: [Int32]
-    /// What llama.cpp emits for a byte of a piece that is not a token: its single-byte lookups
-    /// of the byte-level character's UTF-8 bytes (only printable ASCII ever succeeds).
+    /// What llama.cpp emits for a byte of a piece that is not a token. Byte-level: its
+    /// single-byte lookups of the byte-level character's UTF-8 bytes (only printable ASCII ever
+    /// succeeds); SentencePiece spelling: the byte's `<0xXX>` token, if any.
     private let fallbackTokens: [[TokenID]]
     /// (left id, right id) → (rank << 32 | merged id).
     private let merges: [UInt64: UInt64]
     private let cache = WordCache()
 
-    init(file: GGUFFile) throws(TokenizerError) {
-        let pre = file["tokenizer.ggml.pre"]?.string
+    /// `pre` replaces `tokenizer.ggml.pre` for models that imply their pre-tokenizer (Gemma 4);
+    /// `defaultSpecialIDs` false for models without llama.cpp's GPT-2 default BOS/EOS id 11.
+    init(file: GGUFFile, pre impliedPre: String? = nil, defaultSpecialIDs: Bool = true) throws(TokenizerError) {
+        let pre = impliedPre ?? file["tokenizer.ggml.pre"]?.string
         let config = try PreTokenizer.config(for: pre)
-        var defaults = Vocabulary.Settings(bos: 11, eos: 11, unk: nil)
+        var defaults = defaultSpecialIDs ? Vocabulary.Settings(bos: 11, eos: 11, unk: nil) : Vocabulary.Settings()
         if !config.hasBOS { defaults.bos = nil }
         defaults.addBOS = config.addBOS
+        defaults.forcesBOS = config.forcesBOS
         let vocab = try Vocabulary(file: file, kind: .bpe, defaults: defaults)
         self.vocab = vocab
         self.preTokenizer = config.preTokenizer
         self.ignoreMerges = config.ignoreMerges
+        self.spelling = config.spelling
+        self.newlineRunsWhole = config.newlineRunsWhole
         self.preTokenizerName = pre ?? "default"
 
-        // Undo the byte-level mapping for every token text.
+        // A token's symbol text (what merges and lookups see) and its decoded bytes.
+        let spelling = config.spelling
+        func symbolText(_ text: UnsafeBufferPointer<UInt8>) -> [UInt8]? {
+            spelling == .byteLevel ? ByteLevel.decode(text) : Array(text)
+        }
         let n = vocab.count
         var raw: [UInt8] = []
         raw.reserveCapacity(vocab.textBytes.count)
@@ -132,13 +155,18 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         var table = ByteStringTable(expectedCount: n + 1024)
         vocab.textBytes.withUnsafeBufferPointer { all in
             for i in 0..<n {
-                let r = vocab.textRange(TokenID(i))
-                let text = UnsafeBufferPointer(rebasing: all[r])
-                if let decoded = ByteLevel.decode(text) {
-                    raw.append(contentsOf: decoded)
-                    table.set(decoded, Int32(i))
-                } else {
-                    raw.append(contentsOf: text)
+                let text = UnsafeBufferPointer(rebasing: all[vocab.textRange(TokenID(i))])
+                switch spelling {
+                case .byteLevel:
+                    if let decoded = ByteLevel.decode(text) {
+                        raw.append(contentsOf: decoded)
+                        table.set(decoded, Int32(i))
+                    } else {
+                        raw.append(contentsOf: text)
+                    }
+                case .sentencePiece:
+                    table.set(Array(text), Int32(i))
+                    raw.append(contentsOf: SentencePieceSpaces.unescape(text))
                 }
                 rawOffsets[i + 1] = Int32(raw.count)
             }
@@ -164,8 +192,8 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             line.withUTF8 { utf8 in
                 // Split at the first space after the first byte (a merge side may start with one).
                 guard utf8.count > 1, let space = utf8[1...].firstIndex(of: 0x20) else { return }
-                guard let a = ByteLevel.decode(UnsafeBufferPointer(rebasing: utf8[0..<space])),
-                      let b = ByteLevel.decode(UnsafeBufferPointer(rebasing: utf8[(space + 1)...])) else { return }
+                guard let a = symbolText(UnsafeBufferPointer(rebasing: utf8[0..<space])),
+                      let b = symbolText(UnsafeBufferPointer(rebasing: utf8[(space + 1)...])) else { return }
                 parts = (a, b)
             }
             guard let (a, b) = parts else { continue }
@@ -176,16 +204,23 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             }
         }
         self.merges = merges
-        self.rawTable = table
+        self.symbolTable = table
         var byteTokens = [Int32](repeating: -1, count: 256)
         for b in 0..<256 {
             if let id = table.lookup([UInt8(b)]), Int(id) < n { byteTokens[b] = id }
         }
         self.byteTokens = byteTokens
-        self.fallbackTokens = (0..<256).map { b in
-            var utf8: [UInt8] = []
-            utf8.append(contentsOf: String(Character(Unicode.Scalar(ByteLevel.byteToCodepoint[b])!)).utf8)
-            return utf8.compactMap { vocab.textTable.lookup([$0]) }
+        switch spelling {
+        case .byteLevel:
+            self.fallbackTokens = (0..<256).map { b in
+                var utf8: [UInt8] = []
+                utf8.append(contentsOf: String(Character(Unicode.Scalar(ByteLevel.byteToCodepoint[b])!)).utf8)
+                return utf8.compactMap { vocab.textTable.lookup([$0]) }
+            }
+        case .sentencePiece:
+            self.fallbackTokens = (0..<256).map { b in
+                vocab.textTable.lookup(SPMTokenizer.byteTokenText(UInt8(b))).map { [$0] } ?? []
+            }
         }
     }
 
@@ -204,17 +239,27 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
 
     public func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool) -> [TokenID] {
         var scratch = MergeScratch()
-        var local: [String: [TokenID]] = [:]
+        var local: [WordKey: [TokenID]] = [:]
         return vocab.encode(text, addSpecial: addSpecial, parseSpecial: parseSpecial) { bytes, range, _, out in
-            let (cps, offsets) = UTF8Scanner.scalars(bytes, range)
-            let ends = preTokenizer.split(cps)
-            var start = 0
-            for end in ends {
-                let lo = Int(offsets[start]), hi = Int(offsets[end])
-                start = end
-                let word = UnsafeBufferPointer(rebasing: bytes[lo..<hi])
-                encodeWord(word, into: &out, scratch: &scratch, local: &local)
+            switch spelling {
+            case .byteLevel:
+                encodeFragment(UnsafeBufferPointer(rebasing: bytes[range]), into: &out, scratch: &scratch, local: &local)
+            case .sentencePiece:
+                SentencePieceSpaces.escape(UnsafeBufferPointer(rebasing: bytes[range])).withUnsafeBufferPointer { escaped in
+                    encodeFragment(escaped, into: &out, scratch: &scratch, local: &local)
+                }
             }
+        }
+    }
+
+    private func encodeFragment(_ bytes: UnsafeBufferPointer<UInt8>, into out: inout [TokenID],
+                                scratch: inout MergeScratch, local: inout [WordKey: [TokenID]]) {
+        let (cps, offsets) = UTF8Scanner.scalars(bytes, 0..<bytes.count)
+        var start = 0
+        for end in preTokenizer.split(cps) {
+            let word = UnsafeBufferPointer(rebasing: bytes[Int(offsets[start])..<Int(offsets[end])])
+            start = end
+            encodeWord(word, into: &out, scratch: &scratch, local: &local)
         }
     }
 
@@ -241,17 +286,23 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
     // MARK: merging
 
     private func encodeWord(_ word: UnsafeBufferPointer<UInt8>, into out: inout [TokenID],
-                            scratch: inout MergeScratch, local: inout [String: [TokenID]]) {
+                            scratch: inout MergeScratch, local: inout [WordKey: [TokenID]]) {
         let n = word.count
         guard n > 0 else { return }
-        if n == 1 {
+        if ignoreMerges || (newlineRunsWhole && word.allSatisfy { $0 == 0x0A }),
+           let id = symbolTable.lookup(word.baseAddress!, n), Int(id) < vocab.count {
+            out.append(id)
+            return
+        }
+        if n == 1 && spelling == .byteLevel {
             // A single byte cannot merge.
             let id = byteTokens[Int(word[0])]
             if id >= 0 { out.append(id) } else { out.append(contentsOf: fallbackTokens[Int(word[0])]) }
             return
         }
-        if ignoreMerges, let id = rawTable.lookup(word.baseAddress!, n), Int(id) < vocab.count {
-            out.append(id)
+        // Long words (SentencePiece-spelled lines) are rarely repeated: do not cache them.
+        if n > 64 && spelling == .sentencePiece {
+            merge(word, into: &out, scratch: &scratch)
             return
         }
         cache.append(word, to: &out, local: &local) { merge(word, into: &$0, scratch: &scratch) }
@@ -261,9 +312,17 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
         let n = word.count
         scratch.symbols.removeAll(keepingCapacity: true)
         scratch.heap.removeAll { _ in true }  // keeps the storage for the next word
-        for i in 0..<n {
-            scratch.symbols.append(Symbol(start: Int32(i), length: 1, prev: Int32(i - 1),
-                                          next: i + 1 < n ? Int32(i + 1) : -1, id: byteTokens[Int(word[i])]))
+        // The first symbols: each byte, or each UTF-8 character for SentencePiece spelling.
+        var offset = 0
+        while offset < n {
+            let length = spelling == .byteLevel ? 1 : min(UTF8Scanner.sequenceLength(word[offset]), n - offset)
+            let id = spelling == .byteLevel
+                ? byteTokens[Int(word[offset])]
+                : symbolTable.lookup(word.baseAddress! + offset, length) ?? -1
+            let index = Int32(scratch.symbols.count)
+            scratch.symbols.append(Symbol(start: Int32(offset), length: Int32(length), prev: index - 1,
+                                          next: offset + length < n ? index + 1 : -1, id: id))
+            offset += length
         }
         func addPair(_ left: Int32, _ right: Int32, _ s: inout MergeScratch) {
             guard left >= 0, right >= 0 else { return }
@@ -275,7 +334,7 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
                                leftLength: l.length, rightLength: r.length,
                                merged: Int32(bitPattern: UInt32(truncatingIfNeeded: m))))
         }
-        for i in 1..<n { addPair(Int32(i - 1), Int32(i), &scratch) }
+        for i in 1..<scratch.symbols.count { addPair(Int32(i - 1), Int32(i), &scratch) }
         while let b = scratch.heap.popMin() {
             let l = scratch.symbols[Int(b.left)], r = scratch.symbols[Int(b.right)]
             // Skip pairs made stale by an earlier merge.
@@ -300,6 +359,38 @@ public final class BPETokenizer: Tokenizer, @unchecked Sendable {
             }
             i = s.next
         }
+    }
+}
+
+/// SentencePiece's whitespace escape: a space is written as "▁" (U+2581) in token texts.
+enum SentencePieceSpaces {
+    static let escapedSpace: [UInt8] = [0xE2, 0x96, 0x81]
+
+    /// `text` with every space replaced by "▁".
+    static func escape(_ text: UnsafeBufferPointer<UInt8>) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(text.count + text.count / 2)
+        for b in text {
+            if b == 0x20 { out += escapedSpace } else { out.append(b) }
+        }
+        return out
+    }
+
+    /// `text` with every "▁" replaced by a space.
+    static func unescape<C: Collection<UInt8>>(_ text: C) -> [UInt8] where C.Index == Int {
+        var out: [UInt8] = []
+        out.reserveCapacity(text.count)
+        var i = text.startIndex
+        while i < text.endIndex {
+            if text[i] == 0xE2 && i + 2 < text.endIndex && text[i + 1] == 0x96 && text[i + 2] == 0x81 {
+                out.append(0x20)
+                i += 3
+            } else {
+                out.append(text[i])
+                i += 1
+            }
+        }
+        return out
     }
 }
 
@@ -330,19 +421,32 @@ struct MergeScratch {
     var heap = Heap<Bigram>()
 }
 
+/// A word's UTF-8 bytes as a dictionary key. A `String` key would be wrong: strings compare
+/// by canonical equivalence, so "ά" (U+1F71) and "ά" (U+03AC) would share an entry although
+/// their tokens differ.
+struct WordKey: Hashable {
+    let bytes: [UInt8]
+
+    init(_ word: UnsafeBufferPointer<UInt8>) { bytes = Array(word) }
+
+    func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+}
+
 /// Word → tokens, shared by all encode calls on one tokenizer (bounded; cleared when full).
 final class WordCache: @unchecked Sendable {
     private let lock = NSLock()
-    private var entries: [String: [TokenID]] = [:]
+    private var entries: [WordKey: [TokenID]] = [:]
     private let limit = 100_000
 
-    func get(_ key: String) -> [TokenID]? {
+    func get(_ key: WordKey) -> [TokenID]? {
         lock.lock()
         defer { lock.unlock() }
         return entries[key]
     }
 
-    func put(_ key: String, _ value: [TokenID]) {
+    func put(_ key: WordKey, _ value: [TokenID]) {
         lock.lock()
         defer { lock.unlock() }
         if entries.count >= limit { entries.removeAll(keepingCapacity: true) }
@@ -351,9 +455,9 @@ final class WordCache: @unchecked Sendable {
 
     /// Appends the tokens of `word` from the per-call `local` map, this shared cache, or, on a
     /// miss, `encode` (whose output is then remembered in both).
-    func append(_ word: UnsafeBufferPointer<UInt8>, to out: inout [TokenID], local: inout [String: [TokenID]],
+    func append(_ word: UnsafeBufferPointer<UInt8>, to out: inout [TokenID], local: inout [WordKey: [TokenID]],
                 encode: (inout [TokenID]) -> Void) {
-        let key = String(decoding: word, as: UTF8.self)
+        let key = WordKey(word)
         if let hit = local[key] ?? get(key) {
             local[key] = hit
             out.append(contentsOf: hit)

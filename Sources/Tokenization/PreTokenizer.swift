@@ -9,7 +9,11 @@ struct PreTokenizer: Sendable {
         /// `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
         case gpt2
         /// llama3's pattern; `digitsPerWord` 3 for llama3 (`\p{N}{1,3}`), 1 for qwen2 (`\p{N}`).
-        case llama3(digitsPerWord: Int)
+        /// With `marksInWords` (qwen35), words are `[\p{L}\p{M}]+` rather than `\p{L}+` and
+        /// the punctuation runs `[^\s\p{L}\p{M}\p{N}]+` leave combining marks to the words.
+        case llama3(digitsPerWord: Int, marksInWords: Bool = false)
+        /// `[^\n]+|[\n]+`: runs of newlines and runs of everything else.
+        case newlineRuns
         /// `\p{N}`: each number character alone.
         case eachNumber
         /// `\p{N}+`
@@ -41,6 +45,12 @@ struct PreTokenizer: Sendable {
         var ignoreMerges = false
         var addBOS = false
         var hasBOS = true
+        /// How token texts and merges spell the text.
+        var spelling: BPESpelling = .byteLevel
+        /// Whether a word made only of newlines that is itself a token is taken whole (Gemma 4).
+        var newlineRunsWhole = false
+        /// Whether BOS is added even when `tokenizer.ggml.add_bos_token` says not to (Gemma 4).
+        var forcesBOS = false
     }
 
     static func config(for pre: String?) throws(TokenizerError) -> Config {
@@ -59,6 +69,12 @@ struct PreTokenizer: Sendable {
             return Config(preTokenizer: PreTokenizer(passes: [.llama3(digitsPerWord: 3)]), ignoreMerges: true, hasBOS: false)
         case "qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan", "solar-open":
             return Config(preTokenizer: PreTokenizer(passes: [.llama3(digitsPerWord: 1)]))
+        case "qwen35":
+            return Config(preTokenizer: PreTokenizer(passes: [.llama3(digitsPerWord: 1, marksInWords: true)]))
+        case "gemma4", "granite-embed-multi-311m":
+            // SentencePiece-style BPE: merges run over whole lines of raw UTF-8 with spaces as "▁".
+            return Config(preTokenizer: PreTokenizer(passes: [.newlineRuns]),
+                          spelling: .sentencePiece, newlineRunsWhole: true, forcesBOS: true)
         case "starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b", "mellum2":
             return Config(preTokenizer: PreTokenizer(passes: [.eachNumber, .gpt2]))
         case "gpt-2", "gpt2", "phi-2", "jina-es", "jina-de", "gigachat", "jina-v2-es", "jina-v2-de", "a.x-4.0",
@@ -110,7 +126,14 @@ struct PreTokenizer: Sendable {
     private static func apply(_ pass: Pass, _ cps: UnsafeBufferPointer<UInt32>, _ lo: Int, _ hi: Int, _ out: inout [Int]) {
         switch pass {
         case .gpt2: gpt2(cps, lo, hi, &out)
-        case .llama3(let digits): llama3(cps, lo, hi, digits, &out)
+        case .llama3(let digits, let marks): llama3(cps, lo, hi, digits, marks, &out)
+        case .newlineRuns:
+            var p = lo
+            while p < hi {
+                let newline = cps[p] == 0x0A
+                while p < hi && (cps[p] == 0x0A) == newline { p += 1 }
+                out.append(p)
+            }
         case .eachNumber:
             isolate(cps, lo, hi, &out) { p in CodepointFlags.of(cps[p]).isNumber ? p + 1 : nil }
         case .numberRuns:
@@ -267,11 +290,15 @@ struct PreTokenizer: Sendable {
         }
     }
 
-    /// llama3's pattern (qwen2's when `digitsPerWord` is 1), read the way llama.cpp reads it.
-    private static func llama3(_ cps: UnsafeBufferPointer<UInt32>, _ lo: Int, _ hi: Int, _ digitsPerWord: Int, _ out: inout [Int]) {
+    /// llama3's pattern (qwen2's when `digitsPerWord` is 1, qwen35's with `marksInWords`), read
+    /// the way llama.cpp reads it.
+    private static func llama3(_ cps: UnsafeBufferPointer<UInt32>, _ lo: Int, _ hi: Int, _ digitsPerWord: Int,
+                               _ marksInWords: Bool, _ out: inout [Int]) {
         @inline(__always) func cp(_ p: Int) -> UInt32 { p < hi ? cps[p] : 0xFFFF_FFFF }
         @inline(__always) func flags(_ p: Int) -> CodepointFlags { p < hi ? CodepointFlags.of(cps[p]) : [] }
         @inline(__always) func lower(_ c: UInt32) -> UInt32 { (0x41...0x5A).contains(c) ? c + 0x20 : c }
+        /// What the word runs are made of: \p{L}, or [\p{L}\p{M}] with `marksInWords`.
+        @inline(__always) func inWord(_ f: CodepointFlags) -> Bool { f.isLetter || (marksInWords && f.isMark) }
         var p = lo
         var prevEnd = lo
         @inline(__always) func emit(_ end: Int) {
@@ -293,11 +320,11 @@ struct PreTokenizer: Sendable {
                     }
                 }
             }
-            // [^\r\n\p{L}\p{N}]?\p{L}+
+            // [^\r\n\p{L}\p{N}]?\p{L}+ (or [\p{L}\p{M}]+)
             if !(c == 0x0D || c == 0x0A || f.isNumber) {
-                if f.isLetter || flags(p + 1).isLetter {
+                if inWord(f) || inWord(flags(p + 1)) {
                     p += 1
-                    while flags(p).isLetter { p += 1 }
+                    while inWord(flags(p)) { p += 1 }
                     emit(p); continue
                 }
             }
@@ -313,11 +340,11 @@ struct PreTokenizer: Sendable {
                 }
                 emit(p); continue
             }
-            // ' ?[^\s\p{L}\p{N}]+[\r\n]*'
+            // ' ?[^\s\p{L}\p{N}]+[\r\n]*' (or [^\s\p{L}\p{M}\p{N}]+)
             var f2 = c == 0x20 ? flags(p + 1) : f
-            if !f2.isWhitespace && !f2.isLetter && !f2.isNumber && f.isSome {
+            if !f2.isWhitespace && !inWord(f2) && !f2.isNumber && f.isSome {
                 if c == 0x20 { p += 1 }
-                while !f2.isWhitespace && !f2.isLetter && !f2.isNumber && f2.isSome { p += 1; f2 = flags(p) }
+                while !f2.isWhitespace && !inWord(f2) && !f2.isNumber && f2.isSome { p += 1; f2 = flags(p) }
                 var c2 = cp(p)
                 while c2 == 0x0D || c2 == 0x0A { p += 1; c2 = cp(p) }
                 emit(p); continue

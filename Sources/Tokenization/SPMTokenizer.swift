@@ -20,10 +20,8 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
         let vocab = try Vocabulary(file: file, kind: .spm, defaults: defaults)
         self.vocab = vocab
         var byteTokens = [Int32](repeating: -1, count: 256)
-        let hex = Array("0123456789ABCDEF".utf8)
         for b in 0..<256 {
-            let name: [UInt8] = [0x3C, 0x30, 0x78, hex[b >> 4], hex[b & 15], 0x3E]  // <0xXX>
-            if let id = vocab.textTable.lookup(name) {
+            if let id = vocab.textTable.lookup(SPMTokenizer.byteTokenText(UInt8(b))) {
                 byteTokens[b] = id
             } else if let id = vocab.textTable.lookup([UInt8(b)]) {
                 byteTokens[b] = id
@@ -55,6 +53,12 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
             }
         }
         self.spaceJoiners = joiners
+    }
+
+    /// The text of the token for byte `b`: `<0xXX>`, uppercase hexadecimal.
+    static func byteTokenText(_ b: UInt8) -> [UInt8] {
+        let hex = Array("0123456789ABCDEF".utf8)
+        return [0x3C, 0x30, 0x78, hex[Int(b >> 4)], hex[Int(b & 15)], 0x3E]
     }
 
     /// The byte a `<0xXX>` token stands for.
@@ -96,15 +100,15 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
     /// `splitWords: false` merges each fragment in one pass, exactly as llama.cpp does (for tests).
     func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool, splitWords: Bool) -> [TokenID] {
         var scratch = SPMScratch()
-        var local: [String: [TokenID]] = [:]
+        var local: [WordKey: [TokenID]] = [:]
         return vocab.encode(text, addSpecial: addSpecial, parseSpecial: parseSpecial) { bytes, range, afterSpecial, out in
             // Escape whitespace: ' ' → U+2581 '▁', with the optional leading space.
             var text: [UInt8] = []
             text.reserveCapacity(range.count + range.count / 2 + 3)
-            if vocab.addSpacePrefix && afterSpecial { text += [0xE2, 0x96, 0x81] }
+            if vocab.addSpacePrefix && afterSpecial { text += SentencePieceSpaces.escapedSpace }
             for i in range {
                 let b = bytes[i]
-                if b == 0x20 { text += [0xE2, 0x96, 0x81] } else { text.append(b) }
+                if b == 0x20 { text += SentencePieceSpaces.escapedSpace } else { text.append(b) }
             }
             text.withUnsafeBufferPointer { text in
                 guard splitWords else { return tokenize(text, into: &out, scratch: &scratch) }
@@ -140,7 +144,7 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
     }
 
     private func tokenizeCached(_ word: UnsafeBufferPointer<UInt8>, into out: inout [TokenID],
-                                scratch: inout SPMScratch, local: inout [String: [TokenID]]) {
+                                scratch: inout SPMScratch, local: inout [WordKey: [TokenID]]) {
         if word.count > 64 {  // long runs are rarely repeated: do not cache them
             tokenize(word, into: &out, scratch: &scratch)
             return
@@ -204,22 +208,7 @@ public final class SPMTokenizer: Tokenizer, @unchecked Sendable {
         let text = vocab.textBytes(of: token)
         if !attr.isDisjoint(with: [.control, .unknown]) { return special ? Array(text) : [] }
         if attr.contains(.userDefined) { return Array(text) }
-        if attr.contains(.normal) {
-            // '▁' (E2 96 81) → ' '
-            var out: [UInt8] = []
-            out.reserveCapacity(text.count)
-            var i = text.startIndex
-            while i < text.endIndex {
-                if text[i] == 0xE2 && i + 2 < text.endIndex && text[i + 1] == 0x96 && text[i + 2] == 0x81 {
-                    out.append(0x20)
-                    i += 3
-                } else {
-                    out.append(text[i])
-                    i += 1
-                }
-            }
-            return out
-        }
+        if attr.contains(.normal) { return SentencePieceSpaces.unescape(text) }
         if attr.contains(.byte) { return SPMTokenizer.byteValue(text).map { [$0] } ?? [] }
         return []
     }

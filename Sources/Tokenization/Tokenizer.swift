@@ -44,14 +44,18 @@ extension Tokenizer {
 }
 
 /// Builds the tokenizer a GGUF file describes: byte-level BPE for `tokenizer.ggml.model`
-/// "gpt2", SentencePiece for "llama", and llama.cpp's hashing test vocabulary for "test".
+/// "gpt2", SentencePiece-style BPE for "gemma4", SentencePiece for "llama", WordPiece for
+/// "bert", and llama.cpp's hashing test vocabulary for "test".
 public func loadTokenizer(from file: GGUFFile) throws -> any Tokenizer {
     guard let model = file["tokenizer.ggml.model"]?.string else {
         throw TokenizerError.missingKey("tokenizer.ggml.model")
     }
     switch model {
     case "gpt2": return try BPETokenizer(file: file)
+    // Gemma 4's vocabulary implies its pre-tokenizer and has no default special ids.
+    case "gemma4": return try BPETokenizer(file: file, pre: "gemma4", defaultSpecialIDs: false)
     case "llama": return try SPMTokenizer(file: file)
+    case "bert": return try WordPieceTokenizer(file: file)
     case "test": return try TestTokenizer(file: file)
     default: throw TokenizerError.unknownModel(model)
     }

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Per-code-point classification used by the pre-tokenizers: the general-category group
 /// (what a regex's `\p{L}`, `\p{N}`, ... would test) plus Unicode's White_Space property.
 struct CodepointFlags: OptionSet, Sendable {
@@ -17,6 +19,9 @@ struct CodepointFlags: OptionSet, Sendable {
     @inline(__always) var isNumber: Bool { contains(.number) }
     @inline(__always) var isWhitespace: Bool { contains(.whitespace) }
     @inline(__always) var isPunctuation: Bool { contains(.punctuation) }
+    @inline(__always) var isMark: Bool { contains(.mark) }
+    @inline(__always) var isSymbol: Bool { contains(.symbol) }
+    @inline(__always) var isControl: Bool { contains(.control) }
     /// False only for the "outside the segment" sentinel (every real code point has a category).
     @inline(__always) var isSome: Bool { rawValue != 0 }
 
@@ -71,4 +76,45 @@ struct CodepointFlags: OptionSet, Sendable {
         for cp in 0..<0x10000 { table[cp] = compute(UInt32(cp)).rawValue }
         return table
     }()
+}
+
+/// The code-point mappings of llama.cpp's Unicode tables that BERT's normalizer applies, each
+/// one code point to one code point, limited like `CodepointFlags` to the characters of
+/// llama.cpp's Unicode version. The Basic Multilingual Plane is tabulated once on first use.
+enum CodepointMapping {
+    /// The simple lowercase mapping (UnicodeData.txt), as llama.cpp's `unicode_tolower`.
+    @inline(__always)
+    static func lowercase(_ cp: UInt32) -> UInt32 {
+        if cp < 0x80 { return (0x41...0x5A).contains(cp) ? cp + 0x20 : cp }
+        return cp < 0x10000 ? bmpLowercase[Int(cp)] : computeLowercase(cp)
+    }
+
+    /// The first code point of the canonical decomposition (NFD), which is what llama.cpp's
+    /// `unicode_cpts_normalize_nfd` keeps of each code point: "é" becomes "e", its accent gone.
+    @inline(__always)
+    static func decompositionBase(_ cp: UInt32) -> UInt32 {
+        if cp < 0xC0 { return cp }  // nothing below À decomposes
+        return cp < 0x10000 ? bmpDecompositionBase[Int(cp)] : computeDecompositionBase(cp)
+    }
+
+    /// The scalar, if it is assigned in llama.cpp's Unicode version (later characters have no
+    /// mappings there).
+    private static func knownScalar(_ cp: UInt32) -> Unicode.Scalar? {
+        guard let scalar = Unicode.Scalar(cp), let age = scalar.properties.age,
+              (age.major, age.minor) <= CodepointFlags.unicodeVersion else { return nil }
+        return scalar
+    }
+
+    static func computeLowercase(_ cp: UInt32) -> UInt32 {
+        // The full mapping's first scalar is the simple mapping (İ: full "i̇", simple "i").
+        knownScalar(cp)?.properties.lowercaseMapping.unicodeScalars.first?.value ?? cp
+    }
+
+    static func computeDecompositionBase(_ cp: UInt32) -> UInt32 {
+        guard let scalar = knownScalar(cp) else { return cp }
+        return String(scalar).decomposedStringWithCanonicalMapping.unicodeScalars.first?.value ?? cp
+    }
+
+    private static let bmpLowercase: [UInt32] = (0..<0x10000).map { computeLowercase(UInt32($0)) }
+    private static let bmpDecompositionBase: [UInt32] = (0..<0x10000).map { computeDecompositionBase(UInt32($0)) }
 }

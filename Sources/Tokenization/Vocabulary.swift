@@ -38,7 +38,8 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
         switch self {
         case .missingKey(let key): "tokenizer: the model file has no '\(key)' metadata"
         case .unknownModel(let model):
-            "tokenizer: unsupported tokenizer.ggml.model '\(model)' (supported: 'gpt2' byte-level BPE, 'llama' SentencePiece)"
+            "tokenizer: unsupported tokenizer.ggml.model '\(model)' (supported: 'gpt2' byte-level BPE, "
+                + "'gemma4' SentencePiece-style BPE, 'llama' SentencePiece, 'bert' WordPiece)"
         case .unknownPreTokenizer(let pre): "tokenizer: unsupported tokenizer.ggml.pre '\(pre)'"
         case .invalidMetadata(let what): "tokenizer: invalid metadata: \(what)"
         }
@@ -51,10 +52,10 @@ enum Fragment: Equatable {
     case token(TokenID)
 }
 
-/// The vocabulary shared by both tokenizer kinds: token texts, scores, attributes, special ids
+/// The vocabulary shared by the tokenizer kinds: token texts, scores, attributes, special ids
 /// and the special-token splitter. Immutable after loading.
 final class Vocabulary: Sendable {
-    enum Kind: Sendable { case bpe, spm }
+    enum Kind: Sendable { case bpe, spm, wordPiece }
 
     let kind: Kind
     let count: Int
@@ -81,6 +82,8 @@ final class Vocabulary: Sendable {
     struct Settings {
         var bos: TokenID?, eos: TokenID?, eot: TokenID?, eom: TokenID?, unk: TokenID?, pad: TokenID?
         var addBOS = false, addEOS = false, addSpacePrefix = false
+        /// Add BOS whatever `tokenizer.ggml.add_bos_token` says (llama.cpp's rule for Gemma 4).
+        var forcesBOS = false
     }
 
     /// Reads tokens, scores and types, then applies llama.cpp's rules for special ids,
@@ -150,7 +153,7 @@ final class Vocabulary: Sendable {
         var fimRep = special("fim_rep_token_id", nil)
         var fimSep = special("fim_sep_token_id", nil)
 
-        self.addBOS = file["tokenizer.ggml.add_bos_token"]?.bool ?? defaults.addBOS
+        self.addBOS = defaults.forcesBOS || (file["tokenizer.ggml.add_bos_token"]?.bool ?? defaults.addBOS)
         self.addEOS = file["tokenizer.ggml.add_eos_token"]?.bool ?? defaults.addEOS
         self.addSpacePrefix = file["tokenizer.ggml.add_space_prefix"]?.bool ?? defaults.addSpacePrefix
 

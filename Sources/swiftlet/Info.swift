@@ -1,6 +1,7 @@
 import ArgumentParser
 import GGUF
 import Models
+import Tokenization
 
 struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Describe a GGUF model: architecture, hyper-parameters, tokenizer, tensors.")
@@ -55,6 +56,9 @@ struct ModelSummary {
         line("tensors", file.tensors.count)
         line("weights size", formatBytes(file.tensorDataBytes))
         line("file size", formatBytes(file.fileSize))
+        let problems = missingSupport()
+        line("runs in Swiftlet", problems.isEmpty ? "yes" : "no, missing:")
+        for problem in problems { out += "  - \(problem)\n" }
         if let config = try? ModelConfig(file: file), case let kvHeads = config.layerHeadCountsKV.reduce(0, +), kvHeads > 0 {
             // F16 keys and values for every KV head of every layer (none in recurrent layers).
             let kvPerToken = 2 * kvHeads * max(config.keyLength, config.valueLength) * 2
@@ -77,6 +81,26 @@ struct ModelSummary {
             }
         }
         return out
+    }
+}
+
+extension ModelSummary {
+    /// What Swiftlet lacks to run this file: its architecture, tensor types and tokenizer are
+    /// checked separately, so each missing piece is named; when all three are there, the model
+    /// is built (weights stay memory-mapped) to catch inconsistent shapes or unused tensors.
+    func missingSupport() -> [String] {
+        var problems: [String] = []
+        let architecture = file.architecture ?? "(none)"
+        if !ModelRegistry.supported.contains(architecture) {
+            problems.append("architecture '\(architecture)' (supported: \(ModelRegistry.supported.joined(separator: ", ")))")
+        }
+        let types = unsupportedTensorTypes(file)
+        if !types.isEmpty { problems.append("\(ModelError.unsupportedTensorTypes(types))") }
+        do { _ = try loadTokenizer(from: file) } catch { problems.append("\(error)") }
+        if problems.isEmpty {
+            do { _ = try ModelRegistry.load(file, repackWeights: false) } catch { problems.append("\(error)") }
+        }
+        return problems
     }
 }
 

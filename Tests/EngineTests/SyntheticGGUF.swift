@@ -19,6 +19,10 @@ struct SyntheticGGUF {
     var context = 256
     /// A token whose embedding row is NaN (a broken file's forward pass).
     var poisonedToken: Int?
+    /// Tensors of zeros added after the model's own (a file with more than the graph reads).
+    var extraTensors: [(name: String, type: TensorType, shape: [Int])] = []
+    /// Metadata beyond the architecture's usual keys.
+    var extraMetadata: [String: MetadataValue] = [:]
 
     static let directory: URL = {
         let dir = TestSupport.scratchRoot.appendingPathComponent("synthetic-gguf")
@@ -56,6 +60,7 @@ struct SyntheticGGUF {
             w.set("\(a).expert_count", .uint32(UInt32(experts)))
             w.set("\(a).expert_used_count", .uint32(UInt32(expertsUsed)))
         }
+        for (key, value) in extraMetadata.sorted(by: { $0.key < $1.key }) { w.set(key, value) }
         let tokens = ["<unk>", "<s>", "</s>"] + (0..<vocabulary - 4).map { String(UnicodeScalar(UInt8(33 + $0))) } + ["ab"]
         w.set("tokenizer.ggml.model", .string("gpt2"))
         w.set("tokenizer.ggml.pre", .string("default"))
@@ -110,6 +115,10 @@ struct SyntheticGGUF {
         }
         vector("output_norm.weight", d)
         matrix("output.weight", [d, vocabulary])
+        for extra in extraTensors {
+            let bytes = extra.type.byteCount(elements: extra.shape.reduce(1, *))!
+            w.addTensor(name: extra.name, type: extra.type, shape: extra.shape, data: [UInt8](repeating: 0, count: bytes))
+        }
         let temporary = path + ".\(UUID().uuidString).partial"
         try w.write(to: temporary)
         try? FileManager.default.removeItem(atPath: path)

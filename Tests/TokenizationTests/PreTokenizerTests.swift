@@ -32,7 +32,7 @@ struct PreTokenizerTests {
         }
     }
 
-    @Test("matches llama.cpp's splitter", arguments: ["default", "gpt2", "smollm", "llama3", "qwen2", "falcon", "deepseek-llm", "deepseek-coder"])
+    @Test("matches llama.cpp's splitter", arguments: ["default", "gpt2", "smollm", "llama3", "qwen2", "qwen35", "falcon", "deepseek-llm", "deepseek-coder", "gemma4"])
     func matchesLlamaCpp(pre: String) throws {
         let fixture = try Self.fixture()
         let expected = try #require(fixture.splits[pre])
