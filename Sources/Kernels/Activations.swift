@@ -75,6 +75,30 @@ public func swiglu(_ g: UnsafeMutablePointer<Float>, _ u: UnsafePointer<Float>, 
     }
 }
 
+/// x[i] = silu(x[i]) with the same floats as ggml's silu on an AVX-512 build: x / (1 + e^(0 − x))
+/// with `ggmlExp8` over 16-lane blocks, a scalar libm expf on a row's last `columns % 16`
+/// elements (the lane split of `swiglu`). `elements` are flat indices into rows of `columns`.
+/// Needs: `x` holds `elements.upperBound` floats.
+public func silu(_ x: UnsafeMutablePointer<Float>, elements: Range<Int>, columns: Int) {
+    let body = columns / 16 * 16
+    var i = elements.lowerBound
+    while i < elements.upperBound {
+        let rowStart = i / columns * columns
+        let bodyEnd = min(rowStart + body, elements.upperBound), rowEnd = min(rowStart + columns, elements.upperBound)
+        while i + 8 <= bodyEnd {
+            let v = load8(x + i)
+            store8(v / (1 + ggmlExp8(SIMD8<Float>() - v)), x + i)
+            i += 8
+        }
+        while i < bodyEnd {
+            let v = SIMD8<Float>(repeating: x[i])
+            x[i] = (v / (1 + ggmlExp8(SIMD8<Float>() - v)))[0]
+            i += 1
+        }
+        while i < rowEnd { x[i] = x[i] / (1 + expf(-x[i])); i += 1 }
+    }
+}
+
 /// g[i] = x·σ(α·x)·(y + 1) with x = min(g[i], limit), y = clamp(u[i], −limit, limit): gpt-oss's
 /// clamped SwiGLU, with ggml's scalar arithmetic (`swiglu_oai`: x / (1 + e^(α·(−x))), libm expf).
 /// Needs: `g` and `u` hold `count` floats.

@@ -94,3 +94,15 @@ public func layerNormalize(_ src: UnsafePointer<Float>, _ w: UnsafePointer<Float
         i += 1
     }
 }
+/// `rmsNormalize` of each of the `groups` consecutive `length`-float slices of `rows` rows,
+/// slice g with the weight `w + g·length`; `dst` may be `src`.
+/// Needs: `src` and `dst` hold `rows · groups · length` floats, `w` holds `groups · length`.
+public func rmsNormalizeGroups(_ src: UnsafePointer<Float>, _ w: UnsafePointer<Float>, length: Int, groups: Int, rows: Int,
+                               epsilon: Float, into dst: UnsafeMutablePointer<Float>) {
+    for r in 0..<rows {
+        for g in 0..<groups {
+            let offset = (r * groups + g) * length
+            rmsNormalize(src + offset, w + g * length, count: length, epsilon: epsilon, into: dst + offset)
+        }
+    }
+}

@@ -60,6 +60,17 @@ public struct Vector: Sendable {
 
     /// Values computed at load (e.g. several biases concatenated).
     public init(values: [Float]) { self.values = values }
+
+    /// A tensor whose layout matters beyond its length (a conv kernel per channel, a weight per
+    /// group): its shape must be `shape` (ne0 first; trailing 1s aside, as ggml compares them).
+    public init(file: GGUFFile, name: String, shape: [Int]) throws {
+        guard let info = file.tensor(named: name) else { throw ModelError.missingTensor(name) }
+        func trimmed(_ s: [Int]) -> [Int] { Array(s.reversed().drop { $0 == 1 }.reversed()) }
+        guard trimmed(info.shape) == trimmed(shape) else {
+            throw ModelError.badTensorShape(name: name, expected: shape, found: info.shape)
+        }
+        try self.init(file: file, name: name, count: shape.reduce(1, *))
+    }
 }
 
 /// A weight matrix applied to every token of a batch: y = s·(W·x) + b, with the optional bias
@@ -184,6 +195,11 @@ public struct RMSNorm: RowNormalization {
         self.epsilon = epsilon
     }
 
+    public init(weight: Vector, epsilon: Float) {
+        self.weight = weight
+        self.epsilon = epsilon
+    }
+
     /// `y` may be `x` (in place). With a pool, a large batch's rows are split across it.
     public func normalize(_ x: Matrix, into y: Matrix, pool: ThreadPool? = nil) {
         let length = weight.values.count
@@ -204,6 +220,104 @@ public struct RMSNorm: RowNormalization {
             run(0..<slices)
         }
     }
+}
+
+extension RMSNorm {
+    /// RMSNorm of each `length`-float group of every row, group g scaled by its own piece
+    /// `weight[g·length..<(g + 1)·length]` of a weight as long as the row (Mamba-2's norm by
+    /// groups before its output projection). `y` may be `x`.
+    public func normalize(_ x: Matrix, groupsOf length: Int, into y: Matrix) {
+        let columns = weight.values.count
+        guard length > 0, columns % length == 0, x.columns == columns, y.columns == columns, y.rows == x.rows else {
+            fatalError("RMSNorm by groups of \(length): \(x.rows)×\(x.columns) into \(y.rows)×\(y.columns) with weight length \(columns)")
+        }
+        weight.values.withUnsafeBufferPointer { w in
+            rmsNormalizeGroups(x.data, w.baseAddress!, length: length, groups: columns / length, rows: x.rows,
+                               epsilon: epsilon, into: y.data)
+        }
+    }
+}
+
+/// A causal depthwise convolution over each sequence's tokens (Mamba's conv1d, LFM2's short
+/// convolution): a `kernel`-tap filter per channel, and an optional bias added after the sum
+/// (as llama.cpp's graphs add it). Each sequence's last `kernel − 1` inputs are kept in its
+/// state between passes (`RecurrentState.convWindow`), so the convolution continues across them.
+public struct CausalConv1d: Sendable {
+    /// `channels × kernel`, the taps of one channel together (GGUF shape [kernel, channels]).
+    public let weight: Vector
+    public let bias: Vector?
+    public let channels: Int
+    public let kernel: Int
+
+    /// Floats of one sequence's window.
+    public var windowCount: Int { (kernel - 1) * channels }
+
+    /// `name` without its `.weight`; `bias`: whether the architecture has `NAME.bias`.
+    public init(file: GGUFFile, name: String, channels: Int, kernel: Int, bias hasBias: Bool) throws {
+        // the kernel reads `kernel` taps per channel and keeps kernel − 1 inputs
+        guard kernel >= 1, channels >= 1 else {
+            throw ModelError.badTensorShape(name: name + ".weight", expected: [kernel, channels],
+                                            found: file.tensor(named: name + ".weight")?.shape ?? [])
+        }
+        weight = try Vector(file: file, name: name + ".weight", shape: [kernel, channels])
+        bias = hasBias ? try Vector(file: file, name: name + ".bias", count: channels) : nil
+        self.channels = channels
+        self.kernel = kernel
+    }
+
+    /// Convolves `channels` columns of `input` from `firstColumn` on; a batch's sequences lie
+    /// back to back in its rows, `windows[s]` is sequence s's window (updated). Returns
+    /// rows × channels.
+    public func callAsFunction(_ input: Matrix, firstColumn: Int = 0, batch: [BatchSequence],
+                               windows: [UnsafeMutablePointer<Float>]) -> Matrix {
+        precondition(firstColumn + channels <= input.columns && windows.count == batch.count)
+        let out = Matrix(rows: input.rows, columns: channels, zeroed: false)
+        var row = 0
+        weight.values.withUnsafeBufferPointer { w in
+            for (s, seq) in batch.enumerated() {
+                causalConv1d(inputs: input[row] + firstColumn, inputStride: input.columns, tokens: seq.tokens.count,
+                             channels: channels, weights: w.baseAddress!, kernel: kernel, window: windows[s],
+                             outputs: out[row], outputStride: channels)
+                row += seq.tokens.count
+            }
+        }
+        if let bias {
+            bias.values.withUnsafeBufferPointer { b in
+                for r in 0..<out.rows { addInPlace(out[r], b.baseAddress!, count: channels) }
+            }
+        }
+        return out
+    }
+}
+
+/// The selective scan of a batch (Mamba's, Mamba-2's; see `Kernels.selectiveScan`): each
+/// sequence's tokens in order through its state `states[s]`, its heads split across the pool
+/// (they are independent). x is `shape.channels` columns of `x` from `xColumn`; B and C are
+/// `groups·stateSize` columns of `bc` from `bColumn` and `cColumn`; dt has one column per head.
+/// Returns y, rows × channels.
+func selectiveScan(_ shape: ScanShape, batch: [BatchSequence], states: [UnsafeMutablePointer<Float>],
+                   x: Matrix, xColumn: Int = 0, bc: Matrix, bColumn: Int, cColumn: Int, dt: Matrix, a: Vector,
+                   pool: ThreadPool) -> Matrix {
+    let groupColumns = shape.groups * shape.stateSize
+    precondition(xColumn + shape.channels <= x.columns && bColumn + groupColumns <= bc.columns
+                 && cColumn + groupColumns <= bc.columns && dt.columns == shape.heads && states.count == batch.count)
+    let y = Matrix(rows: x.rows, columns: shape.channels, zeroed: false)
+    var row = 0
+    for (s, seq) in batch.enumerated() {
+        let first = row, tokens = seq.tokens.count
+        nonisolated(unsafe) let state = states[s]
+        pool.parallelChunks(shape.heads) { heads in
+            a.values.withUnsafeBufferPointer { a in
+                Kernels.selectiveScan(shape, heads: heads, tokens: tokens, state: state,
+                                      x: x[first] + xColumn, xStride: x.columns,
+                                      b: bc[first] + bColumn, c: bc[first] + cColumn, bcStride: bc.columns,
+                                      dt: dt[first], dtStride: dt.columns, a: a.baseAddress!,
+                                      y: y[first], yStride: y.columns)
+            }
+        }
+        row += tokens
+    }
+    return y
 }
 
 /// LayerNorm over each row: centered, divided by the standard deviation, times `NAME.weight`,

@@ -7,30 +7,10 @@ import Kernels
 /// hₜ = exp(Δ·A)⊙hₜ₋₁ + Δ·B·xₜ, yₜ = C·hₜ + D⊙xₜ, gated by SiLU(z), output projection.
 /// A sequence's memory is a fixed-size recurrent state instead of a KV cache.
 public final class Mamba: LanguageModel {
-    struct Config {
-        let convKernel: Int
-        let innerSize: Int
-        let stateSize: Int
-        let timeStepRank: Int
-
-        init(file: GGUFFile) throws {
-            func required(_ key: String) throws -> Int {
-                guard let v = file.arch(key)?.int, v > 0 else { throw ModelError.missingMetadata("mamba.\(key)") }
-                return v
-            }
-            convKernel = try required("ssm.conv_kernel")
-            innerSize = try required("ssm.inner_size")
-            stateSize = try required("ssm.state_size")
-            timeStepRank = try required("ssm.time_step_rank")
-        }
-    }
-
     struct Layer: Sendable {
         let norm: RMSNorm
         let inProjection: Linear
-        /// `innerSize × convKernel`, row-major per channel.
-        let convWeight: Vector
-        let convBias: Vector
+        let conv: CausalConv1d
         let xProjection: Linear
         let dtProjection: Linear
         /// `innerSize × stateSize`, already −exp(A_log).
@@ -40,14 +20,14 @@ public final class Mamba: LanguageModel {
     }
 
     public let config: ModelConfig
-    let ssm: Config
+    let ssm: StateSpaceConfig
     let embedding: Embedding
     let layers: [Layer]
     let head: OutputHead
 
     public init(file: GGUFFile, config: ModelConfig) throws {
         self.config = config
-        let ssm = try Config(file: file)
+        let ssm = try StateSpaceConfig(file: file, architecture: config.architecture)
         self.ssm = ssm
         let d = config.embeddingLength, inner = ssm.innerSize, state = ssm.stateSize, rank = ssm.timeStepRank
         head = try OutputHead(file: file, config: config)
@@ -57,134 +37,75 @@ public final class Mamba: LanguageModel {
             return Layer(
                 norm: try RMSNorm(file: file, name: p + "attn_norm.weight", count: d, epsilon: config.normEpsilon),
                 inProjection: try Linear(file: file, name: p + "ssm_in.weight", inputs: d, outputs: 2 * inner),
-                convWeight: try Vector(file: file, name: p + "ssm_conv1d.weight", count: inner * ssm.convKernel),
-                convBias: try Vector(file: file, name: p + "ssm_conv1d.bias", count: inner),
+                conv: try CausalConv1d(file: file, name: p + "ssm_conv1d", channels: inner, kernel: ssm.convKernel, bias: true),
                 xProjection: try Linear(file: file, name: p + "ssm_x.weight", inputs: inner, outputs: rank + 2 * state),
                 dtProjection: try Linear(file: file, name: p + "ssm_dt.weight", inputs: rank, outputs: inner),
-                a: try Vector(file: file, name: p + "ssm_a", count: inner * state),
+                a: try Vector(file: file, name: p + "ssm_a", shape: [state, inner]),
                 d: try Vector(file: file, name: p + "ssm_d", count: inner),
                 outProjection: try Linear(file: file, name: p + "ssm_out.weight", inputs: inner, outputs: d))
         }
     }
 
     public func makeCache(capacity: Int) -> any SequenceState {
-        MambaState(layers: config.blockCount, innerSize: ssm.innerSize, convKernel: ssm.convKernel,
-                   stateSize: ssm.stateSize, capacity: capacity)
+        RecurrentState(layers: config.blockCount, convCount: (ssm.convKernel - 1) * ssm.innerSize,
+                       ssmCount: ssm.innerSize * ssm.stateSize, capacity: capacity)
     }
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
-        let states = batch.map { $0.cache as! MambaState }
-        let inner = ssm.innerSize, rank = ssm.timeStepRank, n = ssm.stateSize, kernel = ssm.convKernel
+        let states = batch.map { $0.cache as! RecurrentState }
+        let inner = ssm.innerSize, rank = ssm.timeStepRank, n = ssm.stateSize
+        // Mamba-1 as a selective scan: one head per channel, one group of B and C for all.
+        let shape = ScanShape(heads: inner, headDimension: 1, groups: 1, stateSize: n, decay: .perState)
         let x = embedding(batch.flatMap(\.tokens))
         for (l, layer) in layers.enumerated() {
             let xz = layer.inProjection(layer.norm(x, pool: pool), pool)
 
-            // Causal depthwise conv over each sequence's x half, continuing from its saved window.
-            let u = Matrix(rows: x.rows, columns: inner)
-            var row = 0
-            layer.convWeight.values.withUnsafeBufferPointer { weights in
-                for (s, seq) in batch.enumerated() {
-                    let window = states[s].convWindow(layer: l)
-                    for _ in seq.tokens {
-                        let input = xz[row]
-                        for c in 0..<inner {
-                            let w = weights.baseAddress! + c * kernel
-                            var sum = layer.convBias.values[c]
-                            for k in 0..<kernel - 1 { sum += w[k] * window[k * inner + c] }
-                            sum += w[kernel - 1] * input[c]
-                            u[row][c] = sum / (1 + expf(-sum))  // SiLU
-                        }
-                        // Slide the window: drop the oldest input, append this one.
-                        if kernel > 1 {
-                            for i in 0..<(kernel - 2) * inner { window[i] = window[i + inner] }
-                            (window + (kernel - 2) * inner).update(from: input, count: inner)
-                        }
-                        row += 1
-                    }
-                }
-            }
+            // Causal conv over each sequence's x half, continuing from its saved window; SiLU.
+            let u = layer.conv(xz, batch: batch, windows: states.map { $0.convWindow(layer: l) })
+            silu(u.data, elements: 0..<u.rows * inner, columns: inner)
 
-            // Δ, B, C from the conv output; Δ through its own projection and softplus.
+            // Δ, B, C from the conv output; Δ through its own projection (and bias).
             let projected = layer.xProjection(u, pool)
-            let dtInput = Matrix(rows: x.rows, columns: rank)
+            let dtInput = Matrix(rows: x.rows, columns: rank, zeroed: false)
             for r in 0..<x.rows { dtInput[r].update(from: projected[r], count: rank) }
             let dt = layer.dtProjection(dtInput, pool)
 
-            // Selective scan, token by token per sequence; y gated by SiLU(z).
-            let y = Matrix(rows: x.rows, columns: inner)
-            row = 0
-            for (s, seq) in batch.enumerated() {
-                let h = states[s].ssmState(layer: l)
-                for _ in seq.tokens {
-                    let b = projected[row] + rank, c = projected[row] + rank + n
-                    let z = xz[row] + inner
-                    for i in 0..<inner {
-                        let raw = dt[row][i]
-                        let delta = raw > 20 ? raw : log1pf(expf(raw))
-                        let deltaU = delta * u[row][i]
-                        var out: Float = 0
-                        for j in 0..<n {
-                            let idx = i * n + j
-                            h[idx] = h[idx] * expf(delta * layer.a.values[idx]) + deltaU * b[j]
-                            out += h[idx] * c[j]
-                        }
-                        out += layer.d.values[i] * u[row][i]
-                        let gate = z[i]
-                        y[row][i] = out * gate / (1 + expf(-gate))
-                    }
-                    row += 1
-                }
+            // Selective scan per sequence; y + D⊙u, gated by SiLU(z).
+            let y = selectiveScan(shape, batch: batch, states: states.map { $0.ssmState(layer: l) }, x: u,
+                                  bc: projected, bColumn: rank, cColumn: rank + n, dt: dt, a: layer.a, pool: pool)
+            let gated = Matrix(rows: x.rows, columns: inner, zeroed: false)
+            for r in 0..<x.rows {
+                for i in 0..<inner { y[r][i] += u[r][i] * layer.d.values[i] }
+                gated[r].update(from: xz[r] + inner, count: inner)
             }
-            x += layer.outProjection(y, pool)
+            swiglu(gated.data, y.data, elements: 0..<x.rows * inner, columns: inner)
+            x += layer.outProjection(gated, pool)
         }
         return head(x, batch: batch, pool: pool)
     }
 }
 
-/// Mamba's per-sequence memory: the last `convKernel − 1` conv inputs and the SSM state of
-/// every layer. Its size does not depend on the sequence length.
-public final class MambaState: SequenceState, @unchecked Sendable {
-    public let capacity: Int
-    public private(set) var count = 0
-    private let layers: Int
-    private let convSize: Int
-    private let ssmSize: Int
-    private let conv: UnsafeMutablePointer<Float>
-    private let ssm: UnsafeMutablePointer<Float>
+/// The `ARCH.ssm.*` hyper-parameters of Mamba and Mamba-2.
+struct StateSpaceConfig {
+    let convKernel: Int
+    let innerSize: Int
+    let stateSize: Int
+    /// Mamba: the rank of Δ's projection; Mamba-2: the number of heads.
+    let timeStepRank: Int
+    /// Groups of heads sharing B and C (Mamba-2's `ssm.group_count`; Mamba: 1).
+    let groupCount: Int
 
-    init(layers: Int, innerSize: Int, convKernel: Int, stateSize: Int, capacity: Int) {
-        self.layers = layers
-        self.capacity = capacity
-        convSize = max(convKernel - 1, 0) * innerSize
-        ssmSize = innerSize * stateSize
-        conv = .allocate(capacity: max(1, layers * convSize))
-        ssm = .allocate(capacity: layers * ssmSize)
-        reset()
-    }
-
-    deinit {
-        conv.deallocate()
-        ssm.deallocate()
-    }
-
-    private func reset() {
-        conv.initialize(repeating: 0, count: max(1, layers * convSize))
-        ssm.initialize(repeating: 0, count: layers * ssmSize)
-        count = 0
-    }
-
-    func convWindow(layer: Int) -> UnsafeMutablePointer<Float> { conv + layer * convSize }
-    func ssmState(layer: Int) -> UnsafeMutablePointer<Float> { ssm + layer * ssmSize }
-
-    public func reserve(_ tokens: Int) throws {
-        guard count + tokens <= capacity else { throw ContextFullError(needed: count + tokens, capacity: capacity) }
-    }
-
-    public func advance(by tokens: Int) { count += tokens }
-
-    /// A recurrent state cannot forget its last tokens: anything short of keeping all of it
-    /// starts over.
-    public func truncate(to position: Int) {
-        if position < count { reset() }
+    init(file: GGUFFile, architecture: String, grouped: Bool = false) throws {
+        func required(_ key: String) throws -> Int {
+            guard let v = file.arch(key)?.int else { throw ModelError.missingMetadata("\(architecture).\(key)") }
+            // every size here is a loop bound or a divisor of the kernels
+            guard v > 0 else { throw ModelError.inconsistentMetadata("\(architecture).\(key) is \(v), not positive") }
+            return v
+        }
+        convKernel = try required("ssm.conv_kernel")
+        innerSize = try required("ssm.inner_size")
+        stateSize = try required("ssm.state_size")
+        timeStepRank = try required("ssm.time_step_rank")
+        groupCount = grouped ? try required("ssm.group_count") : 1
     }
 }

@@ -10,8 +10,13 @@ public struct ModelConfig: Sendable {
     /// Multi-token-prediction blocks after them, which Swiftlet does not run (nor load).
     public var predictionLayerCount: Int
     public var feedForwardLength: Int
+    /// Layer 0's head counts (llama.cpp's `n_head()`), which the head size defaults from.
     public var headCount: Int
     public var headCountKV: Int
+    /// Per layer: `attention.head_count(_kv)` may be one number for every layer or an array with
+    /// one per layer (hybrid models mark their non-attention layers with 0).
+    public var layerHeadCounts: [Int]
+    public var layerHeadCountsKV: [Int]
     public var keyLength: Int
     public var valueLength: Int
     public var contextLength: Int
@@ -51,8 +56,13 @@ public struct ModelConfig: Sendable {
         }
         blockCount = allBlocks - predictionLayerCount
         feedForwardLength = file.arch("feed_forward_length")?.int ?? 0
-        headCount = file.arch("attention.head_count")?.int ?? 0
-        headCountKV = file.arch("attention.head_count_kv")?.int ?? headCount
+        // per-layer arrays cover the prediction blocks too
+        layerHeadCounts = try Self.perLayer(file, arch, "attention.head_count", layers: allBlocks)?.prefix(blockCount).map { $0 }
+            ?? Array(repeating: 0, count: blockCount)
+        layerHeadCountsKV = try Self.perLayer(file, arch, "attention.head_count_kv", layers: allBlocks)?.prefix(blockCount).map { $0 }
+            ?? layerHeadCounts
+        headCount = layerHeadCounts.first ?? 0
+        headCountKV = layerHeadCountsKV.first ?? 0
         let defaultHead = headCount > 0 ? embeddingLength / headCount : 0
         keyLength = file.arch("attention.key_length")?.int ?? defaultHead
         valueLength = file.arch("attention.value_length")?.int ?? defaultHead
@@ -107,6 +117,19 @@ public struct UnsupportedTensorType: Sendable, Equatable {
         self.type = type
         self.count = count
         self.example = example
+    }
+}
+
+extension ModelConfig {
+    /// `ARCH.key` as one value for every layer or an array of one per layer (llama.cpp's
+    /// get_key_or_arr); nil when absent.
+    static func perLayer(_ file: GGUFFile, _ arch: String, _ key: String, layers: Int) throws(ModelError) -> [Int]? {
+        guard let value = file.arch(key) else { return nil }
+        if let v = value.int { return Array(repeating: v, count: layers) }
+        guard let values = value.array?.compactMap(\.int), values.count == layers, value.array?.count == layers else {
+            throw ModelError.inconsistentMetadata("\(arch).\(key) is neither a number nor one per layer (\(layers))")
+        }
+        return values
     }
 }
 

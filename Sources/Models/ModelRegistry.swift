@@ -25,6 +25,8 @@ public enum ModelRegistry {
         "starcoder2": { try StarCoder2(file: $0, config: $1) },
         "cohere2": { try Cohere2(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
+        "mamba2": { try Mamba2(file: $0, config: $1) },
+        "lfm2": { try LFM2(file: $0, config: $1) },
     ]
 
     public static var supported: [String] { builders.keys.sorted() }

@@ -59,9 +59,9 @@ struct ModelSummary {
         let problems = missingSupport()
         line("runs in Swiftlet", problems.isEmpty ? "yes" : "no, missing:")
         for problem in problems { out += "  - \(problem)\n" }
-        if let config = try? ModelConfig(file: file), config.headCountKV > 0 {
-            // F16 keys and values for every layer and KV head.
-            let kvPerToken = 2 * config.blockCount * config.headCountKV * max(config.keyLength, config.valueLength) * 2
+        if let config = try? ModelConfig(file: file), case let kvHeads = config.layerHeadCountsKV.reduce(0, +), kvHeads > 0 {
+            // F16 keys and values for every KV head of every layer (none in recurrent layers).
+            let kvPerToken = 2 * kvHeads * max(config.keyLength, config.valueLength) * 2
             line("KV cache (F16)", "\(formatBytes(kvPerToken * 1024)) per 1024 tokens")
             for context in [2048, config.contextLength] {
                 line("memory at \(context) ctx", "\(formatBytes(file.tensorDataBytes + kvPerToken * context)) (weights, memory-mapped, + KV cache)")

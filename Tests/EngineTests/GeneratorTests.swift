@@ -265,3 +265,35 @@ import Testing
         await generator.shutdown()
     }
 }
+
+/// A hybrid model (LFM2: attention and short-convolution layers) keeps a state of each
+/// sequence's own too, its KV cache inside it: chunked prompts, several sequences per step and
+/// sequences coming and going must give what one sequence run alone over one state gives.
+@Suite(.serialized) struct HybridGeneratorTests {
+    @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason))
+    func lfm2ThroughTheGeneratorEqualsAContiguousGreedyLoop() async throws {
+        let m = try LoadedModel(path: try LlamaArchModels.directory.get().appendingPathComponent("lfm2-dense.gguf").path)
+        #expect(!(m.model is any AttentionModel))
+        let prompts = ["The quick brown fox jumps over the lazy dog", "Once upon a time, a small robot"].map {
+            m.tokenizer.encode($0, addSpecial: true, parseSpecial: true)
+        }
+        let maxTokens = 16
+        let references = try prompts.map {
+            try GeneratorTests.contiguousGreedy(m.model, endOfGeneration: m.tokenizer.endOfGenerationTokens, prompt: $0,
+                                                maxTokens: maxTokens)
+        }
+        #expect(references.allSatisfy { $0.count > 4 }, "the comparison needs generated tokens: \(references)")
+        // Batches of at most 5 tokens: each prompt's convolution windows and KV cache carry over
+        // between its chunks, and the two sequences share steps.
+        let generator = try Generator(model: m, configuration: .init(contextLength: 64, parallel: 2, maxBatchTokens: 5))
+        #expect(generator.blockCount == 0 && generator.kvCacheBytes == 0)
+        let options = GenerationOptions(maxTokens: maxTokens)
+        let alone = try generator.generate(prompt: prompts[0], options: options)
+        #expect(alone.tokens == references[0])
+        let together = await GeneratorTests.collect(try generator.submit(prompts.map { SequenceSpec(prompt: $0) }, options: options))
+        #expect(together.map(\.tokens) == references)
+        // A finished sequence's state is not reused by the next one.
+        #expect(try generator.generate(prompt: prompts[1], options: options).tokens == references[1])
+        await generator.shutdown()
+    }
+}

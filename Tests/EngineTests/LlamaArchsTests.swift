@@ -54,7 +54,8 @@ enum LlamaArchModels {
         "llama-dense", "llama-moe", "qwen2-dense", "qwen3-dense", "qwen3moe-moe", "mistral3-dense", "mistral3-moe",
         "smollm3-dense", "granite-dense", "granite-moe", "granitemoe-dense", "granitemoe-moe", "gemma2-dense",
         "gemma3-dense", "olmo2-dense", "exaone4-dense", "phi3-dense", "starcoder2-dense", "cohere2-dense",
-        "glm4-dense", "deepseek2-moe", "gpt-oss-moe", "mamba-dense",
+        "glm4-dense", "deepseek2-moe", "gpt-oss-moe", "mamba-dense", "mamba2-dense",
+        "lfm2-dense",
     ]
 
     @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason), arguments: models)

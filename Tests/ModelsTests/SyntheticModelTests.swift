@@ -199,4 +199,43 @@ func argmax(_ v: [Float]) -> Int32 { Int32(v.indices.max { v[$0] < v[$1] }!) }
             try ModelRegistry.load(try GGUFFile(path: path))
         }
     }
+
+    /// The state-space and short-conv sizes the kernels index by are checked against each other
+    /// before any tensor is read (metadata only, over a valid base).
+    @Test(arguments: [
+        ("mamba2", ["mamba2.ssm.time_step_rank": .uint32(5)],
+         "mamba2.ssm.inner_size (64) is not a multiple of ssm.time_step_rank (5 heads)"),
+        ("mamba2", ["mamba2.ssm.group_count": .uint32(3)],
+         "mamba2.ssm.time_step_rank (4 heads) is not a multiple of ssm.group_count (3)"),
+        ("mamba2", ["mamba2.ssm.group_count": .uint32(0)], "mamba2.ssm.group_count is 0, not positive"),
+        ("lfm2", ["lfm2.shortconv.l_cache": .uint32(1)], "lfm2.shortconv.l_cache is 1, not above 1"),
+        ("lfm2", ["lfm2.attention.head_count_kv": .array(.uint32, [.uint32(2)])],
+         "lfm2.attention.head_count_kv is neither a number nor one per layer (2)"),
+    ] as [(String, [String: MetadataValue], String)])
+    func recurrentShapesTheKernelsCannotTakeAreLoadErrors(architecture: String, overrides: [String: MetadataValue],
+                                                          message: String) throws {
+        var metadata: [String: MetadataValue] = [
+            "general.architecture": .string(architecture),
+            "\(architecture).embedding_length": .uint32(32),
+            "\(architecture).block_count": .uint32(2),
+        ]
+        if architecture == "mamba2" {
+            for (key, value) in ["ssm.conv_kernel": 4, "ssm.inner_size": 64, "ssm.state_size": 16,
+                                 "ssm.time_step_rank": 4, "ssm.group_count": 2] {
+                metadata["mamba2.\(key)"] = .uint32(UInt32(value))
+            }
+        } else {
+            metadata["lfm2.shortconv.l_cache"] = .uint32(3)
+            metadata["lfm2.attention.head_count"] = .uint32(2)
+            metadata["lfm2.attention.head_count_kv"] = .array(.uint32, [.uint32(2), .uint32(0)])
+        }
+        metadata.merge(overrides) { $1 }
+        var w = GGUFWriter()
+        for (key, value) in metadata.sorted(by: { $0.key < $1.key }) { w.set(key, value) }
+        let path = TestSupport.scratchRoot.appendingPathComponent("recurrent-shape-\(message.filter { $0.isLetter || $0.isNumber }).gguf").path
+        try w.write(to: path)
+        #expect(throws: ModelError.inconsistentMetadata(message)) {
+            try ModelRegistry.load(try GGUFFile(path: path))
+        }
+    }
 }

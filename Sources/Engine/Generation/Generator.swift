@@ -170,6 +170,7 @@ public final class Generator: @unchecked Sendable {
             let blocks = max(blocksPerContext, configuration.kvCacheTokens / configuration.blockSize)
             storage = .paged(KVBlockPool(config: model.config, blockSize: configuration.blockSize, blockCount: blocks))
         } else {
+            // recurrent and hybrid models: a state of each sequence's own (see `SequenceStorage`)
             let inner = model.model, capacity = configuration.contextLength
             storage = .perSequence { inner.makeCache(capacity: capacity) }
         }

@@ -2,7 +2,7 @@ import Models
 import Tokenization
 
 /// What the scheduler holds for one admitted sequence: the model's state for it (a paged KV
-/// store for attention models, a recurrent state otherwise) and the block bookkeeping.
+/// store for attention models, a state of its own otherwise) and the block bookkeeping.
 public protocol SequenceStore: AnyObject {
     /// What the forward pass reads and writes.
     var modelState: any SequenceState { get }
@@ -25,8 +25,10 @@ public protocol SequenceStore: AnyObject {
 public enum SequenceStorage {
     /// Blocks of one shared KV pool, with prefix sharing (attention models).
     case paged(KVBlockPool)
-    /// A state of its own per sequence, made on admission (recurrent models: the state is a
-    /// few fixed-size tensors, there is nothing to page or share).
+    /// A state of its own per sequence, made on admission and freed with the store. Recurrent
+    /// models: the state is a few fixed-size tensors, there is nothing to page or share. Hybrid
+    /// models (LFM2): the recurrent layers' state cannot be shared by prefix or rolled back, so
+    /// the attention layers' KV cache goes with it, sized for the whole context.
     case perSequence(makeState: () -> any SequenceState)
 }
 
@@ -34,7 +36,8 @@ extension PagedKVStore: SequenceStore {
     public var modelState: any SequenceState { self }
 }
 
-/// A recurrent model's state as a `SequenceStore`: no blocks, no prefix cache.
+/// A per-sequence state (recurrent or hybrid model) as a `SequenceStore`: no blocks, no
+/// prefix cache.
 final class RecurrentStore: SequenceStore {
     let state: any SequenceState
 
