@@ -457,6 +457,10 @@ public struct Attention: Sendable {
             throw ModelError.inconsistentMetadata(
                 "\(config.architecture).rope.dimension_count (\(rope.dimensions)) exceeds the head size (\(headDimension))")
         }
+        // RoPE rotates pairs (ggml asserts the same)
+        guard rope.dimensions % 2 == 0 else {
+            throw ModelError.inconsistentMetadata("\(config.architecture).rope.dimension_count (\(rope.dimensions)) is odd")
+        }
         let widths = [heads * headDimension, kvHeads * headDimension, kvHeads * config.valueLength]
         if file.tensor(named: p + "attn_qkv.weight") != nil {
             var fused = try Linear(file: file, name: p + "attn_qkv.weight", inputs: d, outputs: widths.reduce(0, +))

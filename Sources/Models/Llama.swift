@@ -68,6 +68,14 @@ public final class Llama: AttentionModel {
         self.config = config
         let d = config.embeddingLength, eps = config.normEpsilon
         // Llama 3.1+ files carry per-frequency divisors of the RoPE angles (rope_freqs.weight)
+        guard config.headCount > 0 else {
+            throw ModelError.inconsistentMetadata("\(config.architecture).attention.head_count is 0")
+        }
+        // llama.cpp's check for llama: the whole head rotates
+        if config.architecture == "llama", config.ropeDimensionCount != config.keyLength {
+            throw ModelError.inconsistentMetadata(
+                "llama.rope.dimension_count (\(config.ropeDimensionCount)) differs from the head size (\(config.keyLength))")
+        }
         let frequencyFactors = file.tensor(named: "rope_freqs.weight") != nil
             ? try Vector(file: file, name: "rope_freqs.weight", count: config.ropeDimensionCount / 2).values : nil
         let rope = RoPE(style: variant.ropeStyle, dimensions: config.ropeDimensionCount, base: config.ropeFreqBase,

@@ -42,20 +42,35 @@ public struct ModelConfig: Sendable {
     public init(file: GGUFFile) throws(ModelError) {
         guard let arch = file.architecture else { throw ModelError.missingMetadata("general.architecture") }
         architecture = arch
-        func required(_ key: String) throws(ModelError) -> Int {
-            guard let v = file.arch(key)?.int else { throw ModelError.missingMetadata("\(arch).\(key)") }
-            return v
+        // Every count and width below sizes an allocation or an index before any tensor shape
+        // is compared with it, so each is bounded first: a block count of 2³²−1 would otherwise
+        // ask for tens of gigabytes, and products of two such values overflow.
+        func bounded(_ key: String, _ value: Int, _ range: ClosedRange<Int>) throws(ModelError) -> Int {
+            guard range.contains(value) else {
+                throw ModelError.inconsistentMetadata("\(arch).\(key) is \(value) (expected \(range.lowerBound)…\(range.upperBound))")
+            }
+            return value
         }
-        embeddingLength = try required("embedding_length")
+        func required(_ key: String, _ range: ClosedRange<Int>) throws(ModelError) -> Int {
+            guard let v = file.arch(key)?.int else { throw ModelError.missingMetadata("\(arch).\(key)") }
+            return try bounded(key, v, range)
+        }
+        func optional(_ key: String, _ range: ClosedRange<Int>) throws(ModelError) -> Int? {
+            guard let v = file.arch(key)?.int else { return nil }
+            return try bounded(key, v, range)
+        }
+        let width = 1...(1 << 20)
+        embeddingLength = try required("embedding_length", width)
         // the last `nextn_predict_layers` blocks predict further tokens for speculative decoding
         // (DeepSeek-V3, GLM-4.5, EXAONE 4); the model's own forward pass ends before them
-        let allBlocks = try required("block_count")
+        // every block has tensors of its own
+        let allBlocks = try required("block_count", 1...max(1, file.tensors.count))
         predictionLayerCount = file.arch("nextn_predict_layers")?.int ?? 0
         guard predictionLayerCount >= 0, predictionLayerCount < allBlocks else {
             throw ModelError.inconsistentMetadata("\(arch).nextn_predict_layers (\(predictionLayerCount)) with block_count \(allBlocks)")
         }
         blockCount = allBlocks - predictionLayerCount
-        feedForwardLength = file.arch("feed_forward_length")?.int ?? 0
+        feedForwardLength = try optional("feed_forward_length", 0...(1 << 24)) ?? 0
         // per-layer arrays cover the prediction blocks too
         layerHeadCounts = try Self.perLayer(file, arch, "attention.head_count", layers: allBlocks)?.prefix(blockCount).map { $0 }
             ?? Array(repeating: 0, count: blockCount)
@@ -64,16 +79,24 @@ public struct ModelConfig: Sendable {
         headCount = layerHeadCounts.first ?? 0
         headCountKV = layerHeadCountsKV.first ?? 0
         let defaultHead = headCount > 0 ? embeddingLength / headCount : 0
-        keyLength = file.arch("attention.key_length")?.int ?? defaultHead
-        valueLength = file.arch("attention.value_length")?.int ?? defaultHead
-        contextLength = file.arch("context_length")?.int ?? 2048
+        keyLength = try optional("attention.key_length", 0...(1 << 16)) ?? defaultHead
+        valueLength = try optional("attention.value_length", 0...(1 << 16)) ?? defaultHead
+        contextLength = try optional("context_length", 1...(1 << 30)) ?? 2048
         normEpsilon = file.arch("attention.layer_norm_rms_epsilon")?.float ?? 1e-5
         ropeFreqBase = file.arch("rope.freq_base")?.float ?? 10000
-        ropeDimensionCount = file.arch("rope.dimension_count")?.int ?? keyLength
-        vocabularySize = file.arch("vocab_size")?.int ?? file["tokenizer.ggml.tokens"]?.array?.count ?? 0
-        slidingWindow = file.arch("attention.sliding_window")?.int
-        expertCount = file.arch("expert_count")?.int ?? 0
-        expertUsedCount = file.arch("expert_used_count")?.int ?? 0
+        // NaN spreads into every logit; an infinite or negative epsilon or base silently zeroes
+        // activations or rotation angles, so such files are refused here
+        guard normEpsilon.isFinite, normEpsilon >= 0 else {
+            throw ModelError.inconsistentMetadata("\(arch).attention.layer_norm_rms_epsilon is \(normEpsilon)")
+        }
+        guard ropeFreqBase.isFinite, ropeFreqBase > 0 else {
+            throw ModelError.inconsistentMetadata("\(arch).rope.freq_base is \(ropeFreqBase)")
+        }
+        ropeDimensionCount = try optional("rope.dimension_count", 0...(1 << 16)) ?? keyLength
+        vocabularySize = try optional("vocab_size", 0...(1 << 24)) ?? file["tokenizer.ggml.tokens"]?.array?.count ?? 0
+        slidingWindow = try optional("attention.sliding_window", 0...(1 << 30))
+        expertCount = try optional("expert_count", 0...(1 << 16)) ?? 0
+        expertUsedCount = try optional("expert_used_count", 0...max(0, expertCount)) ?? 0
         // As llama.cpp reads them: the scaling type defaults to linear, a factor of 0 means
         // none, and "none" ignores the factor.
         ropeScalingType = file.arch("rope.scaling.type")?.string
@@ -125,9 +148,18 @@ extension ModelConfig {
     /// get_key_or_arr); nil when absent.
     static func perLayer(_ file: GGUFFile, _ arch: String, _ key: String, layers: Int) throws(ModelError) -> [Int]? {
         guard let value = file.arch(key) else { return nil }
-        if let v = value.int { return Array(repeating: v, count: layers) }
+        if let v = value.int {
+            guard (0...(1 << 16)).contains(v) else {
+                throw ModelError.inconsistentMetadata("\(arch).\(key) is \(v) (expected 0…65536)")
+            }
+            return Array(repeating: v, count: layers)
+        }
         guard let values = value.array?.compactMap(\.int), values.count == layers, value.array?.count == layers else {
             throw ModelError.inconsistentMetadata("\(arch).\(key) is neither a number nor one per layer (\(layers))")
+        }
+        // head counts: bounded as the other sizes (see `init`)
+        if let bad = values.first(where: { !(0...(1 << 16)).contains($0) }) {
+            throw ModelError.inconsistentMetadata("\(arch).\(key) holds \(bad) (expected 0…65536)")
         }
         return values
     }

@@ -47,6 +47,14 @@ public enum ModelRegistry {
             throw ModelError.unsupportedArchitecture(
                 "\(config.architecture) with YaRN or a RoPE attention factor (rope.scaling.type/attn_factor)")
         }
+        // llama.cpp's rule: the embedding table (and the output head) have one row per
+        // vocabulary entry, `vocab_size` or else the tokenizer's token count
+        for name in ["token_embd.weight", "output.weight"] {
+            if let table = file.tensor(named: name), config.vocabularySize > 0, table.rowCount != config.vocabularySize {
+                throw ModelError.badTensorShape(name: name, expected: [config.embeddingLength, config.vocabularySize],
+                                                found: table.shape)
+            }
+        }
         let unsupported = unsupportedTensorTypes(file)
         guard unsupported.isEmpty else { throw ModelError.unsupportedTensorTypes(unsupported) }
         // Repacked tensors drop their file pages once copied; a large page-cache folio mapped whole
