@@ -19,6 +19,23 @@ public struct ServerConfiguration: Sendable {
     public var modelAliases: [String] = []
 
     public init() {}
+
+    /// The API key kept in a file (`--api-key-file`), so it stays out of the process list and
+    /// shell history: the first line, without surrounding whitespace.
+    public static func apiKey(fromFile path: String) throws -> String {
+        guard let contents = FileManager.default.contents(atPath: path) else {
+            throw ServerConfigurationError("cannot read the API key file '\(path)'")
+        }
+        let key = String(decoding: contents, as: UTF8.self).split(whereSeparator: \.isNewline).first
+            .map { $0.trimmingCharacters(in: .whitespaces) } ?? ""
+        guard !key.isEmpty else { throw ServerConfigurationError("the API key file '\(path)' is empty") }
+        return key
+    }
+}
+
+public struct ServerConfigurationError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
 }
 
 /// The engine once the model is loaded (nil before), shared by the handlers.

@@ -11,7 +11,9 @@ struct Serve: AsyncParsableCommand {
         discussion: """
         Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health \
         (200 once the model is loaded, 503 before), GET /metrics (Prometheus). With --api-key, \
-        every /v1/* call needs 'Authorization: Bearer KEY'. SIGINT/SIGTERM shut down gracefully.
+        every /v1/* call needs 'Authorization: Bearer KEY' (compared in constant time). The server \
+        binds to 127.0.0.1 unless --host says otherwise and sends no CORS headers. SIGINT/SIGTERM \
+        shut down gracefully.
         """)
 
     @Argument(help: "Path to a .gguf file or a model name from the cache.")
@@ -22,6 +24,8 @@ struct Serve: AsyncParsableCommand {
     var port = 8080
     @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on /v1/*.")
     var apiKey: String?
+    @Option(name: .customLong("api-key-file"), help: "As --api-key, with the key read from the first line of FILE.")
+    var apiKeyFile: String?
     @Option(name: .customLong("ctx"), help: "Context length per sequence, in tokens.")
     var contextLength = 2048
     @Option(help: "Sequences decoded together in one batch.")
@@ -48,6 +52,10 @@ struct Serve: AsyncParsableCommand {
 
     func validate() throws {
         guard contextLength > 0 else { throw ValidationError("--ctx must be positive") }
+        guard apiKey == nil || apiKeyFile == nil else { throw ValidationError("give --api-key or --api-key-file, not both") }
+        if let apiKeyFile {
+            do { _ = try ServerConfiguration.apiKey(fromFile: apiKeyFile) } catch { throw ValidationError("\(error)") }
+        }
         guard parallel > 0 else { throw ValidationError("--parallel must be positive") }
         guard (1...65535).contains(port) || port == 0 else { throw ValidationError("--port must be 0...65535") }
         _ = try parseKVCache()
@@ -67,7 +75,7 @@ struct Serve: AsyncParsableCommand {
         var config = ServerConfiguration()
         config.host = host
         config.port = port
-        config.apiKey = apiKey
+        config.apiKey = try apiKey ?? apiKeyFile.map(ServerConfiguration.apiKey(fromFile:))
         config.maxBodyBytes = maxBody
         config.modelAliases = [model]
         config.engine = Generator.Configuration(

@@ -41,6 +41,28 @@ import Testing
         }
     }
 
+    /// Safe defaults: loopback only, no CORS headers (browsers on other origins cannot call the
+    /// API), and a key file read without its line break.
+    @Test func securityDefaults() async throws {
+        #expect(ServerConfiguration().host == "127.0.0.1")
+        let app = Application(router: makeServer().makeRouter())
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/v1/models", method: .get, headers: [.origin: "https://evil.example"]) { r in
+                #expect(r.headers[.accessControlAllowOrigin] == nil)
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .options, headers: [.origin: "https://evil.example"]) { r in
+                #expect(r.headers[.accessControlAllowOrigin] == nil)
+            }
+        }
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("key-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        try " s3cret \nsecond line\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try ServerConfiguration.apiKey(fromFile: file) == "s3cret")
+        try "\n".write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(throws: ServerConfigurationError.self) { try ServerConfiguration.apiKey(fromFile: file) }
+        #expect(throws: ServerConfigurationError.self) { try ServerConfiguration.apiKey(fromFile: file + ".missing") }
+    }
+
     @Test func aPIKeyIsRequiredOnV1Only() async throws {
         let app = Application(router: makeServer(apiKey: "k1").makeRouter())
         try await app.test(.router) { client in
