@@ -49,8 +49,10 @@ public struct RoPE: Sendable {
     let magnitude: Float
 
     /// `attentionFactor`: `rope.scaling.attn_factor`; with `yarn`, as llama.cpp sets it up.
+    /// `yarnAttentionFactor`: llama.cpp's `yarn_attn_factor` when the architecture sets it up
+    /// differently (DeepSeek-V2/V3); by default derived from `attentionFactor` as llama.cpp does.
     public init(style: RoPEStyle, dimensions: Int, base: Float, positionScale: Float = 1, frequencyFactors: [Float]? = nil,
-                yarn: YaRNScaling? = nil, attentionFactor: Float = 1) {
+                yarn: YaRNScaling? = nil, attentionFactor: Float = 1, yarnAttentionFactor: Float? = nil) {
         precondition(frequencyFactors == nil || frequencyFactors!.count == dimensions / 2)
         self.style = style
         self.dimensions = dimensions
@@ -62,7 +64,7 @@ public struct RoPE: Sendable {
             // llama.cpp cancels its own attention-factor correction (get_mscale / (1 + 0.1·ln s))
             // and ggml's rope then multiplies by 1 + 0.1·ln(1 / freq_scale)
             let frequencyScale = 1 / positionScale, factor = 1 / frequencyScale
-            let attention = (0.1 * logf(factor) + 1) * (1 / (1 + 0.1 * logf(factor))) * attentionFactor
+            let attention = yarnAttentionFactor ?? (0.1 * logf(factor) + 1) * (1 / (1 + 0.1 * logf(factor))) * attentionFactor
             magnitude = attention * (1 + 0.1 * logf(1 / frequencyScale))
         } else {
             yarnCorrection = nil

@@ -77,12 +77,28 @@ public final class DeepSeek2: AttentionModel {
             }
             temperature = AttentionTemperature(scale: scale, floorScale: length)
         }
+        // llama.cpp's YaRN set-up for this graph: the file's multiplier is stored ÷ 10
+        // (mscale_all_dim), the rotation magnitude comes out near the attention factor, and the
+        // scores carry the magnitude correction instead, squared (kq_scale = mscale² / √d).
+        let frequencyScale = 1 / config.ropeLinearScale, factor = 1 / frequencyScale
+        let allDimensions = config.ropeYaRNLogMultiplier / 0.1
+        var yarnAttention: Float = config.ropeAttentionFactor
+        if config.ropeYaRN != nil {
+            func magnitude(_ m: Float) -> Float { factor <= 1 ? 1 : 0.1 * m * logf(factor) + 1 }
+            yarnAttention = allDimensions != 0
+                ? magnitude(allDimensions != 1 ? allDimensions : 1) / magnitude(allDimensions) : magnitude(1)
+            yarnAttention *= 1 / (1 + 0.1 * logf(factor))
+            yarnAttention *= config.ropeAttentionFactor
+        }
         let rope = RoPE(style: .interleaved, dimensions: rotary, base: config.ropeFreqBase,
-                        positionScale: config.ropeLinearScale)
+                        positionScale: config.ropeLinearScale, yarn: config.ropeYaRN,
+                        attentionFactor: config.ropeAttentionFactor, yarnAttentionFactor: yarnAttention)
+        let originalAttention = yarnAttention * (1 + 0.1 * logf(1 / frequencyScale))
+        let scoreMagnitude = originalAttention * (1 + 0.1 * allDimensions * logf(1 / frequencyScale))
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
             var attention = try LatentAttention(file: file, prefix: p, config: config, rope: rope, latent: latent,
-                                                keyWidth: keyWidth, valueWidth: valueWidth)
+                                                keyWidth: keyWidth, valueWidth: valueWidth, scoreMagnitude: scoreMagnitude)
             attention.temperature = temperature
             let feedForward: any FeedForward
             if i < denseLayers {
@@ -140,8 +156,9 @@ struct LatentAttention: Sendable {
     let scale: Float
     var temperature: AttentionTemperature?
 
+    /// `scoreMagnitude`: YaRN's correction of the scores' scale (1 without scaling).
     init(file: GGUFFile, prefix p: String, config: ModelConfig, rope: RoPE, latent: Int, keyWidth: Int,
-         valueWidth: Int) throws {
+         valueWidth: Int, scoreMagnitude: Float) throws {
         let d = config.embeddingLength, eps = config.normEpsilon
         heads = config.headCount
         self.latent = latent
@@ -169,7 +186,7 @@ struct LatentAttention: Sendable {
         latentToValue = try matrixStack(file: file, name: p + "attn_v_b.weight", inputs: latent, outputs: valueWidth, count: heads)
         output = try Linear(file: file, name: p + "attn_output.weight", inputs: heads * valueWidth, outputs: d, bias: false)
         // scores are scaled by the full (non-latent) query width, as the model was trained
-        scale = 1 / Float(keyWidth).squareRoot()
+        scale = 1 * scoreMagnitude * scoreMagnitude / Float(keyWidth).squareRoot()
     }
 
     func callAsFunction(_ x: Matrix, layer: Int, batch: [BatchSequence], pool: ThreadPool) -> Matrix {

@@ -33,6 +33,8 @@ public struct ModelConfig: Sendable {
     public var ropeYaRN: YaRNScaling?
     /// Multiplies the rotations' magnitude (`rope.scaling.attn_factor`, 1 by default).
     public var ropeAttentionFactor: Float
+    /// `rope.scaling.yarn_log_multiplier` (0 without it): only DeepSeek-V2/V3's graph reads it.
+    public var ropeYaRNLogMultiplier: Float
     /// `rope.scaling.type` as the file states it (nil: absent, which llama.cpp reads as linear).
     public var ropeScalingType: String?
     /// The context the model was trained for before any RoPE extension
@@ -111,6 +113,10 @@ public struct ModelConfig: Sendable {
         }
         ropeLinearScale = scalingType != "none" && factor != 0 ? factor : 1
         ropeAttentionFactor = file.arch("rope.scaling.attn_factor")?.float ?? 1
+        ropeYaRNLogMultiplier = file.arch("rope.scaling.yarn_log_multiplier")?.float ?? 0
+        guard ropeYaRNLogMultiplier.isFinite else {
+            throw ModelError.inconsistentMetadata("\(arch).rope.scaling.yarn_log_multiplier is \(ropeYaRNLogMultiplier)")
+        }
         guard ropeAttentionFactor.isFinite, ropeAttentionFactor > 0 else {
             throw ModelError.inconsistentMetadata("\(arch).rope.scaling.attn_factor is \(ropeAttentionFactor)")
         }
@@ -118,9 +124,6 @@ public struct ModelConfig: Sendable {
             let originalContext = file.arch("rope.scaling.original_context_length")?.int ?? contextLength
             guard originalContext > 0 else {
                 throw ModelError.inconsistentMetadata("\(arch).rope.scaling.original_context_length is \(originalContext)")
-            }
-            if let logMultiplier = file.arch("rope.scaling.yarn_log_multiplier")?.float, logMultiplier != 0 {
-                throw ModelError.unsupportedArchitecture("\(arch) with rope.scaling.yarn_log_multiplier \(logMultiplier)")
             }
             ropeYaRN = YaRNScaling(originalContext: originalContext,
                                    betaFast: file.arch("rope.scaling.yarn_beta_fast")?.float ?? 32,

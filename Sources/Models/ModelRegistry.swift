@@ -31,9 +31,9 @@ public enum ModelRegistry {
 
     public static var supported: [String] { builders.keys.sorted() }
 
-    /// DeepSeek-V2/V3's graph folds YaRN's magnitude into its attention scale too, which is
-    /// not implemented here: such files are refused rather than run with half the scaling.
-    static let refusesRoPEScaling: Set<String> = ["deepseek2"]
+    /// The architectures whose graphs read `rope.scaling.yarn_log_multiplier`; for the others a
+    /// file that sets it is refused rather than run without it.
+    static let readsYaRNLogMultiplier: Set<String> = ["deepseek2"]
 
     /// `repackWeights`: whether matrices may leave the file's mapping for a layout the CPU's
     /// kernels read faster (`WeightRepacking`); false keeps every weight in the mapping, as
@@ -43,9 +43,9 @@ public enum ModelRegistry {
         guard let build = builders[config.architecture] else {
             throw ModelError.unsupportedArchitecture(config.architecture)
         }
-        if config.ropeYaRN != nil || config.ropeAttentionFactor != 1, refusesRoPEScaling.contains(config.architecture) {
+        if config.ropeYaRN != nil, config.ropeYaRNLogMultiplier != 0, !readsYaRNLogMultiplier.contains(config.architecture) {
             throw ModelError.unsupportedArchitecture(
-                "\(config.architecture) with YaRN or a RoPE attention factor (rope.scaling.type/attn_factor)")
+                "\(config.architecture) with rope.scaling.yarn_log_multiplier \(config.ropeYaRNLogMultiplier)")
         }
         // llama.cpp's rule: the embedding table (and the output head) have one row per
         // vocabulary entry, `vocab_size` or else the tokenizer's token count

@@ -77,6 +77,9 @@ enum LlamaArchModels {
         ("gpt-oss-moe", "gpt-oss-yarn", ["rope.scaling.type": .string("yarn"), "rope.scaling.factor": .float32(8),
                                          "rope.scaling.original_context_length": .uint32(32),
                                          "rope.scaling.yarn_beta_fast": .float32(16)]),
+        ("deepseek2-moe", "deepseek2-yarn", ["rope.scaling.type": .string("yarn"), "rope.scaling.factor": .float32(4),
+                                             "rope.scaling.original_context_length": .uint32(32),
+                                             "rope.scaling.yarn_log_multiplier": .float32(0.0707)]),
         ("qwen2-dense", "qwen2-linear", ["rope.scaling.type": .string("linear"), "rope.scaling.factor": .float32(2),
                                          "rope.scaling.attn_factor": .float32(0.8)]),
     ] as [(String, String, [String: MetadataValue])])
