@@ -230,6 +230,21 @@ struct ToolCallPlan {
         return out
     }
 
+    /// An object whose keys are the parameters of any of `tools` (the first definition of a
+    /// name wins); any object when a function leaves its parameters open.
+    static func mergedParameters(_ tools: [ToolDefinition]) -> JSONValue {
+        var properties = JSONObject()
+        for tool in tools {
+            guard let schema = tool.parameters else { continue }
+            guard case .object(let own)? = schema["properties"], schema["additionalProperties"] == .bool(false)
+                    || schema["additionalProperties"] == nil, schema["$defs"] == nil, schema["definitions"] == nil else {
+                return ["type": "object"]
+            }
+            for (name, value) in own where properties[name] == nil { properties[name] = value }
+        }
+        return ["type": "object", "properties": .object(properties), "additionalProperties": false]
+    }
+
     static func genericToolPrompt(_ tools: [ToolDefinition]) -> String {
         let list = tools.map { $0.templateValue["function"]!.compactText }.joined(separator: "\n")
         return """
@@ -243,11 +258,13 @@ struct ToolCallPlan {
 
     /// The JSON (after `prefill`) the constrained reply must be: calls of `tools`, with the
     /// arguments matching the function's schema when the name is settled (one function).
-    /// With several functions the grammar's unions cannot tie the arguments to the chosen name,
-    /// so they are only constrained to an object.
+    /// With several functions the grammar's unions cannot tie the arguments to the chosen name
+    /// (alternatives are picked by their first byte), so the arguments may use any of the
+    /// functions' parameters, none of them required.
     static func outputSchema(syntax: ToolCallSyntax, tools: [ToolDefinition], parallel: Bool) throws -> JSONValue {
-        let anyObject: JSONValue = ["type": "object"]
-        let argumentsSchema = tools.count == 1 ? (tools[0].templateValue["function"]!["parameters"] ?? anyObject) : anyObject
+        let argumentsSchema = tools.count == 1
+            ? tools[0].templateValue["function"]!["parameters"]!
+            : mergedParameters(tools)
         let names: JSONValue = tools.count == 1
             ? ["const": .string(tools[0].name)]
             : ["enum": .array(tools.map { .string($0.name) })]

@@ -268,6 +268,9 @@ import Testing
         #expect(try accepts(.genericJSON, #"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "A", "unit": "C"}}]}"#))
         #expect(try accepts(.genericJSON, #"{"tool_calls": [{"name": "get_time", "arguments": {}}]}"#, choice: .required))
         #expect(try !accepts(.genericJSON, #"{"tool_calls": [{"name": "other", "arguments": {}}]}"#, choice: .required))
+        #expect(try accepts(.genericJSON, #"{"tool_calls": [{"name": "get_time", "arguments": {"city": "A"}}]}"#, choice: .required),
+                "several functions: any of their parameters")
+        #expect(try !accepts(.genericJSON, #"{"tool_calls": [{"name": "get_time", "arguments": {"type": "object"}}]}"#, choice: .required))
     }
 }
 
@@ -275,12 +278,15 @@ import Testing
 /// The model is too small to choose calls well, so calls are forced through the grammar and
 /// the tests check their structure.
 @Suite(.serialized) struct ToolCallServerTests {
-    static let tools = #"""
-        [{"type":"function","function":{"name":"get_weather","description":"Current weather in a city",
-          "parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":30},"unit":{"enum":["celsius","fahrenheit"]}},"required":["city","unit"]}}},
-         {"type":"function","function":{"name":"get_time","description":"Current time in a time zone",
-          "parameters":{"type":"object","properties":{"zone":{"type":"string","maxLength":20}},"required":["zone"]}}}]
+    static let weatherTool = #"""
+        {"type":"function","function":{"name":"get_weather","description":"Current weather in a city",
+         "parameters":{"type":"object","properties":{"city":{"type":"string","maxLength":30},"unit":{"enum":["celsius","fahrenheit"]}},"required":["city","unit"]}}}
         """#
+    static let timeTool = #"""
+        {"type":"function","function":{"name":"get_time","description":"Current time in a time zone",
+         "parameters":{"type":"object","properties":{"zone":{"type":"string","maxLength":20}},"required":["zone"]}}}
+        """#
+    static let tools = "[" + weatherTool + "," + timeTool + "]"
 
     func withServer(_ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         let model = try LoadedModel(path: TestSupport.smolLM2Path)
@@ -294,7 +300,7 @@ import Testing
         await generator.shutdown()
     }
 
-    static func body(_ extra: String) -> ByteBuffer {
+    static func body(_ extra: String, tools: String = tools) -> ByteBuffer {
         ByteBuffer(string: #"{"model":"SmolLM2-135M-Instruct.Q4_1","messages":[{"role":"user","content":"What is the weather in Paris?"}],"tools":"#
                    + tools + #","temperature":0,"max_tokens":160"# + extra + "}")
     }
@@ -331,9 +337,11 @@ import Testing
 
     @Test func requiredCallsStreamWithStableIndexesAndIDs() async throws {
         try await withServer { client in
+            // one function: its schema constrains the arguments
+            let weatherOnly = "[" + Self.weatherTool + "]"
             let required = #","tool_choice":"required","stream":true"#
             try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
-                                     body: Self.body(required)) { r in
+                                     body: Self.body(required, tools: weatherOnly)) { r in
                 #expect(r.status == .ok)
                 var ids: [Int: String] = [:]
                 var names: [Int: String] = [:]
