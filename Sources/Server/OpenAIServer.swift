@@ -155,7 +155,8 @@ public struct OpenAIServer: Sendable {
         let ctx = ResponseContext(id: id, created: Int(Date().timeIntervalSince1970), model: engine.model.name, chat: chat,
                                   choices: job.specs.count, promptTokens: job.promptTokens,
                                   tokenizer: engine.model.tokenizer, logprobs: parsed.logprobs,
-                                  toolSyntax: job.toolSyntax, toolPrefill: job.toolPrefill)
+                                  toolSyntax: job.toolSyntax, toolPrefill: job.toolPrefill,
+                                  parallelToolCalls: parsed.parallelToolCalls)
         logger.info("request", metadata: ["id": "\(id)", "prompt_tokens": "\(job.promptTokens)",
                                           "n": "\(job.specs.count)", "stream": "\(parsed.stream)"])
         if parsed.stream {
@@ -265,11 +266,12 @@ public struct OpenAIServer: Sendable {
         let logprobs: Int?
         let toolSyntax: ToolCallSyntax?
         let toolPrefill: String
+        let parallelToolCalls: Bool
 
         /// A parser for one choice's reply, primed with the call syntax already in the prompt.
         func makeToolParser() -> ToolCallStreamParser? {
             guard let toolSyntax else { return nil }
-            var parser = ToolCallStreamParser(syntax: toolSyntax)
+            var parser = ToolCallStreamParser(syntax: toolSyntax, allowsSeveralCalls: parallelToolCalls)
             _ = parser.feed(toolPrefill)
             return parser
         }

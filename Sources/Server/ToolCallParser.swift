@@ -77,10 +77,14 @@ public struct ToolCallStreamParser: Sendable {
     private var mode = Mode.start
     private var pending = ""
     private var callCount = 0
+    /// `parallel_tool_calls: false`: calls after the first are dropped.
+    private let allowsSeveralCalls: Bool
     private let makeID: @Sendable () -> String
 
-    public init(syntax: ToolCallSyntax, makeID: @escaping @Sendable () -> String = newToolCallID) {
+    public init(syntax: ToolCallSyntax, allowsSeveralCalls: Bool = true,
+                makeID: @escaping @Sendable () -> String = newToolCallID) {
         self.syntax = syntax
+        self.allowsSeveralCalls = allowsSeveralCalls
         self.makeID = makeID
     }
 
@@ -158,7 +162,7 @@ public struct ToolCallStreamParser: Sendable {
             emitContent(raw, into: &events)
             return
         }
-        for (name, arguments) in calls {
+        for (name, arguments) in calls where allowsSeveralCalls || callCount == 0 {
             events.append(.call(index: callCount, ParsedToolCall(id: makeID(), name: name, arguments: arguments)))
             callCount += 1
         }

@@ -100,6 +100,12 @@ import Testing
         #expect(notACall.calls.isEmpty)
     }
 
+    @Test func withoutParallelCallsOnlyTheFirstCounts() {
+        var parser = ToolCallStreamParser(syntax: .mistral, allowsSeveralCalls: false, makeID: { "call_x" })
+        let events = parser.feed(#"[TOOL_CALLS][{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}]"#) + parser.finish()
+        #expect(events == [.call(index: 0, ParsedToolCall(id: "call_x", name: "a", arguments: "{}"))])
+    }
+
     @Test func mistralCallList() {
         let reply = #"[TOOL_CALLS][{"name": "a", "arguments": {"n": 1}}, {"name": "b", "arguments": {}}]"#
         let r = run(.mistral, [reply])
@@ -339,7 +345,8 @@ import Testing
         try await withServer { client in
             // one function: its schema constrains the arguments
             let weatherOnly = "[" + Self.weatherTool + "]"
-            let required = #","tool_choice":"required","stream":true"#
+            // the small model repeats calls until max_tokens when it may make several
+            let required = #","tool_choice":"required","parallel_tool_calls":false,"stream":true"#
             try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
                                      body: Self.body(required, tools: weatherOnly)) { r in
                 #expect(r.status == .ok)
