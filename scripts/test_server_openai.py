@@ -320,7 +320,7 @@ def tool_calls(s):
     calls, finish, content = {}, [], ""
     for chunk in s.client().chat.completions.create(
             model=model_id(s), max_tokens=200, temperature=0, messages=question, tools=[WEATHER_TOOL],
-            tool_choice="required", stream=True):
+            tool_choice="required", parallel_tool_calls=False, stream=True):
         for c in chunk.choices:
             content += c.delta.content or ""
             if c.finish_reason:
