@@ -154,8 +154,7 @@ struct ToolCallPlan {
             // Hermes calls open with a marker the text shows: from there the call is constrained.
             // A schema the grammar cannot express leaves auto parse-only rather than failing.
             if choice == .auto, syntax == .hermes, !tools.isEmpty,
-               let schema = try? Self.outputSchema(syntax: syntax, tools: tools, parallel: parallel),
-               let lazy = try? JSONGrammar(schema: schema) {
+               let lazy = try? JSONGrammar(schema: Self.outputSchema(syntax: syntax, tools: tools, parallel: parallel)) {
                 grammar = lazy
                 grammarTrigger = "<tool_call>"
             } else {
@@ -166,7 +165,8 @@ struct ToolCallPlan {
         }
         grammarTrigger = nil
         let callable = choice == .required ? tools : tools.filter { .function($0.name) == choice }
-        let schema = try Self.outputSchema(syntax: syntax, tools: callable, parallel: parallel)
+        // a named function is called once, as with OpenAI
+        let schema = Self.outputSchema(syntax: syntax, tools: callable, parallel: parallel && choice == .required)
         do { grammar = try JSONGrammar(schema: schema) } catch {
             throw APIError.invalid("tools", "cannot constrain the arguments to the function's 'parameters': \(error)")
         }
@@ -261,7 +261,7 @@ struct ToolCallPlan {
     /// With several functions the grammar's unions cannot tie the arguments to the chosen name
     /// (alternatives are picked by their first byte), so the arguments may use any of the
     /// functions' parameters, none of them required.
-    static func outputSchema(syntax: ToolCallSyntax, tools: [ToolDefinition], parallel: Bool) throws -> JSONValue {
+    static func outputSchema(syntax: ToolCallSyntax, tools: [ToolDefinition], parallel: Bool) -> JSONValue {
         let argumentsSchema = tools.count == 1
             ? tools[0].templateValue["function"]!["parameters"]!
             : mergedParameters(tools)
