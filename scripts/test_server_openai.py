@@ -286,6 +286,65 @@ def json_schema_output(s):
     assert isinstance(json.loads(r.choices[0].message.content), dict)
 
 
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
+                                                    "unit": {"enum": ["celsius", "fahrenheit"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}
+TIME_TOOL = {"type": "function", "function": {
+    "name": "get_time", "description": "Current time in a time zone",
+    "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 20}}, "required": ["zone"]}}}
+
+
+@test()
+def tool_calls(s):
+    question = [{"role": "user", "content": "What is the weather in Paris?"}]
+    r = s.client().chat.completions.create(
+        model=model_id(s), max_tokens=200, temperature=0, messages=question, tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}})
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls", r
+    assert choice.message.content is None, r
+    call = choice.message.tool_calls[0]
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == "get_weather", r
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER_TOOL["function"]["parameters"])
+
+    # the call and its result go back through the chat template
+    history = question + [choice.message.model_dump(exclude_none=True),
+                          {"role": "tool", "tool_call_id": call.id, "content": "21 degrees, sunny"}]
+    r = s.client().chat.completions.create(model=model_id(s), max_tokens=16, temperature=0, messages=history,
+                                           tools=[WEATHER_TOOL], tool_choice="none")
+    assert r.choices[0].message.tool_calls is None and isinstance(r.choices[0].message.content, str), r
+
+    # streamed: id and name once per call, then arguments; no content; finish_reason tool_calls
+    calls, finish, content = {}, [], ""
+    for chunk in s.client().chat.completions.create(
+            model=model_id(s), max_tokens=200, temperature=0, messages=question, tools=[WEATHER_TOOL],
+            tool_choice="required", parallel_tool_calls=False, stream=True):
+        for c in chunk.choices:
+            content += c.delta.content or ""
+            if c.finish_reason:
+                finish.append(c.finish_reason)
+            for d in c.delta.tool_calls or []:
+                entry = calls.setdefault(d.index, {"id": None, "name": None, "arguments": ""})
+                if d.id:
+                    assert entry["id"] is None, "one id per call"
+                    entry["id"], entry["name"] = d.id, d.function.name
+                entry["arguments"] += d.function.arguments or ""
+    assert content == "" and finish == ["tool_calls"], (content, finish)
+    assert sorted(calls) == list(range(len(calls))) and calls, calls
+    for entry in calls.values():
+        assert entry["id"].startswith("call_") and entry["name"] == "get_weather", entry
+        jsonschema.validate(json.loads(entry["arguments"]), WEATHER_TOOL["function"]["parameters"])
+
+    try:
+        s.client().chat.completions.create(model=model_id(s), messages=question, tools=[WEATHER_TOOL],
+                                           tool_choice={"type": "function", "function": {"name": "launch"}})
+        raise AssertionError("an unknown function in tool_choice was accepted")
+    except openai.BadRequestError as e:
+        assert e.status_code == 400 and "launch" in str(e) and "tool_choice" in str(e), e
+
+
 @test()
 def n_choices(s):
     r = s.client().chat.completions.create(

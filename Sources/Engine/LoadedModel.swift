@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import JSON
 import Kernels
 import Models
 import Tokenization
@@ -49,12 +50,13 @@ public final class LoadedModel: Sendable {
     }
 
     /// Renders a conversation with the model's chat template (or its family's built-in one).
-    public func renderChat(_ messages: [ChatMessage], addGenerationPrompt: Bool = true) throws -> String {
+    public func renderChat(_ messages: [ChatMessage], addGenerationPrompt: Bool = true,
+                           tools: [JSONValue]? = nil) throws -> String {
         guard let chatTemplate else { throw EngineError.noChatTemplate(architecture: config.architecture) }
         let bos = tokenizer.bosToken.map { tokenizer.tokenText($0) } ?? ""
         let eos = tokenizer.eosToken.map { tokenizer.tokenText($0) } ?? ""
         return try chatTemplate.render(messages: messages, addGenerationPrompt: addGenerationPrompt,
-                                       bosToken: bos, eosToken: eos)
+                                       bosToken: bos, eosToken: eos, tools: tools)
     }
 }
 

@@ -65,6 +65,10 @@ public struct CompletionRequest: Sendable {
     /// llama.cpp's `ignore_eos`: end-of-generation tokens are never sampled (their logits get a
     /// bias of -inf), so only `max_tokens`, stop strings or the context end a completion.
     public var ignoreEOS = false
+    /// Functions the model may call (chat only).
+    public var tools: [ToolDefinition] = []
+    public var toolChoice = ToolChoice.auto
+    public var parallelToolCalls = true
 
     public var isChat: Bool { if case .chat = input { true } else { false } }
 
@@ -171,6 +175,15 @@ public struct CompletionRequest: Sendable {
             }
             responseFormat = format
         }
+        if chat {
+            if let t = f.value("tools") { tools = try Self.parseTools(t) }
+            if let c = f.value("tool_choice") {
+                toolChoice = try Self.parseToolChoice(c, tools: tools)
+            } else if tools.isEmpty {
+                toolChoice = .none
+            }
+            if let p = try f.bool("parallel_tool_calls") { parallelToolCalls = p }
+        }
     }
 
     static func parseMessages(_ value: JSONValue) throws -> [ChatMessage] {
@@ -185,6 +198,17 @@ public struct CompletionRequest: Sendable {
                 throw APIError.invalid("\(p).role", "'\(p).role' must be one of system, developer, user, assistant, tool")
             }
             if role == "developer" { role = "system" }
+            var toolCalls: [ChatToolCall]?
+            if role == "assistant", let calls = m["tool_calls"], calls != .null {
+                toolCalls = try parseToolCalls(calls, param: "\(p).tool_calls")
+            }
+            var toolCallID: String?
+            if role == "tool" {
+                guard let id = m["tool_call_id"]?.stringValue else {
+                    throw APIError.invalid("\(p).tool_call_id", "'\(p).tool_call_id' must be a string (the id of the call this answers)")
+                }
+                toolCallID = id
+            }
             let content: String?
             switch m["content"] {
             case .string(let s): content = s
@@ -200,7 +224,8 @@ public struct CompletionRequest: Sendable {
                 }.joined()
             default: throw APIError.invalid("\(p).content", "'\(p).content' must be a string or an array of text parts")
             }
-            return ChatMessage(role: role, content: content, name: m["name"]?.stringValue)
+            return ChatMessage(role: role, content: content, name: m["name"]?.stringValue, toolCalls: toolCalls,
+                               toolCallID: toolCallID)
         }
     }
 

@@ -171,7 +171,9 @@ public struct OpenAIServer: Sendable {
         let id = (chat ? "chatcmpl-" : "cmpl-") + randomID()
         let ctx = ResponseContext(id: id, created: Int(Date().timeIntervalSince1970), model: engine.model.name, chat: chat,
                                   choices: job.specs.count, promptTokens: job.promptTokens,
-                                  tokenizer: engine.model.tokenizer, logprobs: parsed.logprobs)
+                                  tokenizer: engine.model.tokenizer, logprobs: parsed.logprobs,
+                                  toolSyntax: job.toolSyntax, toolPrefill: job.toolPrefill,
+                                  parallelToolCalls: parsed.parallelToolCalls)
         logger.info("request", metadata: ["id": "\(id)", "prompt_tokens": "\(job.promptTokens)",
                                           "n": "\(job.specs.count)", "stream": "\(parsed.stream)"])
         if parsed.stream {
@@ -185,6 +187,10 @@ public struct OpenAIServer: Sendable {
         var options: GenerationOptions
         /// Usage's prompt_tokens: each distinct prompt once.
         var promptTokens: Int
+        /// Set when replies are searched for function calls.
+        var toolSyntax: ToolCallSyntax?
+        /// Call syntax already in the prompt (a forced call's opening marker).
+        var toolPrefill = ""
     }
 
     /// Tokenizes the prompts and checks them against the context.
@@ -194,11 +200,20 @@ public struct OpenAIServer: Sendable {
         let ctx = engine.configuration.contextLength
         var prompts: [[TokenID]] = []
         let param: String
+        var toolPlan: ToolCallPlan?
         switch r.input {
         case .chat(let messages):
             param = "messages"
+            let history = messages.contains { $0.toolCalls != nil || $0.role == "tool" }
+            if !r.tools.isEmpty || history {
+                toolPlan = try ToolCallPlan(tools: r.tools, choice: r.toolChoice, parallel: r.parallelToolCalls,
+                                            messages: messages, templateSource: model.chatTemplate?.source)
+            }
             let rendered: String
-            do { rendered = try model.renderChat(messages) } catch {
+            do {
+                rendered = try model.renderChat(toolPlan?.messages ?? messages, tools: toolPlan?.templateTools)
+                    + (toolPlan?.prefill ?? "")
+            } catch {
                 throw APIError.invalid("messages", "the chat template could not render 'messages': \(error)")
             }
             prompts = [model.promptTokens(for: rendered)]
@@ -227,7 +242,11 @@ public struct OpenAIServer: Sendable {
             throw APIError.invalid("logit_bias", "'logit_bias' token id \(bad) is outside the vocabulary (\(tokenizer.vocabularySize) tokens)")
         }
         var grammar: JSONGrammar?
-        if let format = r.responseFormat {
+        var grammarTrigger: String?
+        if let plan = toolPlan, let toolGrammar = plan.grammar, plan.grammarTrigger == nil || r.responseFormat == nil {
+            grammar = toolGrammar
+            grammarTrigger = plan.grammarTrigger
+        } else if let format = r.responseFormat {
             do { grammar = try JSONGrammar.forResponseFormat(format) } catch {
                 throw APIError.invalid("response_format", "unsupported 'response_format': \(error)")
             }
@@ -239,14 +258,16 @@ public struct OpenAIServer: Sendable {
             for t in tokenizer.endOfGenerationTokens { sampling.logitBias[t] = -.infinity }
         }
         let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
-                                        logprobs: r.logprobs)
+                                        grammarTrigger: grammarTrigger, logprobs: r.logprobs)
         var specs: [SequenceSpec] = []
         for p in prompts {
             for i in 0..<r.n {
                 specs.append(SequenceSpec(prompt: p, seed: r.sampling.seed.map { $0 &+ UInt64(i) }))
             }
         }
-        return Job(specs: specs, options: options, promptTokens: prompts.reduce(0) { $0 + $1.count })
+        let parsesCalls = !r.tools.isEmpty && r.toolChoice != .none
+        return Job(specs: specs, options: options, promptTokens: prompts.reduce(0) { $0 + $1.count },
+                   toolSyntax: parsesCalls ? toolPlan?.syntax : nil, toolPrefill: toolPlan?.prefill ?? "")
     }
 
     // MARK: Responses
@@ -260,6 +281,17 @@ public struct OpenAIServer: Sendable {
         let promptTokens: Int
         let tokenizer: any Tokenizer
         let logprobs: Int?
+        let toolSyntax: ToolCallSyntax?
+        let toolPrefill: String
+        let parallelToolCalls: Bool
+
+        /// A parser for one choice's reply, primed with the call syntax already in the prompt.
+        func makeToolParser() -> ToolCallStreamParser? {
+            guard let toolSyntax else { return nil }
+            var parser = ToolCallStreamParser(syntax: toolSyntax, allowsSeveralCalls: parallelToolCalls)
+            _ = parser.feed(toolPrefill)
+            return parser
+        }
 
         var object: String { chat ? "chat.completion" : "text_completion" }
         var chunkObject: String { chat ? "chat.completion.chunk" : "text_completion" }
@@ -331,6 +363,15 @@ public struct OpenAIServer: Sendable {
         var completionTokens = 0
         var cachedTokens = 0
         var started = false
+        var toolParser: ToolCallStreamParser?
+        /// Logprobs of tokens whose text the tool parser still holds back.
+        var heldLogprobs: [TokenLogprobInfo] = []
+    }
+
+    /// `message.tool_calls` / `delta.tool_calls` entries.
+    static func toolCallJSON(_ call: ParsedToolCall) -> JSONValue {
+        ["id": .string(call.id), "type": "function",
+         "function": ["name": .string(call.name), "arguments": .string(call.arguments)]]
     }
 
     /// Wraps a stream iterator so the response body closure can own it.
@@ -385,9 +426,26 @@ public struct OpenAIServer: Sendable {
                 let body: [JSONValue] = choices.enumerated().map { i, c in
                     let finish: JSONValue = c.finish.map { .string($0 == .cancelled ? "stop" : $0.rawValue) } ?? .null
                     if ctx.chat {
+                        var message: JSONObject = ["role": "assistant", "content": .string(c.text), "refusal": .null]
+                        var finish = finish
+                        if var parser = ctx.makeToolParser() {
+                            var content = ""
+                            var calls: [JSONValue] = []
+                            for event in parser.feed(c.text) + parser.finish() {
+                                switch event {
+                                case .content(let text): content += text
+                                case .call(_, let call): calls.append(Self.toolCallJSON(call))
+                                }
+                            }
+                            if !calls.isEmpty {
+                                message["content"] = content.isEmpty ? .null : .string(content)
+                                message["tool_calls"] = .array(calls)
+                                finish = "tool_calls"
+                            }
+                        }
                         return .object([
                             "index": .number(JSONNumber(i)),
-                            "message": .object(["role": .string("assistant"), "content": .string(c.text), "refusal": .null]),
+                            "message": .object(message),
                             "logprobs": ctx.logprobsJSON(c.logprobs, textOffset: 0),
                             "finish_reason": finish,
                         ])
@@ -415,6 +473,7 @@ public struct OpenAIServer: Sendable {
             var completed = false
             defer { if !completed { handle.cancel() } }
             let choices = (0..<ctx.choices).map { _ in ChoiceState() }
+            for c in choices { c.toolParser = ctx.makeToolParser() }
             let usageNull: JSONValue? = includeUsage ? .null : nil
             func send(_ value: JSONValue) async throws {
                 try await writer.write(ByteBuffer(string: "data: " + value.compactText + "\n\n"))
@@ -431,12 +490,48 @@ public struct OpenAIServer: Sendable {
                     "logprobs": .null, "finish_reason": .null,
                 ])))
             }
+            /// Content and calls the tool parser decided; held logprobs ride on the first chunk.
+            func sendToolEvents(_ events: [ToolParseEvent], choice i: Int) async throws {
+                for event in events {
+                    let logprobs = ctx.logprobsJSON(choices[i].heldLogprobs, textOffset: 0)
+                    choices[i].heldLogprobs = []
+                    switch event {
+                    case .content(let text):
+                        choices[i].text += text
+                        try await send(chunk(.object([
+                            "index": .number(JSONNumber(i)), "delta": .object(["content": .string(text)]),
+                            "logprobs": logprobs, "finish_reason": .null,
+                        ])))
+                    case .call(let index, let call):
+                        // the id and name first, then the arguments (OpenAI streams them in pieces)
+                        let opening: JSONValue = [
+                            "index": .number(JSONNumber(index)), "id": .string(call.id), "type": "function",
+                            "function": ["name": .string(call.name), "arguments": ""],
+                        ]
+                        let arguments: JSONValue = [
+                            "index": .number(JSONNumber(index)), "function": ["arguments": .string(call.arguments)],
+                        ]
+                        for (n, delta) in [opening, arguments].enumerated() {
+                            try await send(chunk(.object([
+                                "index": .number(JSONNumber(i)), "delta": ["tool_calls": [delta]],
+                                "logprobs": n == 0 ? logprobs : .null, "finish_reason": .null,
+                            ])))
+                        }
+                    }
+                }
+            }
             for await event in handle.events {
                 switch event {
                 case .text(let i, let text, _, let lp):
                     // a token whose text is held back (stop string, unfinished character) is sent with the text that completes it
                     guard !text.isEmpty || !lp.isEmpty else { continue }
                     try await roleChunkIfNeeded(i)
+                    if choices[i].toolParser != nil {
+                        choices[i].heldLogprobs += lp
+                        let events = choices[i].toolParser!.feed(text)
+                        try await sendToolEvents(events, choice: i)
+                        continue
+                    }
                     let logprobs = ctx.logprobsJSON(lp, textOffset: choices[i].text.utf8.count)
                     choices[i].text += text
                     if ctx.chat {
@@ -454,7 +549,12 @@ public struct OpenAIServer: Sendable {
                     try await roleChunkIfNeeded(i)
                     choices[i].completionTokens = usage.completionTokens
                     choices[i].cachedTokens = usage.cachedTokens
-                    let finish = JSONValue.string(reason == .cancelled ? "stop" : reason.rawValue)
+                    var finish = JSONValue.string(reason == .cancelled ? "stop" : reason.rawValue)
+                    if choices[i].toolParser != nil {
+                        let events = choices[i].toolParser!.finish()
+                        try await sendToolEvents(events, choice: i)
+                        if choices[i].toolParser!.hasCalls { finish = "tool_calls" }
+                    }
                     if ctx.chat {
                         try await send(chunk(.object([
                             "index": .number(JSONNumber(i)), "delta": .object([:]),

@@ -20,11 +20,15 @@ public struct GenerationOptions: Sendable {
     public var stop: [String]
     /// Output constrained to this JSON grammar (`response_format`).
     public var grammar: JSONGrammar?
+    /// When set, `grammar` applies only once the output contains this text (a tool call's
+    /// opening marker), up to the end of one document; then it waits for the text again.
+    public var grammarTrigger: String?
     /// nil: no logprobs; k: the sampled token's logprob and the k most likely alternatives.
     public var logprobs: Int?
 
     public init(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: [String] = [],
-                grammar: JSONGrammar? = nil, logprobs: Int? = nil) {
+                grammar: JSONGrammar? = nil, grammarTrigger: String? = nil, logprobs: Int? = nil) {
+        self.grammarTrigger = grammarTrigger
         self.maxTokens = maxTokens
         self.sampling = sampling
         self.stop = stop

@@ -139,7 +139,7 @@ public final class Generator: @unchecked Sendable {
         var pendingTokens: [TokenID] = []
         var pendingLogprobs: [TokenLogprobInfo] = []
 
-        var constraint: GrammarConstraint? { output.constraint }
+        var constraint: GrammarConstraint? { output.activeConstraint }
 
         init(requestID: Int, index: Int, sequence: ScheduledSequence, options: GenerationOptions, seed: UInt64?,
              tokenizer: any Tokenizer, vocabulary: TokenVocabulary, submitted: ContinuousClock.Instant) {
@@ -151,7 +151,8 @@ public final class Generator: @unchecked Sendable {
             if let seed { parameters.seed = seed }
             sampler = Sampler(parameters: parameters)
             output = SequenceOutput(tokenizer: tokenizer, stop: options.stop,
-                                    constraint: options.grammar.map { GrammarConstraint(grammar: $0, vocabulary: vocabulary) })
+                                    constraint: options.grammar.map { GrammarConstraint(grammar: $0, vocabulary: vocabulary) },
+                                    trigger: options.grammarTrigger)
             self.submitted = submitted
         }
     }

@@ -1,0 +1,287 @@
+import Engine
+import Foundation
+import JSON
+import Tokenization
+
+/// A function the model may call (`tools[i]` of a chat request).
+public struct ToolDefinition: Sendable, Equatable {
+    public var name: String
+    public var description: String?
+    /// JSON schema of the arguments object; nil when the request gave none (no arguments).
+    public var parameters: JSONValue?
+
+    /// `{"type": "function", "function": {...}}`, the shape chat templates receive.
+    public var templateValue: JSONValue {
+        var function: JSONObject = ["name": .string(name)]
+        if let description { function["description"] = .string(description) }
+        function["parameters"] = parameters ?? ["type": "object", "properties": .object([:])]
+        return ["type": "function", "function": .object(function)]
+    }
+}
+
+/// `tool_choice`.
+public enum ToolChoice: Sendable, Equatable {
+    case none, auto, required
+    case function(String)
+
+    /// The reply must be calls (and is constrained to the call syntax).
+    var forcesCall: Bool {
+        switch self {
+        case .required, .function: true
+        case .none, .auto: false
+        }
+    }
+}
+
+extension CompletionRequest {
+    static func parseTools(_ value: JSONValue) throws -> [ToolDefinition] {
+        guard let items = value.arrayValue else { throw APIError.invalid("tools", "'tools' must be an array") }
+        var seen = Set<String>()
+        return try items.enumerated().map { i, tool in
+            let p = "tools[\(i)]"
+            guard case .object = tool else { throw APIError.invalid(p, "'\(p)' must be an object") }
+            guard tool["type"]?.stringValue == "function" else {
+                throw APIError.invalid("\(p).type", "'\(p).type' must be 'function'")
+            }
+            guard let function = tool["function"], case .object = function else {
+                throw APIError.invalid("\(p).function", "'\(p).function' must be an object")
+            }
+            guard let name = function["name"]?.stringValue else {
+                throw APIError.invalid("\(p).function.name", "'\(p).function.name' is missing")
+            }
+            let allowed = name.unicodeScalars.allSatisfy {
+                ($0.isASCII && (CharacterSet.alphanumerics.contains($0))) || $0 == "_" || $0 == "-"
+            }
+            guard (1...64).contains(name.count), allowed else {
+                throw APIError.invalid("\(p).function.name",
+                                       "'\(p).function.name' must be 1 to 64 letters, digits, underscores or dashes, got '\(name)'")
+            }
+            guard seen.insert(name).inserted else {
+                throw APIError.invalid("\(p).function.name", "'\(p).function.name': the function '\(name)' is defined twice")
+            }
+            var description: String?
+            if let d = function["description"], d != .null {
+                guard let s = d.stringValue else {
+                    throw APIError.invalid("\(p).function.description", "'\(p).function.description' must be a string")
+                }
+                description = s
+            }
+            var parameters: JSONValue?
+            if let schema = function["parameters"], schema != .null {
+                guard case .object = schema else {
+                    throw APIError.invalid("\(p).function.parameters", "'\(p).function.parameters' must be a JSON schema object")
+                }
+                parameters = schema
+            }
+            return ToolDefinition(name: name, description: description, parameters: parameters)
+        }
+    }
+
+    static func parseToolChoice(_ value: JSONValue, tools: [ToolDefinition]) throws -> ToolChoice {
+        let choice: ToolChoice
+        switch value {
+        case .string("none"): choice = .none
+        case .string("auto"): choice = .auto
+        case .string("required"): choice = .required
+        case .object:
+            guard value["type"]?.stringValue == "function", let name = value["function"]?["name"]?.stringValue else {
+                throw APIError.invalid("tool_choice",
+                                       "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}")
+            }
+            guard tools.contains(where: { $0.name == name }) else {
+                throw APIError.invalid("tool_choice", "'tool_choice' names the function '\(name)', which is not in 'tools'")
+            }
+            choice = .function(name)
+        default:
+            throw APIError.invalid("tool_choice",
+                                   "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", \"function\": {\"name\": ...}}")
+        }
+        if choice.forcesCall && tools.isEmpty {
+            throw APIError.invalid("tool_choice", "'tool_choice' requires 'tools'")
+        }
+        return choice
+    }
+
+    /// `messages[i].tool_calls`: `[{"id", "type": "function", "function": {"name", "arguments": "<JSON text>"}}]`.
+    static func parseToolCalls(_ value: JSONValue, param p: String) throws -> [ChatToolCall] {
+        guard let items = value.arrayValue else { throw APIError.invalid(p, "'\(p)' must be an array") }
+        return try items.enumerated().map { j, call in
+            let q = "\(p)[\(j)]"
+            guard case .object = call else { throw APIError.invalid(q, "'\(q)' must be an object") }
+            guard let id = call["id"]?.stringValue else { throw APIError.invalid("\(q).id", "'\(q).id' must be a string") }
+            guard let function = call["function"], case .object = function,
+                  let name = function["name"]?.stringValue else {
+                throw APIError.invalid("\(q).function", "'\(q).function' must be an object with a string 'name'")
+            }
+            let arguments: JSONValue
+            switch function["arguments"] {
+            case .string(let s)?: arguments = .string(s)
+            case .object(let o)?: arguments = .string(JSONValue.object(o).compactText)
+            case nil, .null?: arguments = .string("{}")
+            default: throw APIError.invalid("\(q).function.arguments", "'\(q).function.arguments' must be a string of JSON")
+            }
+            return ChatToolCall(id: id, name: name, arguments: arguments)
+        }
+    }
+}
+
+/// How one chat request's tools turn into a prompt, a grammar and a parser.
+struct ToolCallPlan {
+    let syntax: ToolCallSyntax
+    /// Text appended after the generation prompt: the opening marker when a call is forced.
+    let prefill: String
+    let grammar: JSONGrammar?
+    /// With `tool_choice` auto: the text after which `grammar` constrains the call.
+    let grammarTrigger: String?
+    let messages: [ChatMessage]
+    /// The `tools` template variable (nil when the server described them in the system prompt).
+    let templateTools: [JSONValue]?
+
+    init(tools: [ToolDefinition], choice: ToolChoice, parallel: Bool, messages: [ChatMessage],
+         templateSource: String?) throws {
+        syntax = ToolCallSyntax.detect(templateSource: templateSource)
+        let offered = choice == .none ? [] : tools
+        if syntax == .genericJSON {
+            self.messages = Self.genericMessages(messages, tools: offered)
+            templateTools = nil
+        } else {
+            let objectArguments = Self.templateWantsObjectArguments(templateSource ?? "")
+            self.messages = messages.map { Self.templateMessage($0, objectArguments: objectArguments) }
+            templateTools = offered.isEmpty ? nil : offered.map(\.templateValue)
+        }
+        guard choice.forcesCall else {
+            prefill = ""
+            // Hermes calls open with a marker the text shows: from there the call is constrained.
+            // A schema the grammar cannot express leaves auto parse-only rather than failing.
+            if choice == .auto, syntax == .hermes, !tools.isEmpty,
+               let lazy = try? JSONGrammar(schema: Self.outputSchema(syntax: syntax, tools: tools, parallel: parallel)) {
+                grammar = lazy
+                grammarTrigger = "<tool_call>"
+            } else {
+                grammar = nil
+                grammarTrigger = nil
+            }
+            return
+        }
+        grammarTrigger = nil
+        let callable = choice == .required ? tools : tools.filter { .function($0.name) == choice }
+        // a named function is called once, as with OpenAI
+        let schema = Self.outputSchema(syntax: syntax, tools: callable, parallel: parallel && choice == .required)
+        do { grammar = try JSONGrammar(schema: schema) } catch {
+            throw APIError.invalid("tools", "cannot constrain the arguments to the function's 'parameters': \(error)")
+        }
+        switch syntax {
+        case .hermes: prefill = "<tool_call>\n"
+        case .mistral: prefill = "[TOOL_CALLS]"
+        case .llama3, .genericJSON: prefill = ""
+        }
+    }
+
+    /// Templates that `tojson` or iterate the arguments want an object, as Hugging Face
+    /// examples pass them; others get OpenAI's JSON string unchanged.
+    static func templateWantsObjectArguments(_ source: String) -> Bool {
+        let compact = source.replacingOccurrences(of: " ", with: "")
+        return compact.contains("arguments|tojson") || compact.contains("arguments.items()")
+            || compact.contains("argumentsismapping")
+    }
+
+    static func templateMessage(_ message: ChatMessage, objectArguments: Bool) -> ChatMessage {
+        guard objectArguments, let calls = message.toolCalls else { return message }
+        var m = message
+        m.toolCalls = calls.map { call in
+            var c = call
+            if case .string(let text) = call.arguments, let value = try? JSONValue(parsing: text), case .object = value {
+                c.arguments = value
+            }
+            return c
+        }
+        return m
+    }
+
+    /// For templates that know nothing of tools: the tool list and the reply format go into the
+    /// system prompt, earlier calls into the assistant text and results into user turns (so
+    /// role checks of such templates still pass).
+    static func genericMessages(_ messages: [ChatMessage], tools: [ToolDefinition]) -> [ChatMessage] {
+        var out: [ChatMessage] = messages.map { message in
+            var m = message
+            if let calls = message.toolCalls, !calls.isEmpty {
+                let list: [JSONValue] = calls.map { call in
+                    var arguments = call.arguments
+                    if case .string(let text) = arguments, let v = try? JSONValue(parsing: text) { arguments = v }
+                    return ["name": .string(call.name), "arguments": arguments]
+                }
+                let json = JSONValue.object(["tool_calls": .array(list)]).compactText
+                m.content = [message.content, json].compactMap { $0 }.filter { !$0.isEmpty }.joined(separator: "\n")
+                m.toolCalls = nil
+            }
+            if message.role == "tool" {
+                let label = message.name ?? message.toolCallID ?? "a function"
+                m = ChatMessage(role: "user", content: "Result of \(label):\n\(message.content ?? "")")
+            }
+            return m
+        }
+        guard !tools.isEmpty else { return out }
+        let prompt = genericToolPrompt(tools)
+        if let first = out.first, first.role == "system" {
+            out[0].content = (first.content.map { $0 + "\n\n" } ?? "") + prompt
+        } else {
+            out.insert(.system(prompt), at: 0)
+        }
+        return out
+    }
+
+    /// An object whose keys are the parameters of any of `tools` (the first definition of a
+    /// name wins); any object when a function leaves its parameters open.
+    static func mergedParameters(_ tools: [ToolDefinition]) -> JSONValue {
+        var properties = JSONObject()
+        for tool in tools {
+            guard let schema = tool.parameters else { continue }
+            guard case .object(let own)? = schema["properties"], schema["additionalProperties"] == .bool(false)
+                    || schema["additionalProperties"] == nil, schema["$defs"] == nil, schema["definitions"] == nil else {
+                return ["type": "object"]
+            }
+            for (name, value) in own where properties[name] == nil { properties[name] = value }
+        }
+        return ["type": "object", "properties": .object(properties), "additionalProperties": false]
+    }
+
+    static func genericToolPrompt(_ tools: [ToolDefinition]) -> String {
+        let list = tools.map { $0.templateValue["function"]!.compactText }.joined(separator: "\n")
+        return """
+            You can call these functions:
+            \(list)
+            To call functions, reply with only a JSON object of this form and nothing else: \
+            {"tool_calls": [{"name": "<function name>", "arguments": {<argument name>: <value>, ...}}]}
+            Otherwise, reply normally.
+            """
+    }
+
+    /// The JSON (after `prefill`) the constrained reply must be: calls of `tools`, with the
+    /// arguments matching the function's schema when the name is settled (one function).
+    /// With several functions the grammar's unions cannot tie the arguments to the chosen name
+    /// (alternatives are picked by their first byte), so the arguments may use any of the
+    /// functions' parameters, none of them required.
+    static func outputSchema(syntax: ToolCallSyntax, tools: [ToolDefinition], parallel: Bool) -> JSONValue {
+        let argumentsSchema = tools.count == 1
+            ? tools[0].templateValue["function"]!["parameters"]!
+            : mergedParameters(tools)
+        let names: JSONValue = tools.count == 1
+            ? ["const": .string(tools[0].name)]
+            : ["enum": .array(tools.map { .string($0.name) })]
+        let call: JSONValue = [
+            "type": "object",
+            "properties": .object(["name": names, syntax.argumentsKey: argumentsSchema]),
+            "required": ["name", .string(syntax.argumentsKey)],
+            "additionalProperties": false,
+        ]
+        var list: JSONObject = ["type": "array", "items": call, "minItems": 1]
+        if !parallel { list["maxItems"] = 1 }
+        switch syntax {
+        case .hermes, .llama3: return call
+        case .mistral: return .object(list)
+        case .genericJSON:
+            return ["type": "object", "properties": ["tool_calls": .object(list)], "required": ["tool_calls"],
+                    "additionalProperties": false]
+        }
+    }
+}
