@@ -72,9 +72,10 @@ public final class Llama: AttentionModel {
             throw ModelError.inconsistentMetadata("\(config.architecture).attention.head_count is 0")
         }
         // llama.cpp's check for llama: the whole head rotates
-        if config.architecture == "llama", config.ropeDimensionCount != config.keyLength {
+        // (a count above the head size is refused by Attention)
+        if config.architecture == "llama", config.ropeDimensionCount < config.keyLength {
             throw ModelError.inconsistentMetadata(
-                "llama.rope.dimension_count (\(config.ropeDimensionCount)) differs from the head size (\(config.keyLength))")
+                "llama.rope.dimension_count (\(config.ropeDimensionCount)) is smaller than the head size (\(config.keyLength))")
         }
         let frequencyFactors = file.tensor(named: "rope_freqs.weight") != nil
             ? try Vector(file: file, name: "rope_freqs.weight", count: config.ropeDimensionCount / 2).values : nil

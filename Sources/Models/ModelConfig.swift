@@ -65,8 +65,8 @@ public struct ModelConfig: Sendable {
         embeddingLength = try required("embedding_length", width)
         // the last `nextn_predict_layers` blocks predict further tokens for speculative decoding
         // (DeepSeek-V3, GLM-4.5, EXAONE 4); the model's own forward pass ends before them
-        // every block has tensors of its own
-        let allBlocks = try required("block_count", 1...max(1, file.tensors.count))
+        // llama.cpp allows at most 512 layers; the largest models have 126
+        let allBlocks = try required("block_count", 1...4096)
         predictionLayerCount = file.arch("nextn_predict_layers")?.int ?? 0
         guard predictionLayerCount >= 0, predictionLayerCount < allBlocks else {
             throw ModelError.inconsistentMetadata("\(arch).nextn_predict_layers (\(predictionLayerCount)) with block_count \(allBlocks)")
