@@ -416,9 +416,13 @@ extension KLDivergenceResult {
         let cov = covariance(s.nll, s.nllBase, s.nllNllBase)
         ppl = ValueWithUncertainty(value: exp(logPPL.0), uncertainty: exp(logPPL.0) * logPPL.1)
         pplBase = ValueWithUncertainty(value: exp(logPPLBase.0), uncertainty: exp(logPPLBase.0) * logPPLBase.1)
-        lnPPLCorrelation = cov / (logPPL.1 * logPPLBase.1)
+        // undefined without spread (fewer than 11 positions, or identical runs): reported as 0, so
+        // the results stay finite numbers (JSON has no NaN)
+        let spread = logPPL.1 * logPPLBase.1
+        lnPPLCorrelation = spread > 0 ? cov / spread : 0
         let ratio = logPPL.0 - logPPLBase.0
-        let ratioUnc = (logPPL.1 * logPPL.1 + logPPLBase.1 * logPPLBase.1 - 2 * cov).squareRoot()
+        // a variance: rounding can push it just below 0 when the two runs are nearly identical
+        let ratioUnc = max(0, logPPL.1 * logPPL.1 + logPPLBase.1 * logPPLBase.1 - 2 * cov).squareRoot()
         lnPPLRatio = ValueWithUncertainty(value: ratio, uncertainty: ratioUnc)
         pplRatio = ValueWithUncertainty(value: exp(ratio), uncertainty: exp(ratio) * ratioUnc)
         kld = distribution(klds, s.kld, s.kld2, ["99.9", "99.0", "95.0", "90.0", "10.0", "5.0", "1.0", "0.1"])

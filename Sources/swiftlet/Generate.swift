@@ -59,6 +59,14 @@ struct Generate: ParsableCommand {
 }
 
 struct Perplexity: ParsableCommand {
+    /// Statistics without spread come out finite, but a non-finite one is written as a string
+    /// rather than failing the whole report.
+    static let jsonEncoder: JSONEncoder = {
+        let encoder = JSONEncoder()
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        return encoder
+    }()
+
     static let configuration = CommandConfiguration(
         abstract: "Perplexity of a text file, or KL divergence against a base model, measured as llama.cpp's llama-perplexity does.",
         discussion: """
@@ -103,7 +111,7 @@ struct Perplexity: ParsableCommand {
                 if !json { printError(String(format: "[%d/%d] mean KLD %.6f", done, total, kld)) }
             }
             if json {
-                print(String(decoding: try JSONEncoder().encode(result), as: UTF8.self))
+                print(String(decoding: try Self.jsonEncoder.encode(result), as: UTF8.self))
             } else {
                 print(result.summary)
             }
@@ -118,7 +126,7 @@ struct Perplexity: ParsableCommand {
             if !json { printError(String(format: "[%d/%d] %.4f", done, total, ppl)) }
         }
         if json {
-            let data = try JSONEncoder().encode(result)
+            let data = try Self.jsonEncoder.encode(result)
             print(String(decoding: data, as: UTF8.self))
         } else {
             print(String(format: "Final estimate: PPL = %.4f +/- %.5f (%d chunks of %d tokens, %.1f s)",

@@ -62,6 +62,25 @@ import Testing
         #expect((base.indices.max { base[$0] < base[$1] } == model.indices.max { model[$0] < model[$1] }) == (sums.sameTop == 1))
     }
 
+    /// Too few positions for a spread (or two identical runs): the correlation and the ratio's
+    /// uncertainty stay finite, so `--json` can report them.
+    @Test func resultsWithoutSpreadAreFinite() throws {
+        var sums = KLDivergenceSums()
+        let logits: [Float] = [0.5, -1, 2, 0.25]
+        var record = [UInt16](repeating: 0, count: logProbRecordLength(vocabularySize: logits.count))
+        record.withUnsafeMutableBufferPointer { encodeLogProbs(logits, into: $0) }
+        var klds: [Double] = [], pDiffs: [Double] = []
+        for _ in 0..<4 {
+            let (kld, diff) = record.withUnsafeBufferPointer { sums.add(logits: logits, base: $0, target: 2) }
+            klds.append(kld)
+            pDiffs.append(Double(diff))
+        }
+        let result = KLDivergenceResult(sums: sums, klds: klds, pDiffs: pDiffs, chunks: 1, context: 8, seconds: 0)
+        #expect(result.lnPPLCorrelation.isFinite && result.lnPPLRatio.uncertainty.isFinite)
+        let json = try JSONSerialization.jsonObject(with: JSONEncoder().encode(result)) as! [String: Any]
+        #expect(json["same_top_p"] as? Double == 1)
+    }
+
     @Test func aModelAgainstItsOwnBaseHasNoDivergence() throws {
         let loaded = try RealModel.smollm2.load()
         let text = try String(contentsOfFile: Self.text, encoding: .utf8)
