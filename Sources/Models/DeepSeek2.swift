@@ -11,16 +11,9 @@ import Kernels
 /// the latent space (`attn_k_b`), so attention runs as one KV head of width latent + rotary,
 /// with the latent itself as the value; each head's result is mapped back out (`attn_v_b`).
 public final class DeepSeek2: AttentionModel {
-    struct Layer: Sendable {
-        let attentionNorm: RMSNorm
-        let attention: LatentAttention
-        let feedForwardNorm: RMSNorm
-        let feedForward: any FeedForward
-    }
-
     public let config: ModelConfig
     let embedding: Embedding
-    let layers: [Layer]
+    let layers: [DecoderLayer]
     let head: OutputHead
 
     public init(file: GGUFFile, config: ModelConfig) throws {
@@ -114,7 +107,7 @@ public final class DeepSeek2: AttentionModel {
                     used: config.expertUsedCount, routing: routing, selectionBias: true, expertScales: false,
                     sharedHidden: sharedExperts > 0 ? expertWidth * sharedExperts : nil)
             }
-            return Layer(
+            return DecoderLayer(
                 attentionNorm: try RMSNorm(file: file, name: p + "attn_norm.weight", count: d, epsilon: eps),
                 attention: attention,
                 feedForwardNorm: try RMSNorm(file: file, name: p + "ffn_norm.weight", count: d, epsilon: eps),
@@ -124,18 +117,13 @@ public final class DeepSeek2: AttentionModel {
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
-        let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
-        for (i, layer) in layers.enumerated() {
-            x += layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
-            x += layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
-                                   batching: i == layers.count - 1 ? lastBatching : batching)
-        }
+        runDecoderLayers(layers, x, batch: batch, pool: pool)
         return head(x, batch: batch, pool: pool)
     }
 }
 
 /// Multi-head latent attention (see `DeepSeek2`).
-struct LatentAttention: Sendable {
+struct LatentAttention: TokenMixer {
     /// q = queryUp(norm(queryDown·x)), or query·x directly (the "lite" models without q_lora).
     let queryDown: Linear?
     let queryDownNorm: RMSNorm?

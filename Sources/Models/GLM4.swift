@@ -9,18 +9,9 @@ import Kernels
 /// for text every section but the last sees the token's position and the last sees position
 /// 0, so it is GPT-NeoX RoPE with the last section's pairs left unrotated.
 public final class GLM4: AttentionModel {
-    struct Layer: Sendable {
-        let attentionNorm: RMSNorm
-        let attention: Attention
-        let postAttentionNorm: RMSNorm
-        let feedForwardNorm: RMSNorm
-        let feedForward: GatedFeedForward
-        let postFeedForwardNorm: RMSNorm
-    }
-
     public let config: ModelConfig
     let embedding: Embedding
-    let layers: [Layer]
+    let layers: [DecoderLayer]
     let head: OutputHead
 
     public init(file: GGUFFile, config: ModelConfig) throws {
@@ -35,7 +26,7 @@ public final class GLM4: AttentionModel {
             func norm(_ name: String) throws -> RMSNorm {
                 try RMSNorm(file: file, name: p + name + ".weight", count: d, epsilon: eps)
             }
-            return Layer(
+            return DecoderLayer(
                 attentionNorm: try norm("attn_norm"),
                 attention: try Attention(file: file, layer: i, config: config, rope: rope, outputBias: false),
                 postAttentionNorm: try norm("post_attention_norm"),
@@ -74,16 +65,7 @@ public final class GLM4: AttentionModel {
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
-        let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
-        for (i, layer) in layers.enumerated() {
-            let attended = layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
-            layer.postAttentionNorm.normalize(attended, into: attended, pool: pool)
-            x += attended
-            let fed = layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
-                                        batching: i == layers.count - 1 ? lastBatching : batching)
-            layer.postFeedForwardNorm.normalize(fed, into: fed, pool: pool)
-            x += fed
-        }
+        runDecoderLayers(layers, x, batch: batch, pool: pool)
         return head(x, batch: batch, pool: pool)
     }
 }

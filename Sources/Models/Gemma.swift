@@ -6,15 +6,6 @@ import Kernels
 /// layers interleaved with global ones. Gemma 3 adds per-head q/k RMSNorm; Gemma 2 caps the
 /// attention scores with tanh instead.
 public final class Gemma: AttentionModel {
-    struct Layer: Sendable {
-        let attentionNorm: RMSNorm
-        let attention: Attention
-        let postAttentionNorm: RMSNorm
-        let feedForwardNorm: RMSNorm
-        let feedForward: GatedFeedForward
-        let postFeedForwardNorm: RMSNorm
-    }
-
     /// What llama.cpp does differently for each generation.
     public struct Variant: Sendable {
         /// Without `attention.sliding_window_pattern`, every n-th layer attends globally.
@@ -49,7 +40,7 @@ public final class Gemma: AttentionModel {
 
     public let config: ModelConfig
     let embedding: Embedding
-    let layers: [Layer]
+    let layers: [DecoderLayer]
     let head: OutputHead
 
     public init(file: GGUFFile, config: ModelConfig, variant: Variant) throws {
@@ -89,7 +80,7 @@ public final class Gemma: AttentionModel {
             attention.softCap = attentionSoftCap
             attention.queryScale = queryScale
             attention.scale = 1
-            return Layer(
+            return DecoderLayer(
                 attentionNorm: try RMSNorm(file: file, name: p + "attn_norm.weight", count: d, epsilon: eps),
                 attention: attention,
                 postAttentionNorm: try RMSNorm(file: file, name: p + "post_attention_norm.weight", count: d, epsilon: eps),
@@ -104,16 +95,7 @@ public final class Gemma: AttentionModel {
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
         x.scale(by: Float(config.embeddingLength).squareRoot())
-        let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
-        for (i, layer) in layers.enumerated() {
-            let attended = layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
-            layer.postAttentionNorm.normalize(attended, into: attended, pool: pool)
-            x += attended
-            let fed = layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
-                                        batching: i == layers.count - 1 ? lastBatching : batching)
-            layer.postFeedForwardNorm.normalize(fed, into: fed, pool: pool)
-            x += fed
-        }
+        runDecoderLayers(layers, x, batch: batch, pool: pool)
         return head(x, batch: batch, pool: pool)
     }
 }

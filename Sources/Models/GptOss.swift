@@ -7,16 +7,9 @@ import Kernels
 /// (`attn_sinks`), biases on every projection, and a mixture of experts routed by a softmax
 /// over the chosen experts' scores, each expert a clamped SwiGLU with biases.
 public final class GptOss: AttentionModel {
-    struct Layer: Sendable {
-        let attentionNorm: RMSNorm
-        let attention: Attention
-        let feedForwardNorm: RMSNorm
-        let feedForward: MixtureOfExperts
-    }
-
     public let config: ModelConfig
     let embedding: Embedding
-    let layers: [Layer]
+    let layers: [DecoderLayer]
     let head: OutputHead
 
     public init(file: GGUFFile, config: ModelConfig) throws {
@@ -49,7 +42,7 @@ public final class GptOss: AttentionModel {
             var attention = try Attention(file: file, layer: i, config: config, rope: rope)
             attention.window = isSlidingWindow[i] ? config.slidingWindow : nil
             attention.sinks = try Vector(file: file, name: p + "attn_sinks.weight", count: config.headCount).values
-            return Layer(
+            return DecoderLayer(
                 attentionNorm: try RMSNorm(file: file, name: p + "attn_norm.weight", count: d, epsilon: eps),
                 attention: attention,
                 feedForwardNorm: try RMSNorm(file: file, name: p + "post_attention_norm.weight", count: d, epsilon: eps),
@@ -63,12 +56,7 @@ public final class GptOss: AttentionModel {
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
-        let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
-        for (i, layer) in layers.enumerated() {
-            x += layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
-            x += layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
-                                   batching: i == layers.count - 1 ? lastBatching : batching)
-        }
+        runDecoderLayers(layers, x, batch: batch, pool: pool)
         return head(x, batch: batch, pool: pool)
     }
 }

@@ -586,6 +586,52 @@ func matrixStack(file: GGUFFile, name: String, inputs: Int, outputs: Int, count:
     }
 }
 
+/// What mixes information across a sequence's tokens in a decoder layer: attention, or
+/// latent attention, over each sequence's cache.
+protocol TokenMixer: Sendable {
+    func callAsFunction(_ x: Matrix, layer: Int, batch: [BatchSequence], pool: ThreadPool) -> Matrix
+}
+
+extension Attention: TokenMixer {}
+
+/// A decoder layer's two residual steps, x += post(attention(pre(x))) and then
+/// x += post(feedForward(pre(x))), each norm present or not: pre-norm (Llama-style), post-norm
+/// (OLMo 2) or both ("sandwich": Gemma, GLM-4).
+struct DecoderLayer: Sendable {
+    let attentionNorm: (any RowNormalization)?
+    let attention: any TokenMixer
+    let postAttentionNorm: (any RowNormalization)?
+    let feedForwardNorm: (any RowNormalization)?
+    let feedForward: any FeedForward
+    let postFeedForwardNorm: (any RowNormalization)?
+
+    init(attentionNorm: (any RowNormalization)?, attention: any TokenMixer, postAttentionNorm: (any RowNormalization)? = nil,
+         feedForwardNorm: (any RowNormalization)?, feedForward: any FeedForward,
+         postFeedForwardNorm: (any RowNormalization)? = nil) {
+        self.attentionNorm = attentionNorm
+        self.attention = attention
+        self.postAttentionNorm = postAttentionNorm
+        self.feedForwardNorm = feedForwardNorm
+        self.feedForward = feedForward
+        self.postFeedForwardNorm = postFeedForwardNorm
+    }
+}
+
+/// Runs `layers` over the batch's hidden states `x` in place; the last layer's feed-forward
+/// takes llama.cpp's last-layer batching (see `lastLayerReferenceBatching`).
+func runDecoderLayers(_ layers: [DecoderLayer], _ x: Matrix, batch: [BatchSequence], pool: ThreadPool) {
+    let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
+    for (i, layer) in layers.enumerated() {
+        let attended = layer.attention(layer.attentionNorm.map { $0(x, pool: pool) } ?? x, layer: i, batch: batch, pool: pool)
+        layer.postAttentionNorm?.normalize(attended, into: attended, pool: pool)
+        x += attended
+        let fed = layer.feedForward(layer.feedForwardNorm.map { $0(x, pool: pool) } ?? x, pool,
+                                    batching: i == layers.count - 1 ? lastBatching : batching)
+        layer.postFeedForwardNorm?.normalize(fed, into: fed, pool: pool)
+        x += fed
+    }
+}
+
 /// Each sequence's rows in the batch and its cache rows of `layer` (deallocate them after use).
 func attentionSequences(_ batch: [BatchSequence], layer: Int) -> [AttentionSequence] {
     var row = 0

@@ -22,19 +22,12 @@ public final class Olmo2: AttentionModel {
         public static let olmo2 = Variant()
     }
 
-    struct Layer: Sendable {
-        let attention: Attention
-        let postAttentionNorm: RMSNorm
-        let feedForward: GatedFeedForward
-        let postFeedForwardNorm: RMSNorm
-    }
-
     /// Without `attention.sliding_window_pattern`, every 4th layer attends globally.
     static let defaultSlidingWindowPattern = 4
 
     public let config: ModelConfig
     let embedding: Embedding
-    let layers: [Layer]
+    let layers: [DecoderLayer]
     let head: OutputHead
 
     public init(file: GGUFFile, config: ModelConfig, variant: Variant = .olmo2) throws {
@@ -61,9 +54,11 @@ public final class Olmo2: AttentionModel {
             attention.keyNorm = try RMSNorm(file: file, name: p + "attn_k_norm.weight", count: keyNormWidth, epsilon: eps)
             attention.window = windows[i]
             if variant.ropeOnlyInWindowLayers && hasWindows { attention.appliesRoPE = windows[i] != nil }
-            return Layer(
+            return DecoderLayer(
+                attentionNorm: nil,
                 attention: attention,
                 postAttentionNorm: try RMSNorm(file: file, name: p + "post_attention_norm.weight", count: d, epsilon: eps),
+                feedForwardNorm: nil,
                 feedForward: try GatedFeedForward(file: file, prefix: p, dimension: d, hidden: config.feedForwardLength,
                                                   activation: .silu, biases: false, scales: false),
                 postFeedForwardNorm: try RMSNorm(file: file, name: p + "post_ffw_norm.weight", count: d, epsilon: eps))
@@ -72,15 +67,7 @@ public final class Olmo2: AttentionModel {
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
-        let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
-        for (i, layer) in layers.enumerated() {
-            let attended = layer.attention(x, layer: i, batch: batch, pool: pool)
-            layer.postAttentionNorm.normalize(attended, into: attended, pool: pool)
-            x += attended
-            let fed = layer.feedForward(x, pool, batching: i == layers.count - 1 ? lastBatching : batching)
-            layer.postFeedForwardNorm.normalize(fed, into: fed, pool: pool)
-            x += fed
-        }
+        runDecoderLayers(layers, x, batch: batch, pool: pool)
         return head(x, batch: batch, pool: pool)
     }
 }

@@ -6,16 +6,9 @@ import Kernels
 /// divided by per-frequency factors for short or long contexts, and q scaled after RoPE. The
 /// sliding window a file may declare is ignored, as llama.cpp does.
 public final class Phi3: AttentionModel {
-    struct Layer: Sendable {
-        let attentionNorm: RMSNorm
-        let attention: Attention
-        let feedForwardNorm: RMSNorm
-        let feedForward: GatedFeedForward
-    }
-
     public let config: ModelConfig
     let embedding: Embedding
-    let layers: [Layer]
+    let layers: [DecoderLayer]
     let head: OutputHead
 
     public init(file: GGUFFile, config: ModelConfig) throws {
@@ -48,7 +41,7 @@ public final class Phi3: AttentionModel {
             // as llama.cpp: q · 1/√head_dim after RoPE, scores unscaled
             attention.queryScale = attention.scale
             attention.scale = 1
-            return Layer(
+            return DecoderLayer(
                 attentionNorm: try RMSNorm(file: file, name: p + "attn_norm.weight", count: d, epsilon: eps),
                 attention: attention,
                 feedForwardNorm: try RMSNorm(file: file, name: p + "ffn_norm.weight", count: d, epsilon: eps),
@@ -59,12 +52,7 @@ public final class Phi3: AttentionModel {
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
-        let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
-        for (i, layer) in layers.enumerated() {
-            x += layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
-            x += layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
-                                   batching: i == layers.count - 1 ? lastBatching : batching)
-        }
+        runDecoderLayers(layers, x, batch: batch, pool: pool)
         return head(x, batch: batch, pool: pool)
     }
 }

@@ -5,16 +5,9 @@ import Kernels
 /// (optional on q/k/v, required on the output and the MLP), GPT-NeoX RoPE, and a GELU MLP
 /// without a gate.
 public final class StarCoder2: AttentionModel {
-    struct Layer: Sendable {
-        let attentionNorm: LayerNorm
-        let attention: Attention
-        let feedForwardNorm: LayerNorm
-        let feedForward: UngatedFeedForward
-    }
-
     public let config: ModelConfig
     let embedding: Embedding
-    let layers: [Layer]
+    let layers: [DecoderLayer]
     let head: OutputHead
 
     public init(file: GGUFFile, config: ModelConfig) throws {
@@ -37,7 +30,7 @@ public final class StarCoder2: AttentionModel {
             let p = "blk.\(i)."
             let attention = try Attention(file: file, layer: i, config: config, rope: rope)
             guard attention.output.bias != nil else { throw ModelError.missingTensor(p + "attn_output.bias") }
-            return Layer(
+            return DecoderLayer(
                 attentionNorm: try LayerNorm(file: file, name: p + "attn_norm", count: d, epsilon: eps, bias: true),
                 attention: attention,
                 feedForwardNorm: try LayerNorm(file: file, name: p + "ffn_norm", count: d, epsilon: eps, bias: true),
@@ -47,12 +40,7 @@ public final class StarCoder2: AttentionModel {
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
-        let batching = referenceBatching(batch), lastBatching = lastLayerReferenceBatching(batch)
-        for (i, layer) in layers.enumerated() {
-            x += layer.attention(layer.attentionNorm(x, pool: pool), layer: i, batch: batch, pool: pool)
-            x += layer.feedForward(layer.feedForwardNorm(x, pool: pool), pool,
-                                   batching: i == layers.count - 1 ? lastBatching : batching)
-        }
+        runDecoderLayers(layers, x, batch: batch, pool: pool)
         return head(x, batch: batch, pool: pool)
     }
 }
