@@ -451,6 +451,57 @@ def prefix_cache_hit_lowers_ttft(s):
 
 
 @test()
+def embeddings(s):
+    """/v1/embeddings: the vectors `swiftlet embed` prints (mean pooling, L2-normalized), in
+    float and base64, for strings and token ids; similar texts closer than unrelated ones."""
+    import base64
+    import struct
+    c = s.client()
+    texts = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Quarterly revenue grew by eight percent."]
+    r = c.embeddings.create(model=model_id(s), input=texts)
+    assert [d.index for d in r.data] == [0, 1, 2] and r.object == "list"
+    vecs = [d.embedding for d in r.data]
+    assert all(len(v) == 576 for v in vecs), [len(v) for v in vecs]
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vecs)
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+    assert dot(vecs[0], vecs[1]) > dot(vecs[0], vecs[2]), (dot(vecs[0], vecs[1]), dot(vecs[0], vecs[2]))
+    assert r.usage.prompt_tokens == r.usage.total_tokens > 0
+    cli = subprocess.run([ARGS.bin, "embed", ARGS.model, texts[0]], capture_output=True, text=True, check=True)
+    expected = json.loads(cli.stdout.splitlines()[0])
+    assert dot(expected, vecs[0]) > 0.99999, dot(expected, vecs[0])
+    # base64: the same float32 values, little-endian
+    status, _, body = s.request("POST", "/v1/embeddings", {"model": model_id(s), "input": texts[0], "encoding_format": "base64"})
+    assert status == 200, body
+    raw = base64.b64decode(json.loads(body)["data"][0]["embedding"])
+    decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
+    assert len(decoded) == 576 and dot(decoded, vecs[0]) > 0.99999
+    # token ids embed as their text does
+    tok = subprocess.run([ARGS.bin, "tokenize", ARGS.model, texts[0], "--ids", "--parse-special"],
+                         capture_output=True, text=True, check=True)
+    by_ids = c.embeddings.create(model=model_id(s), input=[json.loads(tok.stdout)]).data[0].embedding
+    assert dot(by_ids, vecs[0]) > 0.99999, dot(by_ids, vecs[0])
+
+
+@test()
+def embedding_errors(s):
+    def post(body):
+        status, _, text = s.request("POST", "/v1/embeddings", body)
+        return status, json.loads(text)
+    status, body = post({"model": model_id(s), "input": "hi", "dimensions": 64})
+    assert status == 400 and body["error"]["param"] == "dimensions" and "576" in body["error"]["message"], body
+    status, body = post({"model": model_id(s), "input": ""})
+    assert status == 400 and body["error"]["param"] == "input", body
+    status, body = post({"model": model_id(s), "input": "word " * 3000})
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
+    status, body = post({"model": model_id(s), "input": "hi", "encoding_format": "int8"})
+    assert status == 400 and body["error"]["param"] == "encoding_format", body
+    status, body = post({"model": "no-such-model", "input": "hi"})
+    assert status == 404 and body["error"]["code"] == "model_not_found", body
+    status, body = post({"model": model_id(s)})
+    assert status == 400 and body["error"]["param"] == "input", body
+
+
+@test()
 def bad_requests(s):
     m = model_id(s)
     client = s.client()

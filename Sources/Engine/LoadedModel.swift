@@ -69,6 +69,8 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
     case generationFailed(String)
     /// The model's output at this position holds NaN or infinity.
     case nonFiniteLogits(position: Int)
+    /// The pooled hidden states hold NaN or infinity.
+    case nonFiniteEmbedding
 
     public var description: String {
         switch self {
@@ -78,6 +80,7 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
         case .tokenOutOfRange(let t, let n): "token id \(t) is outside the vocabulary (\(n) tokens)"
         case .generationFailed(let message): "generation failed: \(message)"
         case .nonFiniteLogits(let position): "the model produced non-finite logits (NaN or infinity) at position \(position)"
+        case .nonFiniteEmbedding: "the model produced a non-finite embedding (NaN or infinity)"
         }
     }
 }

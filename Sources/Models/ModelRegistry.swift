@@ -149,7 +149,8 @@ func microBatches(_ batch: [BatchSequence]) -> [[BatchSequence]] {
                 count = 0
             }
             let n = min(seq.tokens.count - start, activationMemoryPassTokens - count)
-            var piece = BatchSequence(tokens: Array(seq.tokens[start..<start + n]), cache: seq.cache, allLogits: seq.allLogits)
+            var piece = BatchSequence(tokens: Array(seq.tokens[start..<start + n]), cache: seq.cache, allLogits: seq.allLogits,
+                                      hiddenStates: seq.hiddenStates)
             piece.logitsNeeded = seq.allLogits || start + n == seq.tokens.count
             piece.batching = ReferenceBatching(from: start, of: seq.tokens.count)
             passes[passes.count - 1].append(piece)

@@ -17,6 +17,8 @@ public struct ServerConfiguration: Sendable {
     public var engine = Generator.Configuration()
     /// Names the `model` field may use besides the model file's name.
     public var modelAliases: [String] = []
+    /// `--pooling`: how `/v1/embeddings` pools hidden states (nil: the file's `pooling_type`, else mean).
+    public var pooling: EmbeddingPooling?
 
     public init() {}
 
@@ -95,6 +97,7 @@ public struct OpenAIServer: Sendable {
         router.get("/v1/models") { _, _ in try models() }
         router.post("/v1/chat/completions") { request, context in try await complete(request, context: context, chat: true) }
         router.post("/v1/completions") { request, context in try await complete(request, context: context, chat: false) }
+        router.post("/v1/embeddings") { request, context in try await embeddings(request, context: context) }
         return router
     }
 
@@ -153,19 +156,7 @@ public struct OpenAIServer: Sendable {
                            param: "model", code: "model_not_found")
         }
         let job = try prepare(parsed, engine: engine)
-        let handle: RequestHandle
-        do { handle = try engine.submit(job.specs, options: job.options) } catch let error as SubmitError {
-            switch error {
-            case .queueFull(let retry):
-                var e = APIError(status: 429, message: error.description, type: "rate_limit_error", code: "queue_full")
-                e.headers = [("Retry-After", String(retry))]
-                throw e
-            case .stopped:
-                throw APIError(status: 503, message: error.description, type: "server_error")
-            }
-        } catch let error as EngineError {
-            throw APIError.invalid(parsed.isChat ? "messages" : "prompt", error.description)
-        }
+        let handle = try submit(job.specs, options: job.options, to: engine, param: parsed.isChat ? "messages" : "prompt")
         // A client that hangs up cancels its sequences at once, streaming or not.
         context.channel?.closeFuture.whenComplete { _ in handle.cancel() }
         let id = (chat ? "chatcmpl-" : "cmpl-") + randomID()
@@ -180,6 +171,23 @@ public struct OpenAIServer: Sendable {
             return streamResponse(handle, ctx: ctx, includeUsage: parsed.includeUsage, started: started)
         }
         return try await collectResponse(handle, ctx: ctx, started: started)
+    }
+
+    /// Queues sequences on the engine; a full queue is a 429 with `Retry-After`, a stopping
+    /// engine a 503, a prompt the engine refuses a 400 naming `param`.
+    func submit(_ specs: [SequenceSpec], options: GenerationOptions, to engine: Generator, param: String) throws -> RequestHandle {
+        do { return try engine.submit(specs, options: options) } catch let error as SubmitError {
+            switch error {
+            case .queueFull(let retry):
+                var e = APIError(status: 429, message: error.description, type: "rate_limit_error", code: "queue_full")
+                e.headers = [("Retry-After", String(retry))]
+                throw e
+            case .stopped:
+                throw APIError(status: 503, message: error.description, type: "server_error")
+            }
+        } catch let error as EngineError {
+            throw APIError.invalid(param, error.description)
+        }
     }
 
     struct Job {
@@ -411,6 +419,7 @@ public struct OpenAIServer: Sendable {
                     choices[i].cachedTokens = usage.cachedTokens
                 case .failed(_, let message):
                     failure = message
+                case .embedding: break
                 }
                 if ContinuousClock.now - lastWrite > .seconds(1) {
                     try await writer.write(ByteBuffer(string: " "))
@@ -568,6 +577,7 @@ public struct OpenAIServer: Sendable {
                     }
                 case .failed(_, let message):
                     try await send(APIError(status: 500, message: message, type: "server_error").json)
+                case .embedding: break
                 }
             }
             if includeUsage {

@@ -9,7 +9,7 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache).",
         discussion: """
-        Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health \
+        Endpoints: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /health \
         (200 once the model is loaded, 503 before), GET /metrics (Prometheus). With --api-key, \
         every /v1/* call needs 'Authorization: Bearer KEY' (compared in constant time). The server \
         binds to 127.0.0.1 unless --host says otherwise and sends no CORS headers. SIGINT/SIGTERM \
@@ -47,6 +47,8 @@ struct Serve: AsyncParsableCommand {
     var threads: Int?
     @Option(name: .customLong("mem-budget"), help: memBudgetHelp)
     var memBudget: String?
+    @Option(help: "How /v1/embeddings pools hidden states: mean, cls or last (default: the model's pooling_type, else mean).")
+    var pooling: EmbeddingPooling?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -78,6 +80,7 @@ struct Serve: AsyncParsableCommand {
         config.apiKey = try apiKey ?? apiKeyFile.map(ServerConfiguration.apiKey(fromFile:))
         config.maxBodyBytes = maxBody
         config.modelAliases = [model]
+        config.pooling = pooling
         config.engine = Generator.Configuration(
             contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,
             blockSize: blockSize, maxBatchTokens: batchTokens, threads: threads)

@@ -5,6 +5,6 @@ struct Swiftlet: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swiftlet",
         abstract: "Run GGUF language models on your CPU.",
-        subcommands: [Run.self, Serve.self, Generate.self, Pull.self, List.self, Info.self, Tokenize.self, Perplexity.self, Bench.self, Quantize.self]
+        subcommands: [Run.self, Serve.self, Generate.self, Pull.self, List.self, Info.self, Tokenize.self, Perplexity.self, Embed.self, Bench.self, Quantize.self]
     )
 }

@@ -138,6 +138,8 @@ public final class Generator: @unchecked Sendable {
         var lastToken: ContinuousClock.Instant?
         var pendingTokens: [TokenID] = []
         var pendingLogprobs: [TokenLogprobInfo] = []
+        /// Embedding sequences: the pooled hidden states so far.
+        var embedding: EmbeddingAccumulator?
 
         var constraint: GrammarConstraint? { output.activeConstraint }
 
@@ -154,6 +156,7 @@ public final class Generator: @unchecked Sendable {
                                     constraint: options.grammar.map { GrammarConstraint(grammar: $0, vocabulary: vocabulary) },
                                     trigger: options.grammarTrigger)
             self.submitted = submitted
+            embedding = options.embedding.map { EmbeddingAccumulator(pooling: $0) }
         }
     }
 
@@ -207,14 +210,15 @@ public final class Generator: @unchecked Sendable {
     }
 
     /// Checks a prompt before it is submitted: not empty, every token in the vocabulary, and
-    /// room for at least one generated token in the context.
-    public func validate(prompt: [TokenID]) throws(EngineError) {
+    /// room for at least one generated token in the context (for an embedding, room for the
+    /// prompt itself).
+    public func validate(prompt: [TokenID], embedding: Bool = false) throws(EngineError) {
         guard !prompt.isEmpty else { throw .emptyPrompt }
         let vocabularySize = model.config.vocabularySize
         if let bad = prompt.first(where: { $0 < 0 || Int($0) >= vocabularySize }) {
             throw .tokenOutOfRange(token: Int(bad), vocabularySize: vocabularySize)
         }
-        guard prompt.count < configuration.contextLength else {
+        guard prompt.count < configuration.contextLength || (embedding && prompt.count == configuration.contextLength) else {
             throw .promptTooLong(tokens: prompt.count, context: configuration.contextLength)
         }
     }
@@ -232,7 +236,7 @@ public final class Generator: @unchecked Sendable {
 
     private func enqueue(_ specs: [SequenceSpec], options: GenerationOptions, delivery: Delivery) throws -> Int {
         precondition(!specs.isEmpty)
-        for spec in specs { try validate(prompt: spec.prompt) }
+        for spec in specs { try validate(prompt: spec.prompt, embedding: options.embedding != nil) }
         condition.lock()
         defer { condition.unlock() }
         guard !stopping else { throw SubmitError.stopped }
@@ -269,12 +273,36 @@ public final class Generator: @unchecked Sendable {
                     cancel(id)
                 }
             case .finished(_, let reason, let usage): finish = (reason, usage)
+            case .embedding: break
             case .failed(_, let message): failure = message
             }
         }
         if let failure { throw EngineError.generationFailed(failure) }
         guard let finish else { throw SubmitError.stopped }
         return GenerationResult(text: text, tokens: tokens, finishReason: finish.reason, usage: finish.usage)
+    }
+
+    /// Embeds each prompt (one sequence each, batched like any other work) and waits: one
+    /// L2-normalized vector per prompt, in order.
+    public func embed(_ prompts: [[TokenID]], pooling: EmbeddingPooling) throws -> [[Float]] {
+        guard !prompts.isEmpty else { return [] }
+        let mailbox = EventMailbox()
+        var options = GenerationOptions(maxTokens: 0)
+        options.embedding = pooling
+        _ = try enqueue(prompts.map { SequenceSpec(prompt: $0) }, options: options,
+                        delivery: .callback({ mailbox.put($0) }, onEnd: { mailbox.close() }))
+        var vectors = [[Float]?](repeating: nil, count: prompts.count)
+        var failure: String?
+        while let event = mailbox.take() {
+            switch event {
+            case .embedding(let i, let vector): vectors[i] = vector
+            case .failed(_, let message): failure = failure ?? message
+            case .text, .finished: break
+            }
+        }
+        if let failure { throw EngineError.generationFailed(failure) }
+        guard vectors.allSatisfy({ $0 != nil }) else { throw SubmitError.stopped }
+        return vectors.map { $0! }
     }
 
     public func cancel(_ requestID: Int) {
@@ -348,6 +376,7 @@ public final class Generator: @unchecked Sendable {
         requests[s.id] = RequestState(delivery: s.delivery, remaining: s.specs.count)
         for (index, spec) in s.specs.enumerated() {
             let seq = scheduler.add(id: nextSequenceID, prompt: spec.prompt)
+            seq.reusesCachedPrefix = s.options.embedding == nil
             nextSequenceID += 1
             active[seq.id] = ActiveSequence(requestID: s.id, index: index, sequence: seq, options: s.options,
                                             seed: spec.seed, tokenizer: model.tokenizer, vocabulary: vocabulary,
@@ -371,19 +400,33 @@ public final class Generator: @unchecked Sendable {
         }
         let now = ContinuousClock.now
         for chunk in chunks { if let a = active[chunk.sequence.id], a.admitted == nil { a.admitted = now } }
-        let batch = chunks.map { BatchSequence(tokens: $0.tokens, cache: $0.sequence.store!.modelState) }
-        let logits: [[Float]]
+        let embeds = chunks.map { active[$0.sequence.id]?.embedding != nil }
+        let batch = zip(chunks, embeds).map { chunk, embeds in
+            BatchSequence(tokens: chunk.tokens, cache: chunk.sequence.store!.modelState, hiddenStates: embeds)
+        }
+        let rows: [[Float]]
         do {
-            logits = try model.model.forward(batch, pool: pool)
+            rows = try model.model.forward(batch, pool: pool)
         } catch {
             observer?.forwardPassFailed(error, sequences: chunks.count)
             for chunk in chunks { if let a = active[chunk.sequence.id] { fail(a, message: "\(error)") } }
             return
         }
         scheduler.didRun(chunks)
+        // One logits row per generating chunk; one hidden-state row per position of an embedding chunk.
         var sampling: [(sequence: ActiveSequence, logits: [Float])] = []
-        for (chunk, row) in zip(chunks, logits) where chunk.producesToken {
+        var next = 0
+        for (chunk, embeds) in zip(chunks, embeds) {
+            let count = embeds ? chunk.range.count : 1
+            let chunkRows = rows[next..<next + count]
+            next += count
             guard let a = active[chunk.sequence.id] else { continue }
+            if embeds {
+                a.embedding?.add(chunkRows, positions: chunk.range)
+                if chunk.producesToken { finishEmbedding(a) }
+                continue
+            }
+            guard chunk.producesToken, let row = chunkRows.first else { continue }
             // NaN or infinity would sample an arbitrary token: stop with the position instead
             guard row.allSatisfy(\.isFinite) else {
                 observer?.forwardPassFailed(EngineError.nonFiniteLogits(position: chunk.range.upperBound - 1), sequences: 1)
@@ -443,6 +486,19 @@ public final class Generator: @unchecked Sendable {
         } else if seq.generatedCount >= a.options.maxTokens || seq.tokens.count >= configuration.contextLength {
             finish(a, reason: .length)
         }
+    }
+
+    /// An embedding sequence whose whole prompt has been through the model: its vector, then
+    /// the end. A non-finite vector fails the sequence, naming the problem.
+    private func finishEmbedding(_ a: ActiveSequence) {
+        guard let vector = a.embedding?.normalized else { return }
+        guard vector.allSatisfy(\.isFinite) else {
+            fail(a, message: EngineError.nonFiniteEmbedding.description)
+            return
+        }
+        a.firstToken = .now
+        requests[a.requestID]?.delivery.send(.embedding(index: a.index, vector: vector))
+        finish(a, reason: .stop)
     }
 
     /// Sends the text and the tokens sampled since the last event. Text held back (an

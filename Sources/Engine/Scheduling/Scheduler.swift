@@ -17,6 +17,10 @@ public final class ScheduledSequence {
     public internal(set) var preemptions = 0
     /// Whether it has been admitted at least once.
     public internal(set) var wasAdmitted = false
+    /// Whether admission may take its prompt's prefix from the prefix cache. Embeddings need
+    /// every position's hidden state, so they compute the whole prompt (and still leave their
+    /// blocks in the cache for others).
+    public var reusesCachedPrefix = true
     let arrival: Int
 
     public init(id: Int, prompt: [TokenID], arrival: Int = 0) {
@@ -155,7 +159,7 @@ public final class Scheduler {
         // Admit waiting sequences.
         while budget > 0, running.count < configuration.maxRunning, let seq = waiting.first {
             let store = makeStore()
-            var cached = store.adoptCachedPrefix(seq.tokens)
+            var cached = seq.reusesCachedPrefix ? store.adoptCachedPrefix(seq.tokens) : 0
             if cached >= seq.tokens.count {
                 // Everything is cached: the last token still has to run to give logits; its
                 // block is shared, so writing it copies the block first.
