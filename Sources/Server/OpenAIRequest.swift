@@ -69,6 +69,8 @@ public struct CompletionRequest: Sendable {
     public var tools: [ToolDefinition] = []
     public var toolChoice = ToolChoice.auto
     public var parallelToolCalls = true
+    /// llama.cpp's `reasoning_format` (nil: the server's `--reasoning-format`).
+    public var reasoningFormat: ReasoningFormat?
 
     public var isChat: Bool { if case .chat = input { true } else { false } }
 
@@ -94,6 +96,13 @@ public struct CompletionRequest: Sendable {
             input = .prompts(try Self.parsePrompt(prompt))
         }
 
+        if let format = try f.string("reasoning_format") {
+            // llama.cpp's "auto" and "deepseek-legacy" both extract a leading thinking block
+            guard let parsed = ReasoningFormat(rawValue: format == "auto" || format == "deepseek-legacy" ? "deepseek" : format) else {
+                throw APIError.invalid("reasoning_format", "'reasoning_format' must be 'none', 'deepseek' or 'auto', got '\(format)'")
+            }
+            reasoningFormat = parsed
+        }
         if let m = try f.int("max_completion_tokens", in: 1...Int(Int32.max)) ?? f.int("max_tokens", in: 1...Int(Int32.max)) {
             maxTokens = m
         }

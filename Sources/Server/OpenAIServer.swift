@@ -19,6 +19,10 @@ public struct ServerConfiguration: Sendable {
     public var modelAliases: [String] = []
     /// `--pooling`: how `/v1/embeddings` pools hidden states (nil: the file's `pooling_type`, else mean).
     public var pooling: EmbeddingPooling?
+    /// `--reasoning-format`: where chat replies' thinking goes (a request's `reasoning_format` overrides).
+    public var reasoningFormat = ReasoningFormat.deepseek
+    /// `--reasoning-budget`: thinking tokens per chat reply before the engine closes the block (nil: no limit).
+    public var reasoningBudget: Int?
 
     public init() {}
 
@@ -164,7 +168,9 @@ public struct OpenAIServer: Sendable {
                                   choices: job.specs.count, promptTokens: job.promptTokens,
                                   tokenizer: engine.model.tokenizer, logprobs: parsed.logprobs,
                                   toolSyntax: job.toolSyntax, toolPrefill: job.toolPrefill,
-                                  parallelToolCalls: parsed.parallelToolCalls)
+                                  parallelToolCalls: parsed.parallelToolCalls,
+                                  reasoningFormat: parsed.reasoningFormat ?? configuration.reasoningFormat,
+                                  startsThinking: job.startsThinking)
         logger.info("request", metadata: ["id": "\(id)", "prompt_tokens": "\(job.promptTokens)",
                                           "n": "\(job.specs.count)", "stream": "\(parsed.stream)"])
         if parsed.stream {
@@ -199,6 +205,8 @@ public struct OpenAIServer: Sendable {
         var toolSyntax: ToolCallSyntax?
         /// Call syntax already in the prompt (a forced call's opening marker).
         var toolPrefill = ""
+        /// The chat prompt ends inside a thinking block (`<think>`).
+        var startsThinking = false
     }
 
     /// Tokenizes the prompts and checks them against the context.
@@ -209,6 +217,7 @@ public struct OpenAIServer: Sendable {
         var prompts: [[TokenID]] = []
         let param: String
         var toolPlan: ToolCallPlan?
+        var startsThinking = false
         switch r.input {
         case .chat(let messages):
             param = "messages"
@@ -225,6 +234,7 @@ public struct OpenAIServer: Sendable {
                 throw APIError.invalid("messages", "the chat template could not render 'messages': \(error)")
             }
             prompts = [model.promptTokens(for: rendered)]
+            startsThinking = ReasoningSplitter.promptOpensThinking(rendered)
         case .prompts(let inputs):
             param = "prompt"
             for input in inputs {
@@ -265,8 +275,11 @@ public struct OpenAIServer: Sendable {
         if r.ignoreEOS {
             for t in tokenizer.endOfGenerationTokens { sampling.logitBias[t] = -.infinity }
         }
-        let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
+        var options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
                                         grammarTrigger: grammarTrigger, logprobs: r.logprobs)
+        if r.isChat, let budget = configuration.reasoningBudget {
+            options.reasoningBudget = ReasoningBudget(tokens: budget, startsInside: startsThinking)
+        }
         var specs: [SequenceSpec] = []
         for p in prompts {
             for i in 0..<r.n {
@@ -275,7 +288,8 @@ public struct OpenAIServer: Sendable {
         }
         let parsesCalls = !r.tools.isEmpty && r.toolChoice != .none
         return Job(specs: specs, options: options, promptTokens: prompts.reduce(0) { $0 + $1.count },
-                   toolSyntax: parsesCalls ? toolPlan?.syntax : nil, toolPrefill: toolPlan?.prefill ?? "")
+                   toolSyntax: parsesCalls ? toolPlan?.syntax : nil, toolPrefill: toolPlan?.prefill ?? "",
+                   startsThinking: startsThinking)
     }
 
     // MARK: Responses
@@ -292,6 +306,13 @@ public struct OpenAIServer: Sendable {
         let toolSyntax: ToolCallSyntax?
         let toolPrefill: String
         let parallelToolCalls: Bool
+        /// Chat only: where thinking goes, and whether the prompt already opened it.
+        var reasoningFormat = ReasoningFormat.none
+        var startsThinking = false
+
+        func makeReasoningSplitter() -> ReasoningSplitter? {
+            chat && reasoningFormat == .deepseek ? ReasoningSplitter(startsInside: startsThinking) : nil
+        }
 
         /// A parser for one choice's reply, primed with the call syntax already in the prompt.
         func makeToolParser() -> ToolCallStreamParser? {
@@ -372,6 +393,10 @@ public struct OpenAIServer: Sendable {
         var cachedTokens = 0
         var started = false
         var toolParser: ToolCallStreamParser?
+        /// Chat replies whose thinking is split off (`reasoning_format: deepseek`).
+        var reasoning: ReasoningSplitter?
+        /// Logprobs of tokens whose text the reasoning splitter still holds back.
+        var splitLogprobs: [TokenLogprobInfo] = []
         /// Logprobs of tokens whose text the tool parser still holds back.
         var heldLogprobs: [TokenLogprobInfo] = []
     }
@@ -435,12 +460,25 @@ public struct OpenAIServer: Sendable {
                 let body: [JSONValue] = choices.enumerated().map { i, c in
                     let finish: JSONValue = c.finish.map { .string($0 == .cancelled ? "stop" : $0.rawValue) } ?? .null
                     if ctx.chat {
+                        var reply = c.text
                         var message: JSONObject = ["role": "assistant", "content": .string(c.text), "refusal": .null]
+                        if var splitter = ctx.makeReasoningSplitter() {
+                            var reasoning = ""
+                            reply = ""
+                            for piece in splitter.feed(c.text) + splitter.finish() {
+                                switch piece {
+                                case .reasoning(let text): reasoning += text
+                                case .content(let text): reply += text
+                                }
+                            }
+                            message["content"] = .string(reply)
+                            if !reasoning.isEmpty { message["reasoning_content"] = .string(reasoning) }
+                        }
                         var finish = finish
                         if var parser = ctx.makeToolParser() {
                             var content = ""
                             var calls: [JSONValue] = []
-                            for event in parser.feed(c.text) + parser.finish() {
+                            for event in parser.feed(reply) + parser.finish() {
                                 switch event {
                                 case .content(let text): content += text
                                 case .call(_, let call): calls.append(Self.toolCallJSON(call))
@@ -482,7 +520,10 @@ public struct OpenAIServer: Sendable {
             var completed = false
             defer { if !completed { handle.cancel() } }
             let choices = (0..<ctx.choices).map { _ in ChoiceState() }
-            for c in choices { c.toolParser = ctx.makeToolParser() }
+            for c in choices {
+                c.toolParser = ctx.makeToolParser()
+                c.reasoning = ctx.makeReasoningSplitter()
+            }
             let usageNull: JSONValue? = includeUsage ? .null : nil
             func send(_ value: JSONValue) async throws {
                 try await writer.write(ByteBuffer(string: "data: " + value.compactText + "\n\n"))
@@ -529,36 +570,66 @@ public struct OpenAIServer: Sendable {
                     }
                 }
             }
+            /// Reply text after the thinking block: through the tool parser when there is one.
+            func sendReply(_ text: String, logprobs lp: [TokenLogprobInfo], choice i: Int) async throws {
+                if choices[i].toolParser != nil {
+                    choices[i].heldLogprobs += lp
+                    let events = choices[i].toolParser!.feed(text)
+                    try await sendToolEvents(events, choice: i)
+                    return
+                }
+                let logprobs = ctx.logprobsJSON(lp, textOffset: choices[i].text.utf8.count)
+                choices[i].text += text
+                if ctx.chat {
+                    try await send(chunk(.object([
+                        "index": .number(JSONNumber(i)), "delta": .object(["content": .string(text)]),
+                        "logprobs": logprobs, "finish_reason": .null,
+                    ])))
+                } else {
+                    try await send(chunk(.object([
+                        "text": .string(text), "index": .number(JSONNumber(i)),
+                        "logprobs": logprobs, "finish_reason": .null,
+                    ])))
+                }
+            }
+            /// Thinking and reply pieces in order; the tokens' logprobs ride on the first piece.
+            func sendSplit(_ pieces: [ReasoningSplitter.Piece], logprobs lp: [TokenLogprobInfo], choice i: Int) async throws {
+                var lp = choices[i].splitLogprobs + lp
+                choices[i].splitLogprobs = []
+                for piece in pieces {
+                    switch piece {
+                    case .reasoning(let text):
+                        try await send(chunk(.object([
+                            "index": .number(JSONNumber(i)), "delta": .object(["reasoning_content": .string(text)]),
+                            "logprobs": ctx.logprobsJSON(lp, textOffset: 0), "finish_reason": .null,
+                        ])))
+                        lp = []
+                    case .content(let text):
+                        try await sendReply(text, logprobs: lp, choice: i)
+                        lp = []
+                    }
+                }
+                choices[i].splitLogprobs = lp
+            }
             for await event in handle.events {
                 switch event {
                 case .text(let i, let text, _, let lp):
                     // a token whose text is held back (stop string, unfinished character) is sent with the text that completes it
                     guard !text.isEmpty || !lp.isEmpty else { continue }
                     try await roleChunkIfNeeded(i)
-                    if choices[i].toolParser != nil {
-                        choices[i].heldLogprobs += lp
-                        let events = choices[i].toolParser!.feed(text)
-                        try await sendToolEvents(events, choice: i)
-                        continue
-                    }
-                    let logprobs = ctx.logprobsJSON(lp, textOffset: choices[i].text.utf8.count)
-                    choices[i].text += text
-                    if ctx.chat {
-                        try await send(chunk(.object([
-                            "index": .number(JSONNumber(i)), "delta": .object(["content": .string(text)]),
-                            "logprobs": logprobs, "finish_reason": .null,
-                        ])))
+                    if choices[i].reasoning != nil {
+                        try await sendSplit(choices[i].reasoning!.feed(text), logprobs: lp, choice: i)
                     } else {
-                        try await send(chunk(.object([
-                            "text": .string(text), "index": .number(JSONNumber(i)),
-                            "logprobs": logprobs, "finish_reason": .null,
-                        ])))
+                        try await sendReply(text, logprobs: lp, choice: i)
                     }
                 case .finished(let i, let reason, let usage):
                     try await roleChunkIfNeeded(i)
                     choices[i].completionTokens = usage.completionTokens
                     choices[i].cachedTokens = usage.cachedTokens
                     var finish = JSONValue.string(reason == .cancelled ? "stop" : reason.rawValue)
+                    if choices[i].reasoning != nil {
+                        try await sendSplit(choices[i].reasoning!.finish(), logprobs: [], choice: i)
+                    }
                     if choices[i].toolParser != nil {
                         let events = choices[i].toolParser!.finish()
                         try await sendToolEvents(events, choice: i)

@@ -1,8 +1,10 @@
 import ArgumentParser
 import Engine
 import Foundation
+import Server
 
 extension EmbeddingPooling: ExpressibleByArgument {}
+extension ReasoningFormat: ExpressibleByArgument {}
 
 struct Embed: ParsableCommand {
     static let configuration = CommandConfiguration(

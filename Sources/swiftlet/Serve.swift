@@ -49,6 +49,12 @@ struct Serve: AsyncParsableCommand {
     var memBudget: String?
     @Option(help: "How /v1/embeddings pools hidden states: mean, cls or last (default: the model's pooling_type, else mean).")
     var pooling: EmbeddingPooling?
+    @Option(name: .customLong("reasoning-format"),
+            help: "Where chat replies' <think> blocks go: deepseek (message.reasoning_content) or none (left in content).")
+    var reasoningFormat = ReasoningFormat.deepseek
+    @Option(name: .customLong("reasoning-budget"),
+            help: "Thinking tokens per chat reply before the server closes the <think> block (-1: no limit; 0: no thinking).")
+    var reasoningBudget = -1
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
 
@@ -58,6 +64,7 @@ struct Serve: AsyncParsableCommand {
         if let apiKeyFile {
             do { _ = try ServerConfiguration.apiKey(fromFile: apiKeyFile) } catch { throw ValidationError("\(error)") }
         }
+        guard reasoningBudget >= -1 else { throw ValidationError("--reasoning-budget must be -1 (no limit) or a token count") }
         guard parallel > 0 else { throw ValidationError("--parallel must be positive") }
         guard (1...65535).contains(port) || port == 0 else { throw ValidationError("--port must be 0...65535") }
         _ = try parseKVCache()
@@ -81,6 +88,8 @@ struct Serve: AsyncParsableCommand {
         config.maxBodyBytes = maxBody
         config.modelAliases = [model]
         config.pooling = pooling
+        config.reasoningFormat = reasoningFormat
+        config.reasoningBudget = reasoningBudget < 0 ? nil : reasoningBudget
         config.engine = Generator.Configuration(
             contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,
             blockSize: blockSize, maxBatchTokens: batchTokens, threads: threads)

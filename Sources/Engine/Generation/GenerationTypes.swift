@@ -29,6 +29,8 @@ public struct GenerationOptions: Sendable {
     /// pooled into one L2-normalized vector (an `.embedding` event before `.finished`) and
     /// nothing is generated.
     public var embedding: EmbeddingPooling?
+    /// Set: thinking (`<think>`…`</think>`) is ended by the engine after this many tokens.
+    public var reasoningBudget: ReasoningBudget?
 
     public init(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: [String] = [],
                 grammar: JSONGrammar? = nil, grammarTrigger: String? = nil, logprobs: Int? = nil) {

@@ -140,6 +140,8 @@ public final class Generator: @unchecked Sendable {
         var pendingLogprobs: [TokenLogprobInfo] = []
         /// Embedding sequences: the pooled hidden states so far.
         var embedding: EmbeddingAccumulator?
+        /// Sequences with a reasoning budget: where the output is and what thinking has cost.
+        var thinking: ThinkingTracker?
 
         var constraint: GrammarConstraint? { output.activeConstraint }
 
@@ -157,6 +159,7 @@ public final class Generator: @unchecked Sendable {
                                     trigger: options.grammarTrigger)
             self.submitted = submitted
             embedding = options.embedding.map { EmbeddingAccumulator(pooling: $0) }
+            thinking = options.reasoningBudget.map { ThinkingTracker(budget: $0) }
         }
     }
 
@@ -450,6 +453,10 @@ public final class Generator: @unchecked Sendable {
 
     private func sample(_ a: ActiveSequence, logits: [Float], drawn: TokenID? = nil) {
         let seq = a.sequence
+        if a.thinking?.exhausted == true, a.constraint == nil {
+            closeThinking(a)
+            return
+        }
         var row = logits
         if let c = a.constraint { c.apply(to: &row) }
         let token: TokenID
@@ -480,10 +487,39 @@ public final class Generator: @unchecked Sendable {
         a.pendingTokens.append(token)
         if let info { a.pendingLogprobs.append(info) }
         let (text, verdict) = a.output.accept(token)
+        a.thinking?.countToken()
+        a.thinking?.observe(text)
         emit(a, text: text)
         if verdict == .stop {
             finish(a, reason: .stop)
         } else if seq.generatedCount >= a.options.maxTokens || seq.tokens.count >= configuration.contextLength {
+            finish(a, reason: .length)
+        }
+    }
+
+    /// The reasoning budget is spent: instead of sampling, the closing marker's tokens are
+    /// appended (computed with the next step, like a prompt chunk) and sent as output text.
+    private func closeThinking(_ a: ActiveSequence) {
+        guard let budget = a.thinking?.budget else { return }
+        let now = ContinuousClock.now
+        if a.firstToken == nil { a.firstToken = now }
+        a.lastToken = now
+        let forced = model.tokenizer.encode(budget.forcedClosing, addSpecial: false, parseSpecial: true)
+        guard a.sequence.tokens.count + forced.count < configuration.contextLength else {
+            finish(a, reason: .length)
+            return
+        }
+        var text = ""
+        for token in forced {
+            a.sequence.append(token)
+            a.pendingTokens.append(token)
+            text += a.output.accept(token).text
+        }
+        a.thinking?.observe(text)
+        // a closing marker the tracker cannot see (a tokenizer that drops it) still ends thinking
+        if a.thinking?.inside == true { a.thinking = nil }
+        emit(a, text: text)
+        if a.sequence.generatedCount >= a.options.maxTokens || a.sequence.tokens.count >= configuration.contextLength {
             finish(a, reason: .length)
         }
     }
