@@ -678,9 +678,53 @@ def graceful_shutdown_finishes_in_flight(s):
     assert code == 0, f"exit code {code}: {s.tail()}"
 
 
+# a second name for the cached SmolLM2 file, served from --models-dir by the "multi" server
+MODELS_DIR = tempfile.mkdtemp(prefix="swiftlet-models-")
+atexit.register(shutil.rmtree, MODELS_DIR, ignore_errors=True)
+SWIFTLET_HOME = os.environ.get("SWIFTLET_HOME") or os.path.expanduser("~/.cache/swiftlet")
+os.symlink(os.path.join(SWIFTLET_HOME, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"), os.path.join(MODELS_DIR, "twin.gguf"))
+
+
+@test("multi")
+def several_models_each_answers_its_own(s):
+    """`serve smollm2 gemma3 --models-dir DIR --max-loaded 1 --idle-unload 3`: the request's
+    model picks the engine; others load on first use, one at a time, and unload when idle."""
+    c = s.client()
+    listed = {m.id: m.model_extra["status"]["value"] for m in c.models.list().data}
+    first = c.models.list().data[0].id
+    assert first.startswith("SmolLM2") and listed[first] == "loaded", listed
+    assert listed.get("gemma-3-270m-q4_k_m") == "unloaded" and listed.get("twin") == "unloaded", listed
+    # each model answers, under its own name (gemma by its alias on the command line)
+    r = c.completions.create(model="gemma3", prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert r.model == "gemma-3-270m-q4_k_m", r.model
+    r2 = c.completions.create(model=first, prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert r2.model == first
+    listed = {m.id: m.model_extra["status"]["value"] for m in c.models.list().data}
+    assert listed["gemma-3-270m-q4_k_m"] == "loaded", listed
+    # --max-loaded 1: the twin takes gemma's place; it is SmolLM2, so it gives SmolLM2's text
+    r3 = c.completions.create(model="twin", prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert r3.model == "twin" and r3.choices[0].text == r2.choices[0].text, (r3, r2)
+    listed = {m.id: m.model_extra["status"]["value"] for m in c.models.list().data}
+    assert listed["twin"] == "loaded" and listed["gemma-3-270m-q4_k_m"] == "unloaded", listed
+    # unknown names, paths included, are 404s naming what is served
+    for name in ["no-such-model", "../models/twin", "/etc/passwd", "twin/../twin"]:
+        status, _, body = s.request("POST", "/v1/completions", {"model": name, "prompt": "hi", "max_tokens": 1})
+        err = json.loads(body)["error"]
+        assert status == 404 and err["code"] == "model_not_found" and "twin" in err["message"], (name, status, body)
+    # idle for longer than --idle-unload: unloaded again
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        listed = {m.id: m.model_extra["status"]["value"] for m in c.models.list().data}
+        if listed["twin"] == "unloaded":
+            break
+        time.sleep(0.5)
+    assert listed["twin"] == "unloaded", listed
+
+
 SERVERS = {
     "main": ["--parallel", "8", "--ctx", "2048", "--max-body", str(256 << 10)],
     "limited": ["--parallel", "1", "--queue", "1", "--api-key", "sekret", "--ctx", "512"],
+    "multi": ["gemma3", "--models-dir", MODELS_DIR, "--max-loaded", "1", "--idle-unload", "3", "--ctx", "512"],
 }
 
 

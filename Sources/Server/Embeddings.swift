@@ -47,16 +47,13 @@ extension OpenAIServer {
     /// inputs run through the same engine loop as completions, a running set's worth at a time.
     func embeddings(_ request: Request, context: ServerRequestContext) async throws -> Response {
         var request = request
-        let engine = try loadedEngine()
+        _ = try loadedEngine()
         let body: ByteBuffer
         do { body = try await request.collectBody(upTo: configuration.maxBodyBytes) } catch {
             throw APIError(status: 413, message: "the request body is larger than \(configuration.maxBodyBytes) bytes")
         }
         let parsed = try EmbeddingRequest(body: Array(buffer: body))
-        guard knowsModel(parsed.model, engine: engine) else {
-            throw APIError(status: 404, message: "the model '\(parsed.model)' does not exist; this server runs '\(engine.model.name)'",
-                           param: "model", code: "model_not_found")
-        }
+        let engine = try await engine(for: parsed.model)
         let width = engine.model.config.embeddingLength
         if let d = parsed.dimensions, d != width {
             throw APIError.invalid("dimensions", "'dimensions' cannot change the size of this model's embeddings: they have \(width) dimensions (omit 'dimensions' or pass \(width))")

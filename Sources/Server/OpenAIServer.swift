@@ -57,6 +57,13 @@ public final class ServerState: @unchecked Sendable {
         set { lock.lock(); _engine = newValue; lock.unlock() }
     }
 
+    /// The models served besides the first (nil: only the first).
+    public var router: ModelRouter? {
+        get { lock.lock(); defer { lock.unlock() }; return _router }
+        set { lock.lock(); _router = newValue; lock.unlock() }
+    }
+    private var _router: ModelRouter?
+
     public var loadError: String? {
         get { lock.lock(); defer { lock.unlock() }; return _loadError }
         set { lock.lock(); _loadError = newValue; lock.unlock() }
@@ -98,7 +105,7 @@ public struct OpenAIServer: Sendable {
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
         }
-        router.get("/v1/models") { _, _ in try models() }
+        router.get("/v1/models") { _, _ in try await models() }
         router.post("/v1/chat/completions") { request, context in try await complete(request, context: context, chat: true) }
         router.post("/v1/completions") { request, context in try await complete(request, context: context, chat: false) }
         router.post("/v1/embeddings") { request, context in try await embeddings(request, context: context) }
@@ -122,15 +129,50 @@ public struct OpenAIServer: Sendable {
         return json(.object(["status": .string("loading")]), status: .serviceUnavailable)
     }
 
-    func models() throws -> Response {
+    /// Every model this server answers for: the first (loaded at start), then the others,
+    /// loaded or not (`status` says which).
+    func models() async throws -> Response {
         let engine = try loadedEngine()
-        let entry: JSONValue = .object([
-            "id": .string(engine.model.name),
-            "object": .string("model"),
-            "created": .number(JSONNumber(created)),
-            "owned_by": .string("swiftlet"),
-        ])
-        return json(.object(["object": .string("list"), "data": .array([entry])]))
+        func entry(_ id: String, loaded: Bool) -> JSONValue {
+            .object([
+                "id": .string(id),
+                "object": .string("model"),
+                "created": .number(JSONNumber(created)),
+                "owned_by": .string("swiftlet"),
+                "status": .object(["value": .string(loaded ? "loaded" : "unloaded")]),
+            ])
+        }
+        var entries = [entry(engine.model.name, loaded: true)]
+        if let router = state.router {
+            let loaded = Set(await router.loadedNames)
+            entries += router.models.filter { $0.name != engine.model.name }.map { entry($0.name, loaded: loaded.contains($0.name)) }
+        }
+        return json(.object(["object": .string("list"), "data": .array(entries)]))
+    }
+
+    /// The engine for a request's `model`: the first model, or another this server lists
+    /// (loaded on first use). 503 while the first model loads, 404 for a name it does not serve.
+    func engine(for name: String) async throws -> Generator {
+        let primary = try loadedEngine()
+        if knowsModel(name, engine: primary) { return primary }
+        if let router = state.router {
+            do {
+                if let engine = try await router.engine(named: name) { return engine }
+            } catch let error as ModelRouterError {
+                switch error {
+                case .allBusy:
+                    var e = APIError(status: 503, message: error.description, type: "server_error", code: "models_busy")
+                    e.headers = [("Retry-After", "1")]
+                    throw e
+                case .loadFailed:
+                    throw APIError(status: 500, message: error.description, type: "server_error", code: "model_load_failed")
+                }
+            }
+        }
+        var served = [primary.model.name] + (state.router?.models.map(\.name) ?? [])
+        served = served.reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
+        throw APIError(status: 404, message: "the model '\(name)' does not exist; this server runs \(served.map { "'\($0)'" }.joined(separator: ", "))",
+                       param: "model", code: "model_not_found")
     }
 
     func loadedEngine() throws -> Generator {
@@ -149,16 +191,13 @@ public struct OpenAIServer: Sendable {
     func complete(_ request: Request, context: ServerRequestContext, chat: Bool) async throws -> Response {
         var request = request
         let started = ContinuousClock.now
-        let engine = try loadedEngine()
+        _ = try loadedEngine()
         let body: ByteBuffer
         do { body = try await request.collectBody(upTo: configuration.maxBodyBytes) } catch {
             throw APIError(status: 413, message: "the request body is larger than \(configuration.maxBodyBytes) bytes")
         }
         let parsed = try CompletionRequest(body: Array(buffer: body), chat: chat)
-        guard knowsModel(parsed.model, engine: engine) else {
-            throw APIError(status: 404, message: "the model '\(parsed.model)' does not exist; this server runs '\(engine.model.name)'",
-                           param: "model", code: "model_not_found")
-        }
+        let engine = try await engine(for: parsed.model)
         let job = try prepare(parsed, engine: engine)
         let handle = try submit(job.specs, options: job.options, to: engine, param: parsed.isChat ? "messages" : "prompt")
         // A client that hangs up cancels its sequences at once, streaming or not.

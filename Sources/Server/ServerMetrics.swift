@@ -93,10 +93,12 @@ public final class ServerMetrics: Sendable {
 struct ServerObserver: GeneratorObserver {
     let metrics: ServerMetrics
     let logger: Logger
+    /// The scheduler gauges describe one engine: the first model's.
+    var observesScheduler = true
 
     func firstToken(after waiting: Duration) { metrics.timeToFirstToken(waiting) }
     func nextToken(after interval: Duration) { metrics.interTokenLatency(interval) }
-    func stepFinished(_ snapshot: Generator.Snapshot) { metrics.updateScheduler(snapshot) }
+    func stepFinished(_ snapshot: Generator.Snapshot) { if observesScheduler { metrics.updateScheduler(snapshot) } }
 
     func forwardPassFailed(_ error: any Error, sequences: Int) {
         logger.error("forward pass failed", metadata: ["error": "\(error)", "sequences": "\(sequences)"])

@@ -49,6 +49,12 @@ public struct ServerRunner: Sendable {
     public var shutdownGrace: Duration = .seconds(10)
     /// Bytes of weights allowed to stay resident (`--mem-budget`); nil = no limit.
     public var memoryBudget: Int?
+    /// Models served besides the first, loaded on first use (`serve A B…`, `--models-dir`).
+    public var otherModels: [ModelRouter.Model] = []
+    /// Most of `otherModels` resident at once (`--max-loaded`).
+    public var maxLoaded = 1
+    /// Unload one of `otherModels` after this long without requests (`--idle-unload`).
+    public var idleUnload: Duration?
     public var logger: Logger
 
     public init(modelPath: String, configuration: ServerConfiguration, kvCache: KVCacheSize?, logger: Logger) {
@@ -62,6 +68,11 @@ public struct ServerRunner: Sendable {
         let state = ServerState()
         let metrics = ServerMetrics()
         metrics.setModelLoaded(false)
+        if !otherModels.isEmpty {
+            state.router = ModelRouter(models: otherModels, maxLoaded: maxLoaded, idleUnload: idleUnload) { [self] model in
+                try loadEngine(path: model.path, metrics: metrics, observesScheduler: false)
+            }
+        }
         let server = OpenAIServer(configuration: configuration, state: state, metrics: metrics, logger: logger)
         let engineService = EngineService(runner: self, state: state, metrics: metrics)
         var app = Application(router: server.makeRouter(),
@@ -73,18 +84,21 @@ public struct ServerRunner: Sendable {
                               logger: logger)
         app.addServices(engineService)
         try await app.runService()
+        await state.router?.shutdownAll()
         await state.engine?.shutdown()
         logger.info("stopped")
     }
 
-    func loadEngine(metrics: ServerMetrics) throws -> Generator {
+    /// Loads a model and starts its engine. Only the first model's engine drives the scheduler
+    /// gauges of `/metrics` (`observesScheduler`); every engine counts tokens and requests.
+    func loadEngine(path: String, metrics: ServerMetrics, observesScheduler: Bool = true) throws -> Generator {
         let start = Date()
-        let model = try LoadedModel(path: modelPath, memoryBudget: memoryBudget)
+        let model = try LoadedModel(path: path, memoryBudget: memoryBudget)
         var engineConfig = configuration.engine
         let perToken = KVBlockPool.bytesPerToken(config: model.config)
         if let kvCache { engineConfig.kvCacheTokens = kvCache.tokens(bytesPerToken: perToken) }
         let engine = try Generator(model: model, configuration: engineConfig,
-                                   observer: ServerObserver(metrics: metrics, logger: logger))
+                                   observer: ServerObserver(metrics: metrics, logger: logger, observesScheduler: observesScheduler))
         logger.info("model loaded", metadata: [
             "model": "\(model.name)", "seconds": "\(String(format: "%.2f", Date().timeIntervalSince(start)))",
             "ctx": "\(engineConfig.contextLength)", "parallel": "\(engineConfig.parallel)",
@@ -104,7 +118,7 @@ struct EngineService: Service {
 
     func run() async throws {
         let logger = runner.logger
-        let loader = Task.detached { [runner, metrics] in try runner.loadEngine(metrics: metrics) }
+        let loader = Task.detached { [runner, metrics] in try runner.loadEngine(path: runner.modelPath, metrics: metrics) }
         do {
             let engine = try await loader.value
             state.engine = engine
@@ -114,7 +128,19 @@ struct EngineService: Service {
             state.loadError = "\(error)"
             throw error
         }
-        try? await gracefulShutdown()
+        if let router = state.router, let idle = router.idleUnload {
+            // Idle models are unloaded on a timer until shutdown.
+            let sweeper = Task {
+                while !Task.isCancelled {
+                    try await Task.sleep(for: min(idle, .seconds(5)))
+                    await router.unloadIdle()
+                }
+            }
+            try? await gracefulShutdown()
+            sweeper.cancel()
+        } else {
+            try? await gracefulShutdown()
+        }
         guard let engine = state.engine else { return }
         let deadline = ContinuousClock.now + runner.shutdownGrace
         let pending = engine.outstandingSequences

@@ -16,8 +16,15 @@ struct Serve: AsyncParsableCommand {
         shut down gracefully.
         """)
 
-    @Argument(help: "Path to a .gguf file or a model name from the cache.")
-    var model: String
+    @Argument(help: ArgumentHelp("Paths to .gguf files or model names from the cache.",
+                                 discussion: "The first loads at start and stays; the others (and those of --models-dir) load when a request names them."))
+    var models: [String] = []
+    @Option(name: .customLong("models-dir"), help: "Also serve every .gguf file in DIR, by file name without .gguf.")
+    var modelsDir: String?
+    @Option(name: .customLong("max-loaded"), help: "Models besides the first kept loaded at once; the least recently used idle one is unloaded (default 1).")
+    var maxLoaded = 1
+    @Option(name: .customLong("idle-unload"), help: "Unload a model besides the first after SECONDS without requests.")
+    var idleUnload: Double?
     @Option(help: "Address to bind (default: loopback only).")
     var host = "127.0.0.1"
     @Option(help: "TCP port.")
@@ -59,6 +66,18 @@ struct Serve: AsyncParsableCommand {
     var logLevel = "info"
 
     func validate() throws {
+        guard !models.isEmpty || modelsDir != nil else { throw ValidationError("name a model to serve (or --models-dir DIR)") }
+        guard maxLoaded > 0 else { throw ValidationError("--max-loaded must be positive") }
+        if let idleUnload { guard idleUnload > 0, idleUnload.isFinite else { throw ValidationError("--idle-unload must be a positive number of seconds") } }
+        if let modelsDir {
+            var isDirectory: ObjCBool = false
+            guard FileManager.default.fileExists(atPath: modelsDir, isDirectory: &isDirectory), isDirectory.boolValue else {
+                throw ValidationError("--models-dir: '\(modelsDir)' is not a directory")
+            }
+            guard !(try ModelRouter.models(inDirectory: modelsDir)).isEmpty || !models.isEmpty else {
+                throw ValidationError("--models-dir: '\(modelsDir)' holds no .gguf file")
+            }
+        }
         guard contextLength > 0 else { throw ValidationError("--ctx must be positive") }
         guard apiKey == nil || apiKeyFile == nil else { throw ValidationError("give --api-key or --api-key-file, not both") }
         if let apiKeyFile {
@@ -78,7 +97,16 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
+        var others: [ModelRouter.Model] = []
+        for name in models.dropFirst() {
+            let path = try ModelLocator.resolve(name)
+            others.append(ModelRouter.Model(name: URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent,
+                                            path: path, aliases: [name]))
+        }
+        if let modelsDir { others += try ModelRouter.models(inDirectory: modelsDir) }
+        let model = models.first ?? others.removeFirst().path
         let path = try ModelLocator.resolve(model)
+        others.removeAll { URL(fileURLWithPath: $0.path).standardized == URL(fileURLWithPath: path).standardized }
         var logger = Logger(label: "swiftlet.serve")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         var config = ServerConfiguration()
@@ -96,6 +124,9 @@ struct Serve: AsyncParsableCommand {
         var runner = ServerRunner(modelPath: path, configuration: config,
                                   kvCache: try parseKVCache(), logger: logger)
         runner.memoryBudget = try parseMemBudget(memBudget)
+        runner.otherModels = others
+        runner.maxLoaded = maxLoaded
+        runner.idleUnload = idleUnload.map { .milliseconds(Int64($0 * 1000)) }
         try await runner.run()
     }
 }
