@@ -449,6 +449,9 @@ public struct Attention: Sendable {
     public var queryTemperature: AttentionTemperature?
     /// A learned logit per query head that joins the softmax without a value (gpt-oss).
     public var sinks: [Float]?
+    /// False in encoders (BERT): every token attends to the whole sequence, which the
+    /// scheduler therefore runs in one pass (`LanguageModel.isEncoder`).
+    public var causal = true
 
     /// `outputBias`: whether the architecture adds `attn_output.bias` (its scale always applies).
     public init(file: GGUFFile, layer: Int, config: ModelConfig, rope: RoPE, outputBias: Bool = true) throws {
@@ -536,8 +539,8 @@ public struct Attention: Sendable {
         let valueDimension = v.columns / kvHeads
         let out = Matrix(rows: x.rows, columns: heads * valueDimension, zeroed: false)
         attend(queries: q.data, sequences, heads: heads, kvHeads: kvHeads, headDimension: headDimension,
-               valueDimension: valueDimension, scale: scale, softCap: softCap, window: window, into: out.data,
-               pool: pool)
+               valueDimension: valueDimension, scale: scale, softCap: softCap, window: window, causal: causal,
+               into: out.data, pool: pool)
         if let sinks {
             applyAttentionSinks(sinks, queries: q.data, sequences, heads: heads, kvHeads: kvHeads,
                                 headDimension: headDimension, valueDimension: valueDimension, scale: scale,

@@ -166,6 +166,12 @@ public final class Generator: @unchecked Sendable {
     /// Validates the context against the model, sizes the KV pool (attention models) and
     /// starts the generator thread.
     public init(model: LoadedModel, configuration: Configuration, observer: (any GeneratorObserver)? = nil) throws {
+        var configuration = configuration
+        if model.model.isEncoder {
+            // encoders have absolute positions up to their training context and nothing beyond
+            configuration.contextLength = min(configuration.contextLength, model.config.contextLength)
+            configuration.kvCacheTokens = min(configuration.kvCacheTokens, configuration.contextLength * configuration.parallel)
+        }
         try model.validateContext(configuration.contextLength)
         self.model = model
         self.configuration = configuration
@@ -217,6 +223,7 @@ public final class Generator: @unchecked Sendable {
     /// prompt itself).
     public func validate(prompt: [TokenID], embedding: Bool = false) throws(EngineError) {
         guard !prompt.isEmpty else { throw .emptyPrompt }
+        guard embedding || !model.model.isEncoder else { throw .encoderCannotGenerate(architecture: model.config.architecture) }
         let vocabularySize = model.config.vocabularySize
         if let bad = prompt.first(where: { $0 < 0 || Int($0) >= vocabularySize }) {
             throw .tokenOutOfRange(token: Int(bad), vocabularySize: vocabularySize)
@@ -380,6 +387,7 @@ public final class Generator: @unchecked Sendable {
         for (index, spec) in s.specs.enumerated() {
             let seq = scheduler.add(id: nextSequenceID, prompt: spec.prompt)
             seq.reusesCachedPrefix = s.options.embedding == nil
+            seq.runsWholePrompt = model.model.isEncoder
             nextSequenceID += 1
             active[seq.id] = ActiveSequence(requestID: s.id, index: index, sequence: seq, options: s.options,
                                             seed: spec.seed, tokenizer: model.tokenizer, vocabulary: vocabulary,
