@@ -71,6 +71,8 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
     case nonFiniteLogits(position: Int)
     /// The pooled hidden states hold NaN or infinity.
     case nonFiniteEmbedding
+    /// Rank pooling asked of a model without a classification head.
+    case noClassifier
     /// Text generation asked of an encoder (an embedding model).
     case encoderCannotGenerate(architecture: String)
 
@@ -83,6 +85,7 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
         case .generationFailed(let message): "generation failed: \(message)"
         case .nonFiniteLogits(let position): "the model produced non-finite logits (NaN or infinity) at position \(position)"
         case .nonFiniteEmbedding: "the model produced a non-finite embedding (NaN or infinity)"
+        case .noClassifier: "the model has no classification head (cls.* tensors), so it cannot rerank"
         case .encoderCannotGenerate(let a): "this is an embedding model ('\(a)', an encoder): it computes embeddings (swiftlet embed, /v1/embeddings) but cannot generate text"
         }
     }

@@ -104,10 +104,13 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// An encoder (BERT): attention sees the whole sequence both ways, so a sequence must go
     /// through in one pass, and its output is hidden states (embeddings), never logits.
     var isEncoder: Bool { get }
+    /// A reranker's classification head (BERT's `cls.*`), nil for other models.
+    var classifier: SequenceClassifier? { get }
 }
 
 extension LanguageModel {
     public var isEncoder: Bool { false }
+    public var classifier: SequenceClassifier? { nil }
 }
 
 /// Attention models keep a KV cache.

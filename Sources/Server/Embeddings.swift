@@ -58,8 +58,11 @@ extension OpenAIServer {
         if let d = parsed.dimensions, d != width {
             throw APIError.invalid("dimensions", "'dimensions' cannot change the size of this model's embeddings: they have \(width) dimensions (omit 'dimensions' or pass \(width))")
         }
-        let prompts = try embeddingPrompts(parsed.inputs, engine: engine)
         let pooling = embeddingPooling(engine)
+        guard pooling != .rank else {
+            throw APIError.invalid("model", "'\(engine.model.name)' is a reranker (rank pooling): it scores query-document pairs through /v1/rerank, not embeddings")
+        }
+        let prompts = try embeddingPrompts(parsed.inputs, engine: engine)
         var vectors: [[Float]] = []
         vectors.reserveCapacity(prompts.count)
         // A running set's worth at a time: a long list of inputs never fills the queue that
@@ -128,6 +131,88 @@ extension OpenAIServer {
             throw APIError(status: 503, message: "the request was cancelled before its embeddings were computed", type: "server_error")
         }
         return vectors.map { $0! }
+    }
+}
+
+/// What `/v1/rerank` asks for (llama.cpp's shape): a query and the documents to score against it.
+struct RerankRequest {
+    var model: String
+    var query: String
+    var documents: [String]
+    var topN: Int?
+    var returnDocuments = false
+
+    init(body: [UInt8]) throws {
+        let root: JSONValue
+        do { root = try JSONValue(parsing: body) } catch {
+            throw APIError(status: 400, message: "the request body is not valid JSON: \(error)")
+        }
+        guard case .object = root else { throw APIError(status: 400, message: "the request body must be a JSON object") }
+        let f = Fields(root)
+        model = try f.string("model") ?? ""
+        guard let query = try f.string("query") else { throw APIError.invalid("query", "missing required field 'query'") }
+        self.query = query
+        guard case .array(let items)? = f.value("documents") ?? f.value("texts") else {
+            throw APIError.invalid("documents", "missing required field 'documents' (an array of strings)")
+        }
+        guard !items.isEmpty, items.count <= EmbeddingRequest.maxInputs else {
+            throw APIError.invalid("documents", "'documents' must hold 1 to \(EmbeddingRequest.maxInputs) strings")
+        }
+        documents = try items.enumerated().map { i, item in
+            // Cohere/Jina clients may send {"text": ...} objects
+            guard let text = item.stringValue ?? item["text"]?.stringValue else {
+                throw APIError.invalid("documents[\(i)]", "'documents[\(i)]' must be a string")
+            }
+            return text
+        }
+        topN = try f.int("top_n", in: 1...Int(Int32.max))
+        returnDocuments = try f.bool("return_documents") ?? f.bool("return_text") ?? false
+    }
+}
+
+extension OpenAIServer {
+    /// `POST /v1/rerank` (also `/rerank`, `/v1/reranking`): each document's relevance to the
+    /// query, from a reranker's classification head over `query` and `document` in one prompt
+    /// (the GGUF's `rerank` chat template, else BOS query EOS [SEP] document EOS, as llama.cpp
+    /// builds it); results best first, cut to `top_n`.
+    func rerank(_ request: Request, context: ServerRequestContext) async throws -> Response {
+        var request = request
+        _ = try loadedEngine()
+        let body: ByteBuffer
+        do { body = try await request.collectBody(upTo: configuration.maxBodyBytes) } catch {
+            throw APIError(status: 413, message: "the request body is larger than \(configuration.maxBodyBytes) bytes")
+        }
+        let parsed = try RerankRequest(body: Array(buffer: body))
+        let engine = try await engine(for: parsed.model.isEmpty ? (try loadedEngine()).model.name : parsed.model)
+        guard embeddingPooling(engine) == .rank, engine.model.model.classifier != nil else {
+            throw APIError.invalid("model", "'\(engine.model.name)' is not a reranker (its GGUF has no rank pooling and classification head)")
+        }
+        let prompts = try parsed.documents.enumerated().map { i, document -> [TokenID] in
+            let tokens = engine.model.rerankPrompt(query: parsed.query, document: document)
+            guard tokens.count <= engine.configuration.contextLength else {
+                throw APIError(status: 400, message: "query and 'documents[\(i)]' are \(tokens.count) tokens long, but the context holds \(engine.configuration.contextLength)",
+                               param: "documents[\(i)]", code: "context_length_exceeded")
+            }
+            return tokens
+        }
+        var scores: [Float] = []
+        let wave = max(1, engine.configuration.parallel)
+        for start in stride(from: 0, to: prompts.count, by: wave) {
+            scores += try await embed(Array(prompts[start..<min(start + wave, prompts.count)]), pooling: .rank,
+                                      engine: engine, context: context).map { $0.first ?? 0 }
+        }
+        let ranked = scores.enumerated().sorted { $0.element > $1.element }.prefix(parsed.topN ?? scores.count)
+        let results: [JSONValue] = ranked.map { i, score in
+            var entry: JSONObject = ["index": .number(JSONNumber(i)), "relevance_score": number(score)]
+            if parsed.returnDocuments { entry["document"] = .object(["text": .string(parsed.documents[i])]) }
+            return .object(entry)
+        }
+        let tokens = prompts.reduce(0) { $0 + $1.count }
+        return json(.object([
+            "model": .string(engine.model.name), "object": .string("list"),
+            "usage": .object(["prompt_tokens": .number(JSONNumber(tokens)), "total_tokens": .number(JSONNumber(tokens))]),
+            "results": .array(results),
+        ]))
     }
 }
 

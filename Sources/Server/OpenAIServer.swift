@@ -109,6 +109,9 @@ public struct OpenAIServer: Sendable {
         router.post("/v1/chat/completions") { request, context in try await complete(request, context: context, chat: true) }
         router.post("/v1/completions") { request, context in try await complete(request, context: context, chat: false) }
         router.post("/v1/embeddings") { request, context in try await embeddings(request, context: context) }
+        for path in ["/v1/rerank", "/rerank", "/v1/reranking", "/reranking"] {
+            router.post(RouterPath(path)) { request, context in try await rerank(request, context: context) }
+        }
         return router
     }
 
@@ -722,17 +725,20 @@ func json(_ value: JSONValue, status: HTTPResponse.Status = .ok, headers: [(Stri
     return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(string: value.compactText)))
 }
 
-/// Bearer authentication for `/v1/*`, errors as OpenAI error objects, request metrics and logs.
+/// Bearer authentication for every route but `publicPaths`, errors as OpenAI error objects, request metrics and logs.
 struct APIMiddleware: RouterMiddleware {
     typealias Context = ServerRequestContext
     let server: OpenAIServer
+    /// Routes a load balancer or a scraper calls without the API key.
+    static let publicPaths: Set<String> = ["/health", "/ready", "/metrics"]
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
         let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"].contains(path) ? path : "other"
         let response: Response
         do {
-            if let key = server.configuration.apiKey, path.hasPrefix("/v1") {
+            // Every route but the probes and metrics is the API: it takes the key.
+            if let key = server.configuration.apiKey, !Self.publicPaths.contains(path) {
                 let given = request.headers[.authorization] ?? ""
                 guard constantTimeEqual(given, "Bearer " + key) else {
                     throw APIError(status: 401, message: "missing or wrong API key: send 'Authorization: Bearer <key>'",

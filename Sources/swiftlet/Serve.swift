@@ -11,7 +11,7 @@ struct Serve: AsyncParsableCommand {
         discussion: """
         Endpoints: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /health \
         (200 once the model is loaded, 503 before), GET /metrics (Prometheus). With --api-key, \
-        every /v1/* call needs 'Authorization: Bearer KEY' (compared in constant time). The server \
+        every call but /health, /ready and /metrics needs 'Authorization: Bearer KEY' (compared in constant time). The server \
         binds to 127.0.0.1 unless --host says otherwise and sends no CORS headers. SIGINT/SIGTERM \
         shut down gracefully.
         """)
@@ -29,7 +29,7 @@ struct Serve: AsyncParsableCommand {
     var host = "127.0.0.1"
     @Option(help: "TCP port.")
     var port = 8080
-    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on /v1/*.")
+    @Option(name: .customLong("api-key"), help: "Require 'Authorization: Bearer KEY' on every route but /health, /ready and /metrics.")
     var apiKey: String?
     @Option(name: .customLong("api-key-file"), help: "As --api-key, with the key read from the first line of FILE.")
     var apiKeyFile: String?

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import GGUF
 import Kernels
 import Models
@@ -125,5 +128,96 @@ enum BERTModel {
         #expect(throws: EngineError.encoderCannotGenerate(architecture: "bert")) {
             try generator.generate(prompt: [101, 2000, 102], options: GenerationOptions(maxTokens: 4))
         }
+    }
+}
+
+/// Reranking with a random BERT reranker (rank pooling, `cls` + `cls.output` head): the
+/// engine's scores against llama-embedding's, and `/v1/rerank` through `swiftlet serve`.
+@Suite(.serialized) struct RerankTests {
+    static let query = "What is the capital of France?"
+    static let documents = ["Paris is the capital of France.", "Bananas are yellow.", "France borders Spain and Italy."]
+
+    @Test(.enabled(if: BERTModel.available, BERTModel.reason))
+    func scoresMatchLlamaCpp() throws {
+        let path = try BERTModel.write(classifier: true)
+        let output = try TestSupport.run(TestSupport.llamaCppTool("llama-embedding")!, [
+            "-m", path, "-p", Self.documents.map { Self.query + "\t" + $0 }.joined(separator: "<#sep#>"),
+            "--embd-separator", "<#sep#>", "--embd-normalize", "-1", "--embd-output-format", "json", "-t", "2",
+        ])
+        // Only each row's first value is the score; llama-embedding prints the rest of the row
+        // from memory it did not write (possibly nan), so the scores are read off the text.
+        let reference = output.components(separatedBy: "\"embedding\": [").dropFirst().map {
+            Double($0.prefix { $0 != "," && $0 != "]" })!
+        }
+        #expect(reference.count == Self.documents.count)
+
+        let loaded = try LoadedModel(path: path)
+        #expect(EmbeddingPooling(file: loaded.file) == .rank)
+        let generator = try Generator(model: loaded, configuration: .init(contextLength: 512, parallel: 3, threads: 2))
+        defer { generator.shutdownAndWait() }
+        let scores = try generator.embed(Self.documents.map { loaded.rerankPrompt(query: Self.query, document: $0) }, pooling: .rank)
+        #expect(scores.allSatisfy { $0.count == 1 })
+        print("[rerank] llama.cpp \(reference), Swiftlet \(scores.map(\.[0]))")
+        for (r, s) in zip(reference, scores) { #expect(abs(r - Double(s[0])) < 1e-3 * max(1, abs(r))) }
+        // a model without a classification head cannot rank
+        let plain = try LoadedModel(path: try BERTModel.write())
+        let other = try Generator(model: plain, configuration: .init(contextLength: 512, parallel: 1, threads: 2))
+        defer { other.shutdownAndWait() }
+        #expect(throws: EngineError.generationFailed(EngineError.noClassifier.description)) {
+            try other.embed([plain.rerankPrompt(query: "q", document: "d")], pooling: .rank)
+        }
+    }
+
+    /// llama.cpp's request and response shape: results best first, `top_n`, documents back
+    /// on request; the reranker refuses /v1/embeddings and a plain model refuses /v1/rerank.
+    @Test(.enabled(if: BERTModel.available, BERTModel.reason))
+    func rerankEndpoint() async throws {
+        let reranker = try BERTModel.write(classifier: true), plain = try BERTModel.write()
+        let port = Int.random(in: 20000..<60000)
+        let server = Process()
+        server.executableURL = CommandLine.binary
+        server.arguments = ["serve", reranker, plain, "--port", String(port), "--ctx", "512"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { server.terminate(); server.waitUntilExit() }
+        func post(_ path: String, _ body: [String: Any]) async throws -> (Int, [String: Any]) {
+            var request = URLRequest(url: URL(string: "http://127.0.0.1:\(port)\(path)")!)
+            request.httpMethod = "POST"
+            request.setValue("application/json", forHTTPHeaderField: "Content-Type")
+            request.httpBody = try JSONSerialization.data(withJSONObject: body)
+            let (data, response) = try await URLSession.shared.data(for: request)
+            return ((response as! HTTPURLResponse).statusCode, try JSONSerialization.jsonObject(with: data) as! [String: Any])
+        }
+        var ready = false
+        for _ in 0..<300 where !ready {
+            if let (status, _) = try? await post("/v1/rerank", ["query": "q", "documents": ["d"]]), status == 200 { ready = true }
+            else { try await Task.sleep(for: .milliseconds(100)) }
+        }
+        #expect(ready, "the server did not answer /v1/rerank")
+        let (status, body) = try await post("/v1/rerank", [
+            "model": "bert-reranker", "query": Self.query, "documents": Self.documents, "top_n": 2, "return_documents": true,
+        ])
+        #expect(status == 200)
+        let results = body["results"] as? [[String: Any]] ?? []
+        #expect(results.count == 2)
+        let scores = results.map { ($0["relevance_score"] as! NSNumber).doubleValue }
+        #expect(scores == scores.sorted(by: >))
+        let loaded = try LoadedModel(path: reranker)
+        let generator = try Generator(model: loaded, configuration: .init(contextLength: 512, parallel: 3, threads: 2))
+        defer { generator.shutdownAndWait() }
+        let direct = try generator.embed(Self.documents.map { loaded.rerankPrompt(query: Self.query, document: $0) }, pooling: .rank)
+            .map { Double($0[0]) }
+        let best = direct.indices.max { direct[$0] < direct[$1] }!
+        #expect(results.first?["index"] as? Int == best)
+        #expect((results.first?["document"] as? [String: Any])?["text"] as? String == Self.documents[best])
+        #expect(abs(scores[0] - direct[best]) < 1e-4)
+
+        let (s1, b1) = try await post("/v1/embeddings", ["model": "bert-reranker", "input": "hello"])
+        #expect(s1 == 400 && "\(b1)".contains("/v1/rerank"))
+        let (s2, b2) = try await post("/v1/rerank", ["model": "bert-p2", "query": "q", "documents": ["d"]])
+        #expect(s2 == 400 && "\(b2)".contains("not a reranker"))
+        let (s3, _) = try await post("/v1/rerank", ["model": "bert-reranker", "query": "q", "documents": [String]()])
+        #expect(s3 == 400)
     }
 }

@@ -63,7 +63,7 @@ import Testing
         #expect(throws: ServerConfigurationError.self) { try ServerConfiguration.apiKey(fromFile: file + ".missing") }
     }
 
-    @Test func aPIKeyIsRequiredOnV1Only() async throws {
+    @Test func aPIKeyIsRequiredOnEveryRouteButProbes() async throws {
         let app = Application(router: makeServer(apiKey: "k1").makeRouter())
         try await app.test(.router) { client in
             try await client.execute(uri: "/v1/models", method: .get) { r in
@@ -78,6 +78,10 @@ import Testing
             }
             try await client.execute(uri: "/health", method: .get) { r in
                 #expect(r.status == .serviceUnavailable)
+            }
+            // routes outside /v1 are the API too (llama.cpp's /rerank alias)
+            try await client.execute(uri: "/rerank", method: .post, body: ByteBuffer(string: "{}")) { r in
+                #expect(r.status == .unauthorized)
             }
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import GGUF
+import Tokenization
 
 /// How one vector is made of a sequence's final hidden states (llama.cpp's `pooling_type`).
 public enum EmbeddingPooling: String, Sendable, CaseIterable {
@@ -9,14 +10,18 @@ public enum EmbeddingPooling: String, Sendable, CaseIterable {
     case cls
     /// The last position (decoder models, whose last token has seen the whole text).
     case last
+    /// A reranker's score: the first position through the model's classification head (not
+    /// normalized). The prompt is a query and a document together (`/v1/rerank`).
+    case rank
 
-    /// The pooling a GGUF file asks for (`{arch}.pooling_type`: 1 mean, 2 cls, 3 last), or nil
-    /// when it names none (0, absent) or one that gives no single vector per text (4, rank).
+    /// The pooling a GGUF file asks for (`{arch}.pooling_type`: 1 mean, 2 cls, 3 last, 4 rank),
+    /// or nil when it names none (0, absent).
     public init?(file: GGUFFile) {
         switch file.arch("pooling_type")?.int {
         case 1: self = .mean
         case 2: self = .cls
         case 3: self = .last
+        case 4: self = .rank
         default: return nil
         }
     }
@@ -45,15 +50,17 @@ struct EmbeddingAccumulator {
             case .mean:
                 if vector.isEmpty { vector = [Float](repeating: 0, count: row.count) }
                 for i in row.indices { vector[i] += row[i] }
-            case .cls: if rows == 0 { vector = row }
+            case .cls, .rank: if rows == 0 { vector = row }
             case .last: vector = row
             }
             rows += 1
         }
     }
 
-    /// The pooled vector, L2-normalized (as `--embd-normalize 2`; a zero vector stays zero).
+    /// The pooled vector, L2-normalized (as `--embd-normalize 2`; a zero vector stays zero);
+    /// rank pooling's row as it is (the classification head comes next).
     var normalized: [Float] {
+        if pooling == .rank { return vector }
         var v = vector
         if pooling == .mean, rows > 0 { for i in v.indices { v[i] /= Float(rows) } }
         return l2Normalized(v)
@@ -66,4 +73,26 @@ public func l2Normalized(_ v: [Float]) -> [Float] {
     guard norm > 0 else { return v }
     let scale = Float(1 / norm)
     return v.map { $0 * scale }
+}
+
+extension LoadedModel {
+    /// One query-document prompt: the GGUF's `rerank` template with {query} and {document}
+    /// filled in (as llama.cpp's server), else the two texts framed as the tokenizer frames one
+    /// with a separator between them — BOS query [EOS][SEP] document [EOS][SEP], each marker
+    /// where the vocabulary adds it (BERT: [CLS] query [SEP] document [SEP], the pair encoding
+    /// cross-encoders were trained on, and what `llama-embedding` builds).
+    public func rerankPrompt(query: String, document: String) -> [TokenID] {
+        if let template = file["tokenizer.chat_template.rerank"]?.string {
+            let text = template.replacingOccurrences(of: "{query}", with: query).replacingOccurrences(of: "{document}", with: document)
+            return tokenizer.encode(text, addSpecial: false, parseSpecial: true)
+        }
+        var ends: [TokenID] = []
+        if tokenizer.addsEOS, let eos = tokenizer.eosToken { ends.append(eos) }
+        if let separator = tokenizer.addedSeparator { ends.append(separator) }
+        var tokens: [TokenID] = []
+        if tokenizer.addsBOS, let bos = tokenizer.bosToken { tokens.append(bos) }
+        tokens += tokenizer.encode(query, addSpecial: false, parseSpecial: false) + ends
+        tokens += tokenizer.encode(document, addSpecial: false, parseSpecial: false) + ends
+        return tokens
+    }
 }

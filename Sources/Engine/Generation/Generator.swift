@@ -535,7 +535,14 @@ public final class Generator: @unchecked Sendable {
     /// An embedding sequence whose whole prompt has been through the model: its vector, then
     /// the end. A non-finite vector fails the sequence, naming the problem.
     private func finishEmbedding(_ a: ActiveSequence) {
-        guard let vector = a.embedding?.normalized else { return }
+        guard var vector = a.embedding?.normalized else { return }
+        if a.embedding?.pooling == .rank {
+            guard let classifier = model.model.classifier else {
+                fail(a, message: EngineError.noClassifier.description)
+                return
+            }
+            vector = classifier.scores(vector, pool: pool)
+        }
         guard vector.allSatisfy(\.isFinite) else {
             fail(a, message: EngineError.nonFiniteEmbedding.description)
             return
