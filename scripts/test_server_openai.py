@@ -721,9 +721,54 @@ def several_models_each_answers_its_own(s):
     assert listed["twin"] == "unloaded", listed
 
 
+# ChatML whose generation prompt opens a thinking block, as Qwen3's and DeepSeek-R1's do
+THINK_TEMPLATE = os.path.join(MODELS_DIR, "think.jinja")
+with open(THINK_TEMPLATE, "w") as f:
+    f.write("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+
+
+@test("reasoning")
+def reasoning_is_split_from_content(s):
+    """--reasoning-budget 8 on a template that opens <think>: the reply's first 8 tokens are
+    reasoning_content, the server closes the block, the answer is content; streaming sends the
+    same text as reasoning_content deltas, then content deltas; reasoning_format none keeps it all
+    in content."""
+    c = s.client()
+    messages = [{"role": "user", "content": "What is 17 times 3?"}]
+    r = c.chat.completions.create(model=model_id(s), messages=messages, max_tokens=40, temperature=0)
+    msg = r.choices[0].message
+    reasoning = msg.model_extra.get("reasoning_content")
+    assert reasoning and msg.content, msg
+    assert "<think>" not in msg.content and "</think>" not in msg.content and "</think>" not in reasoning, msg
+    assert len(reasoning.split()) <= 8, reasoning
+    stream = c.chat.completions.create(model=model_id(s), messages=messages, max_tokens=40, temperature=0, stream=True)
+    parts, order = {"reasoning_content": "", "content": ""}, []
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        for key in parts:
+            piece = getattr(delta, key, None) if key == "content" else (delta.model_extra or {}).get(key)
+            if piece:
+                parts[key] += piece
+                if not order or order[-1] != key:
+                    order.append(key)
+    assert parts["reasoning_content"] == reasoning and parts["content"] == msg.content, (parts, reasoning, msg.content)
+    assert order == ["reasoning_content", "content"], order
+    raw = c.chat.completions.create(model=model_id(s), messages=messages, max_tokens=40, temperature=0,
+                                    extra_body={"reasoning_format": "none"})
+    text = raw.choices[0].message.content
+    assert "</think>" in text and "reasoning_content" not in (raw.choices[0].message.model_extra or {}), raw
+    status, _, body = s.request("POST", "/v1/chat/completions", {"model": model_id(s), "messages": messages,
+                                                                  "reasoning_format": "sometimes"})
+    assert status == 400 and json.loads(body)["error"]["param"] == "reasoning_format", body
+
+
 SERVERS = {
     "main": ["--parallel", "8", "--ctx", "2048", "--max-body", str(256 << 10)],
     "limited": ["--parallel", "1", "--queue", "1", "--api-key", "sekret", "--ctx", "512"],
+    "reasoning": ["--chat-template-file", THINK_TEMPLATE, "--reasoning-budget", "8"],
     "multi": ["gemma3", "--models-dir", MODELS_DIR, "--max-loaded", "1", "--idle-unload", "3", "--ctx", "512"],
 }
 
