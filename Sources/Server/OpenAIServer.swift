@@ -17,6 +17,8 @@ public struct ServerConfiguration: Sendable {
     public var engine = Generator.Configuration()
     /// Names the `model` field may use besides the model file's name.
     public var modelAliases: [String] = []
+    /// `/ready` answers 503 while more sequences than this wait for admission (nil: no limit).
+    public var readyQueueLimit: Int?
 
     public init() {}
 
@@ -43,6 +45,7 @@ public final class ServerState: @unchecked Sendable {
     private let lock = NSLock()
     private var _engine: Generator?
     private var _loadError: String?
+    private var _draining = false
 
     public init() {}
 
@@ -54,6 +57,13 @@ public final class ServerState: @unchecked Sendable {
     public var loadError: String? {
         get { lock.lock(); defer { lock.unlock() }; return _loadError }
         set { lock.lock(); _loadError = newValue; lock.unlock() }
+    }
+
+    /// Set on SIGTERM/SIGINT: `/ready` answers 503 and new requests are refused while the
+    /// ones in flight finish.
+    public var draining: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return _draining }
+        set { lock.lock(); _draining = newValue; lock.unlock() }
     }
 }
 
@@ -88,6 +98,7 @@ public struct OpenAIServer: Sendable {
         let router = Router(context: ServerRequestContext.self)
         router.add(middleware: APIMiddleware(server: self))
         router.get("/health") { _, _ in health() }
+        router.get("/ready") { _, _ in ready() }
         router.get("/metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
@@ -107,12 +118,32 @@ public struct OpenAIServer: Sendable {
 
     // MARK: Endpoints
 
+    /// Liveness: 200 whenever the process answers; the body says how far it got.
     func health() -> Response {
-        if state.engine != nil { return json(.object(["status": .string("ok")])) }
         if let error = state.loadError {
-            return json(.object(["status": .string("error"), "error": .string(error)]), status: .serviceUnavailable)
+            return json(.object(["status": .string("error"), "error": .string(error)]))
         }
-        return json(.object(["status": .string("loading")]), status: .serviceUnavailable)
+        let status = state.engine == nil ? "loading" : state.draining ? "draining" : "ok"
+        return json(.object(["status": .string(status)]))
+    }
+
+    /// Readiness: 200 only while new requests are welcome (model loaded, not draining, no
+    /// more than `readyQueueLimit` sequences waiting), so a load balancer sends traffic elsewhere.
+    func ready() -> Response {
+        func unavailable(_ status: String, _ extra: JSONObject = [:]) -> Response {
+            json(.object(["status": .string(status)].merging(extra) { a, _ in a }), status: .serviceUnavailable,
+                 headers: [("Retry-After", "1")])
+        }
+        if let error = state.loadError { return unavailable("error", ["error": .string(error)]) }
+        guard let engine = state.engine else { return unavailable("loading") }
+        if state.draining { return unavailable("draining") }
+        let snapshot = engine.currentSnapshot
+        let counts: JSONObject = ["waiting": .number(JSONNumber(snapshot.waiting)),
+                                  "running": .number(JSONNumber(snapshot.running))]
+        if let limit = configuration.readyQueueLimit, snapshot.waiting > limit {
+            return unavailable("busy", counts.merging(["limit": .number(JSONNumber(limit))]) { a, _ in a })
+        }
+        return json(.object(["status": "ready"].merging(counts) { a, _ in a }))
     }
 
     func models() throws -> Response {
@@ -126,9 +157,19 @@ public struct OpenAIServer: Sendable {
         return json(.object(["object": .string("list"), "data": .array([entry])]))
     }
 
+    /// The engine for a new request; while loading or draining a 503 with `Retry-After`, so
+    /// clients and load balancers try again (elsewhere).
     func loadedEngine() throws -> Generator {
         guard let engine = state.engine else {
-            throw APIError(status: 503, message: "the model is still loading", type: "server_error", code: "model_loading")
+            var e = APIError(status: 503, message: "the model is still loading", type: "server_error", code: "model_loading")
+            e.headers = [("Retry-After", "1")]
+            throw e
+        }
+        guard !state.draining else {
+            var e = APIError(status: 503, message: "the server is shutting down and takes no new requests",
+                             type: "server_error", code: "draining")
+            e.headers = [("Retry-After", "1")]
+            throw e
         }
         return engine
     }
@@ -161,7 +202,9 @@ public struct OpenAIServer: Sendable {
                 e.headers = [("Retry-After", String(retry))]
                 throw e
             case .stopped:
-                throw APIError(status: 503, message: error.description, type: "server_error")
+                var e = APIError(status: 503, message: error.description, type: "server_error", code: "draining")
+                e.headers = [("Retry-After", "1")]
+                throw e
             }
         } catch let error as EngineError {
             throw APIError.invalid(parsed.isChat ? "messages" : "prompt", error.description)
@@ -609,7 +652,7 @@ struct APIMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"].contains(path) ? path : "other"
+        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"].contains(path) ? path : "other"
         let response: Response
         do {
             if let key = server.configuration.apiKey, path.hasPrefix("/v1") {
@@ -622,7 +665,7 @@ struct APIMiddleware: RouterMiddleware {
             response = try await next(request, context)
         } catch let e as APIError {
             response = json(e.json, status: .init(code: e.status), headers: e.headers)
-            if (e.status >= 500 && e.code != "model_loading") || e.status == 429 {
+            if (e.status >= 500 && e.code != "model_loading" && e.code != "draining") || e.status == 429 {
                 server.logger.warning("request failed", metadata: ["path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
             }
         } catch let e as HTTPError {

@@ -10,10 +10,13 @@ struct Serve: AsyncParsableCommand {
         abstract: "Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache).",
         discussion: """
         Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health \
-        (200 once the model is loaded, 503 before), GET /metrics (Prometheus). With --api-key, \
-        every /v1/* call needs 'Authorization: Bearer KEY' (compared in constant time). The server \
-        binds to 127.0.0.1 unless --host says otherwise and sends no CORS headers. SIGINT/SIGTERM \
-        shut down gracefully.
+        (liveness: 200 while the process answers; the body says loading, ok, draining or error), \
+        GET /ready (readiness: 200 once the model is loaded, 503 while loading, draining or over \
+        --ready-queue-limit), GET /metrics (Prometheus). With --api-key, every /v1/* call needs \
+        'Authorization: Bearer KEY' (compared in constant time). The server binds to 127.0.0.1 \
+        unless --host says otherwise and sends no CORS headers. SIGINT/SIGTERM drain: /ready and \
+        new requests get 503 with Retry-After while in-flight requests finish (up to \
+        --shutdown-grace), then the server exits.
         """)
 
     @Argument(help: "Path to a .gguf file or a model name from the cache.")
@@ -49,6 +52,14 @@ struct Serve: AsyncParsableCommand {
     var memBudget: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
+    @Option(name: .customLong("ready-queue-limit"),
+            help: ArgumentHelp("GET /ready answers 503 while more than N sequences wait for admission (default: no limit).",
+                               valueName: "N"))
+    var readyQueueLimit: Int?
+    @Option(name: .customLong("shutdown-grace"),
+            help: ArgumentHelp("Seconds in-flight requests may take to finish after SIGTERM before they are cancelled.",
+                               valueName: "SECONDS"))
+    var shutdownGrace: Double = 10
 
     func validate() throws {
         guard contextLength > 0 else { throw ValidationError("--ctx must be positive") }
@@ -61,6 +72,8 @@ struct Serve: AsyncParsableCommand {
         _ = try parseKVCache()
         _ = try parseMemBudget(memBudget)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+        if let readyQueueLimit, readyQueueLimit < 0 { throw ValidationError("--ready-queue-limit must be 0 or more") }
+        guard shutdownGrace >= 0 && shutdownGrace.isFinite else { throw ValidationError("--shutdown-grace must be 0 or more seconds") }
     }
 
     func parseKVCache() throws -> KVCacheSize? {
@@ -78,12 +91,14 @@ struct Serve: AsyncParsableCommand {
         config.apiKey = try apiKey ?? apiKeyFile.map(ServerConfiguration.apiKey(fromFile:))
         config.maxBodyBytes = maxBody
         config.modelAliases = [model]
+        config.readyQueueLimit = readyQueueLimit
         config.engine = Generator.Configuration(
             contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,
             blockSize: blockSize, maxBatchTokens: batchTokens, threads: threads)
         var runner = ServerRunner(modelPath: path, configuration: config,
                                   kvCache: try parseKVCache(), logger: logger)
         runner.memoryBudget = try parseMemBudget(memBudget)
+        runner.shutdownGrace = .milliseconds(Int64(shutdownGrace * 1000))
         try await runner.run()
     }
 }
