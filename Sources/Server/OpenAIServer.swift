@@ -130,20 +130,21 @@ public struct OpenAIServer: Sendable {
     /// Readiness: 200 only while new requests are welcome (model loaded, not draining, no
     /// more than `readyQueueLimit` sequences waiting), so a load balancer sends traffic elsewhere.
     func ready() -> Response {
-        func unavailable(_ status: String, _ extra: JSONObject = [:]) -> Response {
-            json(.object(["status": .string(status)].merging(extra) { a, _ in a }), status: .serviceUnavailable,
-                 headers: [("Retry-After", "1")])
+        func unavailable(_ fields: JSONObject) -> Response {
+            json(.object(fields), status: .serviceUnavailable, headers: [("Retry-After", "1")])
         }
-        if let error = state.loadError { return unavailable("error", ["error": .string(error)]) }
-        guard let engine = state.engine else { return unavailable("loading") }
-        if state.draining { return unavailable("draining") }
+        if let error = state.loadError { return unavailable(["status": "error", "error": .string(error)]) }
+        guard let engine = state.engine else { return unavailable(["status": "loading"]) }
+        if state.draining { return unavailable(["status": "draining"]) }
         let snapshot = engine.currentSnapshot
-        let counts: JSONObject = ["waiting": .number(JSONNumber(snapshot.waiting)),
+        var fields: JSONObject = ["status": "ready", "waiting": .number(JSONNumber(snapshot.waiting)),
                                   "running": .number(JSONNumber(snapshot.running))]
         if let limit = configuration.readyQueueLimit, snapshot.waiting > limit {
-            return unavailable("busy", counts.merging(["limit": .number(JSONNumber(limit))]) { a, _ in a })
+            fields["status"] = "busy"
+            fields["limit"] = .number(JSONNumber(limit))
+            return unavailable(fields)
         }
-        return json(.object(["status": "ready"].merging(counts) { a, _ in a }))
+        return json(.object(fields))
     }
 
     func models() throws -> Response {

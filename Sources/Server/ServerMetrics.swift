@@ -124,7 +124,7 @@ public final class ServerMetrics: Sendable {
             registry.makeGauge(name: "vllm:cache_config_info",
                                labels: [("block_size", String(engine.configuration.blockSize)),
                                         ("num_gpu_blocks", String(engine.blockCount))],
-                               help: "KV cache configuration in the labels; the value is 1.").set(1)
+                               help: "KV cache configuration in the labels; the value is 1.").set(1.0)
         }
         registry.makeGauge(name: "vllm:lora_requests_info",
                            labels: [("max_lora", "0"), ("running_lora_adapters", ""), ("waiting_lora_adapters", "")],
