@@ -73,7 +73,9 @@ struct Serve: AsyncParsableCommand {
         _ = try parseMemBudget(memBudget)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
         if let readyQueueLimit, readyQueueLimit < 0 { throw ValidationError("--ready-queue-limit must be 0 or more") }
-        guard shutdownGrace >= 0 && shutdownGrace.isFinite else { throw ValidationError("--shutdown-grace must be 0 or more seconds") }
+        guard shutdownGrace >= 0 && shutdownGrace <= 86_400 else {
+            throw ValidationError("--shutdown-grace must be 0 to 86400 seconds")
+        }
     }
 
     func parseKVCache() throws -> KVCacheSize? {
