@@ -72,13 +72,13 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.tail()}")
             try:
-                status, _, _ = self.request("GET", "/health")
+                status, _, _ = self.request("GET", "/ready")
                 if status == 200:
                     return self
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("server did not become healthy: " + self.tail())
+        raise RuntimeError("server did not become ready: " + self.tail())
 
     def stop(self):
         if self.proc.poll() is None:

@@ -23,6 +23,8 @@ public struct ServerConfiguration: Sendable {
     public var reasoningFormat = ReasoningFormat.deepseek
     /// `--reasoning-budget`: thinking tokens per chat reply before the engine closes the block (nil: no limit).
     public var reasoningBudget: Int?
+    /// `/ready` answers 503 while more sequences than this wait for admission (nil: no limit).
+    public var readyQueueLimit: Int?
 
     public init() {}
 
@@ -49,6 +51,7 @@ public final class ServerState: @unchecked Sendable {
     private let lock = NSLock()
     private var _engine: Generator?
     private var _loadError: String?
+    private var _draining = false
 
     public init() {}
 
@@ -67,6 +70,13 @@ public final class ServerState: @unchecked Sendable {
     public var loadError: String? {
         get { lock.lock(); defer { lock.unlock() }; return _loadError }
         set { lock.lock(); _loadError = newValue; lock.unlock() }
+    }
+
+    /// Set on SIGTERM/SIGINT: `/ready` answers 503 and new requests are refused while the
+    /// ones in flight finish.
+    public var draining: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return _draining }
+        set { lock.lock(); _draining = newValue; lock.unlock() }
     }
 }
 
@@ -101,6 +111,7 @@ public struct OpenAIServer: Sendable {
         let router = Router(context: ServerRequestContext.self)
         router.add(middleware: APIMiddleware(server: self))
         router.get("/health") { _, _ in health() }
+        router.get("/ready") { _, _ in ready() }
         router.get("/metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
@@ -124,12 +135,33 @@ public struct OpenAIServer: Sendable {
 
     // MARK: Endpoints
 
+    /// Liveness: 200 whenever the process answers; the body says how far it got.
     func health() -> Response {
-        if state.engine != nil { return json(.object(["status": .string("ok")])) }
         if let error = state.loadError {
-            return json(.object(["status": .string("error"), "error": .string(error)]), status: .serviceUnavailable)
+            return json(.object(["status": .string("error"), "error": .string(error)]))
         }
-        return json(.object(["status": .string("loading")]), status: .serviceUnavailable)
+        let status = state.engine == nil ? "loading" : state.draining ? "draining" : "ok"
+        return json(.object(["status": .string(status)]))
+    }
+
+    /// Readiness: 200 only while new requests are welcome (model loaded, not draining, no
+    /// more than `readyQueueLimit` sequences waiting), so a load balancer sends traffic elsewhere.
+    func ready() -> Response {
+        func unavailable(_ fields: JSONObject) -> Response {
+            json(.object(fields), status: .serviceUnavailable, headers: [("Retry-After", "1")])
+        }
+        if let error = state.loadError { return unavailable(["status": "error", "error": .string(error)]) }
+        guard let engine = state.engine else { return unavailable(["status": "loading"]) }
+        if state.draining { return unavailable(["status": "draining"]) }
+        let snapshot = engine.currentSnapshot
+        var fields: JSONObject = ["status": "ready", "waiting": .number(JSONNumber(snapshot.waiting)),
+                                  "running": .number(JSONNumber(snapshot.running))]
+        if let limit = configuration.readyQueueLimit, snapshot.waiting > limit {
+            fields["status"] = "busy"
+            fields["limit"] = .number(JSONNumber(limit))
+            return unavailable(fields)
+        }
+        return json(.object(fields))
     }
 
     /// Every model this server answers for: the first (loaded at start), then the others,
@@ -178,9 +210,19 @@ public struct OpenAIServer: Sendable {
                        param: "model", code: "model_not_found")
     }
 
+    /// The engine for a new request; while loading or draining a 503 with `Retry-After`, so
+    /// clients and load balancers try again (elsewhere).
     func loadedEngine() throws -> Generator {
         guard let engine = state.engine else {
-            throw APIError(status: 503, message: "the model is still loading", type: "server_error", code: "model_loading")
+            var e = APIError(status: 503, message: "the model is still loading", type: "server_error", code: "model_loading")
+            e.headers = [("Retry-After", "1")]
+            throw e
+        }
+        guard !state.draining else {
+            var e = APIError(status: 503, message: "the server is shutting down and takes no new requests",
+                             type: "server_error", code: "draining")
+            e.headers = [("Retry-After", "1")]
+            throw e
         }
         return engine
     }
@@ -231,7 +273,9 @@ public struct OpenAIServer: Sendable {
                 e.headers = [("Retry-After", String(retry))]
                 throw e
             case .stopped:
-                throw APIError(status: 503, message: error.description, type: "server_error")
+                var e = APIError(status: 503, message: error.description, type: "server_error", code: "draining")
+                e.headers = [("Retry-After", "1")]
+                throw e
             }
         } catch let error as EngineError {
             throw APIError.invalid(param, error.description)
@@ -734,7 +778,7 @@ struct APIMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"].contains(path) ? path : "other"
+        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"].contains(path) ? path : "other"
         let response: Response
         do {
             // Every route but the probes and metrics is the API: it takes the key.
@@ -748,7 +792,7 @@ struct APIMiddleware: RouterMiddleware {
             response = try await next(request, context)
         } catch let e as APIError {
             response = json(e.json, status: .init(code: e.status), headers: e.headers)
-            if (e.status >= 500 && e.code != "model_loading") || e.status == 429 {
+            if (e.status >= 500 && e.code != "model_loading" && e.code != "draining") || e.status == 429 {
                 server.logger.warning("request failed", metadata: ["path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
             }
         } catch let e as HTTPError {

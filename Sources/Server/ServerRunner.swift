@@ -39,9 +39,10 @@ public enum KVCacheSize: Sendable, Equatable {
     }
 }
 
-/// Runs `swiftlet serve`: listens at once (`/health` answers 503 while loading), loads the
-/// model, starts the engine, and on SIGINT/SIGTERM stops accepting, lets in-flight requests
-/// finish for up to `shutdownGrace`, cancels what is left and exits.
+/// Runs `swiftlet serve`: listens at once (`/health` answers 200 and `/ready` 503 while
+/// loading), loads the model and starts the engine. On SIGINT/SIGTERM it drains: `/ready` turns
+/// 503 at once and new requests get 503 with `Retry-After` while the listener stays open and
+/// in-flight requests finish for up to `shutdownGrace`; then it cancels what is left and exits.
 public struct ServerRunner: Sendable {
     public var modelPath: String
     public var configuration: ServerConfiguration
@@ -83,7 +84,12 @@ public struct ServerRunner: Sendable {
                               },
                               logger: logger)
         app.addServices(engineService)
-        try await app.runService()
+        // Services shut down in reverse order: the drain runs to its end while the HTTP server
+        // still listens, and only then does the server stop accepting and the engine stop.
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: app), .init(service: DrainService(state: state, grace: shutdownGrace, logger: logger))],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        try await group.run()
         await state.router?.shutdownAll()
         await state.engine?.shutdown()
         logger.info("stopped")
@@ -110,7 +116,8 @@ public struct ServerRunner: Sendable {
     }
 }
 
-/// Loads the model off the event loops, then waits for graceful shutdown and drains the engine.
+/// Loads the model off the event loops, then waits for graceful shutdown and stops the engine
+/// (after `DrainService` has let in-flight requests finish).
 struct EngineService: Service {
     let runner: ServerRunner
     let state: ServerState
@@ -122,7 +129,7 @@ struct EngineService: Service {
         do {
             let engine = try await loader.value
             state.engine = engine
-            metrics.setModelLoaded(true)
+            metrics.engineLoaded(engine)
         } catch {
             logger.critical("cannot load the model", metadata: ["path": "\(runner.modelPath)", "error": "\(error)"])
             state.loadError = "\(error)"
@@ -142,15 +149,39 @@ struct EngineService: Service {
             try? await gracefulShutdown()
         }
         guard let engine = state.engine else { return }
-        let deadline = ContinuousClock.now + runner.shutdownGrace
-        let pending = engine.outstandingSequences
-        if pending > 0 { logger.info("shutting down: finishing in-flight requests", metadata: ["sequences": "\(pending)"]) }
-        while engine.outstandingSequences > 0 && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(50))
-        }
         if engine.outstandingSequences > 0 {
             logger.info("shutting down: cancelling requests still running", metadata: ["sequences": "\(engine.outstandingSequences)"])
         }
         await engine.shutdown()
+    }
+}
+
+/// The first thing to stop on SIGTERM/SIGINT: marks the server as draining (`/ready` 503, new
+/// requests 503 + `Retry-After`) and waits until no sequence is in flight or `grace` has passed,
+/// while the listener stays open so load balancers see the 503s and move traffic elsewhere.
+struct DrainService: Service {
+    let state: ServerState
+    let grace: Duration
+    let logger: Logger
+
+    func run() async throws {
+        do { try await gracefulShutdown() } catch { return }  // cancelled: the server failed
+        state.draining = true
+        guard let engine = state.engine else {
+            logger.info("shutting down while loading")
+            return
+        }
+        let deadline = ContinuousClock.now + grace
+        let pending = engine.outstandingSequences
+        logger.info("draining: refusing new requests, finishing in-flight ones",
+                    metadata: ["sequences": "\(pending)", "grace_seconds": "\(grace.components.seconds)"])
+        while engine.outstandingSequences > 0 && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        if engine.outstandingSequences > 0 {
+            logger.info("drain grace expired: cancelling requests still running",
+                        metadata: ["sequences": "\(engine.outstandingSequences)"])
+            await engine.shutdown()
+        }
     }
 }

@@ -9,11 +9,15 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache).",
         discussion: """
-        Endpoints: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, GET /v1/models, GET /health \
-        (200 once the model is loaded, 503 before), GET /metrics (Prometheus). With --api-key, \
-        every call but /health, /ready and /metrics needs 'Authorization: Bearer KEY' (compared in constant time). The server \
-        binds to 127.0.0.1 unless --host says otherwise and sends no CORS headers. SIGINT/SIGTERM \
-        shut down gracefully.
+        Endpoints: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, \
+        POST /v1/rerank, GET /v1/models, GET /health \
+        (liveness: 200 while the process answers; the body says loading, ok, draining or error), \
+        GET /ready (readiness: 200 once the model is loaded, 503 while loading, draining or over \
+        --ready-queue-limit), GET /metrics (Prometheus). With --api-key, every call but /health, \
+        /ready and /metrics needs 'Authorization: Bearer KEY' (compared in constant time). The server binds to 127.0.0.1 \
+        unless --host says otherwise and sends no CORS headers. SIGINT/SIGTERM drain: /ready and \
+        new requests get 503 with Retry-After while in-flight requests finish (up to \
+        --shutdown-grace), then the server exits.
         """)
 
     @Argument(help: ArgumentHelp("Paths to .gguf files or model names from the cache.",
@@ -64,6 +68,14 @@ struct Serve: AsyncParsableCommand {
     var reasoningBudget = -1
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
+    @Option(name: .customLong("ready-queue-limit"),
+            help: ArgumentHelp("GET /ready answers 503 while more than N sequences wait for admission (default: no limit).",
+                               valueName: "N"))
+    var readyQueueLimit: Int?
+    @Option(name: .customLong("shutdown-grace"),
+            help: ArgumentHelp("Seconds in-flight requests may take to finish after SIGTERM before they are cancelled.",
+                               valueName: "SECONDS"))
+    var shutdownGrace: Double = 10
 
     func validate() throws {
         guard !models.isEmpty || modelsDir != nil else { throw ValidationError("name a model to serve (or --models-dir DIR)") }
@@ -89,6 +101,10 @@ struct Serve: AsyncParsableCommand {
         _ = try parseKVCache()
         _ = try parseMemBudget(memBudget)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
+        if let readyQueueLimit, readyQueueLimit < 0 { throw ValidationError("--ready-queue-limit must be 0 or more") }
+        guard shutdownGrace >= 0 && shutdownGrace <= 86_400 else {
+            throw ValidationError("--shutdown-grace must be 0 to 86400 seconds")
+        }
     }
 
     func parseKVCache() throws -> KVCacheSize? {
@@ -118,6 +134,7 @@ struct Serve: AsyncParsableCommand {
         config.pooling = pooling
         config.reasoningFormat = reasoningFormat
         config.reasoningBudget = reasoningBudget < 0 ? nil : reasoningBudget
+        config.readyQueueLimit = readyQueueLimit
         config.engine = Generator.Configuration(
             contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,
             blockSize: blockSize, maxBatchTokens: batchTokens, threads: threads)
@@ -127,6 +144,7 @@ struct Serve: AsyncParsableCommand {
         runner.otherModels = others
         runner.maxLoaded = maxLoaded
         runner.idleUnload = idleUnload.map { .milliseconds(Int64($0 * 1000)) }
+        runner.shutdownGrace = .milliseconds(Int64(shutdownGrace * 1000))
         try await runner.run()
     }
 }
