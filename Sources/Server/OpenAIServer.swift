@@ -95,6 +95,7 @@ public struct OpenAIServer: Sendable {
         router.get("/v1/models") { _, _ in try models() }
         router.post("/v1/chat/completions") { request, context in try await complete(request, context: context, chat: true) }
         router.post("/v1/completions") { request, context in try await complete(request, context: context, chat: false) }
+        addUtilityRoutes(to: router)
         return router
     }
 
@@ -204,18 +205,9 @@ public struct OpenAIServer: Sendable {
         switch r.input {
         case .chat(let messages):
             param = "messages"
-            let history = messages.contains { $0.toolCalls != nil || $0.role == "tool" }
-            if !r.tools.isEmpty || history {
-                toolPlan = try ToolCallPlan(tools: r.tools, choice: r.toolChoice, parallel: r.parallelToolCalls,
-                                            messages: messages, templateSource: model.chatTemplate?.source)
-            }
             let rendered: String
-            do {
-                rendered = try model.renderChat(toolPlan?.messages ?? messages, tools: toolPlan?.templateTools)
-                    + (toolPlan?.prefill ?? "")
-            } catch {
-                throw APIError.invalid("messages", "the chat template could not render 'messages': \(error)")
-            }
+            (rendered, toolPlan) = try renderChatPrompt(messages, tools: r.tools, choice: r.toolChoice,
+                                                        parallel: r.parallelToolCalls, model: model)
             prompts = [model.promptTokens(for: rendered)]
         case .prompts(let inputs):
             param = "prompt"
@@ -602,17 +594,18 @@ func json(_ value: JSONValue, status: HTTPResponse.Status = .ok, headers: [(Stri
     return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(string: value.compactText)))
 }
 
-/// Bearer authentication for `/v1/*`, errors as OpenAI error objects, request metrics and logs.
+/// Bearer authentication for `/v1/*` and the utility endpoints, errors as OpenAI error objects, request metrics and logs.
 struct APIMiddleware: RouterMiddleware {
     typealias Context = ServerRequestContext
     let server: OpenAIServer
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"].contains(path) ? path : "other"
+        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"].contains(path)
+            || OpenAIServer.utilityPaths.contains(path) ? path : "other"
         let response: Response
         do {
-            if let key = server.configuration.apiKey, path.hasPrefix("/v1") {
+            if let key = server.configuration.apiKey, path.hasPrefix("/v1") || OpenAIServer.utilityPaths.contains(path) {
                 let given = request.headers[.authorization] ?? ""
                 guard constantTimeEqual(given, "Bearer " + key) else {
                     throw APIError(status: 401, message: "missing or wrong API key: send 'Authorization: Bearer <key>'",

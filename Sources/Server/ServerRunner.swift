@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import Models
 import ServiceLifecycle
+import Tokenization
 
 /// `--kv-cache`: a number of token positions ("8192", "8192t", "8k tokens"; `k` here is 1024
 /// tokens) or of bytes, with a byte unit as `ByteCount` reads it ("512MB", "1GiB", "2G").
@@ -49,6 +50,8 @@ public struct ServerRunner: Sendable {
     public var shutdownGrace: Duration = .seconds(10)
     /// Bytes of weights allowed to stay resident (`--mem-budget`); nil = no limit.
     public var memoryBudget: Int?
+    /// Used instead of the model's own chat template (`--chat-template-file`).
+    public var chatTemplate: ChatTemplate?
     public var logger: Logger
 
     public init(modelPath: String, configuration: ServerConfiguration, kvCache: KVCacheSize?, logger: Logger) {
@@ -79,7 +82,7 @@ public struct ServerRunner: Sendable {
 
     func loadEngine(metrics: ServerMetrics) throws -> Generator {
         let start = Date()
-        let model = try LoadedModel(path: modelPath, memoryBudget: memoryBudget)
+        let model = try LoadedModel(path: modelPath, memoryBudget: memoryBudget, chatTemplate: chatTemplate)
         var engineConfig = configuration.engine
         let perToken = KVBlockPool.bytesPerToken(config: model.config)
         if let kvCache { engineConfig.kvCacheTokens = kvCache.tokens(bytesPerToken: perToken) }

@@ -10,8 +10,9 @@ struct Serve: AsyncParsableCommand {
         abstract: "Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache).",
         discussion: """
         Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health \
-        (200 once the model is loaded, 503 before), GET /metrics (Prometheus). With --api-key, \
-        every /v1/* call needs 'Authorization: Bearer KEY' (compared in constant time). The server \
+        (200 once the model is loaded, 503 before), GET /metrics (Prometheus), and llama.cpp's \
+        POST /tokenize, /detokenize and /apply-template. With --api-key, every /v1/* call and \
+        those three need 'Authorization: Bearer KEY' (compared in constant time). The server \
         binds to 127.0.0.1 unless --host says otherwise and sends no CORS headers. SIGINT/SIGTERM \
         shut down gracefully.
         """)
@@ -49,6 +50,7 @@ struct Serve: AsyncParsableCommand {
     var memBudget: String?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical.")
     var logLevel = "info"
+    @OptionGroup var chatTemplate: ChatTemplateOptions
 
     func validate() throws {
         guard contextLength > 0 else { throw ValidationError("--ctx must be positive") }
@@ -84,6 +86,7 @@ struct Serve: AsyncParsableCommand {
         var runner = ServerRunner(modelPath: path, configuration: config,
                                   kvCache: try parseKVCache(), logger: logger)
         runner.memoryBudget = try parseMemBudget(memBudget)
+        runner.chatTemplate = try chatTemplate.template()
         try await runner.run()
     }
 }
