@@ -308,8 +308,9 @@ final class Interpreter {
             let f = try eval(callee)
             return try callValue(f, try evalArgs(args), pos)
         case .filter(let base, let name, let args, let pos):
-            if let marked = try markupFilter(name, try evalKeepingMarkup(base)) { return marked }
-            return try applyFilter(name, try eval(base), args, pos)
+            let value = try evalKeepingMarkup(base)
+            if let marked = markupFilter(name, value) { return marked }
+            return try applyFilter(name, value.plain, args, pos)
         case .test(let base, let name, let args, let negated, let pos):
             let v = try eval(base)
             let result = try applyTest(name, v, try evalArgs(args), pos)
@@ -348,7 +349,7 @@ final class Interpreter {
     }
 
     /// `safe`, `escape` and `forceescape` make markup (jinja2's `Markup`); nil for other filters.
-    func markupFilter(_ name: String, _ value: Value) throws -> Value? {
+    func markupFilter(_ name: String, _ value: Value) -> Value? {
         switch name {
         case "safe": return .markup(value.str)
         case "escape", "e": if case .markup = value { return value }; return .markup(htmlEscape(value.str))
