@@ -121,6 +121,14 @@ extension OpenAIServer {
     /// holds calls); the template's failures are 400s naming `messages`.
     func renderChatPrompt(_ messages: [ChatMessage], tools: [ToolDefinition], choice: ToolChoice, parallel: Bool,
                           model: LoadedModel) throws -> (String, ToolCallPlan?) {
+        // A message without content (an assistant turn that only calls tools) reaches the
+        // template as "", as llama.cpp passes it: many templates (Qwen3, gpt-oss, Phi-3.5, ...)
+        // search or concatenate the content and fail on none.
+        let messages = messages.map { m in
+            var m = m
+            if m.content == nil && m.contentParts == nil { m.content = "" }
+            return m
+        }
         var toolPlan: ToolCallPlan?
         let history = messages.contains { $0.toolCalls != nil || $0.role == "tool" }
         if !tools.isEmpty || history {

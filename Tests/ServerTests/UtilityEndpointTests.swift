@@ -145,6 +145,26 @@ struct UtilityEndpointModelTests {
         }
     }
 
+    /// An assistant turn that only calls tools (`content: null`) reaches the template with empty
+    /// content, as llama.cpp passes it, so templates that search the content (Qwen3's
+    /// `'</think>' in content`) render the history.
+    @Test func callOnlyTurnsHaveEmptyContent() async throws {
+        let template = try ChatTemplate(source: """
+            {% for m in messages %}{% if '</think>' in m.content %}!{% endif %}{{ m.role }}:{{ m.content }}\
+            {% if m.tool_calls %}<tool_call>{{ m.tool_calls[0].function.name }}</tool_call>{% endif %}|{% endfor %}
+            """)
+        try await withServer(chatTemplate: template) { client, _ in
+            let messages = #"""
+                [{"role": "user", "content": "Weather?"},
+                 {"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"}}]},
+                 {"role": "tool", "tool_call_id": "c1", "content": "21C"}]
+                """#
+            let (status, answer) = try await Self.post(client, "/apply-template", #"{"messages": \#(messages)}"#)
+            #expect(status == 200, "\(answer)")
+            #expect(answer["prompt"]?.stringValue == "user:Weather?|assistant:<tool_call>get_weather</tool_call>|tool:21C|")
+        }
+    }
+
     /// `--chat-template-file` replaces the GGUF's template (the server's LoadedModel takes it).
     @Test func aTemplateFromFileReplacesTheModelsOwn() async throws {
         let template = try ChatTemplate(source: "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
