@@ -17,7 +17,8 @@ public final class LoadedModel: Sendable {
     public let memoryBudget: MemoryBudget?
 
     /// `memoryBudget`: bytes of weights allowed to stay resident (see `MemoryBudget`); nil = no limit.
-    public init(path: String, memoryBudget budgetBytes: Int? = nil) throws {
+    /// `chatTemplate`: used instead of the file's own template (`--chat-template-file`).
+    public init(path: String, memoryBudget budgetBytes: Int? = nil, chatTemplate templateOverride: ChatTemplate? = nil) throws {
         self.path = path
         let file = try GGUFFile(path: path)
         self.file = file
@@ -32,7 +33,9 @@ public final class LoadedModel: Sendable {
             model = network
         }
         tokenizer = try loadTokenizer(from: file)
-        if let source = file["tokenizer.chat_template"]?.string {
+        if let templateOverride {
+            chatTemplate = templateOverride
+        } else if let source = file["tokenizer.chat_template"]?.string {
             chatTemplate = try ChatTemplate(source: source)
         } else {
             chatTemplate = ChatTemplate.fallback(forArchitecture: model.config.architecture)

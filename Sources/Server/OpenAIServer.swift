@@ -123,6 +123,7 @@ public struct OpenAIServer: Sendable {
         for path in ["/v1/rerank", "/rerank", "/v1/reranking", "/reranking"] {
             router.post(RouterPath(path)) { request, context in try await rerank(request, context: context) }
         }
+        addUtilityRoutes(to: router)
         return router
     }
 
@@ -307,18 +308,9 @@ public struct OpenAIServer: Sendable {
         switch r.input {
         case .chat(let messages):
             param = "messages"
-            let history = messages.contains { $0.toolCalls != nil || $0.role == "tool" }
-            if !r.tools.isEmpty || history {
-                toolPlan = try ToolCallPlan(tools: r.tools, choice: r.toolChoice, parallel: r.parallelToolCalls,
-                                            messages: messages, templateSource: model.chatTemplate?.source)
-            }
             let rendered: String
-            do {
-                rendered = try model.renderChat(toolPlan?.messages ?? messages, tools: toolPlan?.templateTools)
-                    + (toolPlan?.prefill ?? "")
-            } catch {
-                throw APIError.invalid("messages", "the chat template could not render 'messages': \(error)")
-            }
+            (rendered, toolPlan) = try renderChatPrompt(messages, tools: r.tools, choice: r.toolChoice,
+                                                        parallel: r.parallelToolCalls, model: model)
             prompts = [model.promptTokens(for: rendered)]
             startsThinking = ReasoningSplitter.promptOpensThinking(rendered)
         case .prompts(let inputs):
@@ -778,7 +770,8 @@ struct APIMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"].contains(path) ? path : "other"
+        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"].contains(path)
+            || OpenAIServer.utilityPaths.contains(path) ? path : "other"
         let response: Response
         do {
             // Every route but the probes and metrics is the API: it takes the key.

@@ -4,6 +4,7 @@ import Hummingbird
 import Logging
 import Models
 import ServiceLifecycle
+import Tokenization
 
 /// `--kv-cache`: a number of token positions ("8192", "8192t", "8k tokens"; `k` here is 1024
 /// tokens) or of bytes, with a byte unit as `ByteCount` reads it ("512MB", "1GiB", "2G").
@@ -56,6 +57,8 @@ public struct ServerRunner: Sendable {
     public var maxLoaded = 1
     /// Unload one of `otherModels` after this long without requests (`--idle-unload`).
     public var idleUnload: Duration?
+    /// Used instead of the model's own chat template (`--chat-template-file`).
+    public var chatTemplate: ChatTemplate?
     public var logger: Logger
 
     public init(modelPath: String, configuration: ServerConfiguration, kvCache: KVCacheSize?, logger: Logger) {
@@ -99,7 +102,8 @@ public struct ServerRunner: Sendable {
     /// gauges of `/metrics` (`observesScheduler`); every engine counts tokens and requests.
     func loadEngine(path: String, metrics: ServerMetrics, observesScheduler: Bool = true) throws -> Generator {
         let start = Date()
-        let model = try LoadedModel(path: path, memoryBudget: memoryBudget)
+        // --chat-template-file replaces the first model's template only
+        let model = try LoadedModel(path: path, memoryBudget: memoryBudget, chatTemplate: path == modelPath ? chatTemplate : nil)
         var engineConfig = configuration.engine
         let perToken = KVBlockPool.bytesPerToken(config: model.config)
         if let kvCache { engineConfig.kvCacheTokens = kvCache.tokens(bytesPerToken: perToken) }

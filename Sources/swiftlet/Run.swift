@@ -26,9 +26,11 @@ struct Run: ParsableCommand {
     var system: String?
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var runtime: RuntimeOptions
+    @OptionGroup var chatTemplate: ChatTemplateOptions
 
     func run() throws {
-        let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget)
+        let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
+                                     chatTemplate: try chatTemplate.template())
         let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
                                                                                      threads: runtime.threads))
         defer { generator.shutdownAndWait() }

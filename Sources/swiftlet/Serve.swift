@@ -10,7 +10,7 @@ struct Serve: AsyncParsableCommand {
         abstract: "Serve a model over an OpenAI-compatible HTTP API (continuous batching, paged KV cache).",
         discussion: """
         Endpoints: POST /v1/chat/completions, POST /v1/completions, POST /v1/embeddings, \
-        POST /v1/rerank, GET /v1/models, GET /health \
+        POST /v1/rerank, GET /v1/models, llama.cpp's POST /tokenize, /detokenize and /apply-template, GET /health \
         (liveness: 200 while the process answers; the body says loading, ok, draining or error), \
         GET /ready (readiness: 200 once the model is loaded, 503 while loading, draining or over \
         --ready-queue-limit), GET /metrics (Prometheus). With --api-key, every call but /health, \
@@ -76,6 +76,7 @@ struct Serve: AsyncParsableCommand {
             help: ArgumentHelp("Seconds in-flight requests may take to finish after SIGTERM before they are cancelled.",
                                valueName: "SECONDS"))
     var shutdownGrace: Double = 10
+    @OptionGroup var chatTemplate: ChatTemplateOptions
 
     func validate() throws {
         guard !models.isEmpty || modelsDir != nil else { throw ValidationError("name a model to serve (or --models-dir DIR)") }
@@ -145,6 +146,7 @@ struct Serve: AsyncParsableCommand {
         runner.maxLoaded = maxLoaded
         runner.idleUnload = idleUnload.map { .milliseconds(Int64($0 * 1000)) }
         runner.shutdownGrace = .milliseconds(Int64(shutdownGrace * 1000))
+        runner.chatTemplate = try chatTemplate.template()
         try await runner.run()
     }
 }
