@@ -101,7 +101,7 @@ public struct OpenAIServer: Sendable {
     public func makeApplication() -> some ApplicationProtocol {
         Application(router: makeRouter(),
                     configuration: .init(address: .hostname(configuration.host, port: configuration.port),
-                                         serverName: "swiftlet"),
+                                         serverName: SwiftletVersion.product),
                     logger: logger)
     }
 
@@ -122,6 +122,7 @@ public struct OpenAIServer: Sendable {
             "object": .string("model"),
             "created": .number(JSONNumber(created)),
             "owned_by": .string("swiftlet"),
+            "version": .string(SwiftletVersion.current),
         ])
         return json(.object(["object": .string("list"), "data": .array([entry])]))
     }

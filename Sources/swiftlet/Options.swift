@@ -1,5 +1,6 @@
 import ArgumentParser
 import Engine
+import Foundation
 import Kernels
 import Models
 
@@ -67,4 +68,24 @@ let memBudgetHelp = ArgumentHelp(
 func parseMemBudget(_ text: String?) throws -> Int? {
     guard let text else { return nil }
     do { return try ByteCount.parse(text, option: "--mem-budget") } catch { throw ValidationError("\(error)") }
+}
+
+/// A usage error unless `path` is a readable regular file (checked before any download or load).
+func requireReadableFile(_ path: String, what: String) throws {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+        throw ValidationError("\(what) '\(path)' does not exist")
+    }
+    guard !isDirectory.boolValue else { throw ValidationError("\(what) '\(path)' is a directory") }
+    guard FileManager.default.isReadableFile(atPath: path) else { throw ValidationError("\(what) '\(path)' is not readable") }
+}
+
+/// A usage error unless `path` can be created or overwritten: its folder exists and is writable.
+func requireWritableFile(_ path: String, what: String) throws {
+    let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), isDirectory.boolValue else {
+        throw ValidationError("\(what) '\(path)': the folder '\(folder)' does not exist")
+    }
+    guard FileManager.default.isWritableFile(atPath: folder) else { throw ValidationError("\(what) '\(path)': cannot write in '\(folder)'") }
 }

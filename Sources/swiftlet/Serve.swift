@@ -51,6 +51,7 @@ struct Serve: AsyncParsableCommand {
     var logLevel = "info"
 
     func validate() throws {
+        try ModelLocator.validate(model)
         guard contextLength > 0 else { throw ValidationError("--ctx must be positive") }
         guard apiKey == nil || apiKeyFile == nil else { throw ValidationError("give --api-key or --api-key-file, not both") }
         if let apiKeyFile {
@@ -69,7 +70,7 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let path = try ModelLocator.resolve(model)
+        let path = try await ModelLocator.resolve(model)
         var logger = Logger(label: "swiftlet.serve")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info
         var config = ServerConfiguration()
