@@ -32,7 +32,8 @@ final class HubStandIn {
     }
 
     deinit {
-        process.terminate()
+        // SIGKILL: a child started from a test thread inherits its blocked signals, SIGTERM among them.
+        kill(process.processIdentifier, SIGKILL)
         process.waitUntilExit()
     }
 

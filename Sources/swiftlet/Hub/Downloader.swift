@@ -68,7 +68,7 @@ final class Downloader: Sendable {
     init(token: String?, proxyFor host: String) {
         var configuration = HTTPClient.Configuration(
             redirectConfiguration: .follow(max: 10, allowCycles: false),
-            timeout: .init(connect: .seconds(20), read: .seconds(60)),
+            timeout: .init(connect: .seconds(10), read: .seconds(60)),
             proxy: Self.proxy(for: host))
         configuration.decompression = .disabled
         client = HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
