@@ -19,7 +19,7 @@ import TestSupport
     /// `swiftlet run "PROMPT"`: one argument that names no model is the prompt for the default model.
     @Test(.enabled(if: FileManager.default.fileExists(atPath: TestSupport.smolLM2Path), "needs SmolLM2 in the cache"))
     func onePromptArgumentAsksTheDefaultModel() throws {
-        let r = try CommandLine.run(["run", "What is the capital of France?", "-n", "12", "--temp", "0", "--ctx", "256", "-t", "2"])
+        let r = try CommandLine.run(["run", "What is the capital of France?", "-n", "4", "--temp", "0", "--ctx", "256", "-t", "2"])
         #expect(r.status == 0, "\(r.stderr)")
         #expect(!r.stderr.contains("neither a file nor a known model"))
         #expect(!r.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty)
