@@ -204,7 +204,9 @@ class Handler(BaseHTTPRequestHandler):
             # Half a body, then the connection goes away: what a flaky network does.
             self.wfile.write(data[start:start + ARGS.drop_after])
             self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_RDWR)
+            # FIN after the bytes written (not RST, which could discard them): the client gets
+            # exactly --drop-after bytes, then an early end of the body.
+            self.connection.shutdown(socket.SHUT_WR)
             self.close_connection = True
             return
         self.wfile.write(data[start:])

@@ -230,7 +230,7 @@ struct HubPullTests {
     }
 
     /// The connection drops half way through: the same pull resumes with a range request from the
-    /// byte it reached, and the file is complete and verified.
+    /// byte it reached (not from 0), and the file is complete and verified.
     @Test func droppedConnectionResumesWithARangeRequest() throws {
         let fixture = try HubFixture()
         let chat = try HubModels.chat()
@@ -243,7 +243,10 @@ struct HubPullTests {
         let downloads = hub.downloads()
         #expect(downloads.count == 2)
         #expect(downloads.first?["range"] is NSNull)
-        #expect(downloads.last?["range"] as? String == "bytes=\(size / 2)-")
+        // From the byte the client had written: at most what the server sent before closing (the
+        // HTTP client may drop a last buffered piece when it sees the early end), never from 0.
+        let resumedAt = (downloads.last?["range"] as? String).flatMap { Int($0.dropFirst("bytes=".count).dropLast()) } ?? 0
+        #expect((1...size / 2).contains(resumedAt), "\(downloads)")
         #expect(try HubModels.sha256(pull.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) == HubModels.sha256(chat))
     }
 
@@ -405,7 +408,7 @@ struct HubPullTests {
         #expect(RemoteModel(parsing: "ggml-org/gemma-3-1b-it-GGUF:q8_0") == .hub(repository: "ggml-org/gemma-3-1b-it-GGUF", quant: "Q8_0"))
         #expect(RemoteModel(parsing: "https://huggingface.co/Qwen/Qwen3-0.6B-GGUF") == .hub(repository: "Qwen/Qwen3-0.6B-GGUF", quant: nil))
         #expect(RemoteModel(parsing: "https://example.com/models/tiny.gguf") == .url(URL(string: "https://example.com/models/tiny.gguf")!))
-        for notAModel in ["What is the capital of France?", "smollm2", "models/tiny.gguf", "a/b/c", "https://example.com/page", "yes/no maybe", "/x"] {
+        for notAModel in ["What is the capital of France?", "smollm2", "models/tiny.gguf", "a/b/c", "https://example.com/page", "yes/no maybe", "/x", "alice/..", "alice/../x"] {
             #expect(RemoteModel(parsing: notAModel) == nil, "\(notAModel)")
         }
     }

@@ -55,8 +55,9 @@ public enum ModelStore {
     public static func directory(for remote: RemoteModel) -> String {
         switch remote {
         case .hub(let repository, _): "hf.co/\(repository)"
-        case .url(let url): ([url.host ?? "download"] + url.deletingLastPathComponent().path.split(separator: "/").map(String.init))
-            .joined(separator: "/")
+        // No '.' or '..' from a link may lead outside the models directory.
+        case .url(let url): ([url.host ?? "download"] + url.deletingLastPathComponent().path.split(separator: "/").map(String.init)
+            .filter { $0 != "." && $0 != ".." }).joined(separator: "/")
         }
     }
 

@@ -36,7 +36,7 @@ public enum RemoteModel: Equatable, Sendable, CustomStringConvertible {
         let repository = pieces[0]
         let names = repository.split(separator: "/", omittingEmptySubsequences: false)
         // The Hub's repository ids: OWNER/NAME of letters, digits, '-', '_' and '.'; DIR/FILE.gguf is a path.
-        guard names.count == 2, !repository.lowercased().hasSuffix(".gguf"), names.allSatisfy({ !$0.isEmpty && $0.count <= 96 && $0.allSatisfy(Self.isNameCharacter) }),
+        guard names.count == 2, !repository.lowercased().hasSuffix(".gguf"), !repository.contains(".."), names.allSatisfy({ !$0.isEmpty && $0.count <= 96 && $0.allSatisfy(Self.isNameCharacter) }),
               names[0].first?.isLetter == true || names[0].first?.isNumber == true else { return nil }
         var quant: String?
         if pieces.count == 2 {

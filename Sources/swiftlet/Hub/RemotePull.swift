@@ -53,6 +53,10 @@ enum RemotePull {
             let lfs = sibling["lfs"] as? [String: Any]
             return HubFile(path: path, size: (lfs?["size"] as? Int) ?? (sibling["size"] as? Int), sha256: lfs?["sha256"] as? String)
         }
+        // File names become paths in the cache: none may climb out of the repository's folder.
+        if let bad = files.first(where: { $0.path.hasPrefix("/") || $0.path.split(separator: "/").contains("..") }) {
+            throw DownloadError.badResponse(url: infoURL.absoluteString, problem: "a file name that leaves the repository: '\(bad.path)'")
+        }
         let choice = try QuantSelection.choose(quant, from: files, repository: repository)
         let label = choice.candidate.label
         if !choice.exact {
