@@ -88,8 +88,8 @@ struct HubFixture {
         let models = home.appendingPathComponent("models")
         return (FileManager.default.enumerator(atPath: models.path)?.allObjects as? [String] ?? []).filter {
             var isDirectory: ObjCBool = false
-            FileManager.default.fileExists(atPath: models.appendingPathComponent($0).path, isDirectory: &isDirectory)
-            return !isDirectory.boolValue
+            return FileManager.default.fileExists(atPath: models.appendingPathComponent($0).path, isDirectory: &isDirectory)
+                && !isDirectory.boolValue
         }.sorted()
     }
 }

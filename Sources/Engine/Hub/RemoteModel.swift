@@ -139,10 +139,10 @@ public enum QuantSelection {
         return (String(path[..<whole.lowerBound]) + ".gguf", number, count)
     }
 
-    nonisolated(unsafe) private static let labelPattern = try! NSRegularExpression(
+    private static let labelPattern = try! NSRegularExpression(
         pattern: "(?<![A-Za-z0-9])(I?Q[0-9](?:_[A-Za-z0-9]+)*|TQ[0-9]_[0-9]|BF16|F16|F32|MXFP4)(?![A-Za-z0-9])",
         options: [.caseInsensitive])
-    nonisolated(unsafe) private static let splitPattern = try! NSRegularExpression(
+    private static let splitPattern = try! NSRegularExpression(
         pattern: "-([0-9]{5})-of-([0-9]{5})\\.gguf$", options: [.caseInsensitive])
 
     static func bits(_ label: String) -> Double? {

@@ -147,7 +147,7 @@ final class Downloader: Sendable {
         try fm.createDirectory(at: destination.deletingLastPathComponent(), withIntermediateDirectories: true)
         let partial = URL(fileURLWithPath: destination.path + ".partial")
         let name = destination.lastPathComponent
-        if !fm.fileExists(atPath: partial.path) { fm.createFile(atPath: partial.path, contents: nil) }
+        if !fm.fileExists(atPath: partial.path) { _ = fm.createFile(atPath: partial.path, contents: nil) }
         guard let handle = FileHandle(forUpdatingAtPath: partial.path) else {
             throw DownloadError.badResponse(url: partial.path, problem: "cannot write the file")
         }
