@@ -269,6 +269,12 @@ FEATURES = [
     ("range", "{% for i in range(3) %}{{ i }}{% endfor %}{{ range(1, 8, 3) | list }}{{ range(3, -1, -1) | list }}{{ range(0, 3, -1) | list }}", {}),
     ("dict_global", "{{ dict(a=1, b='x') }}", {}),
     ("message_access", "{% for m in messages %}{{ m.role }}:{{ m['content'] }}{% if m.tool_calls is defined %}!{% endif %} {% endfor %}", {"messages": CONVERSATION}),
+    # Python semantics the corpus relies on
+    ("dict_int_keys", "{% set d = {0: 'a', 2: 'b', 1.0: 'c'} %}{{ d[0] }}{{ d[2] }}{{ d[1] }}{{ d[true] }}[{{ d['0'] }}]{% for k, v in d | dictsort %}{{ k + 1 }}{{ v }}{% endfor %}{{ d }}{{ d | tojson }}{{ 0 in d }}{{ '0' in d }}{{ d.get(2) }}", {}),
+    ("generators", "{% if [] | select %}true{% endif %}{% set g = ['a', 'b'] | map('upper') %}{{ g | list }}{{ g | list }}[{{ (['x'] | select)[0] }}]{{ ['q', 'r'] | select | first }}{{ [3, 1] | reverse | list }}{{ [1, 1, 2] | unique | list }}{{ 'r' in ['q', 'r'] | select }}", {}),
+    ("filters_skip_false_sequences", "{{ none | select | list }}{{ none | map('upper') | list }}{{ none | selectattr('x') | list }}{{ none | rejectattr('x', 'none') | list }}{{ missing | select | list }}", {}),
+    ("markup", "{{ '<a>'|safe + '<b>' }}|{{ '<c>' + '<d>'|safe }}|{{ '<e>'|safe ~ '<f>' }}|{% set m = '&'|safe %}{{ m + '\"' }}|{{ '<x>'|e }}|{{ ('<y>'|e) + '<z>' }}|{{ ('' | safe) or 'empty' }}", {}),
+    ("subscript_not_subscriptable", "[{{ 5[0] }}][{{ none[0] }}][{{ [1][none] }}][{{ 'ab'[none] }}][{{ 5[1:] }}]", {}),
     ("equality_of_dicts", "{% set users = messages | selectattr('role', 'equalto', 'user') | list %}{% for m in messages %}{{ m == users[-1] }}{% endfor %}", {"messages": CONVERSATION}),
 ]
 

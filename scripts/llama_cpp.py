@@ -25,7 +25,7 @@ LLAMA_DIR = HOME / "llama.cpp" / LLAMA_VERSION
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 BUILD_DIR = LLAMA_DIR / "build-native-noamx"
 SOURCE = LLAMA_DIR / f"llama_cpp_python-{LLAMA_VERSION}" / "vendor" / "llama.cpp"
-TEST_TARGETS = ["llama-perplexity", "test-llama-archs"]
+TEST_TARGETS = ["llama-perplexity", "test-llama-archs", "llama-embedding"]
 
 
 def log(msg):
@@ -60,9 +60,11 @@ def build_llama(target="llama-bench"):
     if shutil.which("cmake") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "cmake"], check=True)
     log(f"building {target} (a few minutes on 2 cores)")
-    if not (BUILD_DIR / "CMakeCache.txt").exists() or "LLAMA_BUILD_TESTS:BOOL=ON" not in (BUILD_DIR / "CMakeCache.txt").read_text():
+    cache = BUILD_DIR / "CMakeCache.txt"
+    if not cache.exists() or any(f"{option}:BOOL=ON" not in cache.read_text()
+                                 for option in ("LLAMA_BUILD_TESTS", "LLAMA_BUILD_EXAMPLES")):
         subprocess.run(["cmake", "-S", str(source), "-B", str(BUILD_DIR), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-                        "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                        "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_EXAMPLES=ON",
                         "-DLLAMA_BUILD_SERVER=ON",
                         f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run(["cmake", "--build", str(BUILD_DIR), "-j", str(os.cpu_count() or 2), "--target", target],

@@ -72,13 +72,13 @@ class Server:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}: {self.tail()}")
             try:
-                status, _, _ = self.request("GET", "/health")
+                status, _, _ = self.request("GET", "/ready")
                 if status == 200:
                     return self
             except OSError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError("server did not become healthy: " + self.tail())
+        raise RuntimeError("server did not become ready: " + self.tail())
 
     def stop(self):
         if self.proc.poll() is None:
@@ -451,6 +451,57 @@ def prefix_cache_hit_lowers_ttft(s):
 
 
 @test()
+def embeddings(s):
+    """/v1/embeddings: the vectors `swiftlet embed` prints (mean pooling, L2-normalized), in
+    float and base64, for strings and token ids; similar texts closer than unrelated ones."""
+    import base64
+    import struct
+    c = s.client()
+    texts = ["The cat sat on the mat.", "A cat was sitting on a mat.", "Quarterly revenue grew by eight percent."]
+    r = c.embeddings.create(model=model_id(s), input=texts)
+    assert [d.index for d in r.data] == [0, 1, 2] and r.object == "list"
+    vecs = [d.embedding for d in r.data]
+    assert all(len(v) == 576 for v in vecs), [len(v) for v in vecs]
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vecs)
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))
+    assert dot(vecs[0], vecs[1]) > dot(vecs[0], vecs[2]), (dot(vecs[0], vecs[1]), dot(vecs[0], vecs[2]))
+    assert r.usage.prompt_tokens == r.usage.total_tokens > 0
+    cli = subprocess.run([ARGS.bin, "embed", ARGS.model, texts[0]], capture_output=True, text=True, check=True)
+    expected = json.loads(cli.stdout.splitlines()[0])
+    assert dot(expected, vecs[0]) > 0.99999, dot(expected, vecs[0])
+    # base64: the same float32 values, little-endian
+    status, _, body = s.request("POST", "/v1/embeddings", {"model": model_id(s), "input": texts[0], "encoding_format": "base64"})
+    assert status == 200, body
+    raw = base64.b64decode(json.loads(body)["data"][0]["embedding"])
+    decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
+    assert len(decoded) == 576 and dot(decoded, vecs[0]) > 0.99999
+    # token ids embed as their text does
+    tok = subprocess.run([ARGS.bin, "tokenize", ARGS.model, texts[0], "--ids", "--parse-special"],
+                         capture_output=True, text=True, check=True)
+    by_ids = c.embeddings.create(model=model_id(s), input=[json.loads(tok.stdout)]).data[0].embedding
+    assert dot(by_ids, vecs[0]) > 0.99999, dot(by_ids, vecs[0])
+
+
+@test()
+def embedding_errors(s):
+    def post(body):
+        status, _, text = s.request("POST", "/v1/embeddings", body)
+        return status, json.loads(text)
+    status, body = post({"model": model_id(s), "input": "hi", "dimensions": 64})
+    assert status == 400 and body["error"]["param"] == "dimensions" and "576" in body["error"]["message"], body
+    status, body = post({"model": model_id(s), "input": ""})
+    assert status == 400 and body["error"]["param"] == "input", body
+    status, body = post({"model": model_id(s), "input": "word " * 3000})
+    assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
+    status, body = post({"model": model_id(s), "input": "hi", "encoding_format": "int8"})
+    assert status == 400 and body["error"]["param"] == "encoding_format", body
+    status, body = post({"model": "no-such-model", "input": "hi"})
+    assert status == 404 and body["error"]["code"] == "model_not_found", body
+    status, body = post({"model": model_id(s)})
+    assert status == 400 and body["error"]["param"] == "input", body
+
+
+@test()
 def bad_requests(s):
     m = model_id(s)
     client = s.client()
@@ -627,9 +678,98 @@ def graceful_shutdown_finishes_in_flight(s):
     assert code == 0, f"exit code {code}: {s.tail()}"
 
 
+# a second name for the cached SmolLM2 file, served from --models-dir by the "multi" server
+MODELS_DIR = tempfile.mkdtemp(prefix="swiftlet-models-")
+atexit.register(shutil.rmtree, MODELS_DIR, ignore_errors=True)
+SWIFTLET_HOME = os.environ.get("SWIFTLET_HOME") or os.path.expanduser("~/.cache/swiftlet")
+os.symlink(os.path.join(SWIFTLET_HOME, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"), os.path.join(MODELS_DIR, "twin.gguf"))
+
+
+@test("multi")
+def several_models_each_answers_its_own(s):
+    """`serve smollm2 gemma3 --models-dir DIR --max-loaded 1 --idle-unload 3`: the request's
+    model picks the engine; others load on first use, one at a time, and unload when idle."""
+    c = s.client()
+    listed = {m.id: m.model_extra["status"]["value"] for m in c.models.list().data}
+    first = c.models.list().data[0].id
+    assert first.startswith("SmolLM2") and listed[first] == "loaded", listed
+    assert listed.get("gemma-3-270m-q4_k_m") == "unloaded" and listed.get("twin") == "unloaded", listed
+    # each model answers, under its own name (gemma by its alias on the command line)
+    r = c.completions.create(model="gemma3", prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert r.model == "gemma-3-270m-q4_k_m", r.model
+    r2 = c.completions.create(model=first, prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert r2.model == first
+    listed = {m.id: m.model_extra["status"]["value"] for m in c.models.list().data}
+    assert listed["gemma-3-270m-q4_k_m"] == "loaded", listed
+    # --max-loaded 1: the twin takes gemma's place; it is SmolLM2, so it gives SmolLM2's text
+    r3 = c.completions.create(model="twin", prompt="The capital of France is", max_tokens=4, temperature=0)
+    assert r3.model == "twin" and r3.choices[0].text == r2.choices[0].text, (r3, r2)
+    listed = {m.id: m.model_extra["status"]["value"] for m in c.models.list().data}
+    assert listed["twin"] == "loaded" and listed["gemma-3-270m-q4_k_m"] == "unloaded", listed
+    # unknown names, paths included, are 404s naming what is served
+    for name in ["no-such-model", "../models/twin", "/etc/passwd", "twin/../twin"]:
+        status, _, body = s.request("POST", "/v1/completions", {"model": name, "prompt": "hi", "max_tokens": 1})
+        err = json.loads(body)["error"]
+        assert status == 404 and err["code"] == "model_not_found" and "twin" in err["message"], (name, status, body)
+    # idle for longer than --idle-unload: unloaded again
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        listed = {m.id: m.model_extra["status"]["value"] for m in c.models.list().data}
+        if listed["twin"] == "unloaded":
+            break
+        time.sleep(0.5)
+    assert listed["twin"] == "unloaded", listed
+
+
+# ChatML whose generation prompt opens a thinking block, as Qwen3's and DeepSeek-R1's do
+THINK_TEMPLATE = os.path.join(MODELS_DIR, "think.jinja")
+with open(THINK_TEMPLATE, "w") as f:
+    f.write("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
+
+
+@test("reasoning")
+def reasoning_is_split_from_content(s):
+    """--reasoning-budget 8 on a template that opens <think>: the reply's first 8 tokens are
+    reasoning_content, the server closes the block, the answer is content; streaming sends the
+    same text as reasoning_content deltas, then content deltas; reasoning_format none keeps it all
+    in content."""
+    c = s.client()
+    messages = [{"role": "user", "content": "What is 17 times 3?"}]
+    r = c.chat.completions.create(model=model_id(s), messages=messages, max_tokens=40, temperature=0)
+    msg = r.choices[0].message
+    reasoning = msg.model_extra.get("reasoning_content")
+    assert reasoning and msg.content, msg
+    assert "<think>" not in msg.content and "</think>" not in msg.content and "</think>" not in reasoning, msg
+    assert len(reasoning.split()) <= 8, reasoning
+    stream = c.chat.completions.create(model=model_id(s), messages=messages, max_tokens=40, temperature=0, stream=True)
+    parts, order = {"reasoning_content": "", "content": ""}, []
+    for chunk in stream:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        for key in parts:
+            piece = getattr(delta, key, None) if key == "content" else (delta.model_extra or {}).get(key)
+            if piece:
+                parts[key] += piece
+                if not order or order[-1] != key:
+                    order.append(key)
+    assert parts["reasoning_content"] == reasoning and parts["content"] == msg.content, (parts, reasoning, msg.content)
+    assert order == ["reasoning_content", "content"], order
+    raw = c.chat.completions.create(model=model_id(s), messages=messages, max_tokens=40, temperature=0,
+                                    extra_body={"reasoning_format": "none"})
+    text = raw.choices[0].message.content
+    assert "</think>" in text and "reasoning_content" not in (raw.choices[0].message.model_extra or {}), raw
+    status, _, body = s.request("POST", "/v1/chat/completions", {"model": model_id(s), "messages": messages,
+                                                                  "reasoning_format": "sometimes"})
+    assert status == 400 and json.loads(body)["error"]["param"] == "reasoning_format", body
+
+
 SERVERS = {
     "main": ["--parallel", "8", "--ctx", "2048", "--max-body", str(256 << 10)],
     "limited": ["--parallel", "1", "--queue", "1", "--api-key", "sekret", "--ctx", "512"],
+    "reasoning": ["--chat-template-file", THINK_TEMPLATE, "--reasoning-budget", "8"],
+    "multi": ["gemma3", "--models-dir", MODELS_DIR, "--max-loaded", "1", "--idle-unload", "3", "--ctx", "512"],
 }
 
 

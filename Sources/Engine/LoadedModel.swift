@@ -17,7 +17,8 @@ public final class LoadedModel: Sendable {
     public let memoryBudget: MemoryBudget?
 
     /// `memoryBudget`: bytes of weights allowed to stay resident (see `MemoryBudget`); nil = no limit.
-    public init(path: String, memoryBudget budgetBytes: Int? = nil) throws {
+    /// `chatTemplate`: used instead of the file's own template (`--chat-template-file`).
+    public init(path: String, memoryBudget budgetBytes: Int? = nil, chatTemplate templateOverride: ChatTemplate? = nil) throws {
         self.path = path
         let file = try GGUFFile(path: path)
         self.file = file
@@ -32,7 +33,9 @@ public final class LoadedModel: Sendable {
             model = network
         }
         tokenizer = try loadTokenizer(from: file)
-        if let source = file["tokenizer.chat_template"]?.string {
+        if let templateOverride {
+            chatTemplate = templateOverride
+        } else if let source = file["tokenizer.chat_template"]?.string {
             chatTemplate = try ChatTemplate(source: source)
         } else {
             chatTemplate = ChatTemplate.fallback(forArchitecture: model.config.architecture)
@@ -71,6 +74,12 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
     case generationFailed(String)
     /// The model's output at this position holds NaN or infinity.
     case nonFiniteLogits(position: Int)
+    /// The pooled hidden states hold NaN or infinity.
+    case nonFiniteEmbedding
+    /// Rank pooling asked of a model without a classification head.
+    case noClassifier
+    /// Text generation asked of an encoder (an embedding model).
+    case encoderCannotGenerate(architecture: String)
 
     public var description: String {
         switch self {
@@ -80,6 +89,9 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
         case .tokenOutOfRange(let t, let n): "token id \(t) is outside the vocabulary (\(n) tokens)"
         case .generationFailed(let message): "generation failed: \(message)"
         case .nonFiniteLogits(let position): "the model produced non-finite logits (NaN or infinity) at position \(position)"
+        case .nonFiniteEmbedding: "the model produced a non-finite embedding (NaN or infinity)"
+        case .noClassifier: "the model has no classification head (cls.* tensors), so it cannot rerank"
+        case .encoderCannotGenerate(let a): "this is an embedding model ('\(a)', an encoder): it computes embeddings (swiftlet embed, /v1/embeddings) but cannot generate text"
         }
     }
 }

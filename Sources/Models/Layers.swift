@@ -20,6 +20,12 @@ public final class Matrix: @unchecked Sendable {
         if zeroed { data.initialize(repeating: 0, count: rows * columns) }
     }
 
+    /// The given rows of `source`, in that order.
+    public convenience init(copying rows: [Int], of source: Matrix) {
+        self.init(rows: rows.count, columns: source.columns, zeroed: false)
+        for (i, r) in rows.enumerated() { self[i].update(from: source[r], count: columns) }
+    }
+
     deinit { data.deallocate() }
 
     public subscript(row: Int) -> UnsafeMutablePointer<Float> { data + row * columns }
@@ -367,16 +373,20 @@ public struct BatchSequence {
     public var cache: any SequenceState
     /// Return logits for every token (perplexity) or only the last (generation).
     public var allLogits: Bool
+    /// Return the final-normalized hidden state of every token instead of logits (embeddings:
+    /// the rows llama.cpp pools). Implies every position, as `allLogits`.
+    public var hiddenStates = false
     /// False for a piece of a longer sequence whose logits nobody asked for (see `forward`).
     var logitsNeeded = true
     /// Where these tokens sit in the micro-batch llama.cpp would run them in: the kernels pick
     /// their rounding by it.
     var batching: ReferenceBatching
 
-    public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false) {
+    public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false, hiddenStates: Bool = false) {
         self.tokens = tokens
         self.cache = cache
-        self.allLogits = allLogits
+        self.allLogits = allLogits || hiddenStates
+        self.hiddenStates = hiddenStates
         batching = ReferenceBatching(from: 0, of: tokens.count)
     }
 }
@@ -439,6 +449,9 @@ public struct Attention: Sendable {
     public var queryTemperature: AttentionTemperature?
     /// A learned logit per query head that joins the softmax without a value (gpt-oss).
     public var sinks: [Float]?
+    /// False in encoders (BERT): every token attends to the whole sequence, which the
+    /// scheduler therefore runs in one pass (`LanguageModel.isEncoder`).
+    public var causal = true
 
     /// `outputBias`: whether the architecture adds `attn_output.bias` (its scale always applies).
     public init(file: GGUFFile, layer: Int, config: ModelConfig, rope: RoPE, outputBias: Bool = true) throws {
@@ -526,8 +539,8 @@ public struct Attention: Sendable {
         let valueDimension = v.columns / kvHeads
         let out = Matrix(rows: x.rows, columns: heads * valueDimension, zeroed: false)
         attend(queries: q.data, sequences, heads: heads, kvHeads: kvHeads, headDimension: headDimension,
-               valueDimension: valueDimension, scale: scale, softCap: softCap, window: window, into: out.data,
-               pool: pool)
+               valueDimension: valueDimension, scale: scale, softCap: softCap, window: window, causal: causal,
+               into: out.data, pool: pool)
         if let sinks {
             applyAttentionSinks(sinks, queries: q.data, sequences, heads: heads, kvHeads: kvHeads,
                                 headDimension: headDimension, valueDimension: valueDimension, scale: scale,
@@ -802,17 +815,34 @@ public struct OutputHead: Sendable {
         projection = try Linear(file: file, name: name, inputs: d, outputs: vocab)
     }
 
-    /// Logits for the requested rows of `x`, one row each, in batch order.
+    /// Logits for the requested rows of `x`, one row each, in batch order; for sequences that
+    /// ask for hidden states, the normalized rows themselves (not projected).
     public func callAsFunction(_ x: Matrix, batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
-        var picked: [Int] = []
+        var picked: [(row: Int, hidden: Bool)] = []
         var row = 0
-        for seq in batch where seq.logitsNeeded {
-            if seq.allLogits { picked += Array(row..<row + seq.tokens.count) } else { picked.append(row + seq.tokens.count - 1) }
-            row += seq.tokens.count
+        for seq in batch {
+            defer { row += seq.tokens.count }
+            guard seq.logitsNeeded else { continue }
+            let rows = seq.allLogits ? Array(row..<row + seq.tokens.count) : [row + seq.tokens.count - 1]
+            picked += rows.map { ($0, seq.hiddenStates) }
         }
-        let selected = Matrix(rows: picked.count, columns: x.columns, zeroed: false)
-        for (i, r) in picked.enumerated() { selected[i].update(from: x[r], count: x.columns) }
+        let selected = Matrix(copying: picked.map(\.row), of: x)
         norm.normalize(selected, into: selected, pool: pool)
+        if picked.contains(where: \.hidden) {
+            let projected = picked.contains(where: { !$0.hidden })
+                ? logits(of: Matrix(copying: picked.indices.filter { !picked[$0].hidden }, of: selected), pool: pool) : []
+            var next = 0
+            return picked.indices.map { i in
+                if picked[i].hidden { return selected.rowArray(i) }
+                defer { next += 1 }
+                return projected[next]
+            }
+        }
+        return logits(of: selected, pool: pool)
+    }
+
+    /// The projection to the vocabulary, scaled and soft-capped, of already normalized rows.
+    func logits(of selected: Matrix, pool: ThreadPool) -> [[Float]] {
         let logits = projection(selected, pool)
         if let logitScale { logits.scale(by: logitScale) }
         if let softCap, softCap != 0 {

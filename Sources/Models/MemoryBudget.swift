@@ -273,6 +273,8 @@ public final class BudgetedModel: LanguageModel {
     }
 
     public var config: ModelConfig { inner.config }
+    public var isEncoder: Bool { inner.isEncoder }
+    public var classifier: SequenceClassifier? { inner.classifier }
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         budget.beginPass(tokens: batch.reduce(0) { $0 + $1.tokens.count })

@@ -23,6 +23,7 @@ public enum ModelRegistry {
         "exaone4": { try Olmo2(file: $0, config: $1, variant: .exaone4) },
         "phi3": { try Phi3(file: $0, config: $1) },
         "starcoder2": { try StarCoder2(file: $0, config: $1) },
+        "bert": { try BERT(file: $0, config: $1) },
         "cohere2": { try Cohere2(file: $0, config: $1) },
         "mamba": { try Mamba(file: $0, config: $1) },
         "mamba2": { try Mamba2(file: $0, config: $1) },
@@ -100,6 +101,16 @@ public protocol LanguageModel: AnyObject, Sendable {
     func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]]
     /// Fresh per-sequence state (KV cache or recurrent state) for up to `capacity` tokens.
     func makeCache(capacity: Int) -> any SequenceState
+    /// An encoder (BERT): attention sees the whole sequence both ways, so a sequence must go
+    /// through in one pass, and its output is hidden states (embeddings), never logits.
+    var isEncoder: Bool { get }
+    /// A reranker's classification head (BERT's `cls.*`), nil for other models.
+    var classifier: SequenceClassifier? { get }
+}
+
+extension LanguageModel {
+    public var isEncoder: Bool { false }
+    public var classifier: SequenceClassifier? { nil }
 }
 
 /// Attention models keep a KV cache.
@@ -117,7 +128,8 @@ extension LanguageModel {
     public func forward(_ batch: [BatchSequence], pool: ThreadPool) throws -> [[Float]] {
         for seq in batch { try seq.cache.reserve(seq.tokens.count) }
         var logits: [[Float]] = []
-        for pass in microBatches(batch) {
+        // an encoder's tokens must all see each other: one pass, whatever its length
+        for pass in isEncoder ? [batch] : microBatches(batch) {
             let rows = computeLogits(pass, pool: pool)
             var next = 0
             for piece in pass {
@@ -149,7 +161,8 @@ func microBatches(_ batch: [BatchSequence]) -> [[BatchSequence]] {
                 count = 0
             }
             let n = min(seq.tokens.count - start, activationMemoryPassTokens - count)
-            var piece = BatchSequence(tokens: Array(seq.tokens[start..<start + n]), cache: seq.cache, allLogits: seq.allLogits)
+            var piece = BatchSequence(tokens: Array(seq.tokens[start..<start + n]), cache: seq.cache, allLogits: seq.allLogits,
+                                      hiddenStates: seq.hiddenStates)
             piece.logitsNeeded = seq.allLogits || start + n == seq.tokens.count
             piece.batching = ReferenceBatching(from: start, of: seq.tokens.count)
             passes[passes.count - 1].append(piece)

@@ -69,6 +69,8 @@ public struct CompletionRequest: Sendable {
     public var tools: [ToolDefinition] = []
     public var toolChoice = ToolChoice.auto
     public var parallelToolCalls = true
+    /// llama.cpp's `reasoning_format` (nil: the server's `--reasoning-format`).
+    public var reasoningFormat: ReasoningFormat?
 
     public var isChat: Bool { if case .chat = input { true } else { false } }
 
@@ -94,6 +96,13 @@ public struct CompletionRequest: Sendable {
             input = .prompts(try Self.parsePrompt(prompt))
         }
 
+        if let format = try f.string("reasoning_format") {
+            // llama.cpp's "auto" and "deepseek-legacy" both extract a leading thinking block
+            guard let parsed = ReasoningFormat(rawValue: format == "auto" || format == "deepseek-legacy" ? "deepseek" : format) else {
+                throw APIError.invalid("reasoning_format", "'reasoning_format' must be 'none', 'deepseek' or 'auto', got '\(format)'")
+            }
+            reasoningFormat = parsed
+        }
         if let m = try f.int("max_completion_tokens", in: 1...Int(Int32.max)) ?? f.int("max_tokens", in: 1...Int(Int32.max)) {
             maxTokens = m
         }
@@ -229,7 +238,9 @@ public struct CompletionRequest: Sendable {
         }
     }
 
-    static func parsePrompt(_ value: JSONValue) throws -> [PromptInput] {
+    /// `prompt` (or `/v1/embeddings`' `input`, with its own limit): a string, token ids, or an
+    /// array of either.
+    static func parsePrompt(_ value: JSONValue, param: String = "prompt", limit: Int = 16) throws -> [PromptInput] {
         func tokens(_ items: [JSONValue], _ param: String) throws -> [TokenID] {
             try items.map {
                 guard let v = $0.intValue, v >= 0, v <= Int(Int32.max) else {
@@ -241,19 +252,19 @@ public struct CompletionRequest: Sendable {
         switch value {
         case .string(let s): return [.text(s)]
         case .array(let items):
-            guard !items.isEmpty else { throw APIError.invalid("prompt", "'prompt' must not be empty") }
-            guard items.count <= 16 else { throw APIError.invalid("prompt", "'prompt' holds at most 16 prompts") }
+            guard !items.isEmpty else { throw APIError.invalid(param, "'\(param)' must not be empty") }
+            guard items.count <= limit else { throw APIError.invalid(param, "'\(param)' holds at most \(limit) items") }
             if items.allSatisfy({ if case .number = $0 { true } else { false } }) {
-                return [.tokens(try tokens(items, "prompt"))]
+                return [.tokens(try tokens(items, param))]
             }
             return try items.enumerated().map { i, item in
                 switch item {
                 case .string(let s): return .text(s)
-                case .array(let t): return .tokens(try tokens(t, "prompt[\(i)]"))
-                default: throw APIError.invalid("prompt[\(i)]", "'prompt[\(i)]' must be a string or an array of token ids")
+                case .array(let t): return .tokens(try tokens(t, "\(param)[\(i)]"))
+                default: throw APIError.invalid("\(param)[\(i)]", "'\(param)[\(i)]' must be a string or an array of token ids")
                 }
             }
-        default: throw APIError.invalid("prompt", "'prompt' must be a string, an array of strings or an array of token ids")
+        default: throw APIError.invalid(param, "'\(param)' must be a string, an array of strings or an array of token ids")
         }
     }
 }

@@ -17,6 +17,14 @@ public struct ServerConfiguration: Sendable {
     public var engine = Generator.Configuration()
     /// Names the `model` field may use besides the model file's name.
     public var modelAliases: [String] = []
+    /// `--pooling`: how `/v1/embeddings` pools hidden states (nil: the file's `pooling_type`, else mean).
+    public var pooling: EmbeddingPooling?
+    /// `--reasoning-format`: where chat replies' thinking goes (a request's `reasoning_format` overrides).
+    public var reasoningFormat = ReasoningFormat.deepseek
+    /// `--reasoning-budget`: thinking tokens per chat reply before the engine closes the block (nil: no limit).
+    public var reasoningBudget: Int?
+    /// `/ready` answers 503 while more sequences than this wait for admission (nil: no limit).
+    public var readyQueueLimit: Int?
 
     public init() {}
 
@@ -43,6 +51,7 @@ public final class ServerState: @unchecked Sendable {
     private let lock = NSLock()
     private var _engine: Generator?
     private var _loadError: String?
+    private var _draining = false
 
     public init() {}
 
@@ -51,9 +60,23 @@ public final class ServerState: @unchecked Sendable {
         set { lock.lock(); _engine = newValue; lock.unlock() }
     }
 
+    /// The models served besides the first (nil: only the first).
+    public var router: ModelRouter? {
+        get { lock.lock(); defer { lock.unlock() }; return _router }
+        set { lock.lock(); _router = newValue; lock.unlock() }
+    }
+    private var _router: ModelRouter?
+
     public var loadError: String? {
         get { lock.lock(); defer { lock.unlock() }; return _loadError }
         set { lock.lock(); _loadError = newValue; lock.unlock() }
+    }
+
+    /// Set on SIGTERM/SIGINT: `/ready` answers 503 and new requests are refused while the
+    /// ones in flight finish.
+    public var draining: Bool {
+        get { lock.lock(); defer { lock.unlock() }; return _draining }
+        set { lock.lock(); _draining = newValue; lock.unlock() }
     }
 }
 
@@ -88,13 +111,19 @@ public struct OpenAIServer: Sendable {
         let router = Router(context: ServerRequestContext.self)
         router.add(middleware: APIMiddleware(server: self))
         router.get("/health") { _, _ in health() }
+        router.get("/ready") { _, _ in ready() }
         router.get("/metrics") { _, _ in
             Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                      body: .init(byteBuffer: ByteBuffer(string: metrics.render())))
         }
-        router.get("/v1/models") { _, _ in try models() }
+        router.get("/v1/models") { _, _ in try await models() }
         router.post("/v1/chat/completions") { request, context in try await complete(request, context: context, chat: true) }
         router.post("/v1/completions") { request, context in try await complete(request, context: context, chat: false) }
+        router.post("/v1/embeddings") { request, context in try await embeddings(request, context: context) }
+        for path in ["/v1/rerank", "/rerank", "/v1/reranking", "/reranking"] {
+            router.post(RouterPath(path)) { request, context in try await rerank(request, context: context) }
+        }
+        addUtilityRoutes(to: router)
         return router
     }
 
@@ -107,29 +136,95 @@ public struct OpenAIServer: Sendable {
 
     // MARK: Endpoints
 
+    /// Liveness: 200 whenever the process answers; the body says how far it got.
     func health() -> Response {
-        if state.engine != nil { return json(.object(["status": .string("ok")])) }
         if let error = state.loadError {
-            return json(.object(["status": .string("error"), "error": .string(error)]), status: .serviceUnavailable)
+            return json(.object(["status": .string("error"), "error": .string(error)]))
         }
-        return json(.object(["status": .string("loading")]), status: .serviceUnavailable)
+        let status = state.engine == nil ? "loading" : state.draining ? "draining" : "ok"
+        return json(.object(["status": .string(status)]))
     }
 
-    func models() throws -> Response {
+    /// Readiness: 200 only while new requests are welcome (model loaded, not draining, no
+    /// more than `readyQueueLimit` sequences waiting), so a load balancer sends traffic elsewhere.
+    func ready() -> Response {
+        func unavailable(_ fields: JSONObject) -> Response {
+            json(.object(fields), status: .serviceUnavailable, headers: [("Retry-After", "1")])
+        }
+        if let error = state.loadError { return unavailable(["status": "error", "error": .string(error)]) }
+        guard let engine = state.engine else { return unavailable(["status": "loading"]) }
+        if state.draining { return unavailable(["status": "draining"]) }
+        let snapshot = engine.currentSnapshot
+        var fields: JSONObject = ["status": "ready", "waiting": .number(JSONNumber(snapshot.waiting)),
+                                  "running": .number(JSONNumber(snapshot.running))]
+        if let limit = configuration.readyQueueLimit, snapshot.waiting > limit {
+            fields["status"] = "busy"
+            fields["limit"] = .number(JSONNumber(limit))
+            return unavailable(fields)
+        }
+        return json(.object(fields))
+    }
+
+    /// Every model this server answers for: the first (loaded at start), then the others,
+    /// loaded or not (`status` says which).
+    func models() async throws -> Response {
         let engine = try loadedEngine()
-        let entry: JSONValue = .object([
-            "id": .string(engine.model.name),
-            "object": .string("model"),
-            "created": .number(JSONNumber(created)),
-            "owned_by": .string("swiftlet"),
-            "version": .string(SwiftletVersion.current),
-        ])
-        return json(.object(["object": .string("list"), "data": .array([entry])]))
+        func entry(_ id: String, loaded: Bool) -> JSONValue {
+            .object([
+                "id": .string(id),
+                "object": .string("model"),
+                "created": .number(JSONNumber(created)),
+                "owned_by": .string("swiftlet"),
+                "version": .string(SwiftletVersion.current),
+                "status": .object(["value": .string(loaded ? "loaded" : "unloaded")]),
+            ])
+        }
+        var entries = [entry(engine.model.name, loaded: true)]
+        if let router = state.router {
+            let loaded = Set(await router.loadedNames)
+            entries += router.models.filter { $0.name != engine.model.name }.map { entry($0.name, loaded: loaded.contains($0.name)) }
+        }
+        return json(.object(["object": .string("list"), "data": .array(entries)]))
     }
 
+    /// The engine for a request's `model`: the first model, or another this server lists
+    /// (loaded on first use). 503 while the first model loads, 404 for a name it does not serve.
+    func engine(for name: String) async throws -> Generator {
+        let primary = try loadedEngine()
+        if knowsModel(name, engine: primary) { return primary }
+        if let router = state.router {
+            do {
+                if let engine = try await router.engine(named: name) { return engine }
+            } catch let error as ModelRouterError {
+                switch error {
+                case .allBusy:
+                    var e = APIError(status: 503, message: error.description, type: "server_error", code: "models_busy")
+                    e.headers = [("Retry-After", "1")]
+                    throw e
+                case .loadFailed:
+                    throw APIError(status: 500, message: error.description, type: "server_error", code: "model_load_failed")
+                }
+            }
+        }
+        var served = [primary.model.name] + (state.router?.models.map(\.name) ?? [])
+        served = served.reduce(into: []) { if !$0.contains($1) { $0.append($1) } }
+        throw APIError(status: 404, message: "the model '\(name)' does not exist; this server runs \(served.map { "'\($0)'" }.joined(separator: ", "))",
+                       param: "model", code: "model_not_found")
+    }
+
+    /// The engine for a new request; while loading or draining a 503 with `Retry-After`, so
+    /// clients and load balancers try again (elsewhere).
     func loadedEngine() throws -> Generator {
         guard let engine = state.engine else {
-            throw APIError(status: 503, message: "the model is still loading", type: "server_error", code: "model_loading")
+            var e = APIError(status: 503, message: "the model is still loading", type: "server_error", code: "model_loading")
+            e.headers = [("Retry-After", "1")]
+            throw e
+        }
+        guard !state.draining else {
+            var e = APIError(status: 503, message: "the server is shutting down and takes no new requests",
+                             type: "server_error", code: "draining")
+            e.headers = [("Retry-After", "1")]
+            throw e
         }
         return engine
     }
@@ -143,30 +238,15 @@ public struct OpenAIServer: Sendable {
     func complete(_ request: Request, context: ServerRequestContext, chat: Bool) async throws -> Response {
         var request = request
         let started = ContinuousClock.now
-        let engine = try loadedEngine()
+        _ = try loadedEngine()
         let body: ByteBuffer
         do { body = try await request.collectBody(upTo: configuration.maxBodyBytes) } catch {
             throw APIError(status: 413, message: "the request body is larger than \(configuration.maxBodyBytes) bytes")
         }
         let parsed = try CompletionRequest(body: Array(buffer: body), chat: chat)
-        guard knowsModel(parsed.model, engine: engine) else {
-            throw APIError(status: 404, message: "the model '\(parsed.model)' does not exist; this server runs '\(engine.model.name)'",
-                           param: "model", code: "model_not_found")
-        }
+        let engine = try await engine(for: parsed.model)
         let job = try prepare(parsed, engine: engine)
-        let handle: RequestHandle
-        do { handle = try engine.submit(job.specs, options: job.options) } catch let error as SubmitError {
-            switch error {
-            case .queueFull(let retry):
-                var e = APIError(status: 429, message: error.description, type: "rate_limit_error", code: "queue_full")
-                e.headers = [("Retry-After", String(retry))]
-                throw e
-            case .stopped:
-                throw APIError(status: 503, message: error.description, type: "server_error")
-            }
-        } catch let error as EngineError {
-            throw APIError.invalid(parsed.isChat ? "messages" : "prompt", error.description)
-        }
+        let handle = try submit(job.specs, options: job.options, to: engine, param: parsed.isChat ? "messages" : "prompt")
         // A client that hangs up cancels its sequences at once, streaming or not.
         context.channel?.closeFuture.whenComplete { _ in handle.cancel() }
         let id = (chat ? "chatcmpl-" : "cmpl-") + randomID()
@@ -174,13 +254,34 @@ public struct OpenAIServer: Sendable {
                                   choices: job.specs.count, promptTokens: job.promptTokens,
                                   tokenizer: engine.model.tokenizer, logprobs: parsed.logprobs,
                                   toolSyntax: job.toolSyntax, toolPrefill: job.toolPrefill,
-                                  parallelToolCalls: parsed.parallelToolCalls)
+                                  parallelToolCalls: parsed.parallelToolCalls,
+                                  reasoningFormat: parsed.reasoningFormat ?? configuration.reasoningFormat,
+                                  startsThinking: job.startsThinking)
         logger.info("request", metadata: ["id": "\(id)", "prompt_tokens": "\(job.promptTokens)",
                                           "n": "\(job.specs.count)", "stream": "\(parsed.stream)"])
         if parsed.stream {
             return streamResponse(handle, ctx: ctx, includeUsage: parsed.includeUsage, started: started)
         }
         return try await collectResponse(handle, ctx: ctx, started: started)
+    }
+
+    /// Queues sequences on the engine; a full queue is a 429 with `Retry-After`, a stopping
+    /// engine a 503, a prompt the engine refuses a 400 naming `param`.
+    func submit(_ specs: [SequenceSpec], options: GenerationOptions, to engine: Generator, param: String) throws -> RequestHandle {
+        do { return try engine.submit(specs, options: options) } catch let error as SubmitError {
+            switch error {
+            case .queueFull(let retry):
+                var e = APIError(status: 429, message: error.description, type: "rate_limit_error", code: "queue_full")
+                e.headers = [("Retry-After", String(retry))]
+                throw e
+            case .stopped:
+                var e = APIError(status: 503, message: error.description, type: "server_error", code: "draining")
+                e.headers = [("Retry-After", "1")]
+                throw e
+            }
+        } catch let error as EngineError {
+            throw APIError.invalid(param, error.description)
+        }
     }
 
     struct Job {
@@ -192,6 +293,8 @@ public struct OpenAIServer: Sendable {
         var toolSyntax: ToolCallSyntax?
         /// Call syntax already in the prompt (a forced call's opening marker).
         var toolPrefill = ""
+        /// The chat prompt ends inside a thinking block (`<think>`).
+        var startsThinking = false
     }
 
     /// Tokenizes the prompts and checks them against the context.
@@ -202,22 +305,15 @@ public struct OpenAIServer: Sendable {
         var prompts: [[TokenID]] = []
         let param: String
         var toolPlan: ToolCallPlan?
+        var startsThinking = false
         switch r.input {
         case .chat(let messages):
             param = "messages"
-            let history = messages.contains { $0.toolCalls != nil || $0.role == "tool" }
-            if !r.tools.isEmpty || history {
-                toolPlan = try ToolCallPlan(tools: r.tools, choice: r.toolChoice, parallel: r.parallelToolCalls,
-                                            messages: messages, templateSource: model.chatTemplate?.source)
-            }
             let rendered: String
-            do {
-                rendered = try model.renderChat(toolPlan?.messages ?? messages, tools: toolPlan?.templateTools)
-                    + (toolPlan?.prefill ?? "")
-            } catch {
-                throw APIError.invalid("messages", "the chat template could not render 'messages': \(error)")
-            }
+            (rendered, toolPlan) = try renderChatPrompt(messages, tools: r.tools, choice: r.toolChoice,
+                                                        parallel: r.parallelToolCalls, model: model)
             prompts = [model.promptTokens(for: rendered)]
+            startsThinking = ReasoningSplitter.promptOpensThinking(rendered)
         case .prompts(let inputs):
             param = "prompt"
             for input in inputs {
@@ -258,8 +354,11 @@ public struct OpenAIServer: Sendable {
         if r.ignoreEOS {
             for t in tokenizer.endOfGenerationTokens { sampling.logitBias[t] = -.infinity }
         }
-        let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
+        var options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
                                         grammarTrigger: grammarTrigger, logprobs: r.logprobs)
+        if r.isChat, let budget = configuration.reasoningBudget {
+            options.reasoningBudget = ReasoningBudget(tokens: budget, startsInside: startsThinking)
+        }
         var specs: [SequenceSpec] = []
         for p in prompts {
             for i in 0..<r.n {
@@ -268,7 +367,8 @@ public struct OpenAIServer: Sendable {
         }
         let parsesCalls = !r.tools.isEmpty && r.toolChoice != .none
         return Job(specs: specs, options: options, promptTokens: prompts.reduce(0) { $0 + $1.count },
-                   toolSyntax: parsesCalls ? toolPlan?.syntax : nil, toolPrefill: toolPlan?.prefill ?? "")
+                   toolSyntax: parsesCalls ? toolPlan?.syntax : nil, toolPrefill: toolPlan?.prefill ?? "",
+                   startsThinking: startsThinking)
     }
 
     // MARK: Responses
@@ -285,6 +385,13 @@ public struct OpenAIServer: Sendable {
         let toolSyntax: ToolCallSyntax?
         let toolPrefill: String
         let parallelToolCalls: Bool
+        /// Chat only: where thinking goes, and whether the prompt already opened it.
+        var reasoningFormat = ReasoningFormat.none
+        var startsThinking = false
+
+        func makeReasoningSplitter() -> ReasoningSplitter? {
+            chat && reasoningFormat == .deepseek ? ReasoningSplitter(startsInside: startsThinking) : nil
+        }
 
         /// A parser for one choice's reply, primed with the call syntax already in the prompt.
         func makeToolParser() -> ToolCallStreamParser? {
@@ -365,6 +472,10 @@ public struct OpenAIServer: Sendable {
         var cachedTokens = 0
         var started = false
         var toolParser: ToolCallStreamParser?
+        /// Chat replies whose thinking is split off (`reasoning_format: deepseek`).
+        var reasoning: ReasoningSplitter?
+        /// Logprobs of tokens whose text the reasoning splitter still holds back.
+        var splitLogprobs: [TokenLogprobInfo] = []
         /// Logprobs of tokens whose text the tool parser still holds back.
         var heldLogprobs: [TokenLogprobInfo] = []
     }
@@ -412,6 +523,7 @@ public struct OpenAIServer: Sendable {
                     choices[i].cachedTokens = usage.cachedTokens
                 case .failed(_, let message):
                     failure = message
+                case .embedding: break
                 }
                 if ContinuousClock.now - lastWrite > .seconds(1) {
                     try await writer.write(ByteBuffer(string: " "))
@@ -427,12 +539,25 @@ public struct OpenAIServer: Sendable {
                 let body: [JSONValue] = choices.enumerated().map { i, c in
                     let finish: JSONValue = c.finish.map { .string($0 == .cancelled ? "stop" : $0.rawValue) } ?? .null
                     if ctx.chat {
+                        var reply = c.text
                         var message: JSONObject = ["role": "assistant", "content": .string(c.text), "refusal": .null]
+                        if var splitter = ctx.makeReasoningSplitter() {
+                            var reasoning = ""
+                            reply = ""
+                            for piece in splitter.feed(c.text) + splitter.finish() {
+                                switch piece {
+                                case .reasoning(let text): reasoning += text
+                                case .content(let text): reply += text
+                                }
+                            }
+                            message["content"] = .string(reply)
+                            if !reasoning.isEmpty { message["reasoning_content"] = .string(reasoning) }
+                        }
                         var finish = finish
                         if var parser = ctx.makeToolParser() {
                             var content = ""
                             var calls: [JSONValue] = []
-                            for event in parser.feed(c.text) + parser.finish() {
+                            for event in parser.feed(reply) + parser.finish() {
                                 switch event {
                                 case .content(let text): content += text
                                 case .call(_, let call): calls.append(Self.toolCallJSON(call))
@@ -474,7 +599,10 @@ public struct OpenAIServer: Sendable {
             var completed = false
             defer { if !completed { handle.cancel() } }
             let choices = (0..<ctx.choices).map { _ in ChoiceState() }
-            for c in choices { c.toolParser = ctx.makeToolParser() }
+            for c in choices {
+                c.toolParser = ctx.makeToolParser()
+                c.reasoning = ctx.makeReasoningSplitter()
+            }
             let usageNull: JSONValue? = includeUsage ? .null : nil
             func send(_ value: JSONValue) async throws {
                 try await writer.write(ByteBuffer(string: "data: " + value.compactText + "\n\n"))
@@ -521,36 +649,66 @@ public struct OpenAIServer: Sendable {
                     }
                 }
             }
+            /// Reply text after the thinking block: through the tool parser when there is one.
+            func sendReply(_ text: String, logprobs lp: [TokenLogprobInfo], choice i: Int) async throws {
+                if choices[i].toolParser != nil {
+                    choices[i].heldLogprobs += lp
+                    let events = choices[i].toolParser!.feed(text)
+                    try await sendToolEvents(events, choice: i)
+                    return
+                }
+                let logprobs = ctx.logprobsJSON(lp, textOffset: choices[i].text.utf8.count)
+                choices[i].text += text
+                if ctx.chat {
+                    try await send(chunk(.object([
+                        "index": .number(JSONNumber(i)), "delta": .object(["content": .string(text)]),
+                        "logprobs": logprobs, "finish_reason": .null,
+                    ])))
+                } else {
+                    try await send(chunk(.object([
+                        "text": .string(text), "index": .number(JSONNumber(i)),
+                        "logprobs": logprobs, "finish_reason": .null,
+                    ])))
+                }
+            }
+            /// Thinking and reply pieces in order; the tokens' logprobs ride on the first piece.
+            func sendSplit(_ pieces: [ReasoningSplitter.Piece], logprobs lp: [TokenLogprobInfo], choice i: Int) async throws {
+                var lp = choices[i].splitLogprobs + lp
+                choices[i].splitLogprobs = []
+                for piece in pieces {
+                    switch piece {
+                    case .reasoning(let text):
+                        try await send(chunk(.object([
+                            "index": .number(JSONNumber(i)), "delta": .object(["reasoning_content": .string(text)]),
+                            "logprobs": ctx.logprobsJSON(lp, textOffset: 0), "finish_reason": .null,
+                        ])))
+                        lp = []
+                    case .content(let text):
+                        try await sendReply(text, logprobs: lp, choice: i)
+                        lp = []
+                    }
+                }
+                choices[i].splitLogprobs = lp
+            }
             for await event in handle.events {
                 switch event {
                 case .text(let i, let text, _, let lp):
                     // a token whose text is held back (stop string, unfinished character) is sent with the text that completes it
                     guard !text.isEmpty || !lp.isEmpty else { continue }
                     try await roleChunkIfNeeded(i)
-                    if choices[i].toolParser != nil {
-                        choices[i].heldLogprobs += lp
-                        let events = choices[i].toolParser!.feed(text)
-                        try await sendToolEvents(events, choice: i)
-                        continue
-                    }
-                    let logprobs = ctx.logprobsJSON(lp, textOffset: choices[i].text.utf8.count)
-                    choices[i].text += text
-                    if ctx.chat {
-                        try await send(chunk(.object([
-                            "index": .number(JSONNumber(i)), "delta": .object(["content": .string(text)]),
-                            "logprobs": logprobs, "finish_reason": .null,
-                        ])))
+                    if choices[i].reasoning != nil {
+                        try await sendSplit(choices[i].reasoning!.feed(text), logprobs: lp, choice: i)
                     } else {
-                        try await send(chunk(.object([
-                            "text": .string(text), "index": .number(JSONNumber(i)),
-                            "logprobs": logprobs, "finish_reason": .null,
-                        ])))
+                        try await sendReply(text, logprobs: lp, choice: i)
                     }
                 case .finished(let i, let reason, let usage):
                     try await roleChunkIfNeeded(i)
                     choices[i].completionTokens = usage.completionTokens
                     choices[i].cachedTokens = usage.cachedTokens
                     var finish = JSONValue.string(reason == .cancelled ? "stop" : reason.rawValue)
+                    if choices[i].reasoning != nil {
+                        try await sendSplit(choices[i].reasoning!.finish(), logprobs: [], choice: i)
+                    }
                     if choices[i].toolParser != nil {
                         let events = choices[i].toolParser!.finish()
                         try await sendToolEvents(events, choice: i)
@@ -569,6 +727,7 @@ public struct OpenAIServer: Sendable {
                     }
                 case .failed(_, let message):
                     try await send(APIError(status: 500, message: message, type: "server_error").json)
+                case .embedding: break
                 }
             }
             if includeUsage {
@@ -603,17 +762,21 @@ func json(_ value: JSONValue, status: HTTPResponse.Status = .ok, headers: [(Stri
     return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(string: value.compactText)))
 }
 
-/// Bearer authentication for `/v1/*`, errors as OpenAI error objects, request metrics and logs.
+/// Bearer authentication for every route but `publicPaths`, errors as OpenAI error objects, request metrics and logs.
 struct APIMiddleware: RouterMiddleware {
     typealias Context = ServerRequestContext
     let server: OpenAIServer
+    /// Routes a load balancer or a scraper calls without the API key.
+    static let publicPaths: Set<String> = ["/health", "/ready", "/metrics"]
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"].contains(path) ? path : "other"
+        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"].contains(path)
+            || OpenAIServer.utilityPaths.contains(path) ? path : "other"
         let response: Response
         do {
-            if let key = server.configuration.apiKey, path.hasPrefix("/v1") {
+            // Every route but the probes and metrics is the API: it takes the key.
+            if let key = server.configuration.apiKey, !Self.publicPaths.contains(path) {
                 let given = request.headers[.authorization] ?? ""
                 guard constantTimeEqual(given, "Bearer " + key) else {
                     throw APIError(status: 401, message: "missing or wrong API key: send 'Authorization: Bearer <key>'",
@@ -623,7 +786,7 @@ struct APIMiddleware: RouterMiddleware {
             response = try await next(request, context)
         } catch let e as APIError {
             response = json(e.json, status: .init(code: e.status), headers: e.headers)
-            if (e.status >= 500 && e.code != "model_loading") || e.status == 429 {
+            if (e.status >= 500 && e.code != "model_loading" && e.code != "draining") || e.status == 429 {
                 server.logger.warning("request failed", metadata: ["path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
             }
         } catch let e as HTTPError {

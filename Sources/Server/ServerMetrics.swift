@@ -4,6 +4,13 @@ import Logging
 import Prometheus
 
 /// The server's Prometheus metrics (`GET /metrics`).
+///
+/// Besides Swiftlet's own `swiftlet_*` names, the metrics of the Gateway API Inference
+/// Extension's model-server protocol, under the vLLM names its endpoint picker reads by default,
+/// so an inference gateway can route to Swiftlet replicas without configuration:
+/// `vllm:num_requests_waiting`, `vllm:num_requests_running`, `vllm:kv_cache_usage_perc` (gauges),
+/// `vllm:lora_requests_info` (gauge: the last time the adapter set changed, adapters in labels)
+/// and `vllm:cache_config_info` (gauge 1 with `block_size` and `num_gpu_blocks` labels).
 public final class ServerMetrics: Sendable {
     public let registry = PrometheusCollectorRegistry()
 
@@ -23,6 +30,12 @@ public final class ServerMetrics: Sendable {
     let prefixHits: Gauge
     let prefixHitRate: Gauge
     let modelLoaded: Gauge
+    // model-server protocol (vLLM names)
+    let protocolWaiting: Gauge
+    let protocolRunning: Gauge
+    let protocolKVUsage: Gauge
+    let protocolPrefixQueries: Counter
+    let protocolPrefixHits: Counter
 
     public init() {
         let r = registry
@@ -52,6 +65,16 @@ public final class ServerMetrics: Sendable {
                                  help: "Prompt tokens found in the prefix cache (since start).")
         prefixHitRate = r.makeGauge(name: "swiftlet_prefix_cache_hit_rate", help: "Hit tokens / queried tokens.")
         modelLoaded = r.makeGauge(name: "swiftlet_model_loaded", help: "1 once the model is loaded.")
+        protocolWaiting = r.makeGauge(name: "vllm:num_requests_waiting",
+                                      help: "Sequences queued for admission (as swiftlet_waiting_sequences).")
+        protocolRunning = r.makeGauge(name: "vllm:num_requests_running",
+                                      help: "Sequences in the running batch (as swiftlet_running_sequences).")
+        protocolKVUsage = r.makeGauge(name: "vllm:kv_cache_usage_perc",
+                                      help: "Fraction of KV cache blocks held by sequences, 0 to 1.")
+        protocolPrefixQueries = r.makeCounter(name: "vllm:prefix_cache_queries_total",
+                                              help: "Prompt tokens of finished sequences looked up in the prefix cache.")
+        protocolPrefixHits = r.makeCounter(name: "vllm:prefix_cache_hits_total",
+                                           help: "Prompt tokens of finished sequences served from the prefix cache.")
     }
 
     public func request(endpoint: String, status: Int) {
@@ -68,6 +91,8 @@ public final class ServerMetrics: Sendable {
     func sequenceFinished(reason: FinishReason, promptTokens n: Int, cachedTokens: Int) {
         promptTokens.increment(by: Int64(n))
         cachedPromptTokens.increment(by: Int64(cachedTokens))
+        protocolPrefixQueries.increment(by: Int64(n))
+        protocolPrefixHits.increment(by: Int64(cachedTokens))
         registry.makeCounter(name: "swiftlet_sequences_finished_total", labels: [("reason", reason.rawValue)],
                              help: "Finished sequences by finish reason.").increment()
     }
@@ -82,9 +107,30 @@ public final class ServerMetrics: Sendable {
         prefixQueries.set(Double(s.prefixQueryTokens))
         prefixHits.set(Double(s.prefixHitTokens))
         prefixHitRate.set(s.prefixQueryTokens > 0 ? Double(s.prefixHitTokens) / Double(s.prefixQueryTokens) : 0)
+        protocolWaiting.set(Double(s.waiting))
+        protocolRunning.set(Double(s.running))
+        // recurrent models have no block pool: nothing to fill
+        protocolKVUsage.set(s.blocksTotal > 0 ? Double(s.blocksUsed) / Double(s.blocksTotal) : 0)
     }
 
     func setModelLoaded(_ loaded: Bool) { modelLoaded.set(Double(loaded ? 1 : 0)) }
+
+    /// The loaded engine's fixed facts: its KV cache layout (`vllm:cache_config_info`, which the
+    /// endpoint picker's prefix-cache scorer reads) and its LoRA adapters: none, and none can be
+    /// loaded (`max_lora` 0), stamped with the time the set was settled.
+    func engineLoaded(_ engine: Generator, at time: Date = Date()) {
+        setModelLoaded(true)
+        if engine.blockCount > 0 {
+            registry.makeGauge(name: "vllm:cache_config_info",
+                               labels: [("block_size", String(engine.configuration.blockSize)),
+                                        ("num_gpu_blocks", String(engine.blockCount))],
+                               help: "KV cache configuration in the labels; the value is 1.").set(1.0)
+        }
+        registry.makeGauge(name: "vllm:lora_requests_info",
+                           labels: [("max_lora", "0"), ("running_lora_adapters", ""), ("waiting_lora_adapters", "")],
+                           help: "LoRA adapters in the labels; the value is the time they last changed (Unix seconds).")
+            .set(time.timeIntervalSince1970)
+    }
 
     public func render() -> String { registry.emitToString() }
 }
@@ -93,10 +139,12 @@ public final class ServerMetrics: Sendable {
 struct ServerObserver: GeneratorObserver {
     let metrics: ServerMetrics
     let logger: Logger
+    /// The scheduler gauges describe one engine: the first model's.
+    var observesScheduler = true
 
     func firstToken(after waiting: Duration) { metrics.timeToFirstToken(waiting) }
     func nextToken(after interval: Duration) { metrics.interTokenLatency(interval) }
-    func stepFinished(_ snapshot: Generator.Snapshot) { metrics.updateScheduler(snapshot) }
+    func stepFinished(_ snapshot: Generator.Snapshot) { if observesScheduler { metrics.updateScheduler(snapshot) } }
 
     func forwardPassFailed(_ error: any Error, sequences: Int) {
         logger.error("forward pass failed", metadata: ["error": "\(error)", "sequences": "\(sequences)"])

@@ -12,6 +12,11 @@ public protocol Tokenizer: Sendable {
     var endOfGenerationTokens: Set<TokenID> { get }
     /// Whether `encode(_:addSpecial:parseSpecial:)` prepends BOS (from `tokenizer.ggml.add_bos_token`).
     var addsBOS: Bool { get }
+    /// Whether `encode(_:addSpecial:parseSpecial:)` appends EOS (`tokenizer.ggml.add_eos_token`).
+    var addsEOS: Bool { get }
+    /// The separator `encode(_:addSpecial:parseSpecial:)` ends a text with (BERT's [SEP],
+    /// llama.cpp's add_sep); nil when it adds none.
+    var addedSeparator: TokenID? { get }
 
     /// Encodes text. `addSpecial` adds BOS/EOS as the model's metadata asks; `parseSpecial`
     /// turns special-token text such as `<|im_start|>` into its single id.
@@ -30,6 +35,9 @@ public protocol Tokenizer: Sendable {
 }
 
 extension Tokenizer {
+    public var addsEOS: Bool { false }
+    public var addedSeparator: TokenID? { nil }
+
     public func pieceBytes(_ token: TokenID, special: Bool) -> [UInt8] { pieceBytes(token) }
 
     /// Full decode; invalid UTF-8 is replaced with U+FFFD. With `special: true` control tokens

@@ -40,6 +40,7 @@ public final class WordPieceTokenizer: Tokenizer {
     public var endOfGenerationTokens: Set<TokenID> { vocab.endOfGeneration }
     /// llama.cpp puts [CLS] first whenever special tokens are added, whatever `add_bos_token` says.
     public var addsBOS: Bool { vocab.bos != nil }
+    public var addedSeparator: TokenID? { separatorToken }
 
     public func attributes(_ token: TokenID) -> TokenAttributes {
         vocab.isValid(token) ? vocab.attributes[Int(token)] : []

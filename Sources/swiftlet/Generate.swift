@@ -5,7 +5,9 @@ import Kernels
 import Models
 
 struct Generate: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Complete a raw prompt (no chat template).")
+    static let configuration = CommandConfiguration(
+        abstract: "Complete a raw prompt (no chat template).",
+        discussion: "With --chat-template-file, the prompt is instead sent as one user message through that template.")
 
     @Argument(help: "Path to a .gguf file or a model name from the cache.")
     var model: String
@@ -15,6 +17,7 @@ struct Generate: ParsableCommand {
     var maxTokens = 128
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var runtime: RuntimeOptions
+    @OptionGroup var chatTemplate: ChatTemplateOptions
     @Flag(help: "Print one JSON object with the text, tokens, finish reason and timings.")
     var json = false
 
@@ -24,11 +27,15 @@ struct Generate: ParsableCommand {
     }
 
     func run() throws {
-        let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget)
+        let template = try chatTemplate.template()
+        let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
+                                     chatTemplate: template)
         let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
                                                                                      threads: runtime.threads))
         defer { generator.shutdownAndWait() }
-        let tokens = loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
+        let tokens = template == nil
+            ? loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
+            : loaded.promptTokens(for: try loaded.renderChat([.user(prompt)]))
         let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters, stop: sampling.stop)
         let result = try generator.generate(prompt: tokens, options: options) { piece in
             if !json { print(piece, terminator: ""); fflush(nil) }

@@ -3,6 +3,7 @@ import Engine
 import Foundation
 import Kernels
 import Models
+import Tokenization
 
 /// Sampler flags shared by `generate` and `run` (llama.cpp's names and defaults).
 struct SamplingOptions: ParsableArguments {
@@ -88,4 +89,29 @@ func requireWritableFile(_ path: String, what: String) throws {
         throw ValidationError("\(what) '\(path)': the folder '\(folder)' does not exist")
     }
     guard FileManager.default.isWritableFile(atPath: folder) else { throw ValidationError("\(what) '\(path)': cannot write in '\(folder)'") }
+}
+
+/// `--chat-template-file`, shared by `serve`, `run` and `generate`: a Jinja chat template used
+/// instead of the one in the GGUF. Read and parsed in `validate`, so a missing file or a broken
+/// template is reported before the model loads.
+struct ChatTemplateOptions: ParsableArguments {
+    @Option(name: .customLong("chat-template-file"),
+            help: ArgumentHelp("Use the Jinja chat template in FILE instead of the model's own.", valueName: "FILE"))
+    var chatTemplateFile: String?
+
+    func validate() throws { _ = try template() }
+
+    /// The parsed template; nil without the option.
+    func template() throws -> ChatTemplate? {
+        guard let path = chatTemplateFile else { return nil }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ValidationError("--chat-template-file: cannot read '\(path)'")
+        }
+        guard let source = String(data: data, encoding: .utf8) else {
+            throw ValidationError("--chat-template-file: '\(path)' is not UTF-8 text")
+        }
+        do { return try ChatTemplate(source: source) } catch {
+            throw ValidationError("--chat-template-file: '\(path)' is not a valid template: \(error)")
+        }
+    }
 }

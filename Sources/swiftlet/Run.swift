@@ -32,6 +32,7 @@ struct Run: ParsableCommand {
     var chat = false
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var runtime: RuntimeOptions
+    @OptionGroup var chatTemplate: ChatTemplateOptions
 
     /// Tokens per answer when a base model completes text: it has no end-of-turn to stop at.
     static let completionTokens = 128
@@ -56,12 +57,13 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let (model, prompt) = modelAndPrompt()
-        let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget)
+        let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
+                                     chatTemplate: try chatTemplate.template())
         let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
                                                                                      threads: runtime.threads))
         defer { generator.shutdownAndWait() }
         var chat = Conversation(model: loaded, generator: generator, system: system)
-        if !loaded.hasChatTemplate && !self.chat {
+        if !loaded.hasChatTemplate && !self.chat && chatTemplate.chatTemplateFile == nil {
             chat.completesText = true
             printError("note: \(loaded.name) has no chat template (a base model?): continuing the text instead of chatting, "
                        + "up to \(maxTokens ?? Self.completionTokens) tokens or a blank line (--chat uses the built-in "

@@ -38,6 +38,7 @@ import Testing
                 out[i] = Outcome(text: texts[i, default: ""], tokens: tokens[i, default: []], finish: reason,
                                  completionTokens: usage.completionTokens, cachedTokens: usage.cachedTokens)
             case .failed(_, let m): Issue.record(Comment(rawValue: m))
+            case .embedding(let i, _): Issue.record("unexpected embedding for sequence \(i)")
             }
         }
         return out.keys.sorted().map { out[$0]! }

@@ -16,16 +16,24 @@ import Testing
                             logger: Logger(label: "test"))
     }
 
-    @Test func healthIs503UntilTheModelIsLoaded() async throws {
+    /// Liveness and readiness apart: `/health` answers 200 as soon as the process listens (the
+    /// body says how far loading got), `/ready` 503 until the model is loaded, and a load
+    /// failure is reported by both.
+    @Test func healthIsLiveWhileReadyWaitsForTheModel() async throws {
         let server = makeServer()
         let app = Application(router: server.makeRouter())
         try await app.test(.router) { client in
             try await client.execute(uri: "/health", method: .get) { r in
+                #expect(r.status == .ok)
+                #expect(String(buffer: r.body).contains("loading"))
+            }
+            try await client.execute(uri: "/ready", method: .get) { r in
                 #expect(r.status == .serviceUnavailable)
                 #expect(String(buffer: r.body).contains("loading"))
             }
             try await client.execute(uri: "/v1/models", method: .get) { r in
                 #expect(r.status == .serviceUnavailable)
+                #expect(r.headers[.retryAfter] == "1")
             }
             try await client.execute(uri: "/metrics", method: .get) { r in
                 #expect(r.status == .ok)
@@ -35,6 +43,11 @@ import Testing
         server.state.loadError = "no such file"
         try await app.test(.router) { client in
             try await client.execute(uri: "/health", method: .get) { r in
+                #expect(r.status == .ok)
+                #expect(String(buffer: r.body).contains(#""status":"error""#))
+                #expect(String(buffer: r.body).contains("no such file"))
+            }
+            try await client.execute(uri: "/ready", method: .get) { r in
                 #expect(r.status == .serviceUnavailable)
                 #expect(String(buffer: r.body).contains("no such file"))
             }
@@ -63,7 +76,7 @@ import Testing
         #expect(throws: ServerConfigurationError.self) { try ServerConfiguration.apiKey(fromFile: file + ".missing") }
     }
 
-    @Test func aPIKeyIsRequiredOnV1Only() async throws {
+    @Test func aPIKeyIsRequiredOnEveryRouteButProbes() async throws {
         let app = Application(router: makeServer(apiKey: "k1").makeRouter())
         try await app.test(.router) { client in
             try await client.execute(uri: "/v1/models", method: .get) { r in
@@ -76,8 +89,12 @@ import Testing
             try await client.execute(uri: "/v1/models", method: .get, headers: [.authorization: "Bearer k1"]) { r in
                 #expect(r.status == .serviceUnavailable, "past authentication; the model is not loaded")
             }
-            try await client.execute(uri: "/health", method: .get) { r in
-                #expect(r.status == .serviceUnavailable)
+            try await client.execute(uri: "/ready", method: .get) { r in
+                #expect(r.status == .serviceUnavailable, "no key needed; the model is not loaded")
+            }
+            // routes outside /v1 are the API too (llama.cpp's /rerank alias)
+            try await client.execute(uri: "/rerank", method: .post, body: ByteBuffer(string: "{}")) { r in
+                #expect(r.status == .unauthorized)
             }
         }
     }

@@ -25,6 +25,12 @@ public struct GenerationOptions: Sendable {
     public var grammarTrigger: String?
     /// nil: no logprobs; k: the sampled token's logprob and the k most likely alternatives.
     public var logprobs: Int?
+    /// Set: the prompts are embedded, not continued. Each prompt's final hidden states are
+    /// pooled into one L2-normalized vector (an `.embedding` event before `.finished`) and
+    /// nothing is generated.
+    public var embedding: EmbeddingPooling?
+    /// Set: thinking (`<think>`…`</think>`) is ended by the engine after this many tokens.
+    public var reasoningBudget: ReasoningBudget?
 
     public init(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: [String] = [],
                 grammar: JSONGrammar? = nil, grammarTrigger: String? = nil, logprobs: Int? = nil) {
@@ -58,6 +64,8 @@ public enum GenerationEvent: Sendable {
     /// when they were asked for.
     case text(index: Int, text: String, tokens: [TokenID], logprobs: [TokenLogprobInfo])
     case finished(index: Int, reason: FinishReason, usage: SequenceUsage)
+    /// The pooled, L2-normalized embedding of sequence `index` (embedding requests only).
+    case embedding(index: Int, vector: [Float])
     case failed(index: Int, message: String)
 }
 

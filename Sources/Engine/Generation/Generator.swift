@@ -138,6 +138,10 @@ public final class Generator: @unchecked Sendable {
         var lastToken: ContinuousClock.Instant?
         var pendingTokens: [TokenID] = []
         var pendingLogprobs: [TokenLogprobInfo] = []
+        /// Embedding sequences: the pooled hidden states so far.
+        var embedding: EmbeddingAccumulator?
+        /// Sequences with a reasoning budget: where the output is and what thinking has cost.
+        var thinking: ThinkingTracker?
 
         var constraint: GrammarConstraint? { output.activeConstraint }
 
@@ -154,12 +158,20 @@ public final class Generator: @unchecked Sendable {
                                     constraint: options.grammar.map { GrammarConstraint(grammar: $0, vocabulary: vocabulary) },
                                     trigger: options.grammarTrigger)
             self.submitted = submitted
+            embedding = options.embedding.map { EmbeddingAccumulator(pooling: $0) }
+            thinking = options.reasoningBudget.map { ThinkingTracker(budget: $0) }
         }
     }
 
     /// Validates the context against the model, sizes the KV pool (attention models) and
     /// starts the generator thread.
     public init(model: LoadedModel, configuration: Configuration, observer: (any GeneratorObserver)? = nil) throws {
+        var configuration = configuration
+        if model.model.isEncoder {
+            // encoders have absolute positions up to their training context and nothing beyond
+            configuration.contextLength = min(configuration.contextLength, model.config.contextLength)
+            configuration.kvCacheTokens = min(configuration.kvCacheTokens, configuration.contextLength * configuration.parallel)
+        }
         try model.validateContext(configuration.contextLength)
         self.model = model
         self.configuration = configuration
@@ -207,14 +219,16 @@ public final class Generator: @unchecked Sendable {
     }
 
     /// Checks a prompt before it is submitted: not empty, every token in the vocabulary, and
-    /// room for at least one generated token in the context.
-    public func validate(prompt: [TokenID]) throws(EngineError) {
+    /// room for at least one generated token in the context (for an embedding, room for the
+    /// prompt itself).
+    public func validate(prompt: [TokenID], embedding: Bool = false) throws(EngineError) {
         guard !prompt.isEmpty else { throw .emptyPrompt }
+        guard embedding || !model.model.isEncoder else { throw .encoderCannotGenerate(architecture: model.config.architecture) }
         let vocabularySize = model.config.vocabularySize
         if let bad = prompt.first(where: { $0 < 0 || Int($0) >= vocabularySize }) {
             throw .tokenOutOfRange(token: Int(bad), vocabularySize: vocabularySize)
         }
-        guard prompt.count < configuration.contextLength else {
+        guard prompt.count < configuration.contextLength || (embedding && prompt.count == configuration.contextLength) else {
             throw .promptTooLong(tokens: prompt.count, context: configuration.contextLength)
         }
     }
@@ -232,7 +246,7 @@ public final class Generator: @unchecked Sendable {
 
     private func enqueue(_ specs: [SequenceSpec], options: GenerationOptions, delivery: Delivery) throws -> Int {
         precondition(!specs.isEmpty)
-        for spec in specs { try validate(prompt: spec.prompt) }
+        for spec in specs { try validate(prompt: spec.prompt, embedding: options.embedding != nil) }
         condition.lock()
         defer { condition.unlock() }
         guard !stopping else { throw SubmitError.stopped }
@@ -269,12 +283,36 @@ public final class Generator: @unchecked Sendable {
                     cancel(id)
                 }
             case .finished(_, let reason, let usage): finish = (reason, usage)
+            case .embedding: break
             case .failed(_, let message): failure = message
             }
         }
         if let failure { throw EngineError.generationFailed(failure) }
         guard let finish else { throw SubmitError.stopped }
         return GenerationResult(text: text, tokens: tokens, finishReason: finish.reason, usage: finish.usage)
+    }
+
+    /// Embeds each prompt (one sequence each, batched like any other work) and waits: one
+    /// L2-normalized vector per prompt, in order.
+    public func embed(_ prompts: [[TokenID]], pooling: EmbeddingPooling) throws -> [[Float]] {
+        guard !prompts.isEmpty else { return [] }
+        let mailbox = EventMailbox()
+        var options = GenerationOptions(maxTokens: 0)
+        options.embedding = pooling
+        _ = try enqueue(prompts.map { SequenceSpec(prompt: $0) }, options: options,
+                        delivery: .callback({ mailbox.put($0) }, onEnd: { mailbox.close() }))
+        var vectors = [[Float]?](repeating: nil, count: prompts.count)
+        var failure: String?
+        while let event = mailbox.take() {
+            switch event {
+            case .embedding(let i, let vector): vectors[i] = vector
+            case .failed(_, let message): failure = failure ?? message
+            case .text, .finished: break
+            }
+        }
+        if let failure { throw EngineError.generationFailed(failure) }
+        guard vectors.allSatisfy({ $0 != nil }) else { throw SubmitError.stopped }
+        return vectors.map { $0! }
     }
 
     public func cancel(_ requestID: Int) {
@@ -348,6 +386,8 @@ public final class Generator: @unchecked Sendable {
         requests[s.id] = RequestState(delivery: s.delivery, remaining: s.specs.count)
         for (index, spec) in s.specs.enumerated() {
             let seq = scheduler.add(id: nextSequenceID, prompt: spec.prompt)
+            seq.reusesCachedPrefix = s.options.embedding == nil
+            seq.runsWholePrompt = model.model.isEncoder
             nextSequenceID += 1
             active[seq.id] = ActiveSequence(requestID: s.id, index: index, sequence: seq, options: s.options,
                                             seed: spec.seed, tokenizer: model.tokenizer, vocabulary: vocabulary,
@@ -371,19 +411,33 @@ public final class Generator: @unchecked Sendable {
         }
         let now = ContinuousClock.now
         for chunk in chunks { if let a = active[chunk.sequence.id], a.admitted == nil { a.admitted = now } }
-        let batch = chunks.map { BatchSequence(tokens: $0.tokens, cache: $0.sequence.store!.modelState) }
-        let logits: [[Float]]
+        let embeds = chunks.map { active[$0.sequence.id]?.embedding != nil }
+        let batch = zip(chunks, embeds).map { chunk, embeds in
+            BatchSequence(tokens: chunk.tokens, cache: chunk.sequence.store!.modelState, hiddenStates: embeds)
+        }
+        let rows: [[Float]]
         do {
-            logits = try model.model.forward(batch, pool: pool)
+            rows = try model.model.forward(batch, pool: pool)
         } catch {
             observer?.forwardPassFailed(error, sequences: chunks.count)
             for chunk in chunks { if let a = active[chunk.sequence.id] { fail(a, message: "\(error)") } }
             return
         }
         scheduler.didRun(chunks)
+        // One logits row per generating chunk; one hidden-state row per position of an embedding chunk.
         var sampling: [(sequence: ActiveSequence, logits: [Float])] = []
-        for (chunk, row) in zip(chunks, logits) where chunk.producesToken {
+        var next = 0
+        for (chunk, embeds) in zip(chunks, embeds) {
+            let count = embeds ? chunk.range.count : 1
+            let chunkRows = rows[next..<next + count]
+            next += count
             guard let a = active[chunk.sequence.id] else { continue }
+            if embeds {
+                a.embedding?.add(chunkRows, positions: chunk.range)
+                if chunk.producesToken { finishEmbedding(a) }
+                continue
+            }
+            guard chunk.producesToken, let row = chunkRows.first else { continue }
             // NaN or infinity would sample an arbitrary token: stop with the position instead
             guard row.allSatisfy(\.isFinite) else {
                 observer?.forwardPassFailed(EngineError.nonFiniteLogits(position: chunk.range.upperBound - 1), sequences: 1)
@@ -407,6 +461,10 @@ public final class Generator: @unchecked Sendable {
 
     private func sample(_ a: ActiveSequence, logits: [Float], drawn: TokenID? = nil) {
         let seq = a.sequence
+        if a.thinking?.exhausted == true, a.constraint == nil {
+            closeThinking(a)
+            return
+        }
         var row = logits
         if let c = a.constraint { c.apply(to: &row) }
         let token: TokenID
@@ -437,12 +495,61 @@ public final class Generator: @unchecked Sendable {
         a.pendingTokens.append(token)
         if let info { a.pendingLogprobs.append(info) }
         let (text, verdict) = a.output.accept(token)
+        a.thinking?.countToken()
+        a.thinking?.observe(text)
         emit(a, text: text)
         if verdict == .stop {
             finish(a, reason: .stop)
         } else if seq.generatedCount >= a.options.maxTokens || seq.tokens.count >= configuration.contextLength {
             finish(a, reason: .length)
         }
+    }
+
+    /// The reasoning budget is spent: instead of sampling, the closing marker's tokens are
+    /// appended (computed with the next step, like a prompt chunk) and sent as output text.
+    private func closeThinking(_ a: ActiveSequence) {
+        guard let budget = a.thinking?.budget else { return }
+        let now = ContinuousClock.now
+        if a.firstToken == nil { a.firstToken = now }
+        a.lastToken = now
+        let forced = model.tokenizer.encode(budget.forcedClosing, addSpecial: false, parseSpecial: true)
+        guard a.sequence.tokens.count + forced.count < configuration.contextLength else {
+            finish(a, reason: .length)
+            return
+        }
+        var text = ""
+        for token in forced {
+            a.sequence.append(token)
+            a.pendingTokens.append(token)
+            text += a.output.accept(token).text
+        }
+        a.thinking?.observe(text)
+        // a closing marker the tracker cannot see (a tokenizer that drops it) still ends thinking
+        if a.thinking?.inside == true { a.thinking = nil }
+        emit(a, text: text)
+        if a.sequence.generatedCount >= a.options.maxTokens || a.sequence.tokens.count >= configuration.contextLength {
+            finish(a, reason: .length)
+        }
+    }
+
+    /// An embedding sequence whose whole prompt has been through the model: its vector, then
+    /// the end. A non-finite vector fails the sequence, naming the problem.
+    private func finishEmbedding(_ a: ActiveSequence) {
+        guard var vector = a.embedding?.normalized else { return }
+        if a.embedding?.pooling == .rank {
+            guard let classifier = model.model.classifier else {
+                fail(a, message: EngineError.noClassifier.description)
+                return
+            }
+            vector = classifier.scores(vector, pool: pool)
+        }
+        guard vector.allSatisfy(\.isFinite) else {
+            fail(a, message: EngineError.nonFiniteEmbedding.description)
+            return
+        }
+        a.firstToken = .now
+        requests[a.requestID]?.delivery.send(.embedding(index: a.index, vector: vector))
+        finish(a, reason: .stop)
     }
 
     /// Sends the text and the tokens sampled since the last event. Text held back (an

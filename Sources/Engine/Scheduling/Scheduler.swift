@@ -17,6 +17,13 @@ public final class ScheduledSequence {
     public internal(set) var preemptions = 0
     /// Whether it has been admitted at least once.
     public internal(set) var wasAdmitted = false
+    /// Whether admission may take its prompt's prefix from the prefix cache. Embeddings need
+    /// every position's hidden state, so they compute the whole prompt (and still leave their
+    /// blocks in the cache for others).
+    public var reusesCachedPrefix = true
+    /// Encoders: the prompt goes through in one chunk (its tokens attend to each other both
+    /// ways), even beyond a step's token budget when it is alone in that step.
+    public var runsWholePrompt = false
     let arrival: Int
 
     public init(id: Int, prompt: [TokenID], arrival: Int = 0) {
@@ -61,7 +68,8 @@ public struct ScheduledChunk {
 /// - a sequence is in exactly one of `waiting`, `running`, or neither (finished);
 /// - `running.count <= maxRunning`; every running sequence has a store, no waiting one does;
 /// - a planned chunk's positions are reserved in its store before `schedule` returns it, and
-///   a step's chunks hold at most `maxBatchTokens` tokens together;
+///   a step's chunks hold at most `maxBatchTokens` tokens together, unless the step is one
+///   encoder prompt (`runsWholePrompt`) longer than that;
 /// - blocks are held only by running sequences' stores and the prefix cache (`releaseAll` on
 ///   removal and preemption gives them back).
 ///
@@ -144,8 +152,12 @@ public final class Scheduler {
         for seq in order where seq.status == .running {
             guard budget > 0 else { break }
             let start = seq.computedCount
-            let n = min(seq.tokens.count - start, budget)
+            var n = min(seq.tokens.count - start, budget)
             guard n > 0 else { continue }
+            if seq.runsWholePrompt && n < seq.tokens.count - start {
+                guard budget == configuration.maxBatchTokens else { continue }
+                n = seq.tokens.count - start
+            }
             guard reserve(seq, tokens: n) else { continue }
             chunks.append(ScheduledChunk(sequence: seq, range: start..<start + n))
             budget -= n
@@ -155,14 +167,19 @@ public final class Scheduler {
         // Admit waiting sequences.
         while budget > 0, running.count < configuration.maxRunning, let seq = waiting.first {
             let store = makeStore()
-            var cached = store.adoptCachedPrefix(seq.tokens)
+            var cached = seq.reusesCachedPrefix ? store.adoptCachedPrefix(seq.tokens) : 0
             if cached >= seq.tokens.count {
                 // Everything is cached: the last token still has to run to give logits; its
                 // block is shared, so writing it copies the block first.
                 cached = seq.tokens.count - 1
                 store.truncate(to: cached)
             }
-            let n = min(seq.tokens.count - cached, budget)
+            var n = min(seq.tokens.count - cached, budget)
+            if seq.runsWholePrompt && n < seq.tokens.count - cached {
+                // alone in a step it may exceed the budget; otherwise it waits for an empty one
+                guard budget == configuration.maxBatchTokens else { break }
+                n = seq.tokens.count - cached
+            }
             // Keep one spare block per running sequence so that admitting does not force
             // an immediate preemption at the next block boundary (stores without blocks
             // need none).

@@ -62,14 +62,15 @@ public struct AttentionSequence: @unchecked Sendable {
 /// `queries`: one row of `heads · headDimension` floats per batch row, rotated; `out`: one row
 /// of `heads · valueDimension`. Query head h reads KV head h / (heads / kvHeads).
 /// `softCap`: attention logit soft-capping (gemma2): scores become c·tanh(q·k·scale / c), with
-/// the 1/c folded into the scale as ggml does (nil or 0: none).
+/// the 1/c folded into the scale as ggml does (nil or 0: none). `causal: false` (encoders):
+/// every row attends over all of its sequence's positions, with the row kernel.
 /// Jobs are (rows, heads) pairs dealt out round-robin to a few pool items, which balances the
 /// causal triangle's uneven rows.
 // Unchecked: heads % kvHeads == 0 and window ≥ 1 (Models' Attention.init checks the heads; windows come only from slidingWindowLayers, which yields none below 1).
 // Unchecked: K rows hold kvHeads·headDimension halves, V rows kvHeads·valueDimension (caches are sized kvHeads·max(key, value length) from ModelConfig; Linear.init checks the K/V widths).
 public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequence], heads: Int, kvHeads: Int,
                    headDimension: Int, valueDimension: Int, scale: Float, softCap: Float? = nil, window: Int?,
-                   into out: UnsafeMutablePointer<Float>, pool: ThreadPool) {
+                   causal: Bool = true, into out: UnsafeMutablePointer<Float>, pool: ThreadPool) {
     let group = heads / kvHeads
     let softCap = softCap ?? 0
     let scale = softCap != 0 ? scale / softCap : scale
@@ -78,7 +79,7 @@ public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequenc
     // a job (a lone decoding sequence has only `heads` of them). An uneven split is fine: the
     // grouped kernel is enough faster per head that fewer grouped jobs (SmolLM2: 3 on 2
     // threads) beat more one-head jobs (9).
-    let rowRuns = sequences.reduce(0) { $0 + ($1.tiled ? 0 : $1.tokens) }
+    let rowRuns = sequences.reduce(0) { $0 + ($1.tiled && causal ? 0 : $1.tokens) }
     let threadCount = pool.threadCount  // also llama.cpp's split-KV chunk count: one per thread
     var together = rowKernelHeads(group: group, valueDimension: valueDimension)
     while together > 1 {
@@ -92,8 +93,9 @@ public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequenc
     var work = 0, longest = 0
     for (s, seq) in sequences.enumerated() {
         longest = max(longest, seq.firstPosition + seq.tokens)
-        let step = seq.tiled ? attentionTile : 1
-        let width = seq.tiled ? 1 : together
+        let tiled = seq.tiled && causal
+        let step = tiled ? attentionTile : 1
+        let width = tiled ? 1 : together
         for i in stride(from: 0, to: seq.tokens, by: step) {
             let rows = min(step, seq.tokens - i)
             for h in stride(from: 0, to: heads, by: width) { jobs.append((s, seq.firstRow + i, rows, h, width)) }
@@ -114,14 +116,16 @@ public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequenc
             let seq = seqs[s]
             let position = seq.firstPosition + (r - seq.firstRow)
             let first = window.map { max(0, position - $0 + 1) } ?? 0
+            // the positions this row sees: up to its own, or (encoders) all of the sequence's
+            let last = causal ? position : seq.firstPosition + seq.tokens - 1
             let (keyOffset, valueOffset) = ((h / group) * headDimension, (h / group) * valueDimension)
             let query = q + r * queryStride + h * headDimension, output = o + r * outStride + h * valueDimension
-            if seq.tiled {
+            if seq.tiled && causal {
                 attendHeadTile(query: query, queryStride: queryStride, rows: rows, firstPosition: position, window: window,
                                keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
                                headDimension: headDimension, valueDimension: valueDimension, scale: scale,
                                softCap: softCap, scratch: tile, into: output, outStride: outStride)
-            } else if let cells = seq.splitCells {
+            } else if let cells = seq.splitCells, causal {
                 attendHeadsRowSplit(query: query, heads: width,
                                     keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
                                     positions: first..<position + 1, cells: cells,
@@ -131,7 +135,7 @@ public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequenc
             } else {
                 attendHeadsRow(query: query, heads: width,
                                keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
-                               positions: first..<position + 1, headDimension: headDimension,
+                               positions: first..<last + 1, headDimension: headDimension,
                                valueDimension: valueDimension, scale: scale, softCap: softCap, scratch: scratch,
                                into: output)
             }

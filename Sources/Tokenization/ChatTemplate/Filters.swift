@@ -87,16 +87,18 @@ extension Interpreter {
             if let attr = args.get(1, "attribute") { items = try items.map { try attributePath($0, attr) } }
             return .string(items.map(\.str).joined(separator: sep))
         case "first":
-            if case .dict(let d) = value { return d.keys.first.map { .string($0) } ?? .undefined("first") }
+            if case .dict(let d) = value { return d.keys.first ?? .undefined("first") }
+            if case .generator(let g) = value { return g.next() ?? .undefined("first") }
             return try iterate(value).first ?? .undefined("first")
         case "last":
+            if case .generator = value { throw ValueError("'generator' object is not reversible") }
             return try iterate(value).last ?? .undefined("last")
         case "list": return .array(try iterate(value))
         case "items":
             switch value {
-            case .dict(let d): return .array(d.pairs.map { .array([.string($0.0), $0.1]) })
-            case .namespace(let ns): return .array(ns.attributes.pairs.map { .array([.string($0.0), $0.1]) })
-            case .undefined: return .array([])
+            case .dict(let d): return .generator(PyGenerator(d.pairs.map { .array([$0.0, $0.1]) }))
+            case .namespace(let ns): return .generator(PyGenerator(ns.attributes.pairs.map { .array([$0.0, $0.1]) }))
+            case .undefined: return .generator(PyGenerator([]))
             default: throw ValueError("items filter expects a mapping, got \(value.typeName)")
             }
         case "dictsort":
@@ -104,7 +106,7 @@ extension Interpreter {
             let caseSensitive = args.bool(0, "case_sensitive") ?? false
             let byValue = (try args.string(1, "by") ?? "key") == "value"
             let reverse = args.bool(2, "reverse") ?? false
-            let pairs = d.pairs.map { Value.array([.string($0.0), $0.1]) }
+            let pairs = d.pairs.map { Value.array([$0.0, $0.1]) }
             return .array(try sorted(pairs, caseSensitive: caseSensitive, reverse: reverse) { pair in
                 guard case .array(let kv) = pair else { return pair }
                 return byValue ? kv[1] : kv[0]
@@ -118,7 +120,7 @@ extension Interpreter {
             })
         case "reverse":
             if case .string(let s) = value { return .string(String(String.UnicodeScalarView(s.unicodeScalars.reversed()))) }
-            return .array(try iterate(value).reversed())
+            return .generator(PyGenerator(try iterate(value).reversed()))
         case "unique":
             let caseSensitive = args.bool(0, "case_sensitive") ?? false
             let attr = args.get(1, "attribute")
@@ -131,38 +133,39 @@ extension Interpreter {
                     out.append(v)
                 }
             }
-            return .array(out)
+            return .generator(PyGenerator(out))
+        // Jinja skips a false sequence (none, empty) in these filters instead of iterating it.
         case "map":
-            let items = try iterate(value)
+            let items = value.truthy ? try iterate(value) : []
             if let attr = args.named.first(where: { $0.0 == "attribute" })?.1 {
                 let fallback = args.named.first(where: { $0.0 == "default" })?.1
-                return .array(try items.map { v in
+                return .generator(PyGenerator(try items.map { v in
                     let r = try attributePath(v, attr)
                     if r.isUndefined, let fallback { return fallback }
                     return r
-                })
+                }))
             }
             guard case .string(let filterName)? = args.positional.first else { throw ValueError("map() needs a filter name or attribute=") }
             let rest = Args(positional: Array(args.positional.dropFirst()), named: args.named)
-            return .array(try items.map { try filter(filterName, $0, rest, pos) })
+            return .generator(PyGenerator(try items.map { try filter(filterName, $0, rest, pos) }))
         case "select", "reject":
             let keep = name == "select"
-            let items = try iterate(value)
+            let items = value.truthy ? try iterate(value) : []
             guard case .string(let testName)? = args.positional.first else {
-                return .array(items.filter { $0.truthy == keep })
+                return .generator(PyGenerator(items.filter { $0.truthy == keep }))
             }
             let rest = Args(positional: Array(args.positional.dropFirst()), named: args.named)
-            return .array(try items.filter { try test(testName, $0, rest, pos) == keep })
+            return .generator(PyGenerator(try items.filter { try test(testName, $0, rest, pos) == keep }))
         case "selectattr", "rejectattr":
             let keep = name == "selectattr"
             guard let attr = args.positional.first else { throw ValueError("\(name)() needs an attribute name") }
-            let items = try iterate(value)
+            let items = value.truthy ? try iterate(value) : []
             if args.positional.count < 2 {
-                return .array(try items.filter { try attributePath($0, attr).truthy == keep })
+                return .generator(PyGenerator(try items.filter { try attributePath($0, attr).truthy == keep }))
             }
             guard case .string(let testName) = args.positional[1] else { throw ValueError("\(name)() test name must be a string") }
             let rest = Args(positional: Array(args.positional.dropFirst(2)), named: args.named)
-            return .array(try items.filter { try test(testName, try attributePath($0, attr), rest, pos) == keep })
+            return .generator(PyGenerator(try items.filter { try test(testName, try attributePath($0, attr), rest, pos) == keep }))
         case "replace":
             guard let old = try args.string(0, "old"), let new = try args.string(1, "new") else {
                 throw ValueError("replace filter takes 2 string arguments")
@@ -237,22 +240,11 @@ extension Interpreter {
         case "safe":
             return value
         case "escape", "e", "forceescape":
-            var out = ""
-            for ch in value.str {
-                switch ch {
-                case "&": out += "&amp;"
-                case "<": out += "&lt;"
-                case ">": out += "&gt;"
-                case "\"": out += "&#34;"
-                case "'": out += "&#39;"
-                default: out.append(ch)
-                }
-            }
-            return .string(out)
+            return .string(htmlEscape(value.str))
         case "batch":
             guard let size = try args.int(0, "linecount"), size > 0 else { throw ValueError("batch needs a positive size") }
             let items = try iterate(value)
-            return .array(stride(from: 0, to: items.count, by: size).map { .array(Array(items[$0..<min($0 + size, items.count)])) })
+            return .generator(PyGenerator(stride(from: 0, to: items.count, by: size).map { .array(Array(items[$0..<min($0 + size, items.count)])) }))
         case "center":
             let width = min(try args.int(0, "width") ?? 80, 4096)
             let s = value.str
@@ -283,7 +275,7 @@ extension Interpreter {
         case "mapping": if case .dict = value { return true }; if case .namespace = value { return true }; return false
         case "iterable":
             switch value {
-            case .string, .array, .dict, .undefined, .namespace: return true
+            case .string, .array, .generator, .dict, .undefined, .namespace: return true
             default: return false
             }
         case "sequence":

@@ -92,7 +92,7 @@ final class Interpreter {
             case .forLoop(let loop):
                 try execFor(loop, into: &out)
             case .assign(let target, let e, let pos):
-                try assign(target, try eval(e), pos)
+                try assign(target, try evalKeepingMarkup(e), pos)
             case .assignBlock(let target, let filters, let body, let pos):
                 var captured = ""
                 _ = try exec(body, into: &captured)
@@ -243,7 +243,12 @@ final class Interpreter {
         return result
     }
 
-    func eval(_ e: Expr) throws -> Value {
+    /// The expression's value as a plain value (markup strings become ordinary strings).
+    func eval(_ e: Expr) throws -> Value { try evalKeepingMarkup(e).plain }
+
+    /// The expression's value, still marked when it is markup (`safe`, `escape`): kept through
+    /// variables, `+`, `and` / `or` and conditionals, as jinja2's `Markup` is.
+    func evalKeepingMarkup(_ e: Expr) throws -> Value {
         switch e {
         case .literal(let l, _):
             switch l {
@@ -259,7 +264,10 @@ final class Interpreter {
             return .array(try items.map(eval))
         case .dict(let pairs, _):
             var d = ValueDict()
-            for (k, v) in pairs { d[try eval(k).str] = try eval(v) }
+            for (k, v) in pairs {
+                let key = try eval(k)
+                try at(k.pos) { try d.insert(key, try eval(v)) }
+            }
             return .dict(d)
         case .attribute(let base, let name, _):
             return getAttribute(try eval(base), name)
@@ -286,8 +294,7 @@ final class Interpreter {
                 var out = String.UnicodeScalarView()
                 for k in sliceIndices(count: scalars.count, start: st, stop: sp, step: stepValue) { out.append(scalars[k]) }
                 return .string(String(out))
-            case .undefined: return b
-            default: throw fail("'\(b.typeName)' object is not subscriptable", pos)
+            default: return .undefined("slice")
             }
         case .call(let callee, let args, let pos):
             if case .attribute(let objectExpr, let name, _) = callee {
@@ -301,7 +308,9 @@ final class Interpreter {
             let f = try eval(callee)
             return try callValue(f, try evalArgs(args), pos)
         case .filter(let base, let name, let args, let pos):
-            return try applyFilter(name, try eval(base), args, pos)
+            let value = try evalKeepingMarkup(base)
+            if let marked = markupFilter(name, value) { return marked }
+            return try applyFilter(name, value.plain, args, pos)
         case .test(let base, let name, let args, let negated, let pos):
             let v = try eval(base)
             let result = try applyTest(name, v, try evalArgs(args), pos)
@@ -323,19 +332,45 @@ final class Interpreter {
             }
         case .binary(let op, let l, let r, let pos):
             if op == "and" {
-                let a = try eval(l)
-                return a.truthy ? try eval(r) : a
+                let a = try evalKeepingMarkup(l)
+                return a.truthy ? try evalKeepingMarkup(r) : a
             }
             if op == "or" {
-                let a = try eval(l)
-                return a.truthy ? a : try eval(r)
+                let a = try evalKeepingMarkup(l)
+                return a.truthy ? a : try evalKeepingMarkup(r)
             }
-            let a = try eval(l), b = try eval(r)
-            return try at(pos) { try binary(op, a, b) }
+            let a = try evalKeepingMarkup(l), b = try evalKeepingMarkup(r)
+            if op == "+", let joined = markupConcatenation(a, b) { return joined }
+            return try at(pos) { try binary(op, a.plain, b.plain) }
         case .conditional(let then, let condition, let otherwise, _):
-            if try eval(condition).truthy { return try eval(then) }
-            return try otherwise.map(eval) ?? .undefined("else")
+            if try eval(condition).truthy { return try evalKeepingMarkup(then) }
+            return try otherwise.map(evalKeepingMarkup) ?? .undefined("else")
         }
+    }
+
+    /// `safe`, `escape` and `forceescape` make markup (jinja2's `Markup`); nil for other filters.
+    func markupFilter(_ name: String, _ value: Value) -> Value? {
+        switch name {
+        case "safe": return .markup(value.str)
+        case "escape", "e": if case .markup = value { return value }; return .markup(htmlEscape(value.str))
+        case "forceescape": return .markup(htmlEscape(value.str))
+        default: return nil
+        }
+    }
+
+    /// `+` with markup on one side: the plain string side is HTML-escaped and the result is
+    /// markup, as Python's `Markup.__add__` / `__radd__` do (transformers' `tojson` returns a
+    /// plain string, so `'...'|safe + x|tojson` escapes the JSON's quotes). nil otherwise.
+    func markupConcatenation(_ a: Value, _ b: Value) -> Value? {
+        func part(_ v: Value) -> String? {
+            switch v {
+            case .markup(let s): return s
+            case .string(let s): return htmlEscape(s)
+            default: return nil
+            }
+        }
+        guard a.isMarkup || b.isMarkup, let x = part(a), let y = part(b) else { return nil }
+        return .markup(x + y)
     }
 
     func binary(_ op: String, _ a: Value, _ b: Value) throws -> Value {
@@ -440,9 +475,13 @@ final class Interpreter {
             guard case .string(let sub) = item else { throw ValueError("'in <string>' requires string as left operand, not \(item.typeName)") }
             return sub.isEmpty || s.contains(sub)
         case .array(let items): return items.contains { pyEqual($0, item) }
-        case .dict(let d):
-            if case .string(let k) = item { return d[k] != nil }
+        case .generator(let g):
+            // consumes up to the match, as Python does
+            while let x = g.next() { if pyEqual(x, item) { return true } }
             return false
+        case .dict(let d):
+            _ = try ValueDict.Key(item)  // Python: unhashable types are an error here
+            return d.lookup(item) != nil
         case .namespace(let ns):
             if case .string(let k) = item { return ns.attributes[k] != nil }
             return false
@@ -455,10 +494,11 @@ final class Interpreter {
     func iterate(_ v: Value) throws -> [Value] {
         switch v {
         case .array(let items): return items
-        case .dict(let d): return d.keys.map { .string($0) }
+        case .generator(let g): return g.drain()
+        case .dict(let d): return d.keys
         case .string(let s): return s.unicodeScalars.map { .string(String($0)) }
         case .undefined: return []
-        case .namespace(let ns): return ns.attributes.keys.map { .string($0) }
+        case .namespace(let ns): return ns.attributes.keys
         default: throw ValueError("'\(v.typeName)' object is not iterable")
         }
     }
@@ -496,29 +536,29 @@ final class Interpreter {
         case (.array(let items), _):
             guard let i = index.intValue else {
                 if case .string(let s) = index { return getAttribute(object, s) }
-                throw ValueError("list indices must be integers, not \(index.typeName)")
+                return .undefined(index.str)
             }
             let k = i < 0 ? i + items.count : i
             return k >= 0 && k < items.count ? items[k] : .undefined("[\(i)]")
         case (.string(let s), _):
             guard let i = index.intValue else {
                 if case .string(let name) = index { return getAttribute(object, name) }
-                throw ValueError("string indices must be integers, not \(index.typeName)")
+                return .undefined(index.str)
             }
             let scalars = Array(s.unicodeScalars)
             let k = i < 0 ? i + scalars.count : i
             return k >= 0 && k < scalars.count ? .string(String(scalars[k])) : .undefined("[\(i)]")
         case (.dict(let d), _):
-            let key = index.str
-            if let v = d[key] { return v }
+            if let v = d.lookup(index) { return v }
             if case .string(let s) = index { return getAttribute(object, s) }
-            return .undefined(key)
+            return .undefined(index.str)
         case (.namespace(let ns), .string(let key)):
             return ns.attributes[key] ?? .undefined(key)
-        case (.undefined, _), (.none, _):
-            return .undefined(index.str)
         default:
-            throw ValueError("'\(object.typeName)' object is not subscriptable")
+            // Jinja answers a subscript Python rejects (`5[0]`, a generator's `[0]`) with
+            // undefined; only using that value fails.
+            if case .string(let s) = index { return getAttribute(object, s) }
+            return .undefined(index.str)
         }
     }
 
@@ -592,14 +632,14 @@ final class Interpreter {
         case "namespace":
             let ns = Namespace()
             for v in args.positional {
-                if case .dict(let d) = v { for (k, x) in d.pairs { ns.attributes[k] = x } }
+                if case .dict(let d) = v { for (k, x) in d.pairs { try at(pos) { try ns.attributes.insert(k, x) } } }
             }
             for (k, v) in args.named { ns.attributes[k] = v }
             return .namespace(ns)
         case "dict":
             var d = ValueDict()
             for v in args.positional {
-                if case .dict(let other) = v { for (k, x) in other.pairs { d[k] = x } }
+                if case .dict(let other) = v { for (k, x) in other.pairs { try at(pos) { try d.insert(k, x) } } }
             }
             for (k, v) in args.named { d[k] = v }
             return .dict(d)
@@ -622,9 +662,9 @@ final class Interpreter {
             switch name {
             case "get":
                 guard let key = args.get(0, "key") else { throw ValueError("get() needs a key") }
-                return d[key.str] ?? args.get(1, "default") ?? .none
-            case "items": return .array(d.pairs.map { .array([.string($0.0), $0.1]) })
-            case "keys": return .array(d.keys.map { .string($0) })
+                return d.lookup(key) ?? args.get(1, "default") ?? .none
+            case "items": return .array(d.pairs.map { .array([$0.0, $0.1]) })
+            case "keys": return .array(d.keys)
             case "values": return .array(d.values)
             default: break
             }

@@ -2,32 +2,94 @@ import Foundation
 import JSON
 
 /// An insertion-ordered dictionary of template values (Python dicts keep insertion order).
+/// Keys are strings, numbers, booleans or none, as in Python: `{0: 'a'}[0]` is found, `'0'` is not.
 struct ValueDict {
-    private(set) var keys: [String] = []
-    private var storage: [String: Value] = [:]
+    /// Python's key identity: `1`, `1.0` and `True` are the same key.
+    enum Key: Hashable {
+        case none
+        case int(Int)
+        case double(Double)
+        case string(String)
 
-    init() {}
-
-    var count: Int { keys.count }
-
-    subscript(key: String) -> Value? {
-        get { storage[key] }
-        set {
-            if let newValue {
-                if storage.updateValue(newValue, forKey: key) == nil { keys.append(key) }
-            } else if storage.removeValue(forKey: key) != nil {
-                keys.removeAll { $0 == key }
+        init(_ v: Value) throws {
+            switch v {
+            case .none: self = .none
+            case .bool(let b): self = .int(b ? 1 : 0)
+            case .int(let n): self = .int(n)
+            case .double(let d): self = Int(exactly: d).map { .int($0) } ?? .double(d)
+            case .string(let s): self = .string(s)
+            default: throw ValueError("unhashable type: '\(v.typeName)'")
             }
         }
     }
 
-    var pairs: [(String, Value)] { keys.map { ($0, storage[$0]!) } }
-    var values: [Value] { keys.map { storage[$0]! } }
+    private var order: [Key] = []
+    /// Each key's first-inserted spelling (Python keeps it) and its value.
+    private var storage: [Key: (key: Value, value: Value)] = [:]
+
+    init() {}
+
+    var count: Int { order.count }
+
+    subscript(key: String) -> Value? {
+        get { storage[.string(key)]?.value }
+        set { set(.string(key), Value.string(key), newValue) }
+    }
+
+    /// Lookup with any value as the key; unhashable keys are simply absent.
+    func lookup(_ key: Value) -> Value? {
+        guard let k = try? Key(key) else { return nil }
+        return storage[k]?.value
+    }
+
+    mutating func insert(_ key: Value, _ value: Value) throws {
+        set(try Key(key), key, value)
+    }
+
+    private mutating func set(_ k: Key, _ key: Value, _ value: Value?) {
+        if let value {
+            if let existing = storage[k] {
+                storage[k] = (existing.key, value)
+            } else {
+                storage[k] = (key, value)
+                order.append(k)
+            }
+        } else if storage.removeValue(forKey: k) != nil {
+            order.removeAll { $0 == k }
+        }
+    }
+
+    var keys: [Value] { order.map { storage[$0]!.key } }
+    var pairs: [(Value, Value)] { order.map { storage[$0]! } }
+    var values: [Value] { order.map { storage[$0]!.value } }
 }
 
 /// The object `namespace()` returns: attributes can be assigned from inner scopes.
 final class Namespace {
     var attributes = ValueDict()
+}
+
+/// What Jinja's `map`, `select`, `reject`, `selectattr`, `rejectattr`, `unique`, `items`,
+/// `batch` and (on lists) `reverse` return: a Python generator. It is used up by iteration, is
+/// always true, and has no length, index or JSON form, so a template that forgets `| list`
+/// fails here as it does under transformers.
+final class PyGenerator {
+    private let items: [Value]
+    private var position = 0
+
+    init(_ items: [Value]) { self.items = items }
+
+    /// The items not consumed yet; afterwards the generator is exhausted.
+    func drain() -> [Value] {
+        defer { position = items.count }
+        return Array(items[position...])
+    }
+
+    func next() -> Value? {
+        guard position < items.count else { return nil }
+        defer { position += 1 }
+        return items[position]
+    }
 }
 
 /// A runtime value, with Python / Jinja semantics.
@@ -38,7 +100,10 @@ indirect enum Value {
     case int(Int)
     case double(Double)
     case string(String)
+    /// A string jinja2 treats as `Markup` (from `safe` or `escape`): only `+` tells it apart.
+    case markup(String)
     case array([Value])
+    case generator(PyGenerator)
     case dict(ValueDict)
     case namespace(Namespace)
     case macro(MacroDefinition)
@@ -72,6 +137,22 @@ indirect enum Value {
         return false
     }
 
+    var isMarkup: Bool {
+        if case .markup = self { return true }
+        return false
+    }
+
+    /// Markup as an ordinary string; other values unchanged.
+    var plain: Value {
+        if case .markup(let s) = self { return .string(s) }
+        return self
+    }
+
+    var isString: Bool {
+        if case .string = self { return true }
+        return false
+    }
+
     var typeName: String {
         switch self {
         case .undefined: return "Undefined"
@@ -80,7 +161,9 @@ indirect enum Value {
         case .int: return "int"
         case .double: return "float"
         case .string: return "str"
+        case .markup: return "Markup"
         case .array: return "list"
+        case .generator: return "generator"
         case .dict: return "dict"
         case .namespace: return "Namespace"
         case .macro, .caller: return "Macro"
@@ -94,7 +177,7 @@ indirect enum Value {
         case .bool(let b): return b
         case .int(let n): return n != 0
         case .double(let d): return d != 0
-        case .string(let s): return !s.isEmpty
+        case .string(let s), .markup(let s): return !s.isEmpty
         case .array(let a): return !a.isEmpty
         case .dict(let d): return d.count > 0
         default: return true
@@ -109,10 +192,11 @@ indirect enum Value {
         case .bool(let b): return b ? "True" : "False"
         case .int(let n): return String(n)
         case .double(let d): return pythonFloatRepr(d)
-        case .string(let s): return s
+        case .string(let s), .markup(let s): return s
         case .array(let items): return "[" + items.map(\.repr).joined(separator: ", ") + "]"
-        case .dict(let d): return "{" + d.pairs.map { pythonStringRepr($0.0) + ": " + $0.1.repr }.joined(separator: ", ") + "}"
+        case .dict(let d): return "{" + d.pairs.map { $0.0.repr + ": " + $0.1.repr }.joined(separator: ", ") + "}"
         case .namespace(let ns): return "<Namespace " + Value.dict(ns.attributes).str + ">"
+        case .generator: return "<generator object>"
         case .macro(let m): return "<Macro '\(m.name)'>"
         case .caller: return "<Macro 'caller'>"
         case .builtin(let n): return "<built-in function \(n)>"
@@ -136,11 +220,12 @@ indirect enum Value {
         case .bool(let b): return .bool(b)
         case .int(let n): return .number(JSONNumber(n))
         case .double(let d): return .number(JSONNumber(d))
-        case .string(let s): return .string(s)
+        case .string(let s), .markup(let s): return .string(s)
         case .array(let items): return .array(try items.map { try $0.json() })
         case .dict(let d):
             var o = JSONObject()
-            for (k, v) in d.pairs { o[k] = try v.json() }
+            // as Python's json.dumps: number, boolean and none keys become their JSON text
+            for (k, v) in d.pairs { o[k.isString ? k.str : try k.json().compactText] = try v.json() }
             return .object(o)
         case .namespace(let ns): return try Value.dict(ns.attributes).json()
         default: throw ValueError("Object of type \(typeName) is not JSON serializable")
@@ -204,10 +289,11 @@ func pyEqual(_ a: Value, _ b: Value) -> Bool {
     case (.dict(let x), .dict(let y)):
         guard x.count == y.count else { return false }
         for (k, v) in x.pairs {
-            guard let w = y[k], pyEqual(v, w) else { return false }
+            guard let w = y.lookup(k), pyEqual(v, w) else { return false }
         }
         return true
     case (.namespace(let x), .namespace(let y)): return x === y
+    case (.generator(let x), .generator(let y)): return x === y
     default:
         if let x = a.intValue, let y = b.intValue { return x == y }
         if let x = a.number, let y = b.number { return x == y }
@@ -480,6 +566,22 @@ func strftime(_ format: String, _ date: Date) -> String {
         case "j": out += num(dayOfYear, 3)
         case "%": out += "%"
         default: out += "%" + String(d)
+        }
+    }
+    return out
+}
+
+/// jinja2's `escape`: `& < > " '` as HTML entities.
+func htmlEscape(_ s: String) -> String {
+    var out = ""
+    for ch in s.unicodeScalars {
+        switch ch {
+        case "&": out += "&amp;"
+        case "<": out += "&lt;"
+        case ">": out += "&gt;"
+        case "\"": out += "&#34;"
+        case "'": out += "&#39;"
+        default: out.unicodeScalars.append(ch)
         }
     }
     return out
