@@ -43,6 +43,8 @@ public final class LoadedModel: Sendable {
     }
 
     public var config: ModelConfig { model.config }
+    /// Whether the file carries its own chat template (`chatTemplate` may be a built-in stand-in).
+    public var hasChatTemplate: Bool { file["tokenizer.chat_template"]?.string != nil }
     public var name: String { URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent }
 
     /// Checks a requested context length against what the model was trained for.

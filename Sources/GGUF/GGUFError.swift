@@ -19,6 +19,8 @@ public struct GGUFError: Error, CustomStringConvertible, Equatable, Sendable {
         case outOfBounds(end: UInt64, fileSize: Int)
         case overlaps(other: String)
         case duplicateTensor
+        /// A model split across files (llama.cpp's gguf-split) whose parts do not fit together.
+        case badSplit(String)
     }
 
     public let file: String
@@ -62,6 +64,7 @@ public struct GGUFError: Error, CustomStringConvertible, Equatable, Sendable {
         case .outOfBounds(let end, let size): what = "tensor data ends at byte \(end), past the end of the file (\(size) bytes)"
         case .overlaps(let other): what = "tensor data overlaps tensor '\(other)'"
         case .duplicateTensor: what = "duplicate tensor name"
+        case .badSplit(let reason): what = "split model: \(reason)"
         }
         return "\(location): \(what)"
     }

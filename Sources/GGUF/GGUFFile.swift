@@ -31,7 +31,10 @@ public final class GGUFFile: @unchecked Sendable {
     public let tensors: [TensorInfo]
     public let alignment: Int
     public let dataOffset: Int
+    /// Bytes mapped: the file's size, or for a split model the span of all its parts.
     public let fileSize: Int
+    /// The file, or every part of a split model in order.
+    public let partPaths: [String]
 
     private let base: UnsafeRawPointer
     private let tensorIndex: [String: Int]
@@ -41,8 +44,43 @@ public final class GGUFFile: @unchecked Sendable {
 
     public static let magic: UInt32 = 0x4655_4747  // "GGUF" little-endian
 
+    /// Opens `path`. A model split by llama.cpp's gguf-split (`split.count` > 1 in the first part,
+    /// `NAME-00001-of-0000N.gguf`) is opened whole: every part is mapped into one contiguous address
+    /// range, page-aligned, so `fileOffset` and the mapping work as for a single file.
     public init(path: String) throws(GGUFError) {
         self.path = path
+        let first = try Self.map(path, at: nil)
+        var parsed: Parsed
+        var parser = Parser(path: path, bytes: UnsafeRawBufferPointer(start: first.base, count: first.size))
+        do throws(GGUFError) {
+            parsed = try parser.parse()
+        } catch {
+            munmap(UnsafeMutableRawPointer(mutating: first.base), first.size)
+            throw error
+        }
+        var mapping = (base: first.base, size: first.size)
+        var parts = [path]
+        if let count = parsed.metadata["split.count"]?.int, count > 1 {
+            munmap(UnsafeMutableRawPointer(mutating: first.base), first.size)
+            (mapping, parsed, parts) = try Self.mapSplit(firstPart: path, count: count)
+        }
+        self.base = mapping.base
+        self.fileSize = mapping.size
+        self.partPaths = parts
+        self.version = parsed.version
+        self.metadata = parsed.metadata
+        self.metadataKeys = parsed.keys
+        self.tensors = parsed.tensors
+        self.alignment = parsed.alignment
+        self.dataOffset = parsed.dataOffset
+        var index: [String: Int] = [:]
+        for (i, t) in parsed.tensors.enumerated() { index[t.name] = i }
+        self.tensorIndex = index
+    }
+
+    /// Maps a whole file read-only, at `address` (MAP_FIXED, inside a reservation) or anywhere.
+    private static func map(_ path: String, at address: UnsafeMutableRawPointer?, size expected: Int? = nil)
+        throws(GGUFError) -> (base: UnsafeRawPointer, size: Int) {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else {
             throw GGUFError(file: path, problem: .cannotOpen(reason: String(cString: strerror(errno))))
@@ -57,28 +95,86 @@ public final class GGUFFile: @unchecked Sendable {
         }
         let size = Int(info.st_size)
         guard size > 0 else { throw GGUFError(file: path, offset: 0, problem: .truncated(needed: 4, available: 0)) }
-        guard let mapping = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), mapping != MAP_FAILED else {
+        if let expected, size != expected {
+            throw GGUFError(file: path, problem: .badSplit("the part changed size while it was opened"))
+        }
+        let flags = address == nil ? MAP_PRIVATE : MAP_PRIVATE | MAP_FIXED
+        guard let mapping = mmap(address, size, PROT_READ, flags, fd, 0), mapping != MAP_FAILED else {
             throw GGUFError(file: path, problem: .cannotOpen(reason: "mmap failed: \(String(cString: strerror(errno)))"))
         }
-        let parsed: Parsed
-        var parser = Parser(path: path, bytes: UnsafeRawBufferPointer(start: mapping, count: size))
+        return (UnsafeRawPointer(mapping), size)
+    }
+
+    /// `PREFIX-00001-of-0000N.gguf` → the N part paths, as llama.cpp's split naming writes them.
+    public static func splitPartPaths(firstPart path: String, count: Int) -> [String]? {
+        let suffix = "-00001-of-\(fiveDigits(count)).gguf"
+        guard path.hasSuffix(suffix) else { return nil }
+        let prefix = path.dropLast(suffix.count)
+        return (1...count).map { prefix + "-\(fiveDigits($0))-of-\(fiveDigits(count)).gguf" }
+    }
+
+    private static func fiveDigits(_ n: Int) -> String {
+        let digits = String(n)
+        return String(repeating: "0", count: max(0, 5 - digits.count)) + digits
+    }
+
+    /// Maps every part of a split model into one reserved range and merges their tensors.
+    private static func mapSplit(firstPart path: String, count: Int) throws(GGUFError)
+        -> ((base: UnsafeRawPointer, size: Int), Parsed, [String]) {
+        guard count <= 9999 else { throw GGUFError(file: path, problem: .badSplit("split.count \(count) is absurd")) }
+        guard let paths = splitPartPaths(firstPart: path, count: count) else {
+            throw GGUFError(file: path, problem: .badSplit(
+                "split.count is \(count), so this must be the first part, named NAME-00001-of-\(fiveDigits(count)).gguf"))
+        }
+        var sizes: [Int] = []
+        for part in paths {
+            var info = stat()
+            guard stat(part, &info) == 0 else {
+                throw GGUFError(file: part, problem: .badSplit("part \(sizes.count + 1) of \(count) is missing: \(String(cString: strerror(errno)))"))
+            }
+            sizes.append(Int(info.st_size))
+        }
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        var starts: [Int] = []
+        var end = 0
+        for size in sizes {
+            starts.append(end)
+            end = (end + size + page - 1) / page * page
+        }
+        let total = starts.last! + sizes.last!
+        guard let reservation = mmap(nil, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), reservation != MAP_FAILED else {
+            throw GGUFError(file: path, problem: .cannotOpen(reason: "mmap failed: \(String(cString: strerror(errno)))"))
+        }
+        var merged = Parsed()
         do throws(GGUFError) {
-            parsed = try parser.parse()
+            var names = Set<String>()
+            for (k, part) in paths.enumerated() {
+                let mapped = try map(part, at: reservation + starts[k], size: sizes[k])
+                var parser = Parser(path: part, bytes: UnsafeRawBufferPointer(start: mapped.base, count: mapped.size))
+                let parsed = try parser.parse()
+                guard parsed.metadata["split.no"]?.int == k, parsed.metadata["split.count"]?.int == count else {
+                    throw GGUFError(file: part, problem: .badSplit("split.no/split.count say it is not part \(k + 1) of \(count)"))
+                }
+                if k == 0 {
+                    merged = parsed
+                    merged.tensors = []
+                }
+                for tensor in parsed.tensors {
+                    guard names.insert(tensor.name).inserted else {
+                        throw GGUFError(file: part, tensor: tensor.name, problem: .duplicateTensor)
+                    }
+                    merged.tensors.append(TensorInfo(name: tensor.name, type: tensor.type, shape: tensor.shape,
+                                                     fileOffset: tensor.fileOffset + starts[k], byteCount: tensor.byteCount))
+                }
+            }
+            if let expected = merged.metadata["split.tensors.count"]?.int, expected != merged.tensors.count {
+                throw GGUFError(file: path, problem: .badSplit("split.tensors.count is \(expected), the parts hold \(merged.tensors.count) tensors"))
+            }
         } catch {
-            munmap(mapping, size)
+            munmap(reservation, total)
             throw error
         }
-        self.base = UnsafeRawPointer(mapping)
-        self.fileSize = size
-        self.version = parsed.version
-        self.metadata = parsed.metadata
-        self.metadataKeys = parsed.keys
-        self.tensors = parsed.tensors
-        self.alignment = parsed.alignment
-        self.dataOffset = parsed.dataOffset
-        var index: [String: Int] = [:]
-        for (i, t) in parsed.tensors.enumerated() { index[t.name] = i }
-        self.tensorIndex = index
+        return ((UnsafeRawPointer(reservation), total), merged, paths)
     }
 
     deinit {

@@ -130,7 +130,7 @@ public struct OpenAIServer: Sendable {
     public func makeApplication() -> some ApplicationProtocol {
         Application(router: makeRouter(),
                     configuration: .init(address: .hostname(configuration.host, port: configuration.port),
-                                         serverName: "swiftlet"),
+                                         serverName: SwiftletVersion.product),
                     logger: logger)
     }
 
@@ -175,6 +175,7 @@ public struct OpenAIServer: Sendable {
                 "object": .string("model"),
                 "created": .number(JSONNumber(created)),
                 "owned_by": .string("swiftlet"),
+                "version": .string(SwiftletVersion.current),
                 "status": .object(["value": .string(loaded ? "loaded" : "unloaded")]),
             ])
         }

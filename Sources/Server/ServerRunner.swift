@@ -81,7 +81,7 @@ public struct ServerRunner: Sendable {
         let engineService = EngineService(runner: self, state: state, metrics: metrics)
         var app = Application(router: server.makeRouter(),
                               configuration: .init(address: .hostname(configuration.host, port: configuration.port),
-                                                   serverName: "swiftlet"),
+                                                   serverName: SwiftletVersion.product),
                               onServerRunning: { channel in
                                   logger.info("listening", metadata: ["address": "\(channel.localAddress.map { "\($0)" } ?? "?")"])
                               },

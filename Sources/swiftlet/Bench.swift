@@ -33,6 +33,7 @@ struct Bench: ParsableCommand {
         guard repetitions > 0 else { throw ValidationError("--repetitions must be at least 1") }
         guard promptTokens >= 0, generatedTokens >= 0, depth >= 0 else { throw ValidationError("token counts cannot be negative") }
         _ = try parseMemBudget(memBudget)
+        if !kernels { try ModelLocator.validate(model) }
     }
 
     func run() throws {

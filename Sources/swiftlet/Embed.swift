@@ -26,6 +26,7 @@ struct Embed: ParsableCommand {
 
     func validate() throws {
         guard !texts.isEmpty else { throw ValidationError("give at least one text to embed") }
+        try ModelLocator.validate(model)
     }
 
     func run() throws {

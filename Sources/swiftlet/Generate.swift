@@ -21,6 +21,11 @@ struct Generate: ParsableCommand {
     @Flag(help: "Print one JSON object with the text, tokens, finish reason and timings.")
     var json = false
 
+    func validate() throws {
+        guard maxTokens >= 1 else { throw ValidationError("--n-predict must be at least 1") }
+        try ModelLocator.validate(model)
+    }
+
     func run() throws {
         let template = try chatTemplate.template()
         let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
@@ -108,6 +113,12 @@ struct Perplexity: ParsableCommand {
             guard file != nil else { throw ValidationError("missing the text FILE to score") }
         }
         if let chunks, chunks < 1 { throw ValidationError("--chunks must be at least 1") }
+        guard contextLength > 1 else { throw ValidationError("--ctx must be at least 2") }
+        // Every file is checked before the model is pulled or loaded.
+        if !klDivergence, let file { try requireReadableFile(file, what: "text FILE") }
+        if klDivergence, let klDivergenceBase { try requireReadableFile(klDivergenceBase, what: "--kl-divergence-base FILE") }
+        if !klDivergence, let klDivergenceBase { try requireWritableFile(klDivergenceBase, what: "--kl-divergence-base FILE") }
+        try ModelLocator.validate(model)
     }
 
     func run() throws {

@@ -15,6 +15,8 @@ struct Info: ParsableCommand {
     @Flag(help: "Print every metadata key.")
     var metadata = false
 
+    func validate() throws { try ModelLocator.validate(model) }
+
     func run() throws {
         let file = try GGUFFile(path: ModelLocator.resolve(model))
         print(ModelSummary(file: file).text(includeTensors: tensors, includeMetadata: metadata), terminator: "")
@@ -32,6 +34,7 @@ struct ModelSummary {
             out += key.padding(toLength: 34, withPad: " ", startingAt: 0) + "\(value)\n"
         }
         line("file", file.path)
+        if file.partPaths.count > 1 { line("split into", "\(file.partPaths.count) parts (all opened together)") }
         line("GGUF version", file.version)
         line("name", file["general.name"]?.string)
         line("architecture", file.architecture ?? "(missing general.architecture)")

@@ -71,6 +71,26 @@ func parseMemBudget(_ text: String?) throws -> Int? {
     do { return try ByteCount.parse(text, option: "--mem-budget") } catch { throw ValidationError("\(error)") }
 }
 
+/// A usage error unless `path` is a readable regular file (checked before any download or load).
+func requireReadableFile(_ path: String, what: String) throws {
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
+        throw ValidationError("\(what) '\(path)' does not exist")
+    }
+    guard !isDirectory.boolValue else { throw ValidationError("\(what) '\(path)' is a directory") }
+    guard FileManager.default.isReadableFile(atPath: path) else { throw ValidationError("\(what) '\(path)' is not readable") }
+}
+
+/// A usage error unless `path` can be created or overwritten: its folder exists and is writable.
+func requireWritableFile(_ path: String, what: String) throws {
+    let folder = URL(fileURLWithPath: path).deletingLastPathComponent().path
+    var isDirectory: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: folder, isDirectory: &isDirectory), isDirectory.boolValue else {
+        throw ValidationError("\(what) '\(path)': the folder '\(folder)' does not exist")
+    }
+    guard FileManager.default.isWritableFile(atPath: folder) else { throw ValidationError("\(what) '\(path)': cannot write in '\(folder)'") }
+}
+
 /// `--chat-template-file`, shared by `serve`, `run` and `generate`: a Jinja chat template used
 /// instead of the one in the GGUF. Read and parsed in `validate`, so a missing file or a broken
 /// template is reported before the model loads.

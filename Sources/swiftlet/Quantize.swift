@@ -25,10 +25,21 @@ struct Quantize: ParsableCommand {
     @Flag(name: .shortAndLong, help: "No per-tensor lines.")
     var quiet = false
 
-    func run() throws {
+    func validate() throws {
+        _ = try target()
+        try requireWritableFile(output, what: "OUTPUT")
+        try ModelLocator.validate(input)
+    }
+
+    func target() throws -> TensorType {
         guard let target = TensorType(name: type), ModelQuantizer.targets.contains(target) else {
             throw ValidationError("unknown TYPE '\(type)' (use one of \(ModelQuantizer.targets.map(\.description).joined(separator: ", ")))")
         }
+        return target
+    }
+
+    func run() throws {
+        let target = try target()
         let path = try ModelLocator.resolve(input)
         let mb = { (bytes: Int) in String(format: "%.2f MiB", Double(bytes) / 1_048_576) }
         let summary = try ModelQuantizer.quantize(input: path, output: output, target: target, threads: threads,

@@ -14,31 +14,66 @@ nonisolated(unsafe) private var interruptRequested: sig_atomic_t = 0
 struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Chat with a model (default: SmolLM2, fetched on first use).",
-        discussion: "With a PROMPT, answers it and exits. Without, starts a chat: /exit quits, /clear forgets the conversation, /system TEXT sets the system prompt; Ctrl-C stops an answer.")
+        discussion: """
+        With a PROMPT, answers it and exits; `swiftlet run "PROMPT"` alone asks the default model. Without, starts a \
+        chat: /exit quits, /clear forgets the conversation, /system TEXT sets the system prompt; Ctrl-C stops an answer. \
+        A model without a chat template (a base model) continues the text instead, stopping at a blank line.
+        """)
 
-    @Argument(help: "Path to a .gguf file or a model name (\(ModelCatalog.entries.map(\.name).joined(separator: ", "))).")
-    var model: String = ModelCatalog.defaultModel
+    @Argument(help: "Path to a .gguf file, a model name (\(ModelCatalog.entries.map(\.name).joined(separator: ", ")), or a Hugging Face name USER/REPO[:QUANT]).")
+    var model: String?
     @Argument(help: "A single message to answer; omit for an interactive chat.")
     var prompt: String?
-    @Option(name: [.customShort("n"), .customLong("n-predict")], help: "Tokens per answer at most.")
-    var maxTokens = 1024
+    @Option(name: [.customShort("n"), .customLong("n-predict")], help: "Tokens per answer at most (default: 1024; 128 when completing text).")
+    var maxTokens: Int?
     @Option(help: "System prompt.")
     var system: String?
+    @Flag(help: "Chat through the architecture's built-in template even when the file has none.")
+    var chat = false
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var chatTemplate: ChatTemplateOptions
 
+    /// Tokens per answer when a base model completes text: it has no end-of-turn to stop at.
+    static let completionTokens = 128
+
+    func validate() throws {
+        if let maxTokens, maxTokens < 1 { throw ValidationError("--n-predict must be at least 1") }
+        guard runtime.contextLength > 0 else { throw ValidationError("--ctx must be positive") }
+        if let model, prompt != nil { try ModelLocator.validate(model) }
+    }
+
+    /// MODEL and PROMPT as given, except that a single argument that names no model is the prompt.
+    func modelAndPrompt() -> (model: String, prompt: String?) {
+        guard let model else { return (ModelCatalog.defaultModel, nil) }
+        if prompt == nil && !ModelLocator.namesModel(model) {
+            if !model.contains(where: \.isWhitespace) {
+                printError("('\(model)' names no model; answering it as a prompt with \(ModelCatalog.defaultModel))")
+            }
+            return (ModelCatalog.defaultModel, model)
+        }
+        return (model, prompt)
+    }
+
     func run() throws {
+        let (model, prompt) = modelAndPrompt()
         let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
                                      chatTemplate: try chatTemplate.template())
         let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
                                                                                      threads: runtime.threads))
         defer { generator.shutdownAndWait() }
         var chat = Conversation(model: loaded, generator: generator, system: system)
+        if !loaded.hasChatTemplate && !self.chat && chatTemplate.chatTemplateFile == nil {
+            chat.completesText = true
+            printError("note: \(loaded.name) has no chat template (a base model?): continuing the text instead of chatting, "
+                       + "up to \(maxTokens ?? Self.completionTokens) tokens or a blank line (--chat uses the built-in "
+                       + "\(loaded.config.architecture) template anyway)")
+        }
+        let limit = maxTokens ?? (chat.completesText ? Self.completionTokens : 1024)
         installInterruptHandler()
 
         if let prompt {
-            try chat.answer(prompt, maxTokens: maxTokens, sampling: sampling)
+            try chat.answer(prompt, maxTokens: limit, sampling: sampling)
             return
         }
         printError("\(loaded.name) (\(loaded.config.architecture)), context \(runtime.contextLength). /exit quits, /clear forgets, /system TEXT sets the system prompt, Ctrl-C stops an answer.")
@@ -58,7 +93,7 @@ struct Run: ParsableCommand {
                 continue
             }
             do {
-                try chat.answer(input, maxTokens: maxTokens, sampling: sampling)
+                try chat.answer(input, maxTokens: limit, sampling: sampling)
             } catch {
                 printError("error: \(error)")
             }
@@ -85,6 +120,8 @@ struct Conversation {
     let generator: Generator
     var system: String?
     var messages: [ChatMessage] = []
+    /// A base model: each input is text to continue (no template, no history), up to a blank line.
+    var completesText = false
 
     init(model: LoadedModel, generator: Generator, system: String?) {
         self.model = model
@@ -95,6 +132,22 @@ struct Conversation {
     mutating func clear() { messages = [] }
 
     mutating func answer(_ text: String, maxTokens: Int, sampling: SamplingOptions) throws {
+        if completesText {
+            let tokens = model.tokenizer.encode(text, addSpecial: true, parseSpecial: false)
+            try generator.validate(prompt: tokens)
+            let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters, stop: sampling.stop + ["\n\n"])
+            print(text, terminator: "")
+            let result = try generator.generate(prompt: tokens, options: options) { piece in
+                print(piece, terminator: "")
+                fflush(nil)
+                return interruptRequested == 0
+            }
+            print()
+            fflush(nil)
+            if result.finishReason == .cancelled { printError("(stopped)") }
+            printError(result.timings.summary)
+            return
+        }
         var turn = messages + [ChatMessage(role: "user", content: text)]
         if let system, !system.isEmpty { turn.insert(ChatMessage(role: "system", content: system), at: 0) }
         let rendered = try model.renderChat(turn)

@@ -91,6 +91,7 @@ struct Serve: AsyncParsableCommand {
                 throw ValidationError("--models-dir: '\(modelsDir)' holds no .gguf file")
             }
         }
+        for model in models { try ModelLocator.validate(model) }
         guard contextLength > 0 else { throw ValidationError("--ctx must be positive") }
         guard apiKey == nil || apiKeyFile == nil else { throw ValidationError("give --api-key or --api-key-file, not both") }
         if let apiKeyFile {
@@ -116,13 +117,13 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         var others: [ModelRouter.Model] = []
         for name in models.dropFirst() {
-            let path = try ModelLocator.resolve(name)
+            let path = try await ModelLocator.resolve(name)
             others.append(ModelRouter.Model(name: URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent,
                                             path: path, aliases: [name]))
         }
         if let modelsDir { others += try ModelRouter.models(inDirectory: modelsDir) }
         let model = models.first ?? others.removeFirst().path
-        let path = try ModelLocator.resolve(model)
+        let path = try await ModelLocator.resolve(model)
         others.removeAll { URL(fileURLWithPath: $0.path).standardized == URL(fileURLWithPath: path).standardized }
         var logger = Logger(label: "swiftlet.serve")
         logger.logLevel = Logger.Level(rawValue: logLevel) ?? .info

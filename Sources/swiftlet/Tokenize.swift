@@ -29,6 +29,7 @@ struct Tokenize: ParsableCommand {
     func validate() throws {
         if stdin && text != nil { throw ValidationError("give either TEXT or --stdin, not both") }
         if !stdin && text == nil { throw ValidationError("missing TEXT (or use --stdin)") }
+        try ModelLocator.validate(model)
     }
 
     func run() throws {

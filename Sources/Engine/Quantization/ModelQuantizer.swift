@@ -133,7 +133,8 @@ public enum ModelQuantizer {
         }
 
         var writer = GGUFWriter()
-        for key in file.metadataKeys {
+        // A split input is written as one file: its split.* keys would describe the parts.
+        for key in file.metadataKeys where !key.hasPrefix("split.") {
             if let value = file.metadata[key] { writer.set(key, value) }
         }
         writer.set("general.file_type", .uint32(fileType(for: target)))
