@@ -95,6 +95,9 @@ public struct OpenAIServer: Sendable {
         router.get("/v1/models") { _, _ in try models() }
         router.post("/v1/chat/completions") { request, context in try await complete(request, context: context, chat: true) }
         router.post("/v1/completions") { request, context in try await complete(request, context: context, chat: false) }
+        router.post("/v1/messages") { request, context in try await anthropicMessages(request, context: context) }
+        router.post("/v1/messages/count_tokens") { request, _ in try await anthropicCountTokens(request) }
+        router.post("/v1/responses") { request, context in try await responses(request, context: context) }
         return router
     }
 
@@ -140,14 +143,29 @@ public struct OpenAIServer: Sendable {
     }
 
     func complete(_ request: Request, context: ServerRequestContext, chat: Bool) async throws -> Response {
-        var request = request
         let started = ContinuousClock.now
         let engine = try loadedEngine()
-        let body: ByteBuffer
-        do { body = try await request.collectBody(upTo: configuration.maxBodyBytes) } catch {
+        let parsed = try CompletionRequest(body: try await readBody(request), chat: chat)
+        let (handle, ctx) = try start(parsed, engine: engine, context: context, idPrefix: chat ? "chatcmpl-" : "cmpl-")
+        if parsed.stream {
+            return streamResponse(handle, ctx: ctx, includeUsage: parsed.includeUsage, started: started)
+        }
+        return try await collectResponse(handle, ctx: ctx, started: started)
+    }
+
+    /// The request body, at most `maxBodyBytes` (413 beyond).
+    func readBody(_ request: Request) async throws -> [UInt8] {
+        var request = request
+        do { return Array(buffer: try await request.collectBody(upTo: configuration.maxBodyBytes)) } catch {
             throw APIError(status: 413, message: "the request body is larger than \(configuration.maxBodyBytes) bytes")
         }
-        let parsed = try CompletionRequest(body: Array(buffer: body), chat: chat)
+    }
+
+    /// Checks the model, prepares and submits a validated request; the generation is cancelled
+    /// when the client's connection closes. Shared by every API that generates (chat,
+    /// completions, and the translated Anthropic Messages and Responses requests).
+    func start(_ parsed: CompletionRequest, engine: Generator, context: ServerRequestContext,
+               idPrefix: String) throws -> (RequestHandle, ResponseContext) {
         guard knowsModel(parsed.model, engine: engine) else {
             throw APIError(status: 404, message: "the model '\(parsed.model)' does not exist; this server runs '\(engine.model.name)'",
                            param: "model", code: "model_not_found")
@@ -168,18 +186,15 @@ public struct OpenAIServer: Sendable {
         }
         // A client that hangs up cancels its sequences at once, streaming or not.
         context.channel?.closeFuture.whenComplete { _ in handle.cancel() }
-        let id = (chat ? "chatcmpl-" : "cmpl-") + randomID()
-        let ctx = ResponseContext(id: id, created: Int(Date().timeIntervalSince1970), model: engine.model.name, chat: chat,
-                                  choices: job.specs.count, promptTokens: job.promptTokens,
+        let id = idPrefix + randomID()
+        let ctx = ResponseContext(id: id, created: Int(Date().timeIntervalSince1970), model: engine.model.name,
+                                  chat: parsed.isChat, choices: job.specs.count, promptTokens: job.promptTokens,
                                   tokenizer: engine.model.tokenizer, logprobs: parsed.logprobs,
                                   toolSyntax: job.toolSyntax, toolPrefill: job.toolPrefill,
                                   parallelToolCalls: parsed.parallelToolCalls)
         logger.info("request", metadata: ["id": "\(id)", "prompt_tokens": "\(job.promptTokens)",
                                           "n": "\(job.specs.count)", "stream": "\(parsed.stream)"])
-        if parsed.stream {
-            return streamResponse(handle, ctx: ctx, includeUsage: parsed.includeUsage, started: started)
-        }
-        return try await collectResponse(handle, ctx: ctx, started: started)
+        return (handle, ctx)
     }
 
     struct Job {
@@ -609,29 +624,35 @@ struct APIMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics"].contains(path) ? path : "other"
+        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "/v1/messages",
+                        "/v1/messages/count_tokens", "/v1/responses"].contains(path) ? path : "other"
+        // Anthropic clients read errors in Anthropic's shape
+        let anthropic = AnthropicMessages.handles(path)
+        func errorJSON(_ e: APIError) -> JSONValue { anthropic ? AnthropicMessages.errorJSON(e) : e.json }
         let response: Response
         do {
             if let key = server.configuration.apiKey, path.hasPrefix("/v1") {
                 let given = request.headers[.authorization] ?? ""
-                guard constantTimeEqual(given, "Bearer " + key) else {
-                    throw APIError(status: 401, message: "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                // Anthropic clients send the key as `x-api-key`
+                let givenKey = HTTPField.Name("x-api-key").flatMap { request.headers[$0] } ?? ""
+                guard constantTimeEqual(given, "Bearer " + key) || constantTimeEqual(givenKey, key) else {
+                    throw APIError(status: 401, message: "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                                    code: "invalid_api_key")
                 }
             }
             response = try await next(request, context)
         } catch let e as APIError {
-            response = json(e.json, status: .init(code: e.status), headers: e.headers)
+            response = json(errorJSON(e), status: .init(code: e.status), headers: e.headers)
             if (e.status >= 500 && e.code != "model_loading") || e.status == 429 {
                 server.logger.warning("request failed", metadata: ["path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
             }
         } catch let e as HTTPError {
             let status = Int(e.status.code)
             let message = e.status == .notFound ? "no route for \(request.method) \(path)" : (e.body ?? e.status.reasonPhrase)
-            response = json(APIError(status: status, message: message).json, status: e.status)
+            response = json(errorJSON(APIError(status: status, message: message)), status: e.status)
         } catch {
             server.logger.error("request failed", metadata: ["path": "\(path)", "error": "\(error)"])
-            response = json(APIError(status: 500, message: "\(error)", type: "server_error").json, status: .internalServerError)
+            response = json(errorJSON(APIError(status: 500, message: "\(error)", type: "server_error")), status: .internalServerError)
         }
         server.metrics.request(endpoint: endpoint, status: Int(response.status.code))
         return response
