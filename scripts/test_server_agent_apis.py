@@ -73,6 +73,8 @@ CLAUDE_TIME = {"name": "get_time", "description": "Current time in a time zone",
 RESPONSES_WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather in a city",
                      "parameters": WEATHER_SCHEMA, "strict": True}
 QUESTION = "What is the weather in Paris?"
+# the anthropic client no longer takes sampling parameters as arguments; the API still does
+GREEDY = {"temperature": 0}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,7 +83,7 @@ QUESTION = "What is the weather in Paris?"
 @test()
 def messages_create(s):
     m = model_id(s)
-    r = claude(s).messages.create(model=m, max_tokens=24, temperature=0, system="You are a geography teacher.",
+    r = claude(s).messages.create(model=m, max_tokens=12, extra_body=GREEDY, system="You are a geography teacher.",
                                   messages=[{"role": "user", "content": "What is the capital of France?"}])
     assert r.type == "message" and r.role == "assistant" and r.id.startswith("msg_"), r
     assert r.model == m and len(r.content) == 1 and r.content[0].type == "text" and r.content[0].text.strip(), r
@@ -89,36 +91,36 @@ def messages_create(s):
     assert r.usage.input_tokens > 10 and 0 < r.usage.output_tokens <= 24, r.usage
     # content blocks and a multi-turn conversation give the same prompt as plain strings
     r2 = claude(s).messages.create(
-        model=m, max_tokens=24, temperature=0, system=[{"type": "text", "text": "You are a geography teacher."}],
+        model=m, max_tokens=12, extra_body=GREEDY, system=[{"type": "text", "text": "You are a geography teacher."}],
         messages=[{"role": "user", "content": [{"type": "text", "text": "What is the capital of France?"}]}])
     assert r2.content[0].text == r.content[0].text and r2.usage.input_tokens == r.usage.input_tokens
     turns = [{"role": "user", "content": "What is the capital of France?"},
              {"role": "assistant", "content": r.content[0].text},
              {"role": "user", "content": "And of Italy?"}]
-    r3 = claude(s).messages.create(model=m, max_tokens=24, temperature=0, messages=turns)
+    r3 = claude(s).messages.create(model=m, max_tokens=12, extra_body=GREEDY, messages=turns)
     assert r3.usage.input_tokens > r.usage.input_tokens and r3.content[0].text.strip(), r3
 
 
 @test()
 def messages_max_tokens_and_stop_sequences(s):
     m = model_id(s)
-    count = [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
-    r = claude(s).messages.create(model=m, max_tokens=3, temperature=0, messages=count)
+    count = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    r = claude(s).messages.create(model=m, max_tokens=3, extra_body=GREEDY, messages=count)
     assert r.stop_reason == "max_tokens" and r.usage.output_tokens == 3, r
-    full = claude(s).messages.create(model=m, max_tokens=80, temperature=0, messages=count).content[0].text
-    assert "7" in full, full
-    r = claude(s).messages.create(model=m, max_tokens=80, temperature=0, messages=count,
-                                  stop_sequences=["never appears", "7"])
-    assert r.stop_reason == "stop_sequence" and r.stop_sequence == "7", r
-    assert r.content[0].text == full[:full.index("7")], (r.content[0].text, full)
+    full = claude(s).messages.create(model=m, max_tokens=16, extra_body=GREEDY, messages=count).content[0].text
+    assert "4" in full, full
+    r = claude(s).messages.create(model=m, max_tokens=16, extra_body=GREEDY, messages=count,
+                                  stop_sequences=["never appears", "4"])
+    assert r.stop_reason == "stop_sequence" and r.stop_sequence == "4", r
+    assert r.content[0].text == full[:full.index("4")], (r.content[0].text, full)
 
 
 @test()
 def messages_streaming(s):
     m = model_id(s)
     msgs = [{"role": "user", "content": "Write one sentence about the sea."}]
-    full = claude(s).messages.create(model=m, max_tokens=20, temperature=0, messages=msgs)
-    with claude(s).messages.stream(model=m, max_tokens=20, temperature=0, messages=msgs) as stream:
+    full = claude(s).messages.create(model=m, max_tokens=20, extra_body=GREEDY, messages=msgs)
+    with claude(s).messages.stream(model=m, max_tokens=20, extra_body=GREEDY, messages=msgs) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == full.content[0].text and final.content[0].text == text, (text, full)
@@ -140,7 +142,7 @@ def messages_streaming(s):
 def messages_tool_use(s):
     m = model_id(s)
     question = [{"role": "user", "content": QUESTION}]
-    r = claude(s).messages.create(model=m, max_tokens=200, temperature=0, messages=question,
+    r = claude(s).messages.create(model=m, max_tokens=200, extra_body=GREEDY, messages=question,
                                   tools=[CLAUDE_WEATHER, CLAUDE_TIME], tool_choice={"type": "tool", "name": "get_weather"})
     assert r.stop_reason == "tool_use", r
     uses = [b for b in r.content if b.type == "tool_use"]
@@ -151,15 +153,15 @@ def messages_tool_use(s):
     history = question + [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in r.content]},
                           {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id,
                                                         "content": "21 degrees, sunny"}]}]
-    r2 = claude(s).messages.create(model=m, max_tokens=24, temperature=0, messages=history, tools=[CLAUDE_WEATHER])
+    r2 = claude(s).messages.create(model=m, max_tokens=12, extra_body=GREEDY, messages=history, tools=[CLAUDE_WEATHER])
     assert r2.usage.input_tokens > r.usage.input_tokens, (r2.usage, r.usage)
     assert r2.content and r2.stop_reason in ("end_turn", "max_tokens", "tool_use"), r2
-    r3 = claude(s).messages.create(model=m, max_tokens=24, temperature=0, messages=history, tools=[CLAUDE_WEATHER],
+    r3 = claude(s).messages.create(model=m, max_tokens=12, extra_body=GREEDY, messages=history, tools=[CLAUDE_WEATHER],
                                    tool_choice={"type": "none"})
     assert [b.type for b in r3.content] == ["text"] and r3.stop_reason in ("end_turn", "max_tokens"), r3
 
     # streamed: the tool_use block's input arrives as input_json_delta
-    with claude(s).messages.stream(model=m, max_tokens=200, temperature=0, messages=question, tools=[CLAUDE_WEATHER],
+    with claude(s).messages.stream(model=m, max_tokens=200, extra_body=GREEDY, messages=question, tools=[CLAUDE_WEATHER],
                                    tool_choice={"type": "any", "disable_parallel_tool_use": True}) as stream:
         kinds = [e.type for e in stream]
         final = stream.get_final_message()
@@ -244,14 +246,14 @@ def messages_x_api_key(s):
 @test()
 def responses_create(s):
     m, client = model_id(s), s.client()
-    r = client.responses.create(model=m, input="What is the capital of France?", max_output_tokens=24, temperature=0,
+    r = client.responses.create(model=m, input="What is the capital of France?", max_output_tokens=12, temperature=0,
                                 instructions="You are a geography teacher.")
     assert r.object == "response" and r.id.startswith("resp_") and r.status in ("completed", "incomplete"), r
     assert r.output[0].type == "message" and r.output[0].role == "assistant" and r.output_text.strip(), r
     assert r.output[0].content[0].type == "output_text" and r.output_text == r.output[0].content[0].text
     u = r.usage
     assert u.input_tokens > 10 and 0 < u.output_tokens <= 24 and u.total_tokens == u.input_tokens + u.output_tokens, u
-    r2 = client.responses.create(model=m, max_output_tokens=24, temperature=0, input=[
+    r2 = client.responses.create(model=m, max_output_tokens=12, temperature=0, input=[
         {"role": "developer", "content": "You are a geography teacher."},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "What is the capital of France?"}]}])
     assert r2.output_text == r.output_text and r2.usage.input_tokens == u.input_tokens, (r2, r)
@@ -291,8 +293,10 @@ def responses_function_tool(s):
     follow = [{"role": "user", "content": QUESTION}, calls[0].model_dump(exclude_none=True),
               {"type": "function_call_output", "call_id": calls[0].call_id, "output": "21 degrees, sunny"}]
     r2 = client.responses.create(model=m, input=follow, tools=[RESPONSES_WEATHER], tool_choice="none",
-                                 max_output_tokens=24, temperature=0)
-    assert [o.type for o in r2.output] == ["message"] and r2.usage.input_tokens > r.usage.input_tokens, r2
+                                 max_output_tokens=8, temperature=0)
+    alone = client.responses.create(model=m, input=QUESTION, tools=[RESPONSES_WEATHER], tool_choice="none",
+                                    max_output_tokens=1)
+    assert [o.type for o in r2.output] == ["message"] and r2.usage.input_tokens > alone.usage.input_tokens + 10, r2
 
     # streamed: the call's item, its arguments, then response.completed
     events = list(client.responses.create(model=m, input=QUESTION, tools=[RESPONSES_WEATHER], tool_choice="required",
