@@ -180,6 +180,21 @@ def messages_tool_use(s):
 
 
 @test()
+def messages_prefill(s):
+    m = model_id(s)
+    ask = [{"role": "user", "content": "Count from 1 to 10, separated by commas."}]
+    full = claude(s).messages.create(model=m, max_tokens=12, extra_body=GREEDY, messages=ask).content[0].text
+    assert len(full) > 6, full
+    # the reply continues the trailing assistant turn and leaves it out
+    head = full[:len(full) // 2].rstrip()
+    r = claude(s).messages.create(model=m, max_tokens=4, extra_body=GREEDY,
+                                  messages=ask + [{"role": "assistant", "content": head}])
+    assert not r.content[0].text.startswith(head), (head, r.content[0].text)
+    plain = claude(s).messages.count_tokens(model=m, messages=ask).input_tokens
+    assert r.usage.input_tokens > plain, (r.usage, plain)
+
+
+@test()
 def messages_count_tokens(s):
     m = model_id(s)
     msgs = [{"role": "user", "content": QUESTION}]

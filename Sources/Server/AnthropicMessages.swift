@@ -44,12 +44,28 @@ enum AnthropicMessages {
         }
         var messages = try parseSystem(f.value("system"))
         messages += try parseMessages(messagesValue)
+        // a trailing assistant turn is the start of the reply, which the model continues
+        var prefill: String?
+        if let last = messages.last, last.role == "assistant" {
+            guard last.toolCalls == nil else {
+                throw APIError.invalid("messages", "the last message cannot be an assistant tool_use: answer it with a user tool_result")
+            }
+            prefill = last.content ?? ""
+            messages.removeLast()
+        }
+        guard messages.contains(where: { $0.role == "user" }) else {
+            throw APIError.invalid("messages", "'messages' must hold at least one user message")
+        }
         var r = CompletionRequest(model: model, messages: messages)
+        r.replyPrefix = prefill ?? ""
 
         if let t = f.value("tools") { r.tools = try parseTools(t) }
         r.toolChoice = r.tools.isEmpty ? .none : .auto
         if let c = f.value("tool_choice") {
             (r.toolChoice, r.parallelToolCalls) = try parseToolChoice(c, tools: r.tools)
+        }
+        if prefill != nil && r.toolChoice.forcesCall {
+            throw APIError.invalid("messages", "a trailing assistant message (prefill) cannot be combined with a forced tool_choice")
         }
         if countOnly { return r }
 
@@ -172,10 +188,6 @@ enum AnthropicMessages {
             } else if blocks.isEmpty {
                 throw APIError.invalid("\(p).content", "'\(p).content' must not be empty")
             }
-        }
-        if out.last?.role == "assistant" {
-            throw APIError.invalid("messages",
-                                   "the last message must be from the user: continuing a partial assistant reply (prefill) is not supported")
         }
         return out
     }

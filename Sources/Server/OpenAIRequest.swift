@@ -69,6 +69,9 @@ public struct CompletionRequest: Sendable {
     public var tools: [ToolDefinition] = []
     public var toolChoice = ToolChoice.auto
     public var parallelToolCalls = true
+    /// The start of the reply, written after the generation prompt (Anthropic's prefill: a
+    /// trailing assistant turn the model continues); the reply leaves it out.
+    public var replyPrefix = ""
 
     public var isChat: Bool { if case .chat = input { true } else { false } }
 

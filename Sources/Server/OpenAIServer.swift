@@ -227,7 +227,7 @@ public struct OpenAIServer: Sendable {
             let rendered: String
             do {
                 rendered = try model.renderChat(toolPlan?.messages ?? messages, tools: toolPlan?.templateTools)
-                    + (toolPlan?.prefill ?? "")
+                    + (toolPlan?.prefill ?? "") + r.replyPrefix
             } catch {
                 throw APIError.invalid("messages", "the chat template could not render 'messages': \(error)")
             }

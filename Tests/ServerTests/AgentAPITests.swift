@@ -70,6 +70,11 @@ import Tokenization
             let json = #"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"}],"tools":[{"name":"f","input_schema":{"type":"object"}}],"tool_choice":{"type":"\#(type)"}}"#
             #expect(try AnthropicMessages.parse(body: Array(json.utf8)).toolChoice == expected, "\(type)")
         }
+        // a trailing assistant turn is the start of the reply
+        let prefilled = try AnthropicMessages.parse(body: Array(#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"JSON please"},{"role":"assistant","content":"{\"a\":"}]}"#.utf8))
+        #expect(prefilled.replyPrefix == #"{"a":"#)
+        guard case .chat(let asked) = prefilled.input else { Issue.record("not a chat request"); return }
+        #expect(asked == [.user("JSON please")])
         // count_tokens needs no max_tokens
         #expect(anthropicParam(#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#, countOnly: true) == nil)
     }
@@ -87,7 +92,9 @@ import Tokenization
         #expect(anthropicParam(#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"image","source":{}}]}]}"#) == "messages[0].content[0]")
         #expect(anthropicParam(#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_use","id":"a","name":"f"}]}]}"#) == "messages[0].content[0]")
         #expect(anthropicParam(#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_result"}]}]}"#) == "messages[0].content[0]")
-        #expect(anthropicParam(#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"Sure"}]}"#) == "messages")
+        #expect(anthropicParam(#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":[{"type":"tool_use","id":"t","name":"f","input":{}}]}]}"#) == "messages")
+        #expect(anthropicParam(#"{"model":"m","max_tokens":5,"messages":[{"role":"assistant","content":"Sure"}]}"#) == "messages")
+        #expect(anthropicParam(#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":"hi"},{"role":"assistant","content":"{"}],"tools":[{"name":"f","input_schema":{}}],"tool_choice":{"type":"any"}}"#) == "messages")
         #expect(anthropicParam(#"{"model":"m","max_tokens":5,\#(hi),"system":5}"#) == "system")
         #expect(anthropicParam(#"{"model":"m","max_tokens":5,\#(hi),"temperature":1.5}"#) == "temperature")
         #expect(anthropicParam(#"{"model":"m","max_tokens":5,\#(hi),"top_p":0}"#) == "top_p")
