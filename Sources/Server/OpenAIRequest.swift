@@ -71,6 +71,9 @@ public struct CompletionRequest: Sendable {
     public var parallelToolCalls = true
     /// llama.cpp's `reasoning_format` (nil: the server's `--reasoning-format`).
     public var reasoningFormat: ReasoningFormat?
+    /// The start of the reply, written after the generation prompt (Anthropic's prefill: a
+    /// trailing assistant turn the model continues); the reply leaves it out.
+    public var replyPrefix = ""
 
     public var isChat: Bool { if case .chat = input { true } else { false } }
 

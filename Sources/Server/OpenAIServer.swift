@@ -124,6 +124,9 @@ public struct OpenAIServer: Sendable {
             router.post(RouterPath(path)) { request, context in try await rerank(request, context: context) }
         }
         addUtilityRoutes(to: router)
+        router.post("/v1/messages") { request, context in try await anthropicMessages(request, context: context) }
+        router.post("/v1/messages/count_tokens") { request, _ in try await anthropicCountTokens(request) }
+        router.post("/v1/responses") { request, context in try await responses(request, context: context) }
         return router
     }
 
@@ -236,22 +239,38 @@ public struct OpenAIServer: Sendable {
     }
 
     func complete(_ request: Request, context: ServerRequestContext, chat: Bool) async throws -> Response {
-        var request = request
         let started = ContinuousClock.now
         _ = try loadedEngine()
-        let body: ByteBuffer
-        do { body = try await request.collectBody(upTo: configuration.maxBodyBytes) } catch {
+        let parsed = try CompletionRequest(body: try await readBody(request), chat: chat)
+        let engine = try await engine(for: parsed.model)
+        let (handle, ctx) = try start(parsed, engine: engine, context: context, idPrefix: chat ? "chatcmpl-" : "cmpl-")
+        if parsed.stream {
+            return streamResponse(handle, ctx: ctx, includeUsage: parsed.includeUsage, started: started)
+        }
+        return try await collectResponse(handle, ctx: ctx, started: started)
+    }
+
+    /// The request body, at most `maxBodyBytes` (413 beyond).
+    func readBody(_ request: Request) async throws -> [UInt8] {
+        var request = request
+        do { return Array(buffer: try await request.collectBody(upTo: configuration.maxBodyBytes)) } catch {
             throw APIError(status: 413, message: "the request body is larger than \(configuration.maxBodyBytes) bytes")
         }
-        let parsed = try CompletionRequest(body: Array(buffer: body), chat: chat)
-        let engine = try await engine(for: parsed.model)
+    }
+
+    /// Prepares and submits a validated request for `engine` (the one `engine(for:)` found for
+    /// its model); the generation is cancelled
+    /// when the client's connection closes. Shared by every API that generates (chat,
+    /// completions, and the translated Anthropic Messages and Responses requests).
+    func start(_ parsed: CompletionRequest, engine: Generator, context: ServerRequestContext,
+               idPrefix: String) throws -> (RequestHandle, ResponseContext) {
         let job = try prepare(parsed, engine: engine)
         let handle = try submit(job.specs, options: job.options, to: engine, param: parsed.isChat ? "messages" : "prompt")
         // A client that hangs up cancels its sequences at once, streaming or not.
         context.channel?.closeFuture.whenComplete { _ in handle.cancel() }
-        let id = (chat ? "chatcmpl-" : "cmpl-") + randomID()
-        let ctx = ResponseContext(id: id, created: Int(Date().timeIntervalSince1970), model: engine.model.name, chat: chat,
-                                  choices: job.specs.count, promptTokens: job.promptTokens,
+        let id = idPrefix + randomID()
+        let ctx = ResponseContext(id: id, created: Int(Date().timeIntervalSince1970), model: engine.model.name,
+                                  chat: parsed.isChat, choices: job.specs.count, promptTokens: job.promptTokens,
                                   tokenizer: engine.model.tokenizer, logprobs: parsed.logprobs,
                                   toolSyntax: job.toolSyntax, toolPrefill: job.toolPrefill,
                                   parallelToolCalls: parsed.parallelToolCalls,
@@ -259,10 +278,7 @@ public struct OpenAIServer: Sendable {
                                   startsThinking: job.startsThinking)
         logger.info("request", metadata: ["id": "\(id)", "prompt_tokens": "\(job.promptTokens)",
                                           "n": "\(job.specs.count)", "stream": "\(parsed.stream)"])
-        if parsed.stream {
-            return streamResponse(handle, ctx: ctx, includeUsage: parsed.includeUsage, started: started)
-        }
-        return try await collectResponse(handle, ctx: ctx, started: started)
+        return (handle, ctx)
     }
 
     /// Queues sequences on the engine; a full queue is a 429 with `Retry-After`, a stopping
@@ -309,9 +325,10 @@ public struct OpenAIServer: Sendable {
         switch r.input {
         case .chat(let messages):
             param = "messages"
-            let rendered: String
-            (rendered, toolPlan) = try renderChatPrompt(messages, tools: r.tools, choice: r.toolChoice,
+            let template: String
+            (template, toolPlan) = try renderChatPrompt(messages, tools: r.tools, choice: r.toolChoice,
                                                         parallel: r.parallelToolCalls, model: model)
+            let rendered = template + r.replyPrefix
             prompts = [model.promptTokens(for: rendered)]
             startsThinking = ReasoningSplitter.promptOpensThinking(rendered)
         case .prompts(let inputs):
@@ -771,31 +788,37 @@ struct APIMiddleware: RouterMiddleware {
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         let path = request.uri.path
-        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"].contains(path)
+        let endpoint = ["/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics", "/v1/messages",
+                        "/v1/messages/count_tokens", "/v1/responses"].contains(path)
             || OpenAIServer.utilityPaths.contains(path) ? path : "other"
+        // Anthropic clients read errors in Anthropic's shape
+        let anthropic = AnthropicMessages.handles(path)
+        func errorJSON(_ e: APIError) -> JSONValue { anthropic ? AnthropicMessages.errorJSON(e) : e.json }
         let response: Response
         do {
             // Every route but the probes and metrics is the API: it takes the key.
             if let key = server.configuration.apiKey, !Self.publicPaths.contains(path) {
                 let given = request.headers[.authorization] ?? ""
-                guard constantTimeEqual(given, "Bearer " + key) else {
-                    throw APIError(status: 401, message: "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                // Anthropic clients send the key as `x-api-key`
+                let givenKey = HTTPField.Name("x-api-key").flatMap { request.headers[$0] } ?? ""
+                guard constantTimeEqual(given, "Bearer " + key) || constantTimeEqual(givenKey, key) else {
+                    throw APIError(status: 401, message: "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'",
                                    code: "invalid_api_key")
                 }
             }
             response = try await next(request, context)
         } catch let e as APIError {
-            response = json(e.json, status: .init(code: e.status), headers: e.headers)
+            response = json(errorJSON(e), status: .init(code: e.status), headers: e.headers)
             if (e.status >= 500 && e.code != "model_loading" && e.code != "draining") || e.status == 429 {
                 server.logger.warning("request failed", metadata: ["path": "\(path)", "status": "\(e.status)", "error": "\(e.message)"])
             }
         } catch let e as HTTPError {
             let status = Int(e.status.code)
             let message = e.status == .notFound ? "no route for \(request.method) \(path)" : (e.body ?? e.status.reasonPhrase)
-            response = json(APIError(status: status, message: message).json, status: e.status)
+            response = json(errorJSON(APIError(status: status, message: message)), status: e.status)
         } catch {
             server.logger.error("request failed", metadata: ["path": "\(path)", "error": "\(error)"])
-            response = json(APIError(status: 500, message: "\(error)", type: "server_error").json, status: .internalServerError)
+            response = json(errorJSON(APIError(status: 500, message: "\(error)", type: "server_error")), status: .internalServerError)
         }
         server.metrics.request(endpoint: endpoint, status: Int(response.status.code))
         return response

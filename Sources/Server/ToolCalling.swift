@@ -19,6 +19,13 @@ public struct ToolDefinition: Sendable, Equatable {
     }
 }
 
+/// 1 to 64 ASCII letters, digits, underscores or dashes (OpenAI's and Anthropic's rule).
+func isValidToolName(_ name: String) -> Bool {
+    (1...64).contains(name.count) && name.unicodeScalars.allSatisfy {
+        ($0.isASCII && CharacterSet.alphanumerics.contains($0)) || $0 == "_" || $0 == "-"
+    }
+}
+
 /// `tool_choice`.
 public enum ToolChoice: Sendable, Equatable {
     case none, auto, required
@@ -49,10 +56,7 @@ extension CompletionRequest {
             guard let name = function["name"]?.stringValue else {
                 throw APIError.invalid("\(p).function.name", "'\(p).function.name' is missing")
             }
-            let allowed = name.unicodeScalars.allSatisfy {
-                ($0.isASCII && (CharacterSet.alphanumerics.contains($0))) || $0 == "_" || $0 == "-"
-            }
-            guard (1...64).contains(name.count), allowed else {
+            guard isValidToolName(name) else {
                 throw APIError.invalid("\(p).function.name",
                                        "'\(p).function.name' must be 1 to 64 letters, digits, underscores or dashes, got '\(name)'")
             }
