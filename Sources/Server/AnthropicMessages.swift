@@ -32,11 +32,7 @@ enum AnthropicMessages {
 
     /// A Messages request as a chat request. `countOnly` (count_tokens) needs no `max_tokens`.
     static func parse(body: [UInt8], countOnly: Bool = false) throws -> CompletionRequest {
-        let root: JSONValue
-        do { root = try JSONValue(parsing: body) } catch {
-            throw APIError(status: 400, message: "the request body is not valid JSON: \(error)")
-        }
-        guard case .object = root else { throw APIError(status: 400, message: "the request body must be a JSON object") }
+        let root = try requestObject(body)
         let f = Fields(root)
         guard let model = try f.string("model") else { throw APIError.invalid("model", "missing required field 'model'") }
         guard let messagesValue = f.value("messages") else {

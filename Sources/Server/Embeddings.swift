@@ -17,12 +17,7 @@ struct EmbeddingRequest {
     static let maxInputs = 2048
 
     init(body: [UInt8]) throws {
-        let root: JSONValue
-        do { root = try JSONValue(parsing: body) } catch {
-            throw APIError(status: 400, message: "the request body is not valid JSON: \(error)")
-        }
-        guard case .object = root else { throw APIError(status: 400, message: "the request body must be a JSON object") }
-        let f = Fields(root)
+        let f = Fields(try requestObject(body))
         guard let model = try f.string("model") else { throw APIError.invalid("model", "missing required field 'model'") }
         self.model = model
         guard let input = f.value("input") else { throw APIError.invalid("input", "missing required field 'input'") }
@@ -46,13 +41,8 @@ extension OpenAIServer {
     /// `POST /v1/embeddings`: each input's final hidden states, pooled and L2-normalized. The
     /// inputs run through the same engine loop as completions, a running set's worth at a time.
     func embeddings(_ request: Request, context: ServerRequestContext) async throws -> Response {
-        var request = request
         _ = try loadedEngine()
-        let body: ByteBuffer
-        do { body = try await request.collectBody(upTo: configuration.maxBodyBytes) } catch {
-            throw APIError(status: 413, message: "the request body is larger than \(configuration.maxBodyBytes) bytes")
-        }
-        let parsed = try EmbeddingRequest(body: Array(buffer: body))
+        let parsed = try EmbeddingRequest(body: try await readBody(request))
         let engine = try await engine(for: parsed.model)
         let width = engine.model.config.embeddingLength
         if let d = parsed.dimensions, d != width {
@@ -143,12 +133,7 @@ struct RerankRequest {
     var returnDocuments = false
 
     init(body: [UInt8]) throws {
-        let root: JSONValue
-        do { root = try JSONValue(parsing: body) } catch {
-            throw APIError(status: 400, message: "the request body is not valid JSON: \(error)")
-        }
-        guard case .object = root else { throw APIError(status: 400, message: "the request body must be a JSON object") }
-        let f = Fields(root)
+        let f = Fields(try requestObject(body))
         model = try f.string("model") ?? ""
         guard let query = try f.string("query") else { throw APIError.invalid("query", "missing required field 'query'") }
         self.query = query
@@ -176,13 +161,8 @@ extension OpenAIServer {
     /// (the GGUF's `rerank` chat template, else BOS query EOS [SEP] document EOS, as llama.cpp
     /// builds it); results best first, cut to `top_n`.
     func rerank(_ request: Request, context: ServerRequestContext) async throws -> Response {
-        var request = request
         _ = try loadedEngine()
-        let body: ByteBuffer
-        do { body = try await request.collectBody(upTo: configuration.maxBodyBytes) } catch {
-            throw APIError(status: 413, message: "the request body is larger than \(configuration.maxBodyBytes) bytes")
-        }
-        let parsed = try RerankRequest(body: Array(buffer: body))
+        let parsed = try RerankRequest(body: try await readBody(request))
         let engine = try await engine(for: parsed.model.isEmpty ? (try loadedEngine()).model.name : parsed.model)
         guard embeddingPooling(engine) == .rank, engine.model.model.classifier != nil else {
             throw APIError.invalid("model", "'\(engine.model.name)' is not a reranker (its GGUF has no rank pooling and classification head)")

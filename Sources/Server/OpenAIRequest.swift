@@ -38,6 +38,16 @@ public struct APIError: Error, CustomStringConvertible {
     }
 }
 
+/// A request body that must be a JSON object (400 otherwise).
+func requestObject(_ body: [UInt8]) throws -> JSONValue {
+    let root: JSONValue
+    do { root = try JSONValue(parsing: body) } catch {
+        throw APIError(status: 400, message: "the request body is not valid JSON: \(error)")
+    }
+    guard case .object = root else { throw APIError(status: 400, message: "the request body must be a JSON object") }
+    return root
+}
+
 /// What a completion request asks for, validated field by field.
 public struct CompletionRequest: Sendable {
     public enum Input: Sendable {
@@ -79,11 +89,7 @@ public struct CompletionRequest: Sendable {
 
     /// Parses the JSON body of `/v1/chat/completions` (`chat` true) or `/v1/completions`.
     public init(body: [UInt8], chat: Bool) throws {
-        let root: JSONValue
-        do { root = try JSONValue(parsing: body) } catch {
-            throw APIError(status: 400, message: "the request body is not valid JSON: \(error)")
-        }
-        guard case .object = root else { throw APIError(status: 400, message: "the request body must be a JSON object") }
+        let root = try requestObject(body)
         let f = Fields(root)
 
         guard let model = try f.string("model") else { throw APIError.invalid("model", "missing required field 'model'") }

@@ -21,11 +21,7 @@ enum ResponsesAPI {
     }
 
     static func parse(body: [UInt8]) throws -> (CompletionRequest, Echo) {
-        let root: JSONValue
-        do { root = try JSONValue(parsing: body) } catch {
-            throw APIError(status: 400, message: "the request body is not valid JSON: \(error)")
-        }
-        guard case .object = root else { throw APIError(status: 400, message: "the request body must be a JSON object") }
+        let root = try requestObject(body)
         let f = Fields(root)
         let stateless = "this server keeps no responses (the Responses API is served statelessly); send the whole conversation in 'input'"
         if f.value("previous_response_id") != nil {

@@ -19,17 +19,7 @@ extension OpenAIServer {
 
     /// The request body as a JSON object.
     func jsonBody(_ request: Request) async throws -> JSONValue {
-        var request = request
-        let body: ByteBuffer
-        do { body = try await request.collectBody(upTo: configuration.maxBodyBytes) } catch {
-            throw APIError(status: 413, message: "the request body is larger than \(configuration.maxBodyBytes) bytes")
-        }
-        let root: JSONValue
-        do { root = try JSONValue(parsing: Array(buffer: body)) } catch {
-            throw APIError(status: 400, message: "the request body is not valid JSON: \(error)")
-        }
-        guard case .object = root else { throw APIError(status: 400, message: "the request body must be a JSON object") }
-        return root
+        try requestObject(try await readBody(request))
     }
 
     /// `{content, add_special = false, parse_special = true, with_pieces = false}` → `{tokens}`:
