@@ -198,22 +198,7 @@ enum AnthropicMessages {
             if let type = tool["type"]?.stringValue, type != "custom" {
                 throw APIError.invalid("\(p).type", "'\(p).type' '\(type)' is not supported: only client tools (name, description, input_schema) are")
             }
-            guard let name = tool["name"]?.stringValue else { throw APIError.invalid("\(p).name", "'\(p).name' is missing") }
-            guard isValidToolName(name) else {
-                throw APIError.invalid("\(p).name", "'\(p).name' must be 1 to 64 letters, digits, underscores or dashes, got '\(name)'")
-            }
-            guard seen.insert(name).inserted else {
-                throw APIError.invalid("\(p).name", "'\(p).name': the tool '\(name)' is defined twice")
-            }
-            var description: String?
-            if let d = tool["description"], d != .null {
-                guard let s = d.stringValue else { throw APIError.invalid("\(p).description", "'\(p).description' must be a string") }
-                description = s
-            }
-            guard let schema = tool["input_schema"], case .object = schema else {
-                throw APIError.invalid("\(p).input_schema", "'\(p).input_schema' must be a JSON schema object")
-            }
-            return ToolDefinition(name: name, description: description, parameters: schema)
+            return try ToolDefinition.parse(tool, param: p, schemaKey: "input_schema", requiresSchema: true, seen: &seen)
         }
     }
 

@@ -158,28 +158,9 @@ enum ResponsesAPI {
             guard let type = tool["type"]?.stringValue, type == "function" else {
                 throw APIError.invalid("\(p).type", "'\(p).type' must be 'function' (built-in tools are not supported)")
             }
-            guard let name = tool["name"]?.stringValue else {
-                throw APIError.invalid("\(p).name", "'\(p).name' is missing (function tools here are flat: name, description and parameters at the top level)")
-            }
-            guard isValidToolName(name) else {
-                throw APIError.invalid("\(p).name", "'\(p).name' must be 1 to 64 letters, digits, underscores or dashes, got '\(name)'")
-            }
-            guard seen.insert(name).inserted else {
-                throw APIError.invalid("\(p).name", "'\(p).name': the function '\(name)' is defined twice")
-            }
-            var description: String?
-            if let d = tool["description"], d != .null {
-                guard let s = d.stringValue else { throw APIError.invalid("\(p).description", "'\(p).description' must be a string") }
-                description = s
-            }
-            var parameters: JSONValue?
-            if let schema = tool["parameters"], schema != .null {
-                guard case .object = schema else {
-                    throw APIError.invalid("\(p).parameters", "'\(p).parameters' must be a JSON schema object")
-                }
-                parameters = schema
-            }
-            return ToolDefinition(name: name, description: description, parameters: parameters)
+            return try ToolDefinition.parse(tool, param: p, schemaKey: "parameters",
+                                            nameHint: " (function tools here are flat: name, description and parameters at the top level)",
+                                            seen: &seen)
         }
     }
 

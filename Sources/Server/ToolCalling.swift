@@ -26,6 +26,41 @@ func isValidToolName(_ name: String) -> Bool {
     }
 }
 
+extension ToolDefinition {
+    /// One function's name, description and schema from `object` (an Anthropic or Responses
+    /// tool, or OpenAI's `function` member), every error naming the field under `p`; a name
+    /// already in `seen` is refused. `requiresSchema`: the schema must be there (Anthropic's
+    /// `input_schema`); otherwise it may be left out (any arguments). `nameHint` follows a
+    /// missing name's message.
+    static func parse(_ object: JSONValue, param p: String, schemaKey: String, requiresSchema: Bool = false,
+                      nameHint: String = "", seen: inout Set<String>) throws -> ToolDefinition {
+        guard let name = object["name"]?.stringValue else {
+            throw APIError.invalid("\(p).name", "'\(p).name' is missing" + nameHint)
+        }
+        guard isValidToolName(name) else {
+            throw APIError.invalid("\(p).name", "'\(p).name' must be 1 to 64 letters, digits, underscores or dashes, got '\(name)'")
+        }
+        guard seen.insert(name).inserted else {
+            throw APIError.invalid("\(p).name", "'\(p).name': the function '\(name)' is defined twice")
+        }
+        var description: String?
+        if let d = object["description"], d != .null {
+            guard let s = d.stringValue else { throw APIError.invalid("\(p).description", "'\(p).description' must be a string") }
+            description = s
+        }
+        var parameters: JSONValue?
+        if let schema = object[schemaKey], schema != .null {
+            guard case .object = schema else {
+                throw APIError.invalid("\(p).\(schemaKey)", "'\(p).\(schemaKey)' must be a JSON schema object")
+            }
+            parameters = schema
+        } else if requiresSchema {
+            throw APIError.invalid("\(p).\(schemaKey)", "'\(p).\(schemaKey)' must be a JSON schema object")
+        }
+        return ToolDefinition(name: name, description: description, parameters: parameters)
+    }
+}
+
 /// `tool_choice`.
 public enum ToolChoice: Sendable, Equatable {
     case none, auto, required
@@ -53,31 +88,7 @@ extension CompletionRequest {
             guard let function = tool["function"], case .object = function else {
                 throw APIError.invalid("\(p).function", "'\(p).function' must be an object")
             }
-            guard let name = function["name"]?.stringValue else {
-                throw APIError.invalid("\(p).function.name", "'\(p).function.name' is missing")
-            }
-            guard isValidToolName(name) else {
-                throw APIError.invalid("\(p).function.name",
-                                       "'\(p).function.name' must be 1 to 64 letters, digits, underscores or dashes, got '\(name)'")
-            }
-            guard seen.insert(name).inserted else {
-                throw APIError.invalid("\(p).function.name", "'\(p).function.name': the function '\(name)' is defined twice")
-            }
-            var description: String?
-            if let d = function["description"], d != .null {
-                guard let s = d.stringValue else {
-                    throw APIError.invalid("\(p).function.description", "'\(p).function.description' must be a string")
-                }
-                description = s
-            }
-            var parameters: JSONValue?
-            if let schema = function["parameters"], schema != .null {
-                guard case .object = schema else {
-                    throw APIError.invalid("\(p).function.parameters", "'\(p).function.parameters' must be a JSON schema object")
-                }
-                parameters = schema
-            }
-            return ToolDefinition(name: name, description: description, parameters: parameters)
+            return try ToolDefinition.parse(function, param: "\(p).function", schemaKey: "parameters", seen: &seen)
         }
     }
 

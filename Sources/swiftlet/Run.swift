@@ -134,26 +134,23 @@ struct Conversation {
     mutating func answer(_ text: String, maxTokens: Int, sampling: SamplingOptions) throws {
         if completesText {
             let tokens = model.tokenizer.encode(text, addSpecial: true, parseSpecial: false)
-            try generator.validate(prompt: tokens)
-            let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters, stop: sampling.stop + ["\n\n"])
             print(text, terminator: "")
-            let result = try generator.generate(prompt: tokens, options: options) { piece in
-                print(piece, terminator: "")
-                fflush(nil)
-                return interruptRequested == 0
-            }
-            print()
-            fflush(nil)
-            if result.finishReason == .cancelled { printError("(stopped)") }
-            printError(result.timings.summary)
+            _ = try stream(tokens, GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters,
+                                                     stop: sampling.stop + ["\n\n"]))
             return
         }
         var turn = messages + [ChatMessage(role: "user", content: text)]
         if let system, !system.isEmpty { turn.insert(ChatMessage(role: "system", content: system), at: 0) }
-        let rendered = try model.renderChat(turn)
-        let tokens = model.promptTokens(for: rendered)
+        let tokens = model.promptTokens(for: try model.renderChat(turn))
+        let result = try stream(tokens, GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters,
+                                                          stop: sampling.stop))
+        messages.append(ChatMessage(role: "user", content: text))
+        messages.append(ChatMessage(role: "assistant", content: result.text))
+    }
+
+    /// Prints the reply as it comes (Ctrl-C stops it), then the timings.
+    private func stream(_ tokens: [TokenID], _ options: GenerationOptions) throws -> GenerationResult {
         try generator.validate(prompt: tokens)
-        let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters, stop: sampling.stop)
         let result = try generator.generate(prompt: tokens, options: options) { piece in
             print(piece, terminator: "")
             fflush(nil)
@@ -163,7 +160,6 @@ struct Conversation {
         fflush(nil)
         if result.finishReason == .cancelled { printError("(stopped)") }
         printError(result.timings.summary)
-        messages.append(ChatMessage(role: "user", content: text))
-        messages.append(ChatMessage(role: "assistant", content: result.text))
+        return result
     }
 }

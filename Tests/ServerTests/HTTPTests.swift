@@ -170,27 +170,11 @@ import Testing
 /// `scripts/test_server_openai.py`: the official `openai` client against `swiftlet serve` on SmolLM2.
 @Suite(.serialized) struct OpenAIClientTests {
     @Test func openAIClientEndToEnd() throws {
-        let root = TestSupport.repositoryRoot()
-        // The swiftlet binary sits next to the test bundle in the build products folder.
-        let bundle = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent()
-        let candidates = [bundle.appendingPathComponent("swiftlet"),
-                          bundle.deletingLastPathComponent().appendingPathComponent("swiftlet")].map(\.path)
-        guard let binary = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
-            Issue.record("no swiftlet binary at \(candidates): build it first (swift build -c release --build-tests)")
+        guard let binary = builtSwiftletBinary() else {
+            Issue.record("no swiftlet binary next to the test bundle: build it first (swift build -c release --build-tests)")
             return
         }
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", root.appendingPathComponent("scripts/test_server_openai.py").path, "--bin", binary]
-        process.currentDirectoryURL = root
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let output = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        let text = String(decoding: output, as: UTF8.self)
-        print(text)
-        #expect(process.terminationStatus == 0, "the openai-client tests failed:\n\(text)")
+        let (status, output) = try runScript("scripts/test_server_openai.py", ["--bin", binary])
+        #expect(status == 0, "the openai-client tests failed:\n\(output)")
     }
 }
