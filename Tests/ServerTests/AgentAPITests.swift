@@ -244,11 +244,7 @@ import Tokenization
     /// On both real models (SmolLM2-only checks report themselves as skipped on Gemma 3).
     @Test(arguments: ["smollm2", "gemma3"])
     func anthropicAndResponsesClientsEndToEnd(_ model: String) throws {
-        guard let binary = builtSwiftletBinary() else {
-            Issue.record("no swiftlet binary next to the test bundle: build it first (swift build -c release --build-tests)")
-            return
-        }
-        let (status, output) = try runScript("scripts/test_server_agent_apis.py", ["--bin", binary, "--model", model])
-        #expect(status == 0, "the anthropic/openai client tests failed on \(model):\n\(output)")
+        guard let run = try runScriptOnBuiltBinary("scripts/test_server_agent_apis.py", ["--model", model]) else { return }
+        #expect(run.status == 0, "the anthropic/openai client tests failed on \(model):\n\(run.output)")
     }
 }

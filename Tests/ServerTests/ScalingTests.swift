@@ -211,6 +211,16 @@ func builtSwiftletBinary() -> String? {
     return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
 }
 
+/// Runs a script of the repository with `--bin` set to the built swiftlet binary and then
+/// `arguments`; nil, with an issue recorded, when there is no binary to run.
+func runScriptOnBuiltBinary(_ path: String, _ arguments: [String] = []) throws -> (status: Int32, output: String)? {
+    guard let binary = builtSwiftletBinary() else {
+        Issue.record("no swiftlet binary next to the test bundle: build it first (swift build -c release --build-tests)")
+        return nil
+    }
+    return try runScript(path, ["--bin", binary] + arguments)
+}
+
 /// Runs a Python script of the repository; its exit status and combined output.
 func runScript(_ path: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
     let root = TestSupport.repositoryRoot()
@@ -233,11 +243,7 @@ func runScript(_ path: String, _ arguments: [String]) throws -> (status: Int32, 
 /// the options in the manifests and the Dockerfile are ones `swiftlet serve` knows.
 @Suite struct DeployFilesTests {
     @Test func manifestsDockerfileAndNginxAgree() throws {
-        guard let binary = builtSwiftletBinary() else {
-            Issue.record("no swiftlet binary next to the tests: build it first (swift build --build-tests)")
-            return
-        }
-        let run = try runScript("deploy/check.py", ["--bin", binary])
+        guard let run = try runScriptOnBuiltBinary("deploy/check.py") else { return }
         #expect(run.status == 0, "deploy/check.py found problems:\n\(run.output)")
     }
 }
@@ -247,11 +253,7 @@ func runScript(_ path: String, _ arguments: [String]) throws -> (status: Int32, 
 /// installed (scripts/test installs it); without it the script fails.
 @Suite(.serialized) struct ClusterTests {
     @Test func clusterBehindNginx() throws {
-        guard let binary = builtSwiftletBinary() else {
-            Issue.record("no swiftlet binary next to the tests: build it first (swift build --build-tests)")
-            return
-        }
-        let run = try runScript("bench/cluster", ["--quick", "--bin", binary])
+        guard let run = try runScriptOnBuiltBinary("bench/cluster", ["--quick"]) else { return }
         #expect(run.status == 0, "bench/cluster --quick failed:\n\(run.output)")
     }
 }
