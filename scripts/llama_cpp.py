@@ -25,7 +25,7 @@ LLAMA_DIR = HOME / "llama.cpp" / LLAMA_VERSION
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 BUILD_DIR = LLAMA_DIR / "build-native-noamx"
 SOURCE = LLAMA_DIR / f"llama_cpp_python-{LLAMA_VERSION}" / "vendor" / "llama.cpp"
-TEST_TARGETS = ["llama-perplexity", "test-llama-archs", "llama-embedding"]
+TEST_TARGETS = ["llama-perplexity", "test-llama-archs", "llama-embedding", "llama-quantize", "llama-imatrix"]
 
 
 def log(msg):
