@@ -382,12 +382,16 @@ public struct BatchSequence {
     /// their rounding by it.
     var batching: ReferenceBatching
 
-    public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false, hiddenStates: Bool = false) {
+    /// `asDecodes`: the rows stand for tokens decoded one at a time (a draft being verified),
+    /// so they take the rounding of single-token passes and their logits are the ones those
+    /// passes would give.
+    public init(tokens: [Int32], cache: any SequenceState, allLogits: Bool = false, hiddenStates: Bool = false,
+                asDecodes: Bool = false) {
         self.tokens = tokens
         self.cache = cache
         self.allLogits = allLogits || hiddenStates
         self.hiddenStates = hiddenStates
-        batching = ReferenceBatching(from: 0, of: tokens.count)
+        batching = asDecodes ? .ungrouped : ReferenceBatching(from: 0, of: tokens.count)
     }
 }
 

@@ -164,7 +164,7 @@ func microBatches(_ batch: [BatchSequence]) -> [[BatchSequence]] {
             var piece = BatchSequence(tokens: Array(seq.tokens[start..<start + n]), cache: seq.cache, allLogits: seq.allLogits,
                                       hiddenStates: seq.hiddenStates)
             piece.logitsNeeded = seq.allLogits || start + n == seq.tokens.count
-            piece.batching = ReferenceBatching(from: start, of: seq.tokens.count)
+            piece.batching = seq.batching == .ungrouped ? .ungrouped : ReferenceBatching(from: start, of: seq.tokens.count)
             passes[passes.count - 1].append(piece)
             count += n
             start += n

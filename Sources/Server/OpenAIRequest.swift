@@ -79,6 +79,8 @@ public struct CompletionRequest: Sendable {
     public var tools: [ToolDefinition] = []
     public var toolChoice = ToolChoice.auto
     public var parallelToolCalls = true
+    /// `speculative.lookup`: prompt-lookup draft length (0: off; nil: the server's `--lookup`).
+    public var lookup: Int?
     /// llama.cpp's `reasoning_format` (nil: the server's `--reasoning-format`).
     public var reasoningFormat: ReasoningFormat?
     /// The start of the reply, written after the generation prompt (Anthropic's prefill: a
@@ -161,6 +163,10 @@ public struct CompletionRequest: Sendable {
         }
         if let n = try f.int("n", in: 1...16) { self.n = n }
         if let e = try f.bool("ignore_eos") { ignoreEOS = e }
+        if let speculative = f.value("speculative") {
+            guard case .object = speculative else { throw APIError.invalid("speculative", "'speculative' must be an object") }
+            lookup = try Fields(speculative, prefix: "speculative.").int("lookup", in: 0...PromptLookup.longestDraft)
+        }
         if let s = try f.bool("stream") { stream = s }
         if let options = root["stream_options"], options != .null {
             guard case .object = options else { throw APIError.invalid("stream_options", "'stream_options' must be an object") }
@@ -281,7 +287,12 @@ public struct CompletionRequest: Sendable {
 /// Typed access to optional top-level fields; wrong types are 400s naming the field.
 struct Fields {
     let root: JSONValue
-    init(_ root: JSONValue) { self.root = root }
+    /// Put before each key in error messages (the path of a nested object).
+    let prefix: String
+    init(_ root: JSONValue, prefix: String = "") {
+        self.root = root
+        self.prefix = prefix
+    }
 
     func value(_ key: String) -> JSONValue? {
         guard let v = root[key], v != .null else { return nil }
@@ -290,34 +301,34 @@ struct Fields {
 
     func string(_ key: String) throws -> String? {
         guard let v = value(key) else { return nil }
-        guard let s = v.stringValue else { throw APIError.invalid(key, "'\(key)' must be a string") }
+        guard let s = v.stringValue else { throw APIError.invalid(prefix + key, "'\(prefix + key)' must be a string") }
         return s
     }
 
     func bool(_ key: String) throws -> Bool? {
         guard let v = value(key) else { return nil }
-        guard let b = v.boolValue else { throw APIError.invalid(key, "'\(key)' must be a boolean") }
+        guard let b = v.boolValue else { throw APIError.invalid(prefix + key, "'\(prefix + key)' must be a boolean") }
         return b
     }
 
     func int(_ key: String, in range: ClosedRange<Int>) throws -> Int? {
         guard let v = value(key) else { return nil }
-        guard case .number(let n) = v else { throw APIError.invalid(key, "'\(key)' must be an integer") }
+        guard case .number(let n) = v else { throw APIError.invalid(prefix + key, "'\(prefix + key)' must be an integer") }
         let text = n.text
         let number: Int?
         if let i = Int(text) { number = i } else if let d = Double(text), d.rounded() == d, abs(d) < 1e15 { number = Int(d) } else { number = nil }
-        guard let i = number else { throw APIError.invalid(key, "'\(key)' must be an integer") }
+        guard let i = number else { throw APIError.invalid(prefix + key, "'\(prefix + key)' must be an integer") }
         guard range.contains(i) else {
-            throw APIError.invalid(key, "'\(key)' must be between \(range.lowerBound) and \(range.upperBound), got \(i)")
+            throw APIError.invalid(prefix + key, "'\(prefix + key)' must be between \(range.lowerBound) and \(range.upperBound), got \(i)")
         }
         return i
     }
 
     func double(_ key: String, in range: ClosedRange<Double>) throws -> Double? {
         guard let v = value(key) else { return nil }
-        guard let d = v.doubleValue, d.isFinite else { throw APIError.invalid(key, "'\(key)' must be a number") }
+        guard let d = v.doubleValue, d.isFinite else { throw APIError.invalid(prefix + key, "'\(prefix + key)' must be a number") }
         guard range.contains(d) else {
-            throw APIError.invalid(key, "'\(key)' must be between \(range.lowerBound) and \(range.upperBound), got \(d)")
+            throw APIError.invalid(prefix + key, "'\(prefix + key)' must be between \(range.lowerBound) and \(range.upperBound), got \(d)")
         }
         return d
     }

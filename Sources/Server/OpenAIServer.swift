@@ -21,6 +21,8 @@ public struct ServerConfiguration: Sendable {
     public var pooling: EmbeddingPooling?
     /// `--reasoning-format`: where chat replies' thinking goes (a request's `reasoning_format` overrides).
     public var reasoningFormat = ReasoningFormat.deepseek
+    /// `--lookup`: prompt-lookup draft length for requests that do not say (0: off).
+    public var lookup = 0
     /// `--reasoning-budget`: thinking tokens per chat reply before the engine closes the block (nil: no limit).
     public var reasoningBudget: Int?
     /// `/ready` answers 503 while more sequences than this wait for admission (nil: no limit).
@@ -373,6 +375,7 @@ public struct OpenAIServer: Sendable {
         }
         var options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
                                         grammarTrigger: grammarTrigger, logprobs: r.logprobs)
+        options.lookup = .drafting(upTo: r.lookup ?? configuration.lookup)
         if r.isChat, let budget = configuration.reasoningBudget {
             options.reasoningBudget = ReasoningBudget(tokens: budget, startsInside: startsThinking)
         }

@@ -36,6 +36,8 @@ public final class ServerMetrics: Sendable {
     let protocolKVUsage: Gauge
     let protocolPrefixQueries: Counter
     let protocolPrefixHits: Counter
+    let draftTokens: Counter
+    let acceptedDraftTokens: Counter
 
     public init() {
         let r = registry
@@ -75,6 +77,10 @@ public final class ServerMetrics: Sendable {
                                               help: "Prompt tokens of finished sequences looked up in the prefix cache.")
         protocolPrefixHits = r.makeCounter(name: "vllm:prefix_cache_hits_total",
                                            help: "Prompt tokens of finished sequences served from the prefix cache.")
+        draftTokens = r.makeCounter(name: "swiftlet_draft_tokens_total",
+                                    help: "Tokens drafted by speculative decoding (prompt lookup) and verified.")
+        acceptedDraftTokens = r.makeCounter(name: "swiftlet_draft_tokens_accepted_total",
+                                            help: "Drafted tokens the model accepted: decode steps saved.")
     }
 
     public func request(endpoint: String, status: Int) {
@@ -87,6 +93,11 @@ public final class ServerMetrics: Sendable {
     func timeToFirstToken(_ d: Duration) { ttft.record(d) }
     func interTokenLatency(_ d: Duration) { itl.record(d) }
     func generatedTokens(_ n: Int) { generated.increment(by: Int64(n)) }
+
+    func drafts(_ timings: GenerationTimings) {
+        draftTokens.increment(by: Int64(timings.draftTokens))
+        acceptedDraftTokens.increment(by: Int64(timings.acceptedDraftTokens))
+    }
 
     func sequenceFinished(reason: FinishReason, promptTokens n: Int, cachedTokens: Int) {
         promptTokens.increment(by: Int64(n))
@@ -152,6 +163,7 @@ struct ServerObserver: GeneratorObserver {
 
     func sequenceFinished(_ r: SequenceReport) {
         metrics.generatedTokens(r.usage.completionTokens)
+        metrics.drafts(r.usage.timings)
         metrics.sequenceFinished(reason: r.reason, promptTokens: r.usage.promptTokens, cachedTokens: r.usage.cachedTokens)
         logger.info("sequence finished", metadata: [
             "request": "\(r.requestID)", "index": "\(r.index)", "reason": "\(r.reason.rawValue)",

@@ -36,7 +36,7 @@ struct Generate: ParsableCommand {
         let tokens = template == nil
             ? loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
             : loaded.promptTokens(for: try loaded.renderChat([.user(prompt)]))
-        let options = GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters, stop: sampling.stop)
+        let options = sampling.generationOptions(maxTokens: maxTokens)
         let result = try generator.generate(prompt: tokens, options: options) { piece in
             if !json { print(piece, terminator: ""); fflush(nil) }
             return true
@@ -53,6 +53,9 @@ struct Generate: ParsableCommand {
                     "time_to_first_token_ms": result.timings.timeToFirstToken * 1000,
                     "prompt_ms": result.timings.promptSeconds * 1000,
                     "generation_ms": result.timings.generationSeconds * 1000,
+                    "draft_tokens": result.timings.draftTokens,
+                    "accepted_draft_tokens": result.timings.acceptedDraftTokens,
+                    "draft_acceptance_rate": result.timings.draftAcceptanceRate,
                 ],
             ]
             var output = object

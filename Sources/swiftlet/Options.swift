@@ -5,7 +5,7 @@ import Kernels
 import Models
 import Tokenization
 
-/// Sampler flags shared by `generate` and `run` (llama.cpp's names and defaults).
+/// Sampler and decoding flags shared by `generate` and `run` (llama.cpp's names and defaults).
 struct SamplingOptions: ParsableArguments {
     @Option(name: .customLong("temp"), help: "Temperature; 0 is greedy.")
     var temperature: Float = 0.8
@@ -27,6 +27,19 @@ struct SamplingOptions: ParsableArguments {
     var seed: UInt64?
     @Option(name: .customLong("stop"), help: "Stop when this text is generated (repeatable).")
     var stop: [String] = []
+    @Option(name: .customLong("lookup"), help: lookupHelp)
+    var lookup = 0
+
+    func validate() throws {
+        try validateLookup(lookup)
+    }
+
+    /// What to generate: at most `maxTokens`, stopping at `--stop` and `extraStop`.
+    func generationOptions(maxTokens: Int, extraStop: [String] = []) -> GenerationOptions {
+        var options = GenerationOptions(maxTokens: maxTokens, sampling: parameters, stop: stop + extraStop)
+        options.lookup = .drafting(upTo: lookup)
+        return options
+    }
 
     var parameters: SamplingParameters {
         var p = SamplingParameters()
@@ -40,6 +53,18 @@ struct SamplingOptions: ParsableArguments {
         p.presencePenalty = presencePenalty
         p.seed = seed
         return p
+    }
+}
+
+let lookupHelp = ArgumentHelp(
+    "Speculative decoding by prompt lookup: draft up to N tokens from earlier text (0 = off).",
+    discussion: "When the last tokens occurred before in the prompt or the output, the tokens that followed them are "
+        + "checked by the model in one pass. The output is the same as without it; text that repeats its prompt "
+        + "(edits, quotes, code) comes faster.")
+
+func validateLookup(_ lookup: Int) throws {
+    guard (0...PromptLookup.longestDraft).contains(lookup) else {
+        throw ValidationError("--lookup must be 0 (off) or the most tokens to draft, at most \(PromptLookup.longestDraft)")
     }
 }
 

@@ -135,15 +135,13 @@ struct Conversation {
         if completesText {
             let tokens = model.tokenizer.encode(text, addSpecial: true, parseSpecial: false)
             print(text, terminator: "")
-            _ = try stream(tokens, GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters,
-                                                     stop: sampling.stop + ["\n\n"]))
+            _ = try stream(tokens, sampling.generationOptions(maxTokens: maxTokens, extraStop: ["\n\n"]))
             return
         }
         var turn = messages + [ChatMessage(role: "user", content: text)]
         if let system, !system.isEmpty { turn.insert(ChatMessage(role: "system", content: system), at: 0) }
         let tokens = model.promptTokens(for: try model.renderChat(turn))
-        let result = try stream(tokens, GenerationOptions(maxTokens: maxTokens, sampling: sampling.parameters,
-                                                          stop: sampling.stop))
+        let result = try stream(tokens, sampling.generationOptions(maxTokens: maxTokens))
         messages.append(ChatMessage(role: "user", content: text))
         messages.append(ChatMessage(role: "assistant", content: result.text))
     }

@@ -63,6 +63,8 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("reasoning-format"),
             help: "Where chat replies' <think> blocks go: deepseek (message.reasoning_content) or none (left in content).")
     var reasoningFormat = ReasoningFormat.deepseek
+    @Option(name: .customLong("lookup"), help: lookupHelp)
+    var lookup = 0
     @Option(name: .customLong("reasoning-budget"),
             help: "Thinking tokens per chat reply before the server closes the <think> block (-1: no limit; 0: no thinking).")
     var reasoningBudget = -1
@@ -97,6 +99,7 @@ struct Serve: AsyncParsableCommand {
         if let apiKeyFile {
             do { _ = try ServerConfiguration.apiKey(fromFile: apiKeyFile) } catch { throw ValidationError("\(error)") }
         }
+        try validateLookup(lookup)
         guard reasoningBudget >= -1 else { throw ValidationError("--reasoning-budget must be -1 (no limit) or a token count") }
         guard parallel > 0 else { throw ValidationError("--parallel must be positive") }
         guard (1...65535).contains(port) || port == 0 else { throw ValidationError("--port must be 0...65535") }
@@ -136,6 +139,7 @@ struct Serve: AsyncParsableCommand {
         config.pooling = pooling
         config.reasoningFormat = reasoningFormat
         config.reasoningBudget = reasoningBudget < 0 ? nil : reasoningBudget
+        config.lookup = lookup
         config.readyQueueLimit = readyQueueLimit
         config.engine = Generator.Configuration(
             contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,

@@ -31,6 +31,9 @@ public struct GenerationOptions: Sendable {
     public var embedding: EmbeddingPooling?
     /// Set: thinking (`<think>`…`</think>`) is ended by the engine after this many tokens.
     public var reasoningBudget: ReasoningBudget?
+    /// Set: while decoding, tokens are drafted by prompt lookup and verified in one forward
+    /// pass (speculative decoding). The output is the same as without it, token for token.
+    public var lookup: PromptLookup?
 
     public init(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: [String] = [],
                 grammar: JSONGrammar? = nil, grammarTrigger: String? = nil, logprobs: Int? = nil) {
@@ -88,6 +91,9 @@ public struct GenerationTimings: Sendable, Codable {
     public var generationSeconds = 0.0
     /// From submission to the first generated token (queueing included).
     public var timeToFirstToken = 0.0
+    /// Speculative decoding: tokens drafted and how many of them the model accepted.
+    public var draftTokens = 0
+    public var acceptedDraftTokens = 0
 
     public init() {}
 
@@ -97,9 +103,16 @@ public struct GenerationTimings: Sendable, Codable {
         generationSeconds > 0 ? Double(max(generatedTokens - 1, 0)) / generationSeconds : 0
     }
 
+    /// Accepted over drafted tokens; 0 without speculative decoding.
+    public var draftAcceptanceRate: Double { draftTokens > 0 ? Double(acceptedDraftTokens) / Double(draftTokens) : 0 }
+
     public var summary: String {
-        String(format: "prompt: %d tokens, %.2f t/s | generation: %d tokens, %.2f t/s | time to first token: %.0f ms",
-               promptTokens, promptTokensPerSecond, generatedTokens, generationTokensPerSecond, timeToFirstToken * 1000)
+        var text = String(format: "prompt: %d tokens, %.2f t/s | generation: %d tokens, %.2f t/s | time to first token: %.0f ms",
+                          promptTokens, promptTokensPerSecond, generatedTokens, generationTokensPerSecond, timeToFirstToken * 1000)
+        if draftTokens > 0 {
+            text += String(format: " | draft: %d/%d accepted (%.0f%%)", acceptedDraftTokens, draftTokens, draftAcceptanceRate * 100)
+        }
+        return text
     }
 }
 

@@ -142,6 +142,9 @@ public final class Generator: @unchecked Sendable {
         var embedding: EmbeddingAccumulator?
         /// Sequences with a reasoning budget: where the output is and what thinking has cost.
         var thinking: ThinkingTracker?
+        /// Speculative decoding: tokens drafted so far and how many were accepted.
+        var draftTokens = 0
+        var acceptedDraftTokens = 0
 
         var constraint: GrammarConstraint? { output.activeConstraint }
 
@@ -400,6 +403,7 @@ public final class Generator: @unchecked Sendable {
             condition.lock(); publishSnapshot(); condition.unlock()
             return
         }
+        proposeDrafts()
         let chunks = scheduler.schedule()
         guard !chunks.isEmpty else {
             // Nothing could be scheduled with nothing running: the pool cannot hold the
@@ -413,7 +417,9 @@ public final class Generator: @unchecked Sendable {
         for chunk in chunks { if let a = active[chunk.sequence.id], a.admitted == nil { a.admitted = now } }
         let embeds = chunks.map { active[$0.sequence.id]?.embedding != nil }
         let batch = zip(chunks, embeds).map { chunk, embeds in
-            BatchSequence(tokens: chunk.tokens, cache: chunk.sequence.store!.modelState, hiddenStates: embeds)
+            let drafted = !chunk.draft.isEmpty
+            return BatchSequence(tokens: chunk.tokens, cache: chunk.sequence.store!.modelState, allLogits: drafted,
+                                 hiddenStates: embeds, asDecodes: drafted)
         }
         let rows: [[Float]]
         do {
@@ -424,17 +430,23 @@ public final class Generator: @unchecked Sendable {
             return
         }
         scheduler.didRun(chunks)
-        // One logits row per generating chunk; one hidden-state row per position of an embedding chunk.
+        // One logits row per generating chunk (and one per drafted token); one hidden-state row
+        // per position of an embedding chunk.
         var sampling: [(sequence: ActiveSequence, logits: [Float])] = []
+        var verifying: [(sequence: ActiveSequence, chunk: ScheduledChunk, rows: ArraySlice<[Float]>)] = []
         var next = 0
         for (chunk, embeds) in zip(chunks, embeds) {
-            let count = embeds ? chunk.range.count : 1
+            let count = embeds ? chunk.range.count : 1 + chunk.draft.count
             let chunkRows = rows[next..<next + count]
             next += count
             guard let a = active[chunk.sequence.id] else { continue }
             if embeds {
                 a.embedding?.add(chunkRows, positions: chunk.range)
                 if chunk.producesToken { finishEmbedding(a) }
+                continue
+            }
+            if !chunk.draft.isEmpty {
+                verifying.append((a, chunk, chunkRows))
                 continue
             }
             guard chunk.producesToken, let row = chunkRows.first else { continue }
@@ -454,9 +466,51 @@ public final class Generator: @unchecked Sendable {
             draws.finish()
         }
         for (a, row) in sampling { sample(a, logits: row, drawn: draws.token(for: a)) }
+        for (a, chunk, rows) in verifying { verify(a, chunk: chunk, rows: rows) }
         condition.lock()
         publishSnapshot()
         condition.unlock()
+    }
+
+    /// Drafts for the decoding sequences that asked for prompt lookup. Only over a paged KV
+    /// cache: rejected draft positions are cut off again, which a recurrent state cannot do.
+    private func proposeDrafts() {
+        guard case .paged = scheduler.storage else { return }
+        for seq in scheduler.running {
+            guard seq.isDecoding, let a = active[seq.id], let lookup = a.options.lookup, a.embedding == nil else {
+                seq.draft = []
+                continue
+            }
+            // the pass yields one token more than it drafts; both limits hold for all of them
+            let room = min(a.options.maxTokens - seq.generatedCount, configuration.contextLength - seq.tokens.count + 1) - 1
+            seq.draft = lookup.draft(after: seq.tokens, limit: room)
+        }
+    }
+
+    /// Samples a drafted chunk's rows in order, as plain decoding would have sampled them one
+    /// step at a time: row i holds the logits after the i-th drafted token, so it counts only
+    /// while every drafted token before it was the one sampled. The first token that differs
+    /// (or ends the sequence) ends the chunk; the output is the same token for token, with the
+    /// same random draws, as without drafting.
+    private func verify(_ a: ActiveSequence, chunk: ScheduledChunk, rows: ArraySlice<[Float]>) {
+        let seq = a.sequence
+        var accepted = 0
+        for (i, row) in rows.enumerated() {
+            let position = chunk.range.upperBound - 1 + i
+            guard row.allSatisfy(\.isFinite) else {
+                observer?.forwardPassFailed(EngineError.nonFiniteLogits(position: position), sequences: 1)
+                fail(a, message: EngineError.nonFiniteLogits(position: position).description)
+                return
+            }
+            let before = seq.tokens.count
+            sample(a, logits: row)
+            guard active[seq.id] != nil, i < chunk.draft.count, seq.tokens.count == before + 1,
+                  seq.tokens[before] == chunk.draft[i] else { break }
+            accepted += 1
+        }
+        a.draftTokens += chunk.draft.count
+        a.acceptedDraftTokens += accepted
+        scheduler.didVerify(chunk, accepted: accepted)
     }
 
     private func sample(_ a: ActiveSequence, logits: [Float], drawn: TokenID? = nil) {
@@ -573,6 +627,8 @@ public final class Generator: @unchecked Sendable {
         var timings = GenerationTimings()
         timings.promptTokens = seq.promptCount - seq.cachedPromptTokens
         timings.generatedTokens = seq.generatedCount
+        timings.draftTokens = a.draftTokens
+        timings.acceptedDraftTokens = a.acceptedDraftTokens
         if let first = a.firstToken {
             timings.promptSeconds = (first - (a.admitted ?? a.submitted)).seconds
             timings.timeToFirstToken = (first - a.submitted).seconds

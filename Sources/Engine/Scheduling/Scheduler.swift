@@ -24,6 +24,10 @@ public final class ScheduledSequence {
     /// Encoders: the prompt goes through in one chunk (its tokens attend to each other both
     /// ways), even beyond a step's token budget when it is alone in that step.
     public var runsWholePrompt = false
+    /// Tokens proposed to follow `tokens` (speculative decoding), set by the generator before
+    /// `schedule`: a decoding sequence's chunk carries as many as fit, to be verified in the
+    /// same pass.
+    public var draft: [TokenID] = []
     let arrival: Int
 
     public init(id: Int, prompt: [TokenID], arrival: Int = 0) {
@@ -44,13 +48,16 @@ public final class ScheduledSequence {
     public func append(_ token: TokenID) { tokens.append(token) }
 }
 
-/// The work for one sequence in one step: tokens `range` of its tokens go through the model.
+/// The work for one sequence in one step: tokens `range` of its tokens go through the model,
+/// followed by `draft` (drafted tokens after the last one, each to be verified by the logits
+/// of the position before it).
 public struct ScheduledChunk {
     public let sequence: ScheduledSequence
     public let range: Range<Int>
+    public var draft: [TokenID] = []
     /// The chunk reaches the sequence's last token: its logits give the next token.
     public var producesToken: Bool { range.upperBound == sequence.tokens.count }
-    public var tokens: [TokenID] { Array(sequence.tokens[range]) }
+    public var tokens: [TokenID] { Array(sequence.tokens[range]) + draft }
 }
 
 /// Iteration-level scheduling over a paged KV cache (continuous batching).
@@ -67,9 +74,11 @@ public struct ScheduledChunk {
 /// Invariants, after every public call:
 /// - a sequence is in exactly one of `waiting`, `running`, or neither (finished);
 /// - `running.count <= maxRunning`; every running sequence has a store, no waiting one does;
-/// - a planned chunk's positions are reserved in its store before `schedule` returns it, and
-///   a step's chunks hold at most `maxBatchTokens` tokens together, unless the step is one
-///   encoder prompt (`runsWholePrompt`) longer than that;
+/// - a planned chunk's positions (its draft's included) are reserved in its store before
+///   `schedule` returns it, and a step's chunks hold at most `maxBatchTokens` tokens together,
+///   unless the step is one encoder prompt (`runsWholePrompt`) longer than that;
+/// - a draft only takes free blocks, never preempts, and after its pass `didVerify` cuts the
+///   store back to the positions whose tokens were accepted;
 /// - blocks are held only by running sequences' stores and the prefix cache (`releaseAll` on
 ///   removal and preemption gives them back).
 ///
@@ -158,9 +167,10 @@ public final class Scheduler {
                 guard budget == configuration.maxBatchTokens else { continue }
                 n = seq.tokens.count - start
             }
-            guard reserve(seq, tokens: n) else { continue }
-            chunks.append(ScheduledChunk(sequence: seq, range: start..<start + n))
-            budget -= n
+            let draft = fittingDraft(seq, after: n, budget: budget)
+            guard reserve(seq, tokens: n + draft.count) else { continue }
+            chunks.append(ScheduledChunk(sequence: seq, range: start..<start + n, draft: draft))
+            budget -= n + draft.count
         }
         chunks.removeAll { $0.sequence.status != .running }  // preempted after being planned
 
@@ -205,10 +215,31 @@ public final class Scheduler {
     }
 
     /// After the forward pass of `chunks`: registers newly filled blocks in the prefix cache.
+    /// Drafted chunks wait for `didVerify`: their drafts' positions are not tokens yet.
     public func didRun(_ chunks: [ScheduledChunk]) {
-        for chunk in chunks where chunk.sequence.status == .running {
+        for chunk in chunks where chunk.sequence.status == .running && chunk.draft.isEmpty {
             chunk.sequence.store?.registerFullBlocks(chunk.sequence.tokens)
         }
+    }
+
+    /// After the tokens of a drafted chunk were sampled: `accepted` drafted tokens were the
+    /// ones sampled, so the positions up to them hold the right keys and values and those of
+    /// the rest are forgotten.
+    public func didVerify(_ chunk: ScheduledChunk, accepted: Int) {
+        precondition(accepted <= chunk.draft.count)
+        guard chunk.sequence.status == .running, let store = chunk.sequence.store else { return }
+        store.truncate(to: chunk.range.upperBound + accepted)
+        store.registerFullBlocks(chunk.sequence.tokens)
+    }
+
+    /// The part of `seq`'s draft that goes with its `tokens`-token chunk: only for a sequence
+    /// that is decoding, within the step's budget, and only as far as free blocks reach (a
+    /// guess never preempts a sequence).
+    private func fittingDraft(_ seq: ScheduledSequence, after tokens: Int, budget: Int) -> [TokenID] {
+        guard !seq.draft.isEmpty, seq.isDecoding, tokens == 1, let store = seq.store else { return [] }
+        var count = min(seq.draft.count, budget - tokens)
+        while count > 0 && store.blocksNeeded(for: tokens + count) > allocator.freeCount { count -= 1 }
+        return Array(seq.draft.prefix(count))
     }
 
     /// Reserves room for `tokens` more positions of `seq`, preempting the most recently

@@ -1,0 +1,84 @@
+import Engine
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Logging
+@testable import Server
+import TestSupport
+import Testing
+
+/// Prompt lookup over HTTP: per request (`speculative.lookup`) or as the server's default
+/// (`--lookup`), the same completion as without it, and the drafts counted on `/metrics`.
+@Suite(.serialized) struct SpeculativeServingTests {
+    static let modelPresent = FileManager.default.fileExists(atPath: TestSupport.smolLM2Path)
+
+    @Test func speculativeFieldIsValidated() throws {
+        func param(_ extra: String) -> String? {
+            let json = #"{"model":"m","messages":[{"role":"user","content":"hi"}]"# + extra + "}"
+            do {
+                _ = try CompletionRequest(body: Array(json.utf8), chat: true)
+                return nil
+            } catch let e as APIError {
+                return e.param
+            } catch {
+                return "unexpected \(error)"
+            }
+        }
+        #expect(param(#","speculative":{"lookup":8}"#) == nil)
+        #expect(param(#","speculative":8"#) == "speculative")
+        #expect(param(#","speculative":{"lookup":"8"}"#) == "speculative.lookup")
+        #expect(param(#","speculative":{"lookup":-1}"#) == "speculative.lookup")
+        #expect(param(#","speculative":{"lookup":\#(PromptLookup.longestDraft + 1)}"#) == "speculative.lookup")
+        let r = try CompletionRequest(body: Array(#"{"model":"m","prompt":"x","speculative":{"lookup":0}}"#.utf8), chat: false)
+        #expect(r.lookup == 0)
+    }
+
+    @Test(.enabled(if: modelPresent, "needs SmolLM2 in the model cache (swiftlet pull smollm2)"))
+    func lookupPerRequestAndByDefaultGivesTheSameTextAndCountsDrafts() async throws {
+        let metrics = ServerMetrics()
+        var config = ServerConfiguration()
+        config.lookup = 6
+        let server = OpenAIServer(configuration: config, state: ServerState(), metrics: metrics, logger: Logger(label: "test"))
+        let model = try LoadedModel(path: TestSupport.smolLM2Path)
+        let engine = try Generator(model: model, configuration: .init(contextLength: 512, parallel: 2),
+                                   observer: ServerObserver(metrics: metrics, logger: Logger(label: "test")))
+        server.state.engine = engine
+        metrics.engineLoaded(engine)
+        let app = Application(router: server.makeRouter())
+        let passage = "The old mill stood beside the stream for two hundred years. Every spring the stream rose over its banks."
+        @Sendable func body(_ speculative: String) -> ByteBuffer {
+            ByteBuffer(string: #"{"model":"\#(model.name)","temperature":0,"max_tokens":40,"messages":[{"role":"user","content":"Repeat exactly: \#(passage)"}]\#(speculative)}"#)
+        }
+        @Sendable func content(_ r: TestResponse) throws -> String {
+            let object = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as! [String: Any]
+            let message = (object["choices"] as! [[String: Any]])[0]["message"] as! [String: Any]
+            return message["content"] as! String
+        }
+        @Sendable func drafted() -> (Double, Double) {
+            let m = PrometheusText(metrics.render())
+            return (m.value("swiftlet_draft_tokens_total") ?? -1, m.value("swiftlet_draft_tokens_accepted_total") ?? -1)
+        }
+        try await app.test(.router) { client in
+            var plain = ""
+            try await client.execute(uri: "/v1/chat/completions", method: .post, body: body(#","speculative":{"lookup":0}"#)) { r in
+                #expect(r.status == .ok)
+                plain = try content(r)
+            }
+            #expect(drafted() == (0, 0))
+            try await client.execute(uri: "/v1/chat/completions", method: .post, body: body("")) { r in
+                #expect(r.status == .ok)
+                let text = try content(r)
+                #expect(text == plain)
+            }
+            let (afterDefault, acceptedDefault) = drafted()
+            #expect(afterDefault > 0 && acceptedDefault > 0 && acceptedDefault <= afterDefault)
+            try await client.execute(uri: "/v1/chat/completions", method: .post, body: body(#","speculative":{"lookup":12}"#)) { r in
+                #expect(r.status == .ok)
+                let text = try content(r)
+                #expect(text == plain)
+            }
+            #expect(drafted().0 > afterDefault)
+        }
+        await engine.shutdown()
+    }
+}
