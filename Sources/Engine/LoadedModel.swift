@@ -80,6 +80,10 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
     case noClassifier
     /// Text generation asked of an encoder (an embedding model).
     case encoderCannotGenerate(architecture: String)
+    /// The draft model cannot draft for this model (the reason).
+    case draftModelIncompatible(String)
+    /// A request asked to draft with a model the generator does not have.
+    case noDraftModel
 
     public var description: String {
         switch self {
@@ -92,6 +96,8 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
         case .nonFiniteEmbedding: "the model produced a non-finite embedding (NaN or infinity)"
         case .noClassifier: "the model has no classification head (cls.* tensors), so it cannot rerank"
         case .encoderCannotGenerate(let a): "this is an embedding model ('\(a)', an encoder): it computes embeddings (swiftlet embed, /v1/embeddings) but cannot generate text"
+        case .draftModelIncompatible(let why): "the draft model cannot draft for this model: \(why)"
+        case .noDraftModel: "no draft model is loaded (start with --draft MODEL)"
         }
     }
 }

@@ -79,8 +79,10 @@ public struct CompletionRequest: Sendable {
     public var tools: [ToolDefinition] = []
     public var toolChoice = ToolChoice.auto
     public var parallelToolCalls = true
-    /// `speculative.lookup`: prompt-lookup draft length (0: off; nil: the server's `--lookup`).
-    public var lookup: Int?
+    /// `speculative`: how this request drafts (nil: as the server's `--lookup` / `--draft` say).
+    /// `{"lookup": N}` drafts by prompt lookup (0: no drafting); llama.cpp's `n_max`, `n_min`
+    /// and `p_min` draft with the server's draft model.
+    public var speculation: RequestedSpeculation?
     /// llama.cpp's `reasoning_format` (nil: the server's `--reasoning-format`).
     public var reasoningFormat: ReasoningFormat?
     /// The start of the reply, written after the generation prompt (Anthropic's prefill: a
@@ -165,7 +167,17 @@ public struct CompletionRequest: Sendable {
         if let e = try f.bool("ignore_eos") { ignoreEOS = e }
         if let speculative = f.value("speculative") {
             guard case .object = speculative else { throw APIError.invalid("speculative", "'speculative' must be an object") }
-            lookup = try Fields(speculative, prefix: "speculative.").int("lookup", in: 0...PromptLookup.longestDraft)
+            let fields = Fields(speculative, prefix: "speculative.")
+            let longest = PromptLookup.longestDraft
+            if let lookup = try fields.int("lookup", in: 0...longest) {
+                speculation = .lookup(lookup)
+            } else {
+                var settings = DraftModelSettings()
+                settings.maxDraft = try fields.int("n_max", in: 1...longest) ?? settings.maxDraft
+                settings.minDraft = try fields.int("n_min", in: 0...settings.maxDraft) ?? settings.minDraft
+                settings.minProbability = try fields.double("p_min", in: 0...1).map(Float.init) ?? settings.minProbability
+                speculation = .draftModel(settings)
+            }
         }
         if let s = try f.bool("stream") { stream = s }
         if let options = root["stream_options"], options != .null {
@@ -282,6 +294,14 @@ public struct CompletionRequest: Sendable {
         default: throw APIError.invalid(param, "'\(param)' must be a string, an array of strings or an array of token ids")
         }
     }
+}
+
+/// A request's `speculative` field.
+public enum RequestedSpeculation: Sendable, Equatable {
+    /// Prompt lookup drafting up to this many tokens (0: none).
+    case lookup(Int)
+    /// The server's draft model, with these settings.
+    case draftModel(DraftModelSettings)
 }
 
 /// Typed access to optional top-level fields; wrong types are 400s naming the field.

@@ -21,8 +21,8 @@ public struct ServerConfiguration: Sendable {
     public var pooling: EmbeddingPooling?
     /// `--reasoning-format`: where chat replies' thinking goes (a request's `reasoning_format` overrides).
     public var reasoningFormat = ReasoningFormat.deepseek
-    /// `--lookup`: prompt-lookup draft length for requests that do not say (0: off).
-    public var lookup = 0
+    /// `--lookup` / `--draft`: how requests that do not say draft (nil: they do not).
+    public var speculation: Speculation?
     /// `--reasoning-budget`: thinking tokens per chat reply before the engine closes the block (nil: no limit).
     public var reasoningBudget: Int?
     /// `/ready` answers 503 while more sequences than this wait for admission (nil: no limit).
@@ -316,6 +316,22 @@ public struct OpenAIServer: Sendable {
     }
 
     /// Tokenizes the prompts and checks them against the context.
+    /// What the request's `speculative` field asks for, else the server's default — a default
+    /// draft model only for the engine that has one (the first model).
+    func speculation(for r: CompletionRequest, engine: Generator) throws -> Speculation? {
+        switch r.speculation {
+        case .lookup(let n): return PromptLookup.drafting(upTo: n).map { .lookup($0) }
+        case .draftModel(let settings):
+            guard engine.draftModel != nil else {
+                throw APIError.invalid("speculative", "'speculative' asks for the draft model, but the server has none for this model (start it with --draft MODEL)")
+            }
+            return .draftModel(settings)
+        case nil:
+            if case .draftModel = configuration.speculation, engine.draftModel == nil { return nil }
+            return configuration.speculation
+        }
+    }
+
     func prepare(_ r: CompletionRequest, engine: Generator) throws -> Job {
         let model = engine.model
         let tokenizer = model.tokenizer
@@ -375,7 +391,7 @@ public struct OpenAIServer: Sendable {
         }
         var options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
                                         grammarTrigger: grammarTrigger, logprobs: r.logprobs)
-        options.lookup = .drafting(upTo: r.lookup ?? configuration.lookup)
+        options.speculation = try speculation(for: r, engine: engine)
         if r.isChat, let budget = configuration.reasoningBudget {
             options.reasoningBudget = ReasoningBudget(tokens: budget, startsInside: startsThinking)
         }

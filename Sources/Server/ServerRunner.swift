@@ -59,6 +59,8 @@ public struct ServerRunner: Sendable {
     public var idleUnload: Duration?
     /// Used instead of the model's own chat template (`--chat-template-file`).
     public var chatTemplate: ChatTemplate?
+    /// `--draft`: drafts for the first model.
+    public var draftModelPath: String?
     public var logger: Logger
 
     public init(modelPath: String, configuration: ServerConfiguration, kvCache: KVCacheSize?, logger: Logger) {
@@ -107,8 +109,10 @@ public struct ServerRunner: Sendable {
         var engineConfig = configuration.engine
         let perToken = KVBlockPool.bytesPerToken(config: model.config)
         if let kvCache { engineConfig.kvCacheTokens = kvCache.tokens(bytesPerToken: perToken) }
+        let draft = try draftModelPath.flatMap { path == modelPath ? try DraftModel(LoadedModel(path: $0), for: model) : nil }
         let engine = try Generator(model: model, configuration: engineConfig,
-                                   observer: ServerObserver(metrics: metrics, logger: logger, observesScheduler: observesScheduler))
+                                   observer: ServerObserver(metrics: metrics, logger: logger, observesScheduler: observesScheduler),
+                                   draftModel: draft)
         logger.info("model loaded", metadata: [
             "model": "\(model.name)", "seconds": "\(String(format: "%.2f", Date().timeIntervalSince(start)))",
             "ctx": "\(engineConfig.contextLength)", "parallel": "\(engineConfig.parallel)",

@@ -16,6 +16,7 @@ struct Generate: ParsableCommand {
     @Option(name: [.customShort("n"), .customLong("n-predict")], help: "Tokens to generate at most.")
     var maxTokens = 128
     @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var speculative: SpeculativeOptions
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var chatTemplate: ChatTemplateOptions
     @Flag(help: "Print one JSON object with the text, tokens, finish reason and timings.")
@@ -31,12 +32,13 @@ struct Generate: ParsableCommand {
         let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
                                      chatTemplate: template)
         let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
-                                                                                     threads: runtime.threads))
+                                                                                     threads: runtime.threads),
+                                      draftModel: try speculative.loadDraftModel(for: loaded))
         defer { generator.shutdownAndWait() }
         let tokens = template == nil
             ? loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true)
             : loaded.promptTokens(for: try loaded.renderChat([.user(prompt)]))
-        let options = sampling.generationOptions(maxTokens: maxTokens)
+        let options = sampling.generationOptions(maxTokens: maxTokens, speculation: speculative.speculation)
         let result = try generator.generate(prompt: tokens, options: options) { piece in
             if !json { print(piece, terminator: ""); fflush(nil) }
             return true

@@ -27,17 +27,11 @@ struct SamplingOptions: ParsableArguments {
     var seed: UInt64?
     @Option(name: .customLong("stop"), help: "Stop when this text is generated (repeatable).")
     var stop: [String] = []
-    @Option(name: .customLong("lookup"), help: lookupHelp)
-    var lookup = 0
-
-    func validate() throws {
-        try validateLookup(lookup)
-    }
 
     /// What to generate: at most `maxTokens`, stopping at `--stop` and `extraStop`.
-    func generationOptions(maxTokens: Int, extraStop: [String] = []) -> GenerationOptions {
+    func generationOptions(maxTokens: Int, extraStop: [String] = [], speculation: Speculation?) -> GenerationOptions {
         var options = GenerationOptions(maxTokens: maxTokens, sampling: parameters, stop: stop + extraStop)
-        options.lookup = .drafting(upTo: lookup)
+        options.speculation = speculation
         return options
     }
 
@@ -56,15 +50,50 @@ struct SamplingOptions: ParsableArguments {
     }
 }
 
-let lookupHelp = ArgumentHelp(
-    "Speculative decoding by prompt lookup: draft up to N tokens from earlier text (0 = off).",
-    discussion: "When the last tokens occurred before in the prompt or the output, the tokens that followed them are "
-        + "checked by the model in one pass. The output is the same as without it; text that repeats its prompt "
-        + "(edits, quotes, code) comes faster.")
+/// Speculative decoding flags shared by `run`, `generate` and `serve` (llama.cpp's names).
+struct SpeculativeOptions: ParsableArguments {
+    @Option(name: .customLong("lookup"), help: ArgumentHelp(
+        "Speculative decoding by prompt lookup: draft up to N tokens from earlier text (0 = off).",
+        discussion: "When the last tokens occurred before in the prompt or the output, the tokens that followed them are "
+            + "checked by the model in one pass. The output is the same as without it; text that repeats its prompt "
+            + "(edits, quotes, code) comes faster."))
+    var lookup = 0
+    @Option(name: .customLong("draft"), help: "Speculative decoding with a draft model: a smaller model with the same vocabulary.")
+    var draft: String?
+    @Option(name: .customLong("draft-max"), help: "Most tokens the draft model drafts per step.")
+    var draftMax = 16
+    @Option(name: .customLong("draft-min"), help: "Fewest drafted tokens worth verifying.")
+    var draftMin = 0
+    @Option(name: .customLong("draft-p-min"), help: "The draft model stops at a token it gives less probability than this.")
+    var draftPMin: Float = 0.75
 
-func validateLookup(_ lookup: Int) throws {
-    guard (0...PromptLookup.longestDraft).contains(lookup) else {
-        throw ValidationError("--lookup must be 0 (off) or the most tokens to draft, at most \(PromptLookup.longestDraft)")
+    func validate() throws {
+        guard (0...PromptLookup.longestDraft).contains(lookup) else {
+            throw ValidationError("--lookup must be 0 (off) or the most tokens to draft, at most \(PromptLookup.longestDraft)")
+        }
+        guard lookup == 0 || draft == nil else { throw ValidationError("give --lookup or --draft, not both") }
+        guard (1...PromptLookup.longestDraft).contains(draftMax) else {
+            throw ValidationError("--draft-max must be between 1 and \(PromptLookup.longestDraft)")
+        }
+        guard (0...draftMax).contains(draftMin) else { throw ValidationError("--draft-min must be between 0 and --draft-max") }
+        guard (0...1).contains(draftPMin) else { throw ValidationError("--draft-p-min must be between 0 and 1") }
+        if let draft { try ModelLocator.validate(draft) }
+    }
+
+    /// The draft model (`--draft`), checked against `target`; nil without one.
+    func loadDraftModel(for target: LoadedModel) throws -> DraftModel? {
+        guard let draft else { return nil }
+        return try DraftModel(try LoadedModel(path: ModelLocator.resolve(draft)), for: target)
+    }
+
+    var draftSettings: DraftModelSettings {
+        DraftModelSettings(maxDraft: draftMax, minDraft: draftMin, minProbability: draftPMin)
+    }
+
+    /// What the flags ask for: a draft model's drafts, prompt lookup's, or none.
+    var speculation: Speculation? {
+        if draft != nil { return .draftModel(draftSettings) }
+        return PromptLookup.drafting(upTo: lookup).map { .lookup($0) }
     }
 }
 

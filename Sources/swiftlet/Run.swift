@@ -31,6 +31,7 @@ struct Run: ParsableCommand {
     @Flag(help: "Chat through the architecture's built-in template even when the file has none.")
     var chat = false
     @OptionGroup var sampling: SamplingOptions
+    @OptionGroup var speculative: SpeculativeOptions
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var chatTemplate: ChatTemplateOptions
 
@@ -60,9 +61,11 @@ struct Run: ParsableCommand {
         let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
                                      chatTemplate: try chatTemplate.template())
         let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
-                                                                                     threads: runtime.threads))
+                                                                                     threads: runtime.threads),
+                                      draftModel: try speculative.loadDraftModel(for: loaded))
         defer { generator.shutdownAndWait() }
         var chat = Conversation(model: loaded, generator: generator, system: system)
+        chat.speculation = speculative.speculation
         if !loaded.hasChatTemplate && !self.chat && chatTemplate.chatTemplateFile == nil {
             chat.completesText = true
             printError("note: \(loaded.name) has no chat template (a base model?): continuing the text instead of chatting, "
@@ -122,6 +125,7 @@ struct Conversation {
     var messages: [ChatMessage] = []
     /// A base model: each input is text to continue (no template, no history), up to a blank line.
     var completesText = false
+    var speculation: Speculation?
 
     init(model: LoadedModel, generator: Generator, system: String?) {
         self.model = model
@@ -135,13 +139,13 @@ struct Conversation {
         if completesText {
             let tokens = model.tokenizer.encode(text, addSpecial: true, parseSpecial: false)
             print(text, terminator: "")
-            _ = try stream(tokens, sampling.generationOptions(maxTokens: maxTokens, extraStop: ["\n\n"]))
+            _ = try stream(tokens, sampling.generationOptions(maxTokens: maxTokens, extraStop: ["\n\n"], speculation: speculation))
             return
         }
         var turn = messages + [ChatMessage(role: "user", content: text)]
         if let system, !system.isEmpty { turn.insert(ChatMessage(role: "system", content: system), at: 0) }
         let tokens = model.promptTokens(for: try model.renderChat(turn))
-        let result = try stream(tokens, sampling.generationOptions(maxTokens: maxTokens))
+        let result = try stream(tokens, sampling.generationOptions(maxTokens: maxTokens, speculation: speculation))
         messages.append(ChatMessage(role: "user", content: text))
         messages.append(ChatMessage(role: "assistant", content: result.text))
     }

@@ -63,8 +63,7 @@ struct Serve: AsyncParsableCommand {
     @Option(name: .customLong("reasoning-format"),
             help: "Where chat replies' <think> blocks go: deepseek (message.reasoning_content) or none (left in content).")
     var reasoningFormat = ReasoningFormat.deepseek
-    @Option(name: .customLong("lookup"), help: lookupHelp)
-    var lookup = 0
+    @OptionGroup var speculative: SpeculativeOptions
     @Option(name: .customLong("reasoning-budget"),
             help: "Thinking tokens per chat reply before the server closes the <think> block (-1: no limit; 0: no thinking).")
     var reasoningBudget = -1
@@ -99,7 +98,6 @@ struct Serve: AsyncParsableCommand {
         if let apiKeyFile {
             do { _ = try ServerConfiguration.apiKey(fromFile: apiKeyFile) } catch { throw ValidationError("\(error)") }
         }
-        try validateLookup(lookup)
         guard reasoningBudget >= -1 else { throw ValidationError("--reasoning-budget must be -1 (no limit) or a token count") }
         guard parallel > 0 else { throw ValidationError("--parallel must be positive") }
         guard (1...65535).contains(port) || port == 0 else { throw ValidationError("--port must be 0...65535") }
@@ -139,7 +137,7 @@ struct Serve: AsyncParsableCommand {
         config.pooling = pooling
         config.reasoningFormat = reasoningFormat
         config.reasoningBudget = reasoningBudget < 0 ? nil : reasoningBudget
-        config.lookup = lookup
+        config.speculation = speculative.speculation
         config.readyQueueLimit = readyQueueLimit
         config.engine = Generator.Configuration(
             contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,
@@ -147,6 +145,7 @@ struct Serve: AsyncParsableCommand {
         var runner = ServerRunner(modelPath: path, configuration: config,
                                   kvCache: try parseKVCache(), logger: logger)
         runner.memoryBudget = try parseMemBudget(memBudget)
+        if let draft = speculative.draft { runner.draftModelPath = try await ModelLocator.resolve(draft) }
         runner.otherModels = others
         runner.maxLoaded = maxLoaded
         runner.idleUnload = idleUnload.map { .milliseconds(Int64($0 * 1000)) }

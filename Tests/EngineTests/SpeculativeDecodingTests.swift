@@ -55,7 +55,7 @@ import Tokenization
         let prompt = Self.prompt(model)
         let plain = try Self.generate(model, prompt: prompt, options: GenerationOptions(maxTokens: 64))
         var options = GenerationOptions(maxTokens: 64)
-        options.lookup = PromptLookup(maxDraft: 8)
+        options.speculation = .lookup(PromptLookup(maxDraft: 8))
         let drafted = try Self.generate(model, prompt: prompt, options: options)
         #expect(drafted.tokens == plain.tokens, "lookup changed the greedy output:\n\(plain.text)\n---\n\(drafted.text)")
         #expect(drafted.text == plain.text)
@@ -79,7 +79,7 @@ import Tokenization
             sampling.seed = seed
             var options = GenerationOptions(maxTokens: 40, sampling: sampling)
             let plain = try Self.generate(model, prompt: prompt, options: options)
-            options.lookup = PromptLookup(maxDraft: 6)
+            options.speculation = .lookup(PromptLookup(maxDraft: 6))
             let drafted = try Self.generate(model, prompt: prompt, options: options)
             #expect(drafted.tokens == plain.tokens, "seed \(seed)")
             #expect(drafted.timings.draftTokens > 0, "seed \(seed)")
@@ -93,7 +93,7 @@ import Tokenization
         let edit = Self.prompt(model)
         let story = model.tokenizer.encode("Once upon a time, a small robot", addSpecial: true, parseSpecial: false)
         var lookup = GenerationOptions(maxTokens: 48)
-        lookup.lookup = PromptLookup(maxDraft: 8)
+        lookup.speculation = .lookup(PromptLookup(maxDraft: 8))
         let plainOptions = GenerationOptions(maxTokens: 48)
         let soloEdit = try Self.generate(model, prompt: edit, options: lookup).tokens
         let soloStory = try Self.generate(model, prompt: story, options: plainOptions).tokens
@@ -120,7 +120,7 @@ import Tokenization
         for maxTokens in [1, 2, 5] {
             var options = GenerationOptions(maxTokens: maxTokens)
             let plain = try Self.generate(model, prompt: prompt, options: options)
-            options.lookup = PromptLookup(maxDraft: 16)
+            options.speculation = .lookup(PromptLookup(maxDraft: 16))
             let drafted = try Self.generate(model, prompt: prompt, options: options)
             #expect(drafted.tokens == plain.tokens)
             #expect(drafted.tokens.count <= maxTokens)
@@ -131,9 +131,48 @@ import Tokenization
         defer { generator.shutdownAndWait() }
         var options = GenerationOptions(maxTokens: 100)
         let plain = try generator.generate(prompt: prompt, options: options)
-        options.lookup = PromptLookup(maxDraft: 16)
+        options.speculation = .lookup(PromptLookup(maxDraft: 16))
         let drafted = try generator.generate(prompt: prompt, options: options)
         #expect(drafted.tokens == plain.tokens)
         #expect(drafted.finishReason == .length)
+    }
+
+    /// A draft model (here each model drafting for itself, loaded a second time: its drafts are
+    /// computed with other rounding than the verification, so some are rejected) leaves greedy
+    /// and seeded output as plain decoding makes it.
+    @Test(arguments: RealModel.allCases)
+    func draftModelOutputIsPlainDecodings(_ real: RealModel) throws {
+        let model = try real.load()
+        let draft = try DraftModel(LoadedModel(path: real.path), for: model)
+        let prompt = model.tokenizer.encode("The three primary colors are", addSpecial: true, parseSpecial: false)
+        var seeded = SamplingParameters()
+        seeded.seed = 7
+        for sampling in [SamplingParameters.greedy, seeded] {
+            var options = GenerationOptions(maxTokens: 40, sampling: sampling)
+            let plain = try Self.generate(model, prompt: prompt, options: options)
+            options.speculation = .draftModel(DraftModelSettings(maxDraft: 6, minDraft: 2, minProbability: 0))
+            let generator = try Generator(model: model, configuration: .singleSequence(contextLength: 512, threads: 2),
+                                          draftModel: draft)
+            defer { generator.shutdownAndWait() }
+            let drafted = try generator.generate(prompt: prompt, options: options)
+            #expect(drafted.tokens == plain.tokens, "temperature \(sampling.temperature)")
+            #expect(drafted.timings.draftTokens > 0)
+            if sampling.temperature == 0 {
+                #expect(drafted.timings.acceptedDraftTokens * 2 > drafted.timings.draftTokens, "a model drafting for itself")
+            }
+        }
+    }
+
+    @Test func draftModelMustShareTheVocabularyAndBeLoaded() throws {
+        let smol = try RealModel.smollm2.load(), gemma = try RealModel.gemma3.load()
+        let refusal = #expect(throws: EngineError.self) { try DraftModel(gemma, for: smol) }
+        #expect(refusal?.description.contains("vocabulary") == true, "\(String(describing: refusal))")
+        let generator = try Generator(model: smol, configuration: .singleSequence(contextLength: 128, threads: 1))
+        defer { generator.shutdownAndWait() }
+        var options = GenerationOptions(maxTokens: 4)
+        options.speculation = .draftModel(DraftModelSettings())
+        #expect(throws: EngineError.noDraftModel) {
+            try generator.generate(prompt: [1, 2, 3], options: options)
+        }
     }
 }

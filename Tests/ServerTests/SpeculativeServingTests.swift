@@ -7,8 +7,9 @@ import Logging
 import TestSupport
 import Testing
 
-/// Prompt lookup over HTTP: per request (`speculative.lookup`) or as the server's default
-/// (`--lookup`), the same completion as without it, and the drafts counted on `/metrics`.
+/// Speculative decoding over HTTP: prompt lookup or a draft model, per request (`speculative`)
+/// or as the server's default (`--lookup`, `--draft`), the same completion as without it, and the
+/// drafts counted on `/metrics`.
 @Suite(.serialized) struct SpeculativeServingTests {
     static let modelPresent = FileManager.default.fileExists(atPath: TestSupport.smolLM2Path)
 
@@ -29,15 +30,20 @@ import Testing
         #expect(param(#","speculative":{"lookup":"8"}"#) == "speculative.lookup")
         #expect(param(#","speculative":{"lookup":-1}"#) == "speculative.lookup")
         #expect(param(#","speculative":{"lookup":\#(PromptLookup.longestDraft + 1)}"#) == "speculative.lookup")
+        #expect(param(#","speculative":{"n_max":0}"#) == "speculative.n_max")
+        #expect(param(#","speculative":{"n_max":4,"n_min":5}"#) == "speculative.n_min")
+        #expect(param(#","speculative":{"p_min":1.5}"#) == "speculative.p_min")
         let r = try CompletionRequest(body: Array(#"{"model":"m","prompt":"x","speculative":{"lookup":0}}"#.utf8), chat: false)
-        #expect(r.lookup == 0)
+        #expect(r.speculation == .lookup(0))
+        let d = try CompletionRequest(body: Array(#"{"model":"m","prompt":"x","speculative":{"n_max":5,"p_min":0.5}}"#.utf8), chat: false)
+        #expect(d.speculation == .draftModel(DraftModelSettings(maxDraft: 5, minDraft: 0, minProbability: 0.5)))
     }
 
     @Test(.enabled(if: modelPresent, "needs SmolLM2 in the model cache (swiftlet pull smollm2)"))
     func lookupPerRequestAndByDefaultGivesTheSameTextAndCountsDrafts() async throws {
         let metrics = ServerMetrics()
         var config = ServerConfiguration()
-        config.lookup = 6
+        config.speculation = .lookup(PromptLookup(maxDraft: 6))
         let server = OpenAIServer(configuration: config, state: ServerState(), metrics: metrics, logger: Logger(label: "test"))
         let model = try LoadedModel(path: TestSupport.smolLM2Path)
         let engine = try Generator(model: model, configuration: .init(contextLength: 512, parallel: 2),
@@ -80,5 +86,53 @@ import Testing
             #expect(drafted().0 > afterDefault)
         }
         await engine.shutdown()
+    }
+
+    /// With `--draft`: requests draft with the draft model by default and by `n_max`; a server
+    /// without one refuses `n_max` by name.
+    @Test(.enabled(if: modelPresent, "needs SmolLM2 in the model cache (swiftlet pull smollm2)"))
+    func draftModelByDefaultAndPerRequest() async throws {
+        let metrics = ServerMetrics()
+        var config = ServerConfiguration()
+        config.speculation = .draftModel(DraftModelSettings(maxDraft: 4))
+        let server = OpenAIServer(configuration: config, state: ServerState(), metrics: metrics, logger: Logger(label: "test"))
+        let model = try LoadedModel(path: TestSupport.smolLM2Path)
+        // the model drafts for itself: what the drafts are does not change the text, only how many stand
+        let engine = try Generator(model: model, configuration: .init(contextLength: 512, parallel: 2),
+                                   observer: ServerObserver(metrics: metrics, logger: Logger(label: "test")),
+                                   draftModel: try DraftModel(LoadedModel(path: TestSupport.smolLM2Path), for: model))
+        server.state.engine = engine
+        let app = Application(router: server.makeRouter())
+        @Sendable func body(_ speculative: String) -> ByteBuffer {
+            ByteBuffer(string: #"{"model":"\#(model.name)","temperature":0,"max_tokens":24,"messages":[{"role":"user","content":"Name three colours."}]\#(speculative)}"#)
+        }
+        try await app.test(.router) { client in
+            var texts: [String] = []
+            for speculative in [#","speculative":{"lookup":0}"#, "", #","speculative":{"n_max":8,"p_min":0}"#] {
+                try await client.execute(uri: "/v1/chat/completions", method: .post, body: body(speculative)) { r in
+                    #expect(r.status == .ok)
+                    let object = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as! [String: Any]
+                    texts.append(((object["choices"] as! [[String: Any]])[0]["message"] as! [String: Any])["content"] as! String)
+                }
+            }
+            #expect(texts.count == 3 && Set(texts).count == 1, "\(texts)")
+        }
+        let m = PrometheusText(metrics.render())
+        #expect((m.value("swiftlet_draft_tokens_accepted_total") ?? 0) > 0)
+        await engine.shutdown()
+
+        let plain = try Generator(model: model, configuration: .init(contextLength: 512, parallel: 1))
+        server.state.engine = plain
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/v1/chat/completions", method: .post, body: body(#","speculative":{"n_max":8}"#)) { r in
+                #expect(r.status == .badRequest)
+                #expect(String(buffer: r.body).contains(#""param":"speculative""#))
+            }
+            // the server's default draft model does not apply to an engine without one
+            try await client.execute(uri: "/v1/chat/completions", method: .post, body: body("")) { r in
+                #expect(r.status == .ok)
+            }
+        }
+        await plain.shutdown()
     }
 }

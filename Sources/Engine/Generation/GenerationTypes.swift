@@ -31,9 +31,10 @@ public struct GenerationOptions: Sendable {
     public var embedding: EmbeddingPooling?
     /// Set: thinking (`<think>`…`</think>`) is ended by the engine after this many tokens.
     public var reasoningBudget: ReasoningBudget?
-    /// Set: while decoding, tokens are drafted by prompt lookup and verified in one forward
-    /// pass (speculative decoding). The output is the same as without it, token for token.
-    public var lookup: PromptLookup?
+    /// Set: while decoding, tokens are drafted (by prompt lookup or a draft model) and
+    /// verified in one forward pass (speculative decoding). The output is the same as without
+    /// it, token for token.
+    public var speculation: Speculation?
 
     public init(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: [String] = [],
                 grammar: JSONGrammar? = nil, grammarTrigger: String? = nil, logprobs: Int? = nil) {

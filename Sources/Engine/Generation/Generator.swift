@@ -65,6 +65,8 @@ public final class Generator: @unchecked Sendable {
     }
 
     public let model: LoadedModel
+    /// Drafts for requests that ask for `.draftModel` speculation.
+    public let draftModel: DraftModel?
     public let configuration: Configuration
     let scheduler: Scheduler
     let pool: ThreadPool
@@ -145,6 +147,8 @@ public final class Generator: @unchecked Sendable {
         /// Speculative decoding: tokens drafted so far and how many were accepted.
         var draftTokens = 0
         var acceptedDraftTokens = 0
+        /// Drafting with a draft model: the sequence in it.
+        var draftState: DraftState?
 
         var constraint: GrammarConstraint? { output.activeConstraint }
 
@@ -168,7 +172,8 @@ public final class Generator: @unchecked Sendable {
 
     /// Validates the context against the model, sizes the KV pool (attention models) and
     /// starts the generator thread.
-    public init(model: LoadedModel, configuration: Configuration, observer: (any GeneratorObserver)? = nil) throws {
+    public init(model: LoadedModel, configuration: Configuration, observer: (any GeneratorObserver)? = nil,
+                draftModel: DraftModel? = nil) throws {
         var configuration = configuration
         if model.model.isEncoder {
             // encoders have absolute positions up to their training context and nothing beyond
@@ -177,6 +182,7 @@ public final class Generator: @unchecked Sendable {
         }
         try model.validateContext(configuration.contextLength)
         self.model = model
+        self.draftModel = draftModel
         self.configuration = configuration
         self.observer = observer
         let storage: SequenceStorage
@@ -249,6 +255,7 @@ public final class Generator: @unchecked Sendable {
 
     private func enqueue(_ specs: [SequenceSpec], options: GenerationOptions, delivery: Delivery) throws -> Int {
         precondition(!specs.isEmpty)
+        if case .draftModel = options.speculation, draftModel == nil { throw EngineError.noDraftModel }
         for spec in specs { try validate(prompt: spec.prompt, embedding: options.embedding != nil) }
         condition.lock()
         defer { condition.unlock() }
@@ -472,19 +479,77 @@ public final class Generator: @unchecked Sendable {
         condition.unlock()
     }
 
-    /// Drafts for the decoding sequences that asked for prompt lookup. Only over a paged KV
+    /// Drafts for the decoding sequences that asked for speculation. Only over a paged KV
     /// cache: rejected draft positions are cut off again, which a recurrent state cannot do.
     private func proposeDrafts() {
         guard case .paged = scheduler.storage else { return }
+        var drafting: [(sequence: ActiveSequence, limit: Int, settings: DraftModelSettings)] = []
         for seq in scheduler.running {
-            guard seq.isDecoding, let a = active[seq.id], let lookup = a.options.lookup, a.embedding == nil else {
-                seq.draft = []
+            seq.draft = []
+            guard seq.isDecoding, let a = active[seq.id], let speculation = a.options.speculation, a.embedding == nil else {
                 continue
             }
             // the pass yields one token more than it drafts; both limits hold for all of them
             let room = min(a.options.maxTokens - seq.generatedCount, configuration.contextLength - seq.tokens.count + 1) - 1
-            seq.draft = lookup.draft(after: seq.tokens, limit: room)
+            guard room > 0 else { continue }
+            switch speculation {
+            case .lookup(let lookup): seq.draft = lookup.draft(after: seq.tokens, limit: room)
+            case .draftModel(let settings): drafting.append((a, min(room, settings.maxDraft), settings))
+            }
         }
+        if !drafting.isEmpty { draftWithModel(drafting) }
+    }
+
+    /// Drafts greedily with the draft model, all drafting sequences in each of its passes: the
+    /// first pass brings each sequence's draft cache up to its tokens, each later one adds the
+    /// token drafted last. A sequence stops at its limit or at a token the draft model is not
+    /// sure enough of; a draft shorter than the request's minimum is dropped. A failed pass
+    /// drops the drafts (the step then decodes plainly).
+    private func draftWithModel(_ items: [(sequence: ActiveSequence, limit: Int, settings: DraftModelSettings)]) {
+        guard let draftModel else { return }
+        let states = items.map { item in
+            item.sequence.draftState ?? {
+                let state = DraftState(cache: draftModel.model.model.makeCache(capacity: configuration.contextLength))
+                item.sequence.draftState = state
+                return state
+            }()
+        }
+        var feed = zip(items, states).map { item, state in state.catchUp(to: item.sequence.sequence.tokens) }
+        var drafts = [[TokenID]](repeating: [], count: items.count)
+        var open = Array(items.indices).filter { !feed[$0].isEmpty }
+        while !open.isEmpty {
+            let batch = open.map { BatchSequence(tokens: feed[$0], cache: states[$0].cache) }
+            guard let rows = try? draftModel.model.model.forward(batch, pool: pool) else {
+                for i in items.indices { states[i].tokens = []; states[i].cache.truncate(to: 0) }
+                return
+            }
+            var stillOpen: [Int] = []
+            for (i, row) in zip(open, rows) {
+                states[i].tokens += feed[i]
+                let (token, probability) = Self.mostLikely(row)
+                guard probability >= items[i].settings.minProbability else { continue }
+                drafts[i].append(token)
+                // the last drafted token needs no pass: nothing is drafted after it
+                if drafts[i].count < items[i].limit {
+                    feed[i] = [token]
+                    stillOpen.append(i)
+                }
+            }
+            open = stillOpen
+        }
+        for (i, item) in items.enumerated() where drafts[i].count >= max(1, item.settings.minDraft) {
+            item.sequence.sequence.draft = drafts[i]
+        }
+    }
+
+    /// The most likely token of a logits row and its probability.
+    static func mostLikely(_ logits: [Float]) -> (token: TokenID, probability: Float) {
+        var best = 0
+        for i in logits.indices where logits[i] > logits[best] { best = i }
+        let top = logits[best]
+        var sum: Float = 0
+        for l in logits { sum += exp(l - top) }
+        return (TokenID(best), 1 / sum)
     }
 
     /// Samples a drafted chunk's rows in order, as plain decoding would have sampled them one
