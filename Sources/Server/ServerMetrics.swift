@@ -122,6 +122,18 @@ public final class ServerMetrics: Sendable {
         protocolRunning.set(Double(s.running))
         // recurrent models have no block pool: nothing to fill
         protocolKVUsage.set(s.blocksTotal > 0 ? Double(s.blocksUsed) / Double(s.blocksTotal) : 0)
+        if let disk = s.promptCache {
+            for (name, value, help) in [
+                ("swiftlet_prompt_cache_hit_tokens", disk.hitTokens, "Prompt tokens read from the disk prompt cache instead of computed."),
+                ("swiftlet_prompt_cache_read_bytes", disk.bytesRead, "Bytes read from the disk prompt cache."),
+                ("swiftlet_prompt_cache_written_bytes", disk.bytesWritten, "Bytes written to the disk prompt cache."),
+                ("swiftlet_prompt_cache_rejected_files", disk.rejectedFiles, "Disk prompt cache files refused (corrupt or another model) and deleted."),
+                ("swiftlet_prompt_cache_files", disk.files, "Files in the disk prompt cache."),
+                ("swiftlet_prompt_cache_bytes", disk.bytes, "Bytes in the disk prompt cache."),
+            ] {
+                registry.makeGauge(name: name, help: help).set(Double(value))
+            }
+        }
     }
 
     func setModelLoaded(_ loaded: Bool) { modelLoaded.set(Double(loaded ? 1 : 0)) }

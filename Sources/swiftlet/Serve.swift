@@ -46,6 +46,13 @@ struct Serve: AsyncParsableCommand {
                                discussion: "A byte size takes a unit: B, K, M, G, T (powers of 1000) or KiB, MiB, GiB, TiB (powers of 1024); a number alone, or with t or k (× 1024), counts tokens.",
                                valueName: "SIZE"))
     var kvCache: String?
+    @Option(name: .customLong("prompt-cache"), help: ArgumentHelp(
+        "Keep full KV blocks on disk in DIR, so prompts seen before a restart are not computed again.",
+        discussion: "Files are per model (a fingerprint of its tensors); corrupt ones or another model's are refused and deleted.",
+        valueName: "DIR"))
+    var promptCache: String?
+    @Option(name: .customLong("prompt-cache-size"), help: "Most bytes the prompt cache keeps on disk (oldest files go first).")
+    var promptCacheSize = "4GiB"
     @Option(name: .customLong("queue"), help: "Requests waiting beyond the running batch before 429.")
     var maxQueue = 64
     @Option(name: .customLong("batch-tokens"), help: "Tokens per forward pass (prompt chunks + decodes).")
@@ -102,12 +109,17 @@ struct Serve: AsyncParsableCommand {
         guard parallel > 0 else { throw ValidationError("--parallel must be positive") }
         guard (1...65535).contains(port) || port == 0 else { throw ValidationError("--port must be 0...65535") }
         _ = try parseKVCache()
+        _ = try parsePromptCacheSize()
         _ = try parseMemBudget(memBudget)
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: unknown level '\(logLevel)'") }
         if let readyQueueLimit, readyQueueLimit < 0 { throw ValidationError("--ready-queue-limit must be 0 or more") }
         guard shutdownGrace >= 0 && shutdownGrace <= 86_400 else {
             throw ValidationError("--shutdown-grace must be 0 to 86400 seconds")
         }
+    }
+
+    func parsePromptCacheSize() throws -> Int {
+        do { return try ByteCount.parse(promptCacheSize, option: "--prompt-cache-size") } catch { throw ValidationError("\(error)") }
     }
 
     func parseKVCache() throws -> KVCacheSize? {
@@ -142,6 +154,8 @@ struct Serve: AsyncParsableCommand {
         config.engine = Generator.Configuration(
             contextLength: contextLength, parallel: parallel, maxQueue: maxQueue, kvCacheTokens: nil,
             blockSize: blockSize, maxBatchTokens: batchTokens, threads: threads)
+        config.engine.promptCacheDirectory = promptCache
+        config.engine.promptCacheBytes = try parsePromptCacheSize()
         var runner = ServerRunner(modelPath: path, configuration: config,
                                   kvCache: try parseKVCache(), logger: logger)
         runner.memoryBudget = try parseMemBudget(memBudget)

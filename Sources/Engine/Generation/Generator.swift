@@ -31,6 +31,10 @@ public final class Generator: @unchecked Sendable {
         /// Tokens per forward pass (decodes plus prefill chunks).
         public var maxBatchTokens: Int
         public var threads: Int?
+        /// `--prompt-cache DIR`: full KV blocks also kept on disk, across restarts (attention
+        /// decoders only), up to `promptCacheBytes`.
+        public var promptCacheDirectory: String?
+        public var promptCacheBytes = 4 << 30
 
         public init(contextLength: Int = 2048, parallel: Int = 4, maxQueue: Int = 64, kvCacheTokens: Int? = nil,
                     blockSize: Int = 16, maxBatchTokens: Int = defaultStepTokens, threads: Int? = nil) {
@@ -62,6 +66,10 @@ public final class Generator: @unchecked Sendable {
         public var prefixQueryTokens = 0
         public var prefixHitTokens = 0
         public var steps = 0
+        /// The disk prompt cache's counters (nil without `--prompt-cache`).
+        public var promptCache: PromptDiskCache.Statistics?
+
+        public init() {}
     }
 
     public let model: LoadedModel
@@ -186,11 +194,17 @@ public final class Generator: @unchecked Sendable {
         self.configuration = configuration
         self.observer = observer
         let storage: SequenceStorage
+        var diskCache: PromptDiskCache?
         if model.model is any AttentionModel {
             // The pool holds at least one full context, so a lone sequence always fits.
             let blocksPerContext = (configuration.contextLength + configuration.blockSize - 1) / configuration.blockSize
             let blocks = max(blocksPerContext, configuration.kvCacheTokens / configuration.blockSize)
-            storage = .paged(KVBlockPool(config: model.config, blockSize: configuration.blockSize, blockCount: blocks))
+            let pool = KVBlockPool(config: model.config, blockSize: configuration.blockSize, blockCount: blocks)
+            storage = .paged(pool)
+            // an encoder's keys depend on the tokens after them too: no prefix of them is reusable
+            if let directory = configuration.promptCacheDirectory, !model.model.isEncoder {
+                diskCache = try PromptDiskCache(root: directory, model: model, pool: pool, maxBytes: configuration.promptCacheBytes)
+            }
         } else {
             // recurrent and hybrid models: a state of each sequence's own (see `SequenceStorage`)
             let inner = model.model, capacity = configuration.contextLength
@@ -198,7 +212,8 @@ public final class Generator: @unchecked Sendable {
         }
         scheduler = Scheduler(configuration: .init(maxRunning: configuration.parallel,
                                                    maxBatchTokens: configuration.maxBatchTokens,
-                                                   contextLength: configuration.contextLength), storage: storage)
+                                                   contextLength: configuration.contextLength), storage: storage,
+                              diskCache: diskCache)
         pool = ThreadPool(threads: configuration.threads)
         vocabulary = TokenVocabulary(tokenizer: model.tokenizer)
         snapshot.blocksTotal = scheduler.allocator.blockCount
@@ -382,6 +397,7 @@ public final class Generator: @unchecked Sendable {
             }
             step()
         }
+        scheduler.diskCache?.flush()
         condition.lock()
         isStopped = true
         publishSnapshot()
@@ -735,6 +751,7 @@ public final class Generator: @unchecked Sendable {
         snapshot.blocksCached = alloc.cachedCount
         snapshot.prefixQueryTokens = alloc.prefixQueryTokens
         snapshot.prefixHitTokens = alloc.prefixHitTokens
+        snapshot.promptCache = scheduler.diskCache?.statistics
         snapshot.steps += 1
         observer?.stepFinished(snapshot)
     }

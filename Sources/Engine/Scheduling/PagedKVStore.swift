@@ -89,12 +89,16 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
     /// Prefix hashes of the leading blocks registered in (or found in) the prefix cache.
     public private(set) var blockHashes: [UInt64] = []
     private let blockSize: Int
+    /// Where full blocks are also kept across restarts (`--prompt-cache`), if anywhere.
+    let diskCache: PromptDiskCache?
 
-    public init(pool: KVBlockPool, allocator: BlockAllocator, capacity: Int) {
+    public init(pool: KVBlockPool, allocator: BlockAllocator, capacity: Int, diskCache: PromptDiskCache? = nil) {
         precondition(pool.blockSize == allocator.blockSize && pool.blockCount == allocator.blockCount)
+        precondition(diskCache.map { $0.pool === pool } ?? true, "a disk cache of another pool")
         self.pool = pool
         self.allocator = allocator
         self.capacity = capacity
+        self.diskCache = diskCache
         blockSize = allocator.blockSize
     }
 
@@ -173,13 +177,16 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
     }
 
     /// On an empty store: shares the cached blocks that hold the longest block-aligned prefix of
-    /// `tokens`. Returns the number of positions now filled (a multiple of the block size).
+    /// `tokens`, from memory or, past what memory holds, from the disk cache (read into fresh
+    /// blocks and registered). Returns the number of positions now filled (a multiple of the
+    /// block size).
     public func adoptCachedPrefix(_ tokens: [TokenID]) -> Int {
         precondition(count == 0 && blocks.isEmpty, "adoptCachedPrefix on a non-empty store")
         var parent: UInt64 = 0
         var start = 0
         while start + blockSize <= min(tokens.count, capacity) {
-            guard let hit = allocator.lookup(parent: parent, tokens: tokens[start..<start + blockSize]) else { break }
+            let slice = tokens[start..<start + blockSize]
+            guard let hit = allocator.lookup(parent: parent, tokens: slice) ?? loadFromDisk(parent: parent, tokens: slice) else { break }
             allocator.retain(hit.block)
             blocks.append(hit.block)
             blockHashes.append(hit.hash)
@@ -190,14 +197,34 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
         return start
     }
 
-    /// Registers the full blocks not yet registered; `tokens` are the sequence's tokens
-    /// (at least `count` of them).
+    /// Registers the full blocks not yet registered (and queues them for the disk cache);
+    /// `tokens` are the sequence's tokens (at least `count` of them).
     public func registerFullBlocks(_ tokens: [TokenID]) {
         precondition(tokens.count >= count)
         while blockHashes.count < count / blockSize {
             let i = blockHashes.count
             let parent = blockHashes.last ?? 0
-            blockHashes.append(allocator.register(blocks[i], parent: parent, tokens: tokens[i * blockSize..<(i + 1) * blockSize]))
+            let slice = tokens[i * blockSize..<(i + 1) * blockSize]
+            let hash = allocator.register(blocks[i], parent: parent, tokens: slice)
+            diskCache?.save(block: blocks[i], hash: hash, parent: parent, tokens: slice)
+            blockHashes.append(hash)
         }
+    }
+
+    /// The disk cache's block for `tokens` after `parent`, read into a fresh registered block
+    /// that nobody holds yet (the caller retains it); nil when there is none or no free block.
+    private func loadFromDisk(parent: UInt64, tokens: ArraySlice<TokenID>) -> (block: Int, hash: UInt64)? {
+        guard let diskCache, let block = allocator.allocate() else { return nil }
+        let hash = BlockAllocator.hash(parent: parent, tokens: tokens)
+        guard diskCache.load(hash: hash, parent: parent, tokens: tokens, into: block) else {
+            allocator.release(block)
+            return nil
+        }
+        allocator.register(block, parent: parent, tokens: tokens)
+        // registered and released: parked in the LRU until the caller retains it (unregistered
+        // — another block holds this hash with other tokens — it would be free: a miss)
+        let registered = allocator.isRegistered(block)
+        allocator.release(block)
+        return registered ? (block, hash) : nil
     }
 }

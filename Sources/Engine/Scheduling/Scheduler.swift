@@ -103,13 +103,16 @@ public final class Scheduler {
     public let storage: SequenceStorage
     /// The block bookkeeping of the paged pool (no blocks with per-sequence storage).
     public let allocator: BlockAllocator
+    /// Full blocks kept on disk across restarts (paged storage only).
+    public let diskCache: PromptDiskCache?
     public private(set) var waiting: [ScheduledSequence] = []
     public private(set) var running: [ScheduledSequence] = []
     private var arrivals = 0
 
-    public init(configuration: Configuration, storage: SequenceStorage) {
+    public init(configuration: Configuration, storage: SequenceStorage, diskCache: PromptDiskCache? = nil) {
         self.configuration = configuration
         self.storage = storage
+        self.diskCache = diskCache
         switch storage {
         case .paged(let pool): allocator = BlockAllocator(blockCount: pool.blockCount, blockSize: pool.blockSize)
         case .perSequence: allocator = BlockAllocator(blockCount: 0, blockSize: 1)
@@ -128,7 +131,7 @@ public final class Scheduler {
 
     private func makeStore() -> any SequenceStore {
         switch storage {
-        case .paged(let pool): PagedKVStore(pool: pool, allocator: allocator, capacity: configuration.contextLength)
+        case .paged(let pool): PagedKVStore(pool: pool, allocator: allocator, capacity: configuration.contextLength, diskCache: diskCache)
         case .perSequence(let makeState): RecurrentStore(makeState())
         }
     }
