@@ -176,7 +176,7 @@ struct ToolCallPlan {
             var marker: String?
             switch syntax {
             case .hermes: triggers = [.text("<tool_call>")]
-            case .llama3: triggers = [.outputStart("{")]; marker = "<|python_tag|>"
+            case .llama3: triggers = [.outputStart(#"{"name""#)]; marker = "<|python_tag|>"
             case .mistral: marker = "[TOOL_CALLS]"
             case .genericJSON: triggers = [.outputStart(#"{"tool_calls""#)]
             case .harmony: break  // the function's name is in the header, outside the JSON

@@ -277,7 +277,7 @@ import Testing
             try ToolCallPlan(tools: r.tools, choice: choice, parallel: true, messages: messages, templateSource: source)
         }
         let llama = try plan("{{ '<|python_tag|>' }}")
-        #expect(llama.grammarTriggers == [.outputStart("{")] && llama.triggerMarker == "<|python_tag|>" && llama.grammar != nil)
+        #expect(llama.grammarTriggers == [.outputStart(#"{"name""#)] && llama.triggerMarker == "<|python_tag|>" && llama.grammar != nil)
         let mistral = try plan("{{ '[TOOL_CALLS]' }}")
         #expect(mistral.grammarTriggers.isEmpty && mistral.triggerMarker == "[TOOL_CALLS]" && mistral.grammar != nil)
         let generic = try plan("{{ messages }}")
@@ -348,8 +348,8 @@ import Testing
         """#
     static let tools = "[" + weatherTool + "," + timeTool + "]"
 
-    func withServer(_ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
-        let model = try LoadedModel(path: TestSupport.smolLM2Path)
+    func withServer(chatTemplate: ChatTemplate? = nil, _ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+        let model = try LoadedModel(path: TestSupport.smolLM2Path, chatTemplate: chatTemplate)
         let state = ServerState()
         let generator = try Generator(model: model, configuration: .init(contextLength: 2048, parallel: 2))
         state.engine = generator
@@ -459,6 +459,48 @@ import Testing
                 #expect(choice["message"]?["tool_calls"] == nil, "tool_choice none: no calls parsed")
                 #expect(choice["message"]?["content"]?.stringValue != nil)
                 #expect(["stop", "length"].contains(choice["finish_reason"]?.stringValue ?? ""))
+            }
+        }
+    }
+
+    /// gpt-oss's own template (from the template corpus) on SmolLM2: a forced call is the
+    /// header in the prompt and the arguments the grammar makes the model write; it comes back
+    /// as a call, streamed as start and argument pieces; the markers never reach the content.
+    @Test func harmonyCallsThroughTheGptOssTemplate() async throws {
+        let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../TokenizationTests/Fixtures/templates/corpus.json")
+        let entries = try #require(try JSONValue(parsing: String(contentsOf: corpus, encoding: .utf8)).arrayValue)
+        let source = try #require(entries.first { $0["name"] == "openai-gpt-oss-120b.jinja" }?["source"]?.stringValue)
+        try await withServer(chatTemplate: try ChatTemplate(source: source)) { client in
+            let named = #","tool_choice":{"type":"function","function":{"name":"get_weather"}}"#
+            var whole = ""
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
+                                     body: Self.body(named)) { r in
+                #expect(r.status == .ok)
+                let choice = try #require(try JSONValue(parsing: String(buffer: r.body))["choices"]?.arrayValue?.first)
+                #expect(choice["finish_reason"] == "tool_calls" && choice["message"]?["content"] == .null)
+                let calls = try #require(choice["message"]?["tool_calls"]?.arrayValue)
+                #expect(calls.count == 1 && calls[0]["function"]?["name"] == "get_weather")
+                whole = try #require(calls[0]["function"]?["arguments"]?.stringValue)
+                try Self.expectWeatherArguments(whole)
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
+                                     body: Self.body(named + #","stream":true"#)) { r in
+                var deltas: [JSONValue] = []
+                for line in String(buffer: r.body).split(separator: "\n") where line.hasPrefix("data: {") {
+                    let delta = try JSONValue(parsing: String(line.dropFirst(6)))["choices"]?.arrayValue?.first?["delta"]
+                    #expect((delta?["content"]?.stringValue ?? "").isEmpty, "no call syntax in the content")
+                    deltas += delta?["tool_calls"]?.arrayValue ?? []
+                }
+                #expect(deltas.first?["function"]?["name"] == "get_weather" && deltas.first?["id"]?.stringValue != nil)
+                #expect(deltas.count > 2, "the arguments come in pieces")
+                #expect(deltas.compactMap { $0["function"]?["arguments"]?.stringValue }.joined() == whole)
+            }
+            let plain = #"{"model":"SmolLM2-135M-Instruct.Q4_1","messages":[{"role":"user","content":"Hi"}],"temperature":0,"max_tokens":12}"#
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
+                                     body: ByteBuffer(string: plain)) { r in
+                let message = try JSONValue(parsing: String(buffer: r.body))["choices"]?.arrayValue?.first?["message"]
+                #expect(message?["content"]?.stringValue?.contains("<|") == false, "\(String(describing: message))")
             }
         }
     }
