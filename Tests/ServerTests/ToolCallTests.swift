@@ -469,7 +469,7 @@ import Testing
     @Test func harmonyCallsThroughTheGptOssTemplate() async throws {
         let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("../TokenizationTests/Fixtures/templates/corpus.json")
-        let entries = try #require(try JSONValue(parsing: String(contentsOf: corpus, encoding: .utf8)).arrayValue)
+        let entries = try #require(try JSONValue(parsing: String(contentsOf: corpus, encoding: .utf8))["templates"]?.arrayValue)
         let source = try #require(entries.first { $0["name"] == "openai-gpt-oss-120b.jinja" }?["source"]?.stringValue)
         try await withServer(chatTemplate: try ChatTemplate(source: source)) { client in
             let named = #","tool_choice":{"type":"function","function":{"name":"get_weather"}}"#
