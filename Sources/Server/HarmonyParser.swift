@@ -14,6 +14,8 @@ struct HarmonyStreamParser: Sendable {
         case reasoning, content
         /// The analysis channel, left in the content markers and all (`reasoning_format: none`).
         case rawReasoning
+        /// A call; it is announced with its first piece (a forced call's header is primed
+        /// before the reply, where events are not sent).
         case call(index: Int, ParsedToolCall)
         /// A call past the first without parallel calls.
         case dropped
@@ -35,8 +37,9 @@ struct HarmonyStreamParser: Sendable {
 
     private var mode = Mode.expectingHeader
     private var pending = ""
-    /// The open call's arguments so far.
+    /// The open call's arguments so far, and whether its start was reported.
     private var arguments = ""
+    private var announced = false
     private(set) var callCount = 0
     private let splitsReasoning: Bool
     private let allowsSeveralCalls: Bool
@@ -121,8 +124,8 @@ struct HarmonyStreamParser: Sendable {
         if let recipient = Self.field(after: "to=", in: header), recipient.hasPrefix("functions.") {
             guard allowsSeveralCalls || callCount == 0 else { return .dropped }
             let call = ParsedToolCall(id: makeID(), name: String(recipient.dropFirst("functions.".count)), arguments: "")
-            events.append(.callStart(index: callCount, id: call.id, name: call.name))
             callCount += 1
+            announced = false
             return .call(index: callCount - 1, call)
         }
         guard channel == "analysis" else { return .content }
@@ -138,7 +141,8 @@ struct HarmonyStreamParser: Sendable {
         switch body {
         case .reasoning: events.append(.reasoning(text))
         case .content, .rawReasoning: events.append(.content(text))
-        case .call(let index, _):
+        case .call(let index, let call):
+            announce(index, call, into: &events)
             arguments += text
             events.append(.callArguments(index: index, text))
         case .dropped: break
@@ -148,9 +152,16 @@ struct HarmonyStreamParser: Sendable {
     /// Ends a body; a call is reported whole with the arguments its pieces carried.
     private mutating func close(_ body: Body, into events: inout [ToolParseEvent]) {
         guard case .call(let index, var call) = body else { return }
+        announce(index, call, into: &events)
         call.arguments = arguments
         arguments = ""
         events.append(.call(index: index, call))
+    }
+
+    private mutating func announce(_ index: Int, _ call: ParsedToolCall, into events: inout [ToolParseEvent]) {
+        guard !announced else { return }
+        announced = true
+        events.append(.callStart(index: index, id: call.id, name: call.name))
     }
 
     /// The word after `marker` in a header, up to whitespace or the next marker.

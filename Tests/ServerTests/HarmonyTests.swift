@@ -65,6 +65,15 @@ import Testing
         #expect(r.calls.map(\.arguments) == [#"{"city": "Oslo"}"#] && r.content == "")
     }
 
+    /// A forced call's header is primed before the reply, where events are dropped: the call
+    /// is announced with its first piece.
+    @Test func aPrimedCallIsAnnouncedWithItsArguments() {
+        var parser = ToolCallStreamParser(syntax: .harmony, makeID: { "call_h" })
+        #expect(parser.feed("<|channel|>commentary to=functions.f <|constrain|>json<|message|>").isEmpty)
+        #expect(parser.feed("{}") == [.callStart(index: 0, id: "call_h", name: "f"), .callArguments(index: 0, "{}")])
+        #expect(parser.finish() == [.call(index: 0, ParsedToolCall(id: "call_h", name: "f", arguments: "{}"))])
+    }
+
     @Test func markersNeverReachTheContentMidStream() {
         var parser = ToolCallStreamParser(syntax: .harmony, makeID: { "call_h" })
         var content = ""

