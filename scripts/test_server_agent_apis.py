@@ -175,8 +175,11 @@ def messages_tool_use(s):
                                             "stream": True, "tools": [CLAUDE_WEATHER],
                                             "tool_choice": {"type": "tool", "name": "get_weather"}})
     deltas = [d["delta"] for n, d in events if n == "content_block_delta"]
-    assert deltas and all(d["type"] == "input_json_delta" for d in deltas), deltas
-    jsonschema.validate(json.loads("".join(d["partial_json"] for d in deltas)), WEATHER_SCHEMA)
+    assert len(deltas) > 1 and all(d["type"] == "input_json_delta" for d in deltas), ("input in pieces", deltas)
+    whole = claude(s).messages.create(model=m, max_tokens=200, extra_body=GREEDY, messages=question, tools=[CLAUDE_WEATHER],
+                                      tool_choice={"type": "tool", "name": "get_weather"})
+    assert json.loads("".join(d["partial_json"] for d in deltas)) == whole.content[-1].input, (deltas, whole)
+    jsonschema.validate(whole.content[-1].input, WEATHER_SCHEMA)
     start = next(d for n, d in events if n == "content_block_start")["content_block"]
     assert start["type"] == "tool_use" and start["name"] == "get_weather" and start["input"] == {}, start
     assert next(d for n, d in events if n == "message_delta")["delta"]["stop_reason"] == "tool_use"
@@ -320,11 +323,14 @@ def responses_function_tool(s):
     events = list(client.responses.create(model=m, input=QUESTION, tools=[RESPONSES_WEATHER], tool_choice="required",
                                           parallel_tool_calls=False, max_output_tokens=200, temperature=0, stream=True))
     types = [e.type for e in events]
-    assert types == ["response.created", "response.in_progress", "response.output_item.added",
-                     "response.function_call_arguments.delta", "response.function_call_arguments.done",
-                     "response.output_item.done", "response.completed"], types
-    done = events[4]
-    assert done.name == "get_weather" and done.arguments == events[3].delta, done
+    pieces = [e.delta for e in events if e.type == "response.function_call_arguments.delta"]
+    assert len(pieces) > 1, ("the arguments stream in pieces", types)
+    assert [t for i, t in enumerate(types) if i == 0 or t != types[i - 1]] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.function_call_arguments.delta", "response.function_call_arguments.done",
+        "response.output_item.done", "response.completed"], types
+    done = events[-3]
+    assert done.name == "get_weather" and done.arguments == "".join(pieces), done
     jsonschema.validate(json.loads(done.arguments), WEATHER_SCHEMA)
     item = events[-1].response.output[0]
     assert item.type == "function_call" and item.arguments == done.arguments and item.call_id.startswith("call_"), item
@@ -356,9 +362,61 @@ def responses_bad_requests(s):
         assert status == 400 and err["param"] == param and param in err["message"], (param, status, raw)
 
 
+# ---------------------------------------------------------------------------------------------
+# Thinking: a template whose generation prompt opens <think>, and a budget that closes it
+
+@test(server="reasoning")
+def messages_thinking_blocks(s):
+    m = model_id(s)
+    ask = [{"role": "user", "content": "What is 17 times 3?"}]
+    r = claude(s).messages.create(model=m, max_tokens=40, extra_body=GREEDY, messages=ask)
+    assert [b.type for b in r.content] == ["thinking", "text"], r
+    thinking, text = r.content[0], r.content[1]
+    assert thinking.thinking.strip() and thinking.signature == "" and text.text.strip(), r
+    assert "<think>" not in text.text and "</think>" not in text.text + thinking.thinking, r
+    with claude(s).messages.stream(model=m, max_tokens=40, extra_body=GREEDY, messages=ask) as stream:
+        kinds = [e.type for e in stream]
+        final = stream.get_final_message()
+    assert "thinking" in kinds and "text" in kinds, kinds
+    assert [b.type for b in final.content] == ["thinking", "text"], final
+    assert final.content[0].thinking == thinking.thinking and final.content[1].text == text.text, (final, r)
+    events = sse_events(s, "/v1/messages", {"model": m, "max_tokens": 40, "temperature": 0, "messages": ask, "stream": True})
+    starts = [d["content_block"] for n, d in events if n == "content_block_start"]
+    assert starts[0] == {"type": "thinking", "thinking": "", "signature": ""} and starts[1]["type"] == "text", starts
+    deltas = [d for n, d in events if n == "content_block_delta"]
+    assert {d["delta"]["type"] for d in deltas if d["index"] == 0} == {"thinking_delta"}, deltas
+    # the thinking block goes back in the history and is not shown to the model again
+    again = claude(s).messages.create(model=m, max_tokens=8, extra_body=GREEDY, messages=ask + [
+        {"role": "assistant", "content": [b.model_dump() for b in r.content]}, {"role": "user", "content": "Thanks."}])
+    assert again.content, again
+
+
+@test(server="reasoning")
+def responses_reasoning_items(s):
+    m, client = model_id(s), s.client()
+    ask = dict(model=m, input="What is 17 times 3?", max_output_tokens=40, temperature=0)
+    r = client.responses.create(**ask)
+    assert [o.type for o in r.output] == ["reasoning", "message"], r
+    reasoning = r.output[0].content[0].text
+    assert reasoning.strip() and r.output[0].content[0].type == "reasoning_text" and r.output_text.strip(), r
+    assert "</think>" not in reasoning + r.output_text, r
+    events = list(client.responses.create(**ask, stream=True))
+    types = [e.type for e in events]
+    assert [e.sequence_number for e in events] == list(range(len(events))), types
+    assert types[2:5] == ["response.output_item.added", "response.content_part.added", "response.reasoning_text.delta"], types
+    assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == reasoning, types
+    done = next(e for e in events if e.type == "response.reasoning_text.done")
+    assert done.text == reasoning and done.output_index == 0, done
+    final = events[-1].response
+    assert [o.type for o in final.output] == ["reasoning", "message"] and final.output_text == r.output_text, final
+
+
+ONLY_SMOLLM2 = {"messages_thinking_blocks", "responses_reasoning_items"}
+
 SERVERS = {
     "main": ["--parallel", "4", "--ctx", "2048"],
     "limited": ["--parallel", "1", "--api-key", "sekret", "--ctx", "512"],
+    "reasoning": ["--chat-template-file", base.THINK_TEMPLATE, "--reasoning-budget", "8"],
 }
 
 
@@ -371,6 +429,9 @@ def main():
     passed = failed = 0
     for server_name, flags in SERVERS.items():
         tests = [t for t in TESTS if t[1] == server_name and (base.ARGS.only is None or base.ARGS.only in t[0])]
+        for name in [t[0] for t in tests if t[0] in ONLY_SMOLLM2 and base.ARGS.model != "smollm2"]:
+            print(f"SKIP {name} on {base.ARGS.model}: the thinking template is SmolLM2's ChatML")
+        tests = [t for t in tests if t[0] not in ONLY_SMOLLM2 or base.ARGS.model == "smollm2"]
         if not tests:
             continue
         server = base.Server(*flags)

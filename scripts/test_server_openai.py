@@ -301,6 +301,35 @@ WEATHER_TOOL = {"type": "function", "function": {
 TIME_TOOL = {"type": "function", "function": {
     "name": "get_time", "description": "Current time in a time zone",
     "parameters": {"type": "object", "properties": {"zone": {"type": "string", "maxLength": 20}}, "required": ["zone"]}}}
+ROUTE_TOOL = {"type": "function", "function": {
+    "name": "plan_route", "description": "A route between two places",
+    "parameters": {"type": "object", "properties": {"origin": {"type": "string", "maxLength": 20},
+                                                    "stops": {"type": "integer", "minimum": 0},
+                                                    "by": {"enum": ["car", "train"]}},
+                   "required": ["origin", "stops", "by"], "additionalProperties": False}}}
+TOOLS_BY_NAME = {t["function"]["name"]: t for t in (WEATHER_TOOL, TIME_TOOL, ROUTE_TOOL)}
+
+
+def streamed_calls(stream):
+    """The calls of a streamed reply: {index: {id, name, arguments, pieces}}, the content and the
+    finish reasons; checks the id and name come once, in a call's first delta."""
+    calls, finish, content = {}, [], ""
+    for chunk in stream:
+        for c in chunk.choices:
+            content += c.delta.content or ""
+            if c.finish_reason:
+                finish.append(c.finish_reason)
+            for d in c.delta.tool_calls or []:
+                entry = calls.get(d.index)
+                if entry is None:
+                    assert d.id and d.type == "function" and d.function.name, ("the first delta names the call", d)
+                    entry = calls[d.index] = {"id": d.id, "name": d.function.name, "arguments": "", "pieces": 0}
+                else:
+                    assert d.id is None and d.function.name is None, ("id and name come once", d)
+                if d.function.arguments:
+                    entry["arguments"] += d.function.arguments
+                    entry["pieces"] += 1
+    return calls, content, finish
 
 
 @test()
@@ -323,26 +352,36 @@ def tool_calls(s):
                                            tools=[WEATHER_TOOL], tool_choice="none")
     assert r.choices[0].message.tool_calls is None and isinstance(r.choices[0].message.content, str), r
 
-    # streamed: id and name once per call, then arguments; no content; finish_reason tool_calls
-    calls, finish, content = {}, [], ""
-    for chunk in s.client().chat.completions.create(
-            model=model_id(s), max_tokens=200, temperature=0, messages=question, tools=[WEATHER_TOOL],
-            tool_choice="required", parallel_tool_calls=False, stream=True):
-        for c in chunk.choices:
-            content += c.delta.content or ""
-            if c.finish_reason:
-                finish.append(c.finish_reason)
-            for d in c.delta.tool_calls or []:
-                entry = calls.setdefault(d.index, {"id": None, "name": None, "arguments": ""})
-                if d.id:
-                    assert entry["id"] is None, "one id per call"
-                    entry["id"], entry["name"] = d.id, d.function.name
-                entry["arguments"] += d.function.arguments or ""
+    # several functions with different parameters: the arguments follow the chosen function's
+    tools = [WEATHER_TOOL, TIME_TOOL, ROUTE_TOOL]
+    for ask in ["What is the weather in Paris?", "Plan a route from Lyon by train.", "What time is it in Tokyo?"]:
+        r = s.client().chat.completions.create(
+            model=model_id(s), max_tokens=200, temperature=0, messages=[{"role": "user", "content": ask}], tools=tools,
+            tool_choice="required", parallel_tool_calls=False)
+        call = r.choices[0].message.tool_calls[0]
+        assert r.choices[0].finish_reason == "tool_calls" and call.function.name in TOOLS_BY_NAME, r
+        jsonschema.validate(json.loads(call.function.arguments), TOOLS_BY_NAME[call.function.name]["function"]["parameters"])
+    for name in TOOLS_BY_NAME:
+        r = s.client().chat.completions.create(
+            model=model_id(s), max_tokens=200, temperature=0, messages=question, tools=tools,
+            tool_choice={"type": "function", "function": {"name": name}})
+        call = r.choices[0].message.tool_calls[0]
+        assert call.function.name == name, r
+        jsonschema.validate(json.loads(call.function.arguments), TOOLS_BY_NAME[name]["function"]["parameters"])
+
+    # streamed: id and name once per call, then the arguments piece by piece as they are
+    # generated, joining to the non-streamed arguments; no content; finish_reason tool_calls
+    ask = dict(model=model_id(s), max_tokens=200, temperature=0, messages=question, tools=tools,
+               tool_choice="required", parallel_tool_calls=False)
+    whole = s.client().chat.completions.create(**ask).choices[0].message.tool_calls[0]
+    calls, content, finish = streamed_calls(s.client().chat.completions.create(**ask, stream=True))
     assert content == "" and finish == ["tool_calls"], (content, finish)
-    assert sorted(calls) == list(range(len(calls))) and calls, calls
-    for entry in calls.values():
-        assert entry["id"].startswith("call_") and entry["name"] == "get_weather", entry
-        jsonschema.validate(json.loads(entry["arguments"]), WEATHER_TOOL["function"]["parameters"])
+    assert sorted(calls) == [0], calls
+    entry = calls[0]
+    assert entry["id"].startswith("call_") and entry["name"] == whole.function.name, (entry, whole)
+    assert entry["arguments"] == whole.function.arguments, (entry, whole)
+    assert entry["pieces"] > 1, ("the arguments come in pieces as they are generated", entry)
+    jsonschema.validate(json.loads(entry["arguments"]), TOOLS_BY_NAME[entry["name"]]["function"]["parameters"])
 
     try:
         s.client().chat.completions.create(model=model_id(s), messages=question, tools=[WEATHER_TOOL],

@@ -237,6 +237,11 @@ enum AnthropicMessages {
         "toolu_" + (call.id.hasPrefix("call_") ? String(call.id.dropFirst(5)) : call.id)
     }
 
+    /// A `thinking` block; the signature (Anthropic's proof of origin) is empty.
+    static func thinkingBlock(_ text: String) -> JSONValue {
+        ["type": "thinking", "thinking": .string(text), "signature": ""]
+    }
+
     static func toolUseBlock(_ call: ParsedToolCall) -> JSONValue {
         ["type": "tool_use", "id": .string(toolUseID(call)), "name": .string(call.name), "input": .arguments(call.arguments)]
     }
@@ -252,6 +257,7 @@ enum AnthropicMessages {
     /// The non-streaming answer.
     static func message(_ reply: CollectedReply, ctx: OpenAIServer.ResponseContext) -> JSONValue {
         var content: [JSONValue] = []
+        if !reply.thinking.isEmpty { content.append(thinkingBlock(reply.thinking)) }
         let text = reply.text
         if !text.isEmpty || reply.calls.isEmpty { content.append(["type": "text", "text": .string(text)]) }
         content += reply.calls.map(toolUseBlock)
@@ -294,36 +300,46 @@ extension OpenAIServer {
             let start = AnthropicMessages.messageObject(ctx: ctx, content: [], stopReason: .null, stopSequence: .null, outputTokens: 0)
             try await send("message_start", ["message": start])
             try await send("ping", [:])
+            // the open content block: its index and type
             var index = 0
-            var textOpen = false
+            var open: String?
+            func closeBlock() async throws {
+                guard open != nil else { return }
+                try await send("content_block_stop", ["index": .number(JSONNumber(index))])
+                index += 1
+                open = nil
+            }
+            func openBlock(_ type: String, _ block: JSONValue) async throws {
+                if open == type { return }
+                try await closeBlock()
+                try await send("content_block_start", ["index": .number(JSONNumber(index)), "content_block": block])
+                open = type
+            }
+            func delta(_ delta: JSONValue) async throws {
+                try await send("content_block_delta", ["index": .number(JSONNumber(index)), "delta": delta])
+            }
             while let pieces = await reader.next() {
                 for piece in pieces {
                     switch piece {
+                    case .thinking(let text):
+                        try await openBlock("thinking", AnthropicMessages.thinkingBlock(""))
+                        try await delta(["type": "thinking_delta", "thinking": .string(text)])
                     case .text(let text):
-                        if !textOpen {
-                            try await send("content_block_start", ["index": .number(JSONNumber(index)),
-                                                                   "content_block": ["type": "text", "text": ""]])
-                            textOpen = true
-                        }
-                        try await send("content_block_delta", ["index": .number(JSONNumber(index)),
-                                                               "delta": ["type": "text_delta", "text": .string(text)]])
-                    case .call(let call):
-                        if textOpen {
-                            try await send("content_block_stop", ["index": .number(JSONNumber(index))])
-                            index += 1
-                            textOpen = false
-                        }
+                        try await openBlock("text", ["type": "text", "text": ""])
+                        try await delta(["type": "text_delta", "text": .string(text)])
+                    case .callStart(let call):
                         var block = AnthropicMessages.toolUseBlock(call).objectValue!
                         block["input"] = .object([:])
-                        try await send("content_block_start", ["index": .number(JSONNumber(index)), "content_block": .object(block)])
-                        try await send("content_block_delta", ["index": .number(JSONNumber(index)),
-                                                               "delta": ["type": "input_json_delta", "partial_json": .string(call.arguments)]])
-                        try await send("content_block_stop", ["index": .number(JSONNumber(index))])
-                        index += 1
+                        try await closeBlock()
+                        try await openBlock("tool_use", .object(block))
+                    case .arguments(let piece):
+                        try await delta(["type": "input_json_delta", "partial_json": .string(piece)])
+                    case .call:
+                        try await closeBlock()
                     }
                 }
             }
-            if textOpen { try await send("content_block_stop", ["index": .number(JSONNumber(index))]) }
+            try await closeBlock()
             if let outcome = reader.outcome {
                 let (reason, sequence) = AnthropicMessages.stopReason(outcome)
                 try await send("message_delta", ["delta": ["stop_reason": reason, "stop_sequence": sequence],

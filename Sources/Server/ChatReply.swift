@@ -6,9 +6,17 @@ import NIOCore
 import Tokenization
 
 /// What the model said in one chat reply, as the Anthropic Messages and Responses APIs see
-/// it: text and complete function calls, after the tool parser (one choice, index 0).
+/// it: thinking, text and function calls, after the reasoning splitter and the tool parser
+/// (one choice, index 0).
 enum ReplyPiece: Sendable, Equatable {
+    /// Thinking before the answer (a leading `<think>` block).
+    case thinking(String)
     case text(String)
+    /// A call begins: its id and name (`arguments` empty); its arguments follow.
+    case callStart(ParsedToolCall)
+    /// The next piece of the open call's arguments.
+    case arguments(String)
+    /// The call is complete (its arguments are the pieces joined).
     case call(ParsedToolCall)
 }
 
@@ -29,11 +37,11 @@ final class ReplyReader: @unchecked Sendable {
     private let events: OpenAIServer.EventIterator
     private let handle: RequestHandle
     private var parser: ToolCallStreamParser?
-    /// Splits off a leading thinking block, which these APIs do not return (yet): it never
-    /// reaches the text. What was split off is kept in `reasoning`.
+    /// Splits off a leading thinking block, which these APIs return as thinking pieces.
     private var splitter: ReasoningSplitter?
-    private(set) var reasoning = ""
     private let tokenizer: any Tokenizer
+    /// The engine decodes control tokens into the text.
+    private let special: Bool
     private let stop: [String]
     private var tokens: [TokenID] = []
     /// The text the engine let through (before the tool parser).
@@ -49,6 +57,7 @@ final class ReplyReader: @unchecked Sendable {
         parser = ctx.makeToolParser()
         splitter = ctx.makeReasoningSplitter()
         tokenizer = ctx.tokenizer
+        special = ctx.toolSyntax?.marksWithControlTokens ?? false
         self.stop = stop
     }
 
@@ -79,9 +88,9 @@ final class ReplyReader: @unchecked Sendable {
         case .text(_, let text, let newTokens, _)?:
             tokens += newTokens
             rawText += text
-            return reply(afterThinking(splitter?.feed(text), or: text))
+            return split(splitter?.feed(text), or: text)
         case .finished(_, let reason, let usage)?:
-            var rest = reply(afterThinking(splitter?.finish(), or: ""))
+            var rest = split(splitter?.finish(), or: "")
             if parser != nil { rest += pieces(parser!.finish()) }
             outcome = ReplyOutcome(finish: reason, hasCalls: parser?.hasCalls ?? false,
                                    stopSequence: reason == .stop ? matchedStopSequence() : nil,
@@ -99,17 +108,15 @@ final class ReplyReader: @unchecked Sendable {
         }
     }
 
-    /// The reply text of a piece after the thinking block is split off (all of it without a splitter).
-    private func afterThinking(_ split: [ReasoningSplitter.Piece]?, or text: String) -> String {
-        guard let split else { return text }
-        var content = ""
-        for piece in split {
+    /// Thinking pieces and the reply text after them (all of it reply without a splitter).
+    private func split(_ pieces: [ReasoningSplitter.Piece]?, or text: String) -> [ReplyPiece] {
+        guard let pieces else { return reply(text) }
+        return pieces.flatMap { piece -> [ReplyPiece] in
             switch piece {
-            case .reasoning(let r): reasoning += r
-            case .content(let c): content += c
+            case .reasoning(let r): [.thinking(r)]
+            case .content(let c): reply(c)
             }
         }
-        return content
     }
 
     /// Reply text through the tool parser, when there is one.
@@ -122,6 +129,9 @@ final class ReplyReader: @unchecked Sendable {
         events.map {
             switch $0 {
             case .content(let text): .text(text)
+            case .reasoning(let text): .thinking(text)
+            case .callStart(_, let id, let name): .callStart(ParsedToolCall(id: id, name: name, arguments: ""))
+            case .callArguments(_, let piece): .arguments(piece)
             case .call(_, let call): .call(call)
             }
         }
@@ -131,7 +141,7 @@ final class ReplyReader: @unchecked Sendable {
     /// decoded tokens go on past the text with the stop string that ended the reply.
     private func matchedStopSequence() -> String? {
         guard !stop.isEmpty else { return nil }
-        let decoded = Array(tokenizer.decode(tokens).utf8)
+        let decoded = Array(tokenizer.decode(tokens, special: special).utf8)
         let shown = Array(rawText.utf8)
         guard decoded.count > shown.count, decoded.starts(with: shown) else { return nil }
         let rest = String(decoding: decoded[shown.count...], as: UTF8.self)
@@ -145,9 +155,12 @@ struct CollectedReply: Sendable {
     var pieces: [ReplyPiece] = []
     var outcome: ReplyOutcome
 
-    /// All the text, and the calls in order.
+    /// All the text, all the thinking, and the calls in order.
     var text: String {
         pieces.reduce(into: "") { if case .text(let t) = $1 { $0 += t } }
+    }
+    var thinking: String {
+        pieces.reduce(into: "") { if case .thinking(let t) = $1 { $0 += t } }
     }
     var calls: [ParsedToolCall] {
         pieces.compactMap { if case .call(let c) = $0 { c } else { nil } }

@@ -374,10 +374,15 @@ public struct OpenAIServer: Sendable {
             throw APIError.invalid("logit_bias", "'logit_bias' token id \(bad) is outside the vocabulary (\(tokenizer.vocabularySize) tokens)")
         }
         var grammar: JSONGrammar?
-        var grammarTrigger: String?
-        if let plan = toolPlan, let toolGrammar = plan.grammar, plan.grammarTrigger == nil || r.responseFormat == nil {
+        var grammarTriggers: [GrammarTrigger] = []
+        let lazy = !(toolPlan?.grammarTriggers.isEmpty ?? true) || toolPlan?.triggerMarker != nil
+        if let plan = toolPlan, let toolGrammar = plan.grammar, !lazy || r.responseFormat == nil {
             grammar = toolGrammar
-            grammarTrigger = plan.grammarTrigger
+            grammarTriggers = plan.grammarTriggers
+            if let marker = plan.triggerMarker {
+                let ids = tokenizer.encode(marker, addSpecial: false, parseSpecial: true)
+                grammarTriggers.append(ids.count == 1 ? .token(ids[0]) : .text(marker))
+            }
         } else if let format = r.responseFormat {
             do { grammar = try JSONGrammar.forResponseFormat(format) } catch {
                 throw APIError.invalid("response_format", "unsupported 'response_format': \(error)")
@@ -390,8 +395,13 @@ public struct OpenAIServer: Sendable {
             for t in tokenizer.endOfGenerationTokens { sampling.logitBias[t] = -.infinity }
         }
         var options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
-                                        grammarTrigger: grammarTrigger, logprobs: r.logprobs)
+                                        grammarTriggers: grammarTriggers, logprobs: r.logprobs)
         options.speculation = try speculation(for: r, engine: engine)
+        let parsesCalls = !r.tools.isEmpty && r.toolChoice != .none
+        // harmony replies are always read by their channels, with or without tools
+        let harmony = r.isChat && ToolCallSyntax.detect(templateSource: model.chatTemplate?.source) == .harmony
+        let toolSyntax: ToolCallSyntax? = harmony ? .harmony : parsesCalls ? toolPlan?.syntax : nil
+        options.decodesSpecialTokens = toolSyntax?.marksWithControlTokens ?? false
         if r.isChat, let budget = configuration.reasoningBudget {
             options.reasoningBudget = ReasoningBudget(tokens: budget, startsInside: startsThinking)
         }
@@ -401,9 +411,8 @@ public struct OpenAIServer: Sendable {
                 specs.append(SequenceSpec(prompt: p, seed: r.sampling.seed.map { $0 &+ UInt64(i) }))
             }
         }
-        let parsesCalls = !r.tools.isEmpty && r.toolChoice != .none
         return Job(specs: specs, options: options, promptTokens: prompts.reduce(0) { $0 + $1.count },
-                   toolSyntax: parsesCalls ? toolPlan?.syntax : nil, toolPrefill: toolPlan?.prefill ?? "",
+                   toolSyntax: toolSyntax, toolPrefill: toolPlan?.prefill ?? "",
                    startsThinking: startsThinking)
     }
 
@@ -425,14 +434,16 @@ public struct OpenAIServer: Sendable {
         var reasoningFormat = ReasoningFormat.none
         var startsThinking = false
 
+        /// The `<think>` splitter (harmony replies have their thinking read by the tool parser).
         func makeReasoningSplitter() -> ReasoningSplitter? {
-            chat && reasoningFormat == .deepseek ? ReasoningSplitter(startsInside: startsThinking) : nil
+            chat && reasoningFormat == .deepseek && toolSyntax != .harmony ? ReasoningSplitter(startsInside: startsThinking) : nil
         }
 
         /// A parser for one choice's reply, primed with the call syntax already in the prompt.
         func makeToolParser() -> ToolCallStreamParser? {
             guard let toolSyntax else { return nil }
-            var parser = ToolCallStreamParser(syntax: toolSyntax, allowsSeveralCalls: parallelToolCalls)
+            var parser = ToolCallStreamParser(syntax: toolSyntax, allowsSeveralCalls: parallelToolCalls,
+                                              splitsReasoning: reasoningFormat == .deepseek)
             _ = parser.feed(toolPrefill)
             return parser
         }
@@ -577,8 +588,8 @@ public struct OpenAIServer: Sendable {
                     if ctx.chat {
                         var reply = c.text
                         var message: JSONObject = ["role": "assistant", "content": .string(c.text), "refusal": .null]
+                        var reasoning = ""
                         if var splitter = ctx.makeReasoningSplitter() {
-                            var reasoning = ""
                             reply = ""
                             for piece in splitter.feed(c.text) + splitter.finish() {
                                 switch piece {
@@ -587,7 +598,6 @@ public struct OpenAIServer: Sendable {
                                 }
                             }
                             message["content"] = .string(reply)
-                            if !reasoning.isEmpty { message["reasoning_content"] = .string(reasoning) }
                         }
                         var finish = finish
                         if var parser = ctx.makeToolParser() {
@@ -597,14 +607,18 @@ public struct OpenAIServer: Sendable {
                                 switch event {
                                 case .content(let text): content += text
                                 case .call(_, let call): calls.append(Self.toolCallJSON(call))
+                                case .reasoning(let text): reasoning += text
+                                case .callStart, .callArguments: break
                                 }
                             }
+                            message["content"] = .string(content)
                             if !calls.isEmpty {
                                 message["content"] = content.isEmpty ? .null : .string(content)
                                 message["tool_calls"] = .array(calls)
                                 finish = "tool_calls"
                             }
                         }
+                        if !reasoning.isEmpty { message["reasoning_content"] = .string(reasoning) }
                         return .object([
                             "index": .number(JSONNumber(i)),
                             "message": .object(message),
@@ -658,6 +672,7 @@ public struct OpenAIServer: Sendable {
             /// Content and calls the tool parser decided; held logprobs ride on the first chunk.
             func sendToolEvents(_ events: [ToolParseEvent], choice i: Int) async throws {
                 for event in events {
+                    if case .call = event { continue }  // its pieces were sent already
                     let logprobs = ctx.logprobsJSON(choices[i].heldLogprobs, textOffset: 0)
                     choices[i].heldLogprobs = []
                     switch event {
@@ -667,21 +682,29 @@ public struct OpenAIServer: Sendable {
                             "index": .number(JSONNumber(i)), "delta": .object(["content": .string(text)]),
                             "logprobs": logprobs, "finish_reason": .null,
                         ])))
-                    case .call(let index, let call):
-                        // the id and name first, then the arguments (OpenAI streams them in pieces)
-                        let opening: JSONValue = [
-                            "index": .number(JSONNumber(index)), "id": .string(call.id), "type": "function",
-                            "function": ["name": .string(call.name), "arguments": ""],
-                        ]
-                        let arguments: JSONValue = [
-                            "index": .number(JSONNumber(index)), "function": ["arguments": .string(call.arguments)],
-                        ]
-                        for (n, delta) in [opening, arguments].enumerated() {
-                            try await send(chunk(.object([
-                                "index": .number(JSONNumber(i)), "delta": ["tool_calls": [delta]],
-                                "logprobs": n == 0 ? logprobs : .null, "finish_reason": .null,
-                            ])))
-                        }
+                    case .callStart(let index, let id, let name):
+                        // the id and name first, then the arguments as they are written
+                        try await send(chunk(.object([
+                            "index": .number(JSONNumber(i)),
+                            "delta": ["tool_calls": [[
+                                "index": .number(JSONNumber(index)), "id": .string(id), "type": "function",
+                                "function": ["name": .string(name), "arguments": ""],
+                            ]]],
+                            "logprobs": logprobs, "finish_reason": .null,
+                        ])))
+                    case .reasoning(let text):
+                        try await send(chunk(.object([
+                            "index": .number(JSONNumber(i)), "delta": .object(["reasoning_content": .string(text)]),
+                            "logprobs": logprobs, "finish_reason": .null,
+                        ])))
+                    case .callArguments(let index, let piece):
+                        try await send(chunk(.object([
+                            "index": .number(JSONNumber(i)),
+                            "delta": ["tool_calls": [["index": .number(JSONNumber(index)), "function": ["arguments": .string(piece)]]]],
+                            "logprobs": logprobs, "finish_reason": .null,
+                        ])))
+                    case .call:
+                        break
                     }
                 }
             }

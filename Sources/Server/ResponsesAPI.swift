@@ -232,45 +232,94 @@ enum ResponsesAPI {
         outcome.finish == .length && !outcome.hasCalls ? "incomplete" : "completed"
     }
 
-    /// Turns reply pieces into output items, and the streaming events that build them: text
-    /// goes into a message item until a function call (its own item) interrupts it.
+    /// Turns reply pieces into output items, and the streaming events that build them: thinking
+    /// goes into a reasoning item, text into a message item until a function call (its own
+    /// item, its arguments streamed as they come) interrupts it.
     struct OutputBuilder {
         typealias Event = (type: String, data: JSONObject)
         private(set) var items: [JSONValue] = []
         private var message: (id: String, text: String)?
+        private var reasoning: (id: String, text: String)?
+        private var call: (id: String, call: ParsedToolCall)?
 
         mutating func add(_ piece: ReplyPiece) -> [Event] {
             switch piece {
-            case .text(let text):
-                var events = message == nil ? openMessage() : []
-                message!.text += text
-                events.append(("response.output_text.delta", textFields(["delta": .string(text), "logprobs": .array([])])))
+            case .thinking(let text):
+                var events = reasoning == nil ? closeMessage(status: "completed") + openReasoning() : []
+                reasoning!.text += text
+                events.append(("response.reasoning_text.delta", partFields(reasoning!.id, ["delta": .string(text)])))
                 return events
-            case .call(let call):
-                var events = closeMessage(status: "completed")
-                let index = JSONValue.number(JSONNumber(items.count))
+            case .text(let text):
+                var events = message == nil ? closeReasoning() + openMessage() : []
+                message!.text += text
+                events.append(("response.output_text.delta",
+                               partFields(message!.id, ["delta": .string(text), "logprobs": .array([])])))
+                return events
+            case .callStart(let started):
+                let events = closeReasoning() + closeMessage(status: "completed")
                 let id = "fc_" + randomID()
-                func item(_ arguments: String, _ status: String) -> JSONValue {
-                    ["type": "function_call", "id": .string(id), "call_id": .string(call.id), "name": .string(call.name),
-                     "arguments": .string(arguments), "status": .string(status)]
-                }
-                events.append(("response.output_item.added", ["output_index": index, "item": item("", "in_progress")]))
-                events.append(("response.function_call_arguments.delta",
-                               ["item_id": .string(id), "output_index": index, "delta": .string(call.arguments)]))
-                events.append(("response.function_call_arguments.done",
-                               ["item_id": .string(id), "output_index": index, "name": .string(call.name),
-                                "arguments": .string(call.arguments)]))
-                let done = item(call.arguments, "completed")
-                events.append(("response.output_item.done", ["output_index": index, "item": done]))
+                call = (id, started)
+                return events + [("response.output_item.added",
+                                  ["output_index": outputIndex, "item": callItem("in_progress")])]
+            case .arguments(let piece):
+                guard call != nil else { return [] }
+                call!.call.arguments += piece
+                return [("response.function_call_arguments.delta",
+                         ["item_id": .string(call!.id), "output_index": outputIndex, "delta": .string(piece)])]
+            case .call(let complete):
+                guard let open = call else { return [] }
+                call!.call.arguments = complete.arguments
+                let done = callItem("completed")
+                let events: [Event] = [
+                    ("response.function_call_arguments.done",
+                     ["item_id": .string(open.id), "output_index": outputIndex, "name": .string(complete.name),
+                      "arguments": .string(complete.arguments)]),
+                    ("response.output_item.done", ["output_index": outputIndex, "item": done]),
+                ]
                 items.append(done)
+                call = nil
                 return events
             }
         }
 
+        private var outputIndex: JSONValue { .number(JSONNumber(items.count)) }
+
+        private func callItem(_ status: String) -> JSONValue {
+            ["type": "function_call", "id": .string(call!.id), "call_id": .string(call!.call.id),
+             "name": .string(call!.call.name), "arguments": .string(call!.call.arguments), "status": .string(status)]
+        }
+
+        private mutating func openReasoning() -> [Event] {
+            let id = "rs_" + randomID()
+            reasoning = (id, "")
+            return [("response.output_item.added", ["output_index": outputIndex, "item": Self.reasoningItem(id, nil, "in_progress")]),
+                    ("response.content_part.added", partFields(id, ["part": Self.reasoningPart("")]))]
+        }
+
+        private mutating func closeReasoning() -> [Event] {
+            guard case let (id, text)? = reasoning else { return [] }
+            let item = Self.reasoningItem(id, text, "completed")
+            let events: [Event] = [
+                ("response.reasoning_text.done", partFields(id, ["text": .string(text)])),
+                ("response.content_part.done", partFields(id, ["part": Self.reasoningPart(text)])),
+                ("response.output_item.done", ["output_index": outputIndex, "item": item]),
+            ]
+            items.append(item)
+            reasoning = nil
+            return events
+        }
+
+        static func reasoningPart(_ text: String) -> JSONValue { ["type": "reasoning_text", "text": .string(text)] }
+
+        static func reasoningItem(_ id: String, _ text: String?, _ status: String) -> JSONValue {
+            ["type": "reasoning", "id": .string(id), "summary": .array([]),
+             "content": .array(text.map { [reasoningPart($0)] } ?? []), "status": .string(status)]
+        }
+
         /// Closes the open message; a reply with no output at all gets an empty message.
         mutating func finish(status: String) -> [Event] {
-            var events: [Event] = []
-            if items.isEmpty && message == nil { events = openMessage() }
+            var events = closeReasoning()
+            if items.allSatisfy({ $0["type"] == "reasoning" }) && message == nil { events += openMessage() }
             return events + closeMessage(status: status)
         }
 
@@ -281,14 +330,14 @@ enum ResponsesAPI {
             let item: JSONValue = ["type": "message", "id": .string(id), "status": "in_progress", "role": "assistant",
                                    "content": .array([])]
             return [("response.output_item.added", ["output_index": index, "item": item]),
-                    ("response.content_part.added", textFields(["part": Self.textPart("")]))]
+                    ("response.content_part.added", partFields(id, ["part": Self.textPart("")]))]
         }
 
         private mutating func closeMessage(status: String) -> [Event] {
             guard let message else { return [] }
             let events: [Event] = [
-                ("response.output_text.done", textFields(["text": .string(message.text), "logprobs": .array([])])),
-                ("response.content_part.done", textFields(["part": Self.textPart(message.text)])),
+                ("response.output_text.done", partFields(message.id, ["text": .string(message.text), "logprobs": .array([])])),
+                ("response.content_part.done", partFields(message.id, ["part": Self.textPart(message.text)])),
             ]
             let item: JSONValue = ["type": "message", "id": .string(message.id), "status": .string(status), "role": "assistant",
                                    "content": [Self.textPart(message.text)]]
@@ -298,10 +347,9 @@ enum ResponsesAPI {
             return events + [done]
         }
 
-        /// Fields that locate the open message's text part.
-        private func textFields(_ extra: JSONObject) -> JSONObject {
-            var fields: JSONObject = ["item_id": .string(message!.id), "output_index": .number(JSONNumber(items.count)),
-                                      "content_index": 0]
+        /// Fields that locate the open item's (message or reasoning) content part.
+        private func partFields(_ id: String, _ extra: JSONObject) -> JSONObject {
+            var fields: JSONObject = ["item_id": .string(id), "output_index": outputIndex, "content_index": 0]
             for (k, v) in extra { fields[k] = v }
             return fields
         }

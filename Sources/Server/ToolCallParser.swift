@@ -12,10 +12,15 @@ public enum ToolCallSyntax: String, Sendable, Equatable {
     /// Templates without a known syntax: the server describes the tools in the system prompt
     /// and asks for `{"tool_calls": [{"name": ..., "arguments": {...}}]}`.
     case genericJSON
+    /// gpt-oss (OpenAI harmony): messages on channels, `<|channel|>analysis<|message|>…<|end|>`
+    /// thinking, `<|channel|>final<|message|>…` the answer, and
+    /// `<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{…}` a call.
+    case harmony
 
     /// The syntax a chat template teaches its model (nil template: generic).
     public static func detect(templateSource source: String?) -> ToolCallSyntax {
         guard let source else { return .genericJSON }
+        if source.contains("<|channel|>") { return .harmony }
         if source.contains("<tool_call>") { return .hermes }
         if source.contains("[TOOL_CALLS]") { return .mistral }
         if source.contains("<|python_tag|>") || source.contains("\"parameters\": dictionary") { return .llama3 }
@@ -28,7 +33,7 @@ public enum ToolCallSyntax: String, Sendable, Equatable {
         case .hermes: "<tool_call>"
         case .mistral: "[TOOL_CALLS]"
         case .llama3: "<|python_tag|>"
-        case .genericJSON: nil
+        case .genericJSON, .harmony: nil
         }
     }
 
@@ -41,9 +46,13 @@ public enum ToolCallSyntax: String, Sendable, Equatable {
         switch self {
         case .llama3, .genericJSON: "{"
         case .mistral: "["
-        case .hermes: nil
+        case .hermes, .harmony: nil
         }
     }
+
+    /// Its markers are control tokens (which plain decoding leaves out): replies are decoded
+    /// with them.
+    var marksWithControlTokens: Bool { self == .harmony || self == .mistral || self == .llama3 }
 
     /// The key holding a call's arguments in this syntax.
     var argumentsKey: String { self == .llama3 ? "parameters" : "arguments" }
@@ -61,7 +70,13 @@ public struct ParsedToolCall: Sendable, Equatable {
 public enum ToolParseEvent: Sendable, Equatable {
     /// Plain reply text (no call syntax in it).
     case content(String)
-    /// A complete call; `index` counts the calls of this reply from 0.
+    /// Thinking (harmony's analysis channel).
+    case reasoning(String)
+    /// A call begins (its name is known); `index` counts the calls of this reply from 0.
+    case callStart(index: Int, id: String, name: String)
+    /// The next piece of call `index`'s arguments, as the model wrote it.
+    case callArguments(index: Int, String)
+    /// Call `index` is complete: its arguments are its `callArguments` pieces joined.
     case call(index: Int, ParsedToolCall)
 }
 
@@ -69,28 +84,51 @@ public enum ToolParseEvent: Sendable, Equatable {
 ///
 /// Text that could still turn into call syntax (a prefix of the opening marker, a reply that
 /// starts like a bare JSON call) is held back until it is decided, so no marker ever reaches
-/// the content. A call is reported once it is complete; call text that does not parse as a
-/// call is given back as content.
+/// the content. A call is announced once its name is known, its arguments follow piece by
+/// piece as they are written, and it is reported whole when it closes. Call text that turns
+/// out not to be a call (before any call in it was announced) is given back as content.
 public struct ToolCallStreamParser: Sendable {
     public let syntax: ToolCallSyntax
     private enum Mode: Sendable { case start, text, inCall, bareJSON }
     private var mode = Mode.start
     private var pending = ""
+    /// The call text read so far (after the opening marker, if any).
+    private var body: [UInt8] = []
+    /// The open body's calls, by their place in the body.
+    private var open: [Int: OpenCall] = [:]
+    /// Places in the body of calls dropped (`parallel_tool_calls: false`).
+    private var dropped: Set<Int> = []
     private var callCount = 0
     /// `parallel_tool_calls: false`: calls after the first are dropped.
     private let allowsSeveralCalls: Bool
     private let makeID: @Sendable () -> String
 
-    public init(syntax: ToolCallSyntax, allowsSeveralCalls: Bool = true,
+    private struct OpenCall: Sendable {
+        var index: Int
+        var call: ParsedToolCall
+        /// Where in the body the arguments sent so far end (nil: none sent).
+        var sentUpTo: Int?
+        var complete = false
+    }
+
+    /// The harmony syntax has a parser of its own.
+    private var harmony: HarmonyStreamParser?
+
+    /// `splitsReasoning`: harmony's analysis channel is reasoning (else content, markers and all).
+    public init(syntax: ToolCallSyntax, allowsSeveralCalls: Bool = true, splitsReasoning: Bool = true,
                 makeID: @escaping @Sendable () -> String = newToolCallID) {
         self.syntax = syntax
         self.allowsSeveralCalls = allowsSeveralCalls
         self.makeID = makeID
+        if syntax == .harmony {
+            harmony = HarmonyStreamParser(splitsReasoning: splitsReasoning, allowsSeveralCalls: allowsSeveralCalls, makeID: makeID)
+        }
     }
 
-    public var hasCalls: Bool { callCount > 0 }
+    public var hasCalls: Bool { callCount > 0 || (harmony?.callCount ?? 0) > 0 }
 
     public mutating func feed(_ text: String) -> [ToolParseEvent] {
+        if harmony != nil { return harmony!.feed(text) }
         pending += text
         var events: [ToolParseEvent] = []
         while true {
@@ -103,6 +141,7 @@ public struct ToolCallStreamParser: Sendable {
                     guard start.count >= marker.count else { return events }
                     mode = .text
                 } else if first == syntax.bareCallOpener {
+                    pending = String(start)
                     mode = .bareJSON
                 } else {
                     mode = .text
@@ -124,13 +163,35 @@ public struct ToolCallStreamParser: Sendable {
                 emitContent(String(pending.dropLast(held)), into: &events)
                 pending = String(pending.suffix(held))
                 return events
-            case .inCall:
-                guard let closing = syntax.closingMarker, let range = pending.range(of: closing) else { return events }
-                let body = String(pending[..<range.lowerBound])
-                pending = String(pending[range.upperBound...])
-                mode = .text
-                emitCalls(body, raw: (syntax.openingMarker ?? "") + body + closing, into: &events)
-            case .bareJSON:
+            case .inCall, .bareJSON:
+                if mode == .inCall, let closing = syntax.closingMarker {
+                    if let range = pending.range(of: closing) {
+                        body += Array(pending[..<range.lowerBound].utf8)
+                        pending = String(pending[range.upperBound...])
+                        closeBody(ToolCallBody(body), closing: closing, into: &events)
+                        continue
+                    }
+                    let held = Self.longestSuffixThatIsPrefix(of: closing, in: pending)
+                    body += Array(pending.dropLast(held).utf8)
+                    pending = String(pending.suffix(held))
+                    advance(ToolCallBody(body), into: &events)
+                    return events
+                }
+                body += Array(pending.utf8)
+                pending = ""
+                let layout = ToolCallBody(body)
+                advance(layout, into: &events)
+                if let end = layout.end {
+                    // the calls are complete: what follows is text again
+                    pending = String(decoding: body[end...], as: UTF8.self)
+                    body.removeSubrange(end...)
+                    closeBody(layout, closing: "", into: &events)
+                    continue
+                }
+                if layout.malformed && open.isEmpty {
+                    closeBody(layout, closing: "", into: &events)
+                    continue
+                }
                 return events
             }
         }
@@ -138,16 +199,83 @@ public struct ToolCallStreamParser: Sendable {
 
     /// Decides whatever is still held back, at the end of the reply.
     public mutating func finish() -> [ToolParseEvent] {
+        if harmony != nil { return harmony!.finish() }
         var events: [ToolParseEvent] = []
-        let rest = pending
-        pending = ""
         switch mode {
-        case .start, .text: emitContent(rest, into: &events)
-        case .inCall: emitCalls(rest, raw: (syntax.openingMarker ?? "") + rest, into: &events)
-        case .bareJSON: emitCalls(rest, raw: rest, into: &events)
+        case .start, .text:
+            emitContent(pending, into: &events)
+        case .inCall, .bareJSON:
+            body += Array(pending.utf8)
+            closeBody(ToolCallBody(body), closing: "", into: &events)
         }
+        pending = ""
         mode = .text
         return events
+    }
+
+    /// Announces the calls whose names are known and sends the arguments written since.
+    private mutating func advance(_ layout: ToolCallBody, into events: inout [ToolParseEvent]) {
+        for (place, found) in layout.calls.enumerated() where !dropped.contains(place) {
+            if open[place] == nil {
+                guard let name = found.name, found.hasArguments || found.closed else { continue }
+                guard allowsSeveralCalls || callCount == 0 else {
+                    dropped.insert(place)
+                    continue
+                }
+                let call = ParsedToolCall(id: makeID(), name: name, arguments: "")
+                open[place] = OpenCall(index: callCount, call: call, sentUpTo: nil)
+                events.append(.callStart(index: callCount, id: call.id, name: name))
+                callCount += 1
+            }
+            guard var entry = open[place], !entry.complete else { continue }
+            var piece = ""
+            if let start = found.argumentsStart {
+                let from = entry.sentUpTo ?? start
+                if body[start] == UInt8(ascii: "\"") {
+                    // arguments given as a string of JSON: sent whole, decoded, once complete
+                    if let end = found.argumentsEnd, entry.sentUpTo == nil,
+                       case .string(let text)? = try? JSONValue(parsing: String(decoding: body[start..<end], as: UTF8.self)) {
+                        piece = text
+                        entry.sentUpTo = end
+                    }
+                } else {
+                    let end = found.argumentsEnd ?? body.count
+                    if from < end {
+                        piece = String(decoding: body[from..<end], as: UTF8.self)
+                        entry.sentUpTo = end
+                    }
+                }
+            } else if found.closed {
+                piece = "{}"  // a call without arguments
+            }
+            if !piece.isEmpty {
+                entry.call.arguments += piece
+                events.append(.callArguments(index: entry.index, piece))
+            }
+            if found.closed {
+                entry.complete = true
+                events.append(.call(index: entry.index, entry.call))
+            }
+            open[place] = entry
+        }
+    }
+
+    /// The body ended (closing marker, end of its JSON, or of the reply): its calls are
+    /// complete, cut short ones with what was written; a body with no call is content.
+    private mutating func closeBody(_ layout: ToolCallBody, closing: String, into events: inout [ToolParseEvent]) {
+        advance(layout, into: &events)
+        if open.isEmpty {
+            let raw = (syntax.openingMarker.map { mode == .inCall ? $0 : "" } ?? "")
+                + String(decoding: body, as: UTF8.self) + closing
+            emitContent(raw, into: &events)
+        }
+        for place in open.keys.sorted() where !open[place]!.complete {
+            events.append(.call(index: open[place]!.index, open[place]!.call))
+        }
+        body = []
+        open = [:]
+        dropped = []
+        mode = .text
     }
 
     private mutating func emitContent(_ text: String, into events: inout [ToolParseEvent]) {
@@ -157,17 +285,6 @@ public struct ToolCallStreamParser: Sendable {
         events.append(.content(text))
     }
 
-    private mutating func emitCalls(_ body: String, raw: String, into events: inout [ToolParseEvent]) {
-        guard let calls = Self.parseCalls(body) else {
-            emitContent(raw, into: &events)
-            return
-        }
-        for (name, arguments) in calls where allowsSeveralCalls || callCount == 0 {
-            events.append(.call(index: callCount, ParsedToolCall(id: makeID(), name: name, arguments: arguments)))
-            callCount += 1
-        }
-    }
-
     static func longestSuffixThatIsPrefix(of marker: String, in text: String) -> Int {
         let limit = min(marker.count - 1, text.count)
         guard limit > 0 else { return 0 }
@@ -175,33 +292,6 @@ public struct ToolCallStreamParser: Sendable {
             return length
         }
         return 0
-    }
-
-    /// The calls in a JSON text: `{"name", "arguments"|"parameters"}`, a list of those, or
-    /// `{"tool_calls": [...]}`; nil when the text is anything else.
-    static func parseCalls(_ text: String) -> [(name: String, arguments: String)]? {
-        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
-        guard let value = try? JSONValue(parsing: trimmed) else { return nil }
-        let items: [JSONValue]
-        switch value {
-        case .array(let list): items = list
-        case .object(let o):
-            if case .array(let list)? = o["tool_calls"], o.count == 1 { items = list } else { items = [value] }
-        default: return nil
-        }
-        guard !items.isEmpty else { return nil }
-        var calls: [(String, String)] = []
-        for item in items {
-            let call = item["function"].flatMap { $0.objectValue != nil ? $0 : nil } ?? item
-            guard case .string(let name)? = call["name"], !name.isEmpty else { return nil }
-            switch call["arguments"] ?? call["parameters"] {
-            case nil, .null?: calls.append((name, "{}"))
-            case .string(let s)?: calls.append((name, s))
-            case .object(let o)?: calls.append((name, JSONValue.object(o).compactText))
-            default: return nil
-            }
-        }
-        return calls
     }
 }
 

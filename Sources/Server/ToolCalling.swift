@@ -146,8 +146,12 @@ struct ToolCallPlan {
     /// Text appended after the generation prompt: the opening marker when a call is forced.
     let prefill: String
     let grammar: JSONGrammar?
-    /// With `tool_choice` auto: the text after which `grammar` constrains the call.
-    let grammarTrigger: String?
+    /// With `tool_choice` auto: what starts a call, from where `grammar` constrains it (none:
+    /// the grammar applies from the start, or auto calls are only parsed).
+    let grammarTriggers: [GrammarTrigger]
+    /// With `tool_choice` auto: a marker that starts a call, a trigger as the token it is when
+    /// the vocabulary has it as one (a control token, which the text may not show).
+    let triggerMarker: String?
     let messages: [ChatMessage]
     /// The `tools` template variable (nil when the server described them in the system prompt).
     let templateTools: [JSONValue]?
@@ -166,20 +170,46 @@ struct ToolCallPlan {
         }
         guard choice.forcesCall else {
             prefill = ""
-            // Hermes calls open with a marker the text shows: from there the call is constrained.
-            // A schema the grammar cannot express leaves auto parse-only rather than failing.
-            if choice == .auto, syntax == .hermes, !tools.isEmpty,
+            // Once a call starts, the grammar constrains it to the end of the call. A schema
+            // the grammar cannot express leaves auto parse-only rather than failing.
+            var triggers: [GrammarTrigger] = []
+            var marker: String?
+            switch syntax {
+            case .hermes: triggers = [.text("<tool_call>")]
+            case .llama3: triggers = [.outputStart(#"{"name""#)]; marker = "<|python_tag|>"
+            case .mistral: marker = "[TOOL_CALLS]"
+            case .genericJSON: triggers = [.outputStart(#"{"tool_calls""#)]
+            case .harmony: break  // the function's name is in the header, outside the JSON
+            }
+            if choice == .auto, !tools.isEmpty, !triggers.isEmpty || marker != nil,
                let lazy = try? JSONGrammar(schema: Self.outputSchema(syntax: syntax, tools: tools, parallel: parallel)) {
                 grammar = lazy
-                grammarTrigger = "<tool_call>"
+                grammarTriggers = triggers
+                triggerMarker = marker
             } else {
                 grammar = nil
-                grammarTrigger = nil
+                grammarTriggers = []
+                triggerMarker = nil
             }
             return
         }
-        grammarTrigger = nil
+        grammarTriggers = []
+        triggerMarker = nil
         let callable = choice == .required ? tools : tools.filter { .function($0.name) == choice }
+        if syntax == .harmony {
+            // the header names the function; the grammar constrains its arguments. With several
+            // functions the model names one and the arguments are only parsed.
+            guard callable.count == 1 else {
+                prefill = "<|channel|>commentary to=functions."
+                grammar = nil
+                return
+            }
+            prefill = "<|channel|>commentary to=functions.\(callable[0].name) <|constrain|>json<|message|>"
+            do { grammar = try JSONGrammar(schema: callable[0].templateValue["function"]!["parameters"]!) } catch {
+                throw APIError.invalid("tools", "cannot constrain the arguments to the function's 'parameters': \(error)")
+            }
+            return
+        }
         // a named function is called once, as with OpenAI
         let schema = Self.outputSchema(syntax: syntax, tools: callable, parallel: parallel && choice == .required)
         do { grammar = try JSONGrammar(schema: schema) } catch {
@@ -188,7 +218,7 @@ struct ToolCallPlan {
         switch syntax {
         case .hermes: prefill = "<tool_call>\n"
         case .mistral: prefill = "[TOOL_CALLS]"
-        case .llama3, .genericJSON: prefill = ""
+        case .llama3, .genericJSON, .harmony: prefill = ""
         }
     }
 
@@ -245,21 +275,6 @@ struct ToolCallPlan {
         return out
     }
 
-    /// An object whose keys are the parameters of any of `tools` (the first definition of a
-    /// name wins); any object when a function leaves its parameters open.
-    static func mergedParameters(_ tools: [ToolDefinition]) -> JSONValue {
-        var properties = JSONObject()
-        for tool in tools {
-            guard let schema = tool.parameters else { continue }
-            guard case .object(let own)? = schema["properties"], schema["additionalProperties"] == .bool(false)
-                    || schema["additionalProperties"] == nil, schema["$defs"] == nil, schema["definitions"] == nil else {
-                return ["type": "object"]
-            }
-            for (name, value) in own where properties[name] == nil { properties[name] = value }
-        }
-        return ["type": "object", "properties": .object(properties), "additionalProperties": false]
-    }
-
     static func genericToolPrompt(_ tools: [ToolDefinition]) -> String {
         let list = tools.map { $0.templateValue["function"]!.compactText }.joined(separator: "\n")
         return """
@@ -271,28 +286,24 @@ struct ToolCallPlan {
             """
     }
 
-    /// The JSON (after `prefill`) the constrained reply must be: calls of `tools`, with the
-    /// arguments matching the function's schema when the name is settled (one function).
-    /// With several functions the grammar's unions cannot tie the arguments to the chosen name
-    /// (alternatives are picked by their first byte), so the arguments may use any of the
-    /// functions' parameters, none of them required.
+    /// The JSON (after `prefill`) the constrained reply must be: calls of `tools`. Each call is
+    /// `{"name": ..., <arguments key>: ...}`, the arguments following the parameters of the
+    /// function the name chose (the calls are a tagged union on `name`, which comes first).
     static func outputSchema(syntax: ToolCallSyntax, tools: [ToolDefinition], parallel: Bool) -> JSONValue {
-        let argumentsSchema = tools.count == 1
-            ? tools[0].templateValue["function"]!["parameters"]!
-            : mergedParameters(tools)
-        let names: JSONValue = tools.count == 1
-            ? ["const": .string(tools[0].name)]
-            : ["enum": .array(tools.map { .string($0.name) })]
-        let call: JSONValue = [
-            "type": "object",
-            "properties": .object(["name": names, syntax.argumentsKey: argumentsSchema]),
-            "required": ["name", .string(syntax.argumentsKey)],
-            "additionalProperties": false,
-        ]
+        let calls: [JSONValue] = tools.map { tool in
+            [
+                "type": "object",
+                "properties": .object(["name": ["const": .string(tool.name)],
+                                       syntax.argumentsKey: tool.templateValue["function"]!["parameters"]!]),
+                "required": ["name", .string(syntax.argumentsKey)],
+                "additionalProperties": false,
+            ]
+        }
+        let call: JSONValue = calls.count == 1 ? calls[0] : ["anyOf": .array(calls)]
         var list: JSONObject = ["type": "array", "items": call, "minItems": 1]
         if !parallel { list["maxItems"] = 1 }
         switch syntax {
-        case .hermes, .llama3: return call
+        case .hermes, .llama3, .harmony: return call
         case .mistral: return .object(list)
         case .genericJSON:
             return ["type": "object", "properties": ["tool_calls": .object(list)], "required": ["tool_calls"],

@@ -172,6 +172,22 @@ let personSchema = #"""
 }
 """#
 
+/// Function calls told apart by their name, each with its own arguments.
+let callsSchema = #"""
+{
+  "type": "array", "minItems": 1, "maxItems": 3,
+  "items": {"anyOf": [
+    {"type": "object", "required": ["name", "arguments"], "additionalProperties": false, "properties": {
+      "name": {"const": "a"},
+      "arguments": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 5}}, "required": ["city"]}}},
+    {"type": "object", "required": ["name", "arguments"], "properties": {
+      "name": {"const": "b"},
+      "arguments": {"type": "object", "properties": {"zip": {"type": "integer"}, "children": {"type": "boolean"}},
+                    "required": ["zip"]}}}
+  ]}
+}
+"""#
+
 let treeSchema = #"""
 {
   "$defs": {
@@ -313,6 +329,21 @@ let treeSchema = #"""
         #expect(!isValid(g, "1"))
     }
 
+    @Test func taggedUnionConstrainsByTheChosenAlternative() throws {
+        let g = try JSONGrammar(schemaText: callsSchema)
+        #expect(isValid(g, #"[{"name":"a","arguments":{"city":"Oslo"}}]"#))
+        #expect(isValid(g, #"[{"name": "b", "arguments": {"zip": 12}}, {"name":"a","arguments":{"city":""}}]"#))
+        #expect(!isValid(g, #"[{"name":"a","arguments":{"zip":12}}]"#), "b's parameters under a's name")
+        #expect(!isValid(g, #"[{"name":"b","arguments":{"city":"Oslo"}}]"#), "a's parameters under b's name")
+        #expect(!isValid(g, #"[{"name":"a","arguments":{"city":"Bergen"}}]"#), "a's maxLength")
+        #expect(!isValid(g, #"[{"arguments":{"zip":1},"name":"b"}]"#), "the tag comes first")
+        #expect(!isValid(g, #"[{"name":"c","arguments":{}}]"#))
+        #expect(!isValid(g, #"[{"name":"a","name":"a","arguments":{"city":"x"}}]"#))
+        // without a shared const property the alternatives are picked by their first byte
+        let plain = try JSONGrammar(schemaText: #"{"anyOf":[{"type":"object","properties":{"x":{"type":"integer"}}},{"type":"string"}]}"#)
+        #expect(isValid(plain, #"{"x":1}"#) && isValid(plain, #""s""#) && !isValid(plain, #"{"y":1}"#))
+    }
+
     @Test func additionalPropertiesChoices() throws {
         // properties without additionalProperties: closed. With true or a schema: open.
         let closed = try JSONGrammar(schemaText: #"{"properties":{"a":{"type":"integer"}}}"#)
@@ -379,6 +410,7 @@ let treeSchema = #"""
             (.anyJSON, "12"),
             (schemaGrammar, #"{"name":"hello world!","email":"hello world","#),
             (schemaGrammar, #"{"name":"Bo","age":42,"tags":["a","c"],"kind":"person","address":{"city":"X"}}"#),
+            (try JSONGrammar(schemaText: callsSchema), #"[{"name":"b","arguments":{"zip":1}},{"name": "a", "arguments": {"city":"x"}}]"#),
         ]
         for (grammar, doc) in cases {
             let c = GrammarConstraint(grammar: grammar, vocabulary: vocab)
@@ -430,7 +462,7 @@ let treeSchema = #"""
         }
     }
 
-    @Test(arguments: [personSchema, treeSchema])
+    @Test(arguments: [personSchema, treeSchema, callsSchema])
     func greedyRandomDecodingMatchesTheSchema(schemaText: String) throws {
         let schema = try JSONValue(parsing: schemaText)
         let g = try JSONGrammar(schema: schema)

@@ -7,9 +7,9 @@ import Tokenization
 @Suite struct GrammarTriggerTests {
     let tokenizer = FakeTokenizer(extraPieces: ["<tool_call>", "<tool"])
 
-    func output() -> SequenceOutput {
+    func output(_ triggers: [GrammarTrigger] = [.text("<tool_call>")]) -> SequenceOutput {
         let constraint = GrammarConstraint(grammar: .jsonObject, vocabulary: TokenVocabulary(tokenizer: tokenizer))
-        return SequenceOutput(tokenizer: tokenizer, stop: [], constraint: constraint, trigger: "<tool_call>")
+        return SequenceOutput(tokenizer: tokenizer, stop: [], constraint: constraint, triggers: triggers)
     }
 
     func feed(_ out: inout SequenceOutput, _ text: String, byteByByte: Bool = false) -> SequenceOutput.Verdict {
@@ -47,5 +47,34 @@ import Tokenization
         #expect(feed(&out, "_call>", byteByByte: true) == .more)
         #expect(out.activeConstraint != nil)
         #expect(!allows(out, "_"))
+    }
+
+    /// Token 1 is a control token without bytes, as Mistral's `[TOOL_CALLS]` is to plain decoding.
+    @Test func aControlTokenTriggersByItsID() {
+        var out = output([.token(1)])
+        #expect(feed(&out, "[1] then") == .more)
+        #expect(out.activeConstraint == nil)
+        _ = out.accept(1)
+        #expect(out.activeConstraint != nil)
+        #expect(!allows(out, "x") && allows(out, "{"))
+        #expect(feed(&out, "{}") == .more && out.activeConstraint == nil, "off again after the document")
+        _ = out.accept(1)
+        #expect(out.activeConstraint != nil, "and on again at the next trigger token")
+    }
+
+    /// A bare JSON call (Llama 3): the output's first bytes are the document's own.
+    @Test func anOutputStartTriggerConstrainsFromItsOwnBytes() throws {
+        var out = output([.outputStart(#"{""#)])
+        #expect(feed(&out, "  ", byteByByte: true) == .more && out.activeConstraint == nil)
+        #expect(feed(&out, "{", byteByByte: true) == .more && out.activeConstraint == nil, "maybe the start")
+        #expect(feed(&out, "\"", byteByByte: true) == .more)
+        let c = try #require(out.activeConstraint)
+        #expect(c.text == #"{""#, "the trigger's bytes are the document's first")
+        #expect(!allows(out, "\n"), "inside the first key now")
+        #expect(feed(&out, #"a": 1}"#) == .more && out.activeConstraint == nil)
+
+        var prose = output([.outputStart("{")])
+        #expect(feed(&prose, "Sure: {") == .more)
+        #expect(prose.activeConstraint == nil, "only at the start of the output")
     }
 }

@@ -23,6 +23,8 @@ struct SyntheticGGUF {
     var extraTensors: [(name: String, type: TensorType, shape: [Int])] = []
     /// Metadata beyond the architecture's usual keys.
     var extraMetadata: [String: MetadataValue] = [:]
+    /// Control tokens taking the places of the last single-character tokens.
+    var controlTokens: [String] = []
 
     static let directory: URL = {
         let dir = TestSupport.scratchRoot.appendingPathComponent("synthetic-gguf")
@@ -61,11 +63,13 @@ struct SyntheticGGUF {
             w.set("\(a).expert_used_count", .uint32(UInt32(expertsUsed)))
         }
         for (key, value) in extraMetadata.sorted(by: { $0.key < $1.key }) { w.set(key, value) }
-        let tokens = ["<unk>", "<s>", "</s>"] + (0..<vocabulary - 4).map { String(UnicodeScalar(UInt8(33 + $0))) } + ["ab"]
+        let characters = (0..<vocabulary - 4 - controlTokens.count).map { String(UnicodeScalar(UInt8(33 + $0))) }
+        let tokens = ["<unk>", "<s>", "</s>"] + characters + controlTokens + ["ab"]
+        let control = Set([0, 1, 2] + (0..<controlTokens.count).map { 3 + characters.count + $0 })
         w.set("tokenizer.ggml.model", .string("gpt2"))
         w.set("tokenizer.ggml.pre", .string("default"))
         w.set("tokenizer.ggml.tokens", .array(.string, tokens.map { .string($0) }))
-        w.set("tokenizer.ggml.token_type", .array(.int32, tokens.indices.map { .int32($0 < 3 ? 3 : 1) }))
+        w.set("tokenizer.ggml.token_type", .array(.int32, tokens.indices.map { .int32(control.contains($0) ? 3 : 1) }))
         w.set("tokenizer.ggml.merges", .array(.string, [.string("a b")]))
         w.set("tokenizer.ggml.bos_token_id", .uint32(1))
         w.set("tokenizer.ggml.eos_token_id", .uint32(2))

@@ -198,30 +198,42 @@ import Tokenization
         #expect(responsesParam(#"{"model":"m","input":"hi","text":{"format":{"type":"yaml"}}}"#) == "text.format.type")
     }
 
-    /// Text, a call and more text make three items; each item's events are complete and in order.
+    /// Thinking, text, a call and more text make four items; each item's events are complete
+    /// and in order, the call's arguments streamed in pieces.
     @Test func responsesOutputItemsAndEvents() {
         var builder = ResponsesAPI.OutputBuilder()
         let call = ParsedToolCall(id: "call_x", name: "f", arguments: #"{"a":1}"#)
-        var events = builder.add(.text("Hel")) + builder.add(.text("lo"))
-        events += builder.add(.call(call)) + builder.add(.text("Bye"))
+        var events = builder.add(.thinking("Hm")) + builder.add(.thinking("m."))
+        events += builder.add(.text("Hel")) + builder.add(.text("lo"))
+        events += builder.add(.callStart(ParsedToolCall(id: "call_x", name: "f", arguments: "")))
+        events += builder.add(.arguments(#"{"a""#)) + builder.add(.arguments(":1}")) + builder.add(.call(call))
+        events += builder.add(.text("Bye"))
         events += builder.finish(status: "completed")
         #expect(events.map(\.type) == [
+            "response.output_item.added", "response.content_part.added", "response.reasoning_text.delta",
+            "response.reasoning_text.delta", "response.reasoning_text.done", "response.content_part.done",
+            "response.output_item.done",
             "response.output_item.added", "response.content_part.added", "response.output_text.delta",
             "response.output_text.delta", "response.output_text.done", "response.content_part.done",
             "response.output_item.done",
-            "response.output_item.added", "response.function_call_arguments.delta",
+            "response.output_item.added", "response.function_call_arguments.delta", "response.function_call_arguments.delta",
             "response.function_call_arguments.done", "response.output_item.done",
             "response.output_item.added", "response.content_part.added", "response.output_text.delta",
             "response.output_text.done", "response.content_part.done", "response.output_item.done",
         ])
-        #expect(events.map { $0.data["output_index"] } == [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2])
-        #expect(builder.items.map { $0["type"] } == ["message", "function_call", "message"])
-        #expect(builder.items[0]["content"]?.arrayValue?[0]["text"] == "Hello")
-        #expect(builder.items[1]["call_id"] == "call_x" && builder.items[1]["arguments"] == #"{"a":1}"#)
+        #expect(events.map { $0.data["output_index"] } == [0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3])
+        #expect(builder.items.map { $0["type"] } == ["reasoning", "message", "function_call", "message"])
+        #expect(builder.items[0]["content"] == [["type": "reasoning_text", "text": "Hmm."]])
+        #expect(builder.items[1]["content"]?.arrayValue?[0]["text"] == "Hello")
+        #expect(builder.items[2]["call_id"] == "call_x" && builder.items[2]["arguments"] == #"{"a":1}"#)
 
         var empty = ResponsesAPI.OutputBuilder()
         #expect(empty.finish(status: "incomplete").count == 5, "an empty reply is one empty message")
         #expect(empty.items.count == 1 && empty.items[0]["status"] == "incomplete")
+        var thinkingOnly = ResponsesAPI.OutputBuilder()
+        _ = thinkingOnly.add(.thinking("hm"))
+        _ = thinkingOnly.finish(status: "incomplete")
+        #expect(thinkingOnly.items.map { $0["type"] } == ["reasoning", "message"], "the answer's message is there, empty")
     }
 
     @Test func anthropicStopReasons() {

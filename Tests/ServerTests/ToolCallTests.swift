@@ -20,15 +20,25 @@ import Testing
         events += parser.finish()
         var content = ""
         var calls: [ParsedToolCall] = []
+        // each call: announced with its name, then its arguments in pieces that join to the whole
+        var streamed: [Int: ParsedToolCall] = [:]
         for event in events {
             switch event {
             case .content(let text): content += text
-            case .call(let index, let call):
-                #expect(index == counter)
+            case .reasoning: Issue.record("reasoning from a \(syntax) parser")
+            case .callStart(let index, let id, let name):
+                #expect(index == counter && streamed[index] == nil)
                 counter += 1
+                streamed[index] = ParsedToolCall(id: id, name: name, arguments: "")
+            case .callArguments(let index, let piece):
+                #expect(streamed[index] != nil, "arguments after the call's start")
+                streamed[index]?.arguments += piece
+            case .call(let index, let call):
+                #expect(streamed[index] == call, "the whole call is its streamed pieces")
                 calls.append(call)
             }
         }
+        #expect(calls.count == counter, "every announced call completes")
         return (content, calls, events)
     }
 
@@ -49,8 +59,8 @@ import Testing
         let r = run(.hermes, [reply])
         #expect(r.content == "Let me check.")
         #expect(r.calls.map(\.name) == ["get_weather", "get_time"])
-        #expect(r.calls[0].arguments == #"{"city":"Paris"}"#)
-        #expect(r.calls[1].arguments == #"{"zone":"CET"}"#)
+        #expect(r.calls[0].arguments == #"{"city": "Paris"}"#, "as the model wrote them")
+        #expect(r.calls[1].arguments == #"{"zone": "CET"}"#)
         expectSplitInvariant(.hermes, reply)
     }
 
@@ -85,7 +95,7 @@ import Testing
         let r = run(.llama3, [bare])
         #expect(r.content == "")
         #expect(r.calls.map(\.name) == ["get_weather"])
-        #expect(r.calls[0].arguments == #"{"city":"Oslo"}"#)
+        #expect(r.calls[0].arguments == #"{"city": "Oslo"}"#)
         expectSplitInvariant(.llama3, bare)
 
         let tagged = run(.llama3, [#"<|python_tag|>{"name": "f", "parameters": {"x": 1}}"#])
@@ -103,7 +113,8 @@ import Testing
     @Test func withoutParallelCallsOnlyTheFirstCounts() {
         var parser = ToolCallStreamParser(syntax: .mistral, allowsSeveralCalls: false, makeID: { "call_x" })
         let events = parser.feed(#"[TOOL_CALLS][{"name": "a", "arguments": {}}, {"name": "b", "arguments": {}}]"#) + parser.finish()
-        #expect(events == [.call(index: 0, ParsedToolCall(id: "call_x", name: "a", arguments: "{}"))])
+        #expect(events == [.callStart(index: 0, id: "call_x", name: "a"), .callArguments(index: 0, "{}"),
+                           .call(index: 0, ParsedToolCall(id: "call_x", name: "a", arguments: "{}"))])
     }
 
     @Test func mistralCallList() {
@@ -111,7 +122,7 @@ import Testing
         let r = run(.mistral, [reply])
         #expect(r.content == "")
         #expect(r.calls.map(\.name) == ["a", "b"])
-        #expect(r.calls[0].arguments == #"{"n":1}"#)
+        #expect(r.calls[0].arguments == #"{"n": 1}"#)
         expectSplitInvariant(.mistral, reply)
     }
 
@@ -120,10 +131,27 @@ import Testing
         let r = run(.genericJSON, [reply])
         #expect(r.content == "")
         #expect(r.calls.map(\.name) == ["search", "open"])
-        #expect(r.calls[0].arguments == #"{"q":"swift"}"#)
+        #expect(r.calls[0].arguments == #"{"q": "swift"}"#)
         #expect(r.calls[1].arguments == #"{"id":3}"#, "string arguments pass through as given")
         expectSplitInvariant(.genericJSON, reply)
         #expect(run(.genericJSON, ["Hello there"]).content == "Hello there")
+    }
+
+    @Test func argumentsStreamAsTheyAreWritten() {
+        var parser = ToolCallStreamParser(syntax: .hermes, makeID: { "call_x" })
+        #expect(parser.feed("<tool_call>\n{\"name\": \"get_we").isEmpty, "the name is not complete yet")
+        #expect(parser.feed("ather\", \"arguments\": ") == [.callStart(index: 0, id: "call_x", name: "get_weather")])
+        #expect(parser.feed("{\"city\": \"Pa") == [.callArguments(index: 0, #"{"city": "Pa"#)])
+        #expect(parser.feed("ris\"}") == [.callArguments(index: 0, #"ris"}"#)])
+        #expect(parser.feed("}\n</tool_") == [.call(index: 0, ParsedToolCall(id: "call_x", name: "get_weather",
+                                                                              arguments: #"{"city": "Paris"}"#))])
+        #expect(parser.feed("call>").isEmpty && parser.finish().isEmpty)
+        // a call cut short (max_tokens) ends with what was written
+        let cut = run(.mistral, [#"[{"name": "a", "arguments": {"n": 12"#])
+        #expect(cut.calls.map(\.arguments) == [#"{"n": 12"#] && cut.content == "")
+        // the arguments key may come first
+        let late = run(.hermes, [#"<tool_call>{"arguments": {"x": [1, "]"]}, "name": "f"}</tool_call>"#])
+        #expect(late.calls.map(\.arguments) == [#"{"x": [1, "]"]}"#])
     }
 
     @Test func syntaxDetectionFromTemplates() {
@@ -225,7 +253,7 @@ import Testing
         let plan = try ToolCallPlan(tools: r.tools, choice: r.toolChoice, parallel: true, messages: messages,
                                     templateSource: Self.hermesTemplate)
         #expect(plan.syntax == .hermes)
-        #expect(plan.prefill == "" && plan.grammarTrigger == "<tool_call>", "auto: constrained from the marker on")
+        #expect(plan.prefill == "" && plan.grammarTriggers == [.text("<tool_call>")], "auto: constrained from the marker on")
         let template = try ChatTemplate(source: Self.hermesTemplate)
         let prompt = try template.render(messages: plan.messages, addGenerationPrompt: true, tools: plan.templateTools)
         #expect(prompt.contains(#"{"type": "function", "function": {"name": "get_weather""#))
@@ -238,6 +266,29 @@ import Testing
                                       templateSource: Self.hermesTemplate)
         #expect(forced.prefill == "<tool_call>\n")
         #expect(forced.grammar != nil)
+    }
+
+    /// Under auto every syntax but harmony's is constrained once a call starts: Llama 3's bare
+    /// JSON from its first byte, Mistral's list after its control token.
+    @Test func autoCallsAreConstrainedFromTheirStart() throws {
+        let r = try request()
+        guard case .chat(let messages) = r.input else { Issue.record("not a chat"); return }
+        func plan(_ source: String, _ choice: ToolChoice = .auto) throws -> ToolCallPlan {
+            try ToolCallPlan(tools: r.tools, choice: choice, parallel: true, messages: messages, templateSource: source)
+        }
+        let llama = try plan("{{ '<|python_tag|>' }}")
+        #expect(llama.grammarTriggers == [.outputStart(#"{"name""#)] && llama.triggerMarker == "<|python_tag|>" && llama.grammar != nil)
+        let mistral = try plan("{{ '[TOOL_CALLS]' }}")
+        #expect(mistral.grammarTriggers.isEmpty && mistral.triggerMarker == "[TOOL_CALLS]" && mistral.grammar != nil)
+        let generic = try plan("{{ messages }}")
+        #expect(generic.grammarTriggers == [.outputStart(#"{"tool_calls""#)])
+        let harmony = try plan("{{ '<|channel|>' }}")
+        #expect(harmony.grammar == nil && harmony.grammarTriggers.isEmpty, "harmony's auto calls are parsed only")
+        let named = try plan("{{ '<|channel|>' }}", .function("get_weather"))
+        #expect(named.prefill == "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>")
+        var recognizer = JSONRecognizer(grammar: try #require(named.grammar))
+        #expect(#"{"city": "Oslo", "unit": "C"}"#.utf8.allSatisfy { recognizer.step($0) } && recognizer.canFinish,
+                "a forced harmony call's grammar is the function's parameters")
     }
 
     @Test func roundTripThroughATemplateWithoutTools() throws {
@@ -274,8 +325,11 @@ import Testing
         #expect(try accepts(.genericJSON, #"{"tool_calls": [{"name": "get_weather", "arguments": {"city": "A", "unit": "C"}}]}"#))
         #expect(try accepts(.genericJSON, #"{"tool_calls": [{"name": "get_time", "arguments": {}}]}"#, choice: .required))
         #expect(try !accepts(.genericJSON, #"{"tool_calls": [{"name": "other", "arguments": {}}]}"#, choice: .required))
-        #expect(try accepts(.genericJSON, #"{"tool_calls": [{"name": "get_time", "arguments": {"city": "A"}}]}"#, choice: .required),
-                "several functions: any of their parameters")
+        // several functions: the name chosen first decides which parameters the arguments take
+        #expect(try !accepts(.genericJSON, #"{"tool_calls": [{"name": "get_time", "arguments": {"city": "A"}}]}"#, choice: .required))
+        #expect(try accepts(.hermes, #"{"name": "get_weather", "arguments": {"city": "A", "unit": "C"}}"#, choice: .required))
+        #expect(try !accepts(.hermes, #"{"name": "get_weather", "arguments": {}}"#, choice: .required))
+        #expect(try !accepts(.hermes, #"{"arguments": {}, "name": "get_time"}"#, choice: .required), "the name comes first")
         #expect(try !accepts(.genericJSON, #"{"tool_calls": [{"name": "get_time", "arguments": {"type": "object"}}]}"#, choice: .required))
     }
 }
@@ -294,8 +348,8 @@ import Testing
         """#
     static let tools = "[" + weatherTool + "," + timeTool + "]"
 
-    func withServer(_ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
-        let model = try LoadedModel(path: TestSupport.smolLM2Path)
+    func withServer(chatTemplate: ChatTemplate? = nil, _ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+        let model = try LoadedModel(path: TestSupport.smolLM2Path, chatTemplate: chatTemplate)
         let state = ServerState()
         let generator = try Generator(model: model, configuration: .init(contextLength: 2048, parallel: 2))
         state.engine = generator
@@ -405,6 +459,42 @@ import Testing
                 #expect(choice["message"]?["tool_calls"] == nil, "tool_choice none: no calls parsed")
                 #expect(choice["message"]?["content"]?.stringValue != nil)
                 #expect(["stop", "length"].contains(choice["finish_reason"]?.stringValue ?? ""))
+            }
+        }
+    }
+
+    /// gpt-oss's own template (from the template corpus) on SmolLM2: a forced call is the
+    /// header in the prompt and the arguments the grammar makes the model write; it comes back
+    /// as a call, streamed as start and argument pieces, with no content.
+    @Test func harmonyCallsThroughTheGptOssTemplate() async throws {
+        let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+            .appendingPathComponent("../TokenizationTests/Fixtures/templates/corpus.json")
+        let entries = try #require(try JSONValue(parsing: String(contentsOf: corpus, encoding: .utf8))["templates"]?.arrayValue)
+        let source = try #require(entries.first { $0["name"] == "openai-gpt-oss-120b.jinja" }?["source"]?.stringValue)
+        try await withServer(chatTemplate: try ChatTemplate(source: source)) { client in
+            let named = #","tool_choice":{"type":"function","function":{"name":"get_weather"}}"#
+            var whole = ""
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
+                                     body: Self.body(named)) { r in
+                #expect(r.status == .ok)
+                let choice = try #require(try JSONValue(parsing: String(buffer: r.body))["choices"]?.arrayValue?.first)
+                #expect(choice["finish_reason"] == "tool_calls" && choice["message"]?["content"] == .null)
+                let calls = try #require(choice["message"]?["tool_calls"]?.arrayValue)
+                #expect(calls.count == 1 && calls[0]["function"]?["name"] == "get_weather")
+                whole = try #require(calls[0]["function"]?["arguments"]?.stringValue)
+                try Self.expectWeatherArguments(whole)
+            }
+            try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
+                                     body: Self.body(named + #","stream":true"#)) { r in
+                var deltas: [JSONValue] = []
+                for line in String(buffer: r.body).split(separator: "\n") where line.hasPrefix("data: {") {
+                    let delta = try JSONValue(parsing: String(line.dropFirst(6)))["choices"]?.arrayValue?.first?["delta"]
+                    #expect((delta?["content"]?.stringValue ?? "").isEmpty, "no call syntax in the content")
+                    deltas += delta?["tool_calls"]?.arrayValue ?? []
+                }
+                #expect(deltas.first?["function"]?["name"] == "get_weather" && deltas.first?["id"]?.stringValue != nil)
+                #expect(deltas.count > 2, "the arguments come in pieces")
+                #expect(deltas.compactMap { $0["function"]?["arguments"]?.stringValue }.joined() == whole)
             }
         }
     }

@@ -20,9 +20,12 @@ public struct GenerationOptions: Sendable {
     public var stop: [String]
     /// Output constrained to this JSON grammar (`response_format`).
     public var grammar: JSONGrammar?
-    /// When set, `grammar` applies only once the output contains this text (a tool call's
-    /// opening marker), up to the end of one document; then it waits for the text again.
-    public var grammarTrigger: String?
+    /// When not empty, `grammar` applies only once one of these has fired (a tool call
+    /// starts), up to the end of one document; then it waits for a trigger again.
+    public var grammarTriggers: [GrammarTrigger] = []
+    /// Control tokens (`<|channel|>`, `[TOOL_CALLS]`) are part of the text, for replies whose
+    /// structure they mark.
+    public var decodesSpecialTokens = false
     /// nil: no logprobs; k: the sampled token's logprob and the k most likely alternatives.
     public var logprobs: Int?
     /// Set: the prompts are embedded, not continued. Each prompt's final hidden states are
@@ -37,14 +40,26 @@ public struct GenerationOptions: Sendable {
     public var speculation: Speculation?
 
     public init(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: [String] = [],
-                grammar: JSONGrammar? = nil, grammarTrigger: String? = nil, logprobs: Int? = nil) {
-        self.grammarTrigger = grammarTrigger
+                grammar: JSONGrammar? = nil, grammarTriggers: [GrammarTrigger] = [], logprobs: Int? = nil) {
+        self.grammarTriggers = grammarTriggers
         self.maxTokens = maxTokens
         self.sampling = sampling
         self.stop = stop
         self.grammar = grammar
         self.logprobs = logprobs
     }
+}
+
+/// What switches a lazy grammar on (tool calls under `tool_choice: auto`).
+public enum GrammarTrigger: Sendable, Equatable {
+    /// The output contains this text (Hermes' `<tool_call>`); the document follows it.
+    case text(String)
+    /// This token was generated (a control token such as Mistral's `[TOOL_CALLS]`); the
+    /// document follows it.
+    case token(TokenID)
+    /// The output starts, after whitespace, with this text, which is the document's own
+    /// beginning (a Llama 3 call is a bare `{"name": ...}`).
+    case outputStart(String)
 }
 
 public enum FinishReason: String, Sendable, Codable {

@@ -171,7 +171,7 @@ public final class Generator: @unchecked Sendable {
             sampler = Sampler(parameters: parameters)
             output = SequenceOutput(tokenizer: tokenizer, stop: options.stop,
                                     constraint: options.grammar.map { GrammarConstraint(grammar: $0, vocabulary: vocabulary) },
-                                    trigger: options.grammarTrigger)
+                                    triggers: options.grammarTriggers, decodesSpecialTokens: options.decodesSpecialTokens)
             self.submitted = submitted
             embedding = options.embedding.map { EmbeddingAccumulator(pooling: $0) }
             thinking = options.reasoningBudget.map { ThinkingTracker(budget: $0) }

@@ -16,20 +16,37 @@ struct SequenceOutput {
     private var stopMatcher: StopStringMatcher
     let constraint: GrammarConstraint?
     private let tokenizer: any Tokenizer
-    /// The bytes that switch a lazy constraint on (nil: the constraint always applies).
-    private let trigger: [UInt8]?
-    /// The latest output bytes, as many as could hold the start of the trigger.
+    /// What switches a lazy constraint on (none: the constraint always applies).
+    private let textTriggers: [[UInt8]]
+    private let tokenTriggers: Set<TokenID>
+    private let startTriggers: [[UInt8]]
+    private var isLazy: Bool { !textTriggers.isEmpty || !tokenTriggers.isEmpty || !startTriggers.isEmpty }
+    /// The latest output bytes, as many as could hold the start of a text trigger.
     private var triggerWindow: [UInt8] = []
+    /// The output so far has been only whitespace (for `outputStart` triggers).
+    private var atOutputStart = true
     private var constraintIsOn: Bool
 
-    init(tokenizer: any Tokenizer, stop: [String], constraint: GrammarConstraint?, trigger: String? = nil) {
+    init(tokenizer: any Tokenizer, stop: [String], constraint: GrammarConstraint?, triggers: [GrammarTrigger] = [],
+         decodesSpecialTokens: Bool = false) {
         endOfGeneration = tokenizer.endOfGenerationTokens
-        decoder = StreamingDecoder(tokenizer: tokenizer)
+        decoder = StreamingDecoder(tokenizer: tokenizer, special: decodesSpecialTokens)
         stopMatcher = StopStringMatcher(stopStrings: stop)
         self.constraint = constraint
         self.tokenizer = tokenizer
-        self.trigger = trigger.flatMap { $0.isEmpty ? nil : Array($0.utf8) }
-        constraintIsOn = self.trigger == nil
+        var text: [[UInt8]] = [], tokens = Set<TokenID>(), start: [[UInt8]] = []
+        for trigger in triggers {
+            switch trigger {
+            case .text(let t) where !t.isEmpty: text.append(Array(t.utf8))
+            case .token(let t): tokens.insert(t)
+            case .outputStart(let t) where !t.isEmpty: start.append(Array(t.utf8))
+            default: break
+            }
+        }
+        textTriggers = text
+        tokenTriggers = tokens
+        startTriggers = start
+        constraintIsOn = text.isEmpty && tokens.isEmpty && start.isEmpty
     }
 
     /// The constraint that masks the next token, if any applies now.
@@ -45,10 +62,10 @@ struct SequenceOutput {
         if let constraint, constraintIsOn {
             _ = constraint.accept(token: token)
             grammarEnded = constraint.isTerminal
-        } else if trigger != nil {
-            watchForTrigger(tokenizer.pieceBytes(token))
+        } else if isLazy {
+            watchForTriggers(token)
         }
-        if grammarEnded && trigger != nil {
+        if grammarEnded && isLazy {
             // a lazy constraint ends with its document; the output goes on unconstrained
             constraint?.reset()
             constraintIsOn = false
@@ -60,17 +77,37 @@ struct SequenceOutput {
         return (out.text, stop ? .stop : .more)
     }
 
-    /// Switches the constraint on once the output contains the trigger; bytes of the same token
-    /// after the trigger are the constraint's first bytes.
-    private mutating func watchForTrigger(_ piece: [UInt8]) {
-        guard let trigger, let constraint else { return }
+    /// Switches the constraint on once a trigger fires; bytes of the same token after a text
+    /// trigger are the constraint's first bytes, an output-start trigger's own bytes too.
+    private mutating func watchForTriggers(_ token: TokenID) {
+        guard let constraint else { return }
+        if tokenTriggers.contains(token) {
+            constraint.reset()
+            constraintIsOn = true
+            triggerWindow = []
+            return
+        }
+        let piece = tokenizer.pieceBytes(token)
+        if atOutputStart {
+            let text = (triggerWindow + piece).drop { JSONRecognizer.isWhitespace($0) }
+            if startTriggers.contains(where: { text.starts(with: $0) }) {
+                atOutputStart = false
+                constraint.reset()
+                constraintIsOn = constraint.accept(bytes: text)
+                triggerWindow = []
+                return
+            }
+            // still whitespace, or perhaps the beginning of a trigger
+            atOutputStart = startTriggers.contains { $0.starts(with: text) }
+        }
         triggerWindow += piece
-        if let end = Self.endOfFirstMatch(of: trigger, in: triggerWindow) {
+        let longest = textTriggers.map(\.count).max() ?? 0
+        if let end = textTriggers.compactMap({ Self.endOfFirstMatch(of: $0, in: triggerWindow) }).min() {
             constraint.reset()
             constraintIsOn = constraint.accept(bytes: triggerWindow[end...])
             triggerWindow = []
-        } else if triggerWindow.count >= trigger.count {
-            triggerWindow.removeFirst(triggerWindow.count - trigger.count + 1)
+        } else if !atOutputStart, triggerWindow.count >= longest {
+            triggerWindow.removeFirst(triggerWindow.count - max(longest - 1, 0))
         }
     }
 

@@ -32,8 +32,11 @@ public enum JSONGrammarError: Error, Sendable, Equatable, CustomStringConvertibl
 /// - `string`: `minLength`, `maxLength` (counted in Unicode scalars; an escape counts as one).
 /// - `enum` / `const`: the value must be written as its compact JSON text (`JSONValue.compactText`
 ///   of the schema's value, numbers exactly as written in the schema). At most 64 values.
-/// - `anyOf` / `oneOf`: alternatives are chosen by their first character (the first alternative
-///   that can start with it wins), so they should start differently (e.g. an object vs. null).
+/// - `anyOf` / `oneOf` of objects that each pin one shared required property to a different
+///   `const` (a tagged union, such as function calls told apart by `name`): that property must
+///   come first, and its value selects the alternative that constrains the rest of the object.
+///   Other alternatives are chosen by their first character (the first alternative that can
+///   start with it wins), so they should start differently (e.g. an object vs. null).
 /// - `allOf` with a single schema; `$ref` to `#`, `#/$defs/NAME` or `#/definitions/NAME`
 ///   (recursion allowed).
 /// - `minimum` / `exclusiveMinimum` ≥ 0 forbid a minus sign; other numeric bounds are not
@@ -68,6 +71,11 @@ public struct JSONGrammar: Sendable {
         var requiredMask: UInt64 = 0
         /// Schema for keys not in `names`; nil forbids them.
         var additional: Int32? = nil
+        /// A tagged union: `names` is the one discriminating property, its value a literal
+        /// node; when option i of that literal is complete the object continues as the object
+        /// node `variants[i]`, in which the discriminator is property `variantKeyIndex[i]`.
+        var variants: [Int32] = []
+        var variantKeyIndex: [Int] = []
         var allMask: UInt64 { names.count == 64 ? ~0 : (UInt64(1) << UInt64(names.count)) - 1 }
     }
 
@@ -188,6 +196,7 @@ private struct SchemaCompiler {
         for key in ["anyOf", "oneOf"] {
             if let alternatives = schema[key] {
                 guard let list = alternatives.arrayValue, !list.isEmpty else { throw unsupported("\(key) must be a non-empty array") }
+                if let tagged = try compileTaggedUnion(list, depth: depth) { return tagged }
                 let branches = try list.map { try compile($0, depth: depth + 1) }
                 return branches.count == 1 ? branches[0] : add(.union(branches))
             }
@@ -224,6 +233,38 @@ private struct SchemaCompiler {
         default:
             throw unsupported("type must be a string or a list of strings")
         }
+    }
+
+    /// Alternatives that are all objects requiring one property whose schema is a `const`,
+    /// different in each: a node that reads that property first and then continues as the
+    /// alternative its value names. Nil when the alternatives are not of that form.
+    mutating func compileTaggedUnion(_ alternatives: [JSONValue], depth: Int) throws -> Int32? {
+        guard alternatives.count >= 2, alternatives.count <= 64 else { return nil }
+        func tag(_ schema: JSONValue, _ key: String) -> JSONValue? {
+            guard schema["type"] == nil || schema["type"] == "object",
+                  schema["required"]?.arrayValue?.contains(.string(key)) == true else { return nil }
+            return schema["properties"]?[key]?["const"]
+        }
+        guard case .object(let firstProperties)? = alternatives[0]["properties"] else { return nil }
+        let key = firstProperties.keys.first { key in
+            let tags = alternatives.map { tag($0, key) }
+            return tags.allSatisfy { $0 != nil } && Set(tags.map { $0!.compactText }).count == tags.count
+        }
+        guard let key else { return nil }
+        var spec = JSONGrammar.ObjectSpec()
+        spec.names = [key]
+        spec.encodedNames = [Array(JSONValue.encodeString(key).utf8.dropFirst().dropLast())]
+        spec.values = [add(.literals(alternatives.map { Array(tag($0, key)!.compactText.utf8) }))]
+        spec.requiredMask = 1
+        for alternative in alternatives {
+            let variant = try compile(alternative, depth: depth + 1)
+            guard case .object(let own) = nodes[Int(variant)], let index = own.names.firstIndex(of: key) else {
+                throw unsupported("anyOf alternative tagged by \(key) is not an object")
+            }
+            spec.variants.append(variant)
+            spec.variantKeyIndex.append(index)
+        }
+        return add(.object(spec))
     }
 
     mutating func compileRef(_ path: String, depth: Int) throws -> Int32 {

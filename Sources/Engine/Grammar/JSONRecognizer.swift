@@ -309,10 +309,19 @@ struct JSONRecognizer: Sendable {
 
     /// Pops the finished top frame and records the value in the frame below.
     private mutating func completeValue() {
-        state.frames.removeLast()
+        let finished = state.frames.removeLast()
         let top = state.frames.count - 1
         switch state.frames[top].kind {
-        case Self.kObject: state.frames[top].phase = Self.oAfterValue
+        case Self.kObject:
+            state.frames[top].phase = Self.oAfterValue
+            // a tagged union's discriminator: the rest of the object follows the chosen variant
+            if case .object(let spec) = nodes[Int(state.frames[top].node)], !spec.variants.isEmpty,
+               let option = completeOption(finished) {
+                let index = spec.variantKeyIndex[option]
+                state.frames[top].node = spec.variants[option]
+                state.frames[top].mask = UInt64(1) << UInt64(index)
+                state.frames[top].count = UInt32(index)
+            }
         case Self.kArray: state.frames[top].phase = Self.aAfterValue
         default: state.frames[top].phase = Self.rootDone
         }
