@@ -81,6 +81,9 @@ public struct CompletionRequest: Sendable {
     public var parallelToolCalls = true
     /// llama.cpp's `reasoning_format` (nil: the server's `--reasoning-format`).
     public var reasoningFormat: ReasoningFormat?
+    /// llama.cpp's per-request `lora` (`[{"id", "scale"}]`), checked against the model's adapters
+    /// when the request is prepared; nil: the server's current scales.
+    public var lora: JSONValue?
     /// The start of the reply, written after the generation prompt (Anthropic's prefill: a
     /// trailing assistant turn the model continues); the reply leaves it out.
     public var replyPrefix = ""
@@ -161,6 +164,7 @@ public struct CompletionRequest: Sendable {
         }
         if let n = try f.int("n", in: 1...16) { self.n = n }
         if let e = try f.bool("ignore_eos") { ignoreEOS = e }
+        lora = f.value("lora")
         if let s = try f.bool("stream") { stream = s }
         if let options = root["stream_options"], options != .null {
             guard case .object = options else { throw APIError.invalid("stream_options", "'stream_options' must be an object") }

@@ -124,6 +124,7 @@ public struct OpenAIServer: Sendable {
             router.post(RouterPath(path)) { request, context in try await rerank(request, context: context) }
         }
         addUtilityRoutes(to: router)
+        addLoRARoutes(to: router)
         router.post("/v1/messages") { request, context in try await anthropicMessages(request, context: context) }
         router.post("/v1/messages/count_tokens") { request, _ in try await anthropicCountTokens(request) }
         router.post("/v1/responses") { request, context in try await responses(request, context: context) }
@@ -373,6 +374,7 @@ public struct OpenAIServer: Sendable {
         }
         var options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
                                         grammarTrigger: grammarTrigger, logprobs: r.logprobs)
+        if let lora = r.lora { options.loraScales = try Self.loraScales(lora, param: "lora", adapters: model.adapters.count) }
         if r.isChat, let budget = configuration.reasoningBudget {
             options.reasoningBudget = ReasoningBudget(tokens: budget, startsInside: startsThinking)
         }

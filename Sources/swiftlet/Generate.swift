@@ -18,6 +18,7 @@ struct Generate: ParsableCommand {
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var chatTemplate: ChatTemplateOptions
+    @OptionGroup var lora: LoRAOptions
     @Flag(help: "Print one JSON object with the text, tokens, finish reason and timings.")
     var json = false
 
@@ -29,7 +30,7 @@ struct Generate: ParsableCommand {
     func run() throws {
         let template = try chatTemplate.template()
         let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
-                                     chatTemplate: template)
+                                     chatTemplate: template, adapters: lora.files())
         let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
                                                                                      threads: runtime.threads))
         defer { generator.shutdownAndWait() }
@@ -103,6 +104,7 @@ struct Perplexity: ParsableCommand {
     var klDivergenceBase: String?
     @Flag(name: .customLong("kl-divergence"), help: "Compare with the model that wrote --kl-divergence-base: KLD, Δp, same top p, PPL ratio.")
     var klDivergence = false
+    @OptionGroup var lora: LoRAOptions
     @Flag(help: "Print one JSON object with the results.")
     var json = false
 
@@ -122,7 +124,7 @@ struct Perplexity: ParsableCommand {
     }
 
     func run() throws {
-        let loaded = try LoadedModel(path: ModelLocator.resolve(model))
+        let loaded = try LoadedModel(path: ModelLocator.resolve(model), adapters: lora.files())
         let pool = ThreadPool(threads: threads)
         if klDivergence, let base = klDivergenceBase {
             let result = try Engine.klDivergence(model: loaded, basePath: base, maxChunks: chunks, pool: pool) { done, total, kld in

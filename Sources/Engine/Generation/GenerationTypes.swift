@@ -31,6 +31,9 @@ public struct GenerationOptions: Sendable {
     public var embedding: EmbeddingPooling?
     /// Set: thinking (`<think>`…`</think>`) is ended by the engine after this many tokens.
     public var reasoningBudget: ReasoningBudget?
+    /// Each LoRA adapter's scale (by id, the model's `adapters`; missing ones 0); nil: the
+    /// generator's `adapterScales` when the request is submitted.
+    public var loraScales: [Float]?
 
     public init(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: [String] = [],
                 grammar: JSONGrammar? = nil, grammarTrigger: String? = nil, logprobs: Int? = nil) {
@@ -116,11 +119,14 @@ public struct GenerationResult: Sendable {
 public enum SubmitError: Error, Sendable, CustomStringConvertible {
     case queueFull(retryAfter: Int)
     case stopped
+    /// LoRA scales for more adapters than the model has (`count`), or not finite.
+    case badLoRAScales(adapters: Int)
 
     public var description: String {
         switch self {
         case .queueFull: "the server is busy: too many requests are queued"
         case .stopped: "the server is shutting down"
+        case .badLoRAScales(let n): "LoRA scales must be finite numbers for adapter ids 0..<\(n) (the model has \(n) adapters)"
         }
     }
 }

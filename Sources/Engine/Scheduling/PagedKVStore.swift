@@ -89,12 +89,15 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
     /// Prefix hashes of the leading blocks registered in (or found in) the prefix cache.
     public private(set) var blockHashes: [UInt64] = []
     private let blockSize: Int
+    /// The parent hash of the first block: prefixes are shared only between stores with the same root.
+    public let prefixRoot: UInt64
 
-    public init(pool: KVBlockPool, allocator: BlockAllocator, capacity: Int) {
+    public init(pool: KVBlockPool, allocator: BlockAllocator, capacity: Int, prefixRoot: UInt64 = 0) {
         precondition(pool.blockSize == allocator.blockSize && pool.blockCount == allocator.blockCount)
         self.pool = pool
         self.allocator = allocator
         self.capacity = capacity
+        self.prefixRoot = prefixRoot
         blockSize = allocator.blockSize
     }
 
@@ -176,7 +179,7 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
     /// `tokens`. Returns the number of positions now filled (a multiple of the block size).
     public func adoptCachedPrefix(_ tokens: [TokenID]) -> Int {
         precondition(count == 0 && blocks.isEmpty, "adoptCachedPrefix on a non-empty store")
-        var parent: UInt64 = 0
+        var parent = prefixRoot
         var start = 0
         while start + blockSize <= min(tokens.count, capacity) {
             guard let hit = allocator.lookup(parent: parent, tokens: tokens[start..<start + blockSize]) else { break }
@@ -196,7 +199,7 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
         precondition(tokens.count >= count)
         while blockHashes.count < count / blockSize {
             let i = blockHashes.count
-            let parent = blockHashes.last ?? 0
+            let parent = blockHashes.last ?? prefixRoot
             blockHashes.append(allocator.register(blocks[i], parent: parent, tokens: tokens[i * blockSize..<(i + 1) * blockSize]))
         }
     }

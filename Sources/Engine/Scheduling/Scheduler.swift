@@ -24,6 +24,9 @@ public final class ScheduledSequence {
     /// Encoders: the prompt goes through in one chunk (its tokens attend to each other both
     /// ways), even beyond a step's token budget when it is alone in that step.
     public var runsWholePrompt = false
+    /// Where its chain of prefix-cache hashes starts: sequences whose cached keys and values
+    /// differ for the same tokens (other LoRA adapters) get different roots.
+    public var prefixCacheRoot: UInt64 = 0
     let arrival: Int
 
     public init(id: Int, prompt: [TokenID], arrival: Int = 0) {
@@ -117,9 +120,10 @@ public final class Scheduler {
         return 0
     }
 
-    private func makeStore() -> any SequenceStore {
+    private func makeStore(prefixRoot: UInt64) -> any SequenceStore {
         switch storage {
-        case .paged(let pool): PagedKVStore(pool: pool, allocator: allocator, capacity: configuration.contextLength)
+        case .paged(let pool):
+            PagedKVStore(pool: pool, allocator: allocator, capacity: configuration.contextLength, prefixRoot: prefixRoot)
         case .perSequence(let makeState): RecurrentStore(makeState())
         }
     }
@@ -166,7 +170,7 @@ public final class Scheduler {
 
         // Admit waiting sequences.
         while budget > 0, running.count < configuration.maxRunning, let seq = waiting.first {
-            let store = makeStore()
+            let store = makeStore(prefixRoot: seq.prefixCacheRoot)
             var cached = seq.reusesCachedPrefix ? store.adoptCachedPrefix(seq.tokens) : 0
             if cached >= seq.tokens.count {
                 // Everything is cached: the last token still has to run to give logits; its
