@@ -295,6 +295,8 @@ public struct OpenAIServer: Sendable {
                 var e = APIError(status: 503, message: error.description, type: "server_error", code: "draining")
                 e.headers = [("Retry-After", "1")]
                 throw e
+            case .badLoRAScales:
+                throw APIError.invalid("lora", error.description)
             }
         } catch let error as EngineError {
             throw APIError.invalid(param, error.description)

@@ -37,6 +37,10 @@ import Testing
                 #expect(file.bytes(for: a).elementsEqual(source.bytes(for: b)), "blk.\(new) is blk.\(old)")
             }
         }
+        for (layers, message) in [("0:31", "the model has 30 blocks"), ("5:3", "bad layer range '5:3'")] {
+            let r = try CommandLine.run(["upscale", TestSupport.smolLM2Path, output + ".bad", "--layers", layers])
+            #expect(r.status != 0 && r.stderr.contains(message), "\(layers): \(r.stderr)")
+        }
         let reference = try LoRATests.llamaCppPerplexity(["-m", output])
         let ours = try LoRATests.swiftletPerplexity(LoadedModel(path: output))
         #expect(abs(ours / reference - 1) < 0.01, "Swiftlet \(ours), llama.cpp \(reference)")

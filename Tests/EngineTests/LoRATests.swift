@@ -136,6 +136,31 @@ enum LoRAFixtures {
         await generator.shutdown()
     }
 
+    /// `--lora` and `--lora-scaled` on the command line: at scale 0 `generate` gives the base
+    /// model's tokens, at scale 1 others; malformed flags are usage errors.
+    @Test(.enabled(if: LoRAFixtures.modelPresent, "needs SmolLM2 (swiftlet pull smollm2)"))
+    func commandLineFlags() throws {
+        let adapter = try LoRAFixtures.adapters.get().first
+        func tokens(_ extra: [String]) throws -> [Int] {
+            let r = try CommandLine.run(["generate", TestSupport.smolLM2Path, "The quick brown fox", "-n", "8", "--temp", "0",
+                                         "-t", "2", "--json"] + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+            let object = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+            return object?["tokens"] as? [Int] ?? []
+        }
+        let base = try tokens([])
+        #expect(try tokens(["--lora-scaled", adapter, "0"]) == base)
+        #expect(try tokens(["--lora", adapter]) != base)
+        for (flags, message) in [(["--lora-scaled", adapter], "--lora-scaled takes a file and a scale"),
+                                 (["--lora-scaled", adapter, "x"], "is not a number"),
+                                 (["--lora", "/nonexistent.gguf"], "does not exist")] {
+            let r = try CommandLine.run(["generate", TestSupport.smolLM2Path, "Hi"] + flags)
+            #expect(r.status != 0 && r.stderr.contains(message), "\(flags): \(r.stderr)")
+        }
+        let r = try CommandLine.run(["generate", TestSupport.smolLM2Path, "Hi", "--lora", TestSupport.smolLM2Path])
+        #expect(r.status != 0 && r.stderr.contains("general.type"), "a model is not an adapter: \(r.stderr)")
+    }
+
     /// Adapters that do not fit the model are refused at load, naming the problem.
     @Test(.enabled(if: LoRAFixtures.modelPresent, "needs SmolLM2 (swiftlet pull smollm2)"))
     func badAdaptersAreTypedErrors() throws {

@@ -35,7 +35,7 @@ struct LoRAEndpointTests {
             {"model": "m", "prompt": "My favourite recipe for pancakes:", "max_tokens": 12, "temperature": 0\#(field)}
             """#)
         #expect(status == 200, "\(body)")
-        return body["choices"]?[0]?["text"]?.stringValue ?? ""
+        return body["choices"]?.arrayValue?.first?["text"]?.stringValue ?? ""
     }
 
     @Test func adaptersAreListedSetAndChosenPerRequest() async throws {
@@ -49,8 +49,8 @@ struct LoRAEndpointTests {
         try await Application(router: server.makeRouter()).test(.router) { client in
             var (status, list) = try await Self.request(client, .get, "/lora-adapters")
             #expect(status == 200)
-            #expect(list[0]?["id"]?.intValue == 0 && list[0]?["path"]?.stringValue == path)
-            #expect(list[0]?["scale"]?.doubleValue == 1 && list.arrayValue?.count == 1)
+            #expect(list.arrayValue?.first?["id"]?.intValue == 0 && list.arrayValue?.first?["path"]?.stringValue == path)
+            #expect(list.arrayValue?.first?["scale"]?.doubleValue == 1 && list.arrayValue?.count == 1)
 
             let adapted = try await Self.complete(client)
             let off = try await Self.complete(client, lora: #"[{"id": 0, "scale": 0}]"#)
@@ -63,7 +63,7 @@ struct LoRAEndpointTests {
             (status, answer) = try await Self.request(client, .post, "/lora-adapters", "[]")
             #expect(status == 200 && answer["success"]?.boolValue == true)
             (_, list) = try await Self.request(client, .get, "/lora-adapters")
-            #expect(list[0]?["scale"]?.doubleValue == 0)
+            #expect(list.arrayValue?.first?["scale"]?.doubleValue == 0)
             #expect(try await Self.complete(client) == off)
             (status, _) = try await Self.request(client, .post, "/lora-adapters", #"[{"id": 0, "scale": 1}]"#)
             #expect(status == 200)
