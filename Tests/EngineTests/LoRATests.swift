@@ -30,9 +30,10 @@ enum LoRAFixtures {
     static let llamaPerplexity = TestSupport.llamaCppTool("llama-perplexity")
     static let text = "/usr/share/common-licenses/GPL-3"
 
-    /// `Final estimate: PPL = X` of llama-perplexity's output.
+    /// `Final estimate: PPL = X` of llama-perplexity's log (standard error, hence the shell).
     static func llamaCppPerplexity(_ arguments: [String]) throws -> Double {
-        let output = try TestSupport.run(llamaPerplexity!, arguments + ["-f", text, "-c", "128", "--chunks", "4", "-t", "2"])
+        let output = try TestSupport.run("/bin/sh", ["-c", #""$0" "$@" 2>&1"#, llamaPerplexity!]
+                                         + arguments + ["-f", text, "-c", "128", "--chunks", "4", "-t", "2"])
         guard let range = output.range(of: "Final estimate: PPL = ") else {
             throw CocoaError(.fileReadCorruptFile, userInfo: [NSLocalizedDescriptionKey: "no PPL in llama-perplexity's output"])
         }
