@@ -6,7 +6,8 @@ import JSON
 /// LoRA adapters over HTTP, in llama-server's shapes: `GET /lora-adapters` lists the first
 /// model's adapters (`id`, `path`, `scale`, `task_name`, `prompt_prefix`), `POST /lora-adapters`
 /// (`[{"id", "scale"}]`) sets the scales of requests that do not name theirs (adapters left out
-/// get 0), and a completion's `"lora": [{"id", "scale"}]` sets its own (again, the rest 0).
+/// get 0), and a completion's `"lora": [{"id", "scale"}]` sets its own (again, the rest 0; an
+/// empty list keeps the server's).
 /// Requests with different adapter mixes run in the same batches.
 extension OpenAIServer {
     func addLoRARoutes(to router: Router<ServerRequestContext>) {

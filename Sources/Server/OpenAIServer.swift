@@ -376,7 +376,10 @@ public struct OpenAIServer: Sendable {
         }
         var options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
                                         grammarTrigger: grammarTrigger, logprobs: r.logprobs)
-        if let lora = r.lora { options.loraScales = try Self.loraScales(lora, param: "lora", adapters: model.adapters.count) }
+        // as in llama-server, an empty list leaves the server's scales
+        if let lora = r.lora, lora.arrayValue?.isEmpty != true {
+            options.loraScales = try Self.loraScales(lora, param: "lora", adapters: model.adapters.count)
+        }
         if r.isChat, let budget = configuration.reasoningBudget {
             options.reasoningBudget = ReasoningBudget(tokens: budget, startsInside: startsThinking)
         }

@@ -21,6 +21,8 @@ struct LoRAEndpointTests {
         return path
     }
 
+    static let modelName = URL(fileURLWithPath: TestSupport.smolLM2Path).deletingPathExtension().lastPathComponent
+
     static func request(_ client: any TestClientProtocol, _ method: HTTPRequest.Method, _ path: String,
                         _ body: String = "") async throws -> (Int, JSONValue) {
         try await client.execute(uri: path, method: method, body: ByteBuffer(string: body)) { r in
@@ -32,7 +34,7 @@ struct LoRAEndpointTests {
     static func complete(_ client: any TestClientProtocol, lora: String? = nil) async throws -> String {
         let field = lora.map { #", "lora": \#($0)"# } ?? ""
         let (status, body) = try await request(client, .post, "/v1/completions", #"""
-            {"model": "m", "prompt": "My favourite recipe for pancakes:", "max_tokens": 12, "temperature": 0\#(field)}
+            {"model": "\#(modelName)", "prompt": "My favourite recipe for pancakes:", "max_tokens": 12, "temperature": 0\#(field)}
             """#)
         #expect(status == 200, "\(body)")
         return body["choices"]?.arrayValue?.first?["text"]?.stringValue ?? ""
@@ -76,7 +78,7 @@ struct LoRAEndpointTests {
                 if let param { #expect(answer["error"]?["param"]?.stringValue == param, "\(body): \(answer)") }
             }
             (status, answer) = try await Self.request(client, .post, "/v1/completions",
-                                                      #"{"model": "m", "prompt": "Hi", "lora": [{"id": 7, "scale": 1}]}"#)
+                                                      #"{"model": "\#(Self.modelName)", "prompt": "Hi", "lora": [{"id": 7, "scale": 1}]}"#)
             #expect(status == 400 && answer["error"]?["param"]?.stringValue == "lora[0]", "\(answer)")
         }
         await generator.shutdown()
