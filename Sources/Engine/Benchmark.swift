@@ -32,7 +32,7 @@ public func benchmark(model: LoadedModel, promptTokens: Int, generatedTokens: In
     let suffix = depth > 0 ? " @ d\(depth)" : ""
     func filledCache(capacity: Int) throws -> any SequenceState {
         let cache = model.model.makeCache(capacity: depth + capacity)
-        if depth > 0 { _ = try model.model.forward([BatchSequence(tokens: randomTokens(depth), cache: cache)], pool: pool) }
+        if depth > 0 { _ = try model.forward([BatchSequence(tokens: randomTokens(depth), cache: cache)], pool: pool) }
         return cache
     }
 
@@ -41,7 +41,7 @@ public func benchmark(model: LoadedModel, promptTokens: Int, generatedTokens: In
             let cache = try filledCache(capacity: promptTokens)
             let tokens = randomTokens(promptTokens)
             let start = Date()
-            _ = try model.model.forward([BatchSequence(tokens: tokens, cache: cache)], pool: pool)
+            _ = try model.forward([BatchSequence(tokens: tokens, cache: cache)], pool: pool)
             return Date().timeIntervalSince(start)
         }
         _ = try run()
@@ -55,7 +55,7 @@ public func benchmark(model: LoadedModel, promptTokens: Int, generatedTokens: In
             var token = randomTokens(1)[0]
             let start = Date()
             for _ in 0..<generatedTokens {
-                let logits = try model.model.forward([BatchSequence(tokens: [token], cache: cache)], pool: pool)[0]
+                let logits = try model.forward([BatchSequence(tokens: [token], cache: cache)], pool: pool)[0]
                 token = TokenID(argmax(logits))
             }
             return Date().timeIntervalSince(start)

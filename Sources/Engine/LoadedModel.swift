@@ -15,15 +15,27 @@ public final class LoadedModel: Sendable {
     public let chatTemplate: ChatTemplate?
     /// Set when the model runs under `--mem-budget`.
     public let memoryBudget: MemoryBudget?
+    /// LoRA adapters loaded with the model (`--lora`), in order: their index is their id.
+    public let adapters: [LoRAAdapter]
+    /// Each adapter's scale when a request does not choose (`--lora-scaled`; 1 for `--lora`).
+    public let adapterScales: [Float]
 
     /// `memoryBudget`: bytes of weights allowed to stay resident (see `MemoryBudget`); nil = no limit.
     /// `chatTemplate`: used instead of the file's own template (`--chat-template-file`).
-    public init(path: String, memoryBudget budgetBytes: Int? = nil, chatTemplate templateOverride: ChatTemplate? = nil) throws {
+    /// `adapters`: LoRA adapter files and their scales, each checked against the model.
+    public init(path: String, memoryBudget budgetBytes: Int? = nil, chatTemplate templateOverride: ChatTemplate? = nil,
+                adapters adapterFiles: [LoRAFile] = []) throws {
         self.path = path
         let file = try GGUFFile(path: path)
         self.file = file
         // the budget pages weights of the mapping on demand: keep them there
-        let network = try ModelRegistry.load(file, repackWeights: WeightRepacking.enabled && budgetBytes == nil)
+        let (network, projections) = try ProjectionRecorder.recording {
+            try ModelRegistry.load(file, repackWeights: WeightRepacking.enabled && budgetBytes == nil)
+        }
+        adapters = try adapterFiles.map {
+            try LoRAAdapter(path: $0.path, base: file, architecture: network.config.architecture, projections: projections)
+        }
+        adapterScales = adapterFiles.map(\.scale)
         if let budgetBytes {
             let budget = MemoryBudget(file: file, budget: budgetBytes)
             memoryBudget = budget
@@ -65,6 +77,17 @@ public final class LoadedModel: Sendable {
     }
 }
 
+/// A LoRA adapter to load with a model and its default scale (`--lora FILE`, `--lora-scaled FILE SCALE`).
+public struct LoRAFile: Sendable, Equatable {
+    public var path: String
+    public var scale: Float
+
+    public init(path: String, scale: Float = 1) {
+        self.path = path
+        self.scale = scale
+    }
+}
+
 public enum EngineError: Error, CustomStringConvertible, Equatable {
     case noChatTemplate(architecture: String)
     case promptTooLong(tokens: Int, context: Int)
@@ -103,6 +126,12 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
 }
 
 extension LoadedModel {
+    /// The forward pass with every sequence at the adapters' default scales (perplexity, benchmarks).
+    public func forward(_ batch: [BatchSequence], pool: ThreadPool) throws -> [[Float]] {
+        let scales = adapterScales
+        return try model.forward(batch.map { var seq = $0; seq.loraScales = scales; return seq }, pool: pool, adapters: adapters)
+    }
+
     /// Tokens for a rendered chat prompt: special tokens parsed, BOS added once even when the
     /// template already wrote it.
     public func promptTokens(for rendered: String) -> [TokenID] {

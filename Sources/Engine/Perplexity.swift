@@ -73,8 +73,8 @@ func evaluateChunks(model: LoadedModel, tokens: [TokenID], context: Int, pool: T
         if let bos { window[0] = bos }
         cache.truncate(to: 0)
         // Prefix without logits, then the scored half with all logits.
-        _ = try model.model.forward([BatchSequence(tokens: Array(window[..<first]), cache: cache)], pool: pool)
-        let logits = try model.model.forward(
+        _ = try model.forward([BatchSequence(tokens: Array(window[..<first]), cache: cache)], pool: pool)
+        let logits = try model.forward(
             [BatchSequence(tokens: Array(window[first...]), cache: cache, allLogits: true)], pool: pool)
         let scored = Array(logits.prefix(context - 1 - first))
         for (i, row) in scored.enumerated() where !row.allSatisfy(\.isFinite) {

@@ -100,6 +100,30 @@ public struct GGUFWriter {
         return out
     }
 
+    /// Writes the metadata and `tensors` to `path`, each tensor's bytes copied from where they
+    /// already are (another file's mapping), so nothing is held in memory.
+    public func write(to path: String, tensors: [(name: String, type: TensorType, shape: [Int], bytes: UnsafeRawBufferPointer)]) throws {
+        for t in tensors {
+            precondition(t.type.byteCount(elements: t.shape.reduce(1, *)) == t.bytes.count, "tensor \(t.name): byte count does not match shape")
+        }
+        guard let file = fopen(path, "wb") else { throw GGUFError(file: path, problem: .cannotOpen(reason: String(cString: strerror(errno)))) }
+        var closed = false
+        defer { if !closed { fclose(file) } }
+        func put(_ bytes: UnsafeRawBufferPointer) throws {
+            guard bytes.isEmpty || fwrite(bytes.baseAddress, 1, bytes.count, file) == bytes.count else {
+                throw GGUFError(file: path, problem: .cannotOpen(reason: "write failed: \(String(cString: strerror(errno)))"))
+            }
+        }
+        try header(for: tensors.map { ($0.name, $0.type, $0.shape) }).withUnsafeBytes(put)
+        let zeros = [UInt8](repeating: 0, count: alignment)
+        for t in tensors {
+            try put(t.bytes)
+            try zeros.withUnsafeBytes { try put(UnsafeRawBufferPointer(rebasing: $0[..<((alignment - t.bytes.count % alignment) % alignment)])) }
+        }
+        closed = true
+        guard fclose(file) == 0 else { throw GGUFError(file: path, problem: .cannotOpen(reason: "write failed: \(String(cString: strerror(errno)))")) }
+    }
+
     public func write(to path: String) throws {
         let bytes = serialized()
         guard let file = fopen(path, "wb") else { throw GGUFError(file: path, problem: .cannotOpen(reason: String(cString: strerror(errno)))) }

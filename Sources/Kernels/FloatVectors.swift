@@ -52,6 +52,15 @@ public func addInPlace(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Floa
     while i < count { a[i] += b[i]; i += 1 }
 }
 
+/// a[i] += s·b[i], the product rounded before the sum (as a scale then an add: no fused multiply-add).
+@inlinable @inline(__always)
+public func addScaled(_ a: UnsafeMutablePointer<Float>, _ b: UnsafePointer<Float>, scale s: Float, count: Int) {
+    var i = 0
+    let v = SIMD8<Float>(repeating: s)
+    while i + 8 <= count { store8(load8(a + i) + load8(b + i) * v, a + i); i += 8 }
+    while i < count { a[i] += b[i] * s; i += 1 }
+}
+
 /// dst[i] = Float16(src[i]) (round to nearest even, as a scalar conversion).
 @inlinable @inline(__always)
 public func storeHalf(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float16>, count: Int) {

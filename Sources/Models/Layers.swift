@@ -108,6 +108,7 @@ public struct Linear: Sendable {
         }
         weight = WeightMatrix(file: file, tensor: info).repackedForCPU { file.advise(.dontNeed, bytes: $0) }
         self.name = name
+        ProjectionRecorder.current?.record(name)
         let stem = name.hasSuffix(".weight") ? String(name.dropLast(".weight".count)) : name
         let hasBias = useBias && file.tensor(named: stem + ".bias") != nil
         let hasScale = useScale && file.tensor(named: stem + ".scale") != nil
@@ -122,20 +123,26 @@ public struct Linear: Sendable {
     public func callAsFunction(_ x: Matrix, _ pool: ThreadPool, batching: ReferenceBatching = .ungrouped) -> Matrix {
         let y = Matrix(rows: x.rows, columns: weight.rows, zeroed: false)
         matmul(weight, input: x.data, tokens: x.rows, output: y.data, pool: pool, batching: batching)
-        finish(y.data, rows: y.rows)
+        finish(y.data, rows: y.rows, input: x.data, pool: pool)
         return y
     }
 
-    /// Applies the scale and the bias to `rows` rows of W·x at `y`.
-    func finish(_ y: UnsafeMutablePointer<Float>, rows: Int) {
-        guard bias != nil || scale != nil else { return }
+    /// Completes `rows` rows of W·x at `y`, whose inputs `x` are rows `firstRow…` of the pass:
+    /// the scale, the active LoRA adapters' terms (`LoRAPass`) and the bias, in llama.cpp's
+    /// order (s·W·x + lora + b, or (W·x + lora + b)·s).
+    func finish(_ y: UnsafeMutablePointer<Float>, rows: Int, input x: UnsafePointer<Float>, firstRow: Int = 0,
+                pool: ThreadPool) {
+        let lora = LoRAPass.current
+        guard bias != nil || scale != nil || lora != nil else { return }
         let columns = weight.rows
-        for t in 0..<rows {
-            let row = y + t * columns
-            if scaleOrder == .beforeBias, let scale { for j in 0..<columns { row[j] *= scale } }
-            if let bias { bias.values.withUnsafeBufferPointer { addInPlace(row, $0.baseAddress!, count: columns) } }
-            if scaleOrder == .afterBias, let scale { for j in 0..<columns { row[j] *= scale } }
+        if scaleOrder == .beforeBias, let scale { for i in 0..<rows * columns { y[i] *= scale } }
+        lora?.apply(name: name, x: x, rows: rows, firstRow: firstRow, y: y, outputs: columns, pool: pool)
+        if let bias {
+            bias.values.withUnsafeBufferPointer { b in
+                for t in 0..<rows { addInPlace(y + t * columns, b.baseAddress!, count: columns) }
+            }
         }
+        if scaleOrder == .afterBias, let scale { for i in 0..<rows * columns { y[i] *= scale } }
     }
 }
 
@@ -144,7 +151,7 @@ public struct Linear: Sendable {
 func project(_ x: Matrix, _ linears: [Linear], _ pool: ThreadPool) -> [Matrix] {
     let ys = linears.map { Matrix(rows: x.rows, columns: $0.outputs, zeroed: false) }
     matmul(linears.map(\.weight), input: x.data, tokens: x.rows, outputs: ys.map(\.data), pool: pool)
-    for (linear, y) in zip(linears, ys) { linear.finish(y.data, rows: y.rows) }
+    for (linear, y) in zip(linears, ys) { linear.finish(y.data, rows: y.rows, input: x.data, pool: pool) }
     return ys
 }
 
@@ -381,6 +388,8 @@ public struct BatchSequence {
     /// Where these tokens sit in the micro-batch llama.cpp would run them in: the kernels pick
     /// their rounding by it.
     var batching: ReferenceBatching
+    /// This sequence's scale for each LoRA adapter passed to `forward` (missing ones: 0).
+    public var loraScales: [Float] = []
 
     /// `asDecodes`: the rows stand for tokens decoded one at a time (a draft being verified),
     /// so they take the rounding of single-token passes and their logits are the ones those
@@ -727,11 +736,11 @@ public struct GatedFeedForward: Sendable {
             let n = min(rows, x.rows - start)
             if let gate {
                 matmul([gate.weight, up.weight], input: x[start], tokens: n, outputs: [g.data, u.data], pool: pool)
-                gate.finish(g.data, rows: n)
-                up.finish(u.data, rows: n)
+                gate.finish(g.data, rows: n, input: x[start], firstRow: start, pool: pool)
+                up.finish(u.data, rows: n, input: x[start], firstRow: start, pool: pool)
             } else if let fused {
                 matmul(up.weight, input: x[start], tokens: n, output: fused.data, pool: pool)
-                up.finish(fused.data, rows: n)
+                up.finish(fused.data, rows: n, input: x[start], firstRow: start, pool: pool)
                 for r in 0..<n {
                     g[r].update(from: fused[r], count: hidden)
                     u[r].update(from: fused[r] + hidden, count: hidden)
@@ -753,7 +762,7 @@ public struct GatedFeedForward: Sendable {
                 run(0..<count)
             }
             matmul(down.weight, input: g.data, tokens: n, output: y[start], pool: pool, batching: batching.dropping(start))
-            down.finish(y[start], rows: n)
+            down.finish(y[start], rows: n, input: g.data, firstRow: start, pool: pool)
         }
         return y
     }
@@ -782,7 +791,7 @@ public struct UngatedFeedForward: FeedForward {
         for start in stride(from: 0, to: x.rows, by: rows) {
             let n = min(rows, x.rows - start)
             matmul(up.weight, input: x[start], tokens: n, output: h.data, pool: pool)
-            up.finish(h.data, rows: n)
+            up.finish(h.data, rows: n, input: x[start], firstRow: start, pool: pool)
             // element-wise: split across the pool, as in GatedFeedForward
             let count = n * h.columns
             let run: @Sendable (Range<Int>) -> Void = { range in gelu(h.data + range.lowerBound, count: range.count) }
@@ -792,7 +801,7 @@ public struct UngatedFeedForward: FeedForward {
                 run(0..<count)
             }
             matmul(down.weight, input: h.data, tokens: n, output: y[start], pool: pool, batching: batching.dropping(start))
-            down.finish(y[start], rows: n)
+            down.finish(y[start], rows: n, input: h.data, firstRow: start, pool: pool)
         }
         return y
     }
@@ -833,8 +842,10 @@ public struct OutputHead: Sendable {
         let selected = Matrix(copying: picked.map(\.row), of: x)
         norm.normalize(selected, into: selected, pool: pool)
         if picked.contains(where: \.hidden) {
-            let projected = picked.contains(where: { !$0.hidden })
-                ? logits(of: Matrix(copying: picked.indices.filter { !picked[$0].hidden }, of: selected), pool: pool) : []
+            let projectedRows = picked.filter { !$0.hidden }.map(\.row)
+            let projected = projectedRows.isEmpty ? [] : LoRAPass.selecting(rows: projectedRows) {
+                logits(of: Matrix(copying: picked.indices.filter { !picked[$0].hidden }, of: selected), pool: pool)
+            }
             var next = 0
             return picked.indices.map { i in
                 if picked[i].hidden { return selected.rowArray(i) }
@@ -842,7 +853,7 @@ public struct OutputHead: Sendable {
                 return projected[next]
             }
         }
-        return logits(of: selected, pool: pool)
+        return LoRAPass.selecting(rows: picked.map(\.row)) { logits(of: selected, pool: pool) }
     }
 
     /// The projection to the vocabulary, scaled and soft-capped, of already normalized rows.

@@ -125,12 +125,15 @@ extension LanguageModel {
     /// A batch of more than `activationMemoryPassTokens` tokens runs as several passes of at
     /// most that many (a sequence's later tokens in later passes, seeing the earlier ones
     /// through its cache), so activation memory stays bounded; the logits are the same floats.
-    public func forward(_ batch: [BatchSequence], pool: ThreadPool) throws -> [[Float]] {
+    /// `adapters`: the LoRA adapters the sequences' `loraScales` refer to.
+    public func forward(_ batch: [BatchSequence], pool: ThreadPool, adapters: [LoRAAdapter] = []) throws -> [[Float]] {
         for seq in batch { try seq.cache.reserve(seq.tokens.count) }
         var logits: [[Float]] = []
         // an encoder's tokens must all see each other: one pass, whatever its length
         for pass in isEncoder ? [batch] : microBatches(batch) {
-            let rows = computeLogits(pass, pool: pool)
+            let rows = LoRAPass.$current.withValue(LoRAPass(adapters: adapters, batch: pass)) {
+                computeLogits(pass, pool: pool)
+            }
             var next = 0
             for piece in pass {
                 let count = !piece.logitsNeeded ? 0 : piece.allLogits ? piece.tokens.count : 1
@@ -165,6 +168,7 @@ func microBatches(_ batch: [BatchSequence]) -> [[BatchSequence]] {
                                       hiddenStates: seq.hiddenStates)
             piece.logitsNeeded = seq.allLogits || start + n == seq.tokens.count
             piece.batching = seq.batching == .ungrouped ? .ungrouped : ReferenceBatching(from: start, of: seq.tokens.count)
+            piece.loraScales = seq.loraScales
             passes[passes.count - 1].append(piece)
             count += n
             start += n

@@ -85,6 +85,9 @@ public struct CompletionRequest: Sendable {
     public var speculation: RequestedSpeculation?
     /// llama.cpp's `reasoning_format` (nil: the server's `--reasoning-format`).
     public var reasoningFormat: ReasoningFormat?
+    /// llama.cpp's per-request `lora` (`[{"id", "scale"}]`), checked against the model's adapters
+    /// when the request is prepared; nil: the server's current scales.
+    public var lora: JSONValue?
     /// The start of the reply, written after the generation prompt (Anthropic's prefill: a
     /// trailing assistant turn the model continues); the reply leaves it out.
     public var replyPrefix = ""
@@ -179,6 +182,7 @@ public struct CompletionRequest: Sendable {
                 speculation = .draftModel(settings)
             }
         }
+        lora = f.value("lora")
         if let s = try f.bool("stream") { stream = s }
         if let options = root["stream_options"], options != .null {
             guard case .object = options else { throw APIError.invalid("stream_options", "'stream_options' must be an object") }

@@ -126,6 +126,7 @@ public struct OpenAIServer: Sendable {
             router.post(RouterPath(path)) { request, context in try await rerank(request, context: context) }
         }
         addUtilityRoutes(to: router)
+        addLoRARoutes(to: router)
         router.post("/v1/messages") { request, context in try await anthropicMessages(request, context: context) }
         router.post("/v1/messages/count_tokens") { request, _ in try await anthropicCountTokens(request) }
         router.post("/v1/responses") { request, context in try await responses(request, context: context) }
@@ -296,6 +297,8 @@ public struct OpenAIServer: Sendable {
                 var e = APIError(status: 503, message: error.description, type: "server_error", code: "draining")
                 e.headers = [("Retry-After", "1")]
                 throw e
+            case .badLoRAScales:
+                throw APIError.invalid("lora", error.description)
             }
         } catch let error as EngineError {
             throw APIError.invalid(param, error.description)
@@ -402,6 +405,10 @@ public struct OpenAIServer: Sendable {
         let harmony = r.isChat && ToolCallSyntax.detect(templateSource: model.chatTemplate?.source) == .harmony
         let toolSyntax: ToolCallSyntax? = harmony ? .harmony : parsesCalls ? toolPlan?.syntax : nil
         options.decodesSpecialTokens = toolSyntax?.marksWithControlTokens ?? false
+        // as in llama-server, an empty list leaves the server's scales
+        if let lora = r.lora, lora.arrayValue?.isEmpty != true {
+            options.loraScales = try Self.loraScales(lora, param: "lora", adapters: model.adapters.count)
+        }
         if r.isChat, let budget = configuration.reasoningBudget {
             options.reasoningBudget = ReasoningBudget(tokens: budget, startsInside: startsThinking)
         }

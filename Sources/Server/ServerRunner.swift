@@ -61,6 +61,8 @@ public struct ServerRunner: Sendable {
     public var chatTemplate: ChatTemplate?
     /// `--draft`: drafts for the first model.
     public var draftModelPath: String?
+    /// LoRA adapters of the first model (`--lora`, `--lora-scaled`).
+    public var adapters: [LoRAFile] = []
     public var logger: Logger
 
     public init(modelPath: String, configuration: ServerConfiguration, kvCache: KVCacheSize?, logger: Logger) {
@@ -104,8 +106,9 @@ public struct ServerRunner: Sendable {
     /// gauges of `/metrics` (`observesScheduler`); every engine counts tokens and requests.
     func loadEngine(path: String, metrics: ServerMetrics, observesScheduler: Bool = true) throws -> Generator {
         let start = Date()
-        // --chat-template-file replaces the first model's template only
-        let model = try LoadedModel(path: path, memoryBudget: memoryBudget, chatTemplate: path == modelPath ? chatTemplate : nil)
+        // --chat-template-file and the adapters belong to the first model only
+        let model = try LoadedModel(path: path, memoryBudget: memoryBudget, chatTemplate: path == modelPath ? chatTemplate : nil,
+                                    adapters: path == modelPath ? adapters : [])
         var engineConfig = configuration.engine
         let perToken = KVBlockPool.bytesPerToken(config: model.config)
         if let kvCache { engineConfig.kvCacheTokens = kvCache.tokens(bytesPerToken: perToken) }

@@ -24,6 +24,7 @@ struct Bench: ParsableCommand {
     var repetitions = 5
     @Option(name: .customLong("mem-budget"), help: memBudgetHelp)
     var memBudget: String?
+    @OptionGroup var lora: LoRAOptions
     @Flag(help: "Print a JSON array, one object per test.")
     var json = false
     @Flag(help: "Benchmark the matrix-vector kernels of every tensor type instead of a model.")
@@ -42,7 +43,7 @@ struct Bench: ParsableCommand {
             return
         }
         let path = try ModelLocator.resolve(model)
-        let loaded = try LoadedModel(path: path, memoryBudget: try parseMemBudget(memBudget))
+        let loaded = try LoadedModel(path: path, memoryBudget: try parseMemBudget(memBudget), adapters: lora.files())
         let longest = depth + max(promptTokens, generatedTokens)
         try loaded.validateContext(longest)
         let results = try benchmark(model: loaded, promptTokens: promptTokens, generatedTokens: generatedTokens,

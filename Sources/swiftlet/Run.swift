@@ -34,6 +34,7 @@ struct Run: ParsableCommand {
     @OptionGroup var speculative: SpeculativeOptions
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var chatTemplate: ChatTemplateOptions
+    @OptionGroup var lora: LoRAOptions
 
     /// Tokens per answer when a base model completes text: it has no end-of-turn to stop at.
     static let completionTokens = 128
@@ -59,7 +60,7 @@ struct Run: ParsableCommand {
     func run() throws {
         let (model, prompt) = modelAndPrompt()
         let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
-                                     chatTemplate: try chatTemplate.template())
+                                     chatTemplate: try chatTemplate.template(), adapters: lora.files())
         let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
                                                                                      threads: runtime.threads),
                                       draftModel: try speculative.loadDraftModel(for: loaded))

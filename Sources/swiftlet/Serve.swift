@@ -85,6 +85,7 @@ struct Serve: AsyncParsableCommand {
                                valueName: "SECONDS"))
     var shutdownGrace: Double = 10
     @OptionGroup var chatTemplate: ChatTemplateOptions
+    @OptionGroup var lora: LoRAOptions
 
     func validate() throws {
         guard !models.isEmpty || modelsDir != nil else { throw ValidationError("name a model to serve (or --models-dir DIR)") }
@@ -165,6 +166,7 @@ struct Serve: AsyncParsableCommand {
         runner.idleUnload = idleUnload.map { .milliseconds(Int64($0 * 1000)) }
         runner.shutdownGrace = .milliseconds(Int64(shutdownGrace * 1000))
         runner.chatTemplate = try chatTemplate.template()
+        runner.adapters = try lora.files()
         try await runner.run()
     }
 }

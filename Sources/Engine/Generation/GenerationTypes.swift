@@ -38,6 +38,9 @@ public struct GenerationOptions: Sendable {
     /// verified in one forward pass (speculative decoding). The output is the same as without
     /// it, token for token.
     public var speculation: Speculation?
+    /// Each LoRA adapter's scale (by id, the model's `adapters`; missing ones 0); nil: the
+    /// generator's `adapterScales` when the request is submitted.
+    public var loraScales: [Float]?
 
     public init(maxTokens: Int, sampling: SamplingParameters = .greedy, stop: [String] = [],
                 grammar: JSONGrammar? = nil, grammarTriggers: [GrammarTrigger] = [], logprobs: Int? = nil) {
@@ -145,11 +148,14 @@ public struct GenerationResult: Sendable {
 public enum SubmitError: Error, Sendable, CustomStringConvertible {
     case queueFull(retryAfter: Int)
     case stopped
+    /// LoRA scales for more adapters than the model has (`count`), or not finite.
+    case badLoRAScales(adapters: Int)
 
     public var description: String {
         switch self {
         case .queueFull: "the server is busy: too many requests are queued"
         case .stopped: "the server is shutting down"
+        case .badLoRAScales(let n): "LoRA scales must be finite numbers for adapter ids 0..<\(n) (the model has \(n) adapters)"
         }
     }
 }

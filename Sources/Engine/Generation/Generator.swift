@@ -91,6 +91,7 @@ public final class Generator: @unchecked Sendable {
     private var stoppedWaiters: [CheckedContinuation<Void, Never>] = []
     private var isStopped = false
     private var snapshot = Snapshot()
+    private var globalAdapterScales: [Float]
 
     // Owned by the generator thread.
     private var active: [Int: ActiveSequence] = [:]
@@ -193,6 +194,7 @@ public final class Generator: @unchecked Sendable {
         self.draftModel = draftModel
         self.configuration = configuration
         self.observer = observer
+        globalAdapterScales = model.adapterScales
         let storage: SequenceStorage
         var diskCache: PromptDiskCache?
         if model.model is any AttentionModel {
@@ -235,6 +237,29 @@ public final class Generator: @unchecked Sendable {
         return snapshot
     }
 
+    /// Each LoRA adapter's scale for requests that do not choose theirs (`GenerationOptions.loraScales`);
+    /// starts at the model's `adapterScales`. Setting it affects requests submitted afterwards.
+    public var adapterScales: [Float] {
+        condition.lock()
+        defer { condition.unlock() }
+        return globalAdapterScales
+    }
+
+    /// Sets `adapterScales`: scales for ids 0..<scales.count, the rest 0.
+    public func setAdapterScales(_ scales: [Float]) throws(SubmitError) {
+        let resolved = try resolvedLoRAScales(scales)
+        condition.lock()
+        globalAdapterScales = resolved
+        condition.unlock()
+    }
+
+    /// One finite scale per adapter of the model.
+    private func resolvedLoRAScales(_ scales: [Float]) throws(SubmitError) -> [Float] {
+        let n = model.adapters.count
+        guard scales.count <= n, scales.allSatisfy(\.isFinite) else { throw .badLoRAScales(adapters: n) }
+        return scales + [Float](repeating: 0, count: n - scales.count)
+    }
+
     /// Sequences whose events are still coming (waiting or running).
     public var outstandingSequences: Int {
         condition.lock()
@@ -272,9 +297,12 @@ public final class Generator: @unchecked Sendable {
         precondition(!specs.isEmpty)
         if case .draftModel = options.speculation, draftModel == nil { throw EngineError.noDraftModel }
         for spec in specs { try validate(prompt: spec.prompt, embedding: options.embedding != nil) }
+        var options = options
+        if let scales = options.loraScales { options.loraScales = try resolvedLoRAScales(scales) }
         condition.lock()
         defer { condition.unlock() }
         guard !stopping else { throw SubmitError.stopped }
+        if options.loraScales == nil { options.loraScales = globalAdapterScales }
         guard outstanding + specs.count <= configuration.parallel + configuration.maxQueue || outstanding == 0 else {
             throw SubmitError.queueFull(retryAfter: 1)
         }
@@ -413,12 +441,21 @@ public final class Generator: @unchecked Sendable {
         for (index, spec) in s.specs.enumerated() {
             let seq = scheduler.add(id: nextSequenceID, prompt: spec.prompt)
             seq.reusesCachedPrefix = s.options.embedding == nil
+            seq.prefixCacheRoot = prefixCacheRoot(loraScales: s.options.loraScales ?? [])
             seq.runsWholePrompt = model.model.isEncoder
             nextSequenceID += 1
             active[seq.id] = ActiveSequence(requestID: s.id, index: index, sequence: seq, options: s.options,
                                             seed: spec.seed, tokenizer: model.tokenizer, vocabulary: vocabulary,
                                             submitted: s.submitted)
         }
+    }
+
+    /// Where a sequence's prefix-cache chain starts: cached keys and values hold the adapters'
+    /// terms, so sequences share cached blocks only under the same adapter scales (0 for the
+    /// base model, all scales 0).
+    private func prefixCacheRoot(loraScales: [Float]) -> UInt64 {
+        guard loraScales.contains(where: { $0 != 0 }) else { return 0 }
+        return BlockAllocator.hash(parent: 0, tokens: loraScales.map { TokenID(bitPattern: $0.bitPattern) }) | 1
     }
 
     private func step() {
@@ -441,12 +478,14 @@ public final class Generator: @unchecked Sendable {
         let embeds = chunks.map { active[$0.sequence.id]?.embedding != nil }
         let batch = zip(chunks, embeds).map { chunk, embeds in
             let drafted = !chunk.draft.isEmpty
-            return BatchSequence(tokens: chunk.tokens, cache: chunk.sequence.store!.modelState, allLogits: drafted,
-                                 hiddenStates: embeds, asDecodes: drafted)
+            var seq = BatchSequence(tokens: chunk.tokens, cache: chunk.sequence.store!.modelState, allLogits: drafted,
+                                    hiddenStates: embeds, asDecodes: drafted)
+            seq.loraScales = active[chunk.sequence.id]?.options.loraScales ?? []
+            return seq
         }
         let rows: [[Float]]
         do {
-            rows = try model.model.forward(batch, pool: pool)
+            rows = try model.model.forward(batch, pool: pool, adapters: model.adapters)
         } catch {
             observer?.forwardPassFailed(error, sequences: chunks.count)
             for chunk in chunks { if let a = active[chunk.sequence.id] { fail(a, message: "\(error)") } }

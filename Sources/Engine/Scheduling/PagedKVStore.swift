@@ -91,14 +91,18 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
     private let blockSize: Int
     /// Where full blocks are also kept across restarts (`--prompt-cache`), if anywhere.
     let diskCache: PromptDiskCache?
+    /// The parent hash of the first block: prefixes are shared only between stores with the same root.
+    public let prefixRoot: UInt64
 
-    public init(pool: KVBlockPool, allocator: BlockAllocator, capacity: Int, diskCache: PromptDiskCache? = nil) {
+    public init(pool: KVBlockPool, allocator: BlockAllocator, capacity: Int, prefixRoot: UInt64 = 0,
+                diskCache: PromptDiskCache? = nil) {
         precondition(pool.blockSize == allocator.blockSize && pool.blockCount == allocator.blockCount)
         precondition(diskCache.map { $0.pool === pool } ?? true, "a disk cache of another pool")
         self.pool = pool
         self.allocator = allocator
         self.capacity = capacity
         self.diskCache = diskCache
+        self.prefixRoot = prefixRoot
         blockSize = allocator.blockSize
     }
 
@@ -182,7 +186,7 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
     /// block size).
     public func adoptCachedPrefix(_ tokens: [TokenID]) -> Int {
         precondition(count == 0 && blocks.isEmpty, "adoptCachedPrefix on a non-empty store")
-        var parent: UInt64 = 0
+        var parent = prefixRoot
         var start = 0
         while start + blockSize <= min(tokens.count, capacity) {
             let slice = tokens[start..<start + blockSize]
@@ -203,7 +207,7 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
         precondition(tokens.count >= count)
         while blockHashes.count < count / blockSize {
             let i = blockHashes.count
-            let parent = blockHashes.last ?? 0
+            let parent = blockHashes.last ?? prefixRoot
             let slice = tokens[i * blockSize..<(i + 1) * blockSize]
             let hash = allocator.register(blocks[i], parent: parent, tokens: slice)
             diskCache?.save(block: blocks[i], hash: hash, parent: parent, tokens: slice)

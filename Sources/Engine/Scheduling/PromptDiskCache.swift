@@ -56,7 +56,9 @@ public final class PromptDiskCache: @unchecked Sendable {
 
     /// Opens (creating) the cache for `model` under `root`; lists the files already there.
     public init(root: String, model: LoadedModel, pool: KVBlockPool, maxBytes: Int) throws {
-        fingerprint = Self.fingerprint(model.file)
+        // LoRA adapters change the cached keys and values of sequences that use them: their
+        // files are part of what the cache belongs to
+        fingerprint = model.adapters.reduce(Self.fingerprint(model.file)) { Self.fingerprint(adapterAt: $1.path, after: $0) }
         directory = URL(fileURLWithPath: root).appendingPathComponent(String(format: "%016llx", fingerprint))
         self.pool = pool
         self.maxBytes = maxBytes
@@ -211,6 +213,16 @@ public final class PromptDiskCache: @unchecked Sendable {
         for i in 0..<words { h = (h ^ bytes.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self)) &* 0x0000_0100_0000_01B3 }
         for i in words * 8..<bytes.count { h = (h ^ UInt64(bytes[i])) &* 0x0000_0100_0000_01B3 }
         return h
+    }
+
+    /// `parent` extended by an adapter file's size and first MiB.
+    static func fingerprint(adapterAt path: String, after parent: UInt64) -> UInt64 {
+        let head = FileHandle(forReadingAtPath: path).flatMap { try? $0.read(upToCount: 1 << 20) } ?? Data()
+        let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        let words = head.withUnsafeBytes { raw in
+            stride(from: 0, to: raw.count - 3, by: 4).map { raw.loadUnaligned(fromByteOffset: $0, as: TokenID.self) }
+        }
+        return BlockAllocator.hash(parent: parent, tokens: [TokenID(truncatingIfNeeded: size)] + words)
     }
 
     /// What identifies a model's keys and values: the tensors' names, types, shapes and places,

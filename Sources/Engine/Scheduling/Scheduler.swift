@@ -28,6 +28,9 @@ public final class ScheduledSequence {
     /// `schedule`: a decoding sequence's chunk carries as many as fit, to be verified in the
     /// same pass.
     public var draft: [TokenID] = []
+    /// Where its chain of prefix-cache hashes starts: sequences whose cached keys and values
+    /// differ for the same tokens (other LoRA adapters) get different roots.
+    public var prefixCacheRoot: UInt64 = 0
     let arrival: Int
 
     public init(id: Int, prompt: [TokenID], arrival: Int = 0) {
@@ -129,9 +132,11 @@ public final class Scheduler {
         return 0
     }
 
-    private func makeStore() -> any SequenceStore {
+    private func makeStore(prefixRoot: UInt64) -> any SequenceStore {
         switch storage {
-        case .paged(let pool): PagedKVStore(pool: pool, allocator: allocator, capacity: configuration.contextLength, diskCache: diskCache)
+        case .paged(let pool):
+            PagedKVStore(pool: pool, allocator: allocator, capacity: configuration.contextLength, prefixRoot: prefixRoot,
+                         diskCache: diskCache)
         case .perSequence(let makeState): RecurrentStore(makeState())
         }
     }
@@ -179,7 +184,7 @@ public final class Scheduler {
 
         // Admit waiting sequences.
         while budget > 0, running.count < configuration.maxRunning, let seq = waiting.first {
-            let store = makeStore()
+            let store = makeStore(prefixRoot: seq.prefixCacheRoot)
             var cached = seq.reusesCachedPrefix ? store.adoptCachedPrefix(seq.tokens) : 0
             if cached >= seq.tokens.count {
                 // Everything is cached: the last token still has to run to give logits; its
