@@ -93,6 +93,8 @@ func activationBlock(_ type: TensorType) -> Int {
     switch type {
     case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0: 32
     case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: 256
+    case .iq4_NL, .mxfp4: 32
+    case .iq4_XS, .tq1_0, .tq2_0: 256
     case .f32, .f16, .bf16: 0
     default: fatalError("matmul: \(KernelError.unsupportedType(type))")
     }
@@ -118,6 +120,11 @@ func computeRows(_ w: WeightMatrix, _ act: QuantizedActivations?, _ x: UnsafePoi
     case .q4_K: quantRows(KQ4_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
     case .q5_K: quantRows(KQ5_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
     case .q6_K: quantRows(KQ6_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq4_NL: quantRows(KIQ4_NL.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq4_XS: quantRows(KIQ4_XS.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .mxfp4: quantRows(KMXFP4.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .tq1_0: quantRows(KTQ1_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .tq2_0: quantRows(KTQ2_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
     default: floatRows(w, x, tokens, rows, y)
     }
 }

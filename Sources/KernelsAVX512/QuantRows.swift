@@ -61,6 +61,8 @@ public func avx512QuantRows(_ type: TensorType, data: UnsafeRawPointer, rows: In
     case .q4_K: superRows(S4_K.self, m, act, tokens, range, y)
     case .q5_K: superRows(S5_K.self, m, act, tokens, range, y)
     case .q6_K: superRows(S6_K.self, m, act, tokens, range, y)
+    case .iq4_NL: pairRows(PIQ4_NL.self, m, act, tokens, range, y)
+    case .mxfp4: pairRows(PMXFP4.self, m, act, tokens, range, y)
     default: return false
     }
     return true
