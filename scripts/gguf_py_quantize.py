@@ -7,10 +7,15 @@ experts), this gives a model file in that format that both llama.cpp and Swiftle
 Matrices whose rows are not whole blocks of TYPE, and the token embeddings, become Q8_0
 (as llama-quantize does with rows that do not fit); 1-D tensors (norms, biases) stay as they are.
 
-Usage: python3 scripts/gguf_py_quantize.py IN.gguf OUT.gguf TYPE    (TYPE: MXFP4, TQ1_0, TQ2_0, Q8_0, ...)
+With a PATTERN (a regular expression), only the matrices whose names match it become TYPE and
+the others Q8_0: e.g. a few ternary (TQ1_0, TQ2_0) layers in a model that ternary weights
+everywhere would wreck.
+
+Usage: python3 scripts/gguf_py_quantize.py IN.gguf OUT.gguf TYPE [PATTERN]    (TYPE: MXFP4, TQ1_0, TQ2_0, Q8_0, ...)
 """
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -20,9 +25,10 @@ from gguf.quants import quantize, dequantize
 
 
 def main() -> None:
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
-    source, destination, type_name = sys.argv[1:]
+    source, destination, type_name = sys.argv[1:4]
+    pattern = re.compile(sys.argv[4]) if len(sys.argv) == 5 else None
     target = gguf.GGMLQuantizationType[type_name.upper()]
     reader = gguf.GGUFReader(source)
     writer = gguf.GGUFWriter(destination, arch=None)
@@ -42,7 +48,8 @@ def main() -> None:
             writer.add_tensor(tensor.name, rows.reshape(-1))
             continue
         block = GGML_QUANT_SIZES[target][0]
-        kind = target if rows.shape[1] % block == 0 and tensor.name != "token_embd.weight" else gguf.GGMLQuantizationType.Q8_0
+        chosen = pattern.search(tensor.name) if pattern else tensor.name != "token_embd.weight"
+        kind = target if rows.shape[1] % block == 0 and chosen else gguf.GGMLQuantizationType.Q8_0
         # a few rows at a time: the reference quantizers build arrays many times the input's size
         batch = max(1, (1 << 16) // rows.shape[1])
         quantized = np.concatenate([quantize(rows[i:i + batch], kind) for i in range(0, rows.shape[0], batch)])

@@ -385,6 +385,9 @@ func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
         case .lanes:
             a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(i))
             c += K.correction(h, dx: dx, sx: 0, bsums: bsums)
+        case .minChain:
+            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(i))
+            c = c.addingProduct(-(K.blockMin(h) * dx), Float(K.minSum(h, bsums: bsums)))
         case .laneOffset:
             let lanes = i &- K.laneOffset(h, bsums: bsums)
             a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(lanes))
@@ -432,7 +435,7 @@ func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
     @inline(__always)
     func result(_ a: SIMD8<Float>, _ c: Float, _ s: Float) -> Float {
         switch K.superStyle {
-        case .lanes: hsum(a) + c
+        case .lanes, .minChain: hsum(a) + c
         case .laneOffset: hsum(a)
         case .rowSums: s - c
         }

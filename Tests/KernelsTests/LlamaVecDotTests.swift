@@ -3,7 +3,7 @@ import Testing
 @testable import Kernels
 
 /// The formats of the real models must compute exactly llama.cpp's CPU arithmetic (x86
-/// `ggml_vec_dot_{q4_0,q5_0,q8_0}_q8_0`, `{q4_1,q5_1}_q8_1`, `q6_K_q8_K`, and the repacked
+/// `ggml_vec_dot_{q4_0,q5_0,q8_0}_q8_0`, `{q4_1,q5_1}_q8_1`, `{q5_K,q6_K}_q8_K`, and the repacked
 /// `ggml_gemv/gemm_q4_K_8x8_q8_K`, after `quantize_row_q8_*`), so that a model's logits, and
 /// its greedy text, are the same as llama.cpp's. This reference is written from the formulas
 /// alone, element by element, independently of the kernels.
