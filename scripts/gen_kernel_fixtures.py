@@ -37,7 +37,14 @@ SCALE_FIELDS: dict[T, list[tuple[int, str]]] = {
     T.Q4_K: [(0, "d"), (2, "dmin")],
     T.Q5_K: [(0, "d"), (2, "dmin")],
     T.Q6_K: [(208, "d")],
+    T.IQ4_NL: [(0, "d")],
+    T.IQ4_XS: [(0, "d")],
+    T.TQ1_0: [(52, "d")],
+    T.TQ2_0: [(64, "d")],
 }
+
+# Byte offsets of E8M0 exponent bytes (MXFP4's block scale 2^(e-127)).
+EXPONENT_FIELDS: dict[T, int] = {T.MXFP4: 0}
 
 # Number of blocks per fixture (32-element types get more blocks, K-quants fewer).
 BLOCKS = {T.F32: 96, T.F16: 192, T.BF16: 192}
@@ -80,8 +87,13 @@ def make_blocks(rng: np.random.Generator, t: T) -> np.ndarray:
         return bits.view(np.uint8)
     n_blocks = 16 if block_size == 32 else 4
     blocks = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint16).astype(np.uint8)
-    for off, kind in SCALE_FIELDS[t]:
+    for off, kind in SCALE_FIELDS.get(t, []):
         blocks[:, off:off + 2] = sane_f16(rng, kind, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+    if t in EXPONENT_FIELDS:
+        # scales 2^-20 .. 2^4, and the two subnormal encodings (0 and 1)
+        e = rng.integers(107, 132, size=n_blocks, dtype=np.uint16).astype(np.uint8)
+        e[0], e[1] = 0, 1
+        blocks[:, EXPONENT_FIELDS[t]] = e
     return blocks.reshape(-1)
 
 
@@ -89,9 +101,12 @@ def main() -> None:
     os.makedirs(OUT, exist_ok=True)
     rng = np.random.default_rng(20240611)
     types = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
-             T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K]
+             T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
+             T.IQ4_NL, T.IQ4_XS, T.MXFP4, T.TQ1_0, T.TQ2_0]
     for t in types:
-        raw = make_blocks(rng, t)
+        # the first formats share one stream (their files predate the others); every later
+        # format gets its own, so adding one never changes another's fixture
+        raw = make_blocks(rng if t <= T.Q6_K or t == T.BF16 else np.random.default_rng([20240611, int(t)]), t)
         if t == T.F32:
             expected = raw.view(np.float32).copy()
         else:

@@ -72,6 +72,31 @@ def build_llama(target="llama-bench"):
     return binary
 
 
+def requantized(source, file_type):
+    """`source` (a GGUF model) as llama-quantize writes it in `file_type` (IQ4_XS, Q4_K_M, ...),
+    from an F32 copy of it, cached in $SWIFTLET_HOME/requantized/llama.cpp-<version>/ (the folder
+    and names the tests use for the same files)."""
+    folder = HOME / "requantized" / f"llama.cpp-{LLAMA_VERSION}"
+    output = folder / f"{Path(source).name.split('.')[0]}.{file_type}.gguf"
+    if output.exists():
+        return output
+    folder.mkdir(parents=True, exist_ok=True)
+    quantize = build_llama("llama-quantize")
+    f32 = folder / f"{output.name}.f32-{os.getpid()}"
+    partial = folder / f"{output.name}.partial-{os.getpid()}"
+    try:
+        log(f"quantizing {Path(source).name} to {file_type} with llama-quantize")
+        subprocess.run([str(quantize), "--allow-requantize", str(source), str(f32), "F32"], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run([str(quantize), str(f32), str(partial), file_type], check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        partial.rename(output)
+    finally:
+        f32.unlink(missing_ok=True)
+        partial.unlink(missing_ok=True)
+    return output
+
+
 if __name__ == "__main__":
     for t in sys.argv[1:] or TEST_TARGETS:
         build_llama(t)

@@ -38,7 +38,7 @@ protocol QuantKernel: SendableMetatype {
     static var superStyle: SuperStyle { get }
     /// `.laneOffset`: what llama.cpp subtracts from the 8 lanes for the format's offset.
     static func laneOffset(_ h: Header, bsums: UnsafePointer<Int16>) -> SIMD8<Int32>
-    /// `.rowSums`: the block's min multiplier and Σ mins · group sums.
+    /// `.rowSums`, `.minChain`: the block's min multiplier and Σ mins · group sums.
     static func blockMin(_ h: Header) -> Float
     static func minSum(_ h: Header, bsums: UnsafePointer<Int16>) -> Int32
     /// `.rowSums`: Σ mins · group sums over chunk pair `pair` (groups 4·pair..<4·pair+4).
@@ -49,6 +49,10 @@ protocol QuantKernel: SendableMetatype {
 enum SuperStyle {
     /// acc[l] = fma(d·d_x, lane l, acc[l]); corr += correction; result hsum(acc) + corr.
     case lanes
+    /// `ggml_vec_dot_q5_K_q8_K`: as `.lanes`, but the mins are one FMA per block into the
+    /// scalar sum, mins = fma(-(dmin·d_x), Σ mins·group sums, mins) (the compiler fuses
+    /// llama.cpp's `summs += dmin * sum`).
+    case minChain
     /// `ggml_vec_dot_q6_K_q8_K`: the offset leaves the integer lanes first (`laneOffset`),
     /// then acc[l] = fma(d·d_x, lane l, acc[l]); result hsum(acc).
     case laneOffset
@@ -73,9 +77,9 @@ extension QuantKernel {
     static func laneOffset(_ h: Header, bsums: UnsafePointer<Int16>) -> SIMD8<Int32> {
         fatalError("laneOffset is only for .laneOffset K-quants")
     }
-    static func blockMin(_ h: Header) -> Float { fatalError("blockMin is only for .rowSums K-quants") }
+    static func blockMin(_ h: Header) -> Float { fatalError("blockMin is only for .rowSums and .minChain K-quants") }
     static func minSum(_ h: Header, bsums: UnsafePointer<Int16>) -> Int32 {
-        fatalError("minSum is only for .rowSums K-quants")
+        fatalError("minSum is only for .rowSums and .minChain K-quants")
     }
     static func minPairSum(_ h: Header, bsums: UnsafePointer<Int16>, pair: Int) -> Int32 {
         fatalError("minPairSum is only for .rowSums K-quants")
@@ -281,8 +285,10 @@ struct KQ5_K: QuantKernel {
         return (or(lo, hb), splat16(h.scales[c]))
     }
     @inline(__always) static func blockScale(_ h: KHeader) -> Float { h.d }
-    @inline(__always) static func correction(_ h: KHeader, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float {
-        -(h.dmin * dx) * Float(dotI16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self)))
+    static var superStyle: SuperStyle { .minChain }
+    @inline(__always) static func blockMin(_ h: KHeader) -> Float { h.dmin }
+    @inline(__always) static func minSum(_ h: KHeader, bsums: UnsafePointer<Int16>) -> Int32 {
+        dotI16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self))
     }
 }
 

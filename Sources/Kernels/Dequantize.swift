@@ -12,6 +12,7 @@ public enum KernelError: Error, CustomStringConvertible {
 /// Types `dequantizeRow` and `matmul` handle.
 public let supportedWeightTypes: [TensorType] = [
     .f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K,
+    .iq4_NL, .iq4_XS, .mxfp4, .tq1_0, .tq2_0,
 ]
 
 @inline(__always)
@@ -30,6 +31,7 @@ extension TensorType {
     public var hasWeightKernels: Bool {
         switch self {
         case .f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: true
+        case .iq4_NL, .iq4_XS, .mxfp4, .tq1_0, .tq2_0: true
         default: false
         }
     }
@@ -184,6 +186,11 @@ public func dequantizeRow(_ type: TensorType, _ source: UnsafeRawPointer, into d
                 }
             }
         }
+    case .iq4_NL: dequantizeIQ4NL(source, into: destination, blocks: blocks)
+    case .iq4_XS: dequantizeIQ4XS(source, into: destination, blocks: blocks)
+    case .mxfp4: dequantizeMXFP4(source, into: destination, blocks: blocks)
+    case .tq1_0: dequantizeTQ1(source, into: destination, blocks: blocks)
+    case .tq2_0: dequantizeTQ2(source, into: destination, blocks: blocks)
     default:
         fatalError("dequantizeRow: \(type) not supported")
     }

@@ -93,6 +93,8 @@ func activationBlock(_ type: TensorType) -> Int {
     switch type {
     case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0: 32
     case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: 256
+    case .iq4_NL, .mxfp4: 32
+    case .iq4_XS, .tq1_0, .tq2_0: 256
     case .f32, .f16, .bf16: 0
     default: fatalError("matmul: \(KernelError.unsupportedType(type))")
     }
@@ -118,6 +120,11 @@ func computeRows(_ w: WeightMatrix, _ act: QuantizedActivations?, _ x: UnsafePoi
     case .q4_K: quantRows(KQ4_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
     case .q5_K: quantRows(KQ5_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
     case .q6_K: quantRows(KQ6_K.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq4_NL: quantRows(KIQ4_NL.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq4_XS: quantRows(KIQ4_XS.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .mxfp4: quantRows(KMXFP4.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .tq1_0: quantRows(KTQ1_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .tq2_0: quantRows(KTQ2_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
     default: floatRows(w, x, tokens, rows, y)
     }
 }
@@ -378,6 +385,9 @@ func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
         case .lanes:
             a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(i))
             c += K.correction(h, dx: dx, sx: 0, bsums: bsums)
+        case .minChain:
+            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(i))
+            c = c.addingProduct(-(K.blockMin(h) * dx), Float(K.minSum(h, bsums: bsums)))
         case .laneOffset:
             let lanes = i &- K.laneOffset(h, bsums: bsums)
             a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(lanes))
@@ -425,7 +435,7 @@ func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
     @inline(__always)
     func result(_ a: SIMD8<Float>, _ c: Float, _ s: Float) -> Float {
         switch K.superStyle {
-        case .lanes: hsum(a) + c
+        case .lanes, .minChain: hsum(a) + c
         case .laneOffset: hsum(a)
         case .rowSums: s - c
         }

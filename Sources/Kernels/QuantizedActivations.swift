@@ -55,6 +55,7 @@ struct QuantizedActivations: @unchecked Sendable {
         case .q4_0: 1 << 0
         case .q5_0: 1 << 1
         case .q8_0: 1 << 2
+        case .iq4_NL, .mxfp4: 1 << 2  // AVX-512: table value + 128 as unsigned bytes
         default: 0
         }
     }

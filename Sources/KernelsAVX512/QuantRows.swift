@@ -61,6 +61,8 @@ public func avx512QuantRows(_ type: TensorType, data: UnsafeRawPointer, rows: In
     case .q4_K: superRows(S4_K.self, m, act, tokens, range, y)
     case .q5_K: superRows(S5_K.self, m, act, tokens, range, y)
     case .q6_K: superRows(S6_K.self, m, act, tokens, range, y)
+    case .iq4_NL: pairRows(PIQ4_NL.self, m, act, tokens, range, y)
+    case .mxfp4: pairRows(PMXFP4.self, m, act, tokens, range, y)
     default: return false
     }
     return true
@@ -488,6 +490,8 @@ protocol SuperFormat {
 enum SuperStyle {
     /// per-lane FMA, the offsets/mins as a float correction
     case lanes
+    /// Q5_K: per-lane FMA, the mins as one scalar FMA per block
+    case minChain
     /// Q6_K: the offset leaves the integer lanes, then per-lane FMA
     case laneOffset
     /// Q4_K: whole-row sums (per block, or per chunk pair for llama.cpp's gemm rows)
@@ -545,6 +549,7 @@ struct S4_K: SuperFormat {
 }
 
 struct S5_K: SuperFormat {
+    static var style: SuperStyle { .minChain }
     static var scalesPerChunk: Int { 1 }
     static var blockBytes: Int { 176 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
@@ -761,6 +766,9 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
                 case .lanes:
                     a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
                     c += F.correction(h, dx: dx, bsums: bsums)
+                case .minChain:
+                    a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
+                    c = c.addingProduct(-(h.dmin * dx), Float(minsDot(h.mins, bsums)))
                 case .laneOffset:
                     let offset = _mm256_madd_epi16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: __m256i.self))
                     lanes = _mm256_sub_epi32(lanes, _mm256_slli_epi32(offset, 5))
@@ -792,7 +800,7 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
         @inline(__always)
         func result(_ a: __m256, _ c: Float, _ s: Float) -> Float {
             switch F.style {
-            case .lanes: hsum8(a) + c
+            case .lanes, .minChain: hsum8(a) + c
             case .laneOffset: hsum8(a)
             case .rowSums: s - c
             }

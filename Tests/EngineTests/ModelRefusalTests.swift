@@ -26,18 +26,18 @@ import Testing
     }
 
     @Test func weightTypesWithoutKernelsAreNamedBeforeAnyKernelRuns() throws {
-        let path = try SyntheticGGUF(extraTensors: [("blk.0.ffn_extra.weight", .iq4_XS, [256, 8])]).write(name: "iq4xs-tensor")
+        let path = try SyntheticGGUF(extraTensors: [("blk.0.ffn_extra.weight", .nvfp4, [256, 8])]).write(name: "nvfp4-tensor")
         let file = try GGUFFile(path: path)
-        #expect(file.tensor(named: "blk.0.ffn_extra.weight")?.type == .iq4_XS)
-        let expected = ModelError.unsupportedTensorTypes([UnsupportedTensorType(type: .iq4_XS, count: 1, example: "blk.0.ffn_extra.weight")])
+        #expect(file.tensor(named: "blk.0.ffn_extra.weight")?.type == .nvfp4)
+        let expected = ModelError.unsupportedTensorTypes([UnsupportedTensorType(type: .nvfp4, count: 1, example: "blk.0.ffn_extra.weight")])
         #expect(throws: expected) { try LoadedModel(path: path) }
-        #expect("\(expected)".contains("tensor type IQ4_XS (1 tensors, e.g. 'blk.0.ffn_extra.weight') has no kernels"))
+        #expect("\(expected)".contains("tensor type NVFP4 (1 tensors, e.g. 'blk.0.ffn_extra.weight') has no kernels"))
 
         let info = try CommandLine.run(["info", path])
         #expect(info.status == 0)
         #expect(info.stdout.contains("runs in Swiftlet"))
         #expect(info.stdout.contains("no, missing:"))
-        #expect(info.stdout.contains("tensor type IQ4_XS"))
+        #expect(info.stdout.contains("tensor type NVFP4"))
     }
 
     @Test func infoSaysWhenAFileRuns() throws {

@@ -3,7 +3,7 @@ import Testing
 @testable import Kernels
 
 /// The formats of the real models must compute exactly llama.cpp's CPU arithmetic (x86
-/// `ggml_vec_dot_{q4_0,q5_0,q8_0}_q8_0`, `{q4_1,q5_1}_q8_1`, `q6_K_q8_K`, and the repacked
+/// `ggml_vec_dot_{q4_0,q5_0,q8_0}_q8_0`, `{q4_1,q5_1}_q8_1`, `{q5_K,q6_K}_q8_K`, and the repacked
 /// `ggml_gemv/gemm_q4_K_8x8_q8_K`, after `quantize_row_q8_*`), so that a model's logits, and
 /// its greedy text, are the same as llama.cpp's. This reference is written from the formulas
 /// alone, element by element, independently of the kernels.
@@ -119,6 +119,28 @@ import Testing
                         sum = sum.addingProduct(Float(isum), f16(0) * xb.d)
                         mins = mins.addingProduct(Float(msum), f16(2) * xb.d)
                     }
+                } else if c.type == .q5_K {
+                    // ggml_vec_dot_q5_K_q8_K: 5-bit values (bit j of qh[e % 32] on top of sub-block j's nibble),
+                    // scaled lanes, and the mins as one FMA per block into a scalar sum
+                    func scaleMin(_ j: Int) -> (Int32, Int32) {
+                        j < 4 ? (u8(4 + j) & 63, u8(4 + j + 4) & 63)
+                              : ((u8(4 + j + 4) & 0xF) | ((u8(4 + j - 4) >> 6) << 4),
+                                 (u8(4 + j + 4) >> 4) | ((u8(4 + j) >> 6) << 4))
+                    }
+                    var msum: Int32 = 0
+                    for l in 0..<8 {
+                        var lane: Int32 = 0
+                        for j in 0..<8 {
+                            for e in (32 * j + 4 * l)..<(32 * j + 4 * l + 4) {
+                                let byte = u8(48 + 32 * (j / 2) + e % 32)
+                                let v = (j % 2 == 0 ? byte & 0xF : byte >> 4) | (((u8(16 + e % 32) >> Int32(j)) & 1) << 4)
+                                lane += scaleMin(j).0 * v * xb.q[e]
+                            }
+                        }
+                        acc[l] = acc[l].addingProduct(xb.d * f16(0), Float(lane))
+                    }
+                    for j in 0..<8 { msum += scaleMin(j).1 * (xb.bsums[2 * j] + xb.bsums[2 * j + 1]) }
+                    mins = mins.addingProduct(-xb.d * f16(2), Float(msum))
                 } else {
                     // Q6_K: 6-bit values (offset 32 removed per lane from the group sums), int8 scales per 16
                     func value(_ e: Int) -> Int32 {
@@ -139,11 +161,11 @@ import Testing
                     }
                 }
             }
-            return c.type == .q4_K ? sum - mins : hsum(acc)
+            return c.type == .q4_K ? sum - mins : c.type == .q5_K ? hsum(acc) + mins : hsum(acc)
         }
     }
 
-    static let types: [TensorType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q6_K]
+    static let types: [TensorType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q4_K, .q5_K, .q6_K]
 
     @Test(arguments: types)
     func bitwiseEqualToLlamaCppArithmetic(_ type: TensorType) {

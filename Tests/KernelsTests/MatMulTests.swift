@@ -25,6 +25,9 @@ func scaleFields(_ type: TensorType) -> [(Int, Bool)] {
     case .q3_K: [(108, false)]
     case .q4_K, .q5_K: [(0, false), (2, true)]
     case .q6_K: [(208, false)]
+    case .iq4_NL, .iq4_XS: [(0, false)]
+    case .tq1_0: [(52, false)]
+    case .tq2_0: [(64, false)]
     default: []
     }
 }
@@ -54,6 +57,8 @@ func randomWeights(_ type: TensorType, rows: Int, columns: Int, seed: UInt64) ->
         }
     default:
         let blocks = count / type.blockBytes
+        // MXFP4's E8M0 block scale: 2^-17 ... 2^3
+        if type == .mxfp4 { for b in 0..<blocks { bytes[b * 17] = UInt8.random(in: 110...130, using: &rng) } }
         for b in 0..<blocks {
             for (off, isMin) in scaleFields(type) {
                 var v = Float.random(in: 0.002...0.05, using: &rng)
