@@ -26,6 +26,12 @@ let avx512Settings: [SwiftSetting] = testableSettings + [
     .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]
 
+// libFuzzer targets (scripts/fuzz builds them with -sanitize=fuzzer,address). Built without it, as
+// here, each replays the files it is given, so they build with the package and reproduce crashes.
+func fuzzTarget(_ name: String, _ folder: String, _ dependencies: [Target.Dependency]) -> Target {
+    .executableTarget(name: name, dependencies: ["FuzzDriver"] + dependencies, path: "Sources/Fuzz/\(folder)")
+}
+
 let package = Package(
     name: "Swiftlet",
     platforms: [.macOS(.v14)],
@@ -85,6 +91,13 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
+        .target(name: "FuzzDriver", path: "Sources/Fuzz/Driver"),
+        fuzzTarget("fuzz-gguf", "GGUF", ["GGUF", "Models", "Tokenization"]),
+        fuzzTarget("fuzz-tokenizers", "Tokenizers", ["GGUF", "Tokenization", "TestSupport"]),
+        fuzzTarget("fuzz-chat-template", "ChatTemplate", ["JSON", "Tokenization"]),
+        fuzzTarget("fuzz-json", "JSON", ["JSON"]),
+        fuzzTarget("fuzz-json-schema", "JSONSchema", ["Engine", "JSON"]),
+        fuzzTarget("fuzz-openai-request", "OpenAIRequest", ["Server"]),
         // model and reference-data locations for the tests
         .target(name: "TestSupport", swiftSettings: testableSettings),
         .testTarget(name: "GGUFTests", dependencies: ["GGUF", "TestSupport"]),

@@ -27,6 +27,8 @@ public struct ServerConfiguration: Sendable {
     public var reasoningBudget: Int?
     /// `/ready` answers 503 while more sequences than this wait for admission (nil: no limit).
     public var readyQueueLimit: Int?
+    /// `--cors-origin`: origins whose pages may call the API (`*`: any); empty: no CORS headers.
+    public var corsOrigins: [String] = []
 
     public init() {}
 
@@ -111,6 +113,8 @@ public struct OpenAIServer: Sendable {
 
     public func makeRouter() -> Router<ServerRequestContext> {
         let router = Router(context: ServerRequestContext.self)
+        // before authentication: a browser's preflight carries no API key
+        if !configuration.corsOrigins.isEmpty { router.add(middleware: AllowedOriginsCORS(origins: configuration.corsOrigins)) }
         router.add(middleware: APIMiddleware(server: self))
         router.get("/health") { _, _ in health() }
         router.get("/ready") { _, _ in ready() }

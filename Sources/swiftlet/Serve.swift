@@ -15,7 +15,7 @@ struct Serve: AsyncParsableCommand {
         GET /ready (readiness: 200 once the model is loaded, 503 while loading, draining or over \
         --ready-queue-limit), GET /metrics (Prometheus). With --api-key, every call but /health, \
         /ready and /metrics needs 'Authorization: Bearer KEY' (compared in constant time). The server binds to 127.0.0.1 \
-        unless --host says otherwise and sends no CORS headers. SIGINT/SIGTERM drain: /ready and \
+        unless --host says otherwise and sends no CORS headers unless --cors-origin names the origins allowed. SIGINT/SIGTERM drain: /ready and \
         new requests get 503 with Retry-After while in-flight requests finish (up to \
         --shutdown-grace), then the server exits.
         """)
@@ -37,6 +37,10 @@ struct Serve: AsyncParsableCommand {
     var apiKey: String?
     @Option(name: .customLong("api-key-file"), help: "As --api-key, with the key read from the first line of FILE.")
     var apiKeyFile: String?
+    @Option(name: .customLong("cors-origin"),
+            help: ArgumentHelp("Send CORS headers to pages from ORIGIN (scheme://host[:port], or * for any); repeatable or a comma list. Default: none.",
+                               valueName: "ORIGIN"))
+    var corsOrigins: [String] = []
     @Option(name: .customLong("ctx"), help: "Context length per sequence, in tokens.")
     var contextLength = 2048
     @Option(help: "Sequences decoded together in one batch.")
@@ -106,6 +110,7 @@ struct Serve: AsyncParsableCommand {
         if let apiKeyFile {
             do { _ = try ServerConfiguration.apiKey(fromFile: apiKeyFile) } catch { throw ValidationError("\(error)") }
         }
+        do { _ = try ServerConfiguration.corsOrigins(parsing: corsOrigins) } catch { throw ValidationError("\(error)") }
         guard reasoningBudget >= -1 else { throw ValidationError("--reasoning-budget must be -1 (no limit) or a token count") }
         guard parallel > 0 else { throw ValidationError("--parallel must be positive") }
         guard (1...65535).contains(port) || port == 0 else { throw ValidationError("--port must be 0...65535") }
@@ -146,6 +151,7 @@ struct Serve: AsyncParsableCommand {
         config.port = port
         config.apiKey = try apiKey ?? apiKeyFile.map(ServerConfiguration.apiKey(fromFile:))
         config.maxBodyBytes = maxBody
+        config.corsOrigins = try ServerConfiguration.corsOrigins(parsing: corsOrigins)
         config.modelAliases = [model]
         config.pooling = pooling
         config.reasoningFormat = reasoningFormat
