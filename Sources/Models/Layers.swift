@@ -390,6 +390,8 @@ public struct BatchSequence {
     var batching: ReferenceBatching
     /// This sequence's scale for each LoRA adapter passed to `forward` (missing ones: 0).
     public var loraScales: [Float] = []
+    /// The rows stand for tokens decoded one at a time (see `init`).
+    var asDecodes = false
 
     /// `asDecodes`: the rows stand for tokens decoded one at a time (a draft being verified),
     /// so they take the rounding of single-token passes and their logits are the ones those
@@ -400,6 +402,7 @@ public struct BatchSequence {
         self.cache = cache
         self.allLogits = allLogits || hiddenStates
         self.hiddenStates = hiddenStates
+        self.asDecodes = asDecodes
         batching = asDecodes ? .ungrouped : ReferenceBatching(from: 0, of: tokens.count)
     }
 }
@@ -541,10 +544,11 @@ public struct Attention: Sendable {
         if let keyNorm { keyNorm.normalize(k, into: k, pool: pool) }
 
         let sequences = attentionSequences(batch, layer: layer)
-        let ropes = batch.map { seq -> RoPE in
+        // one per attention sequence: a sequence of decode-like rows is one per row
+        let ropes = batch.flatMap { seq -> [RoPE] in
             let capacity = (seq.cache as! any KVStore).capacity
-            if let longContextRoPE, longContextRoPE.applies(toCapacity: capacity) { return longContextRoPE.rope }
-            return rope
+            let rope = longContextRoPE.flatMap { $0.applies(toCapacity: capacity) ? $0.rope : nil } ?? rope
+            return Array(repeating: rope, count: attentionSequenceCount(seq))
         }
         defer { for s in sequences { s.deallocate() } }
         rotateAndStore(q: q, k: k, v: v, sequences, ropes: ropes, pool: pool)
@@ -658,17 +662,26 @@ func runDecoderLayers(_ layers: [DecoderLayer], _ x: Matrix, batch: [BatchSequen
     }
 }
 
+/// How many `AttentionSequence`s `attentionSequences` makes of `seq`: one per row for rows
+/// that stand for decodes, else one.
+func attentionSequenceCount(_ seq: BatchSequence) -> Int { seq.asDecodes ? seq.tokens.count : 1 }
+
 /// Each sequence's rows in the batch and its cache rows of `layer` (deallocate them after use).
 func attentionSequences(_ batch: [BatchSequence], layer: Int) -> [AttentionSequence] {
     var row = 0
     var sequences: [AttentionSequence] = []
     for seq in batch {
         let cache = seq.cache as! any KVStore
-        sequences.append(AttentionSequence(
-            firstRow: row, firstPosition: cache.count, tokens: seq.tokens.count, cacheCapacity: cache.capacity,
-            batching: seq.batching,
-            key: { UnsafePointer(cache.key(layer: layer, position: $0)) },
-            value: { UnsafePointer(cache.value(layer: layer, position: $0)) }))
+        // rows standing for single-token decodes each attend as one: the kernel (row or
+        // split-KV) and its rounding follow from their own position, as in a decode step
+        let pieces = attentionSequenceCount(seq) > 1 ? (0..<seq.tokens.count).map { ($0, 1) } : [(0, seq.tokens.count)]
+        for (offset, tokens) in pieces {
+            sequences.append(AttentionSequence(
+                firstRow: row + offset, firstPosition: cache.count + offset, tokens: tokens, cacheCapacity: cache.capacity,
+                batching: seq.asDecodes ? ReferenceBatching(from: 0, of: 1) : seq.batching,
+                key: { UnsafePointer(cache.key(layer: layer, position: $0)) },
+                value: { UnsafePointer(cache.value(layer: layer, position: $0)) }))
+        }
         row += seq.tokens.count
     }
     return sequences

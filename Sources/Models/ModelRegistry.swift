@@ -167,7 +167,8 @@ func microBatches(_ batch: [BatchSequence]) -> [[BatchSequence]] {
             var piece = BatchSequence(tokens: Array(seq.tokens[start..<start + n]), cache: seq.cache, allLogits: seq.allLogits,
                                       hiddenStates: seq.hiddenStates)
             piece.logitsNeeded = seq.allLogits || start + n == seq.tokens.count
-            piece.batching = seq.batching == .ungrouped ? .ungrouped : ReferenceBatching(from: start, of: seq.tokens.count)
+            piece.asDecodes = seq.asDecodes
+            piece.batching = seq.asDecodes ? .ungrouped : ReferenceBatching(from: start, of: seq.tokens.count)
             piece.loraScales = seq.loraScales
             passes[passes.count - 1].append(piece)
             count += n

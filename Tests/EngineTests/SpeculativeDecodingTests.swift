@@ -1,5 +1,7 @@
 import Engine
 import Foundation
+import Kernels
+import Models
 import TestSupport
 import Testing
 import Tokenization
@@ -173,6 +175,25 @@ import Tokenization
         options.speculation = .draftModel(DraftModelSettings())
         #expect(throws: EngineError.noDraftModel) {
             try generator.generate(prompt: [1, 2, 3], options: options)
+        }
+    }
+
+    /// The verification pass's rows against single-token decode passes at the same positions,
+    /// past 256 cached tokens (where a decode's attention takes llama.cpp's split-KV kernel).
+    @Test(arguments: RealModel.allCases)
+    func verificationRowsEqualDecodeSteps(_ real: RealModel) throws {
+        let model = try real.load().model
+        let pool = ThreadPool(threads: 2)
+        let prompt = (0..<300).map { TokenID(100 + ($0 * 37) % 5000) }
+        let next: [TokenID] = [400, 401, 402, 403]
+        let plain = model.makeCache(capacity: 512), verified = model.makeCache(capacity: 512)
+        _ = try model.forward([BatchSequence(tokens: prompt, cache: plain)], pool: pool)
+        _ = try model.forward([BatchSequence(tokens: prompt, cache: verified)], pool: pool)
+        let decoded = try next.map { try model.forward([BatchSequence(tokens: [$0], cache: plain)], pool: pool)[0] }
+        let rows = try model.forward([BatchSequence(tokens: next, cache: verified, allLogits: true, asDecodes: true)], pool: pool)
+        for (i, (a, b)) in zip(decoded, rows).enumerated() {
+            let largest = zip(a, b).map { abs($0 - $1) }.max() ?? .infinity
+            #expect(a.count == b.count && largest == 0, "row \(i): largest difference \(largest)")
         }
     }
 }
