@@ -16,6 +16,99 @@ public struct BenchmarkResult: Sendable, Codable {
     public var time_to_first_token_ms: Double?
     /// Tokens already in the cache when the timed part starts (llama-bench's `-d`).
     public var n_depth: Int = 0
+    /// Generation tests: weight bytes one decode step reads, the read bandwidth measured in
+    /// the same run, and the share of it the test reached (bytes per token × tokens/s ÷ bandwidth).
+    public var weight_bytes_per_token: Int?
+    public var read_bandwidth_gbs: Double?
+    public var bandwidth_share: Double?
+    /// Speculative tests: how tokens were drafted, how many were drafted and accepted in the
+    /// timed runs, and plain greedy decoding of the same prompt, timed alternately with them.
+    public var speculation: String?
+    public var draft_tokens: Int?
+    public var accepted_draft_tokens: Int?
+    public var draft_acceptance_rate: Double?
+    public var plain_avg_ts: Double?
+    public var speedup_vs_plain: Double?
+}
+
+extension LoadedModel {
+    /// Weight bytes one decode step reads: every tensor, except the token embeddings when the
+    /// output projection is its own tensor (then only one row of them is gathered), and of an
+    /// expert tensor only the share of experts a token is routed to.
+    public var decodeWeightBytes: Int {
+        let separateOutput = file.tensors.contains { $0.name == "output.weight" }
+        let routed = config.expertCount > 0 ? Double(config.expertUsedCount) / Double(config.expertCount) : 1
+        return file.tensors.reduce(0) { total, tensor in
+            if separateOutput && tensor.name == "token_embd.weight" { return total }
+            return total + (tensor.name.contains("_exps") ? Int(Double(tensor.byteCount) * routed) : tensor.byteCount)
+        }
+    }
+}
+
+/// The request `bench --lookup/--draft` answers when no `--prompt-file` is given (through the
+/// model's chat template): a text and a request for it back with one change, the edit
+/// workload speculation is built for.
+public let speculativeBenchmarkPrompt = """
+    Here is a paragraph from a field guide.
+
+    The heron stands at the edge of the river before sunrise, still as a post, watching the \
+    shallow water for the flash of a small fish. When one comes close it strikes in a single \
+    motion, swallows, and returns to waiting. Herons nest together in tall trees near the water, \
+    and a colony can hold dozens of nests that are used again year after year. In winter the \
+    birds that stay spread out along ditches and ponds, and on cold mornings they stand with \
+    their necks drawn in, looking half their summer size.
+
+    Write the paragraph again, word for word, but with every "heron" changed to "egret":
+
+    """
+
+/// `bench --lookup N` / `--draft`: greedy decoding of `generatedTokens` after `prompt`, with the
+/// speculation and without it, alternately on one generator (so the runs share threads and
+/// warm caches). Both must produce the same tokens, as speculative decoding promises; the row
+/// rates the speculative runs and carries the plain rate and the acceptance.
+public func benchmarkSpeculation(model: LoadedModel, speculation: Speculation, draftModel: DraftModel?,
+                                 prompt: [TokenID], generatedTokens: Int, repetitions: Int,
+                                 threads: Int?) throws -> BenchmarkResult {
+    let context = prompt.count + generatedTokens + 1
+    try model.validateContext(context)
+    let generator = try Generator(model: model, configuration: .singleSequence(contextLength: context, threads: threads),
+                                  draftModel: draftModel)
+    defer { generator.shutdownAndWait() }
+    func run(_ speculation: Speculation?) throws -> GenerationResult {
+        var options = GenerationOptions(maxTokens: generatedTokens, sampling: .greedy)
+        options.speculation = speculation
+        return try generator.generate(prompt: prompt, options: options) { _ in true }
+    }
+    _ = try run(nil)
+    _ = try run(speculation)
+    var plainRates: [Double] = [], rates: [Double] = []
+    var drafted = 0, accepted = 0
+    for _ in 0..<repetitions {
+        let plain = try run(nil)
+        let speculative = try run(speculation)
+        guard plain.tokens == speculative.tokens else {
+            throw EngineError.generationFailed("speculative decoding gave other tokens than plain greedy decoding on the benchmark prompt")
+        }
+        plainRates.append(plain.timings.generationTokensPerSecond)
+        rates.append(speculative.timings.generationTokensPerSecond)
+        drafted += speculative.timings.draftTokens
+        accepted += speculative.timings.acceptedDraftTokens
+    }
+    let generated = try run(nil).tokens.count
+    let label = switch speculation {
+    case .lookup(let lookup): "lookup \(lookup.maxDraft)"
+    case .draftModel(let settings): "draft \(settings.minDraft)-\(settings.maxDraft)"
+    }
+    var result = summarize(test: "tg\(generated) \(label)", rates: rates, threads: generator.pool.threadCount,
+                           timeToFirstToken: nil, depth: 0)
+    result.speculation = label
+    result.draft_tokens = drafted
+    result.accepted_draft_tokens = accepted
+    result.draft_acceptance_rate = drafted > 0 ? Double(accepted) / Double(drafted) : 0
+    let plainMedian = plainRates.sorted()[plainRates.count / 2]
+    result.plain_avg_ts = plainRates.reduce(0, +) / Double(plainRates.count)
+    result.speedup_vs_plain = plainMedian > 0 ? rates.sorted()[rates.count / 2] / plainMedian : nil
+    return result
 }
 
 /// llama-bench's two measurements: `pp N` processes an N-token prompt as one batch from an
@@ -79,11 +172,15 @@ func argmax(_ values: [Float]) -> Int {
 
 private func summarize(test: String, tokens: Int, times: [Double], pool: ThreadPool, timeToFirstToken: Double?,
                        depth: Int) -> BenchmarkResult {
-    let rates = times.map { Double(tokens) / $0 }
+    summarize(test: test, rates: times.map { Double(tokens) / $0 }, threads: pool.threadCount,
+              timeToFirstToken: timeToFirstToken, depth: depth)
+}
+
+private func summarize(test: String, rates: [Double], threads: Int, timeToFirstToken: Double?, depth: Int) -> BenchmarkResult {
     let mean = rates.reduce(0, +) / Double(rates.count)
     let variance = rates.count > 1 ? rates.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(rates.count - 1) : 0
-    return BenchmarkResult(test: test, avg_ts: mean, stddev_ts: variance.squareRoot(), n_threads: pool.threadCount,
-                           repetitions: times.count, samples_ts: rates, peak_rss_bytes: peakResidentBytes(),
+    return BenchmarkResult(test: test, avg_ts: mean, stddev_ts: variance.squareRoot(), n_threads: threads,
+                           repetitions: rates.count, samples_ts: rates, peak_rss_bytes: peakResidentBytes(),
                            time_to_first_token_ms: timeToFirstToken.map { $0 * 1000 }, n_depth: depth)
 }
 

@@ -293,6 +293,39 @@ struct BenchMatrix {
     }
 }
 
+/// Read bandwidth of a 256 MiB buffer (larger than any cache), summed in parallel parts as a
+/// decode step reads its weights, in GB/s: the best of repeated runs for at least `seconds`.
+public func readBandwidth(pool: ThreadPool, seconds: Double = 0.5) -> Double {
+    let n = 256 << 20
+    let buffer = UnsafeMutableRawPointer.allocate(byteCount: n, alignment: 64)
+    defer { buffer.deallocate() }
+    memset(buffer, 1, n)
+    nonisolated(unsafe) let base = buffer
+    let parts = pool.threadCount
+    let sums = UnsafeMutablePointer<UInt32>.allocate(capacity: parts)
+    defer { sums.deallocate() }
+    nonisolated(unsafe) let out = sums
+    var best = Double.infinity, total = 0.0, runs = 0
+    while total < seconds || runs < 3 {
+        let t0 = monotonicNanos()
+        pool.parallelFor(parts) { i in
+            // whole 256-byte steps per part: n and parts' boundaries are multiples of 256
+            let lo = n / parts * i / 256 * 256, hi = i == parts - 1 ? n : n / parts * (i + 1) / 256 * 256
+            let vectors = (base + lo).assumingMemoryBound(to: SIMD16<UInt32>.self)
+            var a = SIMD16<UInt32>(), b = a, c = a, d = a
+            for j in stride(from: 0, to: (hi - lo) / 64, by: 4) {
+                a &+= vectors[j]; b &+= vectors[j + 1]; c &+= vectors[j + 2]; d &+= vectors[j + 3]
+            }
+            out[i] = (a &+ b &+ c &+ d).wrappedSum()  // stored, so the reads cannot be optimized away
+        }
+        let dt = Double(monotonicNanos() - t0) * 1e-9
+        best = min(best, dt)
+        total += dt
+        runs += 1
+    }
+    return Double(n) / best / 1e9
+}
+
 /// Copy bandwidth of a 256 MiB buffer (counting bytes read plus bytes written), in GB/s.
 func memcpyBandwidth(pool: ThreadPool, seconds: Double) -> Double {
     let n = 256 << 20

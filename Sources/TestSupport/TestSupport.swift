@@ -127,6 +127,14 @@ extension TestSupport {
         return FileManager.default.isExecutableFile(atPath: path) ? path : nil
     }
 
+    /// The `swiftlet` binary built with the tests (next to the test bundle), if there is one.
+    public static var builtSwiftletBinary: String? {
+        let bundle = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent()
+        let candidates = [bundle.appendingPathComponent("swiftlet"),
+                          bundle.deletingLastPathComponent().appendingPathComponent("swiftlet")].map(\.path)
+        return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
     /// Runs a program and returns its standard output; a non-zero exit is an error carrying
     /// the end of its standard error.
     @discardableResult

@@ -71,6 +71,33 @@ struct CommandLine {
         #expect(!tooDeep.stderr.isEmpty)
     }
 
+    /// `bench --lookup`: a speculative row next to the plain ones, with its acceptance and the
+    /// plain rate of the same prompt (the run fails if the two decodings' tokens differ), and
+    /// the generation rows' share of the read bandwidth.
+    @Test func benchLookupReportsAcceptanceAndBandwidth() throws {
+        let r = try CommandLine.run(["bench", TestSupport.smolLM2Path, "-t", "2", "-p", "0", "-n", "48", "-r", "1",
+                                     "--lookup", "8", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let rows = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [[String: Any]])
+        #expect(rows.count == 2)
+        let plain = try #require(rows.first)
+        #expect(plain["test"] as? String == "tg48")
+        #expect((plain["weight_bytes_per_token"] as? Int ?? 0) > 50_000_000)  // SmolLM2 Q4_1 without its embeddings
+        #expect((plain["read_bandwidth_gbs"] as? Double ?? 0) > 0)
+        #expect((plain["bandwidth_share"] as? Double ?? 0) > 0)
+        let speculative = try #require(rows.last)
+        #expect((speculative["test"] as? String)?.hasSuffix("lookup 8") == true)
+        #expect(speculative["speculation"] as? String == "lookup 8")
+        let drafted = speculative["draft_tokens"] as? Int ?? 0
+        let accepted = speculative["accepted_draft_tokens"] as? Int ?? -1
+        #expect(drafted > 0 && accepted > 0 && accepted <= drafted, "\(speculative)")
+        #expect((speculative["plain_avg_ts"] as? Double ?? 0) > 0)
+        #expect((speculative["speedup_vs_plain"] as? Double ?? 0) > 0)
+        let refused = try CommandLine.run(["bench", TestSupport.smolLM2Path, "-n", "0", "--lookup", "8"])
+        #expect(refused.status != 0)
+        #expect(refused.stderr.contains("-n"))
+    }
+
     @Test(arguments: [TestSupport.smolLM2Path, TestSupport.gemma3Path])
     func infoAgreesWithThePythonGGUFReader(_ path: String) throws {
         let facts = try CommandLine.python("""

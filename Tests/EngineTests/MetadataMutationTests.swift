@@ -175,4 +175,21 @@ import Tokenization
             #expect(tokens == expected, "\(name)")
         }
     }
+
+    /// `scripts/mutate`, the full mutation set, on both real models: a sample of 40 mutants each,
+    /// spread over its list (metadata keys, then dropped and reshaped tensors), each run by the
+    /// built binary. The script fails on any crash, hang, untyped error, or changed output from
+    /// a key that sizes the network or a tensor change.
+    @Test(.enabled(if: TestSupport.builtSwiftletBinary != nil && FileManager.default.fileExists(atPath: TestSupport.smolLM2Path)
+                   && FileManager.default.fileExists(atPath: TestSupport.gemma3Path),
+                   "needs the built swiftlet binary and both real models (scripts/test provides them)"))
+    func mutationScriptSampleOnRealModels() throws {
+        let root = TestSupport.repositoryRoot()
+        let output = try TestSupport.run("/usr/bin/env", [
+            "python3", root.appendingPathComponent("scripts/mutate").path, "--models", "smollm2,gemma3", "--limit", "40",
+            "--swiftlet-bin", TestSupport.builtSwiftletBinary!,
+        ])
+        print(output)
+        #expect(output.contains("80 mutants, 0 failures"), "\(output)")
+    }
 }

@@ -204,17 +204,10 @@ struct PrometheusText {
 }
 
 /// The swiftlet binary built next to the test bundle (in the build products folder).
-func builtSwiftletBinary() -> String? {
-    let bundle = URL(fileURLWithPath: ProcessInfo.processInfo.arguments[0]).deletingLastPathComponent()
-    let candidates = [bundle.appendingPathComponent("swiftlet"),
-                      bundle.deletingLastPathComponent().appendingPathComponent("swiftlet")].map(\.path)
-    return candidates.first { FileManager.default.isExecutableFile(atPath: $0) }
-}
-
 /// Runs a script of the repository with `--bin` set to the built swiftlet binary and then
 /// `arguments`; nil, with an issue recorded, when there is no binary to run.
 func runScriptOnBuiltBinary(_ path: String, _ arguments: [String] = []) throws -> (status: Int32, output: String)? {
-    guard let binary = builtSwiftletBinary() else {
+    guard let binary = TestSupport.builtSwiftletBinary else {
         Issue.record("no swiftlet binary next to the test bundle: build it first (swift build -c release --build-tests)")
         return nil
     }
