@@ -13,6 +13,31 @@ import Testing
 @Suite(.serialized) struct SpeculativeServingTests {
     static let modelPresent = FileManager.default.fileExists(atPath: TestSupport.smolLM2Path)
 
+    /// A server over SmolLM2 with `speculation` as its default, its engine (two sequences, ctx
+    /// 512, drafting with the model at `draftModelPath` if given) and its metrics.
+    static func makeServer(speculation: Speculation, draftModelPath: String? = nil) throws
+        -> (OpenAIServer, Generator, ServerMetrics) {
+        let metrics = ServerMetrics()
+        var config = ServerConfiguration()
+        config.speculation = speculation
+        let server = OpenAIServer(configuration: config, state: ServerState(), metrics: metrics, logger: Logger(label: "test"))
+        let model = try LoadedModel(path: TestSupport.smolLM2Path)
+        let draft = try draftModelPath.map { try DraftModel(LoadedModel(path: $0), for: model) }
+        let engine = try Generator(model: model, configuration: .init(contextLength: 512, parallel: 2),
+                                   observer: ServerObserver(metrics: metrics, logger: Logger(label: "test")),
+                                   draftModel: draft)
+        server.state.engine = engine
+        metrics.engineLoaded(engine)
+        return (server, engine, metrics)
+    }
+
+    /// The first choice's message content of a chat completion.
+    static func content(_ r: TestResponse) throws -> String {
+        let object = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as! [String: Any]
+        let message = (object["choices"] as! [[String: Any]])[0]["message"] as! [String: Any]
+        return message["content"] as! String
+    }
+
     @Test func speculativeFieldIsValidated() throws {
         func param(_ extra: String) -> String? {
             let json = #"{"model":"m","messages":[{"role":"user","content":"hi"}]"# + extra + "}"
@@ -41,24 +66,12 @@ import Testing
 
     @Test(.enabled(if: modelPresent, "needs SmolLM2 in the model cache (swiftlet pull smollm2)"))
     func lookupPerRequestAndByDefaultGivesTheSameTextAndCountsDrafts() async throws {
-        let metrics = ServerMetrics()
-        var config = ServerConfiguration()
-        config.speculation = .lookup(PromptLookup(maxDraft: 6))
-        let server = OpenAIServer(configuration: config, state: ServerState(), metrics: metrics, logger: Logger(label: "test"))
-        let model = try LoadedModel(path: TestSupport.smolLM2Path)
-        let engine = try Generator(model: model, configuration: .init(contextLength: 512, parallel: 2),
-                                   observer: ServerObserver(metrics: metrics, logger: Logger(label: "test")))
-        server.state.engine = engine
-        metrics.engineLoaded(engine)
+        let (server, engine, metrics) = try Self.makeServer(speculation: .lookup(PromptLookup(maxDraft: 6)))
+        let model = engine.model
         let app = Application(router: server.makeRouter())
         let passage = "The old mill stood beside the stream for two hundred years. Every spring the stream rose over its banks."
         @Sendable func body(_ speculative: String) -> ByteBuffer {
             ByteBuffer(string: #"{"model":"\#(model.name)","temperature":0,"max_tokens":40,"messages":[{"role":"user","content":"Repeat exactly: \#(passage)"}]\#(speculative)}"#)
-        }
-        @Sendable func content(_ r: TestResponse) throws -> String {
-            let object = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as! [String: Any]
-            let message = (object["choices"] as! [[String: Any]])[0]["message"] as! [String: Any]
-            return message["content"] as! String
         }
         @Sendable func drafted() -> (Double, Double) {
             let m = PrometheusText(metrics.render())
@@ -68,19 +81,19 @@ import Testing
             var plain = ""
             try await client.execute(uri: "/v1/chat/completions", method: .post, body: body(#","speculative":{"lookup":0}"#)) { r in
                 #expect(r.status == .ok)
-                plain = try content(r)
+                plain = try Self.content(r)
             }
             #expect(drafted() == (0, 0))
             try await client.execute(uri: "/v1/chat/completions", method: .post, body: body("")) { r in
                 #expect(r.status == .ok)
-                let text = try content(r)
+                let text = try Self.content(r)
                 #expect(text == plain)
             }
             let (afterDefault, acceptedDefault) = drafted()
             #expect(afterDefault > 0 && acceptedDefault > 0 && acceptedDefault <= afterDefault)
             try await client.execute(uri: "/v1/chat/completions", method: .post, body: body(#","speculative":{"lookup":12}"#)) { r in
                 #expect(r.status == .ok)
-                let text = try content(r)
+                let text = try Self.content(r)
                 #expect(text == plain)
             }
             #expect(drafted().0 > afterDefault)
@@ -92,16 +105,10 @@ import Testing
     /// without one refuses `n_max` by name.
     @Test(.enabled(if: modelPresent, "needs SmolLM2 in the model cache (swiftlet pull smollm2)"))
     func draftModelByDefaultAndPerRequest() async throws {
-        let metrics = ServerMetrics()
-        var config = ServerConfiguration()
-        config.speculation = .draftModel(DraftModelSettings(maxDraft: 4))
-        let server = OpenAIServer(configuration: config, state: ServerState(), metrics: metrics, logger: Logger(label: "test"))
-        let model = try LoadedModel(path: TestSupport.smolLM2Path)
         // the model drafts for itself: what the drafts are does not change the text, only how many stand
-        let engine = try Generator(model: model, configuration: .init(contextLength: 512, parallel: 2),
-                                   observer: ServerObserver(metrics: metrics, logger: Logger(label: "test")),
-                                   draftModel: try DraftModel(LoadedModel(path: TestSupport.smolLM2Path), for: model))
-        server.state.engine = engine
+        let (server, engine, metrics) = try Self.makeServer(speculation: .draftModel(DraftModelSettings(maxDraft: 4)),
+                                                            draftModelPath: TestSupport.smolLM2Path)
+        let model = engine.model
         let app = Application(router: server.makeRouter())
         @Sendable func body(_ speculative: String) -> ByteBuffer {
             ByteBuffer(string: #"{"model":"\#(model.name)","temperature":0,"max_tokens":24,"messages":[{"role":"user","content":"Name three colours."}]\#(speculative)}"#)
@@ -111,8 +118,7 @@ import Testing
             for speculative in [#","speculative":{"lookup":0}"#, "", #","speculative":{"n_max":8,"p_min":0}"#] {
                 try await client.execute(uri: "/v1/chat/completions", method: .post, body: body(speculative)) { r in
                     #expect(r.status == .ok)
-                    let object = try JSONSerialization.jsonObject(with: Data(buffer: r.body)) as! [String: Any]
-                    texts.append(((object["choices"] as! [[String: Any]])[0]["message"] as! [String: Any])["content"] as! String)
+                    texts.append(try Self.content(r))
                 }
             }
             #expect(texts.count == 3 && Set(texts).count == 1, "\(texts)")
