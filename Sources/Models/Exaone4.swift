@@ -25,5 +25,6 @@ extension Olmo2.Variant {
             return (0..<config.blockCount).map { period == 0 || $0 % period < period - 1 ? window : nil }
         },
         ropeOnlyInWindowLayers: true,
-        ropeFrequencyFactors: true)
+        ropeFrequencyFactors: true,
+        outputProjectionRequired: false)
 }

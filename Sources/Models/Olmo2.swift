@@ -18,6 +18,9 @@ public final class Olmo2: AttentionModel {
         var ropeOnlyInWindowLayers = false
         /// Llama 3-style per-frequency RoPE divisors (`rope_freqs.weight`), when the file has them.
         var ropeFrequencyFactors = false
+        /// The file must have its own `output.weight` (OLMo 2, as llama.cpp loads it); without
+        /// it, the token embeddings double as the output projection (exaone4).
+        var outputProjectionRequired = true
 
         public static let olmo2 = Variant()
     }
@@ -33,6 +36,9 @@ public final class Olmo2: AttentionModel {
     public init(file: GGUFFile, config: ModelConfig, variant: Variant = .olmo2) throws {
         self.config = config
         let d = config.embeddingLength, eps = config.normEpsilon
+        guard !variant.outputProjectionRequired || file.tensor(named: "output.weight") != nil else {
+            throw ModelError.missingTensor("output.weight")
+        }
         head = try OutputHead(file: file, config: config)
         embedding = try Embedding(file: file, name: "token_embd.weight", dimension: d, head: head)
         let windows = try variant.slidingWindows(file, config)

@@ -139,6 +139,23 @@ import Tokenization
         #expect(failures.isEmpty, "\(failures.joined(separator: "\n"))")
     }
 
+    /// A dropped `output.weight` means tied embeddings only where llama.cpp reads it so: OLMo 2
+    /// and gpt-oss need their own output projection, llama and EXAONE 4 do without.
+    @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason))
+    func outputProjectionIsOptionalWhereLlamaCppSaysSo() throws {
+        let dir = try LlamaArchModels.directory.get()
+        for (model, required) in [("olmo2-dense", true), ("gpt-oss-moe", true), ("llama-dense", false), ("exaone4-dense", false)] {
+            let path = dir.appendingPathComponent("\(model).gguf").path
+            guard FileManager.default.fileExists(atPath: path) else { Issue.record("test-llama-archs wrote no \(model)"); continue }
+            let outcome = Self.run(try Self.mutant("no-output-\(model)", of: path,
+                                                   tensor: { $0.name == "output.weight" ? ($0.shape, false) : nil }))
+            switch outcome {
+            case .refused(let why): #expect(required && why.contains("output.weight"), "\(model): \(why)")
+            case .ran: #expect(!required, "\(model) ran without output.weight")
+            }
+        }
+    }
+
     /// The real model with the values that once crashed it or ran with garbage: a typed error each.
     @Test(.enabled(if: FileManager.default.fileExists(atPath: TestSupport.smolLM2Path), "needs SmolLM2 (swiftlet pull smollm2)"),
           arguments: [
