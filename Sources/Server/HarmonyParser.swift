@@ -32,8 +32,9 @@ struct HarmonyStreamParser: Sendable {
     }
 
     static let headerStarts = ["<|start|>", "<|channel|>"]
-    /// What may also start the reply's first header (the recipient after the primed role).
-    static let replyHeaderStarts = headerStarts + ["to="]
+    /// What may also start the reply's first header: the recipient after the primed role, or
+    /// the header's end at once.
+    static let replyHeaderStarts = headerStarts + ["to=", message]
     static let bodyEnds = ["<|end|>", "<|call|>", "<|return|>"]
     static let message = "<|message|>"
     /// Longest header read before the text is taken as plain instead.

@@ -78,7 +78,8 @@ import Tokenization
         defer { generator.shutdownAndWait() }
         let prompt = loaded.promptTokens(for: "<|start|>user<|message|>What is 17 times 3?<|end|><|start|>assistant"
                                          + ReasoningBudget.analysisOpening)
-        var options = GenerationOptions(maxTokens: 24, sampling: .greedy)
+        // the forced closing is some 20 tokens of text to SmolLM2
+        var options = GenerationOptions(maxTokens: 48, sampling: .greedy)
         options.decodesSpecialTokens = true
         let unlimited = try generator.generate(prompt: prompt, options: options)
         options.reasoningBudget = .harmony(tokens: budget, startsInside: true)

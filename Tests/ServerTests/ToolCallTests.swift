@@ -534,7 +534,7 @@ import Testing
 
     /// One harmony reply, whole and streamed: the single call it makes (name, arguments), after
     /// checking the stream carries the same call under one index and id, with no content.
-    func harmonyCall(_ client: any TestClientProtocol, _ body: String) async throws -> (name: String, arguments: String) {
+    static func harmonyCall(_ client: any TestClientProtocol, _ body: String) async throws -> (name: String, arguments: String) {
         var call: (name: String, arguments: String) = ("", "")
         try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
                                  body: ByteBuffer(string: body + "}")) { r in
@@ -568,8 +568,9 @@ import Testing
     /// Harmony calls of two functions on SmolLM2 through gpt-oss's template. SmolLM2 knows
     /// nothing of harmony: what it writes after the recipient is the grammar's doing. Under
     /// auto the history shows it calling a function that is no longer offered, with other
-    /// arguments; it starts a call the same way, and the grammar makes it one of the offered
-    /// functions with arguments that follow that function's schema. Under required the header
+    /// arguments; it starts a call the same way (left alone it copies the old name and
+    /// arguments), and the grammar makes it one of the offered functions with arguments that
+    /// follow that function's schema. Under required the header
     /// is primed up to the recipient and the grammar picks up from there.
     @Test func harmonyCallsOfSeveralFunctionsAreConstrained() async throws {
         try await withServer(chatTemplate: try Self.gptOssTemplate()) { client in
@@ -577,13 +578,16 @@ import Testing
                 [{"role":"user","content":"What is the weather in Paris?"},
                  {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"weather","arguments":"{\"location\":\"Paris\"}"}}]},
                  {"role":"tool","tool_call_id":"call_1","content":"21 degrees"},
-                 {"role":"user","content":"And in Rome?"}]
+                 {"role":"user","content":"What is the weather in Rome?"},
+                 {"role":"assistant","content":null,"tool_calls":[{"id":"call_2","type":"function","function":{"name":"weather","arguments":"{\"location\":\"Rome\"}"}}]},
+                 {"role":"tool","tool_call_id":"call_2","content":"25 degrees"},
+                 {"role":"user","content":"What is the weather in Oslo?"}]
                 """#
             let auto = #"{"model":"SmolLM2-135M-Instruct.Q4_1","messages":"# + history + #","tools":"# + Self.tools
                 + #","temperature":0,"max_tokens":60"#
             let required = Self.bodyStart(#","tool_choice":"required""#)
             for body in [auto, required] {
-                let call = try await harmonyCall(client, body)
+                let call = try await Self.harmonyCall(client, body)
                 #expect(["get_weather", "get_time"].contains(call.name))
                 if call.name == "get_weather" { try Self.expectWeatherArguments(call.arguments) }
                 if call.name == "get_time" { try Self.expectTimeArguments(call.arguments) }
