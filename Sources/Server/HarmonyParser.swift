@@ -7,8 +7,10 @@
 ///     <|start|>assistant<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>{"arguments"}
 ///
 /// Bodies of the analysis channel are reasoning, a body addressed `to=functions.NAME` is a
-/// call of NAME with the body as its arguments, every other body is content. Text that could
-/// still be a marker is held back, so markers never reach the content.
+/// call of NAME with the body as its arguments, every other body is content. The prompt ends
+/// with `<|start|>assistant`, so a reply may also start in that header with its recipient
+/// (` to=functions.NAME<|channel|>commentary json<|message|>`, as the template writes earlier
+/// calls). Text that could still be a marker is held back, so markers never reach the content.
 struct HarmonyStreamParser: Sendable {
     private enum Body: Sendable {
         case reasoning, content
@@ -30,12 +32,17 @@ struct HarmonyStreamParser: Sendable {
     }
 
     static let headerStarts = ["<|start|>", "<|channel|>"]
+    /// What may also start the reply's first header: the recipient after the primed role, or
+    /// the header's end at once.
+    static let replyHeaderStarts = headerStarts + ["to=", message]
     static let bodyEnds = ["<|end|>", "<|call|>", "<|return|>"]
     static let message = "<|message|>"
     /// Longest header read before the text is taken as plain instead.
     static let maxHeaderLength = 256
 
     private var mode = Mode.expectingHeader
+    /// Nothing of the reply is decided yet: it may continue the primed header.
+    private var atReplyStart = true
     private var pending = ""
     /// The open call's arguments so far, and whether its start was reported.
     private var arguments = ""
@@ -59,9 +66,11 @@ struct HarmonyStreamParser: Sendable {
             case .expectingHeader:
                 let start = pending.drop(while: \.isWhitespace)
                 if start.isEmpty { return events }
-                if Self.headerStarts.contains(where: { $0.hasPrefix(start) && start.count < $0.count }) { return events }
+                let starts = atReplyStart ? Self.replyHeaderStarts : Self.headerStarts
+                if starts.contains(where: { $0.hasPrefix(start) && start.count < $0.count }) { return events }
                 pending = String(start)
-                mode = Self.headerStarts.contains(where: { start.hasPrefix($0) }) ? .header : .plain
+                atReplyStart = false
+                mode = starts.contains(where: { start.hasPrefix($0) }) ? .header : .plain
             case .header:
                 guard let range = pending.range(of: Self.message) else {
                     if pending.count > Self.maxHeaderLength { mode = .plain; continue }

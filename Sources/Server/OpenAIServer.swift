@@ -318,7 +318,7 @@ public struct OpenAIServer: Sendable {
         var toolSyntax: ToolCallSyntax?
         /// Call syntax already in the prompt (a forced call's opening marker).
         var toolPrefill = ""
-        /// The chat prompt ends inside a thinking block (`<think>`).
+        /// The chat prompt ends inside a thinking block (`<think>`, or harmony's analysis message).
         var startsThinking = false
     }
 
@@ -347,6 +347,8 @@ public struct OpenAIServer: Sendable {
         let param: String
         var toolPlan: ToolCallPlan?
         var startsThinking = false
+        // harmony replies are always read by their channels, with or without tools
+        let harmony = r.isChat && ToolCallSyntax.detect(templateSource: model.chatTemplate?.source) == .harmony
         switch r.input {
         case .chat(let messages):
             param = "messages"
@@ -355,7 +357,8 @@ public struct OpenAIServer: Sendable {
                                                         parallel: r.parallelToolCalls, model: model)
             let rendered = template + r.replyPrefix
             prompts = [model.promptTokens(for: rendered)]
-            startsThinking = ReasoningSplitter.promptOpensThinking(rendered)
+            startsThinking = harmony ? rendered.hasSuffix(ReasoningBudget.analysisOpening)
+                : ReasoningSplitter.promptOpensThinking(rendered)
         case .prompts(let inputs):
             param = "prompt"
             for input in inputs {
@@ -382,10 +385,13 @@ public struct OpenAIServer: Sendable {
         }
         var grammar: JSONGrammar?
         var grammarTriggers: [GrammarTrigger] = []
+        var triggeredDocumentEnds = false
         let lazy = !(toolPlan?.grammarTriggers.isEmpty ?? true) || toolPlan?.triggerMarker != nil
         if let plan = toolPlan, let toolGrammar = plan.grammar, !lazy || r.responseFormat == nil {
             grammar = toolGrammar
             grammarTriggers = plan.grammarTriggers
+            // a harmony call ends the turn: nothing follows its arguments
+            triggeredDocumentEnds = plan.syntax == .harmony
             if let marker = plan.triggerMarker {
                 let ids = tokenizer.encode(marker, addSpecial: false, parseSpecial: true)
                 grammarTriggers.append(ids.count == 1 ? .token(ids[0]) : .text(marker))
@@ -403,10 +409,9 @@ public struct OpenAIServer: Sendable {
         }
         var options = GenerationOptions(maxTokens: maxTokens, sampling: sampling, stop: r.stop, grammar: grammar,
                                         grammarTriggers: grammarTriggers, logprobs: r.logprobs)
+        options.triggeredDocumentEnds = triggeredDocumentEnds
         options.speculation = try speculation(for: r, engine: engine)
         let parsesCalls = !r.tools.isEmpty && r.toolChoice != .none
-        // harmony replies are always read by their channels, with or without tools
-        let harmony = r.isChat && ToolCallSyntax.detect(templateSource: model.chatTemplate?.source) == .harmony
         let toolSyntax: ToolCallSyntax? = harmony ? .harmony : parsesCalls ? toolPlan?.syntax : nil
         options.decodesSpecialTokens = toolSyntax?.marksWithControlTokens ?? false
         // as in llama-server, an empty list leaves the server's scales
@@ -414,7 +419,8 @@ public struct OpenAIServer: Sendable {
             options.loraScales = try Self.loraScales(lora, param: "lora", adapters: model.adapters.count)
         }
         if r.isChat, let budget = configuration.reasoningBudget {
-            options.reasoningBudget = ReasoningBudget(tokens: budget, startsInside: startsThinking)
+            options.reasoningBudget = harmony ? .harmony(tokens: budget, startsInside: startsThinking)
+                : ReasoningBudget(tokens: budget, startsInside: startsThinking)
         }
         var specs: [SequenceSpec] = []
         for p in prompts {
@@ -423,7 +429,8 @@ public struct OpenAIServer: Sendable {
             }
         }
         return Job(specs: specs, options: options, promptTokens: prompts.reduce(0) { $0 + $1.count },
-                   toolSyntax: toolSyntax, toolPrefill: toolPlan?.prefill ?? "",
+                   // a harmony reply prefix (Anthropic's prefill) may open a message: the parser starts after it
+                   toolSyntax: toolSyntax, toolPrefill: (toolPlan?.prefill ?? "") + (harmony ? r.replyPrefix : ""),
                    startsThinking: startsThinking)
     }
 

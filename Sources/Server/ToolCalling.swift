@@ -179,10 +179,12 @@ struct ToolCallPlan {
             case .llama3: triggers = [.outputStart(#"{"name""#)]; marker = "<|python_tag|>"
             case .mistral: marker = "[TOOL_CALLS]"
             case .genericJSON: triggers = [.outputStart(#"{"tool_calls""#)]
-            case .harmony: break  // the function's name is in the header, outside the JSON
+            // the recipient in a header: the function's name, the rest of the header, the arguments
+            case .harmony: triggers = [.text(Self.harmonyRecipient)]
             }
             if choice == .auto, !tools.isEmpty, !triggers.isEmpty || marker != nil,
-               let lazy = try? JSONGrammar(schema: Self.outputSchema(syntax: syntax, tools: tools, parallel: parallel)) {
+               let lazy = try? (syntax == .harmony ? Self.harmonyCallGrammar(tools, headerEnds: Self.harmonyHeaderEnds)
+                   : JSONGrammar(schema: Self.outputSchema(syntax: syntax, tools: tools, parallel: parallel))) {
                 grammar = lazy
                 grammarTriggers = triggers
                 triggerMarker = marker
@@ -197,15 +199,18 @@ struct ToolCallPlan {
         triggerMarker = nil
         let callable = choice == .required ? tools : tools.filter { .function($0.name) == choice }
         if syntax == .harmony {
-            // the header names the function; the grammar constrains its arguments. With several
-            // functions the model names one and the arguments are only parsed.
-            guard callable.count == 1 else {
-                prefill = "<|channel|>commentary to=functions."
-                grammar = nil
-                return
-            }
-            prefill = "<|channel|>commentary to=functions.\(callable[0].name) <|constrain|>json<|message|>"
-            do { grammar = try JSONGrammar(schema: callable[0].templateValue["function"]!["parameters"]!) } catch {
+            // The header is primed up to the recipient. One function: the whole header, and the
+            // grammar constrains the arguments; several: the grammar makes the model name one
+            // of them, end the header and write arguments that follow that function's parameters.
+            do {
+                if callable.count == 1 {
+                    prefill = "<|channel|>commentary to=functions.\(callable[0].name) <|constrain|>json<|message|>"
+                    grammar = try JSONGrammar(schema: callable[0].templateValue["function"]!["parameters"]!)
+                } else {
+                    prefill = "<|channel|>commentary" + Self.harmonyRecipient
+                    grammar = try Self.harmonyCallGrammar(callable, headerEnds: [Self.harmonyHeaderEnds[0]])
+                }
+            } catch {
                 throw APIError.invalid("tools", "cannot constrain the arguments to the function's 'parameters': \(error)")
             }
             return
@@ -220,6 +225,23 @@ struct ToolCallPlan {
         case .mistral: prefill = "[TOOL_CALLS]"
         case .llama3, .genericJSON, .harmony: prefill = ""
         }
+    }
+
+    /// What addresses a harmony message to a function: the text before the function's name.
+    static let harmonyRecipient = " to=functions"
+
+    /// How a harmony header goes on after the recipient's name up to the arguments: the
+    /// channel came first (`<|channel|>commentary to=functions.NAME <|constrain|>json<|message|>`),
+    /// or the recipient (`<|start|>assistant to=functions.NAME<|channel|>commentary json<|message|>`,
+    /// as the template writes earlier calls).
+    static let harmonyHeaderEnds = [" <|constrain|>json<|message|>", "<|channel|>commentary <|constrain|>json<|message|>",
+                                    "<|channel|>commentary json<|message|>"]
+
+    /// A harmony call after `harmonyRecipient`: `.NAME`, one of `headerEnds`, and arguments
+    /// following the parameters of the function named.
+    static func harmonyCallGrammar(_ tools: [ToolDefinition], headerEnds: [String]) throws -> JSONGrammar {
+        try JSONGrammar(named: tools.map { (name: "." + $0.name, schema: $0.templateValue["function"]!["parameters"]!) },
+                        separators: headerEnds)
     }
 
     /// Templates that `tojson` or iterate the arguments want an object, as Hugging Face

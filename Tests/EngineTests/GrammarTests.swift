@@ -129,6 +129,16 @@ private func accepts(_ grammar: JSONGrammar, _ text: String) -> (accepted: Bool,
     return (ok, ok && c.isComplete)
 }
 
+/// `.a` takes `{"city": string ≤ 5}`, `.ab` `{"zip": integer}`, `.n` a number; the header ends
+/// with ` <|m|>` or `<|c|>x<|m|>`.
+func namedGrammar() throws -> JSONGrammar {
+    try JSONGrammar(named: [
+        (name: ".a", schema: try JSONValue(parsing: #"{"type":"object","properties":{"city":{"type":"string","maxLength":5}},"required":["city"]}"#)),
+        (name: ".ab", schema: try JSONValue(parsing: #"{"type":"object","properties":{"zip":{"type":"integer"}},"required":["zip"]}"#)),
+        (name: ".n", schema: ["type": "number"]),
+    ], separators: [" <|m|>", "<|c|>x<|m|>"])
+}
+
 private func isValid(_ grammar: JSONGrammar, _ text: String) -> Bool {
     let r = accepts(grammar, text)
     return r.accepted && r.complete
@@ -344,6 +354,27 @@ let treeSchema = #"""
         #expect(isValid(plain, #"{"x":1}"#) && isValid(plain, #""s""#) && !isValid(plain, #"{"y":1}"#))
     }
 
+    /// A name in plain text picks the schema of the value after it (a gpt-oss call header).
+    @Test func namedValuesFollowTheSchemaTheirNamePicks() throws {
+        let g = try namedGrammar()
+        #expect(isValid(g, #".a <|m|>{"city":"Oslo"}"#))
+        #expect(isValid(g, #".ab<|c|>x<|m|>{"zip": 12}"#), "a name that extends another")
+        #expect(isValid(g, ".n <|m|>7"), "a number as the whole value")
+        #expect(!isValid(g, #".a <|m|>{"zip":12}"#), "ab's schema under a's name")
+        #expect(!isValid(g, #".ab <|m|>{"city":"Oslo"}"#), "a's schema under ab's name")
+        #expect(!isValid(g, #".c <|m|>{}"#), "not a name")
+        #expect(!isValid(g, #" .a <|m|>{"city":"x"}"#) && !isValid(g, #".a  <|m|>{"city":"x"}"#)
+                && !isValid(g, #".a <|m|> {"city":"x"}"#), "no whitespace but the separator's own")
+        #expect(!isValid(g, #".a <|m|>{"city":"x"} "#), "nothing after the value")
+        #expect(!isValid(g, ".a <|m|>") && !isValid(g, ".a") && !isValid(g, ".n <|m|>7."), "incomplete")
+        #expect(throws: JSONGrammarError.self) {
+            try JSONGrammar(named: [(name: "a", schema: true), (name: "a b", schema: true)], separators: [" "])
+        }
+        #expect(throws: JSONGrammarError.self) {
+            try JSONGrammar(named: [(name: "a", schema: true)], separators: ["<", "<|"])
+        }
+    }
+
     @Test func additionalPropertiesChoices() throws {
         // properties without additionalProperties: closed. With true or a schema: open.
         let closed = try JSONGrammar(schemaText: #"{"properties":{"a":{"type":"integer"}}}"#)
@@ -411,6 +442,8 @@ let treeSchema = #"""
             (schemaGrammar, #"{"name":"hello world!","email":"hello world","#),
             (schemaGrammar, #"{"name":"Bo","age":42,"tags":["a","c"],"kind":"person","address":{"city":"X"}}"#),
             (try JSONGrammar(schemaText: callsSchema), #"[{"name":"b","arguments":{"zip":1}},{"name": "a", "arguments": {"city":"x"}}]"#),
+            (try namedGrammar(), #".ab<|c|>x<|m|>{"zip":12}"#),
+            (try namedGrammar(), ".n <|m|>-1.5e+3"),
         ]
         for (grammar, doc) in cases {
             let c = GrammarConstraint(grammar: grammar, vocabulary: vocab)

@@ -7,9 +7,11 @@ import Tokenization
 @Suite struct GrammarTriggerTests {
     let tokenizer = FakeTokenizer(extraPieces: ["<tool_call>", "<tool"])
 
-    func output(_ triggers: [GrammarTrigger] = [.text("<tool_call>")]) -> SequenceOutput {
-        let constraint = GrammarConstraint(grammar: .jsonObject, vocabulary: TokenVocabulary(tokenizer: tokenizer))
-        return SequenceOutput(tokenizer: tokenizer, stop: [], constraint: constraint, triggers: triggers)
+    func output(_ triggers: [GrammarTrigger] = [.text("<tool_call>")], grammar: JSONGrammar = .jsonObject,
+                documentEnds: Bool = false) -> SequenceOutput {
+        let constraint = GrammarConstraint(grammar: grammar, vocabulary: TokenVocabulary(tokenizer: tokenizer))
+        return SequenceOutput(tokenizer: tokenizer, stop: [], constraint: constraint, triggers: triggers,
+                              triggeredDocumentEnds: documentEnds)
     }
 
     func feed(_ out: inout SequenceOutput, _ text: String, byteByByte: Bool = false) -> SequenceOutput.Verdict {
@@ -76,5 +78,18 @@ import Tokenization
         var prose = output([.outputStart("{")])
         #expect(feed(&prose, "Sure: {") == .more)
         #expect(prose.activeConstraint == nil, "only at the start of the output")
+    }
+
+    /// A gpt-oss call: the recipient triggers a grammar that names the function in plain text
+    /// before its arguments, and the call ends the output.
+    @Test func aTriggeredNamedDocumentEndsTheOutput() throws {
+        var out = output([.text(" to=functions")], grammar: try namedGrammar(), documentEnds: true)
+        #expect(feed(&out, "<|channel|>commentary to=func") == .more && out.activeConstraint == nil)
+        #expect(feed(&out, "tions", byteByByte: true) == .more)
+        let c = try #require(out.activeConstraint)
+        #expect(!c.allows(bytes: " .a".utf8) && !c.allows(bytes: ".c".utf8) && c.allows(bytes: ".a".utf8))
+        #expect(feed(&out, ".ab <|m|>") == .more)
+        #expect(!c.allows(bytes: #"{"city""#.utf8) && c.allows(bytes: #"{"zip""#.utf8), "the arguments of the function named")
+        #expect(feed(&out, #"{"zip": 7}"#) == .stop, "nothing follows the call")
     }
 }

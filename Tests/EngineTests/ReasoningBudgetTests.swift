@@ -20,6 +20,19 @@ import Tokenization
         t.observe("x<think>y</think>z<think>")
         #expect(t.inside)
     }
+
+    /// gpt-oss: the analysis message is the thinking, `<|end|>` ends it.
+    @Test func followsTheHarmonyAnalysisChannel() {
+        var t = ThinkingTracker(budget: .harmony(tokens: 1))
+        for piece in ["<|channel|>final<|message|>Hi<|end|>", "<|start|>assistant<|chan", "nel|>analysis<|mess"] { t.observe(piece) }
+        #expect(!t.inside)
+        t.observe("age|>x")
+        #expect(t.inside)
+        t.countToken()
+        #expect(t.exhausted)
+        t.observe(ReasoningBudget.harmony(tokens: 1).forcedClosing)
+        #expect(!t.inside, "the forced closing leaves the channel")
+    }
 }
 
 /// The budget on the real SmolLM2, whose prompt is made to end inside a thinking block: the
@@ -52,5 +65,33 @@ import Tokenization
         // and the reply goes on after it
         #expect(limited.tokens.count > budget + forced.count)
         #expect(!unlimited.text.prefix(thinking.count + closing.count).contains("</think>"))
+    }
+
+    /// gpt-oss's analysis channel, on SmolLM2 with harmony's markers as its prompt and reply
+    /// text: after the budget the engine closes the analysis message and opens the final
+    /// channel, and the model goes on in it.
+    @Test(.enabled(if: available, "needs SmolLM2 (swiftlet pull smollm2)"))
+    func endsTheHarmonyAnalysisChannelAfterTheBudget() throws {
+        let budget = 6
+        let loaded = try RealModel.smollm2.load()
+        let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: 256, threads: 2))
+        defer { generator.shutdownAndWait() }
+        let prompt = loaded.promptTokens(for: "<|start|>user<|message|>What is 17 times 3?<|end|><|start|>assistant"
+                                         + ReasoningBudget.analysisOpening)
+        // the forced closing is some 20 tokens of text to SmolLM2
+        var options = GenerationOptions(maxTokens: 48, sampling: .greedy)
+        options.decodesSpecialTokens = true
+        let unlimited = try generator.generate(prompt: prompt, options: options)
+        options.reasoningBudget = .harmony(tokens: budget, startsInside: true)
+        let limited = try generator.generate(prompt: prompt, options: options)
+        let closing = ReasoningBudget.harmony(tokens: budget).forcedClosing
+        let forced = loaded.tokenizer.encode(closing, addSpecial: false, parseSpecial: true)
+        #expect(Array(limited.tokens.prefix(budget)) == Array(unlimited.tokens.prefix(budget)), "the model's own thinking first")
+        #expect(Array(limited.tokens[budget..<budget + forced.count]) == forced)
+        let thinking = loaded.tokenizer.decode(Array(limited.tokens.prefix(budget)), special: true)
+        #expect(limited.text.hasPrefix(thinking + closing))
+        #expect(!thinking.contains("<|end|>"), "the model had not ended its analysis itself")
+        let answer = limited.text.dropFirst(thinking.count + closing.count)
+        #expect(!answer.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "an answer follows on the final channel")
     }
 }

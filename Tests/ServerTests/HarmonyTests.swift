@@ -50,6 +50,11 @@ import Testing
         // the recipient before the channel, as the template writes earlier calls
         r = Self.read("<|start|>assistant to=functions.get_time<|channel|>commentary json<|message|>{}", size: size)
         #expect(r.calls.map(\.name) == ["get_time"] && r.calls[0].arguments == "{}")
+        // the reply continues the prompt's `<|start|>assistant` with the recipient, as earlier calls are written
+        r = Self.read(" to=functions.get_time<|channel|>commentary json<|message|>{\"zone\": \"CET\"}", size: size)
+        #expect(r.calls.map(\.name) == ["get_time"] && r.calls[0].arguments == #"{"zone": "CET"}"# && r.content == "")
+        #expect(Self.read("today", size: size) == Read(content: "today"), "text that only starts like a recipient")
+        #expect(Self.read("<|message|>Hi", size: size) == Read(content: "Hi"), "the primed header ended at once")
         // two calls, each ended by <|call|> in the text; without parallel calls only the first
         let two = Self.call + "<|call|><|start|>assistant<|channel|>commentary to=functions.get_time <|constrain|>json<|message|>{\"zone\": \"CET\"}<|call|>"
         #expect(Self.read(two, size: size).calls.map(\.name) == ["get_weather", "get_time"])

@@ -268,8 +268,8 @@ import Testing
         #expect(forced.grammar != nil)
     }
 
-    /// Under auto every syntax but harmony's is constrained once a call starts: Llama 3's bare
-    /// JSON from its first byte, Mistral's list after its control token.
+    /// Under auto every syntax is constrained once a call starts: Llama 3's bare JSON from its
+    /// first byte, Mistral's list after its control token, harmony's header after the recipient.
     @Test func autoCallsAreConstrainedFromTheirStart() throws {
         let r = try request()
         guard case .chat(let messages) = r.input else { Issue.record("not a chat"); return }
@@ -283,12 +283,28 @@ import Testing
         let generic = try plan("{{ messages }}")
         #expect(generic.grammarTriggers == [.outputStart(#"{"tool_calls""#)])
         let harmony = try plan("{{ '<|channel|>' }}")
-        #expect(harmony.grammar == nil && harmony.grammarTriggers.isEmpty, "harmony's auto calls are parsed only")
+        #expect(harmony.grammarTriggers == [.text(" to=functions")] && harmony.triggerMarker == nil)
+        func accepts(_ grammar: JSONGrammar?, _ text: String) throws -> Bool {
+            var recognizer = JSONRecognizer(grammar: try #require(grammar))
+            return text.utf8.allSatisfy { recognizer.step($0) } && recognizer.canFinish
+        }
+        // the name, the rest of the header either way round, arguments of the function named
+        let weather = #"{"city": "Oslo", "unit": "C"}"#
+        #expect(try accepts(harmony.grammar, ".get_weather <|constrain|>json<|message|>" + weather))
+        #expect(try accepts(harmony.grammar, ".get_weather<|channel|>commentary json<|message|>" + weather))
+        #expect(try !accepts(harmony.grammar, ".get_time <|constrain|>json<|message|>" + weather), "not a function")
+        #expect(try !accepts(harmony.grammar, #".get_weather <|constrain|>json<|message|>{"city": "Oslo"}"#))
         let named = try plan("{{ '<|channel|>' }}", .function("get_weather"))
         #expect(named.prefill == "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>")
-        var recognizer = JSONRecognizer(grammar: try #require(named.grammar))
-        #expect(#"{"city": "Oslo", "unit": "C"}"#.utf8.allSatisfy { recognizer.step($0) } && recognizer.canFinish,
-                "a forced harmony call's grammar is the function's parameters")
+        #expect(try accepts(named.grammar, weather), "a forced harmony call's grammar is the function's parameters")
+        // required with two functions: the header is primed up to the recipient, the grammar does the rest
+        let two = try ToolCallPlan(tools: r.tools + [ToolDefinition(name: "get_time", description: nil, parameters: nil)],
+                                   choice: .required, parallel: true, messages: messages, templateSource: "{{ '<|channel|>' }}")
+        #expect(two.prefill == "<|channel|>commentary to=functions" && two.grammarTriggers.isEmpty)
+        #expect(try accepts(two.grammar, ".get_time <|constrain|>json<|message|>{}"))
+        #expect(try accepts(two.grammar, ".get_weather <|constrain|>json<|message|>" + weather))
+        #expect(try !accepts(two.grammar, ".get_time <|constrain|>json<|message|>" + weather), "get_time takes no arguments")
+        #expect(try !accepts(two.grammar, ".get_time<|channel|>commentary json<|message|>{}"), "the channel is primed already")
     }
 
     @Test func roundTripThroughATemplateWithoutTools() throws {
@@ -348,12 +364,13 @@ import Testing
         """#
     static let tools = "[" + weatherTool + "," + timeTool + "]"
 
-    func withServer(chatTemplate: ChatTemplate? = nil, _ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
+    func withServer(chatTemplate: ChatTemplate? = nil, configuration: ServerConfiguration = ServerConfiguration(),
+                    _ body: @Sendable (any TestClientProtocol) async throws -> Void) async throws {
         let model = try LoadedModel(path: TestSupport.smolLM2Path, chatTemplate: chatTemplate)
         let state = ServerState()
         let generator = try Generator(model: model, configuration: .init(contextLength: 2048, parallel: 2))
         state.engine = generator
-        let server = OpenAIServer(configuration: ServerConfiguration(), state: state, metrics: ServerMetrics(),
+        let server = OpenAIServer(configuration: configuration, state: state, metrics: ServerMetrics(),
                                   logger: Logger(label: "test"))
         let app = Application(router: server.makeRouter())
         try await app.test(.router, body)
@@ -361,8 +378,13 @@ import Testing
     }
 
     static func body(_ extra: String, tools: String = tools) -> ByteBuffer {
-        ByteBuffer(string: #"{"model":"SmolLM2-135M-Instruct.Q4_1","messages":[{"role":"user","content":"What is the weather in Paris?"}],"tools":"#
-                   + tools + #","temperature":0,"max_tokens":160"# + extra + "}")
+        ByteBuffer(string: bodyStart(extra, tools: tools) + "}")
+    }
+
+    /// The request without its closing brace.
+    static func bodyStart(_ extra: String, tools: String = tools) -> String {
+        #"{"model":"SmolLM2-135M-Instruct.Q4_1","messages":[{"role":"user","content":"What is the weather in Paris?"}],"tools":"#
+            + tools + #","temperature":0,"max_tokens":160"# + extra
     }
 
     /// The arguments match get_weather's schema.
@@ -463,15 +485,19 @@ import Testing
         }
     }
 
-    /// gpt-oss's own template (from the template corpus) on SmolLM2: a forced call is the
-    /// header in the prompt and the arguments the grammar makes the model write; it comes back
-    /// as a call, streamed as start and argument pieces, with no content.
-    @Test func harmonyCallsThroughTheGptOssTemplate() async throws {
+    /// gpt-oss's own template, from the template corpus.
+    static func gptOssTemplate() throws -> ChatTemplate {
         let corpus = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .appendingPathComponent("../TokenizationTests/Fixtures/templates/corpus.json")
         let entries = try #require(try JSONValue(parsing: String(contentsOf: corpus, encoding: .utf8))["templates"]?.arrayValue)
-        let source = try #require(entries.first { $0["name"] == "openai-gpt-oss-120b.jinja" }?["source"]?.stringValue)
-        try await withServer(chatTemplate: try ChatTemplate(source: source)) { client in
+        return try ChatTemplate(source: try #require(entries.first { $0["name"] == "openai-gpt-oss-120b.jinja" }?["source"]?.stringValue))
+    }
+
+    /// gpt-oss's own template on SmolLM2: a forced call is the header in the prompt and the
+    /// arguments the grammar makes the model write; it comes back as a call, streamed as start
+    /// and argument pieces, with no content.
+    @Test func harmonyCallsThroughTheGptOssTemplate() async throws {
+        try await withServer(chatTemplate: try Self.gptOssTemplate()) { client in
             let named = #","tool_choice":{"type":"function","function":{"name":"get_weather"}}"#
             var whole = ""
             try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
@@ -495,6 +521,99 @@ import Testing
                 #expect(deltas.first?["function"]?["name"] == "get_weather" && deltas.first?["id"]?.stringValue != nil)
                 #expect(deltas.count > 2, "the arguments come in pieces")
                 #expect(deltas.compactMap { $0["function"]?["arguments"]?.stringValue }.joined() == whole)
+            }
+        }
+    }
+
+    /// The arguments match get_time's schema.
+    static func expectTimeArguments(_ text: String) throws {
+        let arguments = try JSONValue(parsing: text)
+        #expect(arguments.objectValue?.keys.sorted() == ["zone"])
+        #expect(arguments["zone"]?.stringValue.map { $0.count <= 20 } == true)
+    }
+
+    /// One harmony reply, whole and streamed: the single call it makes (name, arguments), after
+    /// checking the stream carries the same call under one index and id, with no content.
+    static func harmonyCall(_ client: any TestClientProtocol, _ body: String) async throws -> (name: String, arguments: String) {
+        var call: (name: String, arguments: String) = ("", "")
+        try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
+                                 body: ByteBuffer(string: body + "}")) { r in
+            #expect(r.status == .ok)
+            let choice = try #require(try JSONValue(parsing: String(buffer: r.body))["choices"]?.arrayValue?.first)
+            #expect(choice["finish_reason"] == "tool_calls" && choice["message"]?["content"] == .null, "\(choice)")
+            let calls = try #require(choice["message"]?["tool_calls"]?.arrayValue)
+            #expect(calls.count == 1)
+            call = (try #require(calls.first?["function"]?["name"]?.stringValue),
+                    try #require(calls.first?["function"]?["arguments"]?.stringValue))
+        }
+        try await client.execute(uri: "/v1/chat/completions", method: .post, headers: [.contentType: "application/json"],
+                                 body: ByteBuffer(string: body + #","stream":true}"#)) { r in
+            var deltas: [JSONValue] = []
+            var finish: [String] = []
+            for line in String(buffer: r.body).split(separator: "\n") where line.hasPrefix("data: {") {
+                let choice = try JSONValue(parsing: String(line.dropFirst(6)))["choices"]?.arrayValue?.first
+                #expect((choice?["delta"]?["content"]?.stringValue ?? "").isEmpty, "no harmony syntax in the content")
+                deltas += choice?["delta"]?["tool_calls"]?.arrayValue ?? []
+                if let reason = choice?["finish_reason"]?.stringValue { finish.append(reason) }
+            }
+            #expect(finish == ["tool_calls"])
+            #expect(deltas.allSatisfy { $0["index"]?.intValue == 0 }, "one call, one index")
+            #expect(deltas.compactMap { $0["id"]?.stringValue }.count == 1, "the id once, with the name")
+            #expect(deltas.first?["function"]?["name"]?.stringValue == call.name)
+            #expect(deltas.compactMap { $0["function"]?["arguments"]?.stringValue }.joined() == call.arguments)
+        }
+        return call
+    }
+
+    /// Harmony calls of two functions on SmolLM2 through gpt-oss's template. SmolLM2 knows
+    /// nothing of harmony: what it writes after the recipient is the grammar's doing. Under
+    /// auto the history shows it calling a function that is no longer offered, with other
+    /// arguments; it starts a call the same way (left alone it copies the old name and
+    /// arguments), and the grammar makes it one of the offered functions with arguments that
+    /// follow that function's schema. Under required the header
+    /// is primed up to the recipient and the grammar picks up from there.
+    @Test func harmonyCallsOfSeveralFunctionsAreConstrained() async throws {
+        try await withServer(chatTemplate: try Self.gptOssTemplate()) { client in
+            let history = #"""
+                [{"role":"user","content":"What is the weather in Paris?"},
+                 {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"weather","arguments":"{\"location\":\"Paris\"}"}}]},
+                 {"role":"tool","tool_call_id":"call_1","content":"21 degrees"},
+                 {"role":"user","content":"What is the weather in Rome?"},
+                 {"role":"assistant","content":null,"tool_calls":[{"id":"call_2","type":"function","function":{"name":"weather","arguments":"{\"location\":\"Rome\"}"}}]},
+                 {"role":"tool","tool_call_id":"call_2","content":"25 degrees"},
+                 {"role":"user","content":"What is the weather in Oslo?"}]
+                """#
+            let auto = #"{"model":"SmolLM2-135M-Instruct.Q4_1","messages":"# + history + #","tools":"# + Self.tools
+                + #","temperature":0,"max_tokens":60"#
+            let required = Self.bodyStart(#","tool_choice":"required""#)
+            for body in [auto, required] {
+                let call = try await Self.harmonyCall(client, body)
+                #expect(["get_weather", "get_time"].contains(call.name))
+                if call.name == "get_weather" { try Self.expectWeatherArguments(call.arguments) }
+                if call.name == "get_time" { try Self.expectTimeArguments(call.arguments) }
+            }
+        }
+    }
+
+    /// `--reasoning-budget` on gpt-oss's analysis channel, through the Anthropic API with a
+    /// prefill that opens the analysis message: after the budget the engine ends the message and
+    /// opens the final channel, so the reply is a short thinking block and then text.
+    @Test func theReasoningBudgetEndsHarmonyAnalysis() async throws {
+        var configuration = ServerConfiguration()
+        configuration.reasoningBudget = 4
+        try await withServer(chatTemplate: try Self.gptOssTemplate(), configuration: configuration) { client in
+            let body = #"{"model":"SmolLM2-135M-Instruct.Q4_1","max_tokens":48,"temperature":0,"messages":[{"role":"user","content":"What is 17 times 3?"},{"role":"assistant","content":"<|channel|>analysis<|message|>"}]}"#
+            try await client.execute(uri: "/v1/messages", method: .post, headers: [.contentType: "application/json"],
+                                     body: ByteBuffer(string: body)) { r in
+                #expect(r.status == .ok)
+                let blocks = try #require(try JSONValue(parsing: String(buffer: r.body))["content"]?.arrayValue)
+                #expect(blocks.map { $0["type"]?.stringValue ?? "" } == ["thinking", "text"], "\(blocks)")
+                let thinking = try #require(blocks.first?["thinking"]?.stringValue)
+                let tokenizer = try LoadedModel(path: TestSupport.smolLM2Path).tokenizer
+                #expect((1...4).contains(tokenizer.encode(thinking, addSpecial: false, parseSpecial: false).count),
+                        "four tokens of thinking: \(thinking)")
+                let text = try #require(blocks.last?["text"]?.stringValue)
+                #expect(!text.isEmpty && !text.contains("<|"), "the final channel's answer, without markers: \(text)")
             }
         }
     }

@@ -23,6 +23,9 @@ public struct GenerationOptions: Sendable {
     /// When not empty, `grammar` applies only once one of these has fired (a tool call
     /// starts), up to the end of one document; then it waits for a trigger again.
     public var grammarTriggers: [GrammarTrigger] = []
+    /// With `grammarTriggers`: the output ends with the triggered document instead of going on
+    /// unconstrained (a gpt-oss call ends the model's turn).
+    public var triggeredDocumentEnds = false
     /// Control tokens (`<|channel|>`, `[TOOL_CALLS]`) are part of the text, for replies whose
     /// structure they mark.
     public var decodesSpecialTokens = false
@@ -32,7 +35,8 @@ public struct GenerationOptions: Sendable {
     /// pooled into one L2-normalized vector (an `.embedding` event before `.finished`) and
     /// nothing is generated.
     public var embedding: EmbeddingPooling?
-    /// Set: thinking (`<think>`…`</think>`) is ended by the engine after this many tokens.
+    /// Set: thinking (`<think>`…`</think>`, or gpt-oss's analysis channel) is ended by the
+    /// engine after this many tokens.
     public var reasoningBudget: ReasoningBudget?
     /// Set: while decoding, tokens are drafted (by prompt lookup or a draft model) and
     /// verified in one forward pass (speculative decoding). The output is the same as without

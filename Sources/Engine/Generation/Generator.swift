@@ -172,7 +172,8 @@ public final class Generator: @unchecked Sendable {
             sampler = Sampler(parameters: parameters)
             output = SequenceOutput(tokenizer: tokenizer, stop: options.stop,
                                     constraint: options.grammar.map { GrammarConstraint(grammar: $0, vocabulary: vocabulary) },
-                                    triggers: options.grammarTriggers, decodesSpecialTokens: options.decodesSpecialTokens)
+                                    triggers: options.grammarTriggers, triggeredDocumentEnds: options.triggeredDocumentEnds,
+                                    decodesSpecialTokens: options.decodesSpecialTokens)
             self.submitted = submitted
             embedding = options.embedding.map { EmbeddingAccumulator(pooling: $0) }
             thinking = options.reasoningBudget.map { ThinkingTracker(budget: $0) }

@@ -1,6 +1,7 @@
 /// A limit on how long a model thinks (`--reasoning-budget`): once it has generated `tokens`
 /// tokens inside its thinking block, the engine writes the closing marker for it and the
-/// answer follows. 0 ends thinking as soon as it starts.
+/// answer follows. 0 ends thinking as soon as it starts. Thinking is a `<think>` block, or
+/// gpt-oss's analysis channel (`harmony`).
 public struct ReasoningBudget: Sendable, Equatable {
     public var tokens: Int
     public var opening = "<think>"
@@ -9,13 +10,27 @@ public struct ReasoningBudget: Sendable, Equatable {
     /// with `<think>`), so the reply starts inside it.
     public var startsInside = false
 
+    /// What the engine writes to end thinking early.
+    public var forcedClosing = "\n</think>\n\n"
+
     public init(tokens: Int, startsInside: Bool = false) {
         self.tokens = max(0, tokens)
         self.startsInside = startsInside
     }
 
-    /// What the engine writes to end thinking early.
-    var forcedClosing: String { "\n" + closing + "\n\n" }
+    /// The start of gpt-oss's analysis message.
+    public static let analysisOpening = "<|channel|>analysis<|message|>"
+
+    /// gpt-oss (OpenAI harmony): thinking is the analysis channel's message. The engine ends it
+    /// as the model does — it closes the message and opens one on the final channel — so the
+    /// reply goes on with the answer. `startsInside`: the prompt ends with `analysisOpening`.
+    public static func harmony(tokens: Int, startsInside: Bool = false) -> ReasoningBudget {
+        var budget = ReasoningBudget(tokens: tokens, startsInside: startsInside)
+        budget.opening = analysisOpening
+        budget.closing = "<|end|>"
+        budget.forcedClosing = "<|end|><|start|>assistant<|channel|>final<|message|>"
+        return budget
+    }
 }
 
 /// Follows one sequence's output text in and out of thinking blocks and counts the tokens

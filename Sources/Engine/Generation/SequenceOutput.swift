@@ -26,9 +26,12 @@ struct SequenceOutput {
     /// The output so far has been only whitespace (for `outputStart` triggers).
     private var atOutputStart = true
     private var constraintIsOn: Bool
+    /// A triggered document ends the output (otherwise the output goes on unconstrained).
+    private let triggeredDocumentEnds: Bool
 
     init(tokenizer: any Tokenizer, stop: [String], constraint: GrammarConstraint?, triggers: [GrammarTrigger] = [],
-         decodesSpecialTokens: Bool = false) {
+         triggeredDocumentEnds: Bool = false, decodesSpecialTokens: Bool = false) {
+        self.triggeredDocumentEnds = triggeredDocumentEnds
         endOfGeneration = tokenizer.endOfGenerationTokens
         decoder = StreamingDecoder(tokenizer: tokenizer, special: decodesSpecialTokens)
         stopMatcher = StopStringMatcher(stopStrings: stop)
@@ -65,7 +68,7 @@ struct SequenceOutput {
         } else if isLazy {
             watchForTriggers(token)
         }
-        if grammarEnded && isLazy {
+        if grammarEnded && isLazy && !triggeredDocumentEnds {
             // a lazy constraint ends with its document; the output goes on unconstrained
             constraint?.reset()
             constraintIsOn = false

@@ -61,6 +61,9 @@ public struct JSONGrammar: Sendable {
         case literals([[UInt8]])
         /// Alternatives, picked by first byte.
         case union([Int32])
+        /// Plain text before a value, outside the JSON: one of `names`, then one of `separators`,
+        /// then a value of `values[i]` for name i (see `JSONGrammar(named:separators:)`).
+        case named(names: [[UInt8]], separators: [[UInt8]], values: [Int32])
     }
 
     struct ObjectSpec: Sendable {
@@ -124,6 +127,44 @@ public struct JSONGrammar: Sendable {
         var compiler = SchemaCompiler(rootSchema: schema, nodes: Self.baseNodes)
         let root = try compiler.compile(schema, depth: 0)
         self.init(nodes: compiler.nodes, root: root)
+    }
+
+    /// A document that is plain text naming one of `alternatives`, then one of `separators`,
+    /// then a value matching that alternative's schema, with nothing between them: a name
+    /// written outside the JSON picks the schema of what follows (gpt-oss writes a call's
+    /// function name in the message header and the arguments after it). Names and separators
+    /// are matched byte for byte; a name that another name extends must not be extended by a
+    /// separator's first byte, and no separator may be a prefix of another. At most 64
+    /// alternatives and 64 separators.
+    public init(named alternatives: [(name: String, schema: JSONValue)], separators: [String]) throws {
+        let names = alternatives.map { Array($0.name.utf8) }
+        let ends = separators.map { Array($0.utf8) }
+        guard !names.isEmpty, names.count <= 64 else { throw JSONGrammarError.unsupportedSchema("1 to 64 named alternatives") }
+        guard (1...64).contains(ends.count) else { throw JSONGrammarError.unsupportedSchema("1 to 64 separators") }
+        guard names.allSatisfy({ !$0.isEmpty }), ends.allSatisfy({ !$0.isEmpty }) else {
+            throw JSONGrammarError.unsupportedSchema("an empty name or separator")
+        }
+        guard Set(names).count == names.count else { throw JSONGrammarError.unsupportedSchema("a name given twice") }
+        for a in names {
+            for b in names where b.count > a.count && b.starts(with: a) && ends.contains(where: { $0[0] == b[a.count] }) {
+                throw JSONGrammarError.unsupportedSchema("the name \(String(decoding: b, as: UTF8.self)) continues \(String(decoding: a, as: UTF8.self)) with a separator's first byte")
+            }
+        }
+        for a in ends {
+            for b in ends where b != a && b.starts(with: a) {
+                throw JSONGrammarError.unsupportedSchema("the separator \(String(decoding: a, as: UTF8.self)) is a prefix of another")
+            }
+        }
+        var nodes = Self.baseNodes
+        var values: [Int32] = []
+        for alternative in alternatives {
+            // each schema's own `$ref`s resolve against that schema
+            var compiler = SchemaCompiler(rootSchema: alternative.schema, nodes: nodes)
+            values.append(try compiler.compile(alternative.schema, depth: 0))
+            nodes = compiler.nodes
+        }
+        nodes.append(.named(names: names, separators: ends, values: values))
+        self.init(nodes: nodes, root: Int32(nodes.count - 1))
     }
 
     /// A value matching the JSON schema in `schemaText`.

@@ -15,15 +15,16 @@ struct JSONRecognizer: Sendable {
         /// String lexer: constraint on the next byte (see `lex`).
         var flags: UInt8 = 0
         /// Object: selected property; array: items started; string: scalars (when bounded);
-        /// key/literal: bytes matched; number: length.
+        /// key/literal/name: bytes matched; number: length.
         var count: UInt32 = 0
-        /// Object: properties seen; key: candidate names; literal: candidate options.
+        /// Object: properties seen; key: candidate names; literal: candidate options; name:
+        /// candidate names, then candidate separators.
         var mask: UInt64 = 0
     }
 
     // Frame kinds.
     static let kRoot: UInt8 = 0, kObject: UInt8 = 1, kArray: UInt8 = 2, kKey: UInt8 = 3
-    static let kString: UInt8 = 4, kNumber: UInt8 = 5, kLiteral: UInt8 = 6
+    static let kString: UInt8 = 4, kNumber: UInt8 = 5, kLiteral: UInt8 = 6, kNamed: UInt8 = 7
 
     // Root phases.
     static let rootStart: UInt8 = 0, rootDone: UInt8 = 1
@@ -36,6 +37,8 @@ struct JSONRecognizer: Sendable {
     // Number phases.
     static let nStart: UInt8 = 0, nMinus: UInt8 = 1, nZero: UInt8 = 2, nInt: UInt8 = 3, nDot: UInt8 = 4
     static let nFrac: UInt8 = 5, nExp: UInt8 = 6, nExpSign: UInt8 = 7, nExpDigits: UInt8 = 8
+    // Named value phases (`sub` holds the chosen name once it is complete).
+    static let tName: UInt8 = 0, tSeparator: UInt8 = 1, tValue: UInt8 = 2
 
     /// Hashable identity of a recognizer state (for mask caching).
     struct State: Hashable, Sendable {
@@ -62,10 +65,18 @@ struct JSONRecognizer: Sendable {
         let top = frames[frames.count - 1]
         switch top.kind {
         case Self.kRoot: return top.phase == Self.rootDone
-        case Self.kNumber: return frames.count == 2 && Self.numberEndable(top.phase)
-        case Self.kLiteral: return frames.count == 2 && completeOption(top) != nil
+        case Self.kNumber: return isTopLevelValue && Self.numberEndable(top.phase)
+        case Self.kLiteral: return isTopLevelValue && completeOption(top) != nil
         default: return false
         }
+    }
+
+    /// The top frame is the document's value: only the root and the names before it are below.
+    private var isTopLevelValue: Bool {
+        let frames = state.frames
+        guard frames.count >= 2 else { return false }
+        for i in 1..<(frames.count - 1) where frames[i].kind != Self.kNamed { return false }
+        return true
     }
 
     /// Complete, and no further byte can be accepted.
@@ -161,7 +172,11 @@ struct JSONRecognizer: Sendable {
             switch f.kind {
             case Self.kRoot:
                 if f.phase == Self.rootDone { return false }
-                if Self.isWhitespace(b) { return takeWhitespace() }
+                if Self.isWhitespace(b) {
+                    // a named document starts with its name at once
+                    if case .named = nodes[Int(f.node)] { return false }
+                    return takeWhitespace()
+                }
                 return beginValue(node: f.node, byte: b)
 
             case Self.kObject:
@@ -265,6 +280,9 @@ struct JSONRecognizer: Sendable {
                 completeValue()
                 continue  // the byte belongs to the enclosing value
 
+            case Self.kNamed:
+                return stepNamed(&f, top: top, byte: b)
+
             default:  // kLiteral
                 guard case .literals(let options) = nodes[Int(f.node)] else { return false }
                 let pos = Int(f.count)
@@ -323,6 +341,7 @@ struct JSONRecognizer: Sendable {
                 state.frames[top].count = UInt32(index)
             }
         case Self.kArray: state.frames[top].phase = Self.aAfterValue
+        case Self.kNamed: completeValue()  // the named value is complete with its value
         default: state.frames[top].phase = Self.rootDone
         }
     }
@@ -351,6 +370,7 @@ struct JSONRecognizer: Sendable {
         case .union(let branches):
             guard depth < 32 else { return false }
             return branches.contains { canBegin(node: $0, byte: b, depth: depth + 1) }
+        case .named(let names, _, _): return names.contains { $0.first == b }
         }
     }
 
@@ -395,6 +415,64 @@ struct JSONRecognizer: Sendable {
                 return beginValue(node: branch, byte: b, depth: depth + 1)
             }
             return false
+        case .named(let names, _, _):
+            var f = Frame(node: node, kind: Self.kNamed)
+            f.mask = names.count == 64 ? ~0 : (UInt64(1) << UInt64(names.count)) - 1
+            state.frames.append(f)
+            return step(b)
+        }
+    }
+
+    /// One byte of a named value: the name (a longer name wins over a complete one while the
+    /// byte continues it), the separator, then the first byte of the value the name chose.
+    /// Names and separators are plain bytes, whitespace included.
+    private mutating func stepNamed(_ f: inout Frame, top: Int, byte b: UInt8) -> Bool {
+        guard case .named(let names, let separators, let values) = nodes[Int(f.node)] else { return false }
+        let pos = Int(f.count)
+        switch f.phase {
+        case Self.tName:
+            var next: UInt64 = 0
+            var complete: Int?
+            var m = f.mask
+            while m != 0 {
+                let i = m.trailingZeroBitCount
+                m &= m - 1
+                if names[i].count > pos { if names[i][pos] == b { next |= UInt64(1) << UInt64(i) } } else { complete = i }
+            }
+            if next != 0 {
+                f.mask = next
+                f.count += 1
+                state.frames[top] = f
+                return true
+            }
+            guard let complete else { return false }
+            f.phase = Self.tSeparator
+            f.sub = UInt8(complete)
+            f.count = 0
+            f.mask = separators.count == 64 ? ~0 : (UInt64(1) << UInt64(separators.count)) - 1
+            state.frames[top] = f
+            return stepNamed(&f, top: top, byte: b)
+        case Self.tSeparator:
+            var next: UInt64 = 0
+            var done = false
+            var m = f.mask
+            while m != 0 {
+                let i = m.trailingZeroBitCount
+                m &= m - 1
+                if separators[i].count > pos && separators[i][pos] == b {
+                    next |= UInt64(1) << UInt64(i)
+                    if separators[i].count == pos + 1 { done = true }
+                }
+            }
+            guard next != 0 else { return false }
+            f.mask = next
+            f.count += 1
+            if done { f.phase = Self.tValue }
+            state.frames[top] = f
+            return true
+        default:  // tValue: the value follows the separator at once
+            if Self.isWhitespace(b) { return false }
+            return beginValue(node: values[Int(f.sub)], byte: b)
         }
     }
 
