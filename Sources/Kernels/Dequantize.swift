@@ -191,6 +191,13 @@ public func dequantizeRow(_ type: TensorType, _ source: UnsafeRawPointer, into d
     case .mxfp4: dequantizeMXFP4(source, into: destination, blocks: blocks)
     case .tq1_0: dequantizeTQ1(source, into: destination, blocks: blocks)
     case .tq2_0: dequantizeTQ2(source, into: destination, blocks: blocks)
+    case .iq2_XXS: dequantizeIQ2XXS(source, into: destination, blocks: blocks)
+    case .iq2_XS: dequantizeIQ2XS(source, into: destination, blocks: blocks)
+    case .iq2_S: dequantizeIQ2S(source, into: destination, blocks: blocks)
+    case .iq3_XXS: dequantizeIQ3XXS(source, into: destination, blocks: blocks)
+    case .iq3_S: dequantizeIQ3S(source, into: destination, blocks: blocks)
+    case .iq1_S: dequantizeIQ1S(source, into: destination, blocks: blocks)
+    case .iq1_M: dequantizeIQ1M(source, into: destination, blocks: blocks)
     default:
         fatalError("dequantizeRow: \(type) not supported")
     }
