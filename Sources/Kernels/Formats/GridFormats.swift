@@ -195,3 +195,221 @@ func dequantizeIQ1M(_ source: UnsafeRawPointer, into y: UnsafeMutablePointer<Flo
     }
 }
 
+// MARK: matrix-product kernels
+
+/// [2·lo + 1 ×8, 2·hi + 1 ×8] from a byte of two 4-bit scales (IQ2_XS, IQ2_S: one per 16 elements).
+@inline(__always)
+private func oddScalePair(_ s: UInt8) -> SIMD16<Int16> {
+    scalePair(Int16(2 * (s & 0x0F) + 1), Int16(2 * (s >> 4) + 1))
+}
+
+struct KIQ2_XXS: QuantKernel {
+    static var blockBytes: Int { 66 }
+    static var blockElements: Int { 256 }
+    /// d/8 (llama.cpp multiplies the sum by 0.125 instead: the same floats).
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { 0.125 * loadF16(p, 0) }
+    @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ d: Float, _ c: Int) -> (SIMD32<Int8>, SIMD16<Int16>) {
+        // 4 grid indices (bytes), then 4 7-bit sign indices and the scale in the top 4 bits
+        let idx = u32(p, 2 + 8 * c), aux = u32(p, 6 + 8 * c)
+        let grid = SIMD4(iq2xxsGrid[Int(idx & 0xFF)], iq2xxsGrid[Int((idx >> 8) & 0xFF)],
+                         iq2xxsGrid[Int((idx >> 16) & 0xFF)], iq2xxsGrid[Int(idx >> 24)])
+        let signs = SIMD4(evenSigns[Int(aux & 127)], evenSigns[Int((aux >> 7) & 127)],
+                          evenSigns[Int((aux >> 14) & 127)], evenSigns[Int((aux >> 21) & 127)])
+        return (applySigns(bytes(grid), signs), splat16(Int16(truncatingIfNeeded: 2 * (aux >> 28) + 1)))
+    }
+    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
+        dotI8I8(w, x, scale)
+    }
+    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
+    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+}
+
+struct KIQ2_XS: QuantKernel {
+    static var blockBytes: Int { 74 }
+    static var blockElements: Int { 256 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { 0.125 * loadF16(p, 0) }
+    @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ d: Float, _ c: Int) -> (SIMD32<Int8>, SIMD16<Int16>) {
+        // 4 16-bit codes: 9-bit grid index, 7-bit sign index
+        let q = p.loadUnaligned(fromByteOffset: 2 + 8 * c, as: SIMD4<UInt16>.self)
+        let grid = SIMD4(iq2xsGrid[Int(q[0] & 511)], iq2xsGrid[Int(q[1] & 511)],
+                         iq2xsGrid[Int(q[2] & 511)], iq2xsGrid[Int(q[3] & 511)])
+        let signs = SIMD4(evenSigns[Int(q[0] >> 9)], evenSigns[Int(q[1] >> 9)],
+                          evenSigns[Int(q[2] >> 9)], evenSigns[Int(q[3] >> 9)])
+        return (applySigns(bytes(grid), signs), oddScalePair(byte(p, 66 + c)))
+    }
+    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
+        dotI8I8(w, x, scale)
+    }
+    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
+    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+}
+
+struct KIQ2_S: QuantKernel {
+    static var blockBytes: Int { 82 }
+    static var blockElements: Int { 256 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { 0.125 * loadF16(p, 0) }
+    @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ d: Float, _ c: Int) -> (SIMD32<Int8>, SIMD16<Int16>) {
+        // low 8 index bits in qs, the top 2 in qh (2 bits per group), sign bits in a byte per group
+        let qs = u32(p, 2 + 4 * c), qh = UInt32(byte(p, 66 + c))
+        @inline(__always) func index(_ k: UInt32) -> Int { Int(((qs >> (8 * k)) & 0xFF) | ((qh >> (2 * k)) & 3) << 8) }
+        let grid = SIMD4(iq2sGrid[index(0)], iq2sGrid[index(1)], iq2sGrid[index(2)], iq2sGrid[index(3)])
+        let s = u32(p, 34 + 4 * c)
+        let signs = SIMD4(bitSigns[Int(s & 0xFF)], bitSigns[Int((s >> 8) & 0xFF)],
+                          bitSigns[Int((s >> 16) & 0xFF)], bitSigns[Int(s >> 24)])
+        return (applySigns(bytes(grid), signs), oddScalePair(byte(p, 74 + c)))
+    }
+    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
+        dotI8I8(w, x, scale)
+    }
+    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
+    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+}
+
+struct KIQ3_XXS: QuantKernel {
+    static var blockBytes: Int { 98 }
+    static var blockElements: Int { 256 }
+    /// d/4 (llama.cpp: 0.25 · the sum).
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { 0.25 * loadF16(p, 0) }
+    @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ d: Float, _ c: Int) -> (SIMD32<Int8>, SIMD16<Int16>) {
+        let q = p.loadUnaligned(fromByteOffset: 2 + 8 * c, as: SIMD8<UInt8>.self)
+        let grid = SIMD8(iq3xxsGrid[Int(q[0])], iq3xxsGrid[Int(q[1])], iq3xxsGrid[Int(q[2])], iq3xxsGrid[Int(q[3])],
+                         iq3xxsGrid[Int(q[4])], iq3xxsGrid[Int(q[5])], iq3xxsGrid[Int(q[6])], iq3xxsGrid[Int(q[7])])
+        let aux = u32(p, 66 + 4 * c)
+        let signs = SIMD4(evenSigns[Int(aux & 127)], evenSigns[Int((aux >> 7) & 127)],
+                          evenSigns[Int((aux >> 14) & 127)], evenSigns[Int((aux >> 21) & 127)])
+        return (applySigns(bytes(grid), signs), splat16(Int16(truncatingIfNeeded: 2 * (aux >> 28) + 1)))
+    }
+    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
+        dotI8I8(w, x, scale)
+    }
+    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
+    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+}
+
+struct KIQ3_S: QuantKernel {
+    static var blockBytes: Int { 110 }
+    static var blockElements: Int { 256 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { loadF16(p, 0) }
+    @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ d: Float, _ c: Int) -> (SIMD32<Int8>, SIMD16<Int16>) {
+        // 8 grid indices: a byte of qs and bit k of the chunk's qh byte
+        let q = p.loadUnaligned(fromByteOffset: 2 + 8 * c, as: SIMD8<UInt8>.self)
+        let qh = Int(byte(p, 66 + c))
+        @inline(__always) func point(_ k: Int) -> UInt32 { iq3sGrid[Int(q[k]) | ((qh >> k) & 1) << 8] }
+        let grid = SIMD8(point(0), point(1), point(2), point(3), point(4), point(5), point(6), point(7))
+        let s = u32(p, 74 + 4 * c)
+        let signs = SIMD4(bitSigns[Int(s & 0xFF)], bitSigns[Int((s >> 8) & 0xFF)],
+                          bitSigns[Int((s >> 16) & 0xFF)], bitSigns[Int(s >> 24)])
+        let scale = (byte(p, 106 + c / 2) >> UInt8(4 * (c & 1))) & 0x0F
+        return (applySigns(bytes(grid), signs), splat16(Int16(2 * scale + 1)))
+    }
+    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
+        dotI8I8(w, x, scale)
+    }
+    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
+    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+}
+
+/// IQ1_S block header: d and, per 16-element activation group, ±(2s + 1) (the sign of the
+/// sub-block's ⅛ offset times its scale).
+struct IQ1SHeader {
+    var d: Float
+    var offsets: SIMD16<Int16>
+}
+
+/// The 8 IQ1 grid rows of indices `index(k)`, k in 0..<4, as 32 signed bytes.
+@inline(__always)
+private func iq1Grid(_ index: (Int) -> Int) -> SIMD32<Int8> {
+    bytes(SIMD4(iq1sGrid[index(0)], iq1sGrid[index(1)], iq1sGrid[index(2)], iq1sGrid[index(3)]))
+}
+
+/// IQ1_S, as `ggml_vec_dot_iq1_s_q8_K`: the grid values' lanes as the other formats, and the
+/// offsets as an integer Σ ±(2s + 1)·(group sums) per block, added with
+/// accum1 = fma(d·d_x, Σ, accum1) and result hsum(acc) + ⅛·accum1. `.minChain` computes
+/// mins = fma(-(blockMin·d_x), Σ, mins) and hsum(acc) + mins: with blockMin = -d/8 that is ⅛
+/// of llama.cpp's accum1 at every step (a power-of-two factor: the same floats).
+struct KIQ1_S: QuantKernel {
+    static var blockBytes: Int { 50 }
+    static var blockElements: Int { 256 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> IQ1SHeader {
+        let qh = p.loadUnaligned(fromByteOffset: 34, as: SIMD8<UInt16>.self)
+        let odd = SIMD8<Int16>(truncatingIfNeeded: ((qh &>> 12) & 7) &* 2 &+ 1)
+        let s = odd.replacing(with: 0 &- odd, where: (qh & 0x8000) .!= 0)
+        let offsets = SIMD16(s[0], s[0], s[1], s[1], s[2], s[2], s[3], s[3], s[4], s[4], s[5], s[5], s[6], s[6], s[7], s[7])
+        return IQ1SHeader(d: loadF16(p, 0), offsets: offsets)
+    }
+    @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: IQ1SHeader, _ c: Int) -> (SIMD32<Int8>, SIMD16<Int16>) {
+        // 11-bit indices: a byte of qs, 3 bits of the sub-block's qh word
+        let qs = u32(p, 2 + 4 * c), qh = UInt32(u16(p, 34 + 2 * c))
+        let grid = iq1Grid { k in Int(((qs >> UInt32(8 * k)) & 0xFF) | ((qh >> UInt32(3 * k)) & 7) << 8) }
+        return (grid, splat16(Int16(truncatingIfNeeded: 2 * ((qh >> 12) & 7) + 1)))
+    }
+    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
+        dotI8I8(w, x, scale)
+    }
+    @inline(__always) static func blockScale(_ h: IQ1SHeader) -> Float { h.d }
+    static var superStyle: SuperStyle { .minChain }
+    @inline(__always) static func blockMin(_ h: IQ1SHeader) -> Float { -0.125 * h.d }
+    @inline(__always) static func minSum(_ h: IQ1SHeader, bsums: UnsafePointer<Int16>) -> Int32 {
+        dotI16(h.offsets, UnsafeRawPointer(bsums).loadUnaligned(as: SIMD16<Int16>.self))
+    }
+}
+
+/// IQ1_M chunk c: the grid bytes, the ±1 signs of the ⅛ offsets (per 8 elements) and the two
+/// 16-element scales 2s + 1.
+@inline(__always)
+func iq1mChunk(_ p: UnsafeRawPointer, _ c: Int) -> (grid: SIMD32<Int8>, delta: SIMD32<Int8>, scale: SIMD16<Int16>) {
+    let qs = u32(p, 4 * c), qh = UInt32(u16(p, 32 + 2 * c))  // a nibble per group: 3 index bits, the offset's sign
+    let grid = iq1Grid { k in Int(((qs >> UInt32(8 * k)) & 0xFF) | ((qh >> UInt32(4 * k)) & 7) << 8) }
+    @inline(__always) func sign(_ k: UInt32) -> UInt64 { (qh >> (4 * k + 3)) & 1 == 1 ? ~0 : 0x0101_0101_0101_0101 }
+    let delta = bytes(SIMD4(sign(0), sign(1), sign(2), sign(3)))
+    let scale = scalePair(Int16(2 * iq1mGroupScale(p, 2 * c) + 1), Int16(2 * iq1mGroupScale(p, 2 * c + 1) + 1))
+    return (grid, delta, scale)
+}
+
+/// IQ1_M weights, rows `range` × all tokens, as `ggml_vec_dot_iq1_m_q8_K`: per block the grid
+/// lanes and the offset-sign lanes (both scaled by 2s + 1), each into its own accumulator with
+/// fma(d·d_x, lanes, acc), and hsum(acc1) + ⅛·hsum(acc2). Each row's chunks are unpacked once
+/// for all tokens.
+func iq1mRows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ range: Range<Int>,
+              _ y: UnsafeMutablePointer<Float>) {
+    let nb = w.columns / 256, cols = act.columns
+    let grids = UnsafeMutablePointer<SIMD32<Int8>>.allocate(capacity: 8 * nb)
+    let deltas = UnsafeMutablePointer<SIMD32<Int8>>.allocate(capacity: 8 * nb)
+    let scales = UnsafeMutablePointer<SIMD16<Int16>>.allocate(capacity: 8 * nb)
+    let ds = UnsafeMutablePointer<Float>.allocate(capacity: nb)
+    defer {
+        grids.deallocate()
+        deltas.deallocate()
+        scales.deallocate()
+        ds.deallocate()
+    }
+    for r in range {
+        let row = w.row(r)
+        for b in 0..<nb {
+            let p = row + 56 * b
+            ds[b] = iq1mScale(p)
+            for c in 0..<8 {
+                let chunk = iq1mChunk(p, c)
+                grids[8 * b + c] = chunk.grid
+                deltas[8 * b + c] = chunk.delta
+                scales[8 * b + c] = chunk.scale
+            }
+        }
+        for t in 0..<tokens {
+            let q = UnsafeRawPointer(act.q + t * cols)
+            var acc1 = SIMD8<Float>(), acc2 = SIMD8<Float>()
+            for b in 0..<nb {
+                var sum1 = SIMD8<Int32>(), sum2 = SIMD8<Int32>()
+                for c in 0..<8 {
+                    let x = q.loadUnaligned(fromByteOffset: 256 * b + 32 * c, as: SIMD32<Int8>.self)
+                    sum1 &+= dotI8I8(grids[8 * b + c], x, scales[8 * b + c])
+                    sum2 &+= dotI8I8(deltas[8 * b + c], x, scales[8 * b + c])
+                }
+                let d = SIMD8(repeating: act.d[t * nb + b] * ds[b])
+                acc1 = acc1.addingProduct(d, SIMD8<Float>(sum1))
+                acc2 = acc2.addingProduct(d, SIMD8<Float>(sum2))
+            }
+            y[t * w.rows + r] = hsum(acc1) + 0.125 * hsum(acc2)
+        }
+    }
+}
