@@ -41,7 +41,16 @@ SCALE_FIELDS: dict[T, list[tuple[int, str]]] = {
     T.IQ4_XS: [(0, "d")],
     T.TQ1_0: [(52, "d")],
     T.TQ2_0: [(64, "d")],
+    T.IQ2_XXS: [(0, "d")],
+    T.IQ2_XS: [(0, "d")],
+    T.IQ2_S: [(0, "d")],
+    T.IQ3_XXS: [(0, "d")],
+    T.IQ3_S: [(0, "d")],
+    T.IQ1_S: [(0, "d")],
 }
+
+# IQ1_M keeps its f16 scale in the top 4 bits of the four 16-bit words at this offset.
+SPLIT_SCALE_FIELDS: dict[T, int] = {T.IQ1_M: 48}
 
 # Byte offsets of E8M0 exponent bytes (MXFP4's block scale 2^(e-127)).
 EXPONENT_FIELDS: dict[T, int] = {T.MXFP4: 0}
@@ -89,6 +98,13 @@ def make_blocks(rng: np.random.Generator, t: T) -> np.ndarray:
     blocks = rng.integers(0, 256, size=(n_blocks, type_size), dtype=np.uint16).astype(np.uint8)
     for off, kind in SCALE_FIELDS.get(t, []):
         blocks[:, off:off + 2] = sane_f16(rng, kind, n_blocks).view(np.uint8).reshape(n_blocks, 2)
+    if t in SPLIT_SCALE_FIELDS:
+        off = SPLIT_SCALE_FIELDS[t]
+        bits = sane_f16(rng, "d", n_blocks).view(np.uint16)
+        words = blocks[:, off:off + 8].copy().view(np.uint16)  # (n_blocks, 4)
+        for k in range(4):
+            words[:, k] = (words[:, k] & 0x0FFF) | (((bits >> (4 * k)) & 0xF) << 12)
+        blocks[:, off:off + 8] = words.view(np.uint8)
     if t in EXPONENT_FIELDS:
         # scales 2^-20 .. 2^4, and the two subnormal encodings (0 and 1)
         e = rng.integers(107, 132, size=n_blocks, dtype=np.uint16).astype(np.uint8)
@@ -102,7 +118,8 @@ def main() -> None:
     rng = np.random.default_rng(20240611)
     types = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0,
              T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
-             T.IQ4_NL, T.IQ4_XS, T.MXFP4, T.TQ1_0, T.TQ2_0]
+             T.IQ4_NL, T.IQ4_XS, T.MXFP4, T.TQ1_0, T.TQ2_0,
+             T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS, T.IQ3_S, T.IQ1_S, T.IQ1_M]
     for t in types:
         # the first formats share one stream (their files predate the others); every later
         # format gets its own, so adding one never changes another's fixture

@@ -13,6 +13,7 @@ public enum KernelError: Error, CustomStringConvertible {
 public let supportedWeightTypes: [TensorType] = [
     .f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K,
     .iq4_NL, .iq4_XS, .mxfp4, .tq1_0, .tq2_0,
+    .iq2_XXS, .iq2_XS, .iq2_S, .iq3_XXS, .iq3_S, .iq1_S, .iq1_M,
 ]
 
 @inline(__always)
@@ -32,6 +33,7 @@ extension TensorType {
         switch self {
         case .f32, .f16, .bf16, .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: true
         case .iq4_NL, .iq4_XS, .mxfp4, .tq1_0, .tq2_0: true
+        case .iq2_XXS, .iq2_XS, .iq2_S, .iq3_XXS, .iq3_S, .iq1_S, .iq1_M: true
         default: false
         }
     }
@@ -191,6 +193,13 @@ public func dequantizeRow(_ type: TensorType, _ source: UnsafeRawPointer, into d
     case .mxfp4: dequantizeMXFP4(source, into: destination, blocks: blocks)
     case .tq1_0: dequantizeTQ1(source, into: destination, blocks: blocks)
     case .tq2_0: dequantizeTQ2(source, into: destination, blocks: blocks)
+    case .iq2_XXS: dequantizeIQ2XXS(source, into: destination, blocks: blocks)
+    case .iq2_XS: dequantizeIQ2XS(source, into: destination, blocks: blocks)
+    case .iq2_S: dequantizeIQ2S(source, into: destination, blocks: blocks)
+    case .iq3_XXS: dequantizeIQ3XXS(source, into: destination, blocks: blocks)
+    case .iq3_S: dequantizeIQ3S(source, into: destination, blocks: blocks)
+    case .iq1_S: dequantizeIQ1S(source, into: destination, blocks: blocks)
+    case .iq1_M: dequantizeIQ1M(source, into: destination, blocks: blocks)
     default:
         fatalError("dequantizeRow: \(type) not supported")
     }

@@ -8,9 +8,9 @@ import _Builtin_intrinsics.intel
 ///
 /// Quantized weights: the activations are first quantized to 8 bits per block (Q8_1-style
 /// 32-blocks with scale and scaled block sum for Q4_0/Q4_1/Q5_0/Q5_1/Q8_0, Q8_K-style
-/// 256-blocks with 16-element group sums for the K-quants; see `QuantizedActivations` for
-/// the error this implies, ≤ max|x|_block/254 per element), then each weight block is
-/// multiplied with integer SIMD dot products (AVX2 vpmaddubsw/vpmaddwd on x86-64).
+/// 256-blocks with 16-element group sums for the K-quants and the 256-element IQ/TQ formats;
+/// see `QuantizedActivations` for the error this implies, ≤ max|x|_block/254 per element),
+/// then each weight block is multiplied with integer SIMD dot products (AVX2 vpmaddubsw/vpmaddwd on x86-64).
 /// F32/F16/BF16 weights use float FMA on the unquantized activations.
 ///
 /// Rows are split across the pool. Several tokens (up to 4) share each weight-block load,
@@ -95,6 +95,7 @@ func activationBlock(_ type: TensorType) -> Int {
     case .q2_K, .q3_K, .q4_K, .q5_K, .q6_K: 256
     case .iq4_NL, .mxfp4: 32
     case .iq4_XS, .tq1_0, .tq2_0: 256
+    case .iq2_XXS, .iq2_XS, .iq2_S, .iq3_XXS, .iq3_S, .iq1_S, .iq1_M: 256
     case .f32, .f16, .bf16: 0
     default: fatalError("matmul: \(KernelError.unsupportedType(type))")
     }
@@ -125,6 +126,13 @@ func computeRows(_ w: WeightMatrix, _ act: QuantizedActivations?, _ x: UnsafePoi
     case .mxfp4: quantRows(KMXFP4.self, w, act.unsafelyUnwrapped, tokens, rows, y)
     case .tq1_0: quantRows(KTQ1_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
     case .tq2_0: quantRows(KTQ2_0.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq2_XXS: quantRows(KIQ2_XXS.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq2_XS: quantRows(KIQ2_XS.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq2_S: quantRows(KIQ2_S.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq3_XXS: quantRows(KIQ3_XXS.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq3_S: quantRows(KIQ3_S.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq1_S: quantRows(KIQ1_S.self, w, act.unsafelyUnwrapped, tokens, rows, y)
+    case .iq1_M: iq1mRows(w, act.unsafelyUnwrapped, tokens, rows, y)
     default: floatRows(w, x, tokens, rows, y)
     }
 }

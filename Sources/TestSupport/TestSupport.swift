@@ -136,12 +136,15 @@ extension TestSupport {
     }
 
     /// Runs a program and returns its standard output; a non-zero exit is an error carrying
-    /// the end of its standard error.
+    /// the end of its standard error. `environment` is added to this process's environment.
     @discardableResult
-    public static func run(_ executable: String, _ arguments: [String]) throws -> String {
+    public static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> String {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: executable)
         p.arguments = arguments
+        if !environment.isEmpty {
+            p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err

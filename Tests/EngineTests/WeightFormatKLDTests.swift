@@ -17,13 +17,21 @@ import Testing
 /// bitwise as llama.cpp does give 0 (< 10⁻⁶). Only the TQ cases are bitwise here (the others
 /// take llama.cpp's repacked IQ4_NL/MXFP4 kernels, or its two-accumulator loops).
 ///
+/// The grid i-quants (IQ1_S … IQ3_S; llama-quantize gives them only to the ffn_down tensors,
+/// whose rows are whole 256-element blocks, the others fall back to IQ4_NL) are quantized with an
+/// importance matrix (llama-imatrix over the Apache-2.0 license text), and their base files are
+/// written with llama.cpp's tiled matrix product switched off (`GGML_CPU_TILED_MM=0`): its plain
+/// `ggml_vec_dot_<type>_q8_K` kernels are the arithmetic Swiftlet reproduces.
+///
 /// The quantized files and llama.cpp's base files are kept in `$SWIFTLET_HOME/requantized/`
 /// (named by llama.cpp's version), so later runs only run Swiftlet.
 enum RequantizedSmolLM2 {
     static let available = TestSupport.llamaCppTool("llama-quantize") != nil
         && TestSupport.llamaCppTool("llama-perplexity") != nil
+        && TestSupport.llamaCppTool("llama-imatrix") != nil
         && FileManager.default.fileExists(atPath: TestSupport.smolLM2Path)
-    static let reason: Comment = "needs SmolLM2 and llama.cpp's llama-quantize and llama-perplexity (scripts/test builds them)"
+    static let reason: Comment =
+        "needs SmolLM2 and llama.cpp's llama-quantize, llama-imatrix and llama-perplexity (scripts/test builds them)"
 
     static var directory: URL {
         TestSupport.home.appendingPathComponent("requantized/llama.cpp-\(TestSupport.llamaCppVersion)")
@@ -57,7 +65,11 @@ enum RequantizedSmolLM2 {
             let source = try floatCopy.get()
             switch format.quantizer {
             case .llamaQuantize:
-                try TestSupport.run(TestSupport.llamaCppTool("llama-quantize")!, [source, out, format.type, "2"])
+                var imatrix: [String] = []
+                if format.importanceMatrix { imatrix = ["--imatrix", try importanceMatrix()] }
+                let overrides = format.tensorTypes.flatMap { ["--tensor-type", $0] }
+                try TestSupport.run(TestSupport.llamaCppTool("llama-quantize")!,
+                                    imatrix + overrides + [source, out, format.type, "2"])
             case .ggufPy:
                 let script = TestSupport.repositoryRoot().appendingPathComponent("scripts/gguf_py_quantize.py").path
                 try TestSupport.python([script, source, out, format.type] + (format.pattern.map { [$0] } ?? []))
@@ -75,6 +87,20 @@ enum RequantizedSmolLM2 {
         return try cached("SmolLM2-135M-Instruct.\(format.name).c256x4.kld") { out in
             try TestSupport.run(TestSupport.llamaCppTool("llama-perplexity")!, [
                 "-m", model, "-f", text, "-c", "256", "--chunks", "4", "-t", "2", "--kl-divergence-base", out,
+            ], environment: format.untiledMatmul ? ["GGML_CPU_TILED_MM": "0"] : [:])
+        }
+    }
+
+    /// llama-imatrix's importance matrix for SmolLM2 (from the F32 copy) over the Apache-2.0
+    /// license text: llama-quantize needs one for its 1- and 2-bit grid types.
+    static func importanceMatrix() throws -> String {
+        let text = try cached("apache-2.0.txt") { out in
+            try Data(contentsOf: URL(fileURLWithPath: "/usr/share/common-licenses/Apache-2.0")).write(to: URL(fileURLWithPath: out))
+        }
+        let source = try floatCopy.get()
+        return try cached("SmolLM2-135M-Instruct.imatrix-apache2-c256.gguf") { out in
+            try TestSupport.run(TestSupport.llamaCppTool("llama-imatrix")!, [
+                "-m", source, "-f", text, "-c", "256", "-t", "2", "--output-format", "gguf", "-o", out,
             ])
         }
     }
@@ -89,6 +115,12 @@ enum RequantizedSmolLM2 {
         var pattern: String? = nil
         /// Tensor types the file must hold (what the case is about).
         let types: [TensorType]
+        /// llama-quantize with `importanceMatrix()`.
+        var importanceMatrix = false
+        /// llama-perplexity with `GGML_CPU_TILED_MM=0`.
+        var untiledMatmul = false
+        /// llama-quantize's `--tensor-type` overrides (`ffn_down=iq1_s`).
+        var tensorTypes: [String] = []
         var testDescription: String { name }
     }
 }
@@ -106,6 +138,26 @@ enum RequantizedSmolLM2 {
               types: [.tq2_0]),
         // Q5_1, Q5_K, Q6_K and Q8_0 tensors side by side
         .init(name: "Q5_K_M", type: "Q5_K_M", quantizer: .llamaQuantize, types: [.q5_1, .q5_K, .q6_K, .q8_0]),
+        // the grid i-quants (ffn_down; the other matrices fall back to IQ4_NL)
+        .init(name: "IQ3_XXS", type: "IQ3_XXS", quantizer: .llamaQuantize, types: [.iq3_XXS],
+              importanceMatrix: true, untiledMatmul: true),
+        .init(name: "IQ3_S", type: "IQ3_S", quantizer: .llamaQuantize, types: [.iq3_S],
+              importanceMatrix: true, untiledMatmul: true),
+        .init(name: "IQ2_XXS", type: "IQ2_XXS", quantizer: .llamaQuantize, types: [.iq2_XXS],
+              importanceMatrix: true, untiledMatmul: true),
+        .init(name: "IQ2_XS", type: "IQ2_XS", quantizer: .llamaQuantize, types: [.iq2_XS],
+              importanceMatrix: true, untiledMatmul: true),
+        // llama-quantize's IQ2_S file type makes ffn_down IQ2_XS; its IQ1 files (IQ4_NL around 1-bit
+        // ffn_down) leave SmolLM2 at a perplexity of 40-75, where the IQ4_NL rounding differences
+        // alone exceed the bound: these three are Q8_0 files with ffn_down in the type (products
+        // bitwise llama.cpp's: mean KLD ~3·10⁻⁷)
+        .init(name: "IQ2_S-ffn_down", type: "Q8_0", quantizer: .llamaQuantize, types: [.iq2_S],
+              importanceMatrix: true, untiledMatmul: true, tensorTypes: ["ffn_down=iq2_s"]),
+        // (IQ1_S on all 30 pushes tokens past the 16 nats the base file records: layers 0-9)
+        .init(name: "IQ1_S-ffn_down-0-9", type: "Q8_0", quantizer: .llamaQuantize, types: [.iq1_S],
+              importanceMatrix: true, untiledMatmul: true, tensorTypes: [#"blk\.[0-9]\.ffn_down=iq1_s"#]),
+        .init(name: "IQ1_M-ffn_down", type: "Q8_0", quantizer: .llamaQuantize, types: [.iq1_M],
+              importanceMatrix: true, untiledMatmul: true, tensorTypes: ["ffn_down=iq1_m"]),
     ]
 
     @Test(.enabled(if: RequantizedSmolLM2.available, RequantizedSmolLM2.reason), arguments: formats)

@@ -127,3 +127,173 @@ import Testing
         #expect(zip(y, expected).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(type)")
     }
 }
+
+/// The grid i-quants (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M) with Q8_K activations
+/// against llama.cpp's x86 arithmetic for them (`ggml_vec_dot_<type>_q8_K`), written here from
+/// the block layouts element by element: integer lanes of 4 consecutive elements of each
+/// 32-element chunk (signed grid value × activation × the odd scale 2s + 1 of its 16 or 32
+/// elements), fma(d·d_x, lane, acc) per block, and the format's constant on hsum_float_8:
+/// ⅛·hsum (IQ2), ¼·hsum (IQ3_XXS), hsum (IQ3_S); IQ1_S adds ⅛·(a scalar FMA chain of
+/// d·d_x · Σ ±(2s + 1)·group sums), IQ1_M ⅛·hsum of a second vector accumulator of the ±1
+/// offset signs' lanes.
+@Suite(.serialized) struct GridVecDotTests {
+    struct Block {
+        /// Signed grid value of each element (sign applied).
+        var values: [Int32] = []
+        /// 2s + 1 per 16 elements.
+        var scales: [Int32] = []
+        var d: Float = 0
+        /// IQ1: sign of the ⅛ offset per 8 elements.
+        var offsets: [Int32] = []
+    }
+
+    static func decode(_ type: TensorType, _ p: UnsafeRawPointer) -> Block {
+        func u8(_ o: Int) -> Int { Int(p.load(fromByteOffset: o, as: UInt8.self)) }
+        func u16(_ o: Int) -> Int { Int(p.loadUnaligned(fromByteOffset: o, as: UInt16.self)) }
+        func u32(_ o: Int) -> Int { Int(p.loadUnaligned(fromByteOffset: o, as: UInt32.self)) }
+        func f16(_ o: Int) -> Float { Float(Float16(bitPattern: p.loadUnaligned(fromByteOffset: o, as: UInt16.self))) }
+        func grid8(_ table: [UInt64], _ index: Int, _ j: Int) -> Int32 { Int32(Int8(truncatingIfNeeded: table[index] >> UInt64(8 * j))) }
+        func grid4(_ table: [UInt32], _ index: Int, _ j: Int) -> Int32 { Int32(Int8(truncatingIfNeeded: table[index] >> UInt32(8 * j))) }
+        func signed(_ v: Int32, _ signs: Int, _ j: Int) -> Int32 { (signs >> j) & 1 == 1 ? -v : v }
+        func nibble(_ o: Int, _ k: Int) -> Int { (u8(o + k / 2) >> (4 * (k % 2))) & 15 }
+        var b = Block()
+        switch type {
+        case .iq2_XXS:
+            b.d = f16(0)
+            for e in 0..<256 {
+                let ib = e / 32, k = (e % 32) / 8
+                let aux = u32(6 + 8 * ib)
+                b.values.append(signed(grid8(iq2xxsGrid, u8(2 + 8 * ib + k), e % 8), Int(ksigns[(aux >> (7 * k)) & 127]), e % 8))
+            }
+            b.scales = (0..<16).map { h in Int32(2 * (u32(6 + 8 * (h / 2)) >> 28) + 1) }
+        case .iq2_XS:
+            b.d = f16(0)
+            b.values = (0..<256).map { e in
+                let q = u16(2 + 2 * (e / 8))
+                return signed(grid8(iq2xsGrid, q & 511, e % 8), Int(ksigns[q >> 9]), e % 8)
+            }
+            b.scales = (0..<16).map { Int32(2 * nibble(66, $0) + 1) }
+        case .iq2_S:
+            b.d = f16(0)
+            b.values = (0..<256).map { e in
+                let g = e / 8
+                let index = u8(2 + g) | ((u8(66 + g / 4) >> (2 * (g % 4))) & 3) << 8
+                return signed(grid8(iq2sGrid, index, e % 8), u8(34 + g), e % 8)
+            }
+            b.scales = (0..<16).map { Int32(2 * nibble(74, $0) + 1) }
+        case .iq3_XXS:
+            b.d = f16(0)
+            b.values = (0..<256).map { e in
+                let aux = u32(66 + 4 * (e / 32))
+                return signed(grid4(iq3xxsGrid, u8(2 + e / 4), e % 4), Int(ksigns[(aux >> (7 * ((e % 32) / 8))) & 127]), e % 8)
+            }
+            b.scales = (0..<16).map { h in Int32(2 * (u32(66 + 4 * (h / 2)) >> 28) + 1) }
+        case .iq3_S:
+            b.d = f16(0)
+            b.values = (0..<256).map { e in
+                let g = e / 4
+                let index = u8(2 + g) | ((u8(66 + g / 8) >> (g % 8)) & 1) << 8
+                return signed(grid4(iq3sGrid, index, e % 4), u8(74 + e / 8), e % 8)
+            }
+            b.scales = (0..<16).map { h in Int32(2 * nibble(106, h / 2) + 1) }
+        case .iq1_S:
+            b.d = f16(0)
+            b.values = (0..<256).map { e in
+                let ib = e / 32, g = (e % 32) / 8
+                return grid8(iq1sGrid, u8(2 + 4 * ib + g) | ((u16(34 + 2 * ib) >> (3 * g)) & 7) << 8, e % 8)
+            }
+            b.scales = (0..<16).map { h in Int32(2 * ((u16(34 + 2 * (h / 2)) >> 12) & 7) + 1) }
+            b.offsets = (0..<32).map { g in u16(34 + 2 * (g / 4)) & 0x8000 != 0 ? -1 : 1 }
+        case .iq1_M:
+            let top = (0..<4).map { (u16(48 + 2 * $0) >> 12) << (4 * $0) }.reduce(0, |)
+            b.d = Float(Float16(bitPattern: UInt16(top)))
+            b.values = (0..<256).map { e in
+                let g = e / 8
+                return grid8(iq1sGrid, u8(g) | (nibble(32, g) & 7) << 8, e % 8)
+            }
+            b.scales = (0..<16).map { h in Int32(2 * ((u16(48 + 2 * (h / 4)) >> (3 * (h % 4))) & 7) + 1) }
+            b.offsets = (0..<32).map { g in nibble(32, g) & 8 != 0 ? -1 : 1 }
+        default: fatalError("not a grid format")
+        }
+        return b
+    }
+
+    static func reference(_ c: MatMulCase, _ x: [Float], tokens: Int) -> [Float] {
+        let hsum = LlamaVecDotTests.hsum
+        return LlamaVecDotTests.outputs(c, x, tokens: tokens, quantize: LlamaVecDotTests.quantizeK) { row, xq, _ in
+            var acc = [Float](repeating: 0, count: 8), acc2 = [Float](repeating: 0, count: 8)
+            var chain: Float = 0
+            for (i, xb) in xq.enumerated() {
+                let b = decode(c.type, row + i * c.type.blockBytes)
+                let d = xb.d * b.d
+                for l in 0..<8 {
+                    var lane: Int32 = 0, offsetLane: Int32 = 0
+                    for chunk in 0..<8 {
+                        for e in (32 * chunk + 4 * l)..<(32 * chunk + 4 * l + 4) {
+                            lane += b.values[e] * xb.q[e] * b.scales[e / 16]
+                            if c.type == .iq1_M { offsetLane += b.offsets[e / 8] * xb.q[e] * b.scales[e / 16] }
+                        }
+                    }
+                    acc[l] = acc[l].addingProduct(d, Float(lane))
+                    acc2[l] = acc2[l].addingProduct(d, Float(offsetLane))
+                }
+                if c.type == .iq1_S {
+                    // one offset sign and scale per 32 elements: group sums 2ib, 2ib + 1
+                    var sum: Int32 = 0
+                    for ib in 0..<8 {
+                        let groups: Int32 = xb.bsums[2 * ib] + xb.bsums[2 * ib + 1]
+                        sum += groups * b.offsets[4 * ib] * b.scales[2 * ib]
+                    }
+                    chain = chain.addingProduct(d, Float(sum))
+                }
+            }
+            switch c.type {
+            case .iq2_XXS, .iq2_XS, .iq2_S: return 0.125 * hsum(acc)
+            case .iq3_XXS: return 0.25 * hsum(acc)
+            case .iq1_S: return hsum(acc) + 0.125 * chain
+            case .iq1_M: return hsum(acc) + 0.125 * hsum(acc2)
+            default: return hsum(acc)
+            }
+        }
+    }
+
+    static let types: [TensorType] = [.iq2_XXS, .iq2_XS, .iq2_S, .iq3_XXS, .iq3_S, .iq1_S, .iq1_M]
+
+    /// One token, a few, and a prompt batch (unpacked tiles).
+    @Test(arguments: types)
+    func bitwiseEqualToLlamaCppArithmetic(_ type: TensorType) {
+        for (rows, columns, tokens) in [(37, 256, 1), (19, 768, 6), (45, 512, 22)] {
+            let c = MatMulCase(type, rows: rows, columns: columns)
+            var x = randomInput(tokens: tokens, columns: columns, seed: 7 &+ UInt64(tokens))
+            for i in x.indices where x[i] != 0 && abs(x[i]) < 1e-30 { x[i] = Float(i % 7) - 3 }
+            let expected = Self.reference(c, x, tokens: tokens)
+            for isa in KernelISA.allCases {
+                let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
+                let differing = zip(y, expected).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(differing == 0, "\(type) \(rows)×\(columns) tokens \(tokens) \(isa): \(differing) of \(y.count) differ")
+            }
+        }
+    }
+
+    /// The largest grid magnitudes (every index at its table's last row, all scales 15) against
+    /// ±127 activations: the signed-byte pair sums' worst case.
+    @Test(arguments: types)
+    func extremeCodes(_ type: TensorType) {
+        var c = MatMulCase(type, rows: 16, columns: 512)
+        var weights = c.weights
+        for b in 0..<weights.count / type.blockBytes {
+            // everything but the f16 scale (IQ1_M: the top nibbles of its last 8 bytes) set to ones
+            let keep: Range<Int> = type == .iq1_M ? 0..<0 : 0..<2
+            for j in 0..<type.blockBytes where !keep.contains(j) {
+                if type == .iq1_M && j >= 48 { weights[b * type.blockBytes + j] |= j % 2 == 0 ? 0xFF : 0x0F } else {
+                    weights[b * type.blockBytes + j] = 0xFF
+                }
+            }
+        }
+        c = MatMulCase(type, rows: c.rows, columns: c.columns, weights: weights)
+        let x = (0..<4 * c.columns).map { i in Float(i % 3 == 0 ? -1 : 1) }
+        let expected = Self.reference(c, x, tokens: 4)
+        let y = c.run(x, tokens: 4, pool: matmulPool)
+        #expect(zip(y, expected).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(type)")
+    }
+}

@@ -28,6 +28,7 @@ func scaleFields(_ type: TensorType) -> [(Int, Bool)] {
     case .iq4_NL, .iq4_XS: [(0, false)]
     case .tq1_0: [(52, false)]
     case .tq2_0: [(64, false)]
+    case .iq2_XXS, .iq2_XS, .iq2_S, .iq3_XXS, .iq3_S, .iq1_S: [(0, false)]
     default: []
     }
 }
@@ -64,6 +65,16 @@ func randomWeights(_ type: TensorType, rows: Int, columns: Int, seed: UInt64) ->
                 var v = Float.random(in: 0.002...0.05, using: &rng)
                 if !isMin && Bool.random(using: &rng) { v = -v }
                 (bytes[b * type.blockBytes + off], bytes[b * type.blockBytes + off + 1]) = f16(v)
+            }
+            if type == .iq1_M {
+                // its f16 scale is the top 4 bits of the four 16-bit words at 48
+                var v = Float.random(in: 0.002...0.05, using: &rng)
+                if Bool.random(using: &rng) { v = -v }
+                let bits = Float16(v).bitPattern
+                for k in 0..<4 {
+                    let o = b * type.blockBytes + 48 + 2 * k + 1
+                    bytes[o] = (bytes[o] & 0x0F) | UInt8((bits >> UInt16(4 * k)) & 0xF) << 4
+                }
             }
         }
     }
