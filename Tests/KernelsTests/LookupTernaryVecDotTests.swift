@@ -10,6 +10,25 @@ import Testing
 /// fma(d·d_x, lane, acc), and hsum_float_8 at the end. (llama.cpp's AVX2 IQ4_NL/MXFP4 loops keep
 /// two accumulators for alternate blocks, and its repacked gemv another order: those differ
 /// from this single chain in the last bits only.)
+
+/// Random weights of `type` times random activations, for each (rows, columns, tokens): the
+/// product on every kernel ISA equals `reference` bit for bit. Activations that are tiny but not
+/// zero are replaced (subnormals would only test the reference's flush behaviour).
+func expectBitwiseEqualOnEveryISA(_ type: TensorType, shapes: [(Int, Int, Int)],
+                                  reference: (MatMulCase, [Float], Int) -> [Float]) {
+    for (rows, columns, tokens) in shapes {
+        let c = MatMulCase(type, rows: rows, columns: columns)
+        var x = randomInput(tokens: tokens, columns: columns, seed: 7 &+ UInt64(tokens))
+        for i in x.indices where x[i] != 0 && abs(x[i]) < 1e-30 { x[i] = Float(i % 7) - 3 }
+        let expected = reference(c, x, tokens)
+        for isa in KernelISA.allCases {
+            let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
+            let differing = zip(y, expected).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(differing == 0, "\(type) \(rows)×\(columns) tokens \(tokens) \(isa): \(differing) of \(y.count) differ")
+        }
+    }
+}
+
 @Suite(.serialized) struct LookupTernaryVecDotTests {
     static let iq4: [Int32] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
     static let fp4: [Int32] = [0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12]
@@ -91,17 +110,7 @@ import Testing
     func bitwiseEqualToLlamaCppArithmetic(_ type: TensorType) {
         let shapes = type.blockSize == 256 ? [(37, 256, 1), (19, 768, 6), (45, 512, 22)]
                                            : [(37, 96, 1), (19, 800, 3), (45, 32, 20), (64, 96, 12)]
-        for (rows, columns, tokens) in shapes {
-            let c = MatMulCase(type, rows: rows, columns: columns)
-            var x = randomInput(tokens: tokens, columns: columns, seed: 7 &+ UInt64(tokens))
-            for i in x.indices where x[i] != 0 && abs(x[i]) < 1e-30 { x[i] = Float(i % 7) - 3 }
-            let expected = Self.reference(c, x, tokens: tokens)
-            for isa in KernelISA.allCases {
-                let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
-                let differing = zip(y, expected).filter { $0.bitPattern != $1.bitPattern }.count
-                #expect(differing == 0, "\(type) \(rows)×\(columns) tokens \(tokens) \(isa): \(differing) of \(y.count) differ")
-            }
-        }
+        expectBitwiseEqualOnEveryISA(type, shapes: shapes, reference: Self.reference)
     }
 
     /// Codes at the ends of their ranges: the largest IQ4 magnitude (-127) against ±127
@@ -262,17 +271,7 @@ import Testing
     /// One token, a few, and a prompt batch (unpacked tiles).
     @Test(arguments: types)
     func bitwiseEqualToLlamaCppArithmetic(_ type: TensorType) {
-        for (rows, columns, tokens) in [(37, 256, 1), (19, 768, 6), (45, 512, 22)] {
-            let c = MatMulCase(type, rows: rows, columns: columns)
-            var x = randomInput(tokens: tokens, columns: columns, seed: 7 &+ UInt64(tokens))
-            for i in x.indices where x[i] != 0 && abs(x[i]) < 1e-30 { x[i] = Float(i % 7) - 3 }
-            let expected = Self.reference(c, x, tokens: tokens)
-            for isa in KernelISA.allCases {
-                let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
-                let differing = zip(y, expected).filter { $0.bitPattern != $1.bitPattern }.count
-                #expect(differing == 0, "\(type) \(rows)×\(columns) tokens \(tokens) \(isa): \(differing) of \(y.count) differ")
-            }
-        }
+        expectBitwiseEqualOnEveryISA(type, shapes: [(37, 256, 1), (19, 768, 6), (45, 512, 22)], reference: Self.reference)
     }
 
     /// The largest grid magnitudes (every index at its table's last row, all scales 15) against

@@ -203,7 +203,19 @@ private func oddScalePair(_ s: UInt8) -> SIMD16<Int16> {
     scalePair(Int16(2 * (s & 0x0F) + 1), Int16(2 * (s >> 4) + 1))
 }
 
-struct KIQ2_XXS: QuantKernel {
+/// A 256-element format whose chunks are signed grid bytes with one odd scale per 16 lanes and
+/// a float d per block (IQ2_*, IQ3_*): products as `.lanes` K-quant blocks, no offset term.
+protocol SignedGridKernel: QuantKernel where Header == Float, Chunk == SIMD32<Int8> {}
+
+extension SignedGridKernel {
+    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
+        dotI8I8(w, x, scale)
+    }
+    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
+    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+}
+
+struct KIQ2_XXS: SignedGridKernel {
     static var blockBytes: Int { 66 }
     static var blockElements: Int { 256 }
     /// d/8 (llama.cpp multiplies the sum by 0.125 instead: the same floats).
@@ -217,14 +229,9 @@ struct KIQ2_XXS: QuantKernel {
                           evenSigns[Int((aux >> 14) & 127)], evenSigns[Int((aux >> 21) & 127)])
         return (applySigns(bytes(grid), signs), splat16(Int16(truncatingIfNeeded: 2 * (aux >> 28) + 1)))
     }
-    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
-        dotI8I8(w, x, scale)
-    }
-    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
-    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
 }
 
-struct KIQ2_XS: QuantKernel {
+struct KIQ2_XS: SignedGridKernel {
     static var blockBytes: Int { 74 }
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { 0.125 * loadF16(p, 0) }
@@ -237,14 +244,9 @@ struct KIQ2_XS: QuantKernel {
                           evenSigns[Int(q[2] >> 9)], evenSigns[Int(q[3] >> 9)])
         return (applySigns(bytes(grid), signs), oddScalePair(byte(p, 66 + c)))
     }
-    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
-        dotI8I8(w, x, scale)
-    }
-    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
-    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
 }
 
-struct KIQ2_S: QuantKernel {
+struct KIQ2_S: SignedGridKernel {
     static var blockBytes: Int { 82 }
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { 0.125 * loadF16(p, 0) }
@@ -258,14 +260,9 @@ struct KIQ2_S: QuantKernel {
                           bitSigns[Int((s >> 16) & 0xFF)], bitSigns[Int(s >> 24)])
         return (applySigns(bytes(grid), signs), oddScalePair(byte(p, 74 + c)))
     }
-    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
-        dotI8I8(w, x, scale)
-    }
-    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
-    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
 }
 
-struct KIQ3_XXS: QuantKernel {
+struct KIQ3_XXS: SignedGridKernel {
     static var blockBytes: Int { 98 }
     static var blockElements: Int { 256 }
     /// d/4 (llama.cpp: 0.25 · the sum).
@@ -279,14 +276,9 @@ struct KIQ3_XXS: QuantKernel {
                           evenSigns[Int((aux >> 14) & 127)], evenSigns[Int((aux >> 21) & 127)])
         return (applySigns(bytes(grid), signs), splat16(Int16(truncatingIfNeeded: 2 * (aux >> 28) + 1)))
     }
-    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
-        dotI8I8(w, x, scale)
-    }
-    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
-    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
 }
 
-struct KIQ3_S: QuantKernel {
+struct KIQ3_S: SignedGridKernel {
     static var blockBytes: Int { 110 }
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> Float { loadF16(p, 0) }
@@ -302,11 +294,6 @@ struct KIQ3_S: QuantKernel {
         let scale = (byte(p, 106 + c / 2) >> UInt8(4 * (c & 1))) & 0x0F
         return (applySigns(bytes(grid), signs), splat16(Int16(2 * scale + 1)))
     }
-    @inline(__always) static func dot(_ w: SIMD32<Int8>, _ x: SIMD32<Int8>, _ scale: SIMD16<Int16>) -> SIMD8<Int32> {
-        dotI8I8(w, x, scale)
-    }
-    @inline(__always) static func blockScale(_ d: Float) -> Float { d }
-    @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
 }
 
 /// IQ1_S block header: d and, per 16-element activation group, ±(2s + 1) (the sign of the
