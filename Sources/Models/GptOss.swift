@@ -35,6 +35,10 @@ public final class GptOss: AttentionModel {
         }
         layers = try (0..<config.blockCount).map { i in
             let p = "blk.\(i)."
+            // llama.cpp's openai-moe graph requires these biases; Linear treats them as optional.
+            for bias in ["attn_output.bias", "ffn_gate_inp.bias"] where file.tensor(named: p + bias) == nil {
+                throw ModelError.missingTensor(p + bias)
+            }
             let rope = RoPE(style: .halves, dimensions: config.ropeDimensionCount,
                             base: isSlidingWindow[i] ? windowBase : config.ropeFreqBase,
                             positionScale: config.ropeLinearScale, yarn: config.ropeYaRN,

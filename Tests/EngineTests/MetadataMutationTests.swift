@@ -156,6 +156,23 @@ import Tokenization
         }
     }
 
+    /// gpt-oss's graph in llama.cpp adds the attention-output, router and expert biases unconditionally:
+    /// a file without one is refused by name, not run as if the bias were zero.
+    @Test(.enabled(if: LlamaArchModels.available, LlamaArchModels.reason))
+    func gptOssRequiresItsBiases() throws {
+        let path = try LlamaArchModels.directory.get().appendingPathComponent("gpt-oss-moe.gguf").path
+        try #require(FileManager.default.fileExists(atPath: path), "test-llama-archs wrote no gpt-oss-moe")
+        for dropped in ["blk.0.attn_output.bias", "blk.1.ffn_gate_inp.bias", "blk.0.ffn_up_exps.bias"] {
+            let outcome = Self.run(try Self.mutant("gpt-oss-without-\(dropped)", of: path,
+                                                   tensor: { $0.name == dropped ? ($0.shape, false) : nil }))
+            guard case .refused(let why) = outcome else {
+                Issue.record("gpt-oss ran without \(dropped)")
+                continue
+            }
+            #expect(why.contains(dropped), "\(dropped): \(why)")
+        }
+    }
+
     /// The real model with the values that once crashed it or ran with garbage: a typed error each.
     @Test(.enabled(if: FileManager.default.fileExists(atPath: TestSupport.smolLM2Path), "needs SmolLM2 (swiftlet pull smollm2)"),
           arguments: [
