@@ -16,6 +16,10 @@ public struct BenchmarkResult: Sendable, Codable {
     public var time_to_first_token_ms: Double?
     /// Tokens already in the cache when the timed part starts (llama-bench's `-d`).
     public var n_depth: Int = 0
+    /// KV cache element types (llama-bench's `type_k`, `type_v`) and the cache's bytes per token.
+    public var type_k: String = "f16"
+    public var type_v: String = "f16"
+    public var kv_bytes_per_token: Int?
     /// Generation tests: weight bytes one decode step reads, the read bandwidth measured in
     /// the same run, and the share of it the test reached (bytes per token × tokens/s ÷ bandwidth).
     public var weight_bytes_per_token: Int?
@@ -124,7 +128,7 @@ public func benchmark(model: LoadedModel, promptTokens: Int, generatedTokens: In
     var results: [BenchmarkResult] = []
     let suffix = depth > 0 ? " @ d\(depth)" : ""
     func filledCache(capacity: Int) throws -> any SequenceState {
-        let cache = model.model.makeCache(capacity: depth + capacity)
+        let cache = model.makeCache(capacity: depth + capacity)
         if depth > 0 { _ = try model.forward([BatchSequence(tokens: randomTokens(depth), cache: cache)], pool: pool) }
         return cache
     }

@@ -19,18 +19,25 @@ public final class LoadedModel: Sendable {
     public let adapters: [LoRAAdapter]
     /// Each adapter's scale when a request does not choose (`--lora-scaled`; 1 for `--lora`).
     public let adapterScales: [Float]
+    /// Element types of the KV caches made for this model (`--cache-type-k/v`).
+    public let cacheTypes: KVCacheTypes
 
     /// `memoryBudget`: bytes of weights allowed to stay resident (see `MemoryBudget`); nil = no limit.
     /// `chatTemplate`: used instead of the file's own template (`--chat-template-file`).
     /// `adapters`: LoRA adapter files and their scales, each checked against the model.
     public init(path: String, memoryBudget budgetBytes: Int? = nil, chatTemplate templateOverride: ChatTemplate? = nil,
-                adapters adapterFiles: [LoRAFile] = []) throws {
+                adapters adapterFiles: [LoRAFile] = [], cacheTypes: KVCacheTypes = .f16) throws {
         self.path = path
+        self.cacheTypes = cacheTypes
         let file = try GGUFFile(path: path)
         self.file = file
         // the budget pages weights of the mapping on demand: keep them there
         let (network, projections) = try ProjectionRecorder.recording {
             try ModelRegistry.load(file, repackWeights: WeightRepacking.enabled && budgetBytes == nil)
+        }
+        try network.config.checkCacheTypes(cacheTypes)
+        if !cacheTypes.isF16, let why = network.quantizedCacheRefusal {
+            throw CacheTypeError(description: "--cache-type-k/v \(cacheTypes.key.rawValue)/\(cacheTypes.value.rawValue): \(why); use f16")
         }
         adapters = try adapterFiles.map {
             try LoRAAdapter(path: $0.path, base: file, architecture: network.config.architecture, projections: projections)
@@ -126,6 +133,9 @@ public enum EngineError: Error, CustomStringConvertible, Equatable {
 }
 
 extension LoadedModel {
+    /// A fresh KV cache (or recurrent state) of this model's cache types.
+    public func makeCache(capacity: Int) -> any SequenceState { model.makeCache(capacity: capacity, types: cacheTypes) }
+
     /// The forward pass with every sequence at the adapters' default scales (perplexity, benchmarks).
     public func forward(_ batch: [BatchSequence], pool: ThreadPool) throws -> [[Float]] {
         let scales = adapterScales

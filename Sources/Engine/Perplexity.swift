@@ -66,7 +66,7 @@ func evaluateChunks(model: LoadedModel, tokens: [TokenID], context: Int, pool: T
     precondition(tokens.count % context == 0)
     let first = context / 2
     let bos = model.tokenizer.addsBOS ? model.tokenizer.bosToken : nil
-    let cache = model.model.makeCache(capacity: context)
+    let cache = model.makeCache(capacity: context)
     for chunk in 0..<(tokens.count / context) {
         let target = tokens[chunk * context..<(chunk + 1) * context]
         var window = Array(target)

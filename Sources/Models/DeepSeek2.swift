@@ -115,6 +115,12 @@ public final class DeepSeek2: AttentionModel {
         }
     }
 
+    /// llama.cpp rotates latent-attention caches its own way before quantizing them; Swiftlet
+    /// keeps them in F16 rather than run a quantized cache llama.cpp would compute differently.
+    public var quantizedCacheRefusal: String? {
+        "\(config.architecture)'s latent attention cache is kept in F16 (its quantized form is not implemented)"
+    }
+
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {
         let x = embedding(batch.flatMap(\.tokens))
         runDecoderLayers(layers, x, batch: batch, pool: pool)
@@ -223,8 +229,10 @@ struct LatentAttention: TokenMixer {
                 key.update(from: latents[r], count: latent)
                 (key + latent).update(from: latentAndKey[r] + latent, count: rotary)
                 rope.apply(key + latent, heads: 1, headDimension: cacheWidth, rotations: angles)
-                storeHalf(key, UnsafeMutablePointer(mutating: seq.keys[position]), count: cacheWidth)
-                storeHalf(latents[r], UnsafeMutablePointer(mutating: seq.values[position]), count: latent)
+                storeCacheRow(key, count: cacheWidth, type: seq.cacheTypes.key,
+                              into: UnsafeMutableRawPointer(mutating: seq.keys[position]))
+                storeCacheRow(latents[r], count: latent, type: seq.cacheTypes.value,
+                              into: UnsafeMutableRawPointer(mutating: seq.values[position]))
             }
         }
         let attended = Matrix(rows: n, columns: heads * latent, zeroed: false)

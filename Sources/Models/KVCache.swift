@@ -1,3 +1,5 @@
+import Kernels
+
 /// What a model remembers of one sequence between forward passes: a KV cache for
 /// attention models, a recurrent state for state-space models.
 public protocol SequenceState: AnyObject {
@@ -14,13 +16,15 @@ public protocol SequenceState: AnyObject {
     func truncate(to position: Int)
 }
 
-/// Where attention keeps the keys and values of the tokens a sequence has seen, in half
-/// precision (as llama.cpp's default F16 cache: half the memory, same rounding).
-/// Access is per position so that a paged store (blocks + block table) can sit behind it.
+/// Where attention keeps the keys and values of the tokens a sequence has seen: rows of
+/// `cacheTypes` — half precision by default (as llama.cpp's F16 cache: half the memory, same
+/// rounding), or Q8_0 / Q4_0 blocks. Access is per position so that a paged store (blocks +
+/// block table) can sit behind it.
 public protocol KVStore: SequenceState {
-    /// Key vector (`kvDimension` floats) of `layer` at `position`.
-    func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float16>
-    func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float16>
+    var cacheTypes: KVCacheTypes { get }
+    /// First byte of the key row (`kvDimension` elements of `cacheTypes.key`) of `layer` at `position`.
+    func key(layer: Int, position: Int) -> UnsafeMutableRawPointer
+    func value(layer: Int, position: Int) -> UnsafeMutableRawPointer
 }
 
 public struct ContextFullError: Error, CustomStringConvertible {
@@ -40,21 +44,27 @@ public final class KVCache: KVStore, @unchecked Sendable {
     public let layers: Int
     public let kvDimension: Int
     public let capacity: Int
+    public let cacheTypes: KVCacheTypes
     public private(set) var count = 0
-    private let keys: UnsafeMutablePointer<Float16>
-    private let values: UnsafeMutablePointer<Float16>
+    private let keyRowBytes: Int, valueRowBytes: Int
+    private let keys: UnsafeMutableRawPointer
+    private let values: UnsafeMutableRawPointer
 
-    public init(layers: Int, kvDimension: Int, capacity: Int) {
+    /// `kvDimension` must be whole blocks of both types (`KVCacheTypes.check` on the head widths ensures it).
+    public init(layers: Int, kvDimension: Int, capacity: Int, types: KVCacheTypes = .f16) {
         self.layers = layers
         self.kvDimension = kvDimension
         self.capacity = capacity
-        let total = layers * kvDimension * capacity
-        keys = .allocate(capacity: total)
-        values = .allocate(capacity: total)
+        cacheTypes = types
+        keyRowBytes = types.key.rowBytes(kvDimension)
+        valueRowBytes = types.value.rowBytes(kvDimension)
+        keys = .allocate(byteCount: max(1, layers * capacity * keyRowBytes), alignment: 64)
+        values = .allocate(byteCount: max(1, layers * capacity * valueRowBytes), alignment: 64)
     }
 
-    public convenience init(config: ModelConfig, capacity: Int) {
-        self.init(layers: config.blockCount, kvDimension: config.headCountKV * max(config.keyLength, config.valueLength), capacity: capacity)
+    public convenience init(config: ModelConfig, capacity: Int, types: KVCacheTypes = .f16) {
+        self.init(layers: config.blockCount, kvDimension: config.headCountKV * max(config.keyLength, config.valueLength),
+                  capacity: capacity, types: types)
     }
 
     deinit {
@@ -62,12 +72,12 @@ public final class KVCache: KVStore, @unchecked Sendable {
         values.deallocate()
     }
 
-    public func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float16> {
-        keys + (layer * capacity + position) * kvDimension
+    public func key(layer: Int, position: Int) -> UnsafeMutableRawPointer {
+        keys + (layer * capacity + position) * keyRowBytes
     }
 
-    public func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float16> {
-        values + (layer * capacity + position) * kvDimension
+    public func value(layer: Int, position: Int) -> UnsafeMutableRawPointer {
+        values + (layer * capacity + position) * valueRowBytes
     }
 
     public func reserve(_ tokens: Int) throws {
@@ -78,5 +88,12 @@ public final class KVCache: KVStore, @unchecked Sendable {
 
     public func truncate(to position: Int) { count = min(count, max(0, position)) }
 
-    public var bytes: Int { 2 * layers * kvDimension * capacity * MemoryLayout<Float16>.size }
+    public var bytes: Int { layers * capacity * (keyRowBytes + valueRowBytes) }
+}
+
+extension ModelConfig {
+    /// Throws unless the attention heads are whole blocks of `types` (see `KVCacheTypes.check`).
+    public func checkCacheTypes(_ types: KVCacheTypes) throws {
+        try types.check(keyWidth: keyLength, valueWidth: valueLength, architecture: architecture)
+    }
 }

@@ -92,8 +92,9 @@ public final class LFM2: LanguageModel {
         convWindowCount = conv?.windowCount ?? 0
     }
 
-    public func makeCache(capacity: Int) -> any SequenceState {
-        HybridState(attentionLayers: attentionLayers, kvDimension: kvDimension, convCount: convWindowCount, capacity: capacity)
+    public func makeCache(capacity: Int, types: KVCacheTypes) -> any SequenceState {
+        HybridState(attentionLayers: attentionLayers, kvDimension: kvDimension, convCount: convWindowCount, capacity: capacity,
+                    types: types)
     }
 
     public func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]] {

@@ -563,6 +563,11 @@ public struct Attention: Sendable {
                                 headDimension: headDimension, valueDimension: valueDimension, scale: scale,
                                 window: window, output: out.data, pool: pool)
         }
+        // values stored rotated (a quantized value cache): rotating the output back undoes it
+        for seq in sequences {
+            guard let size = seq.cacheTypes.valueRotation(valueDimension: valueDimension) else { continue }
+            for r in seq.firstRow..<seq.firstRow + seq.tokens { walshHadamardRotate(out[r], count: out.columns, size: size) }
+        }
         return output(out, pool, batching: referenceBatching(batch))
     }
 
@@ -590,8 +595,18 @@ public struct Attention: Sendable {
                         for j in 0..<q.columns { q[r][j] *= factor }
                     }
                     if appliesRoPE { rope.apply(k[r], heads: kvHeads, headDimension: headDimension, rotations: angles) }
-                    storeHalf(k[r], UnsafeMutablePointer(mutating: seq.keys[position]), count: k.columns)
-                    storeHalf(v[r], UnsafeMutablePointer(mutating: seq.values[position]), count: v.columns)
+                    // a quantized cache stores rotated keys (and values), as llama.cpp does: q·k is unchanged
+                    if let size = seq.cacheTypes.keyRotation(headDimension: headDimension) {
+                        walshHadamardRotate(q[r], count: q.columns, size: size)
+                        walshHadamardRotate(k[r], count: k.columns, size: size)
+                    }
+                    if let size = seq.cacheTypes.valueRotation(valueDimension: v.columns / kvHeads) {
+                        walshHadamardRotate(v[r], count: v.columns, size: size)
+                    }
+                    storeCacheRow(k[r], count: k.columns, type: seq.cacheTypes.key,
+                                  into: UnsafeMutableRawPointer(mutating: seq.keys[position]))
+                    storeCacheRow(v[r], count: v.columns, type: seq.cacheTypes.value,
+                                  into: UnsafeMutableRawPointer(mutating: seq.values[position]))
                 }
             }
         }
@@ -678,9 +693,10 @@ func attentionSequences(_ batch: [BatchSequence], layer: Int) -> [AttentionSeque
         for (offset, tokens) in pieces {
             sequences.append(AttentionSequence(
                 firstRow: row + offset, firstPosition: cache.count + offset, tokens: tokens, cacheCapacity: cache.capacity,
-                batching: seq.asDecodes ? ReferenceBatching(from: 0, of: 1) : seq.batching,
-                key: { UnsafePointer(cache.key(layer: layer, position: $0)) },
-                value: { UnsafePointer(cache.value(layer: layer, position: $0)) }))
+                batching: seq.asDecodes ? ReferenceBatching(from: 0, of: 1) : seq.batching, cacheTypes: cache.cacheTypes,
+                // raw rows handed to the kernels typed as halves; quantized ones are read as bytes
+                key: { UnsafePointer(cache.key(layer: layer, position: $0).assumingMemoryBound(to: Float16.self)) },
+                value: { UnsafePointer(cache.value(layer: layer, position: $0).assumingMemoryBound(to: Float16.self)) }))
         }
         row += seq.tokens.count
     }

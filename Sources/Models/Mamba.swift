@@ -46,7 +46,7 @@ public final class Mamba: LanguageModel {
         }
     }
 
-    public func makeCache(capacity: Int) -> any SequenceState {
+    public func makeCache(capacity: Int, types: KVCacheTypes) -> any SequenceState {
         RecurrentState(layers: config.blockCount, convCount: (ssm.convKernel - 1) * ssm.innerSize,
                        ssmCount: ssm.innerSize * ssm.stateSize, capacity: capacity)
     }

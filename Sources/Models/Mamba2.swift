@@ -62,7 +62,7 @@ public final class Mamba2: LanguageModel {
         }
     }
 
-    public func makeCache(capacity: Int) -> any SequenceState {
+    public func makeCache(capacity: Int, types: KVCacheTypes) -> any SequenceState {
         RecurrentState(layers: config.blockCount, convCount: layers.first?.conv.windowCount ?? 0,
                        ssmCount: scan.stateCount, capacity: capacity)
     }

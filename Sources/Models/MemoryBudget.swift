@@ -281,7 +281,9 @@ public final class BudgetedModel: LanguageModel {
         return inner.computeLogits(batch, pool: pool)
     }
 
-    public func makeCache(capacity: Int) -> any SequenceState { inner.makeCache(capacity: capacity) }
+    public func makeCache(capacity: Int, types: KVCacheTypes) -> any SequenceState {
+        inner.makeCache(capacity: capacity, types: types)
+    }
 }
 
 extension MemoryBudget {

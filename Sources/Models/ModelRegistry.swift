@@ -99,25 +99,33 @@ public protocol LanguageModel: AnyObject, Sendable {
     /// values into the sequences' caches at positions `cache.count...`. Returns one logits row
     /// per requested position (see `BatchSequence.allLogits`), in batch order.
     func computeLogits(_ batch: [BatchSequence], pool: ThreadPool) -> [[Float]]
-    /// Fresh per-sequence state (KV cache or recurrent state) for up to `capacity` tokens.
-    func makeCache(capacity: Int) -> any SequenceState
+    /// Fresh per-sequence state (KV cache or recurrent state) for up to `capacity` tokens; a KV
+    /// cache's rows of `types` (checked with `ModelConfig.checkCacheTypes`; recurrent state is
+    /// float whatever they say, as in llama.cpp).
+    func makeCache(capacity: Int, types: KVCacheTypes) -> any SequenceState
     /// An encoder (BERT): attention sees the whole sequence both ways, so a sequence must go
     /// through in one pass, and its output is hidden states (embeddings), never logits.
     var isEncoder: Bool { get }
     /// A reranker's classification head (BERT's `cls.*`), nil for other models.
     var classifier: SequenceClassifier? { get }
+    /// Why the KV cache must stay F16 for this model, or nil when Q8_0/Q4_0 rows are fine.
+    var quantizedCacheRefusal: String? { get }
 }
 
 extension LanguageModel {
+    public func makeCache(capacity: Int) -> any SequenceState { makeCache(capacity: capacity, types: .f16) }
     public var isEncoder: Bool { false }
     public var classifier: SequenceClassifier? { nil }
+    public var quantizedCacheRefusal: String? { nil }
 }
 
 /// Attention models keep a KV cache.
 public protocol AttentionModel: LanguageModel {}
 
 extension AttentionModel {
-    public func makeCache(capacity: Int) -> any SequenceState { KVCache(config: config, capacity: capacity) }
+    public func makeCache(capacity: Int, types: KVCacheTypes) -> any SequenceState {
+        KVCache(config: config, capacity: capacity, types: types)
+    }
 }
 
 extension LanguageModel {

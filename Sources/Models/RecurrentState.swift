@@ -1,3 +1,5 @@
+import Kernels
+
 /// The per-sequence memory of recurrent layers (Mamba's, LFM2's short convolutions): each
 /// layer's convolution window (its last `kernel − 1` inputs) and state-space state. Its size
 /// does not depend on the sequence length.
@@ -59,24 +61,26 @@ public final class HybridState: KVStore, @unchecked Sendable {
 
     /// `attentionLayers`: which model layers attend; `kvDimension`: floats of one position's
     /// key (or value) in the widest of them; `convCount`: floats of a recurrent layer's window.
-    public init(attentionLayers: [Bool], kvDimension: Int, convCount: Int, capacity: Int) {
+    public init(attentionLayers: [Bool], kvDimension: Int, convCount: Int, capacity: Int, types: KVCacheTypes = .f16) {
         var next = 0
         cacheLayer = attentionLayers.map { attends in
             defer { if attends { next += 1 } }
             return attends ? next : -1
         }
-        attention = KVCache(layers: next, kvDimension: kvDimension, capacity: capacity)
+        attention = KVCache(layers: next, kvDimension: kvDimension, capacity: capacity, types: types)
         recurrent = RecurrentState(layers: attentionLayers.count, convCount: convCount, ssmCount: 0, capacity: capacity)
     }
 
     public var count: Int { attention.count }
     public var capacity: Int { attention.capacity }
 
-    public func key(layer: Int, position: Int) -> UnsafeMutablePointer<Float16> {
+    public var cacheTypes: KVCacheTypes { attention.cacheTypes }
+
+    public func key(layer: Int, position: Int) -> UnsafeMutableRawPointer {
         attention.key(layer: cacheLayer[layer], position: position)
     }
 
-    public func value(layer: Int, position: Int) -> UnsafeMutablePointer<Float16> {
+    public func value(layer: Int, position: Int) -> UnsafeMutableRawPointer {
         attention.value(layer: cacheLayer[layer], position: position)
     }
 

@@ -1,4 +1,5 @@
 import Engine
+import Kernels
 import Foundation
 import Hummingbird
 import Logging
@@ -63,6 +64,8 @@ public struct ServerRunner: Sendable {
     public var draftModelPath: String?
     /// LoRA adapters of the first model (`--lora`, `--lora-scaled`).
     public var adapters: [LoRAFile] = []
+    /// Element types of every model's KV cache (`--cache-type-k/v`).
+    public var cacheTypes: KVCacheTypes = .f16
     public var logger: Logger
 
     public init(modelPath: String, configuration: ServerConfiguration, kvCache: KVCacheSize?, logger: Logger) {
@@ -108,9 +111,9 @@ public struct ServerRunner: Sendable {
         let start = Date()
         // --chat-template-file and the adapters belong to the first model only
         let model = try LoadedModel(path: path, memoryBudget: memoryBudget, chatTemplate: path == modelPath ? chatTemplate : nil,
-                                    adapters: path == modelPath ? adapters : [])
+                                    adapters: path == modelPath ? adapters : [], cacheTypes: cacheTypes)
         var engineConfig = configuration.engine
-        let perToken = KVBlockPool.bytesPerToken(config: model.config)
+        let perToken = KVBlockPool.bytesPerToken(config: model.config, types: cacheTypes)
         if let kvCache { engineConfig.kvCacheTokens = kvCache.tokens(bytesPerToken: perToken) }
         let draft = try draftModelPath.flatMap { path == modelPath ? try DraftModel(LoadedModel(path: $0), for: model) : nil }
         let engine = try Generator(model: model, configuration: engineConfig,

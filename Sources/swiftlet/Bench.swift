@@ -26,6 +26,7 @@ struct Bench: ParsableCommand {
     @Option(name: .customLong("mem-budget"), help: memBudgetHelp)
     var memBudget: String?
     @OptionGroup var lora: LoRAOptions
+    @OptionGroup var cache: CacheTypeOptions
     @OptionGroup(title: "Speculative decoding (adds a test: greedy decoding with it against without it)")
     var speculative: SpeculativeOptions
     @Option(name: .customLong("prompt-file"),
@@ -54,7 +55,7 @@ struct Bench: ParsableCommand {
             return
         }
         let path = try ModelLocator.resolve(model)
-        let loaded = try LoadedModel(path: path, memoryBudget: try parseMemBudget(memBudget), adapters: lora.files())
+        let loaded = try LoadedModel(path: path, memoryBudget: try parseMemBudget(memBudget), adapters: lora.files(), cacheTypes: cache.types)
         let longest = depth + max(promptTokens, generatedTokens)
         try loaded.validateContext(longest)
         let pool = ThreadPool(threads: threads)
@@ -75,6 +76,13 @@ struct Bench: ParsableCommand {
             results.append(try benchmarkSpeculation(model: loaded, speculation: speculation,
                                                     draftModel: try speculative.loadDraftModel(for: loaded), prompt: prompt,
                                                     generatedTokens: generatedTokens, repetitions: repetitions, threads: threads))
+        }
+        let kvBytesPerToken = loaded.model is any AttentionModel
+            ? KVBlockPool.bytesPerToken(config: loaded.config, types: loaded.cacheTypes) : nil
+        for i in results.indices {
+            results[i].type_k = loaded.cacheTypes.key.rawValue
+            results[i].type_v = loaded.cacheTypes.value.rawValue
+            results[i].kv_bytes_per_token = kvBytesPerToken
         }
         // decode reads the weights once per token: how close it comes to the machine's read bandwidth
         if results.contains(where: { $0.test.hasPrefix("tg") }) {
@@ -100,6 +108,9 @@ struct Bench: ParsableCommand {
                   + String(format: "%.2f ± %.2f", r.avg_ts, r.stddev_ts) + " | \(formatBytes(r.peak_rss_bytes)) |")
         }
         if let budget = loaded.memoryBudget { print("\n" + budget.summary) }
+        if let kvBytesPerToken {
+            print("\nKV cache (\(loaded.cacheTypes)): \(formatBytes(kvBytesPerToken)) per token")
+        }
         for r in results {
             if let plain = r.plain_avg_ts, let rate = r.draft_acceptance_rate, let speedup = r.speedup_vs_plain {
                 print("\n\(r.test): " + String(format: "%.2f t/s against %.2f t/s plain on the same prompt (%.2f×, medians), "

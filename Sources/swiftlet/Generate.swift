@@ -20,6 +20,7 @@ struct Generate: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var chatTemplate: ChatTemplateOptions
     @OptionGroup var lora: LoRAOptions
+    @OptionGroup var cache: CacheTypeOptions
     @Flag(help: "Print one JSON object with the text, tokens, finish reason and timings.")
     var json = false
 
@@ -31,7 +32,7 @@ struct Generate: ParsableCommand {
     func run() throws {
         let template = try chatTemplate.template()
         let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
-                                     chatTemplate: template, adapters: lora.files())
+                                     chatTemplate: template, adapters: lora.files(), cacheTypes: cache.types)
         let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
                                                                                      threads: runtime.threads),
                                       draftModel: try speculative.loadDraftModel(for: loaded))
@@ -110,6 +111,7 @@ struct Perplexity: ParsableCommand {
     @Flag(name: .customLong("kl-divergence"), help: "Compare with the model that wrote --kl-divergence-base: KLD, Δp, same top p, PPL ratio.")
     var klDivergence = false
     @OptionGroup var lora: LoRAOptions
+    @OptionGroup var cache: CacheTypeOptions
     @Flag(help: "Print one JSON object with the results.")
     var json = false
 
@@ -129,7 +131,7 @@ struct Perplexity: ParsableCommand {
     }
 
     func run() throws {
-        let loaded = try LoadedModel(path: ModelLocator.resolve(model), adapters: lora.files())
+        let loaded = try LoadedModel(path: ModelLocator.resolve(model), adapters: lora.files(), cacheTypes: cache.types)
         let pool = ThreadPool(threads: threads)
         if klDivergence, let base = klDivergenceBase {
             let result = try Engine.klDivergence(model: loaded, basePath: base, maxChunks: chunks, pool: pool) { done, total, kld in

@@ -1,5 +1,6 @@
 import ArgumentParser
 import GGUF
+import Kernels
 import Models
 import Tokenization
 
@@ -63,9 +64,14 @@ struct ModelSummary {
         line("runs in Swiftlet", problems.isEmpty ? "yes" : "no, missing:")
         for problem in problems { out += "  - \(problem)\n" }
         if let config = try? ModelConfig(file: file), case let kvHeads = config.layerHeadCountsKV.reduce(0, +), kvHeads > 0 {
-            // F16 keys and values for every KV head of every layer (none in recurrent layers).
-            let kvPerToken = 2 * kvHeads * max(config.keyLength, config.valueLength) * 2
+            // keys and values for every KV head of every layer (none in recurrent layers)
+            let width = max(config.keyLength, config.valueLength)
+            let kvPerToken = kvHeads * KVCacheTypes.f16.bytes(width: width)
             line("KV cache (F16)", "\(formatBytes(kvPerToken * 1024)) per 1024 tokens")
+            for type in [KVCacheType.q8_0, .q4_0] where config.keyLength % type.blockSize == 0 && config.valueLength % type.blockSize == 0 {
+                let bytes = kvHeads * KVCacheTypes(key: type, value: type).bytes(width: width)
+                line("KV cache (\(type.rawValue.uppercased()))", "\(formatBytes(bytes * 1024)) per 1024 tokens (--cache-type-k/v \(type.rawValue))")
+            }
             for context in [2048, config.contextLength] {
                 line("memory at \(context) ctx", "\(formatBytes(file.tensorDataBytes + kvPerToken * context)) (weights, memory-mapped, + KV cache)")
             }

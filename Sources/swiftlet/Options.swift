@@ -169,3 +169,18 @@ struct ChatTemplateOptions: ParsableArguments {
         }
     }
 }
+
+extension KVCacheType: ExpressibleByArgument {}
+
+/// KV cache element types (llama.cpp's `-ctk/-ctv`), shared by the commands that run a model.
+struct CacheTypeOptions: ParsableArguments {
+    @Option(name: [.customLong("cache-type-k"), .customLong("ctk", withSingleDash: true)],
+            help: ArgumentHelp("Key cache type: \(KVCacheType.allCases.map(\.rawValue).joined(separator: ", ")).",
+                               discussion: "q8_0 halves the KV cache's memory (about 1e-4 mean KL divergence); q4_0 quarters it."))
+    var key: KVCacheType = .f16
+    @Option(name: [.customLong("cache-type-v"), .customLong("ctv", withSingleDash: true)],
+            help: "Value cache type: \(KVCacheType.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var value: KVCacheType = .f16
+
+    var types: KVCacheTypes { KVCacheTypes(key: key, value: value) }
+}

@@ -35,6 +35,7 @@ struct Run: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
     @OptionGroup var chatTemplate: ChatTemplateOptions
     @OptionGroup var lora: LoRAOptions
+    @OptionGroup var cache: CacheTypeOptions
 
     /// Tokens per answer when a base model completes text: it has no end-of-turn to stop at.
     static let completionTokens = 128
@@ -60,7 +61,7 @@ struct Run: ParsableCommand {
     func run() throws {
         let (model, prompt) = modelAndPrompt()
         let loaded = try LoadedModel(path: ModelLocator.resolve(model), memoryBudget: runtime.memoryBudget,
-                                     chatTemplate: try chatTemplate.template(), adapters: lora.files())
+                                     chatTemplate: try chatTemplate.template(), adapters: lora.files(), cacheTypes: cache.types)
         let generator = try Generator(model: loaded, configuration: .singleSequence(contextLength: runtime.contextLength,
                                                                                      threads: runtime.threads),
                                       draftModel: try speculative.loadDraftModel(for: loaded))

@@ -90,6 +90,7 @@ struct Serve: AsyncParsableCommand {
     var shutdownGrace: Double = 10
     @OptionGroup var chatTemplate: ChatTemplateOptions
     @OptionGroup var lora: LoRAOptions
+    @OptionGroup var cache: CacheTypeOptions
 
     func validate() throws {
         guard !models.isEmpty || modelsDir != nil else { throw ValidationError("name a model to serve (or --models-dir DIR)") }
@@ -173,6 +174,7 @@ struct Serve: AsyncParsableCommand {
         runner.shutdownGrace = .milliseconds(Int64(shutdownGrace * 1000))
         runner.chatTemplate = try chatTemplate.template()
         runner.adapters = try lora.files()
+        runner.cacheTypes = cache.types
         try await runner.run()
     }
 }

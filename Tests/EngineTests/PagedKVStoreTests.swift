@@ -1,4 +1,5 @@
 @testable import Engine
+import Kernels
 import Models
 import Tokenization
 import Testing
@@ -17,8 +18,8 @@ import Testing
         for p in store.count..<store.count + n {
             for l in 0..<layers {
                 for i in 0..<dim {
-                    store.key(layer: l, position: p)[i] = KVElement(Float(l * 1000 + p * 10 + i) + salt)
-                    store.value(layer: l, position: p)[i] = KVElement(-Float(l * 1000 + p * 10 + i) - salt)
+                    store.key(layer: l, position: p).assumingMemoryBound(to: Float16.self)[i] = Float16(Float(l * 1000 + p * 10 + i) + salt)
+                    store.value(layer: l, position: p).assumingMemoryBound(to: Float16.self)[i] = Float16(-Float(l * 1000 + p * 10 + i) - salt)
                 }
             }
         }
@@ -29,8 +30,8 @@ import Testing
         for p in positions {
             for l in 0..<layers {
                 for i in 0..<dim {
-                    #expect(store.key(layer: l, position: p)[i] == KVElement(Float(l * 1000 + p * 10 + i) + salt), sourceLocation: sourceLocation)
-                    #expect(store.value(layer: l, position: p)[i] == KVElement(-Float(l * 1000 + p * 10 + i) - salt), sourceLocation: sourceLocation)
+                    #expect(store.key(layer: l, position: p).assumingMemoryBound(to: Float16.self)[i] == Float16(Float(l * 1000 + p * 10 + i) + salt), sourceLocation: sourceLocation)
+                    #expect(store.value(layer: l, position: p).assumingMemoryBound(to: Float16.self)[i] == Float16(-Float(l * 1000 + p * 10 + i) - salt), sourceLocation: sourceLocation)
                 }
             }
         }
@@ -67,6 +68,50 @@ import Testing
         #expect(throws: Never.self) { try a.reserve(4) }
     }
 
+    /// A Q8_0-key / Q4_0-value pool: rows are their types' bytes (34 and 18 per 32 elements),
+    /// positions map through the block table, and copy-on-write copies whole rows.
+    @Test func quantizedPoolRowsAndCopyOnWrite() throws {
+        let types = KVCacheTypes(key: .q8_0, value: .q4_0), width = 64
+        let pool = KVBlockPool(layers: layers, kvDimension: width, blockSize: blockSize, blockCount: 6, types: types)
+        let alloc = BlockAllocator(blockCount: 6, blockSize: blockSize)
+        #expect(pool.bytes == 6 * layers * blockSize * (68 + 36))
+        func row(_ l: Int, _ p: Int, sign: Float) -> [Float] { (0..<width).map { sign * Float(l * 100 + p * 3 + $0 % 7) } }
+        func bytes(_ pointer: UnsafeMutableRawPointer, _ type: KVCacheType) -> [UInt8] {
+            Array(UnsafeRawBufferPointer(start: pointer, count: type.rowBytes(width)))
+        }
+        func expected(_ l: Int, _ p: Int, _ type: KVCacheType, sign: Float) -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: type.rowBytes(width))
+            out.withUnsafeMutableBytes { storeCacheRow(row(l, p, sign: sign), count: width, type: type, into: $0.baseAddress!) }
+            return out
+        }
+        let tokens: [TokenID] = Array(100..<110)
+        let a = PagedKVStore(pool: pool, allocator: alloc, capacity: 64)
+        #expect(a.cacheTypes == types)
+        try a.reserve(10)
+        for p in 0..<10 {
+            for l in 0..<layers {
+                storeCacheRow(row(l, p, sign: 1), count: width, type: .q8_0, into: a.key(layer: l, position: p))
+                storeCacheRow(row(l, p, sign: -1), count: width, type: .q4_0, into: a.value(layer: l, position: p))
+            }
+        }
+        a.advance(by: 10)
+        a.registerFullBlocks(tokens)
+        let b = PagedKVStore(pool: pool, allocator: alloc, capacity: 64)
+        #expect(b.adoptCachedPrefix(tokens) == 8)
+        b.truncate(to: 6)
+        try b.reserve(1)  // position 6 is in the shared second block: copied first
+        #expect(b.blocks[1] != a.blocks[1])
+        for p in 0..<6 {
+            for l in 0..<layers {
+                #expect(bytes(b.key(layer: l, position: p), .q8_0) == expected(l, p, .q8_0, sign: 1), "key \(l) \(p)")
+                #expect(bytes(b.value(layer: l, position: p), .q4_0) == expected(l, p, .q4_0, sign: -1), "value \(l) \(p)")
+            }
+        }
+        a.releaseAll()
+        b.releaseAll()
+        #expect(alloc.checkInvariants())
+    }
+
     @Test func prefixSharingAndCopyOnWrite() throws {
         let (pool, alloc) = makePool(blocks: 6)
         let tokens: [TokenID] = Array(100..<110)
@@ -89,7 +134,7 @@ import Testing
         #expect(b.blocks[1] != shared, "copy on write")
         #expect(b.blocks[0] == a.blocks[0], "the untouched block stays shared")
         check(b, positions: 0..<7)
-        for l in 0..<layers { b.key(layer: l, position: 7)[0] = 42 }
+        for l in 0..<layers { b.key(layer: l, position: 7).assumingMemoryBound(to: Float16.self)[0] = 42 }
         b.advance(by: 1)
         check(a, positions: 0..<10)
 

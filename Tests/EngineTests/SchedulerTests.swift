@@ -19,7 +19,7 @@ import Testing
             #expect(c.range.lowerBound == c.sequence.computedCount, "a chunk starts where the cache ends")
             // The store has room: the forward pass writes every position of the chunk.
             let store = c.sequence.store as! PagedKVStore
-            for p in c.range { store.key(layer: 0, position: p)[0] = KVElement(Float(c.sequence.tokens[p])) }
+            for p in c.range { store.key(layer: 0, position: p).assumingMemoryBound(to: Float16.self)[0] = Float16(Float(c.sequence.tokens[p])) }
             store.advance(by: c.range.count)
         }
         s.didRun(chunks)

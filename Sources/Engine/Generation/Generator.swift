@@ -202,7 +202,8 @@ public final class Generator: @unchecked Sendable {
             // The pool holds at least one full context, so a lone sequence always fits.
             let blocksPerContext = (configuration.contextLength + configuration.blockSize - 1) / configuration.blockSize
             let blocks = max(blocksPerContext, configuration.kvCacheTokens / configuration.blockSize)
-            let pool = KVBlockPool(config: model.config, blockSize: configuration.blockSize, blockCount: blocks)
+            let pool = KVBlockPool(config: model.config, blockSize: configuration.blockSize, blockCount: blocks,
+                                   types: model.cacheTypes)
             storage = .paged(pool)
             // an encoder's keys depend on the tokens after them too: no prefix of them is reusable
             if let directory = configuration.promptCacheDirectory, !model.model.isEncoder {
@@ -210,8 +211,8 @@ public final class Generator: @unchecked Sendable {
             }
         } else {
             // recurrent and hybrid models: a state of each sequence's own (see `SequenceStorage`)
-            let inner = model.model, capacity = configuration.contextLength
-            storage = .perSequence { inner.makeCache(capacity: capacity) }
+            let inner = model.model, capacity = configuration.contextLength, types = model.cacheTypes
+            storage = .perSequence { inner.makeCache(capacity: capacity, types: types) }
         }
         scheduler = Scheduler(configuration: .init(maxRunning: configuration.parallel,
                                                    maxBatchTokens: configuration.maxBatchTokens,
@@ -565,7 +566,7 @@ public final class Generator: @unchecked Sendable {
         guard let draftModel else { return }
         let states = items.map { item in
             item.sequence.draftState ?? {
-                let state = DraftState(cache: draftModel.model.model.makeCache(capacity: configuration.contextLength))
+                let state = DraftState(cache: draftModel.model.makeCache(capacity: configuration.contextLength))
                 item.sequence.draftState = state
                 return state
             }()

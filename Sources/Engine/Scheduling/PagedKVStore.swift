@@ -1,36 +1,40 @@
+import Kernels
 import Models
 import Tokenization
 
-/// Element type of the KV cache, as `KVStore.key/value` hand it out. One place to change when
-/// the cache element type changes.
-public typealias KVElement = Float16
-
 /// The memory behind a paged KV cache: `blockCount` blocks of `blockSize` positions, each
-/// position holding one key and one value vector per layer. Allocated once; pages are touched
-/// only as blocks are first written.
+/// position holding one key and one value row (of `cacheTypes`) per layer. Allocated once;
+/// pages are touched only as blocks are first written.
 public final class KVBlockPool: @unchecked Sendable {
     public let layers: Int
     public let kvDimension: Int
     public let blockSize: Int
     public let blockCount: Int
-    private let keys: UnsafeMutablePointer<KVElement>
-    private let values: UnsafeMutablePointer<KVElement>
-    /// Elements per block (one of keys or values): layers × blockSize × kvDimension.
-    public let blockElements: Int
+    public let cacheTypes: KVCacheTypes
+    private let keys: UnsafeMutableRawPointer
+    private let values: UnsafeMutableRawPointer
+    private let keyRowBytes: Int, valueRowBytes: Int
+    /// Bytes of one block's keys (layers × blockSize rows) and of its values.
+    public let blockKeyBytes: Int, blockValueBytes: Int
 
-    public init(layers: Int, kvDimension: Int, blockSize: Int, blockCount: Int) {
+    /// `kvDimension` must be whole blocks of both types (`ModelConfig.checkCacheTypes` ensures it).
+    public init(layers: Int, kvDimension: Int, blockSize: Int, blockCount: Int, types: KVCacheTypes = .f16) {
         self.layers = layers
         self.kvDimension = kvDimension
         self.blockSize = blockSize
         self.blockCount = blockCount
-        blockElements = layers * blockSize * kvDimension
-        keys = .allocate(capacity: blockElements * blockCount)
-        values = .allocate(capacity: blockElements * blockCount)
+        cacheTypes = types
+        keyRowBytes = types.key.rowBytes(kvDimension)
+        valueRowBytes = types.value.rowBytes(kvDimension)
+        blockKeyBytes = layers * blockSize * keyRowBytes
+        blockValueBytes = layers * blockSize * valueRowBytes
+        keys = .allocate(byteCount: max(1, blockKeyBytes * blockCount), alignment: 64)
+        values = .allocate(byteCount: max(1, blockValueBytes * blockCount), alignment: 64)
     }
 
-    public convenience init(config: ModelConfig, blockSize: Int, blockCount: Int) {
+    public convenience init(config: ModelConfig, blockSize: Int, blockCount: Int, types: KVCacheTypes = .f16) {
         self.init(layers: config.blockCount, kvDimension: config.headCountKV * max(config.keyLength, config.valueLength),
-                  blockSize: blockSize, blockCount: blockCount)
+                  blockSize: blockSize, blockCount: blockCount, types: types)
     }
 
     deinit {
@@ -39,34 +43,30 @@ public final class KVBlockPool: @unchecked Sendable {
     }
 
     /// Bytes of one token position across all layers (keys and values).
-    public static func bytesPerToken(config: ModelConfig) -> Int {
-        2 * config.blockCount * config.headCountKV * max(config.keyLength, config.valueLength) * MemoryLayout<KVElement>.size
+    public static func bytesPerToken(config: ModelConfig, types: KVCacheTypes = .f16) -> Int {
+        config.blockCount * types.bytes(width: config.headCountKV * max(config.keyLength, config.valueLength))
     }
 
-    public var bytes: Int { 2 * blockElements * blockCount * MemoryLayout<KVElement>.size }
+    public var bytes: Int { (blockKeyBytes + blockValueBytes) * blockCount }
 
     @inline(__always)
-    func offset(block: Int, layer: Int, slot: Int) -> Int {
-        block * blockElements + (layer * blockSize + slot) * kvDimension
-    }
-
-    @inline(__always)
-    public func key(block: Int, layer: Int, slot: Int) -> UnsafeMutablePointer<KVElement> {
-        keys + offset(block: block, layer: layer, slot: slot)
+    public func key(block: Int, layer: Int, slot: Int) -> UnsafeMutableRawPointer {
+        keys + block * blockKeyBytes + (layer * blockSize + slot) * keyRowBytes
     }
 
     @inline(__always)
-    public func value(block: Int, layer: Int, slot: Int) -> UnsafeMutablePointer<KVElement> {
-        values + offset(block: block, layer: layer, slot: slot)
+    public func value(block: Int, layer: Int, slot: Int) -> UnsafeMutableRawPointer {
+        values + block * blockValueBytes + (layer * blockSize + slot) * valueRowBytes
     }
 
     /// Copies the first `slots` positions of every layer of block `from` into block `to`.
     public func copyBlock(from: Int, to: Int, slots: Int) {
         guard slots > 0 else { return }
         for layer in 0..<layers {
-            let src = offset(block: from, layer: layer, slot: 0), dst = offset(block: to, layer: layer, slot: 0)
-            (keys + dst).update(from: keys + src, count: slots * kvDimension)
-            (values + dst).update(from: values + src, count: slots * kvDimension)
+            key(block: to, layer: layer, slot: 0).copyMemory(from: key(block: from, layer: layer, slot: 0),
+                                                             byteCount: slots * keyRowBytes)
+            value(block: to, layer: layer, slot: 0).copyMemory(from: value(block: from, layer: layer, slot: 0),
+                                                               byteCount: slots * valueRowBytes)
         }
     }
 }
@@ -108,13 +108,15 @@ public final class PagedKVStore: KVStore, @unchecked Sendable {
 
     deinit { releaseAll() }
 
+    public var cacheTypes: KVCacheTypes { pool.cacheTypes }
+
     @inline(__always)
-    public func key(layer: Int, position: Int) -> UnsafeMutablePointer<KVElement> {
+    public func key(layer: Int, position: Int) -> UnsafeMutableRawPointer {
         pool.key(block: blocks[position / blockSize], layer: layer, slot: position % blockSize)
     }
 
     @inline(__always)
-    public func value(layer: Int, position: Int) -> UnsafeMutablePointer<KVElement> {
+    public func value(layer: Int, position: Int) -> UnsafeMutableRawPointer {
         pool.value(block: blocks[position / blockSize], layer: layer, slot: position % blockSize)
     }
 

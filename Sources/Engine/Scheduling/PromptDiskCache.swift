@@ -52,7 +52,13 @@ public final class PromptDiskCache: @unchecked Sendable {
     private var stats = Statistics()
 
     /// Bytes of one block's file.
-    var fileBytes: Int { Self.headerBytes + pool.blockSize * MemoryLayout<TokenID>.size + 2 * pool.blockElements * MemoryLayout<KVElement>.size }
+    var fileBytes: Int { Self.headerBytes + pool.blockSize * MemoryLayout<TokenID>.size + pool.blockKeyBytes + pool.blockValueBytes }
+
+    /// Header word 5: the row width and the cache types (2, the F16 element size, for an F16
+    /// cache as before there were other types), so a file of another layout is refused.
+    var layoutWord: UInt64 {
+        UInt64(pool.kvDimension) | (pool.cacheTypes.isF16 ? 2 : 0x100 | pool.cacheTypes.code) << 32
+    }
 
     /// Opens (creating) the cache for `model` under `root`; lists the files already there.
     public init(root: String, model: LoadedModel, pool: KVBlockPool, maxBytes: Int) throws {
@@ -104,15 +110,16 @@ public final class PromptDiskCache: @unchecked Sendable {
             header[2] = hash
             header[3] = parent
             header[4] = UInt64(pool.blockSize) | UInt64(pool.layers) << 32
-            header[5] = UInt64(pool.kvDimension) | UInt64(MemoryLayout<KVElement>.size) << 32
+            header[5] = layoutWord
             var offset = Self.headerBytes
             let tokenBytes = tokens.count * MemoryLayout<TokenID>.size
             tokens.withContiguousStorageIfAvailable { raw.baseAddress!.advanced(by: offset).copyMemory(from: $0.baseAddress!, byteCount: tokenBytes) }
                 ?? Array(tokens).withUnsafeBytes { raw.baseAddress!.advanced(by: offset).copyMemory(from: $0.baseAddress!, byteCount: tokenBytes) }
             offset += tokenBytes
-            let kvBytes = pool.blockElements * MemoryLayout<KVElement>.size
-            raw.baseAddress!.advanced(by: offset).copyMemory(from: pool.key(block: block, layer: 0, slot: 0), byteCount: kvBytes)
-            raw.baseAddress!.advanced(by: offset + kvBytes).copyMemory(from: pool.value(block: block, layer: 0, slot: 0), byteCount: kvBytes)
+            let keyBytes = pool.blockKeyBytes
+            raw.baseAddress!.advanced(by: offset).copyMemory(from: pool.key(block: block, layer: 0, slot: 0), byteCount: keyBytes)
+            raw.baseAddress!.advanced(by: offset + keyBytes).copyMemory(from: pool.value(block: block, layer: 0, slot: 0),
+                                                                        byteCount: pool.blockValueBytes)
             header[6] = Self.checksum(UnsafeRawBufferPointer(rebasing: raw[Self.headerBytes...]))
         }
         let contents = data
@@ -167,10 +174,11 @@ public final class PromptDiskCache: @unchecked Sendable {
             return false
         }
         data.withUnsafeBytes { raw in
-            let kvBytes = pool.blockElements * MemoryLayout<KVElement>.size
+            let keyBytes = pool.blockKeyBytes
             let offset = Self.headerBytes + pool.blockSize * MemoryLayout<TokenID>.size
-            UnsafeMutableRawPointer(pool.key(block: block, layer: 0, slot: 0)).copyMemory(from: raw.baseAddress! + offset, byteCount: kvBytes)
-            UnsafeMutableRawPointer(pool.value(block: block, layer: 0, slot: 0)).copyMemory(from: raw.baseAddress! + offset + kvBytes, byteCount: kvBytes)
+            pool.key(block: block, layer: 0, slot: 0).copyMemory(from: raw.baseAddress! + offset, byteCount: keyBytes)
+            pool.value(block: block, layer: 0, slot: 0).copyMemory(from: raw.baseAddress! + offset + keyBytes,
+                                                                   byteCount: pool.blockValueBytes)
         }
         lock.lock()
         verified.insert(hash)
@@ -184,7 +192,7 @@ public final class PromptDiskCache: @unchecked Sendable {
         func word(_ i: Int) -> UInt64 { raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self) }
         guard word(0) == Self.magic, word(1) == fingerprint, word(2) == hash, word(3) == parent,
               word(4) == UInt64(pool.blockSize) | UInt64(pool.layers) << 32,
-              word(5) == UInt64(pool.kvDimension) | UInt64(MemoryLayout<KVElement>.size) << 32,
+              word(5) == layoutWord,
               tokens.count == pool.blockSize else { return false }
         for (i, token) in tokens.enumerated()
         where raw.loadUnaligned(fromByteOffset: Self.headerBytes + i * MemoryLayout<TokenID>.size, as: TokenID.self) != token {

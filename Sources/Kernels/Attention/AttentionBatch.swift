@@ -12,9 +12,12 @@ public struct AttentionSequence: @unchecked Sendable {
     let tiled: Bool
     /// llama.cpp's cache cells when it would run its split-KV kernel (one token, 512+ cells).
     let splitCells: Int?
-    /// The half-precision key and value rows of positions 0..<firstPosition + tokens.
+    /// The key and value rows of positions 0..<firstPosition + tokens. Typed for the F16
+    /// kernels; under a quantized `cacheTypes` entry, the row's first byte (read as raw bytes).
     public let keys: UnsafeMutablePointer<UnsafePointer<Float16>>
     public let values: UnsafeMutablePointer<UnsafePointer<Float16>>
+    /// Element types of the rows: anything but F16 takes llama.cpp's one-chunk kernel.
+    public let cacheTypes: KVCacheTypes
 
     /// `key(p)` and `value(p)`: the cache rows of position p, for every p below
     /// `firstPosition + tokens` (the new tokens' rows are written through `keys` and `values`
@@ -23,6 +26,7 @@ public struct AttentionSequence: @unchecked Sendable {
     /// floats `attend` reproduces.
     @inlinable
     public init(firstRow: Int, firstPosition: Int, tokens: Int, cacheCapacity: Int, batching: ReferenceBatching,
+                cacheTypes: KVCacheTypes = .f16,
                 key: (Int) -> UnsafePointer<Float16>, value: (Int) -> UnsafePointer<Float16>) {
         let count = firstPosition + tokens
         let keys = UnsafeMutablePointer<UnsafePointer<Float16>>.allocate(capacity: count)
@@ -32,12 +36,14 @@ public struct AttentionSequence: @unchecked Sendable {
             values[p] = value(p)
         }
         self.init(firstRow: firstRow, firstPosition: firstPosition, tokens: tokens, cacheCapacity: cacheCapacity,
-                  batching: batching, keys: keys, values: values)
+                  batching: batching, cacheTypes: cacheTypes, keys: keys, values: values)
     }
 
     @usableFromInline
     init(firstRow: Int, firstPosition: Int, tokens: Int, cacheCapacity: Int, batching: ReferenceBatching,
-         keys: UnsafeMutablePointer<UnsafePointer<Float16>>, values: UnsafeMutablePointer<UnsafePointer<Float16>>) {
+         cacheTypes: KVCacheTypes, keys: UnsafeMutablePointer<UnsafePointer<Float16>>,
+         values: UnsafeMutablePointer<UnsafePointer<Float16>>) {
+        self.cacheTypes = cacheTypes
         self.firstRow = firstRow
         self.firstPosition = firstPosition
         self.tokens = tokens
@@ -46,8 +52,9 @@ public struct AttentionSequence: @unchecked Sendable {
         // llama.cpp's cache view: the used cells rounded up to 256 (at least 256), at most the
         // context; one token over 512 or more of them takes its split-KV kernel.
         let cells = min(cacheCapacity, max(256, (firstPosition + tokens + 255) / 256 * 256))
-        tiled = batching.tokens >= attentionTile
-        splitCells = batching.tokens == 1 && cells >= 512 ? cells : nil
+        // ggml runs its tiled and split-KV kernels over F16 caches only
+        tiled = cacheTypes.isF16 && batching.tokens >= attentionTile
+        splitCells = cacheTypes.isF16 && batching.tokens == 1 && cells >= 512 ? cells : nil
     }
 
     public func deallocate() {
@@ -68,6 +75,7 @@ public struct AttentionSequence: @unchecked Sendable {
 /// causal triangle's uneven rows.
 // Unchecked: heads % kvHeads == 0 and window ≥ 1 (Models' Attention.init checks the heads; windows come only from slidingWindowLayers, which yields none below 1).
 // Unchecked: K rows hold kvHeads·headDimension halves, V rows kvHeads·valueDimension (caches are sized kvHeads·max(key, value length) from ModelConfig; Linear.init checks the K/V widths).
+// Unchecked: under a quantized cache type, headDimension (keys) or valueDimension (values) is a multiple of 32 (KVCacheTypes.check, run when a model's caches are made, refuses anything else).
 public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequence], heads: Int, kvHeads: Int,
                    headDimension: Int, valueDimension: Int, scale: Float, softCap: Float? = nil, window: Int?,
                    causal: Bool = true, into out: UnsafeMutablePointer<Float>, pool: ThreadPool) {
@@ -106,11 +114,13 @@ public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequenc
     let items = work < 1 << 15 ? 1 : min(jobCount, threadCount * 8)
     nonisolated(unsafe) let (q, o) = (queries, out)
     let (seqs, runs, longestRun, headsPerJob) = (sequences, jobs, longest, together)
+    let quantizedCache = sequences.contains { !$0.cacheTypes.isF16 }
     pool.parallelFor(items) { item in
         let scratch = HeadScratch(headDimension: headDimension, positions: longestRun, valueDimension: valueDimension,
                                   heads: headsPerJob)
         let tile = TileScratch(headDimension: headDimension, valueDimension: valueDimension)
-        defer { scratch.deallocate(); tile.deallocate() }
+        let quantized = quantizedCache ? QuantizedCacheScratch(headDimension: headDimension, valueDimension: valueDimension) : nil
+        defer { scratch.deallocate(); tile.deallocate(); quantized?.deallocate() }
         for job in stride(from: item, to: jobCount, by: items) {
             let (s, r, rows, h, width) = runs[job]
             let seq = seqs[s]
@@ -120,7 +130,15 @@ public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequenc
             let last = causal ? position : seq.firstPosition + seq.tokens - 1
             let (keyOffset, valueOffset) = ((h / group) * headDimension, (h / group) * valueDimension)
             let query = q + r * queryStride + h * headDimension, output = o + r * outStride + h * valueDimension
-            if seq.tiled && causal {
+            if !seq.cacheTypes.isF16, let quantized {
+                for j in 0..<width {
+                    attendHeadRowQuantizedCache(
+                        query: query + j * headDimension, keys: seq.keys, keyOffset: keyOffset, keyType: seq.cacheTypes.key,
+                        values: seq.values, valueOffset: valueOffset, valueType: seq.cacheTypes.value,
+                        positions: first..<last + 1, headDimension: headDimension, valueDimension: valueDimension,
+                        scale: scale, softCap: softCap, scratch: quantized, into: output + j * valueDimension)
+                }
+            } else if seq.tiled && causal {
                 attendHeadTile(query: query, queryStride: queryStride, rows: rows, firstPosition: position, window: window,
                                keys: seq.keys, keyOffset: keyOffset, values: seq.values, valueOffset: valueOffset,
                                headDimension: headDimension, valueDimension: valueDimension, scale: scale,

@@ -5,7 +5,7 @@ import Foundation
 /// and sum S = Σ e^(s − M), llama.cpp's kernels finish with S' = S + e^(sₕ − M); an output that
 /// `attend` already divided by S is therefore scaled by S / S' = 1 / (1 + e^(sₕ − L)), where
 /// L = M + ln S is the scores' log-sum-exp, computed here with the kernels' score arithmetic
-/// (q rounded to half, `dotHalfGGML`, times `scale`).
+/// (q rounded to half and `dotHalfGGML` — or, for a quantized key type, its `KeyScorer` — times `scale`).
 /// `out`: `attend`'s output for the same arguments, one row of heads · valueDimension floats.
 // Unchecked: sinks.count == heads (GptOss.init checks the tensor's shape); the rest as `attend`.
 public func applyAttentionSinks(_ sinks: [Float], queries: UnsafePointer<Float>, _ sequences: [AttentionSequence],
@@ -16,8 +16,8 @@ public func applyAttentionSinks(_ sinks: [Float], queries: UnsafePointer<Float>,
     nonisolated(unsafe) let (q, o) = (queries, out)
     let seqs = sequences
     pool.parallelChunks(rows) { range in
-        let rounded = UnsafeMutablePointer<Float>.allocate(capacity: headDimension)
-        defer { rounded.deallocate() }
+        let scratch = QuantizedCacheScratch(headDimension: headDimension, valueDimension: valueDimension)
+        defer { scratch.deallocate() }
         var scores: [Float] = []
         for seq in seqs {
             let lo = max(range.lowerBound, seq.firstRow), hi = min(range.upperBound, seq.firstRow + seq.tokens)
@@ -25,11 +25,12 @@ public func applyAttentionSinks(_ sinks: [Float], queries: UnsafePointer<Float>,
                 let position = seq.firstPosition + r - seq.firstRow
                 let first = window.map { max(0, position - $0 + 1) } ?? 0
                 for h in 0..<heads {
-                    storeRoundedToHalf(q + r * heads * headDimension + h * headDimension, rounded, count: headDimension)
-                    let keyOffset = (h / group) * headDimension
+                    let scorer = KeyScorer(query: q + r * heads * headDimension + h * headDimension, count: headDimension,
+                                           keyType: seq.cacheTypes.key, scratch: scratch)
+                    let keyOffset = cacheRowOffset((h / group) * headDimension, seq.cacheTypes.key)
                     scores.removeAll(keepingCapacity: true)
                     for p in first...position {
-                        scores.append(dotHalfGGML(seq.keys[p] + keyOffset, rounded, count: headDimension) * scale)
+                        scores.append(scorer.dot(UnsafeRawPointer(seq.keys[p]) + keyOffset) * scale)
                     }
                     let maximum = scores.max() ?? -.infinity
                     let sum = scores.reduce(Float(0)) { $0 + expf($1 - maximum) }
