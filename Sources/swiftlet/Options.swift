@@ -176,7 +176,7 @@ extension KVCacheType: ExpressibleByArgument {}
 struct CacheTypeOptions: ParsableArguments {
     @Option(name: [.customLong("cache-type-k"), .customLong("ctk", withSingleDash: true)],
             help: ArgumentHelp("Key cache type: \(KVCacheType.allCases.map(\.rawValue).joined(separator: ", ")).",
-                               discussion: "q8_0 halves the KV cache's memory (about 1e-4 mean KL divergence); q4_0 quarters it."))
+                               discussion: "q8_0 stores 34 bytes per 32 elements (53 % of f16), q4_0 18 (28 %); both cost what they cost in llama.cpp."))
     var key: KVCacheType = .f16
     @Option(name: [.customLong("cache-type-v"), .customLong("ctv", withSingleDash: true)],
             help: "Value cache type: \(KVCacheType.allCases.map(\.rawValue).joined(separator: ", ")).")
