@@ -1,7 +1,10 @@
+import Engine
 import Foundation
 import GGUF
+import Kernels
 import Testing
 import TestSupport
+import Tokenization
 
 /// The `swiftlet` binary built next to this test bundle, run as a user (and scripts) would.
 struct CommandLine {
@@ -151,6 +154,35 @@ struct CommandLine {
         #expect(object["finish_reason"] as? String == "length")
         let timings = try #require(object["timings"] as? [String: Any])
         #expect(timings["generation_tokens_per_second"] is Double && timings["time_to_first_token_ms"] is Double)
+    }
+
+    /// `-ctk/-ctv` (and the long names) reach the model: `generate` with a Q8_0 cache gives the
+    /// greedy tokens of an in-process Q8_0 cache, `bench --json` reports the types and bytes per
+    /// token, and a type llama.cpp has but Swiftlet does not is refused with the choices.
+    @Test func cacheTypeFlags() throws {
+        let prompt = "The capital of France is"
+        let r = try CommandLine.run(["generate", TestSupport.smolLM2Path, prompt, "-n", "10", "--temp", "0", "-t", "2",
+                                     "-ctk", "q8_0", "--cache-type-v", "q8_0", "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let json = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        let loaded = try LoadedModel(path: TestSupport.smolLM2Path, cacheTypes: KVCacheTypes(key: .q8_0, value: .q8_0))
+        let greedy = try GeneratorTests.contiguousGreedy(
+            loaded.model, endOfGeneration: loaded.tokenizer.endOfGenerationTokens,
+            prompt: loaded.tokenizer.encode(prompt, addSpecial: true, parseSpecial: true), maxTokens: 10, cacheTypes: loaded.cacheTypes)
+        #expect((json["tokens"] as? [Int])?.map(TokenID.init) == greedy)
+
+        let bench = try CommandLine.run(["bench", TestSupport.smolLM2Path, "-t", "2", "-p", "16", "-n", "4", "-r", "1",
+                                         "-ctk", "q4_0", "-ctv", "q8_0", "--json"])
+        #expect(bench.status == 0, "\(bench.stderr)")
+        let rows = try #require(try JSONSerialization.jsonObject(with: Data(bench.stdout.utf8)) as? [[String: Any]])
+        for row in rows {
+            #expect(row["type_k"] as? String == "q4_0" && row["type_v"] as? String == "q8_0")
+            #expect(row["kv_bytes_per_token"] as? Int == 30 * (192 / 32) * (18 + 34), "SmolLM2: 30 layers of 3 × 64 keys and values")
+        }
+
+        let bad = try CommandLine.run(["generate", TestSupport.smolLM2Path, prompt, "--cache-type-k", "q5_1"])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.contains("q5_1") && bad.stderr.contains("'f16', 'q8_0' or 'q4_0'"), "\(bad.stderr)")
     }
 
     @Test func badInputsGiveClearErrorsAndNonZeroExit() throws {

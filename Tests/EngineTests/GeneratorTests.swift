@@ -49,8 +49,8 @@ import Testing
     /// Greedy decoding written out directly over a contiguous cache: the reference the paged,
     /// batched loop must reproduce token for token.
     static func contiguousGreedy(_ model: any LanguageModel, endOfGeneration: Set<TokenID>, prompt: [TokenID],
-                                 maxTokens: Int) throws -> [TokenID] {
-        let cache = model.makeCache(capacity: 512)
+                                 maxTokens: Int, cacheTypes: KVCacheTypes = .f16) throws -> [TokenID] {
+        let cache = model.makeCache(capacity: 512, types: cacheTypes)
         let pool = ThreadPool(threads: 2)
         var logits = try model.forward([BatchSequence(tokens: prompt, cache: cache)], pool: pool)[0]
         var out: [TokenID] = []
