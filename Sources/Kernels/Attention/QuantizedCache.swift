@@ -148,23 +148,49 @@ func floats(_ v: SIMD8<Int32>) -> SIMD8<Float> {
 #endif
 }
 
-/// out[i] = float(values[i]) · d for the 32 bytes of a block (ggml's Q8_0/Q4_0 `to_float`).
+/// float(values[i]) · d for the 32 bytes of a block (ggml's Q8_0/Q4_0 `to_float`), handed to
+/// `body` 8 at a time with the first element's index.
 @inline(__always)
-func storeScaled(_ values: SIMD32<Int8>, _ d: Float, into out: UnsafeMutablePointer<Float>) {
+func scaledChunks(_ values: SIMD32<Int8>, _ d: Float, _ body: (Int, SIMD8<Float>) -> Void) {
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
     let (low, high) = unsafeBitCast(values, to: (__m128i, __m128i).self)
     let scale = _mm256_set1_ps(d)
-    @inline(__always) func store(_ bytes: __m128i, _ i: Int) {  // the low 8 bytes of `bytes`
-        let f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale)
-        UnsafeMutableRawPointer(out + i).storeBytes(of: f, as: __m256.self)
+    @inline(__always) func chunk(_ bytes: __m128i) -> SIMD8<Float> {  // the low 8 bytes of `bytes`
+        unsafeBitCast(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)), scale), to: SIMD8<Float>.self)
     }
-    store(low, 0)
-    store(_mm_unpackhi_epi64(low, low), 8)
-    store(high, 16)
-    store(_mm_unpackhi_epi64(high, high), 24)
+    body(0, chunk(low))
+    body(8, chunk(_mm_unpackhi_epi64(low, low)))
+    body(16, chunk(high))
+    body(24, chunk(_mm_unpackhi_epi64(high, high)))
 #else
-    for i in 0..<32 { out[i] = Float(values[i]) * d }
+    for c in 0..<4 {
+        var f = SIMD8<Float>()
+        for i in 0..<8 { f[i] = Float(values[8 * c + i]) * d }
+        body(8 * c, f)
+    }
 #endif
+}
+
+/// acc[i] += value[i] · w (fused) over a value row segment of `type` — ggml's `to_float` then
+/// `ggml_vec_mad_f32`, without the float row in between.
+@inline(__always)
+func accumulateValueRow(_ row: UnsafeRawPointer, type: KVCacheType, count: Int, weight w: Float,
+                        into acc: UnsafeMutablePointer<Float>) {
+    switch type {
+    case .f16:
+        let h = row.assumingMemoryBound(to: Float16.self)
+        var i = 0
+        while i + 8 <= count { store8(load8(acc + i).addingProduct(load8(h + i), w), acc + i); i += 8 }
+        while i < count { acc[i] = acc[i].addingProduct(Float(h[i]), w); i += 1 }
+    case .q8_0, .q4_0:
+        let blockBytes = type.blockBytes
+        for b in 0..<count / 32 {
+            let block = row + b * blockBytes
+            let values = type == .q8_0 ? block.loadUnaligned(fromByteOffset: 2, as: SIMD32<Int8>.self) : q4_0Values(block)
+            let out = acc + 32 * b
+            scaledChunks(values, loadF16(block, 0)) { i, v in store8(load8(out + i).addingProduct(v, w), out + i) }
+        }
+    }
 }
 
 /// Per-thread buffers of `attendHeadRowQuantizedCache`.
@@ -175,21 +201,19 @@ struct QuantizedCacheScratch {
     let quantizedQuery: UnsafeMutableRawPointer
     /// Their scales as floats.
     let queryScales: UnsafeMutablePointer<Float>
-    /// The float accumulator and one value row widened to float.
+    /// The float accumulator.
     let accumulator: UnsafeMutablePointer<Float>
-    let valueRow: UnsafeMutablePointer<Float>
 
     init(headDimension: Int, valueDimension: Int) {
         query = .allocate(capacity: headDimension)
         quantizedQuery = .allocate(byteCount: 34 * (headDimension / 32 + 1), alignment: 32)
         queryScales = .allocate(capacity: headDimension / 32 + 1)
         accumulator = .allocate(capacity: valueDimension)
-        valueRow = .allocate(capacity: valueDimension)
     }
 
     func deallocate() {
         query.deallocate(); quantizedQuery.deallocate(); queryScales.deallocate()
-        accumulator.deallocate(); valueRow.deallocate()
+        accumulator.deallocate()
     }
 }
 
@@ -242,26 +266,6 @@ struct KeyScorer {
 @inline(__always)
 func cacheRowOffset(_ element: Int, _ type: KVCacheType) -> Int { type.rowBytes(element) }
 
-/// `count` elements of a value row segment of `type` at `row`, as floats (ggml's `to_float`:
-/// f16 widened, Q8_0 d·q, Q4_0 d·(q − 8)).
-@inline(__always)
-func loadValueRow(_ row: UnsafeRawPointer, type: KVCacheType, count: Int, into out: UnsafeMutablePointer<Float>) {
-    switch type {
-    case .f16:
-        let h = row.assumingMemoryBound(to: Float16.self)
-        var i = 0
-        while i + 8 <= count { store8(load8(h + i), out + i); i += 8 }
-        while i < count { out[i] = Float(h[i]); i += 1 }
-    case .q8_0, .q4_0:
-        let blockBytes = type.blockBytes
-        for b in 0..<count / 32 {
-            let block = row + b * blockBytes
-            let values = type == .q8_0 ? block.loadUnaligned(fromByteOffset: 2, as: SIMD32<Int8>.self) : q4_0Values(block)
-            storeScaled(values, loadF16(block, 0), into: out + 32 * b)
-        }
-    }
-}
-
 /// softmax(q·Kᵀ·scale)·V for one query row and head over a cache with a quantized key or value
 /// type, in the floats of ggml's `flash_attn_ext_f16_one_chunk` (the only kernel llama.cpp runs
 /// over such a cache, for any batch size): q converted for the key type (`KeyScorer`), the
@@ -278,7 +282,7 @@ func attendHeadRowQuantizedCache(query: UnsafePointer<Float>, keys: UnsafePointe
                                  into out: UnsafeMutablePointer<Float>) {
     let scorer = KeyScorer(query: query, count: headDimension, keyType: keyType, scratch: scratch)
     let keyByteOffset = cacheRowOffset(keyOffset, keyType), valueByteOffset = cacheRowOffset(valueOffset, valueType)
-    let acc = scratch.accumulator, v = scratch.valueRow
+    let acc = scratch.accumulator
     acc.initialize(repeating: 0, count: valueDimension)
     var maximum = -Float.infinity, sum: Float = 0
     for p in positions {
@@ -295,10 +299,8 @@ func attendHeadRowQuantizedCache(query: UnsafePointer<Float>, keys: UnsafePointe
         } else {
             w = expf(s - maximum)
         }
-        loadValueRow(UnsafeRawPointer(values[p]) + valueByteOffset, type: valueType, count: valueDimension, into: v)
-        var d = 0
-        while d + 8 <= valueDimension { store8(load8(acc + d).addingProduct(load8(v + d), w), acc + d); d += 8 }
-        while d < valueDimension { acc[d] = acc[d].addingProduct(v[d], w); d += 1 }
+        accumulateValueRow(UnsafeRawPointer(values[p]) + valueByteOffset, type: valueType, count: valueDimension,
+                           weight: w, into: acc)
         sum = w.addingProduct(sum, ms)
     }
     let inverse: Float = sum == 0 ? 0 : 1 / sum
