@@ -82,7 +82,7 @@ func decodeCacheRow(_ row: UnsafeRawPointer, type: KVCacheType, count: Int) -> [
         let scratch = QuantizedCacheScratch(headDimension: 96, valueDimension: 32)
         defer { scratch.deallocate() }
         let query = (0..<96).map { _ in Float.random(in: -1.5...1.5, using: &rng) }
-        let scorer = KeyScorer(query: query, count: 96, keyType: type, scratch: scratch)
+        let scorer = scratch.scorer(0, query: query, keyType: type)
         let convertedQuery: [Float]
         if type == .f16 {
             convertedQuery = query.map { Float(Float16($0)) }

@@ -131,12 +131,14 @@ public func attend(queries: UnsafePointer<Float>, _ sequences: [AttentionSequenc
             let (keyOffset, valueOffset) = ((h / group) * headDimension, (h / group) * valueDimension)
             let query = q + r * queryStride + h * headDimension, output = o + r * outStride + h * valueDimension
             if !seq.cacheTypes.isF16, let quantized {
-                for j in 0..<width {
-                    attendHeadRowQuantizedCache(
-                        query: query + j * headDimension, keys: seq.keys, keyOffset: keyOffset, keyType: seq.cacheTypes.key,
-                        values: seq.values, valueOffset: valueOffset, valueType: seq.cacheTypes.value,
-                        positions: first..<last + 1, headDimension: headDimension, valueDimension: valueDimension,
-                        scale: scale, softCap: softCap, scratch: quantized, into: output + j * valueDimension)
+                // the heads of a job share a KV group; at most maxHeads at a time
+                for j in stride(from: 0, to: width, by: QuantizedCacheScratch.maxHeads) {
+                    attendHeadsRowQuantizedCache(
+                        query: query + j * headDimension, heads: min(QuantizedCacheScratch.maxHeads, width - j),
+                        keys: seq.keys, keyOffset: keyOffset, keyType: seq.cacheTypes.key, values: seq.values,
+                        valueOffset: valueOffset, valueType: seq.cacheTypes.value, positions: first..<last + 1,
+                        headDimension: headDimension, valueDimension: valueDimension, scale: scale, softCap: softCap,
+                        scratch: quantized, into: output + j * valueDimension)
                 }
             } else if seq.tiled && causal {
                 attendHeadTile(query: query, queryStride: queryStride, rows: rows, firstPosition: position, window: window,

@@ -25,8 +25,8 @@ public func applyAttentionSinks(_ sinks: [Float], queries: UnsafePointer<Float>,
                 let position = seq.firstPosition + r - seq.firstRow
                 let first = window.map { max(0, position - $0 + 1) } ?? 0
                 for h in 0..<heads {
-                    let scorer = KeyScorer(query: q + r * heads * headDimension + h * headDimension, count: headDimension,
-                                           keyType: seq.cacheTypes.key, scratch: scratch)
+                    let scorer = scratch.scorer(0, query: q + r * heads * headDimension + h * headDimension,
+                                                keyType: seq.cacheTypes.key)
                     let keyOffset = cacheRowOffset((h / group) * headDimension, seq.cacheTypes.key)
                     scores.removeAll(keepingCapacity: true)
                     for p in first...position {

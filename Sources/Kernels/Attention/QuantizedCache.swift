@@ -193,27 +193,42 @@ func accumulateValueRow(_ row: UnsafeRawPointer, type: KVCacheType, count: Int, 
     }
 }
 
-/// Per-thread buffers of `attendHeadRowQuantizedCache`.
+/// Per-thread buffers of `attendHeadsRowQuantizedCache` for up to `maxHeads` heads at once.
 struct QuantizedCacheScratch {
-    /// The query rounded to half (F16 keys).
+    static let maxHeads = 4
+    let headDimension: Int, valueDimension: Int
+    /// Per head: the query rounded to half (F16 keys).
     let query: UnsafeMutablePointer<Float>
-    /// The query as Q8_0 (quantized keys): 32-element blocks of bytes (f16 scale + values).
+    /// Per head: the query as Q8_0 (quantized keys), 32-element blocks of an f16 scale + bytes.
     let quantizedQuery: UnsafeMutableRawPointer
-    /// Their scales as floats.
+    /// Per head: those blocks' scales as floats.
     let queryScales: UnsafeMutablePointer<Float>
-    /// The float accumulator.
+    /// Per head: the float accumulator.
     let accumulator: UnsafeMutablePointer<Float>
+    /// One value row in float, shared by the heads of a group.
+    let valueRow: UnsafeMutablePointer<Float>
 
     init(headDimension: Int, valueDimension: Int) {
-        query = .allocate(capacity: headDimension)
-        quantizedQuery = .allocate(byteCount: 34 * (headDimension / 32 + 1), alignment: 32)
-        queryScales = .allocate(capacity: headDimension / 32 + 1)
-        accumulator = .allocate(capacity: valueDimension)
+        self.headDimension = headDimension
+        self.valueDimension = valueDimension
+        let heads = Self.maxHeads, blocks = headDimension / 32 + 1
+        query = .allocate(capacity: headDimension * heads)
+        quantizedQuery = .allocate(byteCount: 34 * blocks * heads, alignment: 32)
+        queryScales = .allocate(capacity: blocks * heads)
+        accumulator = .allocate(capacity: valueDimension * heads)
+        valueRow = .allocate(capacity: valueDimension)
     }
 
     func deallocate() {
         query.deallocate(); quantizedQuery.deallocate(); queryScales.deallocate()
-        accumulator.deallocate()
+        accumulator.deallocate(); valueRow.deallocate()
+    }
+
+    /// Head j's query converted for `keyType`.
+    func scorer(_ j: Int, query q: UnsafePointer<Float>, keyType: KVCacheType) -> KeyScorer {
+        let blocks = headDimension / 32 + 1
+        return KeyScorer(query: q, count: headDimension, keyType: keyType, rounded: query + j * headDimension,
+                         quantized: quantizedQuery + 34 * blocks * j, scales: queryScales + blocks * j)
     }
 }
 
@@ -222,18 +237,21 @@ struct QuantizedCacheScratch {
 struct KeyScorer {
     let type: KVCacheType
     let count: Int
-    let scratch: QuantizedCacheScratch
+    let rounded: UnsafeMutablePointer<Float>
+    let quantized: UnsafeMutableRawPointer
+    let scales: UnsafeMutablePointer<Float>
 
-    init(query: UnsafePointer<Float>, count: Int, keyType: KVCacheType, scratch: QuantizedCacheScratch) {
+    init(query: UnsafePointer<Float>, count: Int, keyType: KVCacheType, rounded: UnsafeMutablePointer<Float>,
+         quantized: UnsafeMutableRawPointer, scales: UnsafeMutablePointer<Float>) {
         type = keyType
         self.count = count
-        self.scratch = scratch
+        self.rounded = rounded
+        self.quantized = quantized
+        self.scales = scales
         if keyType == .f16 {
-            storeRoundedToHalf(query, scratch.query, count: count)
+            storeRoundedToHalf(query, rounded, count: count)
         } else {
-            for b in 0..<count / 32 {
-                quantizeQ8_0Nearest(query + 32 * b, scale: scratch.queryScales + b, scratch.quantizedQuery + 34 * b)
-            }
+            for b in 0..<count / 32 { quantizeQ8_0Nearest(query + 32 * b, scale: scales + b, quantized + 34 * b) }
         }
     }
 
@@ -242,9 +260,9 @@ struct KeyScorer {
     /// block's integer lanes accumulated fused into 8 float lanes, then `hsum`.
     @inline(__always)
     func dot(_ key: UnsafeRawPointer) -> Float {
-        if type == .f16 { return dotHalfGGML(key.assumingMemoryBound(to: Float16.self), scratch.query, count: count) }
+        if type == .f16 { return dotHalfGGML(key.assumingMemoryBound(to: Float16.self), rounded, count: count) }
         var acc = SIMD8<Float>()
-        let q = UnsafeRawPointer(scratch.quantizedQuery)
+        let q = UnsafeRawPointer(quantized)
         for b in 0..<count / 32 {
             let qValues = q.loadUnaligned(fromByteOffset: 34 * b + 2, as: SIMD32<Int8>.self)
             let block: UnsafeRawPointer, kValues: SIMD32<Int8>
@@ -255,7 +273,7 @@ struct KeyScorer {
                 block = key + 18 * b
                 kValues = q4_0Values(block)
             }
-            let d = loadF16(block, 0) * scratch.queryScales[b]
+            let d = loadF16(block, 0) * scales[b]
             acc = acc.addingProduct(floats(quadDotProducts(kValues, qValues)), d)
         }
         return hsum(acc)
@@ -273,40 +291,79 @@ func cacheRowOffset(_ element: Int, _ type: KVCacheType) -> Int { type.rowBytes(
 /// accumulator scaled by ms, w = 1; else w = e^(s − max) — the value row converted to float
 /// and accumulated *in float* (acc += v·w fused), S = S·ms + w fused, out = acc · (1/S).
 /// (F16 values under quantized keys also accumulate in float here; ggml keeps those in half.)
-/// `keys`/`values`: the cache rows of each position, as raw row addresses (see
-/// `AttentionSequence`); `keyOffset`/`valueOffset`: the head's first element in a row.
-func attendHeadRowQuantizedCache(query: UnsafePointer<Float>, keys: UnsafePointer<UnsafePointer<Float16>>, keyOffset: Int,
-                                 keyType: KVCacheType, values: UnsafePointer<UnsafePointer<Float16>>, valueOffset: Int,
-                                 valueType: KVCacheType, positions: Range<Int>, headDimension: Int, valueDimension: Int,
-                                 scale: Float, softCap: Float, scratch: QuantizedCacheScratch,
-                                 into out: UnsafeMutablePointer<Float>) {
-    let scorer = KeyScorer(query: query, count: headDimension, keyType: keyType, scratch: scratch)
+/// `heads` (≤ `QuantizedCacheScratch.maxHeads`) consecutive query heads of one KV group go
+/// together (head j's query at `query + j · headDimension`, output at `out + j · valueDimension`):
+/// each key and value row is read and converted once for all of them; each head's floats are
+/// its own, as if alone. `keys`/`values`: the cache rows of each position, as raw row
+/// addresses (see `AttentionSequence`); `keyOffset`/`valueOffset`: the group's first element in a row.
+func attendHeadsRowQuantizedCache(query: UnsafePointer<Float>, heads: Int, keys: UnsafePointer<UnsafePointer<Float16>>,
+                                  keyOffset: Int, keyType: KVCacheType, values: UnsafePointer<UnsafePointer<Float16>>,
+                                  valueOffset: Int, valueType: KVCacheType, positions: Range<Int>, headDimension: Int,
+                                  valueDimension: Int, scale: Float, softCap: Float, scratch: QuantizedCacheScratch,
+                                  into out: UnsafeMutablePointer<Float>) {
+    let scorers = (0..<heads).map { scratch.scorer($0, query: query + $0 * headDimension, keyType: keyType) }
     let keyByteOffset = cacheRowOffset(keyOffset, keyType), valueByteOffset = cacheRowOffset(valueOffset, valueType)
-    let acc = scratch.accumulator
-    acc.initialize(repeating: 0, count: valueDimension)
-    var maximum = -Float.infinity, sum: Float = 0
-    for p in positions {
-        var s = scorer.dot(UnsafeRawPointer(keys[p]) + keyByteOffset) * scale
-        if softCap != 0 { s = softCap * tanhf(s) }
-        var ms: Float = 1, w: Float = 1
-        if s > maximum {
-            let old = maximum
-            maximum = s
-            ms = expf(old - maximum)
-            var d = 0
-            while d + 8 <= valueDimension { store8(load8(acc + d) * ms, acc + d); d += 8 }
-            while d < valueDimension { acc[d] *= ms; d += 1 }
-        } else {
-            w = expf(s - maximum)
+    let accumulators = scratch.accumulator, v = scratch.valueRow
+    accumulators.initialize(repeating: 0, count: valueDimension * heads)
+    withUnsafeTemporaryAllocation(of: (maximum: Float, sum: Float).self, capacity: heads) { state in
+        for j in 0..<heads { state[j] = (-Float.infinity, 0) }
+        for p in positions {
+            let key = UnsafeRawPointer(keys[p]) + keyByteOffset, value = UnsafeRawPointer(values[p]) + valueByteOffset
+            if heads > 1 { loadValueRow(value, type: valueType, count: valueDimension, into: v) }
+            for j in 0..<heads {
+                let acc = accumulators + j * valueDimension
+                var s = scorers[j].dot(key) * scale
+                if softCap != 0 { s = softCap * tanhf(s) }
+                var ms: Float = 1, w: Float = 1
+                if s > state[j].maximum {
+                    let old = state[j].maximum
+                    state[j].maximum = s
+                    ms = expf(old - s)
+                    var d = 0
+                    while d + 8 <= valueDimension { store8(load8(acc + d) * ms, acc + d); d += 8 }
+                    while d < valueDimension { acc[d] *= ms; d += 1 }
+                } else {
+                    w = expf(s - state[j].maximum)
+                }
+                if heads > 1 {
+                    var d = 0
+                    while d + 8 <= valueDimension { store8(load8(acc + d).addingProduct(load8(v + d), w), acc + d); d += 8 }
+                    while d < valueDimension { acc[d] = acc[d].addingProduct(v[d], w); d += 1 }
+                } else {
+                    accumulateValueRow(value, type: valueType, count: valueDimension, weight: w, into: acc)
+                }
+                state[j].sum = w.addingProduct(state[j].sum, ms)
+            }
         }
-        accumulateValueRow(UnsafeRawPointer(values[p]) + valueByteOffset, type: valueType, count: valueDimension,
-                           weight: w, into: acc)
-        sum = w.addingProduct(sum, ms)
+        for j in 0..<heads {
+            let acc = accumulators + j * valueDimension, o = out + j * valueDimension
+            let inverse: Float = state[j].sum == 0 ? 0 : 1 / state[j].sum
+            var d = 0
+            while d + 8 <= valueDimension { store8(load8(acc + d) * inverse, o + d); d += 8 }
+            while d < valueDimension { o[d] = acc[d] * inverse; d += 1 }
+        }
     }
-    let inverse: Float = sum == 0 ? 0 : 1 / sum
-    var d = 0
-    while d + 8 <= valueDimension { store8(load8(acc + d) * inverse, out + d); d += 8 }
-    while d < valueDimension { out[d] = acc[d] * inverse; d += 1 }
+}
+
+/// `count` elements of a value row segment of `type` at `row`, as floats (ggml's `to_float`:
+/// f16 widened, Q8_0 d·q, Q4_0 d·(q − 8)).
+@inline(__always)
+func loadValueRow(_ row: UnsafeRawPointer, type: KVCacheType, count: Int, into out: UnsafeMutablePointer<Float>) {
+    switch type {
+    case .f16:
+        let h = row.assumingMemoryBound(to: Float16.self)
+        var i = 0
+        while i + 8 <= count { store8(load8(h + i), out + i); i += 8 }
+        while i < count { out[i] = Float(h[i]); i += 1 }
+    case .q8_0, .q4_0:
+        let blockBytes = type.blockBytes
+        for b in 0..<count / 32 {
+            let block = row + b * blockBytes
+            let values = type == .q8_0 ? block.loadUnaligned(fromByteOffset: 2, as: SIMD32<Int8>.self) : q4_0Values(block)
+            let chunk = out + 32 * b
+            scaledChunks(values, loadF16(block, 0)) { i, x in store8(x, chunk + i) }
+        }
+    }
 }
 
 /// A cache type the model's head widths do not allow.
