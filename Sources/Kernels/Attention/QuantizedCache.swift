@@ -171,26 +171,31 @@ func scaledChunks(_ values: SIMD32<Int8>, _ d: Float, _ body: (Int, SIMD8<Float>
 #endif
 }
 
+/// The `count` elements (whole blocks) of a Q8_0 or Q4_0 value row segment at `row` as floats
+/// (ggml's `to_float`: d·q, d·(q − 8)), handed to `body` 8 at a time with the first index.
+@inline(__always)
+func quantizedValueChunks(_ row: UnsafeRawPointer, type: KVCacheType, count: Int, _ body: (Int, SIMD8<Float>) -> Void) {
+    let blockBytes = type.blockBytes
+    for b in 0..<count / 32 {
+        let block = row + b * blockBytes
+        let values = type == .q8_0 ? block.loadUnaligned(fromByteOffset: 2, as: SIMD32<Int8>.self) : q4_0Values(block)
+        scaledChunks(values, loadF16(block, 0)) { i, v in body(32 * b + i, v) }
+    }
+}
+
 /// acc[i] += value[i] · w (fused) over a value row segment of `type` — ggml's `to_float` then
 /// `ggml_vec_mad_f32`, without the float row in between.
 @inline(__always)
 func accumulateValueRow(_ row: UnsafeRawPointer, type: KVCacheType, count: Int, weight w: Float,
                         into acc: UnsafeMutablePointer<Float>) {
-    switch type {
-    case .f16:
-        let h = row.assumingMemoryBound(to: Float16.self)
-        var i = 0
-        while i + 8 <= count { store8(load8(acc + i).addingProduct(load8(h + i), w), acc + i); i += 8 }
-        while i < count { acc[i] = acc[i].addingProduct(Float(h[i]), w); i += 1 }
-    case .q8_0, .q4_0:
-        let blockBytes = type.blockBytes
-        for b in 0..<count / 32 {
-            let block = row + b * blockBytes
-            let values = type == .q8_0 ? block.loadUnaligned(fromByteOffset: 2, as: SIMD32<Int8>.self) : q4_0Values(block)
-            let out = acc + 32 * b
-            scaledChunks(values, loadF16(block, 0)) { i, v in store8(load8(out + i).addingProduct(v, w), out + i) }
-        }
+    guard type == .f16 else {
+        quantizedValueChunks(row, type: type, count: count) { i, v in store8(load8(acc + i).addingProduct(v, w), acc + i) }
+        return
     }
+    let h = row.assumingMemoryBound(to: Float16.self)
+    var i = 0
+    while i + 8 <= count { store8(load8(acc + i).addingProduct(load8(h + i), w), acc + i); i += 8 }
+    while i < count { acc[i] = acc[i].addingProduct(Float(h[i]), w); i += 1 }
 }
 
 /// Per-thread buffers of `attendHeadsRowQuantizedCache` for up to `maxHeads` heads at once.
@@ -345,25 +350,18 @@ func attendHeadsRowQuantizedCache(query: UnsafePointer<Float>, heads: Int, keys:
     }
 }
 
-/// `count` elements of a value row segment of `type` at `row`, as floats (ggml's `to_float`:
-/// f16 widened, Q8_0 d·q, Q4_0 d·(q − 8)).
+/// `count` elements of a value row segment of `type` at `row`, as floats (f16 widened, the
+/// quantized types as `quantizedValueChunks`).
 @inline(__always)
 func loadValueRow(_ row: UnsafeRawPointer, type: KVCacheType, count: Int, into out: UnsafeMutablePointer<Float>) {
-    switch type {
-    case .f16:
-        let h = row.assumingMemoryBound(to: Float16.self)
-        var i = 0
-        while i + 8 <= count { store8(load8(h + i), out + i); i += 8 }
-        while i < count { out[i] = Float(h[i]); i += 1 }
-    case .q8_0, .q4_0:
-        let blockBytes = type.blockBytes
-        for b in 0..<count / 32 {
-            let block = row + b * blockBytes
-            let values = type == .q8_0 ? block.loadUnaligned(fromByteOffset: 2, as: SIMD32<Int8>.self) : q4_0Values(block)
-            let chunk = out + 32 * b
-            scaledChunks(values, loadF16(block, 0)) { i, x in store8(x, chunk + i) }
-        }
+    guard type == .f16 else {
+        quantizedValueChunks(row, type: type, count: count) { i, v in store8(v, out + i) }
+        return
     }
+    let h = row.assumingMemoryBound(to: Float16.self)
+    var i = 0
+    while i + 8 <= count { store8(load8(h + i), out + i); i += 8 }
+    while i < count { out[i] = Float(h[i]); i += 1 }
 }
 
 /// A cache type the model's head widths do not allow.
