@@ -156,7 +156,7 @@ func avx512TiledRows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: I
                      _ y: UnsafeMutablePointer<Float>) -> Bool {
     guard CPUDispatch.useAVX512(w.type, tokens: tokens) else { return false }
     return avx512TiledRows(w.type, tiles: w.data, rows: w.rows, columns: w.columns, act: act.avx512, tokens: tokens,
-                           range: rows, y: y)
+                           range: rows, y: y, blockTotals: w.summation == .blockTotals)
 }
 
 /// GGUF bytes of rows `rows` of a tiled matrix.

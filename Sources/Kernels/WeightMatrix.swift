@@ -20,6 +20,9 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Bytes of one row in GGUF order (also for tiled matrices: the rows' total is unchanged).
     public let rowBytes: Int
     public let layout: Layout
+    /// How the products of a tiled matrix add up (see `ProductSummation`); a matrix in GGUF
+    /// layout always takes llama.cpp's order.
+    public let summation: ProductSummation
     let owner: AnyObject?
 
     public init(type: TensorType, data: UnsafeRawPointer, rows: Int, columns: Int) {
@@ -38,16 +41,19 @@ public struct WeightMatrix: @unchecked Sendable {
         }
         self.rowBytes = rowBytes
         layout = .rows
+        summation = .llamaCpp
         self.owner = owner
     }
 
-    init(tiledFrom source: WeightMatrix, data: UnsafeRawPointer, groupBytes: Int, owner: AnyObject) {
+    init(tiledFrom source: WeightMatrix, data: UnsafeRawPointer, groupBytes: Int, summation: ProductSummation,
+         owner: AnyObject) {
         type = source.type
         self.data = data
         rows = source.rows
         columns = source.columns
         rowBytes = source.rowBytes
         layout = .rowTiles16(groupBytes: groupBytes)
+        self.summation = summation
         self.owner = owner
     }
 

@@ -22,6 +22,24 @@ public enum WeightRepacking {
         !["0", "false", "off", "no"].contains(ProcessInfo.processInfo.environment["SWIFTLET_REPACK"]?.lowercased() ?? "")
 }
 
+/// The order in which a quantized matrix product's terms are added. The integer products inside
+/// a 32-element block are exact in either; what differs is where they become floats, and so the
+/// last bits of every output (the fidelity policy in the README bounds the difference).
+public enum ProductSummation: String, Sendable, CaseIterable {
+    /// llama.cpp's: a block's 8 four-element integer sums each converted and added to its own
+    /// float chain, the 8 chains summed at the end (`hsum_float_8`). Bitwise llama.cpp's results.
+    case llamaCpp = "llama.cpp"
+    /// A block's integer products summed exactly first, then one conversion and one FMA per
+    /// block: a third of the float work. The AVX-512 tile kernels' default.
+    case blockTotals = "block"
+
+    /// What matrices tiled in this task use (`WeightMatrix.withRowTiles`): `blockTotals` unless
+    /// `SWIFTLET_SUMS=llama.cpp`. Matrices in GGUF layout (AVX2 kernels, `--mem-budget`,
+    /// `SWIFTLET_REPACK=0`) always take llama.cpp's order.
+    @TaskLocal public static var forTiles: ProductSummation =
+        ProcessInfo.processInfo.environment["SWIFTLET_SUMS"]?.lowercased() == "llama.cpp" ? .llamaCpp : .blockTotals
+}
+
 final class TileStorage {
     let pointer: UnsafeMutableRawPointer
     init(bytes: Int) { pointer = .allocate(byteCount: max(bytes, 64), alignment: 64) }
@@ -32,7 +50,8 @@ extension WeightMatrix {
     /// This matrix in 16-row tiles, or nil when the AVX-512 kernels are not in use, the type
     /// has no tile layout, or the rows are not a multiple of 16 (or it is tiled already).
     /// `consumed` is told each stretch of the source bytes once it has been copied.
-    public func withRowTiles(consumed: (UnsafeRawBufferPointer) -> Void = { _ in }) -> WeightMatrix? {
+    public func withRowTiles(summation: ProductSummation = ProductSummation.forTiles,
+                             consumed: (UnsafeRawBufferPointer) -> Void = { _ in }) -> WeightMatrix? {
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
         guard layout == .rows, CPUDispatch.current == .avx512, rows % 16 == 0, rows > 0,
               let groupBytes = rowTileGroupBytes(type, columns: columns) else { return nil }
@@ -45,7 +64,8 @@ extension WeightMatrix {
                                destination: storage.pointer + r0 / 16 * groupBytes) else { return nil }
             consumed(UnsafeRawBufferPointer(start: data + r0 * rowBytes, count: n * rowBytes))
         }
-        return WeightMatrix(tiledFrom: self, data: storage.pointer, groupBytes: groupBytes, owner: storage)
+        return WeightMatrix(tiledFrom: self, data: storage.pointer, groupBytes: groupBytes, summation: summation,
+                            owner: storage)
 #else
         return nil
 #endif

@@ -426,7 +426,7 @@ struct PairKernel<F: PairFormat>: RowKernel {
             for p in 0..<pairs { transpose16(k, regs + p * 16, tmp) }
             let storeMask = UInt16(truncatingIfNeeded: (1 << nr) - 1)
             forTokenPairs(tokens) { t0, nt in
-                tileDot(F.self, nb, act, t0, nt, y + t0 * m.rows + r0, m.rows, storeMask) { b in
+                tileDot(F.self, nb, act, t0, nt, y + t0 * m.rows + r0, m.rows, storeMask, blockTotals: false) { b in
                     let v = regs + 8 * b
                     return (v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7])
                 } scales: { b in

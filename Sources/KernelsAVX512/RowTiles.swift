@@ -139,14 +139,22 @@ public func unpackRowTiles(_ type: TensorType, tiles: UnsafeRawPointer, columns:
 @inline(never)
 public func avx512TiledRows(_ type: TensorType, tiles: UnsafeRawPointer, rows: Int, columns: Int,
                             act: AVX512Activations, tokens: Int, range: Range<Int>,
-                            y: UnsafeMutablePointer<Float>) -> Bool {
+                            y: UnsafeMutablePointer<Float>, blockTotals: Bool) -> Bool {
     guard let t = TileLayout(type, columns: columns) else { return false }
+    // literal flags, so each form is its own specialization of the inlined kernel
+    @inline(__always) func run<F: PairFormat>(_ f: F.Type) {
+        if blockTotals {
+            tiledRows(f, t, tiles, rows, act, tokens, range, y, blockTotals: true)
+        } else {
+            tiledRows(f, t, tiles, rows, act, tokens, range, y, blockTotals: false)
+        }
+    }
     switch type {
-    case .q4_0: tiledRows(P4_0.self, t, tiles, rows, act, tokens, range, y)
-    case .q4_1: tiledRows(P4_1.self, t, tiles, rows, act, tokens, range, y)
-    case .q5_0: tiledRows(P5_0.self, t, tiles, rows, act, tokens, range, y)
-    case .q5_1: tiledRows(P5_1.self, t, tiles, rows, act, tokens, range, y)
-    case .q8_0: tiledRows(P8_0.self, t, tiles, rows, act, tokens, range, y)
+    case .q4_0: run(P4_0.self)
+    case .q4_1: run(P4_1.self)
+    case .q5_0: run(P5_0.self)
+    case .q5_1: run(P5_1.self)
+    case .q8_0: run(P8_0.self)
     default: return false
     }
     return true
@@ -168,7 +176,7 @@ typealias Lanes8 = (__m512i, __m512i, __m512i, __m512i, __m512i, __m512i, __m512
 @inline(__always)
 func tiledRows<F: PairFormat>(_ f: F.Type, _ t: TileLayout, _ tiles: UnsafeRawPointer, _ rows: Int,
                               _ act: AVX512Activations, _ tokens: Int, _ range: Range<Int>,
-                              _ y: UnsafeMutablePointer<Float>) {
+                              _ y: UnsafeMutablePointer<Float>, blockTotals: Bool) {
     let nb = t.nb
     let low4 = _mm512_set1_epi8(0x0F), bit4 = _mm512_set1_epi8(0x10)
     let scratchBytes = tokens >= tileScratchMinTokens ? nb * (8 * 64 + 2 * 64) : 0
@@ -222,7 +230,7 @@ func tiledRows<F: PairFormat>(_ f: F.Type, _ t: TileLayout, _ tiles: UnsafeRawPo
                 sScales[2 * b] = s.0; sScales[2 * b + 1] = s.1
             }
             forTokenPairs(tokens) { t0, nt in
-                tileDot(F.self, nb, act, t0, nt, out + t0 * rows, rows, storeMask) { b in
+                tileDot(F.self, nb, act, t0, nt, out + t0 * rows, rows, storeMask, blockTotals: blockTotals) { b in
                     let w = sLanes + 8 * b
                     return (w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7])
                 } scales: { b in (sScales[2 * b], sScales[2 * b + 1]) }
@@ -232,14 +240,15 @@ func tiledRows<F: PairFormat>(_ f: F.Type, _ t: TileLayout, _ tiles: UnsafeRawPo
             // `tilePrefetchDistance` bytes ahead, spread evenly over the group's blocks.
             let chunk = (t.groupBytes / nb + 63) / 64 * 64
             let ahead = group + tilePrefetchDistance
-            tileDot(F.self, nb, act, 0, 1, out, rows, storeMask, lanes: { b in
+            tileDot(F.self, nb, act, 0, 1, out, rows, storeMask, blockTotals: blockTotals, lanes: { b in
                 let p = ahead + b * chunk
                 for k in stride(from: 0, to: chunk, by: 64) { swiftlet_prefetch_l2(p + k) }
                 return lanes(b)
             }, scales: scales)
         } else {
             forTokenPairs(tokens) { t0, nt in
-                tileDot(F.self, nb, act, t0, nt, out + t0 * rows, rows, storeMask, lanes: lanes, scales: scales)
+                tileDot(F.self, nb, act, t0, nt, out + t0 * rows, rows, storeMask, blockTotals: blockTotals,
+                        lanes: lanes, scales: scales)
             }
         }
         g += 1
@@ -266,7 +275,7 @@ func forTokenPairs(_ tokens: Int, _ body: (Int, Int) -> Void) {
 @inline(__always)
 func tileDot<F: PairFormat>(_ f: F.Type, _ nb: Int, _ act: AVX512Activations, _ t0: Int, _ nt: Int,
                             _ out: UnsafeMutablePointer<Float>, _ outStride: Int, _ storeMask: UInt16,
-                            lanes: (Int) -> Lanes8, scales: (Int) -> (__m512, __m512)) {
+                            blockTotals: Bool, lanes: (Int) -> Lanes8, scales: (Int) -> (__m512, __m512)) {
     let cols = act.columns
     let q = UnsafeRawPointer(act.q + t0 * cols)
     let ds = act.ds + 2 * t0 * nb
@@ -281,6 +290,43 @@ func tileDot<F: PairFormat>(_ f: F.Type, _ nb: Int, _ act: AVX512Activations, _ 
         if F.offsetSlot >= 0 { i = _mm512_set1_epi32(offsets[8 * (j * nb + b) + l]) }
         let x = _mm512_set1_epi32(q.loadUnaligned(fromByteOffset: j * cols + 32 * b + 4 * l, as: Int32.self))
         acc = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, wk, x)), acc)
+    }
+
+    if blockTotals {
+        // Per row: s = fma(d·dx, Float(block's exact integer dot), s) over the blocks, one chain
+        // (offsets and the min term as in the lane form below). Fewer conversions and FMAs
+        // than llama.cpp's 8 lane chains: other floats, bounded by the fidelity tests.
+        var s0 = zero, s1 = zero
+        for b in 0..<nb {
+            let (dv, mv) = scales(b)
+            let f0 = _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * b]))
+            let f1 = nt > 1 ? _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * (nb + b)])) : zero
+            if F.hasMin {
+                m0 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * b + 1]), m0)
+                if nt > 1 { m1 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * (nb + b) + 1]), m1) }
+            }
+            let w = lanes(b)
+            @inline(__always)
+            func total(_ j: Int) -> __m512i {
+                var even = _mm512_setzero_si512(), odd = even
+                if F.offsetSlot >= 0 {
+                    let o = offsets + 8 * (j * nb + b)
+                    even = _mm512_set1_epi32(((o[0] &+ o[1]) &+ (o[2] &+ o[3])) &+ ((o[4] &+ o[5]) &+ (o[6] &+ o[7])))
+                }
+                let x = q + j * cols + 32 * b
+                @inline(__always) func xs(_ l: Int) -> __m512i { _mm512_set1_epi32(x.loadUnaligned(fromByteOffset: 4 * l, as: Int32.self)) }
+                even = _mm512_dpbusd_epi32(even, w.0, xs(0)); odd = _mm512_dpbusd_epi32(odd, w.1, xs(1))
+                even = _mm512_dpbusd_epi32(even, w.2, xs(2)); odd = _mm512_dpbusd_epi32(odd, w.3, xs(3))
+                even = _mm512_dpbusd_epi32(even, w.4, xs(4)); odd = _mm512_dpbusd_epi32(odd, w.5, xs(5))
+                even = _mm512_dpbusd_epi32(even, w.6, xs(6)); odd = _mm512_dpbusd_epi32(odd, w.7, xs(7))
+                return _mm512_add_epi32(even, odd)
+            }
+            s0 = _mm512_fmadd_ps(f0, _mm512_cvtepi32_ps(total(0)), s0)
+            if nt > 1 { s1 = _mm512_fmadd_ps(f1, _mm512_cvtepi32_ps(total(1)), s1) }
+        }
+        _mm512_mask_storeu_ps(out, storeMask, F.hasMin ? _mm512_add_ps(s0, m0) : s0)
+        if nt > 1 { _mm512_mask_storeu_ps(out + outStride, storeMask, F.hasMin ? _mm512_add_ps(s1, m1) : s1) }
+        return
     }
 
     for b in 0..<nb {

@@ -72,6 +72,21 @@ import Testing
         }
     }
 
+    /// `ProductSummation.blockTotals`: each block's 32 integer products summed exactly, then
+    /// one FMA per block into one chain; the min term as in `reference`.
+    static func referenceBlockTotals(_ c: MatMulCase, _ x: [Float], tokens: Int) -> [Float] {
+        outputs(c, x, tokens: tokens, quantize: quantize) { row, xq, _ in
+            var sum: Float = 0, summs: Float = 0
+            for (b, xb) in xq.enumerated() {
+                let (v, d, m) = block(c.type, row + b * c.type.blockBytes)
+                let total = (0..<32).reduce(Int32(0)) { $0 + v[$1] * xb.q[$1] }
+                sum = sum.addingProduct(d * xb.d, Float(total))
+                summs = summs.addingProduct(m, xb.s)
+            }
+            return c.type == .q4_1 || c.type == .q5_1 ? sum + summs : sum
+        }
+    }
+
     /// quantize_row_q8_K: d = 1/iscale with |iscale| = 127/amax (the sign convention, which
     /// llama.cpp takes from the largest element, cancels in every product).
     static func quantizeK(_ x: ArraySlice<Float>) -> (q: [Int32], d: Float, bsums: [Int32]) {

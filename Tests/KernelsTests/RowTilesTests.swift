@@ -4,17 +4,20 @@ import Testing
 @testable import Kernels
 
 /// Matrices repacked into 16-row tiles (`WeightMatrix.withRowTiles`) must give bitwise the
-/// outputs of the GGUF layout, under either kernel family, for any row split. Tiles exist only
-/// where the AVX-512 kernels run.
+/// outputs of the GGUF layout, under either kernel family, for any row split, when they sum in
+/// llama.cpp's order; summing block totals, bitwise the floats of that definition. Tiles exist
+/// only where the AVX-512 kernels run.
 @Suite(.serialized, .enabled(if: hasAVX512, needsAVX512)) struct RowTilesTests {
     static let types: [TensorType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0]
 
     /// (untiled, tiled) outputs of `tokens` tokens.
-    func outputs(_ c: MatMulCase, tokens: Int, pool: ThreadPool, isa: KernelISA) throws -> ([Float], [Float]) {
+    func outputs(_ c: MatMulCase, tokens: Int, pool: ThreadPool, isa: KernelISA,
+                 summation: ProductSummation = .llamaCpp) throws -> ([Float], [Float]) {
         let x = randomInput(tokens: tokens, columns: c.columns, seed: 7 &+ UInt64(tokens))
         return try c.weights.withUnsafeBytes { wb -> ([Float], [Float]) in
             let w = WeightMatrix(type: c.type, data: wb.baseAddress!, rows: c.rows, columns: c.columns)
-            let tiled = try #require(CPUDispatch.with(.avx512, { w.withRowTiles() }), "\(c.type) \(c.rows)×\(c.columns) was not tiled")
+            let tiled = try #require(CPUDispatch.with(.avx512, { w.withRowTiles(summation: summation) }),
+                                     "\(c.type) \(c.rows)×\(c.columns) was not tiled")
             func run(_ m: WeightMatrix) -> [Float] {
                 var y = [Float](repeating: .nan, count: tokens * c.rows)
                 x.withUnsafeBufferPointer { xb in
@@ -38,6 +41,21 @@ import Testing
         }
     }
 
+    /// Block totals (`ProductSummation.blockTotals`, the default for tiles): per row and token,
+    /// s = fma(d·dx, Float(Σ of the block's 32 integer products), s) block by block, plus
+    /// llama.cpp's min chain for Q4_1/Q5_1 — bitwise, for every token count and row split.
+    @Test(arguments: types, [1, 2, 5, 16, 33])
+    func blockTotalsAreTheirDefinition(_ type: TensorType, tokens: Int) throws {
+        for (c, pool) in [(MatMulCase(type, rows: 48, columns: 800), serialPool), (MatMulCase(type, rows: 160, columns: 1536), matmulPool)] {
+            // (the reference's 127/amax overflows on a sub-1e-30 block, as llama.cpp's does; ours quantizes it to zeros)
+            let x = randomInput(tokens: tokens, columns: c.columns, seed: 7 &+ UInt64(tokens))
+            let expected = LlamaVecDotTests.referenceBlockTotals(c, x.map { $0 != 0 && abs($0) < 1e-30 ? 0 : $0 }, tokens: tokens)
+            let tiled = try outputs(c, tokens: tokens, pool: pool, isa: .avx512, summation: .blockTotals).1
+            let differ = zip(expected, tiled).filter { $0.bitPattern != $1.bitPattern }.count
+            #expect(differ == 0, "\(type) \(c.rows)×\(c.columns), \(tokens) tokens: \(differ) outputs differ")
+        }
+    }
+
     /// AVX2 forced on a tiled matrix (tests, A/B benchmarks) reads its rows back in GGUF order.
     @Test(arguments: types)
     func tiledUnderAVX2(_ type: TensorType) throws {
@@ -56,7 +74,7 @@ import Testing
                 even.weights.withUnsafeBytes { eb in
                     let a = WeightMatrix(type: odd.type, data: ob.baseAddress!, rows: odd.rows, columns: 512)
                     var b = WeightMatrix(type: even.type, data: eb.baseAddress!, rows: even.rows, columns: 512)
-                    if tiled { b = CPUDispatch.with(.avx512) { b.withRowTiles() }! }
+                    if tiled { b = CPUDispatch.with(.avx512) { b.withRowTiles(summation: .llamaCpp) }! }
                     var ya = [Float](repeating: .nan, count: tokens * a.rows), yb = [Float](repeating: .nan, count: tokens * b.rows)
                     x.withUnsafeBufferPointer { xp in
                         ya.withUnsafeMutableBufferPointer { pa in
