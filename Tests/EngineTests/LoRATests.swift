@@ -46,14 +46,19 @@ enum LoRAFixtures {
     }
 
     /// The adapter's perplexity as llama.cpp computes it on the same files (its CPU build applies
-    /// adapters unmerged, as Swiftlet does); the adapter moves it well beyond the tolerance.
+    /// adapters unmerged, as Swiftlet does); the adapter moves it well beyond the tolerance. The
+    /// weights sum in llama.cpp's order, so the adapter's arithmetic is what is compared: the
+    /// adapted model is more sensitive to last bits than the base (block totals move its
+    /// perplexity by ~1.4 %; see the fidelity policy in the README).
     @Test(.enabled(if: LoRAFixtures.modelPresent && llamaPerplexity != nil,
                    "needs SmolLM2 (swiftlet pull smollm2) and llama-perplexity (scripts/llama_cpp.py)"))
     func perplexityWithAnAdapterMatchesLlamaCpp() throws {
         let adapter = try LoRAFixtures.adapters.get().first
         let reference = try Self.llamaCppPerplexity(["-m", TestSupport.smolLM2Path, "--lora", adapter])
-        let adapted = try Self.swiftletPerplexity(LoadedModel(path: TestSupport.smolLM2Path, adapters: [LoRAFile(path: adapter)]))
-        let base = try Self.swiftletPerplexity(LoadedModel(path: TestSupport.smolLM2Path))
+        let (adapted, base) = try ProductSummation.$forTiles.withValue(.llamaCpp) {
+            (try Self.swiftletPerplexity(LoadedModel(path: TestSupport.smolLM2Path, adapters: [LoRAFile(path: adapter)])),
+             try Self.swiftletPerplexity(LoadedModel(path: TestSupport.smolLM2Path)))
+        }
         #expect(abs(adapted / reference - 1) < 0.005, "Swiftlet \(adapted), llama.cpp \(reference)")
         #expect(abs(adapted / base - 1) > 0.03, "the adapter moves the perplexity: \(base) → \(adapted)")
     }

@@ -4,7 +4,6 @@
 import _Builtin_intrinsics.intel
 #endif
 import Foundation
-import GGUF
 
 /// Element type of the keys or the values in a KV cache.
 public enum KVCacheType: String, CaseIterable, Sendable {
@@ -15,16 +14,7 @@ public enum KVCacheType: String, CaseIterable, Sendable {
     /// 32-element blocks of an f16 scale and 32 nibbles offset by 8 (18 bytes: 0.56 per element).
     case q4_0
 
-    public var tensorType: TensorType {
-        switch self {
-        case .f16: .f16
-        case .q8_0: .q8_0
-        case .q4_0: .q4_0
-        }
-    }
-
     /// Elements per block: a quantized row's heads must each be a whole number of blocks.
-    /// (Spelled out rather than read from `tensorType`: the kernels use these per position.)
     @inline(__always) public var blockSize: Int { self == .f16 ? 1 : 32 }
 
     @inline(__always) var blockBytes: Int {
