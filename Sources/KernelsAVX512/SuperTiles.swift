@@ -195,4 +195,143 @@ enum Q4KTiles {
         if nt > 3 { _mm512_mask_storeu_ps(out + 3 * outStride, mask, _mm512_sub_ps(s3, c3)) }
     }
 }
+
+/// Prompt batches of at least this many tokens take `IQ4XSTiles`.
+let iq4XSTileMinTokens = 4
+
+/// IQ4_XS prompt batches with 16 rows in the 16 lanes of a vector. Results are bitwise those of
+/// `SuperKernel<SIQ4_XS>.dot` (and so of the AVX2 `KIQ4_XS`): each of a row's 8 integer lanes
+/// per block is Σ over sub-blocks c of s_c · (the exact dot of its 4 weights and activations),
+/// whatever the order of that integer sum, and the float steps are the same per lane: per block
+/// fma(d·d_x, lane, acc[lane]), then hsum_float_8 and + 0 (the format's zero correction sum).
+/// Weights are table value + 128 as unsigned bytes for dpbusd; the 128 · Σx that adds comes
+/// off exactly through each lane's own activation sum (`offsets`), not the 16-element bsums,
+/// which would give the right block totals but not the per-lane values the floats need.
+enum IQ4XSTiles {
+    // Scratch layout of a 16-row tile, per block, in 64-byte vectors (one Int32/Float lane per row):
+    /// [c][l]: dpbusd lane l (elements 4l..<4l+4) of sub-block c, table value + 128 per byte.
+    static var weights: Int { 0 }
+    /// [c]: sub-block c's scale (6-bit value - 32, Int32).
+    static var scales: Int { 64 }
+    static var d: Int { 72 }
+    static var blockVectors: Int { 73 }
+
+    /// Rows `range` of an IQ4_XS matrix for all tokens, as `SuperKernel<SIQ4_XS>`.
+    static func rows(_ m: Mat, _ act: AVX512Activations, _ tokens: Int, _ range: Range<Int>,
+                     _ y: UnsafeMutablePointer<Float>) {
+        let nb = m.columns / 256
+        let k = superConsts(scalesPerChunk: 1)
+        let transposeConsts = pairConsts(qsOffset: 0, blockBytes: 0)
+        let tile = UnsafeMutablePointer<__m512i>.allocate(capacity: nb * blockVectors + 16)
+        // rows past the matrix's end in a part tile read zeros (d = 0; their lanes are not stored)
+        let zeroBlock = UnsafeMutableRawPointer.allocate(byteCount: 136, alignment: 16)
+        zeroBlock.initializeMemory(as: UInt8.self, repeating: 0, count: 136)
+        // per token, block, sub-block c and lane l (at 64·(t·nb + b) + 8c + l): -128 · the sum of
+        // the lane's 4 activations, so that dpbusd(offset, w + 128, x) = Σ w·x exactly
+        let offsets = UnsafeMutablePointer<__m512i>.allocate(capacity: tokens * nb * 4)
+        defer { tile.deallocate(); zeroBlock.deallocate(); offsets.deallocate() }
+        let ones = _mm512_set1_epi8(1)
+        for i in 0..<tokens * nb * 4 {
+            // 64 activations = sub-blocks 2cp, 2cp+1 (cp = i % 4): dword j is lane j % 8 of sub-block 2cp + j / 8
+            let x = UnsafeRawPointer(act.q + 64 * i).loadUnaligned(as: __m512i.self)
+            let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, x)
+            offsets[i] = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(sums, 7))
+        }
+
+        var r0 = range.lowerBound
+        while r0 < range.upperBound {
+            let nr = min(16, range.upperBound - r0)
+            unpack(k, transposeConsts, m, r0, nr, nb, UnsafeRawPointer(zeroBlock), tile)
+            let mask = UInt16(truncatingIfNeeded: (1 << nr) - 1)
+            let offs = UnsafeRawPointer(offsets).assumingMemoryBound(to: Int32.self)
+            forTokenPairs(tokens) { t0, nt in
+                let out = y + t0 * m.rows + r0
+                if nt == 2 {
+                    pass(tile, nb, act, offs, t0, 2, out, m.rows, mask)
+                } else {
+                    pass(tile, nb, act, offs, t0, 1, out, m.rows, mask)
+                }
+            }
+            r0 += nr
+        }
+    }
+
+    /// Decodes rows r0..<r0+nr (rows beyond `nr`: a zero block) into the tile layout: each chunk
+    /// pair row by row as `SIQ4_XS.pair` gives it, + 128 (16 Int32 lanes), then its 16 rows ×
+    /// 16 lanes transposed, so that vector 16cp + j is lane j % 8 of sub-block 2cp + j / 8.
+    @inline(__always)
+    static func unpack(_ k: SuperConsts, _ tc: PairConsts, _ m: Mat, _ r0: Int, _ nr: Int, _ nb: Int,
+                       _ zeroBlock: UnsafeRawPointer, _ tile: UnsafeMutablePointer<__m512i>) {
+        let tmp = tile + nb * blockVectors
+        let flip = _mm512_set1_epi8(-128)
+        for r in 0..<16 {
+            let row = m.data + (r0 + r) * m.rowBytes
+            for b in 0..<nb {
+                let p = r < nr ? row + b * 136 : zeroBlock
+                let blk = tile + b * blockVectors
+                for cp in 0..<4 { blk[weights + 16 * cp + r] = _mm512_xor_si512(SIQ4_XS.pair(k, p, cp), flip) }
+                let h = SIQ4_XS.header(p)
+                let s16 = unsafeBitCast(h.scales, to: SIMD32<Int16>.self)
+                let lanes = UnsafeMutableRawPointer(blk).assumingMemoryBound(to: Int32.self)
+                for c in 0..<8 { lanes[16 * (scales + c) + r] = Int32(s16[c]) }
+                UnsafeMutableRawPointer(blk).assumingMemoryBound(to: Float.self)[16 * d + r] = h.d
+            }
+        }
+        for b in 0..<nb {
+            for cp in 0..<4 { transpose16(tc, tile + b * blockVectors + weights + 16 * cp, tmp) }
+        }
+    }
+
+    /// Tokens t0..<t0+nt (1 or 2) over one tile: per token, lane l and sub-block c, one dpbusd
+    /// with the token's 4 activation bytes broadcast gives that lane's dot for all 16 rows,
+    /// times the rows' scale s_c; the lane's sum over c then enters FMA chain l.
+    @inline(__always)
+    static func pass(_ tile: UnsafePointer<__m512i>, _ nb: Int, _ act: AVX512Activations,
+                     _ offsets: UnsafePointer<Int32>, _ t0: Int, _ nt: Int,
+                     _ out: UnsafeMutablePointer<Float>, _ outStride: Int, _ mask: UInt16) {
+        let cols = act.columns
+        let q = UnsafeRawPointer(act.q + t0 * cols)
+        let zf = _mm512_setzero_ps(), zi = _mm512_setzero_si512()
+        var a0 = (zf, zf, zf, zf, zf, zf, zf, zf), a1 = a0
+        for b in 0..<nb {
+            let blk = tile + b * blockVectors
+            let dw = unsafeBitCast(blk[d], to: __m512.self)
+            // the Float product d_w · d_x of the reference, per lane
+            let dd0 = _mm512_mul_ps(dw, _mm512_set1_ps(act.d[t0 * nb + b]))
+            let dd1 = nt > 1 ? _mm512_mul_ps(dw, _mm512_set1_ps(act.d[(t0 + 1) * nb + b])) : zf
+            let o0 = offsets + 64 * (t0 * nb + b), o1 = offsets + 64 * ((t0 + 1) * nb + b)
+            @inline(__always)
+            func lane(_ l: Int, _ x0: inout __m512, _ x1: inout __m512) {
+                var i0 = zi, i1 = zi
+                for c in 0..<8 {
+                    let w = blk[weights + 8 * c + l], s = blk[scales + c]
+                    let xo = b * 256 + 32 * c + 4 * l
+                    let u0 = _mm512_dpbusd_epi32(_mm512_set1_epi32(o0[8 * c + l]), w,
+                                                 _mm512_set1_epi32(q.loadUnaligned(fromByteOffset: xo, as: Int32.self)))
+                    i0 = _mm512_add_epi32(i0, _mm512_mullo_epi32(u0, s))
+                    if nt > 1 {
+                        let u1 = _mm512_dpbusd_epi32(_mm512_set1_epi32(o1[8 * c + l]), w,
+                                                     _mm512_set1_epi32(q.loadUnaligned(fromByteOffset: cols + xo, as: Int32.self)))
+                        i1 = _mm512_add_epi32(i1, _mm512_mullo_epi32(u1, s))
+                    }
+                }
+                x0 = _mm512_fmadd_ps(dd0, _mm512_cvtepi32_ps(i0), x0)
+                if nt > 1 { x1 = _mm512_fmadd_ps(dd1, _mm512_cvtepi32_ps(i1), x1) }
+            }
+            lane(0, &a0.0, &a1.0); lane(1, &a0.1, &a1.1); lane(2, &a0.2, &a1.2); lane(3, &a0.3, &a1.3)
+            lane(4, &a0.4, &a1.4); lane(5, &a0.5, &a1.5); lane(6, &a0.6, &a1.6); lane(7, &a0.7, &a1.7)
+        }
+        @inline(__always)
+        func finish(_ a: (__m512, __m512, __m512, __m512, __m512, __m512, __m512, __m512),
+                    _ o: UnsafeMutablePointer<Float>) {
+            // hsum_float_8 per row: (a0 + a4) + (a2 + a6), (a1 + a5) + (a3 + a7); then + the
+            // correction sum, +0 (turns a -0 into +0 as the reference's addition does)
+            let even = _mm512_add_ps(_mm512_add_ps(a.0, a.4), _mm512_add_ps(a.2, a.6))
+            let odd = _mm512_add_ps(_mm512_add_ps(a.1, a.5), _mm512_add_ps(a.3, a.7))
+            _mm512_mask_storeu_ps(o, mask, _mm512_add_ps(_mm512_add_ps(even, odd), zf))
+        }
+        finish(a0, out)
+        if nt > 1 { finish(a1, out + outStride) }
+    }
+}
 #endif
