@@ -105,8 +105,6 @@ func superRows<F: SuperFormat>(_ f: F.Type, _ m: Mat, _ act: AVX512Activations, 
         } else {
             rowsLoop(SuperKernel<F>.self, m, act, tokens, range, y)
         }
-    } else if F.self == SIQ4_XS.self && tokens >= iq4XSTileMinTokens {
-        IQ4XSTiles.rows(m, act, tokens, range, y)
     } else if tokens > 8 {
         SuperKernel<F>.decodedRows(SuperKernel<F>.consts(), m, act, tokens, range, y)
     } else {
