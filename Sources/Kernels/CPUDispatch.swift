@@ -123,7 +123,7 @@ public enum CPUDispatch {
 
 /// Types with an AVX-512 kernel.
 public let avx512Types: Set<TensorType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q2_K, .q3_K, .q4_K, .q5_K, .q6_K,
-                                            .iq4_NL, .mxfp4]
+                                            .iq4_NL, .iq4_XS, .mxfp4]
 
 /// Where the AVX-512 kernel is the faster one. For Q2_K–Q5_K a product with one token (a
 /// matrix-vector product, as in decoding) gains nothing from the wider vectors and can lose a
@@ -133,7 +133,7 @@ public let avx512Types: Set<TensorType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q
 public func avx512Pays(_ type: TensorType, tokens: Int) -> Bool {
     switch type {
     case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q6_K: true
-    case .iq4_NL, .mxfp4: true
+    case .iq4_NL, .iq4_XS, .mxfp4: true
     case .q2_K, .q3_K, .q4_K, .q5_K: tokens >= 4
     default: false
     }

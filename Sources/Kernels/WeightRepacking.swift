@@ -6,7 +6,7 @@ import KernelsAVX512
 
 /// Load-time repacking of weight matrices into the layout the CPU's fastest kernel reads.
 ///
-/// On AVX-512 machines the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) are repacked
+/// On AVX-512 machines the 32-element formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL) are repacked
 /// into 16-row tiles (`WeightMatrix.Layout.rowTiles16`): the tile kernel keeps 16 rows in
 /// vector lanes, and in the GGUF layout each use had to decode and transpose the rows first,
 /// which at a decode step of 16 sequences cost more than the dot products themselves.

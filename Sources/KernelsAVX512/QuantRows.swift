@@ -62,6 +62,7 @@ public func avx512QuantRows(_ type: TensorType, data: UnsafeRawPointer, rows: In
     case .q5_K: superRows(S5_K.self, m, act, tokens, range, y)
     case .q6_K: superRows(S6_K.self, m, act, tokens, range, y)
     case .iq4_NL: pairRows(PIQ4_NL.self, m, act, tokens, range, y)
+    case .iq4_XS: superRows(SIQ4_XS.self, m, act, tokens, range, y)
     case .mxfp4: pairRows(PMXFP4.self, m, act, tokens, range, y)
     default: return false
     }
@@ -464,6 +465,9 @@ struct SuperConsts {
     var scaleIdx: (__m512i, __m512i, __m512i, __m512i)  // per chunk pair: vpermw indices
     var bitSel: (__m512i, __m512i, __m512i, __m512i)    // Q5_K: high-bit selectors per chunk pair
     var twoBitShift: (__m512i, __m512i)                 // Q6_K: words [2s ×16, 2s+2 ×16], s = 0, 2
+    var quadIdx: __m512i          // IQ4_XS: qwords [0, 1, 0, 1, 2, 3, 2, 3] (16 bytes per 128-bit lane, twice)
+    var quadShift: __m512i        // IQ4_XS: words [0 ×8, 4 ×8, 0 ×8, 4 ×8]
+    var iq4Table: __m512i         // IQ4_XS: the signed IQ4 grid in each 128-bit lane
 }
 
 struct KHeader {
@@ -484,6 +488,10 @@ protocol SuperFormat {
     static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i
     static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float
     static var style: SuperStyle { get }
+    /// `pair` gives signed bytes (IQ4_XS's grid values) rather than unsigned ones: each chunk
+    /// pair's activations then take the weights' signs and the weights their magnitudes, as
+    /// llama.cpp's AVX2 `mul_add_epi8` (sign_epi8) does.
+    static var signedWeights: Bool { get }
 }
 
 /// As `Kernels.SuperStyle`: how a K-quant block's integer lanes become floats in llama.cpp.
@@ -500,6 +508,7 @@ enum SuperStyle {
 
 extension SuperFormat {
     static var style: SuperStyle { .lanes }
+    static var signedWeights: Bool { false }
 }
 
 @inline(__always)
@@ -636,6 +645,36 @@ struct S3_K: SuperFormat {
     }
 }
 
+/// IQ4_XS (`Kernels.KIQ4_XS`, llama.cpp's `ggml_vec_dot_iq4_xs_q8_K`): per 32-element
+/// sub-block a 6-bit scale minus 32 multiplies its pair sums in the integer lanes; then per
+/// block fma(d·d_x, lanes, acc) and hsum(acc) (`.lanes`, no correction: the grid is signed).
+/// The weights stay signed bytes; `signedWeights` moves their signs onto the activations, so
+/// every pair sum is llama.cpp's exactly (|w| ≤ 127, |x| ≤ 127: within Int16) and every lane too.
+struct SIQ4_XS: SuperFormat {
+    static var scalesPerChunk: Int { 1 }
+    static var blockBytes: Int { 136 }
+    static var signedWeights: Bool { true }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
+        // scale k: low 4 bits = nibble k of the 4 bytes at 4 (byte k/2, low nibble first), high
+        // 2 bits = bits 2k, 2k+1 of the UInt16 at 2; assembled in a register as the AVX2 kernel
+        let low = UInt64(p.loadUnaligned(fromByteOffset: 4, as: UInt32.self))
+        let high = UInt64(p.loadUnaligned(fromByteOffset: 2, as: UInt16.self))
+        var packed: UInt64 = 0
+        for sub in 0..<8 {
+            packed |= (((low >> UInt64(4 * sub)) & 0x0F) | ((high >> UInt64(2 * sub)) & 3) << 4) << UInt64(8 * sub)
+        }
+        let sc = _mm_sub_epi16(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(Int64(bitPattern: packed))), _mm_set1_epi16(32))
+        return KHeader(d: f16(p, 0), dmin: 0, scales: _mm512_castsi128_si512(sc), mins: _mm256_setzero_si256())
+    }
+    @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
+        // chunks 2cp, 2cp+1: 16 code bytes each at 8 + 16c, low nibbles elements 0..<16, high 16..<32
+        let q = _mm512_permutexvar_epi64(k.quadIdx, _mm512_castsi256_si512(p.loadUnaligned(fromByteOffset: 8 + 32 * cp, as: __m256i.self)))
+        let codes = _mm512_and_si512(_mm512_srlv_epi16(q, k.quadShift), k.low4)
+        return _mm512_shuffle_epi8(k.iq4Table, codes)  // codes < 16: vpshufb indexes the table exactly
+    }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+}
+
 /// `scalesPerChunk`: 1 (Q4_K/Q5_K: words of chunk pair cp take scale 2cp + i/16) or 2
 /// (Q2_K/Q3_K/Q6_K: one scale per 16 elements, 4cp + i/8).
 @inline(__always)
@@ -649,7 +688,10 @@ func superConsts(scalesPerChunk: Int) -> SuperConsts {
                        nibbleShift: words32 { $0 < 16 ? 0 : 4 },
                        scaleIdx: (idx(0), idx(1), idx(2), idx(3)),
                        bitSel: (bits(0), bits(1), bits(2), bits(3)),
-                       twoBitShift: (words32 { $0 < 16 ? 0 : 2 }, words32 { $0 < 16 ? 4 : 6 }))
+                       twoBitShift: (words32 { $0 < 16 ? 0 : 2 }, words32 { $0 < 16 ? 4 : 6 }),
+                       quadIdx: _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0),
+                       quadShift: words32 { ($0 / 8) & 1 == 1 ? 4 : 0 },
+                       iq4Table: bytes64 { Int(PIQ4_NL.table[$0 & 15]) - 128 })
 }
 
 struct SuperKernel<F: SuperFormat>: RowKernel {
@@ -740,9 +782,15 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
                 let off = b * 256 + cp * 64
                 // llama.cpp's gemm form needs each pair's own sum as well; otherwise the pair goes
                 // straight into the block's integer lanes (the same wrapping Int32 lanes, one add fewer)
+                // signed weights: |w| times x with w's sign (w is never 0 and |x| ≤ 127, so 0 - x is
+                // sign_epi8(x, w)); |w| and the mask are shared by the tokens
+                let neg = F.signedWeights ? _mm512_movepi8_mask(w) : 0
+                let wu = F.signedWeights ? _mm512_abs_epi8(w) : w
                 @inline(__always)
                 func pairDot(_ j: Int, _ i: inout __m512i, _ g: inout SIMD4<Int32>) {
-                    let x = _mm512_maddubs_epi16(w, _mm512_loadu_si512(q0 + off + j * cols))
+                    var xv = _mm512_loadu_si512(q0 + off + j * cols)
+                    if F.signedWeights { xv = _mm512_mask_sub_epi8(xv, neg, _mm512_setzero_si512(), xv) }
+                    let x = _mm512_maddubs_epi16(wu, xv)
                     if gemm {
                         let p = _mm512_dpwssd_epi32(_mm512_setzero_si512(), x, s)
                         g[cp] = pairSum(p)

@@ -7,13 +7,16 @@
 // rounded up to 64. Within it, blocks come in pairs (the last alone if nb is odd), each pair
 // one record of 32 × blockBytes (a multiple of 64) read front to back, so a group is a single
 // sequential stream. A record holds, per block of the pair in turn:
-//   quants   4/5-bit formats: 4 vectors, vector j dword r = qs[4j..<4j+4] of row r (its low
-//            nibbles are elements 4j..<4j+4, its high nibbles 16+4j..); Q8_0: 8 vectors,
+//   quants   4/5-bit formats and IQ4_NL: 4 vectors, vector j dword r = qs[4j..<4j+4] of row r
+//            (its low nibbles are elements 4j..<4j+4, its high nibbles 16+4j..); Q8_0: 8 vectors,
 //            vector l dword r = qs[4l..<4l+4] ^ 0x80 (the unsigned bytes the kernels use)
 // then per block: highBits (Q5_0/Q5_1: 8 UInt64, mask l bit 4r+k = bit 4l+k of row r's qh),
 // then per block d (16 Float16, row r at r), then per block m (Q4_1/Q5_1, likewise).
 // Element i of a block sits in dpbusd lane i/4 in both layouts, so the kernels' integer lanes
 // and float operations are exactly those of the GGUF-layout kernels (bitwise equal results).
+// IQ4_NL's codes are stored as Q4_0's nibbles and go through `PIQ4_NL.table` (value + 128) when
+// a block's lanes are formed, its +128 coming off with the activations' offset sums (slot 2),
+// as in `PairKernel<PIQ4_NL>`.
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
 import _Builtin_intrinsics.intel
 import CIntrinsics
@@ -22,7 +25,7 @@ import GGUF
 /// Bytes of one 16-row group of a `type` matrix with `columns` columns, or nil when `type`
 /// has no tile layout (the one list of tileable types: `TileLayout` and the loader ask here).
 public func rowTileGroupBytes(_ type: TensorType, columns: Int) -> Int? {
-    guard [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0].contains(type) else { return nil }
+    guard [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .iq4_NL].contains(type) else { return nil }
     return (16 * (columns / 32) * type.blockBytes + 63) / 64 * 64
 }
 
@@ -40,7 +43,7 @@ struct TileLayout {
     init?(_ type: TensorType, columns: Int) {
         guard let groupBytes = rowTileGroupBytes(type, columns: columns) else { return nil }
         switch type {
-        case .q4_0: (hasHigh, hasMin, isQ8, qsOffset) = (false, false, false, 2)
+        case .q4_0, .iq4_NL: (hasHigh, hasMin, isQ8, qsOffset) = (false, false, false, 2)
         case .q4_1: (hasHigh, hasMin, isQ8, qsOffset) = (false, true, false, 4)
         case .q5_0: (hasHigh, hasMin, isQ8, qsOffset) = (true, false, false, 6)
         case .q5_1: (hasHigh, hasMin, isQ8, qsOffset) = (true, true, false, 8)
@@ -155,6 +158,7 @@ public func avx512TiledRows(_ type: TensorType, tiles: UnsafeRawPointer, rows: I
     case .q5_0: run(P5_0.self)
     case .q5_1: run(P5_1.self)
     case .q8_0: run(P8_0.self)
+    case .iq4_NL: run(PIQ4_NL.self)
     default: return false
     }
     return true
@@ -179,6 +183,9 @@ func tiledRows<F: PairFormat>(_ f: F.Type, _ t: TileLayout, _ tiles: UnsafeRawPo
                               _ y: UnsafeMutablePointer<Float>, blockTotals: Bool) {
     let nb = t.nb
     let low4 = _mm512_set1_epi8(0x0F), bit4 = _mm512_set1_epi8(0x10)
+    // IQ4_NL: codes → table value + 128 (the 16 entries in each 128-bit lane for vpshufb)
+    let isTable = F.self == PIQ4_NL.self
+    let table = _mm512_broadcast_i32x4(unsafeBitCast(PIQ4_NL.table, to: __m128i.self))
     let scratchBytes = tokens >= tileScratchMinTokens ? nb * (8 * 64 + 2 * 64) : 0
     let scratch = UnsafeMutableRawPointer.allocate(byteCount: max(scratchBytes, 64), alignment: 64)
     defer { scratch.deallocate() }
@@ -202,8 +209,10 @@ func tiledRows<F: PairFormat>(_ f: F.Type, _ t: TileLayout, _ tiles: UnsafeRawPo
             }
             let v0 = q.load(as: __m512i.self), v1 = q.load(fromByteOffset: 64, as: __m512i.self)
             let v2 = q.load(fromByteOffset: 128, as: __m512i.self), v3 = q.load(fromByteOffset: 192, as: __m512i.self)
-            @inline(__always) func low(_ v: __m512i) -> __m512i { _mm512_and_si512(v, low4) }
-            @inline(__always) func high(_ v: __m512i) -> __m512i { _mm512_and_si512(_mm512_srli_epi16(v, 4), low4) }
+            // codes < 16, so vpshufb (which looks at the low 4 bits) indexes the table exactly
+            @inline(__always) func code(_ c: __m512i) -> __m512i { isTable ? _mm512_shuffle_epi8(table, c) : c }
+            @inline(__always) func low(_ v: __m512i) -> __m512i { code(_mm512_and_si512(v, low4)) }
+            @inline(__always) func high(_ v: __m512i) -> __m512i { code(_mm512_and_si512(_mm512_srli_epi16(v, 4), low4)) }
             var l: Lanes8 = (low(v0), low(v1), low(v2), low(v3), high(v0), high(v1), high(v2), high(v3))
             if t.hasHigh {
                 let h = group + t.high(b)

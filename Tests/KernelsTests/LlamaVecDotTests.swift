@@ -22,6 +22,9 @@ import Testing
         case .q5_0: return ((0..<32).map { (nibble(6, $0) | highBit(2, $0)) - 16 }, f16(0), 0)
         case .q5_1: return ((0..<32).map { nibble(8, $0) | highBit(4, $0) }, f16(0), f16(2))
         case .q8_0: return ((0..<32).map { Int32(p.load(fromByteOffset: 2 + $0, as: Int8.self)) }, f16(0), 0)
+        case .iq4_NL:
+            let grid: [Int32] = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
+            return ((0..<32).map { grid[Int(nibble(2, $0))] }, f16(0), 0)
         default: fatalError("not a 32-element format")
         }
     }

@@ -105,10 +105,12 @@ func expectBitwiseEqualOnEveryISA(_ type: TensorType, shapes: [(Int, Int, Int)],
     static let types: [TensorType] = [.iq4_NL, .mxfp4, .iq4_XS, .tq1_0, .tq2_0]
 
     /// Shapes reach every row kernel: one token (four-row decode kernel), a few, and prompt
-    /// batches (unpacked tiles), with an odd number of 32-element blocks.
+    /// batches (unpacked tiles), with an odd number of 32-element blocks. For the 256-element
+    /// formats every token count of a group (1–4) and a batch ending in a part group (9), on
+    /// rows of llama.cpp's ffn_down width for small models (1536).
     @Test(arguments: types)
     func bitwiseEqualToLlamaCppArithmetic(_ type: TensorType) {
-        let shapes = type.blockSize == 256 ? [(37, 256, 1), (19, 768, 6), (45, 512, 22)]
+        let shapes = type.blockSize == 256 ? [(37, 256, 1), (19, 768, 6), (45, 512, 22), (21, 1536, 3), (17, 512, 9), (9, 1536, 2)]
                                            : [(37, 96, 1), (19, 800, 3), (45, 32, 20), (64, 96, 12)]
         expectBitwiseEqualOnEveryISA(type, shapes: shapes, reference: Self.reference)
     }
@@ -132,8 +134,10 @@ func expectBitwiseEqualOnEveryISA(_ type: TensorType, shapes: [(Int, Int, Int)],
         c = MatMulCase(type, rows: c.rows, columns: c.columns, weights: weights)
         let x = (0..<4 * c.columns).map { i in Float(i % 3 == 0 ? -1 : 1) }
         let expected = Self.reference(c, x, tokens: 4)
-        let y = c.run(x, tokens: 4, pool: matmulPool)
-        #expect(zip(y, expected).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(type)")
+        for isa in KernelISA.allCases {
+            let y = CPUDispatch.with(isa) { c.run(x, tokens: 4, pool: matmulPool) }
+            #expect(zip(y, expected).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(type) \(isa)")
+        }
     }
 }
 

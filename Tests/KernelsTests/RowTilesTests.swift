@@ -8,7 +8,7 @@ import Testing
 /// llama.cpp's order; summing block totals, bitwise the floats of that definition. Tiles exist
 /// only where the AVX-512 kernels run.
 @Suite(.serialized, .enabled(if: hasAVX512, needsAVX512)) struct RowTilesTests {
-    static let types: [TensorType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0]
+    static let types: [TensorType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .iq4_NL]
 
     /// (untiled, tiled) outputs of `tokens` tokens.
     func outputs(_ c: MatMulCase, tokens: Int, pool: ThreadPool, isa: KernelISA,
@@ -65,8 +65,9 @@ import Testing
 
     /// In one `matmul` with several matrices, a matrix whose rows are not a multiple of 16 shifts
     /// the row split: the tiled matrix after it gets ranges that start and end inside tiles.
-    @Test func unalignedSegments() throws {
-        let odd = MatMulCase(.q8_0, rows: 40 + 3, columns: 512), even = MatMulCase(.q5_0, rows: 256, columns: 512)
+    @Test(arguments: [TensorType.q5_0, .iq4_NL])
+    func unalignedSegments(_ tiledType: TensorType) throws {
+        let odd = MatMulCase(.q8_0, rows: 40 + 3, columns: 512), even = MatMulCase(tiledType, rows: 256, columns: 512)
         let tokens = 6
         let x = randomInput(tokens: tokens, columns: 512, seed: 3)
         func run(tiled: Bool) -> [Float] {
@@ -92,6 +93,39 @@ import Testing
         }
         let (plain, tiled) = (run(tiled: false), run(tiled: true))
         #expect(zip(plain, tiled).allSatisfy { $0.bitPattern == $1.bitPattern })
+    }
+
+    /// The tile kernel on row ranges that start and end inside tiles (as a row split of several
+    /// matrices gives them) writes exactly the GGUF-layout kernel's floats for those rows, and no others.
+    @Test(arguments: types, [1, 2, 5, 16])
+    func unalignedRanges(_ type: TensorType, tokens: Int) throws {
+        let c = MatMulCase(type, rows: 64, columns: 288)
+        let x = randomInput(tokens: tokens, columns: c.columns, seed: 11 &+ UInt64(tokens))
+        let act = QuantizedActivations(columns: c.columns, tokens: tokens, blockSize: 32,
+                                       offsetSlots: QuantizedActivations.offsetSlots(for: type))
+        defer { act.deallocate() }
+        x.withUnsafeBufferPointer { act.quantize($0.baseAddress!, tokens: 0..<tokens) }
+        try c.weights.withUnsafeBytes { wb in
+            let w = WeightMatrix(type: type, data: wb.baseAddress!, rows: c.rows, columns: c.columns)
+            let tiled = try #require(CPUDispatch.with(.avx512) { w.withRowTiles(summation: .llamaCpp) })
+            for range in [3..<29, 17..<18, 0..<5, 33..<64, 47..<49] {
+                func run(_ m: WeightMatrix) -> [Float] {
+                    var y = [Float](repeating: .nan, count: tokens * c.rows)
+                    x.withUnsafeBufferPointer { xb in
+                        y.withUnsafeMutableBufferPointer { yb in
+                            CPUDispatch.with(.avx512) { computeRows(m, act, xb.baseAddress!, tokens, range, yb.baseAddress!) }
+                        }
+                    }
+                    return y
+                }
+                let (a, b) = (run(w), run(tiled))
+                let inside = (0..<tokens * c.rows).filter { range.contains($0 % c.rows) }
+                let differ = inside.filter { a[$0].isNaN || a[$0].bitPattern != b[$0].bitPattern }.count
+                let written = (0..<tokens * c.rows).filter { !range.contains($0 % c.rows) && !(a[$0].isNaN && b[$0].isNaN) }.count
+                #expect(differ == 0, "\(type) rows \(range), \(tokens) tokens: \(differ) of \(inside.count) outputs differ")
+                #expect(written == 0, "\(type) rows \(range), \(tokens) tokens: \(written) outputs outside the range written")
+            }
+        }
     }
 
     /// Unpacking gives back the GGUF bytes, for every row range.
