@@ -780,12 +780,13 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
             for cp in 0..<4 {
                 let (w, s) = pair(b, cp, h)
                 let off = b * 256 + cp * 64
-                // llama.cpp's gemm form needs each pair's own sum as well; otherwise the pair goes
-                // straight into the block's integer lanes (the same wrapping Int32 lanes, one add fewer)
-                // signed weights: |w| times x with w's sign (w is never 0 and |x| ≤ 127, so 0 - x is
-                // sign_epi8(x, w)); |w| and the mask are shared by the tokens
+                // signed weights: |w| times x with w's sign (the IQ4 grid has no 0, and x ∈ [-127, 127]
+                // as QuantizedActivations rounds it, so 0 - x is exactly sign_epi8(x, w)); |w| and
+                // the mask are shared by the tokens
                 let neg = F.signedWeights ? _mm512_movepi8_mask(w) : 0
                 let wu = F.signedWeights ? _mm512_abs_epi8(w) : w
+                // llama.cpp's gemm form needs each pair's own sum as well; otherwise the pair goes
+                // straight into the block's integer lanes (the same wrapping Int32 lanes, one add fewer)
                 @inline(__always)
                 func pairDot(_ j: Int, _ i: inout __m512i, _ g: inout SIMD4<Int32>) {
                     var xv = _mm512_loadu_si512(q0 + off + j * cols)
