@@ -279,8 +279,9 @@ func forTokenPairs(_ tokens: Int, _ body: (Int, Int) -> Void) {
 /// block b's 8 vectors (vector l, dword r: elements 4l..<4l+4 of row r, unsigned), `scales(b)`
 /// its 16 rows' d and m. With the token's 4 activation bytes of lane l broadcast, one dpbusd
 /// yields lane l for all 16 rows; lane l then enters FMA chain l: per row exactly the
-/// operations of `PairKernel.rowDot` (llama.cpp's lane l in chain l). Rows outside
-/// `storeMask` are computed but not stored.
+/// operations of `PairKernel.rowDot` (llama.cpp's lane l in chain l); with `blockTotals` the 8
+/// lanes' dpbusd instead accumulate in two integer chains, one conversion and FMA per block.
+/// Rows outside `storeMask` are computed but not stored.
 @inline(__always)
 func tileDot<F: PairFormat>(_ f: F.Type, _ nb: Int, _ act: AVX512Activations, _ t0: Int, _ nt: Int,
                             _ out: UnsafeMutablePointer<Float>, _ outStride: Int, _ storeMask: UInt16,
@@ -301,20 +302,20 @@ func tileDot<F: PairFormat>(_ f: F.Type, _ nb: Int, _ act: AVX512Activations, _ 
         acc = _mm512_fmadd_ps(f, _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(i, wk, x)), acc)
     }
 
-    if blockTotals {
-        // Per row: s = fma(d·dx, Float(block's exact integer dot), s) over the blocks, one chain
-        // (offsets and the min term as in the lane form below). Fewer conversions and FMAs
-        // than llama.cpp's 8 lane chains: other floats, bounded by the fidelity tests.
-        var s0 = zero, s1 = zero
-        for b in 0..<nb {
-            let (dv, mv) = scales(b)
-            let f0 = _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * b]))
-            let f1 = nt > 1 ? _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * (nb + b)])) : zero
-            if F.hasMin {
-                m0 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * b + 1]), m0)
-                if nt > 1 { m1 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * (nb + b) + 1]), m1) }
-            }
-            let w = lanes(b)
+    // Block totals (`blockTotals`): per row s = fma(d·dx, Float(the block's exact integer dot), s)
+    // over the blocks, one chain (offsets and the min term as in llama.cpp's lane form). A third
+    // of the lane form's conversions and FMAs: other floats, bounded by the fidelity tests.
+    var s0 = zero, s1 = zero
+    for b in 0..<nb {
+        let (dv, mv) = scales(b)
+        let f0 = _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * b]))
+        let f1 = nt > 1 ? _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * (nb + b)])) : zero
+        if F.hasMin {
+            m0 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * b + 1]), m0)
+            if nt > 1 { m1 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * (nb + b) + 1]), m1) }
+        }
+        let w = lanes(b)
+        if blockTotals {
             @inline(__always)
             func total(_ j: Int) -> __m512i {
                 var even = _mm512_setzero_si512(), odd = even
@@ -332,21 +333,8 @@ func tileDot<F: PairFormat>(_ f: F.Type, _ nb: Int, _ act: AVX512Activations, _ 
             }
             s0 = _mm512_fmadd_ps(f0, _mm512_cvtepi32_ps(total(0)), s0)
             if nt > 1 { s1 = _mm512_fmadd_ps(f1, _mm512_cvtepi32_ps(total(1)), s1) }
+            continue
         }
-        _mm512_mask_storeu_ps(out, storeMask, F.hasMin ? _mm512_add_ps(s0, m0) : s0)
-        if nt > 1 { _mm512_mask_storeu_ps(out + outStride, storeMask, F.hasMin ? _mm512_add_ps(s1, m1) : s1) }
-        return
-    }
-
-    for b in 0..<nb {
-        let (dv, mv) = scales(b)
-        let f0 = _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * b]))
-        let f1 = nt > 1 ? _mm512_mul_ps(dv, _mm512_set1_ps(ds[2 * (nb + b)])) : zero
-        if F.hasMin {
-            m0 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * b + 1]), m0)
-            if nt > 1 { m1 = _mm512_fmadd_ps(mv, _mm512_set1_ps(ds[2 * (nb + b) + 1]), m1) }
-        }
-        let w = lanes(b)
         @inline(__always)
         func both(_ wk: __m512i, _ l: Int, _ x0: inout __m512, _ x1: inout __m512) {
             lane(wk, f0, 0, b, l, &x0)
@@ -354,6 +342,11 @@ func tileDot<F: PairFormat>(_ f: F.Type, _ nb: Int, _ act: AVX512Activations, _ 
         }
         both(w.0, 0, &a0.0, &a1.0); both(w.1, 1, &a0.1, &a1.1); both(w.2, 2, &a0.2, &a1.2); both(w.3, 3, &a0.3, &a1.3)
         both(w.4, 4, &a0.4, &a1.4); both(w.5, 5, &a0.5, &a1.5); both(w.6, 6, &a0.6, &a1.6); both(w.7, 7, &a0.7, &a1.7)
+    }
+    if blockTotals {
+        _mm512_mask_storeu_ps(out, storeMask, F.hasMin ? _mm512_add_ps(s0, m0) : s0)
+        if nt > 1 { _mm512_mask_storeu_ps(out + outStride, storeMask, F.hasMin ? _mm512_add_ps(s1, m1) : s1) }
+        return
     }
 
     @inline(__always)

@@ -23,7 +23,7 @@ import Tokenization
     /// Against each model's own F16 cache (GPL-3, ctx 256, 4 chunks). These small models are
     /// sensitive: llama.cpp's own drift on SmolLM2 here is a mean KLD of 0.0038 for Q8_0 and 0.081
     /// for Q4_0 (the same as Swiftlet's to four digits: `matchesLlamaCppWithTheSameCacheType` checks
-    /// the floats), so the bounds say "a small, ordered cost", not the 10⁻³.
+    /// the floats), so the bounds say "a small, ordered cost", not a bound of 10⁻³.
     @Test(arguments: RealModel.allCases)
     func divergenceFromTheF16Cache(_ model: RealModel) throws {
         let text = try String(contentsOfFile: try Self.text(), encoding: .utf8)
