@@ -4,10 +4,13 @@ against (bench/compare, bench/serve, and the tests that compare with llama.cpp).
 
 The source is the llama-cpp-python sdist from PyPI (its vendor/llama.cpp); the build is native
 (GGML_NATIVE) without AMX, with llama.cpp's tests configured so that `test-llama-archs` can be
-built. Binaries land in $SWIFTLET_HOME/llama.cpp/<version>/build-native-noamx/bin.
+built. Binaries land in $SWIFTLET_HOME/llama.cpp/<version>/build-native-noamx/bin. A second
+build, build-avx2, targets an AVX2-only x86 CPU (no AVX-512, VNNI or AMX), so that an AVX-512
+machine can measure llama.cpp as it runs on AVX2 machines.
 
-usage: scripts/llama_cpp.py [TARGET ...]     builds the targets (default: the ones the tests use)
-                                             and prints the bin folder
+usage: scripts/llama_cpp.py [--isa native|avx2] [TARGET ...]
+                                 builds the targets (default: the ones the tests use) and prints
+                                 the bin folder
 """
 import os
 import shutil
@@ -24,6 +27,14 @@ LLAMA_DIR = HOME / "llama.cpp" / LLAMA_VERSION
 # itself works here), so the peer is its AVX-512 build: AMX switched off, everything else native.
 NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 BUILD_DIR = LLAMA_DIR / "build-native-noamx"
+# An AVX2-only x86 CPU (Haswell, Zen 2): the instruction sets spelled out, because GGML_NATIVE
+# would follow the build machine; GGML_CPU_ALL_VARIANTS/GGML_BACKEND_DL stay off, or ggml would
+# load its AVX-512 variant at run time.
+AVX2_DIR = LLAMA_DIR / "build-avx2"
+AVX2_OPTIONS = ["-DGGML_NATIVE=OFF", "-DGGML_CPU_ALL_VARIANTS=OFF", "-DGGML_BACKEND_DL=OFF"] + [
+    f"-DGGML_{option}=ON" for option in ("SSE42", "AVX", "AVX2", "FMA", "F16C", "BMI2")] + [
+    f"-DGGML_{option}=OFF" for option in ("AVX_VNNI", "AVX512", "AVX512_VBMI", "AVX512_VNNI", "AVX512_BF16",
+                                          "AMX_TILE", "AMX_INT8", "AMX_BF16")]
 SOURCE = LLAMA_DIR / f"llama_cpp_python-{LLAMA_VERSION}" / "vendor" / "llama.cpp"
 TEST_TARGETS = ["llama-perplexity", "test-llama-archs", "llama-embedding", "llama-quantize", "llama-imatrix"]
 
@@ -50,26 +61,40 @@ def fetch_source():
     return SOURCE
 
 
-def build_llama(target="llama-bench"):
+def build_llama(target="llama-bench", isa="native"):
     """Path of llama.cpp's `target` (llama-bench, llama-server, llama-perplexity,
-    test-llama-archs, ...), building it first when the cache folder does not hold it yet."""
-    binary = BUILD_DIR / "bin" / target
+    test-llama-archs, ...), building it first when the cache folder does not hold it yet.
+    isa "native" is the build for this CPU, "avx2" the one for an AVX2-only CPU."""
+    if isa not in ("native", "avx2"):
+        raise ValueError(f"unknown isa {isa}: native or avx2")
+    build_dir = BUILD_DIR if isa == "native" else AVX2_DIR
+    binary = build_dir / "bin" / target
     if binary.exists():
         return binary
     source = fetch_source()
     if shutil.which("cmake") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "cmake"], check=True)
-    log(f"building {target} (a few minutes on 2 cores)")
-    cache = BUILD_DIR / "CMakeCache.txt"
+    log(f"building {target} for {isa} (a few minutes on 2 cores)")
+    cache = build_dir / "CMakeCache.txt"
     if not cache.exists() or any(f"{option}:BOOL=ON" not in cache.read_text()
                                  for option in ("LLAMA_BUILD_TESTS", "LLAMA_BUILD_EXAMPLES")):
-        subprocess.run(["cmake", "-S", str(source), "-B", str(BUILD_DIR), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
-                        "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_EXAMPLES=ON",
-                        "-DLLAMA_BUILD_SERVER=ON",
-                        f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["cmake", "--build", str(BUILD_DIR), "-j", str(os.cpu_count() or 2), "--target", target],
+        options = (["-DGGML_NATIVE=ON", f"-DCMAKE_C_FLAGS={NO_AMX}", f"-DCMAKE_CXX_FLAGS={NO_AMX}"] if isa == "native"
+                   else AVX2_OPTIONS)
+        subprocess.run(["cmake", "-S", str(source), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
+                        "-DLLAMA_BUILD_TESTS=ON", "-DLLAMA_BUILD_EXAMPLES=ON", "-DLLAMA_BUILD_SERVER=ON"] + options,
+                       check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build_dir), "-j", str(os.cpu_count() or 2), "--target", target],
                    check=True, stdout=subprocess.DEVNULL)
     return binary
+
+
+def system_info(isa="native"):
+    """llama.cpp's system_info line of the `isa` build (the CPU features its ggml was compiled
+    with: "AVX512 = 1" and the like appear only when they are), read from its libllama."""
+    import ctypes
+    library = ctypes.CDLL(str((BUILD_DIR if isa == "native" else AVX2_DIR) / "bin" / "libllama.so"))
+    library.llama_print_system_info.restype = ctypes.c_char_p
+    return library.llama_print_system_info().decode().strip()
 
 
 def requantized(source, file_type):
@@ -98,6 +123,9 @@ def requantized(source, file_type):
 
 
 if __name__ == "__main__":
-    for t in sys.argv[1:] or TEST_TARGETS:
-        build_llama(t)
-    print(BUILD_DIR / "bin")
+    args, isa = sys.argv[1:], "native"
+    if args[:1] == ["--isa"] and len(args) > 1:
+        args, isa = args[2:], args[1]
+    for t in args or TEST_TARGETS:
+        binary = build_llama(t, isa)
+    print(binary.parent)
