@@ -133,7 +133,7 @@ public let avx512Types: Set<TensorType> = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q
 public func avx512Pays(_ type: TensorType, tokens: Int) -> Bool {
     switch type {
     case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q6_K: true
-    case .iq4_NL, .iq4_XS, .mxfp4: true
+    case .iq4_NL, .iq4_XS, .mxfp4, .tq1_0, .tq2_0: true
     case .q2_K, .q3_K, .q4_K, .q5_K: tokens >= 4
     default: false
     }
@@ -156,7 +156,7 @@ func avx512TiledRows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: I
                      _ y: UnsafeMutablePointer<Float>) -> Bool {
     guard CPUDispatch.useAVX512(w.type, tokens: tokens) else { return false }
     return avx512TiledRows(w.type, tiles: w.data, rows: w.rows, columns: w.columns, act: act.avx512, tokens: tokens,
-                           range: rows, y: y, blockTotals: w.summation == .blockTotals)
+                           range: rows, y: y, blockTotals: w.summation.addsBlockTotals(w.type, rows: w.rows))
 }
 
 /// GGUF bytes of rows `rows` of a tiled matrix.

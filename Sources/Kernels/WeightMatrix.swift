@@ -20,8 +20,7 @@ public struct WeightMatrix: @unchecked Sendable {
     /// Bytes of one row in GGUF order (also for tiled matrices: the rows' total is unchanged).
     public let rowBytes: Int
     public let layout: Layout
-    /// How the products of a tiled matrix add up (see `ProductSummation`); a matrix in GGUF
-    /// layout always takes llama.cpp's order.
+    /// How the products add up (see `ProductSummation`): `.vecDot` for a matrix in GGUF layout.
     public let summation: ProductSummation
     let owner: AnyObject?
 
@@ -41,7 +40,7 @@ public struct WeightMatrix: @unchecked Sendable {
         }
         self.rowBytes = rowBytes
         layout = .rows
-        summation = .llamaCpp
+        summation = .vecDot
         self.owner = owner
     }
 

@@ -23,21 +23,39 @@ public enum WeightRepacking {
 }
 
 /// The order in which a quantized matrix product's terms are added. The integer products inside
-/// a 32-element block are exact in either; what differs is where they become floats, and so the
+/// a 32-element block are exact in each; what differs is where they become floats, and so the
 /// last bits of every output (the fidelity policy in the README bounds the difference).
 public enum ProductSummation: String, Sendable, CaseIterable {
-    /// llama.cpp's: a block's 8 four-element integer sums each converted and added to its own
-    /// float chain, the 8 chains summed at the end (`hsum_float_8`). Bitwise llama.cpp's results.
+    /// `ggml_vec_dot_*`'s, for every type: a block's 8 four-element integer sums each converted
+    /// and added to its own float chain, the 8 chains summed at the end (`hsum_float_8`). What
+    /// matrices in GGUF layout take.
+    case vecDot = "vec_dot"
+    /// llama.cpp's, as its x86 build (AVX2 and up) computes the type: bitwise its results.
+    /// Q4_1, Q5_0, Q5_1 and Q8_0 as `vecDot`. Q4_0 and IQ4_NL matrices whose rows are a multiple
+    /// of 8 llama.cpp repacks at load and multiplies a block total at a time
+    /// (`gemv/gemm_q4_b32_8x8_q8_0_lut_avx`: fma(Float(the block's integer dot), d·d_x, acc)),
+    /// as `blockTotals` does.
     case llamaCpp = "llama.cpp"
     /// A block's integer products summed exactly first, then one conversion and one FMA per
     /// block: a third of the float work. The AVX-512 tile kernels' default.
     case blockTotals = "block"
 
-    /// What matrices tiled in this task use (`WeightMatrix.withRowTiles`): `blockTotals` unless
-    /// `SWIFTLET_SUMS=llama.cpp`. Matrices in GGUF layout (AVX2 kernels, `--mem-budget`,
-    /// `SWIFTLET_REPACK=0`) always take llama.cpp's order.
+    /// What matrices tiled in this task use (`WeightMatrix.withRowTiles`): `SWIFTLET_SUMS`
+    /// (`llama.cpp`, `block` or `vec_dot`), `blockTotals` when unset. Matrices in GGUF layout
+    /// (AVX2 kernels, `--mem-budget`, `SWIFTLET_REPACK=0`) always take `vecDot`.
     @TaskLocal public static var forTiles: ProductSummation =
-        ProcessInfo.processInfo.environment["SWIFTLET_SUMS"]?.lowercased() == "llama.cpp" ? .llamaCpp : .blockTotals
+        ProcessInfo.processInfo.environment["SWIFTLET_SUMS"].flatMap { ProductSummation(rawValue: $0.lowercased()) }
+            ?? .blockTotals
+
+    /// Whether a tiled `type` matrix of `rows` rows adds block totals in this order.
+    public func addsBlockTotals(_ type: TensorType, rows: Int) -> Bool {
+        switch self {
+        case .vecDot: false
+        // llama.cpp's repacking condition (`ggml_repack_get_optimal_repack_type`: ne[1] % 8 == 0)
+        case .llamaCpp: (type == .q4_0 || type == .iq4_NL) && rows % 8 == 0
+        case .blockTotals: true
+        }
+    }
 }
 
 final class TileStorage {

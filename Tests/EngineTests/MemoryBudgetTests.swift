@@ -40,8 +40,8 @@ func greedyTokens(_ model: any LanguageModel, prompt: [Int32], steps: Int, pool:
         let steps = 12
 
         let plainFile = try GGUFFile(path: path)
-        // tiles summing in llama.cpp's order, as the budget's GGUF-layout kernels do
-        let resident = try ProductSummation.$forTiles.withValue(.llamaCpp) { try ModelRegistry.load(plainFile, repackWeights: true) }
+        // tiles summing in vec_dot's order, as the budget's GGUF-layout kernels do
+        let resident = try ProductSummation.$forTiles.withValue(.vecDot) { try ModelRegistry.load(plainFile, repackWeights: true) }
         let expected = try greedyTokens(resident, prompt: Self.prompt, steps: steps, pool: pool)
 
         let file = try GGUFFile(path: path)

@@ -134,7 +134,7 @@ func teacherForcedAgainstLlamaCpp(_ model: RealModel, _ loaded: LoadedModel) thr
     }
 
     /// The reference tests above run with a load that on AVX-512 machines repacks the 32-element
-    /// formats into tiles; summing in llama.cpp's order, the GGUF layout (AVX2 machines,
+    /// formats into tiles; summing in vec_dot's order, the GGUF layout (AVX2 machines,
     /// `--mem-budget`) must give the same logits bit for bit, for a prompt batch and for
     /// single-token steps. Without the AVX-512 kernels (or with repacking off) nothing is tiled
     /// and both loads are the same.
@@ -143,7 +143,7 @@ func teacherForcedAgainstLlamaCpp(_ model: RealModel, _ loaded: LoadedModel) thr
     func ggufLayoutGivesTheRepackedLogits(_ model: RealModel) throws {
         let pool = ThreadPool(threads: 2)
         // the files are not kept here: the models' matrices keep their mappings alive
-        let tiled = try ProductSummation.$forTiles.withValue(.llamaCpp) {
+        let tiled = try ProductSummation.$forTiles.withValue(.vecDot) {
             try ModelRegistry.load(GGUFFile(path: model.path), repackWeights: true)
         }
         let plain = try ModelRegistry.load(GGUFFile(path: model.path), repackWeights: false)

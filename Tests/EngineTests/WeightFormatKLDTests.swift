@@ -9,19 +9,19 @@ import Testing
 /// copy of the Q4_1 file) or, for formats it does not choose for a dense model, by the `gguf`
 /// package's reference quantizer (scripts/gguf_py_quantize.py). llama-perplexity writes its
 /// log-probabilities over the first 20 000 bytes of the GPL-3 (ctx 256, 4 chunks), and
-/// Swiftlet's must match them: mean KL divergence ≤ 0.01 and perplexity within 1 %.
+/// Swiftlet's, loaded in llama.cpp's order (`ProductSummation.llamaCpp`), must match them: mean
+/// KL divergence ≤ 10⁻³ and perplexity within 1 %.
 ///
-/// Why 0.01: SmolLM2 on this text amplifies last-bit differences. llama.cpp against itself, its
-/// repacked IQ4_NL kernel against its plain one (the same products summed in another order),
-/// gives a mean KLD of 0.0040 on the IQ4_NL file; files whose every product Swiftlet computes
-/// bitwise as llama.cpp does give 0 (< 10⁻⁶). Only the TQ cases are bitwise here (the others
-/// take llama.cpp's repacked IQ4_NL/MXFP4 kernels, or its two-accumulator loops).
+/// llama-perplexity runs with its tiled matrix product switched off (`GGML_CPU_TILED_MM=0`,
+/// which prompt batches of the K-quants, IQ4_XS and the grid types otherwise take): its plain
+/// `ggml_vec_dot_<type>_q8_K` kernels, and its repacked Q4_0/IQ4_NL/Q4_K kernels, are the
+/// arithmetic Swiftlet reproduces, so these files agree to ~10⁻⁶ or better. SmolLM2 on this text
+/// amplifies last-bit differences: llama.cpp against itself, its repacked IQ4_NL kernel against
+/// its plain one, gives 0.0040 on the IQ4_NL file.
 ///
 /// The grid i-quants (IQ1_S … IQ3_S; llama-quantize gives them only to the ffn_down tensors,
 /// whose rows are whole 256-element blocks, the others fall back to IQ4_NL) are quantized with an
-/// importance matrix (llama-imatrix over the Apache-2.0 license text), and their base files are
-/// written with llama.cpp's tiled matrix product switched off (`GGML_CPU_TILED_MM=0`): its plain
-/// `ggml_vec_dot_<type>_q8_K` kernels are the arithmetic Swiftlet reproduces.
+/// importance matrix (llama-imatrix over the Apache-2.0 license text).
 ///
 /// The quantized files and llama.cpp's base files are kept in `$SWIFTLET_HOME/requantized/`
 /// (named by llama.cpp's version), so later runs only run Swiftlet.
@@ -84,10 +84,10 @@ enum RequantizedSmolLM2 {
             try Data(try Data(contentsOf: URL(fileURLWithPath: "/usr/share/common-licenses/GPL-3")).prefix(20_000))
                 .write(to: URL(fileURLWithPath: out))
         }
-        return try cached("SmolLM2-135M-Instruct.\(format.name).c256x4.kld") { out in
+        return try cached("SmolLM2-135M-Instruct.\(format.name).c256x4.untiled-mm.kld") { out in
             try TestSupport.run(TestSupport.llamaCppTool("llama-perplexity")!, [
                 "-m", model, "-f", text, "-c", "256", "--chunks", "4", "-t", "2", "--kl-divergence-base", out,
-            ], environment: format.untiledMatmul ? ["GGML_CPU_TILED_MM": "0"] : [:])
+            ], environment: ["GGML_CPU_TILED_MM": "0"])
         }
     }
 
@@ -117,8 +117,8 @@ enum RequantizedSmolLM2 {
         let types: [TensorType]
         /// llama-quantize with `importanceMatrix()`.
         var importanceMatrix = false
-        /// llama-perplexity with `GGML_CPU_TILED_MM=0`.
-        var untiledMatmul = false
+        /// The mean KL divergence allowed.
+        var maxKLD = 1e-3
         /// llama-quantize's `--tensor-type` overrides (`ffn_down=iq1_s`).
         var tensorTypes: [String] = []
         var testDescription: String { name }
@@ -129,7 +129,11 @@ enum RequantizedSmolLM2 {
     static let formats: [RequantizedSmolLM2.Format] = [
         .init(name: "IQ4_NL", type: "IQ4_NL", quantizer: .llamaQuantize, types: [.iq4_NL]),
         .init(name: "IQ4_XS", type: "IQ4_XS", quantizer: .llamaQuantize, types: [.iq4_XS, .iq4_NL]),
-        .init(name: "MXFP4", type: "MXFP4", quantizer: .ggufPy, types: [.mxfp4]),
+        // llama.cpp repacks Q4_0 (as IQ4_NL) and adds block totals: Swiftlet's tiles in its order
+        .init(name: "Q4_0", type: "Q4_0", quantizer: .llamaQuantize, types: [.q4_0]),
+        // llama.cpp's repacked MXFP4 kernel adds block totals, Swiftlet's MXFP4 kernels vec_dot's
+        // 8 lanes per block: the spread of that change of order (measured 0.005)
+        .init(name: "MXFP4", type: "MXFP4", quantizer: .ggufPy, types: [.mxfp4], maxKLD: 0.01),
         // llama-quantize's TQ files make every ffn_down ternary, which leaves SmolLM2 at a perplexity
         // of 10⁶ (beyond the 16 nats llama.cpp's base file records): four ternary layers, the rest Q8_0
         .init(name: "TQ1_0-ffn_down-0-3", type: "TQ1_0", quantizer: .ggufPy, pattern: #"blk\.[0-3]\.ffn_down"#,
@@ -140,24 +144,24 @@ enum RequantizedSmolLM2 {
         .init(name: "Q5_K_M", type: "Q5_K_M", quantizer: .llamaQuantize, types: [.q5_1, .q5_K, .q6_K, .q8_0]),
         // the grid i-quants (ffn_down; the other matrices fall back to IQ4_NL)
         .init(name: "IQ3_XXS", type: "IQ3_XXS", quantizer: .llamaQuantize, types: [.iq3_XXS],
-              importanceMatrix: true, untiledMatmul: true),
+              importanceMatrix: true),
         .init(name: "IQ3_S", type: "IQ3_S", quantizer: .llamaQuantize, types: [.iq3_S],
-              importanceMatrix: true, untiledMatmul: true),
-        .init(name: "IQ2_XXS", type: "IQ2_XXS", quantizer: .llamaQuantize, types: [.iq2_XXS],
-              importanceMatrix: true, untiledMatmul: true),
-        .init(name: "IQ2_XS", type: "IQ2_XS", quantizer: .llamaQuantize, types: [.iq2_XS],
-              importanceMatrix: true, untiledMatmul: true),
-        // llama-quantize's IQ2_S file type makes ffn_down IQ2_XS; its IQ1 files (IQ4_NL around 1-bit
-        // ffn_down) leave SmolLM2 at a perplexity of 40-75, where the IQ4_NL rounding differences
-        // alone exceed the bound: these three are Q8_0 files with ffn_down in the type (products
-        // bitwise llama.cpp's: mean KLD ~3·10⁻⁷)
+              importanceMatrix: true),
+        // (the file types give three ffn_down Q2_K, which llama.cpp's AVX-512 build multiplies with
+        // its repacked q2_K_8x8 kernel, an order Swiftlet does not reproduce: all 30 in the type)
+        .init(name: "IQ2_XXS-ffn_down", type: "IQ2_XXS", quantizer: .llamaQuantize, types: [.iq2_XXS],
+              importanceMatrix: true, tensorTypes: ["ffn_down=iq2_xxs"]),
+        .init(name: "IQ2_XS-ffn_down", type: "IQ2_XS", quantizer: .llamaQuantize, types: [.iq2_XS],
+              importanceMatrix: true, tensorTypes: ["ffn_down=iq2_xs"]),
+        // llama-quantize's IQ2_S file type makes ffn_down IQ2_XS, and its IQ1 files leave SmolLM2 at a
+        // perplexity of 40-75: these three are Q8_0 files with ffn_down in the type
         .init(name: "IQ2_S-ffn_down", type: "Q8_0", quantizer: .llamaQuantize, types: [.iq2_S],
-              importanceMatrix: true, untiledMatmul: true, tensorTypes: ["ffn_down=iq2_s"]),
+              importanceMatrix: true, tensorTypes: ["ffn_down=iq2_s"]),
         // (IQ1_S on all 30 pushes tokens past the 16 nats the base file records: layers 0-9)
         .init(name: "IQ1_S-ffn_down-0-9", type: "Q8_0", quantizer: .llamaQuantize, types: [.iq1_S],
-              importanceMatrix: true, untiledMatmul: true, tensorTypes: [#"blk\.[0-9]\.ffn_down=iq1_s"#]),
+              importanceMatrix: true, tensorTypes: [#"blk\.[0-9]\.ffn_down=iq1_s"#]),
         .init(name: "IQ1_M-ffn_down", type: "Q8_0", quantizer: .llamaQuantize, types: [.iq1_M],
-              importanceMatrix: true, untiledMatmul: true, tensorTypes: ["ffn_down=iq1_m"]),
+              importanceMatrix: true, tensorTypes: ["ffn_down=iq1_m"]),
     ]
 
     @Test(.enabled(if: RequantizedSmolLM2.available, RequantizedSmolLM2.reason), arguments: formats)
@@ -176,7 +180,7 @@ enum RequantizedSmolLM2 {
         print("[\(format.name)] mean KLD \(result.kld.mean), max \(result.kld.max), same top p \(result.sameTopP.value), "
               + "PPL \(result.ppl.value) vs llama.cpp \(result.pplBase.value)")
         #expect(result.chunks == 4 && result.context == 256)
-        #expect(result.kld.mean <= 0.01, "\(format.name): mean KLD \(result.kld.mean)")
+        #expect(result.kld.mean <= format.maxKLD, "\(format.name): mean KLD \(result.kld.mean)")
         #expect(abs(pplRatio - 1) <= 0.01, "\(format.name): PPL \(result.ppl.value) vs llama.cpp \(result.pplBase.value)")
     }
 }

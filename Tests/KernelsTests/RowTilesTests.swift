@@ -5,14 +5,15 @@ import Testing
 
 /// Matrices repacked into 16-row tiles (`WeightMatrix.withRowTiles`) must give bitwise the
 /// outputs of the GGUF layout, under either kernel family, for any row split, when they sum in
-/// llama.cpp's order; summing block totals, bitwise the floats of that definition. Tiles exist
-/// only where the AVX-512 kernels run.
+/// `ggml_vec_dot_*`'s order; summing block totals, bitwise the floats of that definition; in
+/// llama.cpp's order, the one or the other as llama.cpp's x86 build chooses for the type. Tiles
+/// exist only where the AVX-512 kernels run.
 @Suite(.serialized, .enabled(if: hasAVX512, needsAVX512)) struct RowTilesTests {
     static let types: [TensorType] = [.q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .iq4_NL]
 
     /// (untiled, tiled) outputs of `tokens` tokens.
     func outputs(_ c: MatMulCase, tokens: Int, pool: ThreadPool, isa: KernelISA,
-                 summation: ProductSummation = .llamaCpp) throws -> ([Float], [Float]) {
+                 summation: ProductSummation = .vecDot) throws -> ([Float], [Float]) {
         let x = randomInput(tokens: tokens, columns: c.columns, seed: 7 &+ UInt64(tokens))
         return try c.weights.withUnsafeBytes { wb -> ([Float], [Float]) in
             let w = WeightMatrix(type: c.type, data: wb.baseAddress!, rows: c.rows, columns: c.columns)
@@ -34,25 +35,35 @@ import Testing
     @Test(arguments: types, [1, 2, 3, 4, 5, 16, 33])
     func tiledEqualsGGUFLayout(_ type: TensorType, tokens: Int) throws {
         for (c, pool) in [(MatMulCase(type, rows: 48, columns: 800), serialPool), (MatMulCase(type, rows: 160, columns: 1536), matmulPool)] {
-            let (a, b) = try outputs(c, tokens: tokens, pool: pool, isa: .avx512)
-            let differ = zip(a, b).filter { $0.bitPattern != $1.bitPattern }.count
-            #expect(differ == 0, "\(type) \(c.rows)×\(c.columns), \(tokens) tokens: \(differ) outputs differ")
-            #expect(!b.contains { $0.isNaN })
+            // llama.cpp's order is vec_dot's for the types it does not repack
+            let orders: [ProductSummation] = ProductSummation.llamaCpp.addsBlockTotals(type, rows: c.rows) ? [.vecDot] : [.vecDot, .llamaCpp]
+            for order in orders {
+                let (a, b) = try outputs(c, tokens: tokens, pool: pool, isa: .avx512, summation: order)
+                let differ = zip(a, b).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(differ == 0, "\(type) \(order) \(c.rows)×\(c.columns), \(tokens) tokens: \(differ) outputs differ")
+                #expect(!b.contains { $0.isNaN })
+            }
         }
     }
 
     /// Block totals (`ProductSummation.blockTotals`, the default for tiles): per row and token,
     /// s = fma(d·dx, Float(Σ of the block's 32 integer products), s) block by block, plus
-    /// llama.cpp's min chain for Q4_1/Q5_1 — bitwise, for every token count and row split.
+    /// llama.cpp's min chain for Q4_1/Q5_1 — bitwise, for every token count and row split. Q4_0
+    /// and IQ4_NL in llama.cpp's order too: llama.cpp repacks those matrices (rows a multiple of
+    /// 8) and its `gemv/gemm_q4_b32_8x8_q8_0_lut_avx` add exactly these block totals.
     @Test(arguments: types, [1, 2, 5, 16, 33])
     func blockTotalsAreTheirDefinition(_ type: TensorType, tokens: Int) throws {
         for (c, pool) in [(MatMulCase(type, rows: 48, columns: 800), serialPool), (MatMulCase(type, rows: 160, columns: 1536), matmulPool)] {
             // (the reference's 127/amax overflows on a sub-1e-30 block, as llama.cpp's does; ours quantizes it to zeros)
             let x = randomInput(tokens: tokens, columns: c.columns, seed: 7 &+ UInt64(tokens))
             let expected = LlamaVecDotTests.referenceBlockTotals(c, x.map { $0 != 0 && abs($0) < 1e-30 ? 0 : $0 }, tokens: tokens)
-            let tiled = try outputs(c, tokens: tokens, pool: pool, isa: .avx512, summation: .blockTotals).1
-            let differ = zip(expected, tiled).filter { $0.bitPattern != $1.bitPattern }.count
-            #expect(differ == 0, "\(type) \(c.rows)×\(c.columns), \(tokens) tokens: \(differ) outputs differ")
+            let orders: [ProductSummation] = ProductSummation.llamaCpp.addsBlockTotals(type, rows: c.rows) ? [.blockTotals, .llamaCpp] : [.blockTotals]
+            #expect(orders.count == ([.q4_0, .iq4_NL].contains(type) ? 2 : 1))
+            for order in orders {
+                let tiled = try outputs(c, tokens: tokens, pool: pool, isa: .avx512, summation: order).1
+                let differ = zip(expected, tiled).filter { $0.bitPattern != $1.bitPattern }.count
+                #expect(differ == 0, "\(type) \(order) \(c.rows)×\(c.columns), \(tokens) tokens: \(differ) outputs differ")
+            }
         }
     }
 
@@ -75,7 +86,7 @@ import Testing
                 even.weights.withUnsafeBytes { eb in
                     let a = WeightMatrix(type: odd.type, data: ob.baseAddress!, rows: odd.rows, columns: 512)
                     var b = WeightMatrix(type: even.type, data: eb.baseAddress!, rows: even.rows, columns: 512)
-                    if tiled { b = CPUDispatch.with(.avx512) { b.withRowTiles(summation: .llamaCpp) }! }
+                    if tiled { b = CPUDispatch.with(.avx512) { b.withRowTiles(summation: .vecDot) }! }
                     var ya = [Float](repeating: .nan, count: tokens * a.rows), yb = [Float](repeating: .nan, count: tokens * b.rows)
                     x.withUnsafeBufferPointer { xp in
                         ya.withUnsafeMutableBufferPointer { pa in
@@ -107,7 +118,7 @@ import Testing
         x.withUnsafeBufferPointer { act.quantize($0.baseAddress!, tokens: 0..<tokens) }
         try c.weights.withUnsafeBytes { wb in
             let w = WeightMatrix(type: type, data: wb.baseAddress!, rows: c.rows, columns: c.columns)
-            let tiled = try #require(CPUDispatch.with(.avx512) { w.withRowTiles(summation: .llamaCpp) })
+            let tiled = try #require(CPUDispatch.with(.avx512) { w.withRowTiles(summation: .vecDot) })
             for range in [3..<29, 17..<18, 0..<5, 33..<64, 47..<49] {
                 func run(_ m: WeightMatrix) -> [Float] {
                     var y = [Float](repeating: .nan, count: tokens * c.rows)
