@@ -64,6 +64,8 @@ public func avx512QuantRows(_ type: TensorType, data: UnsafeRawPointer, rows: In
     case .iq4_NL: pairRows(PIQ4_NL.self, m, act, tokens, range, y)
     case .iq4_XS: superRows(SIQ4_XS.self, m, act, tokens, range, y)
     case .mxfp4: pairRows(PMXFP4.self, m, act, tokens, range, y)
+    case .tq1_0: superRows(STQ1_0.self, m, act, tokens, range, y)
+    case .tq2_0: superRows(STQ2_0.self, m, act, tokens, range, y)
     default: return false
     }
     return true
@@ -468,6 +470,7 @@ struct SuperConsts {
     var quadIdx: __m512i          // IQ4_XS: qwords [0, 1, 0, 1, 2, 3, 2, 3] (16 bytes per 128-bit lane, twice)
     var quadShift: __m512i        // IQ4_XS: words [0 ×8, 4 ×8, 0 ×8, 4 ×8]
     var iq4Table: __m512i         // IQ4_XS: the signed IQ4 grid in each 128-bit lane
+    var ternaryPowers: (__m512i, __m512i, __m512i, __m512i)  // TQ1_0: per chunk pair, each byte's power of 3
 }
 
 struct KHeader {
@@ -492,6 +495,8 @@ protocol SuperFormat {
     /// pair's activations then take the weights' signs and the weights their magnitudes, as
     /// llama.cpp's AVX2 `mul_add_epi8` (sign_epi8) does.
     static var signedWeights: Bool { get }
+    /// `.laneOffset`: lane l loses (Σ mins·group sums over its two groups) << this (Q6_K's 32·).
+    static var laneOffsetShift: Int32 { get }
 }
 
 /// As `Kernels.SuperStyle`: how a K-quant block's integer lanes become floats in llama.cpp.
@@ -509,6 +514,7 @@ enum SuperStyle {
 extension SuperFormat {
     static var style: SuperStyle { .lanes }
     static var signedWeights: Bool { false }
+    static var laneOffsetShift: Int32 { 5 }
 }
 
 @inline(__always)
@@ -675,6 +681,62 @@ struct SIQ4_XS: SuperFormat {
     @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
 }
 
+/// TQ2_0 (`Kernels.KTQ2_0`, llama.cpp's `ggml_vec_dot_tq2_0_q8_K`): codes 0…3 meaning code − 1,
+/// four to a byte, no sub-block scales; the +1 leaves the integer lanes as the activations'
+/// group sums (`.laneOffset`, shift 0), then per block fma(d·d_x, lanes, acc) and hsum(acc).
+struct STQ2_0: SuperFormat {
+    static var style: SuperStyle { .laneOffset }
+    static var laneOffsetShift: Int32 { 0 }
+    static var scalesPerChunk: Int { 2 }
+    static var blockBytes: Int { 66 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
+        let ones = _mm256_set1_epi16(1)
+        return KHeader(d: f16(p, 64), dmin: 0, scales: _mm512_castsi256_si512(ones), mins: ones)
+    }
+    @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
+        // chunk c: bits 2·(c & 3) of qs[(c / 4)·32 ..< +32], so chunks 2cp, 2cp+1 share their bytes (as Q2_K)
+        let q = _mm512_srlv_epi16(broadcast256(p + (cp >> 1) * 32), cp & 1 == 0 ? k.twoBitShift.0 : k.twoBitShift.1)
+        return _mm512_and_si512(q, _mm512_set1_epi8(3))
+    }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+}
+
+/// TQ1_0 (`Kernels.KTQ1_0`, llama.cpp's `ggml_vec_dot_tq1_0_q8_K`): five base-3 digits per byte,
+/// digit k the top of (byte · 3^k mod 256) · 3; otherwise as TQ2_0. Chunk c's bytes and powers:
+/// c < 5: qs[0..<32] · 3^c; c = 5, 6: qs[32..<48] · (1, 3), (9, 27); c = 7: qs[32..<48] · 81,
+/// then qh[0..<4] · (1, 3, 9, 27), each power over the 4 bytes.
+struct STQ1_0: SuperFormat {
+    static var style: SuperStyle { .laneOffset }
+    static var laneOffsetShift: Int32 { 0 }
+    static var scalesPerChunk: Int { 2 }
+    static var blockBytes: Int { 54 }
+    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
+        let ones = _mm256_set1_epi16(1)
+        return KHeader(d: f16(p, 52), dmin: 0, scales: _mm512_castsi256_si512(ones), mins: ones)
+    }
+    @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
+        let bytes: __m512i
+        switch cp {
+        case 0, 1: bytes = broadcast256(p)
+        case 2: bytes = _mm512_mask_broadcast_i32x4(_mm512_castsi256_si512(p.loadUnaligned(as: __m256i.self)), 0xFF00,
+                                                    p.loadUnaligned(fromByteOffset: 32, as: __m128i.self))
+        default:
+            let rest = _mm512_broadcast_i32x4(p.loadUnaligned(fromByteOffset: 32, as: __m128i.self))
+            bytes = _mm512_mask_set1_epi32(rest, 0xF000, p.loadUnaligned(fromByteOffset: 48, as: Int32.self))
+        }
+        // bytes · powers mod 256: even bytes from the words' low halves, odd bytes from their high halves
+        let powers = sel4(k.ternaryPowers, cp)
+        let even = _mm512_mullo_epi16(bytes, powers)
+        let odd = _mm512_slli_epi16(_mm512_mullo_epi16(_mm512_srli_epi16(bytes, 8), _mm512_srli_epi16(powers, 8)), 8)
+        let v = _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, even, odd)
+        // the leading digit (v · 3) >> 8: 1 from v = 86 on, 2 from v = 171 on (-86 is 170 as a byte)
+        let one = _mm512_set1_epi8(1)
+        return _mm512_add_epi8(_mm512_min_epu8(_mm512_subs_epu8(v, _mm512_set1_epi8(85)), one),
+                               _mm512_min_epu8(_mm512_subs_epu8(v, _mm512_set1_epi8(-86)), one))
+    }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+}
+
 /// `scalesPerChunk`: 1 (Q4_K/Q5_K: words of chunk pair cp take scale 2cp + i/16) or 2
 /// (Q2_K/Q3_K/Q6_K: one scale per 16 elements, 4cp + i/8).
 @inline(__always)
@@ -691,7 +753,10 @@ func superConsts(scalesPerChunk: Int) -> SuperConsts {
                        twoBitShift: (words32 { $0 < 16 ? 0 : 2 }, words32 { $0 < 16 ? 4 : 6 }),
                        quadIdx: _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0),
                        quadShift: words32 { ($0 / 8) & 1 == 1 ? 4 : 0 },
-                       iq4Table: bytes64 { Int(PIQ4_NL.table[$0 & 15]) - 128 })
+                       iq4Table: bytes64 { Int(PIQ4_NL.table[$0 & 15]) - 128 },
+                       ternaryPowers: (bytes64 { $0 < 32 ? 1 : 3 }, bytes64 { $0 < 32 ? 9 : 27 },
+                                       bytes64 { $0 < 32 ? 81 : $0 < 48 ? 1 : 3 },
+                                       bytes64 { [9, 27, 81, 1, 3, 9, 27][$0 < 48 ? $0 / 16 : 3 + ($0 - 48) / 4] }))
 }
 
 struct SuperKernel<F: SuperFormat>: RowKernel {
@@ -820,7 +885,7 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
                     c = c.addingProduct(-(h.dmin * dx), Float(minsDot(h.mins, bsums)))
                 case .laneOffset:
                     let offset = _mm256_madd_epi16(h.mins, UnsafeRawPointer(bsums).loadUnaligned(as: __m256i.self))
-                    lanes = _mm256_sub_epi32(lanes, _mm256_slli_epi32(offset, 5))
+                    lanes = _mm256_sub_epi32(lanes, _mm256_slli_epi32(offset, F.laneOffsetShift))
                     a = _mm256_fmadd_ps(_mm256_set1_ps(ws * dx), _mm256_cvtepi32_ps(lanes), a)
                 case .rowSums:
                     if t0 + j < act.gemmRows {
