@@ -137,7 +137,7 @@ func blockStepGMACs(pool: ThreadPool, seconds: Double, floatStep: Bool = true) -
                 let x = base + 256 * (s & 7)
                 @inline(__always) func step(_ j: Int, _ f: inout SIMD8<Float>, _ i: inout SIMD8<Int32>) {
                     let lanes = dotU8I8(w, x.load(fromByteOffset: 32 * j, as: SIMD32<Int8>.self), ones)
-                    if floatStep { f = f.addingProduct(scale, SIMD8<Float>(lanes)) } else { i &+= lanes }
+                    if floatStep { f = f.addingProduct(scale, floats(lanes)) } else { i &+= lanes }
                 }
                 step(0, &f0, &i0); step(1, &f1, &i1); step(2, &f2, &i2); step(3, &f3, &i3)
                 step(4, &f4, &i4); step(5, &f5, &i5); step(6, &f6, &i6); step(7, &f7, &i7)

@@ -276,7 +276,7 @@ func smallDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
             lanes &+= offsets0.loadUnaligned(fromByteOffset: 32 * (j * nb + b), as: SIMD8<Int32>.self)
         }
         let i = 2 * (j * nb + b)
-        a = a.addingProduct(SIMD8(repeating: sc[0] * ds0[i]), SIMD8<Float>(lanes))
+        a = a.addingProduct(SIMD8(repeating: sc[0] * ds0[i]), floats(lanes))
         if K.hasMin { m = m.addingProduct(sc[1], ds0[i + 1]) }
     }
 
@@ -391,14 +391,14 @@ func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
         let bsums = g0 + 16 * (j * nb + b)
         switch K.superStyle {
         case .lanes:
-            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(i))
+            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), floats(i))
             c += K.correction(h, dx: dx, sx: 0, bsums: bsums)
         case .minChain:
-            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(i))
+            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), floats(i))
             c = c.addingProduct(-(K.blockMin(h) * dx), Float(K.minSum(h, bsums: bsums)))
         case .laneOffset:
             let lanes = i &- K.laneOffset(h, bsums: bsums)
-            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), SIMD8<Float>(lanes))
+            a = a.addingProduct(SIMD8(repeating: K.blockScale(h) * dx), floats(lanes))
         case .rowSums:
             guard t0 + j >= act.gemmRows else { return }  // (gemm rows: done per pair)
             s = s.addingProduct(Float(i.wrappedSum()), K.blockScale(h) * dx)

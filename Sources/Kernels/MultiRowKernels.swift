@@ -35,7 +35,7 @@ func smallDotFourRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, first: Int
             let sc = K.scales(p)
             var lanes = K.dot(K.chunk(p, K.header(p), 0).0, x, splat16(1))
             if K.offsetSlot >= 0 { lanes &+= off }
-            a = a.addingProduct(SIMD8(repeating: sc[0] * dx), SIMD8<Float>(lanes))
+            a = a.addingProduct(SIMD8(repeating: sc[0] * dx), floats(lanes))
             if K.hasMin { m = m.addingProduct(sc[1], sx) }
         }
         chain(0, &a0, &m0)
@@ -128,8 +128,8 @@ func smallDotTwoRowsFourTokens<K: QuantKernel>(
                 l0 &+= off
                 l1 &+= off
             }
-            a0 = a0.addingProduct(SIMD8(repeating: p[j]), SIMD8<Float>(l0))
-            a1 = a1.addingProduct(SIMD8(repeating: p[4 + j]), SIMD8<Float>(l1))
+            a0 = a0.addingProduct(SIMD8(repeating: p[j]), floats(l0))
+            a1 = a1.addingProduct(SIMD8(repeating: p[4 + j]), floats(l1))
         }
         token(0, &a00, &a10)
         token(1, &a01, &a11)

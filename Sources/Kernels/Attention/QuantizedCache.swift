@@ -128,15 +128,6 @@ func q4_0Values(_ block: UnsafeRawPointer) -> SIMD32<Int8> {
 #endif
 }
 
-/// Int32 lanes to float (the generic SIMD conversion is not vectorized).
-@inline(__always)
-func floats(_ v: SIMD8<Int32>) -> SIMD8<Float> {
-#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-    unsafeBitCast(_mm256_cvtepi32_ps(unsafeBitCast(v, to: __m256i.self)), to: SIMD8<Float>.self)
-#else
-    SIMD8<Float>(v)
-#endif
-}
 
 /// float(values[i]) · d for the 32 bytes of a block (ggml's Q8_0/Q4_0 `to_float`), handed to
 /// `body` 8 at a time with the first element's index.

@@ -393,8 +393,8 @@ func iq1mRows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ r
                     sum2 &+= dotI8I8(deltas[8 * b + c], x, scales[8 * b + c])
                 }
                 let d = SIMD8(repeating: act.d[t * nb + b] * ds[b])
-                acc1 = acc1.addingProduct(d, SIMD8<Float>(sum1))
-                acc2 = acc2.addingProduct(d, SIMD8<Float>(sum2))
+                acc1 = acc1.addingProduct(d, floats(sum1))
+                acc2 = acc2.addingProduct(d, floats(sum2))
             }
             y[t * w.rows + r] = hsum(acc1) + 0.125 * hsum(acc2)
         }
