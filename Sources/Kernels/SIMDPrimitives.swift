@@ -16,6 +16,18 @@ func floats(_ v: SIMD8<Int32>) -> SIMD8<Float> {
 #endif
 }
 
+/// Lane-wise max(acc, |v|) (vandnps + vmaxps; `pointwiseMax` compiled to an outlined call). A NaN
+/// in v leaves acc as it was, as `pointwiseMax(acc, pointwiseMax(v, -v))` did.
+@inline(__always)
+func maxMagnitude(_ acc: SIMD8<Float>, _ v: SIMD8<Float>) -> SIMD8<Float> {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    let magnitude = _mm256_andnot_ps(_mm256_set1_ps(-0.0), unsafeBitCast(v, to: __m256.self))
+    return unsafeBitCast(_mm256_max_ps(magnitude, unsafeBitCast(acc, to: __m256.self)), to: SIMD8<Float>.self)
+#else
+    pointwiseMax(acc, pointwiseMax(v, -v))
+#endif
+}
+
 /// Sum over pairs: lane k = a[2k]*b[2k] + a[2k+1]*b[2k+1] (a unsigned, b signed), then
 /// lane j of the result = p[2j]*s[2j] + p[2j+1]*s[2j+1] in Int32.
 /// Callers keep |a|·|b| small enough that the 16-bit pair sums never saturate

@@ -73,9 +73,8 @@ public func storeCacheRow(_ x: UnsafePointer<Float>, count: Int, type: KVCacheTy
 @inline(__always)
 func quantizeQ8_0Nearest(_ x: UnsafePointer<Float>, scale: UnsafeMutablePointer<Float>?, _ y: UnsafeMutableRawPointer) {
     var amax = SIMD8<Float>()
-    for k in 0..<4 { let v = load8(x + 8 * k); amax = pointwiseMax(amax, pointwiseMax(v, -v)) }
-    let h = pointwiseMax(amax.lowHalf, amax.highHalf)
-    let m = max(max(h[0], h[2]), max(h[1], h[3]))
+    for k in 0..<4 { amax = maxMagnitude(amax, load8(x + 8 * k)) }
+    let m = max(max(max(amax[0], amax[4]), max(amax[2], amax[6])), max(max(amax[1], amax[5]), max(amax[3], amax[7])))
     let d = Float16(m / 127)
     y.storeBytes(of: d.bitPattern, as: UInt16.self)
     scale?.pointee = Float(d)
