@@ -681,39 +681,43 @@ struct SIQ4_XS: SuperFormat {
     @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
 }
 
-/// TQ2_0 (`Kernels.KTQ2_0`, llama.cpp's `ggml_vec_dot_tq2_0_q8_K`): codes 0…3 meaning code − 1,
-/// four to a byte, no sub-block scales; the +1 leaves the integer lanes as the activations'
-/// group sums (`.laneOffset`, shift 0), then per block fma(d·d_x, lanes, acc) and hsum(acc).
-struct STQ2_0: SuperFormat {
+/// The ternary formats (llama.cpp's `ggml_vec_dot_tq{1,2}_0_q8_K`): unsigned codes n = value + 1,
+/// no sub-block scales; the +1 leaves the integer lanes as the activations' group sums
+/// (`.laneOffset`, shift 0), then per block fma(d·d_x, lanes, acc) and hsum(acc).
+protocol TernaryFormat: SuperFormat {
+    /// Where the block's f16 d is.
+    static var dOffset: Int { get }
+}
+
+extension TernaryFormat {
     static var style: SuperStyle { .laneOffset }
     static var laneOffsetShift: Int32 { 0 }
     static var scalesPerChunk: Int { 2 }
-    static var blockBytes: Int { 66 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
         let ones = _mm256_set1_epi16(1)
-        return KHeader(d: f16(p, 64), dmin: 0, scales: _mm512_castsi256_si512(ones), mins: ones)
+        return KHeader(d: f16(p, dOffset), dmin: 0, scales: _mm512_castsi256_si512(ones), mins: ones)
     }
+    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+}
+
+/// TQ2_0 (`Kernels.KTQ2_0`): codes 0…3, four to a byte.
+struct STQ2_0: TernaryFormat {
+    static var blockBytes: Int { 66 }
+    static var dOffset: Int { 64 }
     @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
         // chunk c: bits 2·(c & 3) of qs[(c / 4)·32 ..< +32], so chunks 2cp, 2cp+1 share their bytes (as Q2_K)
         let q = _mm512_srlv_epi16(broadcast256(p + (cp >> 1) * 32), cp & 1 == 0 ? k.twoBitShift.0 : k.twoBitShift.1)
         return _mm512_and_si512(q, _mm512_set1_epi8(3))
     }
-    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
 }
 
-/// TQ1_0 (`Kernels.KTQ1_0`, llama.cpp's `ggml_vec_dot_tq1_0_q8_K`): five base-3 digits per byte,
-/// digit k the top of (byte · 3^k mod 256) · 3; otherwise as TQ2_0. Chunk c's bytes and powers:
-/// c < 5: qs[0..<32] · 3^c; c = 5, 6: qs[32..<48] · (1, 3), (9, 27); c = 7: qs[32..<48] · 81,
-/// then qh[0..<4] · (1, 3, 9, 27), each power over the 4 bytes.
-struct STQ1_0: SuperFormat {
-    static var style: SuperStyle { .laneOffset }
-    static var laneOffsetShift: Int32 { 0 }
-    static var scalesPerChunk: Int { 2 }
+/// TQ1_0 (`Kernels.KTQ1_0`): five base-3 digits per byte, digit k the top of
+/// (byte · 3^k mod 256) · 3. Chunk c's bytes and powers: c < 5: qs[0..<32] · 3^c; c = 5, 6:
+/// qs[32..<48] · (1, 3), (9, 27); c = 7: qs[32..<48] · 81, then qh[0..<4] · (1, 3, 9, 27), each
+/// power over the 4 bytes.
+struct STQ1_0: TernaryFormat {
     static var blockBytes: Int { 54 }
-    @inline(__always) static func header(_ p: UnsafeRawPointer) -> KHeader {
-        let ones = _mm256_set1_epi16(1)
-        return KHeader(d: f16(p, 52), dmin: 0, scales: _mm512_castsi256_si512(ones), mins: ones)
-    }
+    static var dOffset: Int { 52 }
     @inline(__always) static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i {
         let bytes: __m512i
         switch cp {
@@ -734,7 +738,6 @@ struct STQ1_0: SuperFormat {
         return _mm512_add_epi8(_mm512_min_epu8(_mm512_subs_epu8(v, _mm512_set1_epi8(85)), one),
                                _mm512_min_epu8(_mm512_subs_epu8(v, _mm512_set1_epi8(-86)), one))
     }
-    @inline(__always) static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
 }
 
 /// `scalesPerChunk`: 1 (Q4_K/Q5_K: words of chunk pair cp take scale 2cp + i/16) or 2
