@@ -470,7 +470,6 @@ struct SuperConsts {
     var quadIdx: __m512i          // IQ4_XS: qwords [0, 1, 0, 1, 2, 3, 2, 3] (16 bytes per 128-bit lane, twice)
     var quadShift: __m512i        // IQ4_XS: words [0 ×8, 4 ×8, 0 ×8, 4 ×8]
     var iq4Table: __m512i         // IQ4_XS: the signed IQ4 grid in each 128-bit lane
-    var ternaryPowers: (__m512i, __m512i, __m512i, __m512i)  // TQ1_0: per chunk pair, each byte's power of 3
 }
 
 struct KHeader {
@@ -729,7 +728,7 @@ struct STQ1_0: TernaryFormat {
             bytes = _mm512_mask_set1_epi32(rest, 0xF000, p.loadUnaligned(fromByteOffset: 48, as: Int32.self))
         }
         // bytes · powers mod 256: even bytes from the words' low halves, odd bytes from their high halves
-        let powers = sel4(k.ternaryPowers, cp)
+        let powers = Self.powers(cp)
         let even = _mm512_mullo_epi16(bytes, powers)
         let odd = _mm512_slli_epi16(_mm512_mullo_epi16(_mm512_srli_epi16(bytes, 8), _mm512_srli_epi16(powers, 8)), 8)
         let v = _mm512_mask_blend_epi8(0xAAAA_AAAA_AAAA_AAAA, even, odd)
@@ -737,6 +736,19 @@ struct STQ1_0: TernaryFormat {
         let one = _mm512_set1_epi8(1)
         return _mm512_add_epi8(_mm512_min_epu8(_mm512_subs_epu8(v, _mm512_set1_epi8(85)), one),
                                _mm512_min_epu8(_mm512_subs_epu8(v, _mm512_set1_epi8(-86)), one))
+    }
+    /// Chunk pair cp's power of 3 for each of its 64 bytes (as listed above), in eight qwords of
+    /// literal bytes, so it is a constant rather than a table built per call.
+    @inline(__always) static func powers(_ cp: Int) -> __m512i {
+        @inline(__always) func eight(_ p: Int64) -> Int64 { p &* 0x0101_0101_0101_0101 }
+        switch cp {
+        case 0: return _mm512_set_epi64(eight(3), eight(3), eight(3), eight(3), eight(1), eight(1), eight(1), eight(1))
+        case 1: return _mm512_set_epi64(eight(27), eight(27), eight(27), eight(27), eight(9), eight(9), eight(9), eight(9))
+        case 2: return _mm512_set_epi64(eight(3), eight(3), eight(1), eight(1), eight(81), eight(81), eight(81), eight(81))
+        default:  // qh's bytes: powers 1, 3, 9, 27, four bytes each
+            return _mm512_set_epi64(0x1B1B_1B1B_0909_0909, 0x0303_0303_0101_0101, eight(81), eight(81),
+                                    eight(27), eight(27), eight(9), eight(9))
+        }
     }
 }
 
@@ -756,10 +768,7 @@ func superConsts(scalesPerChunk: Int) -> SuperConsts {
                        twoBitShift: (words32 { $0 < 16 ? 0 : 2 }, words32 { $0 < 16 ? 4 : 6 }),
                        quadIdx: _mm512_set_epi64(3, 2, 3, 2, 1, 0, 1, 0),
                        quadShift: words32 { ($0 / 8) & 1 == 1 ? 4 : 0 },
-                       iq4Table: bytes64 { Int(PIQ4_NL.table[$0 & 15]) - 128 },
-                       ternaryPowers: (bytes64 { $0 < 32 ? 1 : 3 }, bytes64 { $0 < 32 ? 9 : 27 },
-                                       bytes64 { $0 < 32 ? 81 : $0 < 48 ? 1 : 3 },
-                                       bytes64 { [9, 27, 81, 1, 3, 9, 27][$0 < 48 ? $0 / 16 : 3 + ($0 - 48) / 4] }))
+                       iq4Table: bytes64 { Int(PIQ4_NL.table[$0 & 15]) - 128 })
 }
 
 struct SuperKernel<F: SuperFormat>: RowKernel {
