@@ -61,13 +61,18 @@ def fetch_source():
     return SOURCE
 
 
-def build_llama(target="llama-bench", isa="native"):
-    """Path of llama.cpp's `target` (llama-bench, llama-server, llama-perplexity,
-    test-llama-archs, ...), building it first when the cache folder does not hold it yet.
-    isa "native" is the build for this CPU, "avx2" the one for an AVX2-only CPU."""
+def build_folder(isa):
+    """The build for this CPU ("native") or for an AVX2-only one ("avx2")."""
     if isa not in ("native", "avx2"):
         raise ValueError(f"unknown isa {isa}: native or avx2")
-    build_dir = BUILD_DIR if isa == "native" else AVX2_DIR
+    return BUILD_DIR if isa == "native" else AVX2_DIR
+
+
+def build_llama(target="llama-bench", isa="native"):
+    """Path of llama.cpp's `target` (llama-bench, llama-server, llama-perplexity,
+    test-llama-archs, ...) in the `isa` build (`build_folder`), building it first when the
+    cache folder does not hold it yet."""
+    build_dir = build_folder(isa)
     binary = build_dir / "bin" / target
     if binary.exists():
         return binary
@@ -92,7 +97,7 @@ def system_info(isa="native"):
     """llama.cpp's system_info line of the `isa` build (the CPU features its ggml was compiled
     with: "AVX512 = 1" and the like appear only when they are), read from its libllama."""
     import ctypes
-    library = ctypes.CDLL(str((BUILD_DIR if isa == "native" else AVX2_DIR) / "bin" / "libllama.so"))
+    library = ctypes.CDLL(str(build_folder(isa) / "bin" / "libllama.so"))
     library.llama_print_system_info.restype = ctypes.c_char_p
     return library.llama_print_system_info().decode().strip()
 
