@@ -88,11 +88,33 @@ extension QuantKernel {
 
 /// [d, 0] for formats with an f16 d at the block start.
 @inline(__always)
-func dScales(_ p: UnsafeRawPointer) -> SIMD2<Float> { SIMD2(loadF16(p, 0), 0) }
+func dScales(_ p: UnsafeRawPointer) -> SIMD2<Float> {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    halfFloats(UInt32(p.loadUnaligned(as: UInt16.self)))
+#else
+    SIMD2(loadF16(p, 0), 0)
+#endif
+}
 
 /// [d, m] for formats with an f16 (d, m) pair at the block start.
 @inline(__always)
-func dmScales(_ p: UnsafeRawPointer) -> SIMD2<Float> { SIMD2(loadF16(p, 0), loadF16(p, 2)) }
+func dmScales(_ p: UnsafeRawPointer) -> SIMD2<Float> {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+    halfFloats(p.loadUnaligned(as: UInt32.self))
+#else
+    SIMD2(loadF16(p, 0), loadF16(p, 2))
+#endif
+}
+
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+/// The two f16 in `bits` (low half first) as floats: one vcvtph2ps for both, where a
+/// `Float16` load each cost an insert and a conversion, both on the shuffle port that the
+/// matrix-vector kernels are short of.
+@inline(__always)
+private func halfFloats(_ bits: UInt32) -> SIMD2<Float> {
+    unsafeBitCast(_mm_cvtph_ps(_mm_cvtsi32_si128(Int32(bitPattern: bits))), to: SIMD4<Float>.self).lowHalf
+}
+#endif
 
 extension QuantKernel where Chunk == SIMD32<UInt8> {
     @inline(__always)

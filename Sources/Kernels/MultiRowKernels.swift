@@ -24,29 +24,31 @@ func smallDotFourRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, first: Int
     let ds = act.ds + 2 * t * nb
     let offsets = UnsafeRawPointer(act.offsetSums + max(K.offsetSlot, 0) * act.offsetStride + 8 * t * nb)
     var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
-    var m0: Float = 0, m1: Float = 0, m2: Float = 0, m3: Float = 0
+    // The min chain in lane 1 of a pair, m = fma([d, m], [0, s_x], m), so the block's scales
+    // stay in one register (lane 0 only ever adds d·0 and is not read).
+    var m0 = SIMD2<Float>(), m1 = SIMD2<Float>(), m2 = SIMD2<Float>(), m3 = SIMD2<Float>()
     for b in 0..<nb {
         let x = x0.loadUnaligned(fromByteOffset: 32 * b, as: SIMD32<Int8>.self)
         let off = K.offsetSlot >= 0 ? offsets.loadUnaligned(fromByteOffset: 32 * b, as: SIMD8<Int32>.self) : .zero
-        let dx = ds[2 * b], sx = ds[2 * b + 1]
+        let dx = ds[2 * b], sxOnly = SIMD2<Float>(0, ds[2 * b + 1])
         @inline(__always)
-        func chain(_ r: Int, _ a: inout SIMD8<Float>, _ m: inout Float) {
+        func chain(_ r: Int, _ a: inout SIMD8<Float>, _ m: inout SIMD2<Float>) {
             let p = base + r * rowBytes + b * K.blockBytes
             let sc = K.scales(p)
             var lanes = K.dot(K.chunk(p, K.header(p), 0).0, x, splat16(1))
             if K.offsetSlot >= 0 { lanes &+= off }
             a = a.addingProduct(SIMD8(repeating: sc[0] * dx), floats(lanes))
-            if K.hasMin { m = m.addingProduct(sc[1], sx) }
+            if K.hasMin { m = m.addingProduct(sc, sxOnly) }
         }
         chain(0, &a0, &m0)
         chain(1, &a1, &m1)
         chain(2, &a2, &m2)
         chain(3, &a3, &m3)
     }
-    y[first] = K.hasMin ? hsum(a0) + m0 : hsum(a0)
-    y[first + spacing] = K.hasMin ? hsum(a1) + m1 : hsum(a1)
-    y[first + 2 * spacing] = K.hasMin ? hsum(a2) + m2 : hsum(a2)
-    y[first + 3 * spacing] = K.hasMin ? hsum(a3) + m3 : hsum(a3)
+    y[first] = K.hasMin ? hsum(a0) + m0[1] : hsum(a0)
+    y[first + spacing] = K.hasMin ? hsum(a1) + m1[1] : hsum(a1)
+    y[first + 2 * spacing] = K.hasMin ? hsum(a2) + m2[1] : hsum(a2)
+    y[first + 3 * spacing] = K.hasMin ? hsum(a3) + m3[1] : hsum(a3)
 }
 
 /// Per-token-group data of `smallDotTwoRowsFourTokens`, gathered once per group of 4 tokens

@@ -100,9 +100,11 @@ func load32(_ p: UnsafeRawPointer) -> SIMD32<UInt8> { p.loadUnaligned(as: SIMD32
 @inline(__always)
 func nibbles(_ p: UnsafeRawPointer) -> SIMD32<UInt8> {
 #if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
-    let x = p.loadUnaligned(as: __m128i.self)
-    let both = _mm256_set_m128i(_mm_srli_epi16(x, 4), x)
-    return unsafeBitCast(_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), to: SIMD32<UInt8>.self)
+    // the 16 bytes in both halves (vbroadcasti128, a load), the upper half shifted by 4: no
+    // lane insert on the shuffle port
+    let both = _mm256_broadcastsi128_si256(p.loadUnaligned(as: __m128i.self))
+    let shifted = _mm256_srlv_epi64(both, _mm256_setr_epi64x(0, 0, 4, 4))
+    return unsafeBitCast(_mm256_and_si256(shifted, _mm256_set1_epi8(0x0F)), to: SIMD32<UInt8>.self)
 #else
     let v = load16(p)
     return SIMD32(lowHalf: v & 0x0F, highHalf: v &>> 4)
