@@ -248,21 +248,42 @@ struct BenchMatrix {
         case .f32:
             let f = data.bindMemory(to: Float.self, capacity: rows * columns)
             for i in 0..<rows * columns { f[i] = Float(Int32(truncatingIfNeeded: words[i / 2] >> 32)) * 1e-10 }
-        case .f16, .bf16:
+        // Scales and values of a real model's size: random exponents give subnormal products,
+        // which cost a microcode assist per FMA on x86 and measure that instead of the kernel.
+        case .f16:
             let h = data.bindMemory(to: UInt16.self, capacity: rows * columns)
-            for i in 0..<rows * columns { h[i] &= 0xBEFF } // exponent never all ones
+            for i in 0..<rows * columns { h[i] &= 0xBEFF } // exponent ≤ 15: |w| < 2, subnormals at least 2^-24
+        case .bf16:
+            let h = data.bindMemory(to: UInt16.self, capacity: rows * columns)
+            for i in 0..<rows * columns { h[i] = h[i] & 0x80FF | 0x3C00 } // exponent 120 or 121: |w| ≈ 0.01
         default:
             let fields: [Int]
             switch type {
-            case .q4_0, .q5_0, .q8_0: fields = [0]
+            case .q4_0, .q5_0, .q8_0, .iq4_NL, .iq4_XS, .iq2_XXS, .iq2_XS, .iq2_S, .iq3_XXS, .iq3_S, .iq1_S: fields = [0]
             case .q4_1, .q5_1, .q4_K, .q5_K: fields = [0, 2]
             case .q2_K: fields = [80, 82]
             case .q3_K: fields = [108]
             case .q6_K: fields = [208]
+            case .tq1_0: fields = [52]
+            case .tq2_0: fields = [64]
             default: fields = []
             }
             for b in 0..<bytes / type.blockBytes {
-                for f in fields { setF16(b * type.blockBytes + f, 0.01) }
+                let block = b * type.blockBytes
+                for f in fields { setF16(block + f, 0.01) }
+                switch type {
+                case .mxfp4:
+                    raw.storeBytes(of: UInt8(121), toByteOffset: block, as: UInt8.self)  // 2^-6 (halved: 2^-7)
+                case .iq1_M:
+                    // d = 0.01 as f16, its four nibbles in the top 4 bits of the four 16-bit scales
+                    let d = Float16(0.01).bitPattern
+                    for k in 0..<4 {
+                        let offset = block + 48 + 2 * k
+                        let scales = raw.load(fromByteOffset: offset, as: UInt16.self) & 0x0FFF
+                        raw.storeBytes(of: scales | (d >> UInt16(4 * k) & 0xF) << 12, toByteOffset: offset, as: UInt16.self)
+                    }
+                default: break
+                }
             }
         }
     }
