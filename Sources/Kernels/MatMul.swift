@@ -221,9 +221,17 @@ func quantRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedA
         var t0 = 0
         while t0 < tokens {
             let nt = min(tokenTile, tokens - t0)
-            for r in r0..<r1 {
-                let row = w.row(r)
-                withTokenCount(nt) { quantRowDot(K.self, row, nb, act, t0, $0, y + t0 * rows + r, rows) }
+            // nt as a literal in each call, so the kernels' per-token branches fold away
+            // (`withTokenCount`'s closure is not always inlined around the 256-element kernels)
+            @inline(__always)
+            func tileRows(_ n: Int) {
+                for r in r0..<r1 { quantRowDot(K.self, w.row(r), nb, act, t0, n, y + t0 * rows + r, rows) }
+            }
+            switch nt {
+            case 4: tileRows(4)
+            case 3: tileRows(3)
+            case 2: tileRows(2)
+            default: tileRows(1)
             }
             t0 += nt
         }
@@ -373,6 +381,7 @@ func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
                               _ out: UnsafeMutablePointer<Float>, _ outStride: Int,
                               _ block: (Int) -> K.Header,
                               chunk: (Int, Int, K.Header) -> (K.Chunk, SIMD16<Int16>)) {
+    assert(K.chunks == 8, "superDot: 256-element blocks")
     let be = K.blockElements
     let cols = act.columns
     let q0 = UnsafeRawPointer(act.q + t0 * cols)
@@ -419,7 +428,11 @@ func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
         let h = block(b)
         var i0 = SIMD8<Int32>(), i1 = SIMD8<Int32>(), i2 = SIMD8<Int32>(), i3 = SIMD8<Int32>()
         var p0 = SIMD8<Int32>(), p1 = SIMD8<Int32>(), p2 = SIMD8<Int32>(), p3 = SIMD8<Int32>()
-        for c in 0..<K.chunks {
+        // Called with literal chunk indices (every 256-element format has 8 chunks): with a
+        // loop index, the chunk's scale went through the stack each time (a vector store, then
+        // a lane load inside it, a stalled forwarding) and matrix-vector products ran at half speed.
+        @inline(__always)
+        func chunkStep(_ c: Int) {
             let (wv, sc) = chunk(b, c, h)
             let off = b * be + c * 32
             p0 &+= K.dot(wv, q0.loadUnaligned(fromByteOffset: off, as: SIMD32<Int8>.self), sc)
@@ -435,6 +448,8 @@ func superDot<K: QuantKernel>(_ k: K.Type, _ nb: Int, _ act: QuantizedActivation
                 p0 = .zero; p1 = .zero; p2 = .zero; p3 = .zero
             }
         }
+        chunkStep(0); chunkStep(1); chunkStep(2); chunkStep(3)
+        chunkStep(4); chunkStep(5); chunkStep(6); chunkStep(7)
         finishBlock(h, i0, 0, b, &a0, &c0, &s0)
         if nt > 1 { finishBlock(h, i1, 1, b, &a1, &c1, &s1) }
         if nt > 2 { finishBlock(h, i2, 2, b, &a2, &c2, &s2) }
