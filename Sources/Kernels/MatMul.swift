@@ -523,14 +523,22 @@ func decodedSuperRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
                 continue
             }
 #endif
-            for r in r0..<r1 {
-                let i = (r - r0) * nb
-                let (h, l, m) = (headers + i, lanes + i * nc, multipliers + i * nc)
-                withTokenCount(nt) { n in
+            // nt as a literal in each call (see `quantRows`)
+            @inline(__always)
+            func tileRows(_ n: Int) {
+                for r in r0..<r1 {
+                    let i = (r - r0) * nb
+                    let (h, l, m) = (headers + i, lanes + i * nc, multipliers + i * nc)
                     superDot(K.self, nb, act, t0, n, y + t0 * rows + r, rows) { h[$0] } chunk: { b, c, _ in
                         (l[b * nc + c], m[b * nc + c])
                     }
                 }
+            }
+            switch nt {
+            case 4: tileRows(4)
+            case 3: tileRows(3)
+            case 2: tileRows(2)
+            default: tileRows(1)
             }
             t0 += nt
         }

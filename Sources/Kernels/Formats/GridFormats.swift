@@ -318,11 +318,22 @@ struct KIQ1_S: QuantKernel {
     static var blockBytes: Int { 50 }
     static var blockElements: Int { 256 }
     @inline(__always) static func header(_ p: UnsafeRawPointer) -> IQ1SHeader {
+#if arch(x86_64) && !SWIFTLET_PORTABLE_KERNELS
+        // in vector registers: the generic SIMD version compiled to a branchy loop over the
+        // lanes that took most of a matrix-vector product's time
+        let qh = p.loadUnaligned(fromByteOffset: 34, as: __m128i.self)
+        let odd = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(qh, 11), _mm_set1_epi16(0x0E)), _mm_set1_epi16(1))
+        let negative = _mm_srai_epi16(qh, 15)  // all ones where bit 15 (the offset's sign) is set
+        let s = _mm_sub_epi16(_mm_xor_si128(odd, negative), negative)
+        let offsets = _mm256_set_m128i(_mm_unpackhi_epi16(s, s), _mm_unpacklo_epi16(s, s))
+        return IQ1SHeader(d: loadF16(p, 0), offsets: unsafeBitCast(offsets, to: SIMD16<Int16>.self))
+#else
         let qh = p.loadUnaligned(fromByteOffset: 34, as: SIMD8<UInt16>.self)
         let odd = SIMD8<Int16>(truncatingIfNeeded: ((qh &>> 12) & 7) &* 2 &+ 1)
         let s = odd.replacing(with: 0 &- odd, where: (qh & 0x8000) .!= 0)
         let offsets = SIMD16(s[0], s[0], s[1], s[1], s[2], s[2], s[3], s[3], s[4], s[4], s[5], s[5], s[6], s[6], s[7], s[7])
         return IQ1SHeader(d: loadF16(p, 0), offsets: offsets)
+#endif
     }
     @inline(__always) static func chunk(_ p: UnsafeRawPointer, _ h: IQ1SHeader, _ c: Int) -> (SIMD32<Int8>, SIMD16<Int16>) {
         // 11-bit indices: a byte of qs, 3 bits of the sub-block's qh word
