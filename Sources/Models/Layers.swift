@@ -563,10 +563,17 @@ public struct Attention: Sendable {
                                 headDimension: headDimension, valueDimension: valueDimension, scale: scale,
                                 window: window, output: out.data, pool: pool)
         }
-        // values stored rotated (a quantized value cache): rotating the output back undoes it
-        for seq in sequences {
-            guard let size = seq.cacheTypes.valueRotation(valueDimension: valueDimension) else { continue }
-            for r in seq.firstRow..<seq.firstRow + seq.tokens { walshHadamardRotate(out[r], count: out.columns, size: size) }
+        // values stored rotated (a quantized value cache): rotating the output back undoes it;
+        // every row is independent, so a long batch is split across the pool
+        if sequences.contains(where: { $0.cacheTypes.valueRotation(valueDimension: valueDimension) != nil }) {
+            let unrotate: @Sendable (Range<Int>) -> Void = { rows in
+                for seq in sequences {
+                    guard let size = seq.cacheTypes.valueRotation(valueDimension: valueDimension) else { continue }
+                    let lo = max(rows.lowerBound, seq.firstRow), hi = min(rows.upperBound, seq.firstRow + seq.tokens)
+                    for r in lo..<max(lo, hi) { walshHadamardRotate(out[r], count: out.columns, size: size) }
+                }
+            }
+            if out.rows >= 16 { pool.parallelChunks(out.rows, unrotate) } else { unrotate(0..<out.rows) }
         }
         return output(out, pool, batching: referenceBatching(batch))
     }

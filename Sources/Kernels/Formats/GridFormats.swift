@@ -366,11 +366,27 @@ func iq1mChunk(_ p: UnsafeRawPointer, _ c: Int) -> (grid: SIMD32<Int8>, delta: S
 
 /// IQ1_M weights, rows `range` × all tokens, as `ggml_vec_dot_iq1_m_q8_K`: per block the grid
 /// lanes and the offset-sign lanes (both scaled by 2s + 1), each into its own accumulator with
-/// fma(d·d_x, lanes, acc), and hsum(acc1) + ⅛·hsum(acc2). Each row's chunks are unpacked once
-/// for all tokens.
+/// fma(d·d_x, lanes, acc), and hsum(acc1) + ⅛·hsum(acc2). Up to 3 tokens read the row's blocks
+/// directly; larger batches unpack each row once and take its chunks 4 tokens at a time.
 func iq1mRows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ range: Range<Int>,
               _ y: UnsafeMutablePointer<Float>) {
-    let nb = w.columns / 256, cols = act.columns
+    let nb = w.columns / 256, rows = w.rows
+    if tokens < 4 {
+        for r in range {
+            let row = w.row(r)
+            @inline(__always)
+            func direct(_ n: Int) {
+                iq1mDot(nb, act, 0, n, y + r, rows, blockScale: { iq1mScale(row + 56 * $0) },
+                        chunk: { b, c in iq1mChunk(row + 56 * b, c) })
+            }
+            switch tokens {
+            case 3: direct(3)
+            case 2: direct(2)
+            default: direct(1)
+            }
+        }
+        return
+    }
     let grids = UnsafeMutablePointer<SIMD32<Int8>>.allocate(capacity: 8 * nb)
     let deltas = UnsafeMutablePointer<SIMD32<Int8>>.allocate(capacity: 8 * nb)
     let scales = UnsafeMutablePointer<SIMD16<Int16>>.allocate(capacity: 8 * nb)
@@ -393,21 +409,67 @@ func iq1mRows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ r
                 scales[8 * b + c] = chunk.scale
             }
         }
-        for t in 0..<tokens {
-            let q = UnsafeRawPointer(act.q + t * cols)
-            var acc1 = SIMD8<Float>(), acc2 = SIMD8<Float>()
-            for b in 0..<nb {
-                var sum1 = SIMD8<Int32>(), sum2 = SIMD8<Int32>()
-                for c in 0..<8 {
-                    let x = q.loadUnaligned(fromByteOffset: 256 * b + 32 * c, as: SIMD32<Int8>.self)
-                    sum1 &+= dotI8I8(grids[8 * b + c], x, scales[8 * b + c])
-                    sum2 &+= dotI8I8(deltas[8 * b + c], x, scales[8 * b + c])
-                }
-                let d = SIMD8(repeating: act.d[t * nb + b] * ds[b])
-                acc1 = acc1.addingProduct(d, floats(sum1))
-                acc2 = acc2.addingProduct(d, floats(sum2))
+        var t0 = 0
+        while t0 < tokens {
+            let nt = min(tokenTile, tokens - t0)
+            @inline(__always)
+            func unpacked(_ n: Int) {
+                iq1mDot(nb, act, t0, n, y + t0 * rows + r, rows, blockScale: { ds[$0] },
+                        chunk: { b, c in (grids[8 * b + c], deltas[8 * b + c], scales[8 * b + c]) })
             }
-            y[t * w.rows + r] = hsum(acc1) + 0.125 * hsum(acc2)
+            switch nt {
+            case 4: unpacked(4)
+            case 3: unpacked(3)
+            case 2: unpacked(2)
+            default: unpacked(1)
+            }
+            t0 += nt
         }
     }
+}
+
+/// One IQ1_M row with tokens t0..<t0+nt (nt 1...4, a literal after inlining), each token's
+/// floats exactly those of `ggml_vec_dot_iq1_m_q8_K`; `out` is token t0, token t0+j at
+/// `out + j·outStride`.
+@inline(__always)
+private func iq1mDot(_ nb: Int, _ act: QuantizedActivations, _ t0: Int, _ nt: Int,
+                     _ out: UnsafeMutablePointer<Float>, _ outStride: Int, blockScale: (Int) -> Float,
+                     chunk: (Int, Int) -> (grid: SIMD32<Int8>, delta: SIMD32<Int8>, scale: SIMD16<Int16>)) {
+    let cols = act.columns
+    let q0 = UnsafeRawPointer(act.q + t0 * cols)
+    var g0 = SIMD8<Float>(), g1 = SIMD8<Float>(), g2 = SIMD8<Float>(), g3 = SIMD8<Float>()
+    var e0 = SIMD8<Float>(), e1 = SIMD8<Float>(), e2 = SIMD8<Float>(), e3 = SIMD8<Float>()
+    for b in 0..<nb {
+        var s0 = SIMD8<Int32>(), s1 = SIMD8<Int32>(), s2 = SIMD8<Int32>(), s3 = SIMD8<Int32>()
+        var o0 = SIMD8<Int32>(), o1 = SIMD8<Int32>(), o2 = SIMD8<Int32>(), o3 = SIMD8<Int32>()
+        for c in 0..<8 {
+            let k = chunk(b, c)
+            let offset = 256 * b + 32 * c
+            @inline(__always)
+            func step(_ j: Int, _ s: inout SIMD8<Int32>, _ o: inout SIMD8<Int32>) {
+                let x = q0.loadUnaligned(fromByteOffset: offset + j * cols, as: SIMD32<Int8>.self)
+                s &+= dotI8I8(k.grid, x, k.scale)
+                o &+= dotI8I8(k.delta, x, k.scale)
+            }
+            step(0, &s0, &o0)
+            if nt > 1 { step(1, &s1, &o1) }
+            if nt > 2 { step(2, &s2, &o2) }
+            if nt > 3 { step(3, &s3, &o3) }
+        }
+        let db = blockScale(b)
+        @inline(__always)
+        func finish(_ j: Int, _ s: SIMD8<Int32>, _ o: SIMD8<Int32>, _ g: inout SIMD8<Float>, _ e: inout SIMD8<Float>) {
+            let d = SIMD8(repeating: act.d[(t0 + j) * nb + b] * db)
+            g = g.addingProduct(d, floats(s))
+            e = e.addingProduct(d, floats(o))
+        }
+        finish(0, s0, o0, &g0, &e0)
+        if nt > 1 { finish(1, s1, o1, &g1, &e1) }
+        if nt > 2 { finish(2, s2, o2, &g2, &e2) }
+        if nt > 3 { finish(3, s3, o3, &g3, &e3) }
+    }
+    out[0] = hsum(g0) + 0.125 * hsum(e0)
+    if nt > 1 { out[outStride] = hsum(g1) + 0.125 * hsum(e1) }
+    if nt > 2 { out[2 * outStride] = hsum(g2) + 0.125 * hsum(e2) }
+    if nt > 3 { out[3 * outStride] = hsum(g3) + 0.125 * hsum(e3) }
 }
