@@ -36,6 +36,9 @@ protocol QuantKernel: SendableMetatype {
     static var hasMin: Bool { get }
     /// K-quants: how the block's integer lanes become floats.
     static var superStyle: SuperStyle { get }
+    /// 256-element formats whose unpacked chunks (signed bytes, a multiplier per pair, `.lanes`
+    /// with no correction, a Float header) the AVX-512 kernel multiplies in prompt batches.
+    static var avx512UnpackedChunks: Bool { get }
     /// `.laneOffset`: what llama.cpp subtracts from the 8 lanes for the format's offset.
     static func laneOffset(_ h: Header, bsums: UnsafePointer<Int16>) -> SIMD8<Int32>
     /// `.rowSums`, `.minChain`: the block's min multiplier and Σ mins · group sums.
@@ -74,6 +77,7 @@ extension QuantKernel {
     static var offsetSlot: Int { -1 }
     static var hasMin: Bool { false }
     static var superStyle: SuperStyle { .lanes }
+    static var avx512UnpackedChunks: Bool { false }
     static func laneOffset(_ h: Header, bsums: UnsafePointer<Int16>) -> SIMD8<Int32> {
         fatalError("laneOffset is only for .laneOffset K-quants")
     }

@@ -135,6 +135,8 @@ public func avx512Pays(_ type: TensorType, tokens: Int) -> Bool {
     case .q4_0, .q4_1, .q5_0, .q5_1, .q8_0, .q6_K: true
     case .iq4_NL, .iq4_XS, .mxfp4, .tq1_0, .tq2_0: true
     case .q2_K, .q3_K, .q4_K, .q5_K: tokens >= 4
+    // prompt batches, unpacked once (`decodedSuperRows`); fewer tokens read the grids per chunk
+    case .iq2_XXS, .iq2_XS, .iq2_S, .iq3_XXS, .iq3_S: tokens > 2 * tokenTile
     default: false
     }
 }
@@ -157,6 +159,22 @@ func avx512TiledRows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: I
     guard CPUDispatch.useAVX512(w.type, tokens: tokens) else { return false }
     return avx512TiledRows(w.type, tiles: w.data, rows: w.rows, columns: w.columns, act: act.avx512, tokens: tokens,
                            range: rows, y: y, blockTotals: w.summation.addsBlockTotals(w.type, rows: w.rows))
+}
+
+/// Run-time hook of `decodedSuperRows` for the formats whose unpacked chunks the AVX-512 kernel
+/// takes (`QuantKernel.avx512UnpackedChunks`): multiplies a tile of `rows` unpacked rows there
+/// when `CPUDispatch.useAVX512` picks it (bitwise the same results) and returns true.
+@inline(__always)
+func avx512UnpackedRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int,
+                                        headers: UnsafePointer<K.Header>, lanes: UnsafePointer<K.Chunk>,
+                                        multipliers: UnsafePointer<SIMD16<Int16>>, rows: Int,
+                                        _ y: UnsafeMutablePointer<Float>) -> Bool {
+    guard K.avx512UnpackedChunks, K.Header.self == Float.self, K.Chunk.self == SIMD32<Int8>.self,
+          CPUDispatch.useAVX512(w.type, tokens: tokens) else { return false }
+    avx512UnpackedSignedRows(chunks: UnsafeRawPointer(lanes), multipliers: UnsafeRawPointer(multipliers),
+                             blockScales: UnsafeRawPointer(headers).assumingMemoryBound(to: Float.self), rows: rows,
+                             blocks: w.columns / 256, act: act.avx512, tokens: tokens, y: y, outputStride: w.rows)
+    return true
 }
 
 /// GGUF bytes of rows `rows` of a tiled matrix.
@@ -182,6 +200,12 @@ func unpackTiledRows(_ w: WeightMatrix, _ rows: Range<Int>, into destination: Un
 @inline(__always)
 func avx512Rows(_ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int, _ rows: Range<Int>,
                 _ y: UnsafeMutablePointer<Float>) -> Bool { false }
+
+@inline(__always)
+func avx512UnpackedRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: QuantizedActivations, _ tokens: Int,
+                                        headers: UnsafePointer<K.Header>, lanes: UnsafePointer<K.Chunk>,
+                                        multipliers: UnsafePointer<SIMD16<Int16>>, rows: Int,
+                                        _ y: UnsafeMutablePointer<Float>) -> Bool { false }
 #endif
 
 extension Substring {

@@ -507,6 +507,13 @@ func decodedSuperRows<K: QuantKernel>(_ k: K.Type, _ w: WeightMatrix, _ act: Qua
                 }
             }
         }
+        if avx512UnpackedRows(K.self, w, act, tokens, headers: headers, lanes: lanes, multipliers: multipliers,
+                              rows: r1 - r0, y + r0) {
+            headers.deinitialize(count: (r1 - r0) * nb)
+            lanes.deinitialize(count: (r1 - r0) * nb * nc)
+            r0 = r1
+            continue
+        }
         var t0 = 0
         while t0 < tokens {
             let nt = min(tokenTile, tokens - t0)

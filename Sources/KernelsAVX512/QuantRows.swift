@@ -481,13 +481,8 @@ struct KHeader {
     var mins: __m256i
 }
 
-protocol SuperFormat {
-    static var blockBytes: Int { get }
-    /// 1: one scale per 32-element chunk (Q4_K/Q5_K); 2: one per 16 elements.
-    static var scalesPerChunk: Int { get }
-    static func header(_ p: UnsafeRawPointer) -> KHeader
-    /// Chunks 2cp and 2cp+1 as 64 unsigned bytes.
-    static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i
+/// How a 256-element block's integer lanes become floats: what `SuperKernel.dot` needs.
+protocol SuperArithmetic {
     static func correction(_ h: KHeader, dx: Float, bsums: UnsafePointer<Int16>) -> Float
     static var style: SuperStyle { get }
     /// `pair` gives signed bytes (IQ4_XS's grid values) rather than unsigned ones: each chunk
@@ -496,6 +491,16 @@ protocol SuperFormat {
     static var signedWeights: Bool { get }
     /// `.laneOffset`: lane l loses (Σ mins·group sums over its two groups) << this (Q6_K's 32·).
     static var laneOffsetShift: Int32 { get }
+}
+
+/// A 256-element format read from its GGUF blocks.
+protocol SuperFormat: SuperArithmetic {
+    static var blockBytes: Int { get }
+    /// 1: one scale per 32-element chunk (Q4_K/Q5_K); 2: one per 16 elements.
+    static var scalesPerChunk: Int { get }
+    static func header(_ p: UnsafeRawPointer) -> KHeader
+    /// Chunks 2cp and 2cp+1 as 64 unsigned bytes.
+    static func pair(_ k: SuperConsts, _ p: UnsafeRawPointer, _ cp: Int) -> __m512i
 }
 
 /// As `Kernels.SuperStyle`: how a K-quant block's integer lanes become floats in llama.cpp.
@@ -510,7 +515,7 @@ enum SuperStyle {
     case rowSums
 }
 
-extension SuperFormat {
+extension SuperArithmetic {
     static var style: SuperStyle { .lanes }
     static var signedWeights: Bool { false }
     static var laneOffsetShift: Int32 { 5 }
@@ -771,7 +776,7 @@ func superConsts(scalesPerChunk: Int) -> SuperConsts {
                        iq4Table: bytes64 { Int(PIQ4_NL.table[$0 & 15]) - 128 })
 }
 
-struct SuperKernel<F: SuperFormat>: RowKernel {
+extension SuperKernel: RowKernel where F: SuperFormat {
     static var blockBytes: Int { F.blockBytes }
     static var blockElements: Int { 256 }
     @inline(__always) static func consts() -> SuperConsts { superConsts(scalesPerChunk: F.scalesPerChunk) }
@@ -830,6 +835,9 @@ struct SuperKernel<F: SuperFormat>: RowKernel {
         }
     }
 
+}
+
+struct SuperKernel<F: SuperArithmetic> {
     /// `header(b)`: block b's header; `pair(b, cp, header)`: its chunk pair cp and scale vector.
     @inline(__always)
     static func dot(_ k: SuperConsts, _ nb: Int, _ act: AVX512Activations, _ t0: Int, _ nt: Int,

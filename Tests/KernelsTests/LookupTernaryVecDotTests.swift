@@ -295,9 +295,14 @@ func expectBitwiseEqualOnEveryISA(_ type: TensorType, shapes: [(Int, Int, Int)],
             }
         }
         c = MatMulCase(type, rows: c.rows, columns: c.columns, weights: weights)
-        let x = (0..<4 * c.columns).map { i in Float(i % 3 == 0 ? -1 : 1) }
-        let expected = Self.reference(c, x, tokens: 4)
-        let y = c.run(x, tokens: 4, pool: matmulPool)
-        #expect(zip(y, expected).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(type)")
+        // 4 tokens (rows read block by block) and 12 (a prompt batch: unpacked tiles)
+        for tokens in [4, 12] {
+            let x = (0..<tokens * c.columns).map { i in Float(i % 3 == 0 ? -1 : 1) }
+            let expected = Self.reference(c, x, tokens: tokens)
+            for isa in KernelISA.allCases {
+                let y = CPUDispatch.with(isa) { c.run(x, tokens: tokens, pool: matmulPool) }
+                #expect(zip(y, expected).allSatisfy { $0.bitPattern == $1.bitPattern }, "\(type) tokens \(tokens) \(isa)")
+            }
+        }
     }
 }

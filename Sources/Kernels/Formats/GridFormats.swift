@@ -213,6 +213,7 @@ extension SignedGridKernel {
     }
     @inline(__always) static func blockScale(_ d: Float) -> Float { d }
     @inline(__always) static func correction(_ d: Float, dx: Float, sx: Float, bsums: UnsafePointer<Int16>) -> Float { 0 }
+    static var avx512UnpackedChunks: Bool { true }
 }
 
 struct KIQ2_XXS: SignedGridKernel {
