@@ -812,24 +812,8 @@ extension SuperKernel: RowKernel where F: SuperFormat {
                     }
                 }
             }
-            var t0 = 0
-            while t0 < tokens {
-                let nt = min(4, tokens - t0)
-                for r in r0..<r1 {
-                    let hs = headers + (r - r0) * nb, ps = pairs + (r - r0) * nb * 4
-                    let out = y + t0 * m.rows + r
-                    @inline(__always)
-                    func run(_ n: Int) {
-                        dot(k, nb, act, t0, n, out, m.rows) { hs[$0] } pair: { b, cp, _ in ps[b * 4 + cp] }
-                    }
-                    switch nt {
-                    case 4: run(4)
-                    case 3: run(3)
-                    case 2: run(2)
-                    default: run(1)
-                    }
-                }
-                t0 += nt
+            tileDot(k, nb, act, tokens, rows: r1 - r0, y + r0, m.rows) { r, b in headers[r * nb + b] } pair: { r, b, cp, _ in
+                pairs[(r * nb + b) * 4 + cp]
             }
             r0 = r1
         }
@@ -838,6 +822,35 @@ extension SuperKernel: RowKernel where F: SuperFormat {
 }
 
 struct SuperKernel<F: SuperArithmetic> {
+    /// `rows` decoded rows for all tokens, 4 tokens at a time (their activations stay in L1
+    /// while the rows stream past): `header(r, b)`, `pair(r, b, cp, header)` give row r's
+    /// blocks as `dot` takes them; row r of token t goes to `y[t·outStride + r]`.
+    @inline(__always)
+    static func tileDot(_ k: SuperConsts, _ nb: Int, _ act: AVX512Activations, _ tokens: Int, rows: Int,
+                        _ y: UnsafeMutablePointer<Float>, _ outStride: Int, _ header: (Int, Int) -> KHeader,
+                        pair: (Int, Int, Int, KHeader) -> (__m512i, __m512i)) {
+        var t0 = 0
+        while t0 < tokens {
+            let nt = min(4, tokens - t0)
+            for r in 0..<rows {
+                // nt as a literal in each call, so `dot`'s per-token branches fold away
+                @inline(__always)
+                func run(_ n: Int) {
+                    dot(k, nb, act, t0, n, y + t0 * outStride + r, outStride) { header(r, $0) } pair: { b, cp, h in
+                        pair(r, b, cp, h)
+                    }
+                }
+                switch nt {
+                case 4: run(4)
+                case 3: run(3)
+                case 2: run(2)
+                default: run(1)
+                }
+            }
+            t0 += nt
+        }
+    }
+
     /// `header(b)`: block b's header; `pair(b, cp, header)`: its chunk pair cp and scale vector.
     @inline(__always)
     static func dot(_ k: SuperConsts, _ nb: Int, _ act: AVX512Activations, _ t0: Int, _ nt: Int,

@@ -24,31 +24,12 @@ public func avx512UnpackedSignedRows(chunks: UnsafeRawPointer, multipliers: Unsa
                                      blockScales: UnsafePointer<Float>, rows: Int, blocks nb: Int,
                                      act: AVX512Activations, tokens: Int, y: UnsafeMutablePointer<Float>,
                                      outputStride: Int) {
-    let k = superConsts(scalesPerChunk: 1)
-    // token groups outside, rows inside: a group's activations stay in L1 while the tile's
-    // unpacked rows stream from L2, as in the AVX2 kernel
-    var t0 = 0
-    while t0 < tokens {
-        let nt = min(4, tokens - t0)
-        for r in 0..<rows {
-            let w = chunks + r * nb * 256, m = multipliers + r * nb * 256, d = blockScales + r * nb
-            let out = y + t0 * outputStride + r
-            @inline(__always)
-            func run(_ n: Int) {
-                SuperKernel<SignedGridArithmetic>.dot(k, nb, act, t0, n, out, outputStride) { b in
-                    KHeader(d: d[b], dmin: 0, scales: _mm512_setzero_si512(), mins: _mm256_setzero_si256())
-                } pair: { b, cp, _ in
-                    (_mm512_loadu_si512(w + b * 256 + cp * 64), _mm512_loadu_si512(m + b * 256 + cp * 64))
-                }
-            }
-            switch nt {
-            case 4: run(4)
-            case 3: run(3)
-            case 2: run(2)
-            default: run(1)
-            }
-        }
-        t0 += nt
+    SuperKernel<SignedGridArithmetic>.tileDot(superConsts(scalesPerChunk: 1), nb, act, tokens, rows: rows, y,
+                                              outputStride) { r, b in
+        KHeader(d: blockScales[r * nb + b], dmin: 0, scales: _mm512_setzero_si512(), mins: _mm256_setzero_si256())
+    } pair: { r, b, cp, _ in
+        let offset = (r * nb + b) * 256 + cp * 64
+        return (_mm512_loadu_si512(chunks + offset), _mm512_loadu_si512(multipliers + offset))
     }
 }
 #endif
