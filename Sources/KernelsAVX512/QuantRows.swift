@@ -818,7 +818,6 @@ extension SuperKernel: RowKernel where F: SuperFormat {
             r0 = r1
         }
     }
-
 }
 
 struct SuperKernel<F: SuperArithmetic> {

@@ -569,8 +569,9 @@ public struct Attention: Sendable {
             let unrotate: @Sendable (Range<Int>) -> Void = { rows in
                 for seq in sequences {
                     guard let size = seq.cacheTypes.valueRotation(valueDimension: valueDimension) else { continue }
-                    let lo = max(rows.lowerBound, seq.firstRow), hi = min(rows.upperBound, seq.firstRow + seq.tokens)
-                    for r in lo..<max(lo, hi) { walshHadamardRotate(out[r], count: out.columns, size: size) }
+                    for r in (seq.firstRow..<seq.firstRow + seq.tokens).clamped(to: rows) {
+                        walshHadamardRotate(out[r], count: out.columns, size: size)
+                    }
                 }
             }
             if out.rows >= 16 { pool.parallelChunks(out.rows, unrotate) } else { unrotate(0..<out.rows) }
@@ -589,8 +590,7 @@ public struct Attention: Sendable {
             let angles = UnsafeMutablePointer<Float>.allocate(capacity: ropes.map(\.dimensions).max() ?? 0)
             defer { angles.deallocate() }
             for (seq, rope) in zip(sequences, ropes) {
-                let lo = max(rows.lowerBound, seq.firstRow), hi = min(rows.upperBound, seq.firstRow + seq.tokens)
-                for r in lo..<max(lo, hi) {
+                for r in (seq.firstRow..<seq.firstRow + seq.tokens).clamped(to: rows) {
                     let position = seq.firstPosition + r - seq.firstRow
                     if appliesRoPE {
                         rope.rotations(position: position, into: angles)
